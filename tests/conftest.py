@@ -1,0 +1,117 @@
+"""Shared fixtures: settings on a temporary SQLite file, the app over ASGI, two tenants with admins."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.helpers import Cabinet, Tenant
+from vpbx import store
+from vpbx.app import Core, create_app
+from vpbx.pbx import domains, users
+from vpbx.settings import Settings
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+ADMIN_PASSWORD = "Admin-Password-1"
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per run; each test copies it instead of migrating again."""
+    path = tmp_path_factory.mktemp("template") / "vpbx.sqlite3"
+    store.upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, migrated_template: Path) -> Settings:
+    db = tmp_path / "vpbx.sqlite3"
+    shutil.copy(migrated_template, db)
+    return Settings(
+        env="test",
+        secret_key=TEST_SECRET,
+        data_dir=tmp_path,  # type: ignore[arg-type]
+        database_url=f"sqlite+aiosqlite:///{db}",
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    yield application
+    await application.state.core.engine.dispose()
+
+
+@pytest.fixture
+def core(app: FastAPI) -> Core:
+    c: Core = app.state.core
+    return c
+
+
+async def make_tenant(core: Core, name: str) -> Tenant:
+    async with core.sessions() as s:
+        d = await domains.create_domain(s, domains.DomainInput(name=name))
+        await users.create_user(
+            s,
+            d.id,
+            users.UserInput(
+                name="admin", display_name="Admin", pin="100", role="admin", web_password=ADMIN_PASSWORD
+            ),
+            box=core.box,
+        )
+        await s.commit()
+        return Tenant(id=d.id, name=name, admin_login=f"admin@{name}", admin_password=ADMIN_PASSWORD)
+
+
+@pytest.fixture
+async def t1(core: Core) -> Tenant:
+    return await make_tenant(core, "acme.vpbx.test")
+
+
+@pytest.fixture
+async def t2(core: Core) -> Tenant:
+    return await make_tenant(core, "other.vpbx.test")
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=False
+    )
+
+
+@pytest.fixture
+async def anon(app: FastAPI) -> AsyncIterator[Cabinet]:
+    async with _client(app) as c:
+        yield Cabinet(c)
+
+
+@pytest.fixture
+async def admin1(app: FastAPI, t1: Tenant) -> AsyncIterator[Cabinet]:
+    async with _client(app) as c:
+        cab = Cabinet(c)
+        resp = await cab.login(t1.admin_login, t1.admin_password)
+        assert resp.status_code == 303
+        yield cab
+
+
+@pytest.fixture
+async def admin2(app: FastAPI, t2: Tenant) -> AsyncIterator[Cabinet]:
+    async with _client(app) as c:
+        cab = Cabinet(c)
+        resp = await cab.login(t2.admin_login, t2.admin_password)
+        assert resp.status_code == 303
+        yield cab
+
+
+def postgres_url() -> str | None:
+    """The server for the PostgreSQL suites; CI must have one, elsewhere those tests skip."""
+    url = os.environ.get("VPBX_TEST_POSTGRES_URL")
+    if not url and os.environ.get("CI"):
+        pytest.fail("VPBX_TEST_POSTGRES_URL is not set: .ci/run must start PostgreSQL")
+    return url

@@ -1,0 +1,63 @@
+"""Composition root: builds every long-lived object from settings and wires the features together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from vpbx import __version__
+from vpbx.clock import Clock, SystemClock
+from vpbx.crypto import SecretBox
+from vpbx.logs import get_logger
+from vpbx.settings import Settings
+from vpbx.store import create_engine, session_factory
+
+log = get_logger("vpbx.app")
+
+
+@dataclass
+class Core:
+    """What every feature may use: settings, storage, the clock and the secret box."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    box: SecretBox
+    clock: Clock = field(default_factory=SystemClock)
+
+
+def build_core(settings: Settings, clock: Clock | None = None) -> Core:
+    engine = create_engine(settings.database_url)
+    return Core(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        box=SecretBox(settings.secret_key.get_secret_value()),
+        clock=clock or SystemClock(),
+    )
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    from vpbx.web.wiring import mount_web  # the web layer imports the features, not the other way round
+
+    core = build_core(settings, clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        log.info("app.started", version=__version__, env=settings.env)
+        try:
+            yield
+        finally:
+            await core.engine.dispose()
+            log.info("app.stopped")
+
+    app = FastAPI(
+        title="vpbx", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.core = core
+    mount_web(app, core)
+    return app

@@ -1,0 +1,94 @@
+"""The demo domain: created once per data directory, described in ``demo.json`` for people and scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from vpbx.app import build_core
+from vpbx.crypto import hash_password, random_password
+from vpbx.pbx import domains, users
+from vpbx.settings import Settings
+from vpbx.store.models import Operator
+
+DEMO_DOMAIN = "demo.vpbx.local"
+DEMO_FILE = "demo.json"
+DEMO_USERS = [
+    # name, display name, PIN, role
+    ("admin", "Администратор Демо", "101", "admin"),
+    ("ivanov", "Иванов Сергей", "102", "user"),
+    ("petrova", "Петрова Анна", "103", "user"),
+]
+
+
+async def ensure_demo(settings: Settings) -> dict[str, Any]:
+    """Create the demo domain if this data directory has none; return what ``demo.json`` holds."""
+    path = settings.data_dir / DEMO_FILE
+    core = build_core(settings)
+    try:
+        async with core.sessions() as s:
+            existing = await domains.find_domain(s, DEMO_DOMAIN)
+            if existing is not None and path.exists():
+                data: dict[str, Any] = json.loads(path.read_text())
+                return data
+            info: dict[str, Any] = {"domain": DEMO_DOMAIN, "users": []}
+            d = existing or await domains.create_domain(s, domains.DomainInput(name=DEMO_DOMAIN))
+            admin_password = random_password(12)
+            for name, display, pin, role in DEMO_USERS:
+                sip_password = random_password(16)
+                web = admin_password if role == "admin" else random_password(12)
+                u = await users.user_by_pin(s, d.id, pin)
+                data_in = users.UserInput(
+                    name=name,
+                    display_name=display,
+                    pin=pin,
+                    role=role,
+                    sip_password=sip_password,
+                    web_password=web,
+                    email=f"{name}@example.com",
+                    record_calls=role != "admin",
+                )
+                if u is None:
+                    u = await users.create_user(s, d.id, data_in, box=core.box)
+                else:
+                    u = await users.update_user(s, d.id, u.id, data_in, box=core.box)
+                info["users"].append(
+                    {
+                        "name": name,
+                        "display_name": display,
+                        "pin": pin,
+                        "role": role,
+                        "login": f"{name}@{DEMO_DOMAIN}",
+                        "web_password": web,
+                        "sip_login": u.sip_login,
+                        "sip_password": sip_password,
+                    }
+                )
+            info["admin_login"] = f"admin@{DEMO_DOMAIN}"
+            info["admin_password"] = admin_password
+            operator_password = random_password(12)
+            op = await s.scalar(select(Operator).where(Operator.login == "operator"))
+            if op is None:
+                s.add(Operator(login="operator", password_hash=hash_password(operator_password)))
+            else:
+                op.password_hash = hash_password(operator_password)
+            info["operator_login"] = "operator"
+            info["operator_password"] = operator_password
+            await s.commit()
+            _write_private(path, info)
+            return info
+    finally:
+        await core.engine.dispose()
+
+
+def _write_private(path: Path, info: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f, ensure_ascii=False, indent=2)
+    tmp.replace(path)

@@ -1,0 +1,105 @@
+"""The vpbx exception tree.
+
+Every error a client can see carries a stable kebab-case ``code`` that is never renamed once shipped::
+
+    VpbxError (code: str)
+    ├── ConfigError                      settings that refuse to start the process
+    ├── SipError ── SipParseError, TransactionTimeout, AuthFailed, Banned
+    ├── MediaError ── MediaParseError, WorkerUnavailable
+    ├── StoreError ── NotFound, Conflict
+    │                 └── ValidationFailed (field → message; nothing was saved)
+    ├── AuthError ── LoginFailed, LoginLocked, CsrfFailed
+    └── IntegrationError ── SignatureInvalid, ReplayDetected, DeliveryFailed, CrmUnavailable
+
+Layers add their branch here; one handler per API surface maps codes to responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import ClassVar
+
+
+class VpbxError(Exception):
+    code: ClassVar[str] = "vpbx-error"
+
+    def __init__(self, message: str, *, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, object] = details or {}
+
+
+class ConfigError(VpbxError):
+    code = "config-invalid"
+
+
+class StoreError(VpbxError):
+    code = "store-error"
+
+
+class NotFound(StoreError):
+    code = "not-found"
+
+    def __init__(self, kind: str, ident: object | None = None) -> None:
+        super().__init__(f"No such {kind}", details={"kind": kind, "id": str(ident) if ident else None})
+        self.kind = kind
+
+
+class Conflict(StoreError):
+    code = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One field's problem: ``msgid`` is an English catalog message, translated when shown."""
+
+    field: str
+    msgid: str
+    params: dict[str, object] = dc_field(default_factory=dict)
+
+
+class ValidationFailed(StoreError):
+    code = "validation-failed"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("Validation failed", details={"fields": [e.field for e in errors]})
+        self.errors = errors
+
+    @classmethod
+    def one(cls, field_name: str, msgid: str, **params: object) -> ValidationFailed:
+        return cls([FieldError(field_name, msgid, dict(params))])
+
+    def by_field(self) -> dict[str, list[FieldError]]:
+        out: dict[str, list[FieldError]] = {}
+        for e in self.errors:
+            out.setdefault(e.field, []).append(e)
+        return out
+
+
+class AuthError(VpbxError):
+    code = "auth-error"
+
+
+class LoginFailed(AuthError):
+    code = "login-failed"
+
+
+class LoginLocked(AuthError):
+    code = "login-locked"
+
+
+class CsrfFailed(AuthError):
+    code = "csrf-failed"
+
+
+class SipError(VpbxError):
+    code = "sip-error"
+
+
+class MediaError(VpbxError):
+    code = "media-error"
+
+
+class IntegrationError(VpbxError):
+    code = "integration-error"

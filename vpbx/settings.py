@@ -1,0 +1,155 @@
+"""Process settings: ``VPBX_*`` environment variables (``__`` nests), optional TOML files, CLI overrides.
+
+Priority, highest first: CLI options, environment, ``VPBX_CONFIG_FILE``, ``<data_dir>/secrets.toml``
+(written by ``vpbx serve --demo`` on first start), defaults. Production refuses empty or placeholder secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from vpbx.errors import ConfigError
+
+PLACEHOLDERS = frozenset(
+    {"", "changeme", "change-me", "secret", "password", "default", "vpbx", "test", "xxx"}
+)
+MIN_SECRET_LEN = 32
+SECRETS_FILE = "secrets.toml"
+
+
+class LoginPolicy(BaseSettings):
+    max_failures: int = Field(default=5, ge=1, le=100)
+    window_s: int = Field(default=900, ge=10)
+    lockout_s: int = Field(default=900, ge=10)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VPBX_", env_nested_delimiter="__", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "production"
+    secret_key: SecretStr = SecretStr("")
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    sip_host: str = "0.0.0.0"
+    sip_port: int = Field(default=5060, ge=0, le=65535)
+    rtp_ports: tuple[int, int] = (10000, 20000)
+    public_url: str = ""
+    log_json: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cookie_secure: Literal["auto", "always", "never"] = "auto"
+    session_ttl_s: int = Field(default=12 * 3600, ge=60)
+    login: LoginPolicy = LoginPolicy()
+    default_language: Literal["ru", "en"] = "ru"
+    demo: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = settings_cls.model_config.get("toml_file") or []
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
+
+    @field_validator("rtp_ports", mode="before")
+    @classmethod
+    def _parse_ports(cls, v: object) -> object:
+        if isinstance(v, str):
+            lo, sep, hi = v.partition("-")
+            if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+                raise ValueError("expected A-B, e.g. 10000-20000")
+            return (int(lo), int(hi))
+        return v
+
+    @field_validator("rtp_ports")
+    @classmethod
+    def _check_ports(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not (1024 <= lo < hi <= 65535) or (hi - lo) < 1:
+            raise ValueError("RTP port range must be A-B with 1024 <= A < B <= 65535")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults_and_placeholders(self) -> Self:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'vpbx.sqlite3'}"
+        if self.env == "production":
+            refuse_placeholders(self)
+        return self
+
+    @property
+    def sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def refuse_placeholders(s: BaseSettings, prefix: str = "VPBX_") -> None:
+    """Raise ``ConfigError`` naming the first secret that is empty, a placeholder or too short."""
+    for name, value in s:
+        if isinstance(value, SecretStr):
+            raw = value.get_secret_value()
+            env_name = f"{prefix}{name.upper()}"
+            if raw.strip().lower() in PLACEHOLDERS:
+                raise ConfigError(
+                    f"{env_name} is empty or a placeholder; set a random value of "
+                    f"{MIN_SECRET_LEN}+ characters",
+                    details={"setting": env_name},
+                )
+            if len(raw) < MIN_SECRET_LEN:
+                raise ConfigError(
+                    f"{env_name} is shorter than {MIN_SECRET_LEN} characters", details={"setting": env_name}
+                )
+
+
+def config_files(data_dir: Path) -> list[Path]:
+    """The TOML files read, lowest priority last: ``VPBX_CONFIG_FILE`` then the demo secrets file."""
+    files = []
+    explicit = os.environ.get("VPBX_CONFIG_FILE")
+    if explicit:
+        files.append(Path(explicit))
+    demo = data_dir / SECRETS_FILE
+    if demo.exists():
+        files.append(demo)
+    return files
+
+
+def load_settings(files: list[Path] | None = None, **overrides: Any) -> Settings:
+    """Build settings from the sources above; ``overrides`` (CLI options) win, ``None`` values are ignored."""
+    init = {k: v for k, v in overrides.items() if v is not None}
+    if files is None:
+        data_dir = Path(init.get("data_dir") or os.environ.get("VPBX_DATA_DIR") or "data")
+        files = config_files(data_dir)
+    for f in files:
+        if not f.exists():
+            raise ConfigError(f"settings file {f} does not exist", details={"file": str(f)})
+        tomllib.loads(f.read_text())  # a broken file fails here, with the file in the message
+    cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": files}})
+    s: Settings = cls(**init)
+    return s
+
+
+def ensure_demo_secrets(data_dir: Path) -> Path:
+    """Write random secrets for a demo instance on first start; never overwrite existing ones."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SECRETS_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'secret_key = "{secrets.token_urlsafe(48)}"\n')
+    return path

@@ -1,0 +1,313 @@
+"""Typed SQLAlchemy models. Every tenant-owned row carries ``domain_id``; ids are UUIDv4."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any, ClassVar, NewType
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from vpbx.store.types import Money, UtcDateTime
+
+DomainId = NewType("DomainId", uuid.UUID)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UtcDateTime(),
+        Decimal: Money(),
+        uuid.UUID: Uuid(),
+    }
+
+
+class Timestamped:
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+# --- platform -----------------------------------------------------------------------------------------------
+
+
+class Operator(Timestamped, Base):
+    """A platform operator: creates domains, blocks them, sets the price list."""
+
+    __tablename__ = "operators"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    login: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+
+
+class Domain(Timestamped, Base):
+    __tablename__ = "domains"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    blocked_reason: Mapped[str | None] = mapped_column(String(500))
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Moscow")
+    channel_limit: Mapped[int] = mapped_column(Integer, default=10)
+    __table_args__ = (CheckConstraint("status in ('active', 'blocked')", name="status"),)
+
+
+# --- directory ----------------------------------------------------------------------------------------------
+
+
+class User(Timestamped, Base):
+    """An employee («абонент»): cabinet account, extension (PIN) and SIP credentials."""
+
+    __tablename__ = "users"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(128))
+    pin: Mapped[str] = mapped_column(String(6))
+    sip_login: Mapped[str] = mapped_column(String(64))
+    sip_password_enc: Mapped[str] = mapped_column(Text)
+    ha1_md5: Mapped[str] = mapped_column(String(32))
+    ha1_sha256: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(String(254))
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    web_password_hash: Mapped[str | None] = mapped_column(String(255))
+    record_calls: Mapped[bool] = mapped_column(Boolean, default=False)
+    allow_international: Mapped[bool] = mapped_column(Boolean, default=False)
+    allow_long_distance: Mapped[bool] = mapped_column(Boolean, default=True)
+    allow_mobile: Mapped[bool] = mapped_column(Boolean, default=True)
+    mobile_delay_s: Mapped[int] = mapped_column(Integer, default=15)
+    contact_numbers: Mapped[list[UserContactNumber]] = relationship(
+        order_by="UserContactNumber.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+    __table_args__ = (
+        UniqueConstraint("domain_id", "name"),
+        UniqueConstraint("domain_id", "pin"),
+        UniqueConstraint("domain_id", "sip_login"),
+        CheckConstraint("role in ('admin', 'user')", name="role"),
+    )
+
+
+class UserContactNumber(Base):
+    """A number rung after the user's devices (mobile forwarding), in order."""
+
+    __tablename__ = "user_contact_numbers"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    number: Mapped[str] = mapped_column(String(16))
+
+
+class IncomingNumber(Timestamped, Base):
+    """A line: an E.164 number owned by exactly one domain."""
+
+    __tablename__ = "incoming_numbers"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    number: Mapped[str] = mapped_column(String(16), unique=True)
+    label: Mapped[str] = mapped_column(String(128), default="")
+
+
+class ActionTarget:
+    """Where a call goes: shared by routing rules and a group's fall-through."""
+
+    action: Mapped[str] = mapped_column(String(16))
+    target_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    target_group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("call_groups.id"))
+    target_menu_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("voice_menus.id"))
+    target_number: Mapped[str | None] = mapped_column(String(16))
+
+
+class CallGroup(Timestamped, Base):
+    __tablename__ = "call_groups"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    pin: Mapped[str] = mapped_column(String(6))
+    strategy: Mapped[str] = mapped_column(String(16), default="simultaneous")
+    member_timeout_s: Mapped[int] = mapped_column(Integer, default=20)
+    overall_timeout_s: Mapped[int] = mapped_column(Integer, default=60)
+    # fall-through when nobody answers; NULL action = hang up
+    fallthrough_action: Mapped[str | None] = mapped_column(String(16))
+    fallthrough_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    fallthrough_group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("call_groups.id"))
+    fallthrough_menu_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("voice_menus.id"))
+    fallthrough_number: Mapped[str | None] = mapped_column(String(16))
+    members: Mapped[list[CallGroupMember]] = relationship(
+        order_by="CallGroupMember.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+    __table_args__ = (
+        UniqueConstraint("domain_id", "pin"),
+        UniqueConstraint("domain_id", "name"),
+        CheckConstraint("strategy in ('simultaneous', 'sequential', 'cyclic')", name="strategy"),
+    )
+
+
+class CallGroupMember(Base):
+    __tablename__ = "call_group_members"
+    group_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("call_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class Schedule(Timestamped, Base):
+    """Work hours per weekday and holidays, read in the domain's time zone."""
+
+    __tablename__ = "schedules"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    intervals: Mapped[list[ScheduleInterval]] = relationship(
+        order_by=lambda: [ScheduleInterval.weekday, ScheduleInterval.start_min],
+        cascade="all, delete-orphan",
+        lazy="selectin",
+    )
+    holidays: Mapped[list[ScheduleHoliday]] = relationship(
+        order_by="ScheduleHoliday.day", cascade="all, delete-orphan", lazy="selectin"
+    )
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+
+
+class ScheduleInterval(Base):
+    __tablename__ = "schedule_intervals"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    schedule_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"), index=True)
+    weekday: Mapped[int] = mapped_column(Integer)  # 0 = Monday
+    start_min: Mapped[int] = mapped_column(Integer)
+    end_min: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (
+        CheckConstraint("weekday between 0 and 6", name="weekday"),
+        CheckConstraint("start_min >= 0 and start_min < end_min and end_min <= 1440", name="span"),
+    )
+
+
+class ScheduleHoliday(Base):
+    __tablename__ = "schedule_holidays"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    schedule_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"), index=True)
+    day: Mapped[dt.date] = mapped_column(Date)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    __table_args__ = (UniqueConstraint("schedule_id", "day"),)
+
+
+class VoiceMenu(Timestamped, Base):
+    """A voice menu (IVR). Keys and prompts arrive with the call engine; rules can target it now."""
+
+    __tablename__ = "voice_menus"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    prompt_text: Mapped[str] = mapped_column(String(1000), default="")
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+
+
+class RoutingRule(Timestamped, ActionTarget, Base):
+    """One ordered rule of an incoming number: a schedule condition and an action."""
+
+    __tablename__ = "routing_rules"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    number_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("incoming_numbers.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    condition: Mapped[str] = mapped_column(String(16), default="always")
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("schedules.id"))
+    __table_args__ = (
+        CheckConstraint("condition in ('always', 'work', 'non_work')", name="condition"),
+        CheckConstraint(
+            "action in ('user', 'group', 'menu', 'voicemail', 'external', 'reject')", name="action"
+        ),
+    )
+
+
+# --- services management («Управление услугами») -------------------------------------------------------
+
+
+class ServicePrice(Base):
+    """The operator's price list: one monthly fee per service code."""
+
+    __tablename__ = "service_prices"
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    monthly_fee: Mapped[Decimal] = mapped_column(default=Decimal("0.00"))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+class DomainService(Base):
+    """A service's state in one domain: enabled, and a counter for counted services."""
+
+    __tablename__ = "domain_services"
+    domain_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True
+    )
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    counter: Mapped[int] = mapped_column(Integer, default=0)
+    changed_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+class Charge(Timestamped, Base):
+    """The charges ledger: one row per charge or credit, never updated."""
+
+    __tablename__ = "charges"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    service_code: Mapped[str | None] = mapped_column(String(32))
+    amount: Mapped[Decimal] = mapped_column()
+    description: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    __table_args__ = (
+        CheckConstraint("kind in ('charge', 'credit')", name="kind"),
+        CheckConstraint("amount > 0", name="amount"),
+    )
+
+
+# --- cabinet sessions and login throttling ---------------------------------------------------------------
+
+
+class WebSession(Base):
+    """Server-side cabinet session; the cookie holds a random token, the table only its hash."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    operator_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("operators.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+
+
+class LoginThrottle(Base):
+    """Failed logins per key (login name or source address), for the lockout."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[dt.datetime] = mapped_column()
+    locked_until: Mapped[dt.datetime | None] = mapped_column()

@@ -1,0 +1,47 @@
+"""The admin desktop («Рабочий стол администратора»): one icon per section, and the user's own page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from vpbx.pbx import users as users_svc
+from vpbx.pbx.validation import N_
+from vpbx.store.models import Domain
+from vpbx.web.auth import AdminDep, CoreDep, DbDep, MemberDep, RendererDep
+
+router = APIRouter()
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    href: str
+    title: str  # msgid
+    hint: str  # msgid
+    icon: str  # name of an icon in templates/_icons.html
+
+
+SECTIONS: list[Section] = [
+    Section("/users", N_("Users"), N_("Employees, extensions and SIP accounts"), "users"),
+    Section("/numbers", N_("Numbers"), N_("The domain's phone lines"), "phone"),
+    Section("/groups", N_("Call groups"), N_("Ring several employees"), "group"),
+    Section("/schedules", N_("Schedules"), N_("Work hours and holidays"), "clock"),
+    Section("/routing", N_("Routing"), N_("Where incoming calls go"), "route"),
+    Section("/menus", N_("Voice menus"), N_("Greetings and key choices"), "menu"),
+    Section("/services", N_("Services management"), N_("Services, fees and charges"), "services"),
+]
+
+
+@router.get("/")
+async def desktop(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
+    domain = await s.get(Domain, p.tenant)
+    return r.page(request, "desktop.html", {"sections": SECTIONS, "domain": domain})
+
+
+@router.get("/me")
+async def my_page(request: Request, r: RendererDep, p: MemberDep, s: DbDep, core: CoreDep) -> Response:
+    assert p.user_id is not None
+    user = await users_svc.get_user(s, p.tenant, p.user_id)
+    return r.page(request, "me.html", {"user": user, "sip_password": users_svc.sip_password(user, core.box)})

@@ -1,0 +1,140 @@
+"""Users section: list with search, create, edit, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from vpbx.errors import ValidationFailed
+from vpbx.pbx import users as svc
+from vpbx.store.models import User
+from vpbx.web import forms
+from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
+from vpbx.web.forms import FormData
+
+router = APIRouter(prefix="/users")
+
+
+def _input(form: FormData) -> svc.UserInput:
+    return svc.UserInput(
+        name=forms.text(form, "name"),
+        display_name=forms.text(form, "display_name"),
+        pin=forms.text(form, "pin"),
+        sip_login=forms.text(form, "sip_login"),
+        sip_password=forms.text(form, "sip_password"),
+        email=forms.text(form, "email"),
+        role=forms.text(form, "role", "user"),
+        web_password=forms.text(form, "web_password"),
+        record_calls=forms.checked(form, "record_calls"),
+        allow_international=forms.checked(form, "allow_international"),
+        allow_long_distance=forms.checked(form, "allow_long_distance"),
+        allow_mobile=forms.checked(form, "allow_mobile"),
+        mobile_delay_s=forms.text(form, "mobile_delay_s", "15"),
+        contact_numbers=forms.lines(form, "contact_numbers"),
+    )
+
+
+def _values(u: User | None, data: svc.UserInput | None = None) -> dict[str, object]:
+    if data is not None:
+        v = dict(vars(data))
+        v["contact_numbers"] = "\n".join(data.contact_numbers)
+        v["sip_password"] = v["web_password"] = ""
+        return v
+    if u is None:
+        return {"role": "user", "allow_long_distance": True, "allow_mobile": True, "mobile_delay_s": 15}
+    return {
+        "name": u.name,
+        "display_name": u.display_name,
+        "pin": u.pin,
+        "sip_login": u.sip_login,
+        "email": u.email or "",
+        "role": u.role,
+        "record_calls": u.record_calls,
+        "allow_international": u.allow_international,
+        "allow_long_distance": u.allow_long_distance,
+        "allow_mobile": u.allow_mobile,
+        "mobile_delay_s": u.mobile_delay_s,
+        "contact_numbers": "\n".join(c.number for c in u.contact_numbers),
+    }
+
+
+@router.get("")
+async def list_users(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
+    q = request.query_params.get("q", "")[:100]
+    page = await svc.list_users(s, p.tenant, q, forms.page_number(request.query_params.get("page")))
+    return r.page(request, "users/list.html", {"page": page, "q": q})
+
+
+@router.get("/new")
+async def new_user(request: Request, r: RendererDep, _p: AdminDep) -> Response:
+    return r.page(request, "users/form.html", {"user": None, "v": _values(None)})
+
+
+@router.post("")
+async def create_user(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    data = _input(await request.form())
+    try:
+        await svc.create_user(s, p.tenant, data, box=core.box)
+    except ValidationFailed as e:
+        await s.rollback()
+        return r.page(
+            request, "users/form.html", {"user": None, "v": _values(None, data)}, errors=e, status_code=422
+        )
+    await s.commit()
+    return RedirectResponse("/users", status_code=303)
+
+
+@router.get("/{user_id}")
+async def edit_user(
+    user_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    u = await svc.get_user(s, p.tenant, forms.parse_id(user_id, "user"))
+    return r.page(
+        request,
+        "users/form.html",
+        {"user": u, "v": _values(u), "sip_password": svc.sip_password(u, core.box)},
+    )
+
+
+@router.post("/{user_id}")
+async def update_user(
+    user_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    uid = forms.parse_id(user_id, "user")
+    u = await svc.get_user(s, p.tenant, uid)
+    data = _input(await request.form())
+    try:
+        await svc.update_user(s, p.tenant, uid, data, box=core.box)
+    except ValidationFailed as e:
+        await s.rollback()
+        u = await svc.get_user(s, p.tenant, uid)
+        return r.page(
+            request,
+            "users/form.html",
+            {"user": u, "v": _values(u, data), "sip_password": svc.sip_password(u, core.box)},
+            errors=e,
+            status_code=422,
+        )
+    await s.commit()
+    return RedirectResponse("/users", status_code=303)
+
+
+@router.post("/{user_id}/delete")
+async def delete_user(
+    user_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    uid = forms.parse_id(user_id, "user")
+    try:
+        await svc.delete_user(s, p.tenant, uid)
+    except ValidationFailed as e:
+        await s.rollback()
+        u = await svc.get_user(s, p.tenant, uid)
+        return r.page(
+            request,
+            "users/form.html",
+            {"user": u, "v": _values(u), "sip_password": svc.sip_password(u, core.box)},
+            errors=e,
+            status_code=422,
+        )
+    await s.commit()
+    return RedirectResponse("/users", status_code=303)
