@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vpbx.web.pages import desktop, users
+from vpbx.web.pages import desktop, groups, menus, numbers, operator, routing, schedules, services, users
 
-ROUTERS: list[APIRouter] = [desktop.router, users.router]
+ROUTERS: list[APIRouter] = [
+    desktop.router,
+    users.router,
+    numbers.router,
+    groups.router,
+    menus.router,
+    schedules.router,
+    routing.router,
+    services.router,
+    operator.router,
+]

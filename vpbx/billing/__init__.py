@@ -1,0 +1,1 @@
+"""Services management («Управление услугами»): catalogue, prices, per-domain state, charges."""

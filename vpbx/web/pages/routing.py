@@ -1,0 +1,7 @@
+"""Cabinet section: routing (being built)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
