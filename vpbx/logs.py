@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 REDACTED = "***"
+PARAMETER_LOGGERS = {"aiosqlite": logging.INFO, "sqlalchemy.engine": logging.WARNING, "asyncpg": logging.INFO}
 # Keys whose values never reach a log, whatever the caller passed.
 SECRET_KEY_RE = re.compile(r"pass(word)?|secret|token|ha1|api_key|sign|cookie|csrf|authorization", re.I)
 
@@ -49,8 +50,11 @@ def configure_logging(*, json: bool = False, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's access log prints query strings; ours (structured, below) does not.
+    # uvicorn's access log prints query strings; ours (the http.request event) does not.
     logging.getLogger("uvicorn.access").disabled = True
+    # Drivers that print SQL parameters (session tokens, hashes) at debug level stay quieter than that.
+    for name, floor in PARAMETER_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(floor, logging.getLogger().level))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
