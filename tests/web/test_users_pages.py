@@ -24,6 +24,8 @@ async def _count(core: Core, t: Tenant) -> int:
 
 
 async def test_create_user_and_find_it(admin1: Cabinet, core: Core, t1: Tenant) -> None:
+    form = await admin1.get("/users/new")
+    assert form.status_code == 200 and 'name="pin"' in form.text
     resp = await admin1.post("/users", NEW_USER)
     assert resp.status_code == 303, resp.text
     page = await admin1.get("/users?q=sidor")

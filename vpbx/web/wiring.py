@@ -96,6 +96,17 @@ def mount_web(app: FastAPI, core: Core) -> None:
     async def bad_request(request: Request, _exc: RequestValidationError) -> Response:
         return renderer.page(request, "error.html", {"status": 400}, status_code=400)
 
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> Response:
+        log.error(
+            "http.unhandled",
+            method=request.method,
+            path=request.url.path,
+            error=type(exc).__name__,
+            exc_info=exc,
+        )
+        return renderer.page(request, "error.html", {"status": 500}, status_code=500)
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         try:
@@ -109,6 +120,10 @@ def mount_web(app: FastAPI, core: Core) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return RedirectResponse("/static/favicon.svg", status_code=301)
 
     @app.get("/assets/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:

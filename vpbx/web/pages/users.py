@@ -41,7 +41,7 @@ def _values(u: User | None, data: svc.UserInput | None = None) -> dict[str, obje
         v["sip_password"] = v["web_password"] = ""
         return v
     if u is None:
-        return {"role": "user", "allow_long_distance": True, "allow_mobile": True, "mobile_delay_s": 15}
+        return _values(None, svc.UserInput(name="", display_name="", pin=""))
     return {
         "name": u.name,
         "display_name": u.display_name,
