@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data direct
 
 def _settings(data_dir: Path | None, *, demo: bool = False, **overrides: Any) -> Settings:
     if demo:
-        ensure_demo_secrets(data_dir or Path("data"))
+        ensure_demo_secrets(data_dir or Path(os.environ.get("VPBX_DATA_DIR") or "data"))
     try:
         return load_settings(data_dir=data_dir, demo=demo or None, **overrides)
     except ConfigError as e:

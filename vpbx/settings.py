@@ -10,13 +10,15 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -46,7 +48,8 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     sip_host: str = "0.0.0.0"
     sip_port: int = Field(default=5060, ge=0, le=65535)
-    rtp_ports: tuple[int, int] = (10000, 20000)
+    # NoDecode: VPBX_RTP_PORTS=A-B reaches the validator as text instead of being parsed as JSON.
+    rtp_ports: Annotated[tuple[int, int], NoDecode] = (10000, 20000)
     public_url: str = ""
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -138,10 +141,31 @@ def load_settings(files: list[Path] | None = None, **overrides: Any) -> Settings
     for f in files:
         if not f.exists():
             raise ConfigError(f"settings file {f} does not exist", details={"file": str(f)})
-        tomllib.loads(f.read_text())  # a broken file fails here, with the file in the message
+        try:
+            tomllib.loads(f.read_text())  # a broken file fails here, with the file in the message
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"settings file {f} is not valid TOML: {e}", details={"file": str(f)}) from e
     cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": files}})
-    s: Settings = cls(**init)
+    try:
+        s: Settings = cls(**init)
+    except ValidationError as e:
+        raise ConfigError(
+            describe_errors(e), details={"settings": [_env_name(x["loc"]) for x in e.errors()]}
+        ) from e
+    except SettingsError as e:
+        raise ConfigError(str(e)) from e
     return s
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return "VPBX_" + "__".join(str(p).upper() for p in loc if isinstance(p, str))
+
+
+def describe_errors(e: ValidationError) -> str:
+    """One line per invalid setting, named by its environment variable."""
+    return "; ".join(
+        f"{_env_name(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+    )
 
 
 def ensure_demo_secrets(data_dir: Path) -> Path:
