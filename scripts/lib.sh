@@ -176,6 +176,8 @@ ensure_postgres() {
         DO \$\$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vpbx') THEN
                 CREATE ROLE vpbx LOGIN CREATEDB PASSWORD 'vpbx';
+            ELSE
+                ALTER ROLE vpbx LOGIN CREATEDB PASSWORD 'vpbx';
             END IF;
         END \$\$;"
     PG_PORT="$port"
