@@ -18,7 +18,7 @@ die() { printf 'vpbx: error: %s\n' "$*" >&2; exit 1; }
 quietly() {
     local log rc=0
     log="$(mktemp)"
-    "$@" >"$log" 2>&1 || rc=$?
+    ("$@") >"$log" 2>&1 || rc=$?  # a subshell, so that a die inside still shows its message
     if [[ $rc -ne 0 ]]; then
         cat "$log" >&2
         rm -f "$log"
