@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx.crypto import SecretBox
 from vpbx.errors import NotFound
+from vpbx.pbx import users
 from vpbx.pbx.validation import N_, Check
 from vpbx.store.models import Domain
 from vpbx.store.paging import Page, like_pattern, paginate
@@ -61,12 +63,18 @@ async def create_domain(s: AsyncSession, data: DomainInput) -> Domain:
     return d
 
 
-async def update_domain(s: AsyncSession, domain_id: uuid.UUID, data: DomainInput) -> Domain:
+async def update_domain(
+    s: AsyncSession, domain_id: uuid.UUID, data: DomainInput, *, box: SecretBox
+) -> Domain:
+    """Change a domain; a rename re-derives its users' SIP digests, whose realm is the domain name."""
     d = await get_domain(s, domain_id)
     c = await _validate(s, data, d)
     c.done()
+    renamed = d.name != data.name
     d.name, d.timezone, d.channel_limit = data.name, data.timezone.strip(), int(data.channel_limit)
     await s.flush()
+    if renamed:
+        await users.rekey(s, d.id, d.name, box)
     return d
 
 

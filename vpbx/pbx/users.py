@@ -85,6 +85,20 @@ async def _validate(s: AsyncSession, domain_id: uuid.UUID, d: UserInput, current
     return c
 
 
+async def validate_user(s: AsyncSession, domain_id: uuid.UUID, data: UserInput) -> Check:
+    """Check a new user's fields (normalising ``data``) without saving anything."""
+    return await _validate(s, domain_id, data, None)
+
+
+async def rekey(s: AsyncSession, domain_id: uuid.UUID, realm: str, box: SecretBox) -> None:
+    """The SIP realm is the domain name: after a rename every user's HA1 digests are derived anew."""
+    for u in await all_users(s, domain_id):
+        password = box.open(u.sip_password_enc)
+        u.ha1_md5 = ha1(u.sip_login, realm, password, "MD5")
+        u.ha1_sha256 = ha1(u.sip_login, realm, password, "SHA-256")
+    await s.flush()
+
+
 def _apply(u: User, d: UserInput, realm: str, box: SecretBox) -> None:
     u.name, u.display_name, u.pin, u.sip_login = d.name, d.display_name, d.pin, d.sip_login
     u.email = d.email or None

@@ -16,12 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
-from vpbx.crypto import SecretBox
 from vpbx.errors import FieldError, ValidationFailed
 from vpbx.pbx import domains as domains_svc
 from vpbx.pbx import users as users_svc
 from vpbx.pbx.validation import N_
-from vpbx.sip.digest import ha1
 from vpbx.store.models import Domain, User
 from vpbx.web import forms
 from vpbx.web.auth import CoreDep, DbDep, OperatorDep, RendererDep
@@ -134,7 +132,7 @@ async def create_domain(
     else:
         # the domain is invalid, yet its admin's fields are checked too, so the form shows every error at
         # once; a new domain has no users, so a domain id that does not exist checks the same rules
-        admin_errors = (await users_svc._validate(s, uuid.uuid4(), admin, None)).errors
+        admin_errors = (await users_svc.validate_user(s, uuid.uuid4(), admin)).errors
     errors += [FieldError(ADMIN_FIELDS.get(e.field, "admin_name"), e.msgid, e.params) for e in admin_errors]
     if errors:
         await s.rollback()
@@ -194,30 +192,18 @@ async def edit_domain(
     return await _edit_page(request, r, s, d)
 
 
-async def _rekey_users(s: AsyncSession, d: Domain, box: SecretBox) -> None:
-    """The SIP realm is the domain name: after a rename every user's stored HA1 digests are derived anew."""
-    for u in await users_svc.all_users(s, d.id):
-        password = users_svc.sip_password(u, box)
-        u.ha1_md5 = ha1(u.sip_login, d.name, password, "MD5")
-        u.ha1_sha256 = ha1(u.sip_login, d.name, password, "SHA-256")
-    await s.flush()
-
-
 @router.post("/domains/{domain_id}")
 async def update_domain(
     domain_id: str, request: Request, r: RendererDep, _p: OperatorDep, s: DbDep, core: CoreDep
 ) -> Response:
     did = forms.parse_id(domain_id, "domain")
-    old_name = (await domains_svc.get_domain(s, did)).name
     data = _domain_input(await request.form())
     try:
-        d = await domains_svc.update_domain(s, did, data)
+        await domains_svc.update_domain(s, did, data, box=core.box)
     except ValidationFailed as e:
         await s.rollback()
         d = await domains_svc.get_domain(s, did)
         return await _edit_page(request, r, s, d, v=_domain_values(d, data), errors=e)
-    if d.name != old_name:
-        await _rekey_users(s, d, core.box)
     await s.commit()
     return RedirectResponse("/operator/domains", status_code=303)
 
