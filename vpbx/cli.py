@@ -126,6 +126,8 @@ def _print_demo(info: dict[str, object], settings: Settings) -> None:
         lines.append(
             f"    {u['pin']}  {u['display_name']:<24} login {u['sip_login']:<10} password {u['sip_password']}"
         )
+    if "line" in info:
+        lines.append(f"  line:      {info['line']} → group {info['group_pin']} in office hours, else a menu")
     lines.append(f"  the same as JSON: {settings.data_dir / 'demo.json'}")
     typer.echo("\n".join(lines) + "\n")
 

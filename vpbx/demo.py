@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.app import build_core
+from vpbx import billing
+from vpbx.app import Core, build_core
 from vpbx.crypto import hash_password, random_password
-from vpbx.pbx import domains, users
+from vpbx.pbx import domains, groups, lines, menus, routing, schedules, users
+from vpbx.pbx.actions import ActionInput
 from vpbx.settings import Settings
 from vpbx.store.models import Operator
 
 DEMO_DOMAIN = "demo.vpbx.local"
 DEMO_FILE = "demo.json"
+DEMO_LINE = "+74951234567"
+DEMO_GROUP_PIN = "600"
 DEMO_USERS = [
     # name, display name, PIN, role
     ("admin", "Администратор Демо", "101", "admin"),
@@ -68,6 +74,8 @@ async def ensure_demo(settings: Settings) -> dict[str, Any]:
                         "sip_password": sip_password,
                     }
                 )
+            if existing is None:
+                info.update(await _directory(core, s, d.id))
             info["admin_login"] = f"admin@{DEMO_DOMAIN}"
             info["admin_password"] = admin_password
             operator_password = random_password(12)
@@ -83,6 +91,64 @@ async def ensure_demo(settings: Settings) -> dict[str, Any]:
             return info
     finally:
         await core.engine.dispose()
+
+
+async def _directory(core: Core, s: AsyncSession, domain_id: uuid.UUID) -> dict[str, Any]:
+    """One line whose calls go to the sales group in office hours and to a voice menu otherwise."""
+    line = await lines.create_number(s, domain_id, lines.NumberInput(number=DEMO_LINE, label="Основной"))
+    admin = await users.user_by_pin(s, domain_id, DEMO_USERS[0][2])
+    assert admin is not None
+    group = await groups.create_group(
+        s,
+        domain_id,
+        groups.GroupInput(
+            name="Продажи",
+            pin=DEMO_GROUP_PIN,
+            strategy="sequential",
+            member_timeout_s=20,
+            overall_timeout_s=60,
+            members=[pin for _, _, pin, role in DEMO_USERS if role == "user"],
+            fallthrough=ActionInput(action="voicemail", user_id=admin.id),
+        ),
+    )
+    year = core.clock.now().year
+    office = await schedules.create_schedule(
+        s,
+        domain_id,
+        schedules.ScheduleInput(
+            name="Офис",
+            days=["09:00-18:00"] * 5 + ["", ""],
+            holidays="\n".join(
+                f"{y}-01-0{d} Новогодние каникулы" for y in (year, year + 1) for d in range(1, 9)
+            ),
+        ),
+    )
+    menu = await menus.create_menu(
+        s,
+        domain_id,
+        menus.MenuInput(
+            name="Нерабочее время",
+            prompt_text="Здравствуйте! Мы работаем с 9 до 18 по будням. Нажмите 1, чтобы оставить сообщение.",
+        ),
+    )
+    await routing.add_rule(
+        s,
+        domain_id,
+        line.id,
+        routing.RuleInput(
+            condition="work", schedule_id=office.id, target=ActionInput(action="group", group_id=group.id)
+        ),
+    )
+    await routing.add_rule(
+        s,
+        domain_id,
+        line.id,
+        routing.RuleInput(
+            condition="non_work", schedule_id=office.id, target=ActionInput(action="menu", menu_id=menu.id)
+        ),
+    )
+    await billing.enable(s, domain_id, "call_recording", core.clock.now())
+    return {"line": DEMO_LINE, "group_pin": DEMO_GROUP_PIN}
 
 
 def _write_private(path: Path, info: dict[str, Any]) -> None:
