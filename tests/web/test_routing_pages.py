@@ -273,3 +273,11 @@ async def test_forged_ids_in_forms_are_rejected(admin2: Cabinet, core: Core, t1:
         assert str(foreign) not in page.text
     assert await _rules(core, t1) == before1
     assert await _rules(core, t2) == before2
+
+
+async def test_numbers_list_searches_any_spelling(admin1: Cabinet, core: Core, t1: Tenant) -> None:
+    await _world(core, t1)
+    found = await admin1.get("/routing", params={"q": "8 (495) 123"})
+    assert "+7 495 123-45-67" in found.text and "+7 495 765-43-21" not in found.text
+    by_label = await admin1.get("/routing", params={"q": "Офис"})
+    assert "+7 495 123-45-67" in by_label.text and "+7 495 765-43-21" not in by_label.text

@@ -13,15 +13,16 @@ import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.errors import NotFound, ValidationFailed
+from vpbx.pbx import lines
 from vpbx.pbx.actions import Action, ActionInput, validate_action
 from vpbx.pbx.schedules import is_work_time
 from vpbx.pbx.validation import N_, Check
 from vpbx.store.models import CallGroup, Domain, IncomingNumber, RoutingRule, Schedule, User, VoiceMenu
-from vpbx.store.paging import Page, like_pattern, paginate
+from vpbx.store.paging import Page
 
 CONDITIONS = ("always", "work", "non_work")
 MAX_RULES = 50
@@ -69,26 +70,10 @@ async def get_number(s: AsyncSession, domain_id: uuid.UUID, number_id: uuid.UUID
 async def list_numbers(
     s: AsyncSession, domain_id: uuid.UUID, q: str = "", page: int = 1
 ) -> tuple[Page[IncomingNumber], dict[uuid.UUID, int]]:
-    """A page of the domain's numbers and the rule count of each."""
-    stmt = select(IncomingNumber).where(IncomingNumber.domain_id == domain_id).order_by(IncomingNumber.number)
-    if q.strip():
-        pat = like_pattern(q.strip())
-        digits = "".join(ch for ch in q if ch.isdigit())
-        conds = [IncomingNumber.label.ilike(pat, escape="\\")]
-        if digits:
-            conds.append(IncomingNumber.number.like(like_pattern(digits), escape="\\"))
-        stmt = stmt.where(or_(*conds))
-    pg = await paginate(s, stmt, page)
-    counts: dict[uuid.UUID, int] = {n.id: 0 for n in pg.items}
-    if counts:
-        rows = await s.execute(
-            select(RoutingRule.number_id, func.count())
-            .where(RoutingRule.domain_id == domain_id, RoutingRule.number_id.in_(list(counts)))
-            .group_by(RoutingRule.number_id)
-        )
-        for number_id, n in rows.all():
-            counts[number_id] = int(n)
-    return pg, counts
+    """A page of the domain's numbers (searched as the numbers section does) and the rule count of each."""
+    pg = await lines.list_numbers(s, domain_id, q, page)
+    counts = await lines.rule_counts(s, domain_id, [n.id for n in pg.items])
+    return pg, {n.id: counts.get(n.id, 0) for n in pg.items}
 
 
 async def targets(s: AsyncSession, domain_id: uuid.UUID) -> Targets:
