@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.pbx.validation import N_, Check
-from vpbx.store.models import CallGroup, User, VoiceMenu
+from vpbx.store.models import CallGroup, RoutingRule, User, VoiceMenu
 
 ACTIONS = ("user", "group", "menu", "voicemail", "external", "reject")
 
@@ -73,3 +73,27 @@ async def validate_action(
         number = c.number(prefix + "number", data.number)
         return Action(action=kind, number=number) if number else None
     return Action(action="reject")
+
+
+# Which columns point at a target of each kind: in routing rules and in a group's fall-through.
+_TARGET_COLUMNS = {
+    "user": (RoutingRule.target_user_id, CallGroup.fallthrough_user_id),
+    "group": (RoutingRule.target_group_id, CallGroup.fallthrough_group_id),
+    "menu": (RoutingRule.target_menu_id, CallGroup.fallthrough_menu_id),
+}
+
+
+async def is_target(s: AsyncSession, domain_id: uuid.UUID, kind: str, ident: uuid.UUID) -> bool:
+    """Whether a routing rule or another group's fall-through sends calls to this user, group or menu."""
+    rule_col, fallthrough_col = _TARGET_COLUMNS[kind]
+    rule = await s.scalar(
+        select(RoutingRule.id).where(RoutingRule.domain_id == domain_id, rule_col == ident).limit(1)
+    )
+    if rule is not None:
+        return True
+    group = await s.scalar(
+        select(CallGroup.id)
+        .where(CallGroup.domain_id == domain_id, fallthrough_col == ident, CallGroup.id != ident)
+        .limit(1)
+    )
+    return group is not None

@@ -10,10 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.errors import FieldError, NotFound, ValidationFailed
 from vpbx.pbx import routing
-from vpbx.pbx.actions import Action, ActionInput, validate_action
+from vpbx.pbx.actions import Action, ActionInput, is_target, validate_action
 from vpbx.pbx.users import pin_owner
 from vpbx.pbx.validation import N_, Check
-from vpbx.store.models import CallGroup, CallGroupMember, RoutingRule, User
+from vpbx.store.models import CallGroup, CallGroupMember, User
 from vpbx.store.paging import Page, like_pattern, paginate
 
 STRATEGIES = ("simultaneous", "sequential", "cyclic")
@@ -167,17 +167,7 @@ async def update_group(
 
 async def delete_group(s: AsyncSession, domain_id: uuid.UUID, group_id: uuid.UUID) -> None:
     g = await get_group(s, domain_id, group_id)
-    used = await s.scalar(
-        select(RoutingRule.id)
-        .where(RoutingRule.domain_id == domain_id, RoutingRule.target_group_id == g.id)
-        .limit(1)
-    )
-    used_ft = await s.scalar(
-        select(CallGroup.id)
-        .where(CallGroup.domain_id == domain_id, CallGroup.fallthrough_group_id == g.id, CallGroup.id != g.id)
-        .limit(1)
-    )
-    if used is not None or used_ft is not None:
+    if await is_target(s, domain_id, "group", g.id):
         raise ValidationFailed.one(
             "id",
             N_("The group is a target of a routing rule or another group's fall-through; change it first"),

@@ -9,8 +9,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.errors import NotFound, ValidationFailed
+from vpbx.pbx.actions import is_target
 from vpbx.pbx.validation import N_, Check
-from vpbx.store.models import CallGroup, RoutingRule, VoiceMenu
+from vpbx.store.models import VoiceMenu
 from vpbx.store.paging import Page, like_pattern, paginate
 
 MAX_NAME = 64
@@ -58,17 +59,7 @@ async def update_menu(
 
 async def delete_menu(s: AsyncSession, domain_id: uuid.UUID, menu_id: uuid.UUID) -> None:
     m = await get_menu(s, domain_id, menu_id)
-    used = await s.scalar(
-        select(RoutingRule.id)
-        .where(RoutingRule.domain_id == domain_id, RoutingRule.target_menu_id == m.id)
-        .limit(1)
-    )
-    used_ft = await s.scalar(
-        select(CallGroup.id)
-        .where(CallGroup.domain_id == domain_id, CallGroup.fallthrough_menu_id == m.id)
-        .limit(1)
-    )
-    if used is not None or used_ft is not None:
+    if await is_target(s, domain_id, "menu", m.id):
         raise ValidationFailed.one(
             "id",
             N_("The voice menu is a target of a routing rule or a group's fall-through; change it first"),

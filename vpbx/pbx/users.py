@@ -10,9 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.crypto import SecretBox, hash_password, random_password
 from vpbx.errors import NotFound, ValidationFailed
+from vpbx.pbx.actions import is_target
 from vpbx.pbx.validation import N_, Check
 from vpbx.sip.digest import ha1
-from vpbx.store.models import CallGroup, CallGroupMember, Domain, RoutingRule, User, UserContactNumber
+from vpbx.store.models import CallGroup, CallGroupMember, Domain, User, UserContactNumber
 from vpbx.store.paging import Page, like_pattern, paginate
 
 ROLES = ("admin", "user")
@@ -155,9 +156,7 @@ async def delete_user(s: AsyncSession, domain_id: uuid.UUID, user_id: uuid.UUID)
         )
         if others is None:
             raise ValidationFailed.one("role", N_("The domain must keep at least one administrator"))
-    used = await s.scalar(select(RoutingRule.id).where(RoutingRule.target_user_id == u.id).limit(1))
-    used_ft = await s.scalar(select(CallGroup.id).where(CallGroup.fallthrough_user_id == u.id).limit(1))
-    if used is not None or used_ft is not None:
+    if await is_target(s, domain_id, "user", u.id):
         raise ValidationFailed.one(
             "id", N_("The user is a target of a routing rule or a group; change it first")
         )
