@@ -69,3 +69,10 @@ async def test_anonymous_is_sent_to_login(anon: Cabinet) -> None:
     resp = await anon.get("/users")
     assert resp.status_code == 303
     assert resp.headers["location"].startswith("/login")
+
+
+async def test_search_ignores_case_in_cyrillic(admin1: Cabinet) -> None:
+    assert (await admin1.post("/users", NEW_USER)).status_code == 303
+    found = await admin1.get("/users?q=СИДОРОВ")
+    assert "Сидоров Пётр" in found.text
+    assert "Сидоров Пётр" not in (await admin1.get("/users?q=Иванов")).text
