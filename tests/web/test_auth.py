@@ -6,7 +6,9 @@ import io
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from tests.helpers import Cabinet, Tenant
 from vpbx.app import Core
@@ -165,3 +167,34 @@ async def test_secrets_never_reach_the_logs(
         admin1.csrf,
     ):
         assert secret not in text, [line for line in text.splitlines() if secret in line][:3]
+
+
+async def test_user_changes_own_password_and_other_sessions_end(
+    app: FastAPI, anon: Cabinet, admin1: Cabinet, t1: Tenant
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        other = Cabinet(c)
+        assert (await other.login(t1.admin_login, t1.admin_password)).status_code == 303
+        bad = await admin1.post(
+            "/me/password",
+            {"current_password": "wrong", "new_password": "New-Pass-123", "repeat_password": "New-Pass-123"},
+        )
+        assert bad.status_code == 422 and 'id="err-current_password"' in bad.text
+        mismatch = await admin1.post(
+            "/me/password",
+            {"current_password": t1.admin_password, "new_password": "New-Pass-123", "repeat_password": "x"},
+        )
+        assert mismatch.status_code == 422 and 'id="err-repeat_password"' in mismatch.text
+        ok = await admin1.post(
+            "/me/password",
+            {
+                "current_password": t1.admin_password,
+                "new_password": "New-Pass-123",
+                "repeat_password": "New-Pass-123",
+            },
+        )
+        assert ok.status_code == 200 and 'id="password-saved"' in ok.text
+        assert (await admin1.get("/")).status_code == 200  # this session lives on
+        assert (await other.get("/")).status_code == 303  # the other one is logged out
+    assert (await anon.login(t1.admin_login, t1.admin_password)).status_code == 401
+    assert (await anon.login(t1.admin_login, "New-Pass-123")).status_code == 303

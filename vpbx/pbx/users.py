@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.crypto import SecretBox, hash_password, random_password
+from vpbx.crypto import SecretBox, hash_password, random_password, verify_password
 from vpbx.errors import NotFound, ValidationFailed
 from vpbx.pbx.actions import is_target
 from vpbx.pbx.validation import N_, Check
 from vpbx.sip.digest import ha1
-from vpbx.store.models import CallGroup, CallGroupMember, Domain, User, UserContactNumber
+from vpbx.store.models import CallGroup, CallGroupMember, Domain, User, UserContactNumber, WebSession
 from vpbx.store.paging import Page, like_pattern, paginate
 
 ROLES = ("admin", "user")
@@ -144,6 +144,8 @@ async def update_user(
     c = await _validate(s, domain_id, data, u)
     c.done()
     _apply(u, data, domain.name, box)
+    if data.web_password:
+        await end_sessions(s, u.id)
     await s.flush()
     return u
 
@@ -197,6 +199,39 @@ async def all_users(s: AsyncSession, domain_id: uuid.UUID) -> list[User]:
 
 async def group_ids_of(s: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
     return list(await s.scalars(select(CallGroupMember.group_id).where(CallGroupMember.user_id == user_id)))
+
+
+async def change_own_password(
+    s: AsyncSession,
+    domain_id: uuid.UUID,
+    user_id: uuid.UUID,
+    current: str,
+    new: str,
+    repeat: str,
+    *,
+    keep_session: uuid.UUID | None = None,
+) -> None:
+    """A user changes their cabinet password (current one required, new one typed twice); their other
+    sessions end."""
+    u = await get_user(s, domain_id, user_id)
+    c = Check()
+    if not verify_password(u.web_password_hash, current[:256]):
+        c.add("current_password", N_("Wrong password"))
+    if not MIN_PASSWORD <= len(new) <= 128:
+        c.add("new_password", N_("From {lo} to {hi} characters"), lo=MIN_PASSWORD, hi=128)
+    elif new != repeat:
+        c.add("repeat_password", N_("The passwords do not match"))
+    c.done()
+    u.web_password_hash = hash_password(new)
+    await end_sessions(s, u.id, keep=keep_session)
+
+
+async def end_sessions(s: AsyncSession, user_id: uuid.UUID, *, keep: uuid.UUID | None = None) -> None:
+    """Log the user out everywhere (but ``keep``): after a password change old sessions must not live on."""
+    stmt = delete(WebSession).where(WebSession.user_id == user_id)
+    if keep is not None:
+        stmt = stmt.where(WebSession.id != keep)
+    await s.execute(stmt)
 
 
 def sip_password(u: User, box: SecretBox) -> str:

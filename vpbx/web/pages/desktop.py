@@ -6,11 +6,16 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx.app import Core
+from vpbx.errors import ValidationFailed
 from vpbx.pbx import users as users_svc
 from vpbx.pbx.validation import N_
 from vpbx.store.models import Domain
-from vpbx.web.auth import AdminDep, CoreDep, DbDep, MemberDep, RendererDep
+from vpbx.web import forms
+from vpbx.web.auth import AdminDep, CoreDep, DbDep, MemberDep, Principal, RendererDep
+from vpbx.web.render import Renderer
 
 router = APIRouter()
 
@@ -42,6 +47,48 @@ async def desktop(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Re
 
 @router.get("/me")
 async def my_page(request: Request, r: RendererDep, p: MemberDep, s: DbDep, core: CoreDep) -> Response:
+    return await _me(request, r, p, s, core)
+
+
+async def _me(
+    request: Request,
+    r: Renderer,
+    p: Principal,
+    s: AsyncSession,
+    core: Core,
+    *,
+    errors: ValidationFailed | None = None,
+    saved: bool = False,
+) -> Response:
     assert p.user_id is not None
     user = await users_svc.get_user(s, p.tenant, p.user_id)
-    return r.page(request, "me.html", {"user": user, "sip_password": users_svc.sip_password(user, core.box)})
+    return r.page(
+        request,
+        "me.html",
+        {"user": user, "sip_password": users_svc.sip_password(user, core.box), "saved": saved},
+        errors=errors,
+        status_code=422 if errors else 200,
+    )
+
+
+@router.post("/me/password")
+async def change_password(
+    request: Request, r: RendererDep, p: MemberDep, s: DbDep, core: CoreDep
+) -> Response:
+    form = await request.form()
+    assert p.user_id is not None
+    try:
+        await users_svc.change_own_password(
+            s,
+            p.tenant,
+            p.user_id,
+            forms.text(form, "current_password"),
+            forms.text(form, "new_password"),
+            forms.text(form, "repeat_password"),
+            keep_session=p.session_id,
+        )
+    except ValidationFailed as e:
+        await s.rollback()
+        return await _me(request, r, p, s, core, errors=e)
+    await s.commit()
+    return await _me(request, r, p, s, core, saved=True)
