@@ -74,6 +74,12 @@ async def test_admin_tour(page: Page, server: Server) -> None:
     await expect(page.locator("#rules-table")).to_contain_text("Поддержка")
     await shot(page, "07-routing")
 
+    # services management: the demo domain has call recording on, with its prorated charge in the ledger
+    await page.goto(f"{server.url}/")
+    await page.click("#tile-services")
+    await expect(page.locator("main")).to_contain_text("Запись разговоров")
+    await shot(page, "08-services")
+
     # language switch
     await page.goto(f"{server.url}/users")
     await page.click("#lang-en")
