@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,19 @@ from vpbx.settings import Settings
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 ADMIN_PASSWORD = "Admin-Password-1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_argon2() -> Iterator[None]:
+    """Real argon2, at the lowest cost RFC 9106 allows, so hundreds of logins stay fast in tests."""
+    from argon2 import PasswordHasher
+
+    from vpbx import crypto
+
+    saved = crypto._HASHER
+    crypto._HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    yield
+    crypto._HASHER = saved
 
 
 @pytest.fixture(scope="session")
