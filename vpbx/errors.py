@@ -103,3 +103,9 @@ class MediaError(VpbxError):
 
 class IntegrationError(VpbxError):
     code = "integration-error"
+
+
+class TransactionError(SipError):
+    """The transaction user misused the transaction layer (an ACK or a reused branch as a new transaction)."""
+
+    code = "sip-transaction"
