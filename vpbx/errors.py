@@ -109,3 +109,12 @@ class TransactionError(SipError):
     """The transaction user misused the transaction layer (an ACK or a reused branch as a new transaction)."""
 
     code = "sip-transaction"
+
+
+class LocationFull(SipError):
+    """The location store holds as many bindings as it may; the REGISTER gets 503 (telephony.md §3.6)."""
+
+    code = "location-full"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("Location store is full", details={"limit": limit})
