@@ -118,3 +118,31 @@ class LocationFull(SipError):
 
     def __init__(self, limit: int) -> None:
         super().__init__("Location store is full", details={"limit": limit})
+
+
+class SipParseError(SipError):
+    """A SIP message that cannot be accepted (telephony.md §3.1).
+
+    ``status`` is the response it earns (400, 416, 505 or 513) when it is a request and a reply is possible;
+    ``reason`` is a short stable kebab-case word (``missing-call-id``, ``bad-content-length``…), also the
+    label of ``vpbx_sip_parse_errors_total``.
+    """
+
+    code = "sip-parse"
+
+    def __init__(self, reason: str, detail: str = "", *, status: int = 400) -> None:
+        super().__init__(
+            f"{reason}: {detail}" if detail else reason, details={"reason": reason, "status": status}
+        )
+        self.reason = reason
+        self.status = status
+
+
+class SdpParseError(SipError):
+    """A session description that cannot be read (RFC 8866); ``reason`` names the failed check."""
+
+    code = "sdp-parse"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason, details={"reason": reason})
+        self.reason = reason

@@ -1,0 +1,882 @@
+"""SIP messages: parse and serialize, over sipmessage 0.7.1 (telephony.md §3.1). Pure functions.
+
+``parse`` takes one message (a UDP datagram, or one message framed off a stream) and returns a
+``Request`` or ``Response``; every failure is a ``SipParseError`` whose ``status`` is the response the
+message earns (400, 416, 505, 513) and whose ``reason`` is a short stable word from
+``PARSE_ERROR_REASONS`` (the metric label). Nothing else escapes.
+
+What a parsed message guarantees: the start line, ``Call-ID``, ``CSeq`` (its method equal to the request
+method), ``From``, ``To``, every ``Via`` and, on requests, ``Max-Forwards`` are present and well formed;
+``Contact``, ``Route``, ``Record-Route``, ``Content-Type``, ``Expires``, ``Min-Expires`` and
+``Retry-After`` are well formed where present. The typed accessors of ``Request``/``Response``
+(``via``, ``cseq``, ``from_address``, ``to_address``, ``contact``, ``route``, ``record_route``,
+``content_type``) parse each header once and remember the result until its raw value changes; on a message
+that did not come from ``parse`` they raise ``SipParseError`` rather than ``ValueError``/``KeyError``.
+
+Conventions of the typed view (RFC 3261 §7.3.1, §19.1.4): parameter names are lower-cased and the Via
+transport upper-cased; methods stay case-sensitive. Header names are matched without regard to case,
+compact forms are expanded and known names take their canonical spelling. Raw values keep their order
+(Via, Route and Record-Route included) and are unfolded into one line each.
+
+Deliberate limits: URIs must be ``sip``, ``sips`` or ``tel`` (another well-formed scheme in the Request-URI
+earns 416, elsewhere 400); URIs with ``?headers`` are refused; header values must be UTF-8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable
+from typing import TypeVar, cast
+
+import sipmessage
+from sipmessage import URI, Address, CSeq, Headers, MediaType, Parameters, Via
+
+from vpbx.errors import SipError, SipParseError
+
+__all__ = [
+    "MAGIC_COOKIE",
+    "MAX_MESSAGE",
+    "PARSE_ERROR_REASONS",
+    "REASON_PHRASES",
+    "URI",
+    "Address",
+    "CSeq",
+    "Headers",
+    "MediaType",
+    "Parameters",
+    "Request",
+    "Response",
+    "Via",
+    "branch",
+    "build_response",
+    "parse",
+    "parse_address",
+    "parse_uri",
+    "recover_for_reply",
+    "serialize",
+    "top_via",
+]
+
+# --- protocol numbers --------------------------------------------------------------------------------------
+SIP_VERSION = "SIP/2.0"  # RFC 3261 §7.1; compared without regard to case (ABNF literal)
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7: branch prefix of RFC 3261 clients
+MAX_MESSAGE = 64 * 1024  # octets per message (telephony.md §3.1); more → 513 (RFC 3261 §21.5.14)
+CSEQ_LIMIT = 2**31  # RFC 3261 §8.1.1.5: the CSeq number MUST be less than 2**31
+MAX_FORWARDS_LIMIT = 255  # RFC 3261 §20.22 (token range 0-255)
+DELTA_SECONDS_LIMIT = 2**32 - 1  # RFC 3261 §20.19 Expires, §20.23 Min-Expires, §20.33 Retry-After
+
+PARSE_ERROR_REASONS = frozenset(
+    {
+        "malformed",
+        "message-too-large",
+        "truncated-headers",
+        "truncated-body",
+        "bad-encoding",
+        "bad-line-ending",
+        "bad-request-line",
+        "bad-status-line",
+        "bad-version",
+        "bad-method",
+        "bad-request-uri",
+        "unsupported-uri-scheme",
+        "bad-status-code",
+        "bad-header",
+        "duplicate-header",
+        "missing-content-length",
+        "bad-content-length",
+        "missing-call-id",
+        "missing-cseq",
+        "missing-from",
+        "missing-to",
+        "missing-via",
+        "missing-max-forwards",
+        "bad-call-id",
+        "bad-cseq",
+        "cseq-mismatch",
+        "bad-from",
+        "bad-to",
+        "bad-via",
+        "bad-max-forwards",
+        "bad-expires",
+        "bad-min-expires",
+        "bad-retry-after",
+        "bad-contact",
+        "bad-route",
+        "bad-record-route",
+        "bad-content-type",
+    }
+)
+
+# RFC 3261 §7.3.3 and the IANA registry: compact forms we expand.
+_COMPACT = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        *_COMPACT.values(),
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Authentication-Info",
+        "Authorization",
+        "Call-Info",
+        "Content-Disposition",
+        "Content-Language",
+        "CSeq",
+        "Date",
+        "Diversion",
+        "Error-Info",
+        "Expires",
+        "In-Reply-To",
+        "Max-Forwards",
+        "MIME-Version",
+        "Min-Expires",
+        "Min-SE",
+        "Organization",
+        "P-Asserted-Identity",
+        "P-Preferred-Identity",
+        "Path",
+        "Priority",
+        "Privacy",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "RAck",
+        "Reason",
+        "Record-Route",
+        "Refer-Sub",
+        "Replaces",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "Server",
+        "Subscription-State",
+        "Timestamp",
+        "Unsupported",
+        "User-Agent",
+        "Warning",
+        "WWW-Authenticate",
+    )
+}
+# Headers that may appear once only; a second value makes the message ambiguous (RFC 4475 §3.3.8, §3.3.9).
+_SINGLE = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type")
+
+REASON_PHRASES = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    580: "Precondition Failure",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+_CLASS_PHRASES = {1: "Trying", 2: "OK", 3: "Redirection", 4: "Client Error", 5: "Server Error", 6: "Failure"}
+
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"  # RFC 3261 §25.1 token
+_TOKEN_RE = re.compile(_TOKEN)
+_CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+({_TOKEN})")
+_STATUS_CODE_RE = re.compile(r"[1-6][0-9][0-9]")
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.I)
+_DELTA_RE = re.compile(r"[ \t]*([0-9]+)")
+# RFC 3261 §25.1 absoluteURI, for telling an unsupported scheme (416) from garbage (400).
+_ABSOLUTE_URI_RE = re.compile(
+    r"[A-Za-z][A-Za-z0-9+\-.]*:(?:[A-Za-z0-9\-_.!~*'();/?:@&=+$,]|%[0-9A-Fa-f]{2})+"
+)
+_SUPPORTED_SCHEMES = ("sip", "sips", "tel")
+_TAG_RE = re.compile(r";[ \t]*tag[ \t]*=", re.I)
+
+_T = TypeVar("_T")
+
+
+# --- message types -----------------------------------------------------------------------------------------
+class _Typed:
+    """Typed accessors that parse a header once and parse again only when its raw values change."""
+
+    headers: Headers
+    _memo: dict[str, tuple[tuple[str, ...], object]]
+
+    def _typed(self, name: str, parser: Callable[[tuple[str, ...]], _T]) -> _T:
+        raw = tuple(self.headers.getlist(name))
+        hit = self._memo.get(name)
+        if hit is not None and hit[0] == raw:
+            return cast(_T, hit[1])
+        value = parser(raw)
+        self._memo[name] = (raw, value)
+        return value
+
+    @property
+    def via(self) -> list[Via]:
+        return list(self._typed("Via", _parse_vias))
+
+    @via.setter
+    def via(self, value: list[Via]) -> None:
+        self.headers.setlist("Via", [str(x) for x in value])
+
+    @property
+    def cseq(self) -> CSeq:
+        return self._typed("CSeq", _parse_cseq)
+
+    @cseq.setter
+    def cseq(self, value: CSeq) -> None:
+        self.headers.set("CSeq", str(value))
+
+    @property
+    def from_address(self) -> Address:
+        return self._typed("From", _parse_from)
+
+    @from_address.setter
+    def from_address(self, value: Address) -> None:
+        self.headers.set("From", str(value))
+
+    @property
+    def to_address(self) -> Address:
+        return self._typed("To", _parse_to)
+
+    @to_address.setter
+    def to_address(self, value: Address) -> None:
+        self.headers.set("To", str(value))
+
+    @property
+    def contact(self) -> list[Address]:
+        """Contact addresses; empty for ``Contact: *`` (see ``is_wildcard_contact``)."""
+        return list(self._typed("Contact", _parse_contacts))
+
+    @contact.setter
+    def contact(self, value: list[Address]) -> None:
+        self.headers.setlist("Contact", [str(x) for x in value])
+
+    @property
+    def is_wildcard_contact(self) -> bool:
+        """``Contact: *`` (RFC 3261 §10.2.2: remove every binding)."""
+        values = self.headers.getlist("Contact")
+        return len(values) == 1 and values[0].strip() == "*"
+
+    @property
+    def route(self) -> list[Address]:
+        return list(self._typed("Route", _parse_routes))
+
+    @route.setter
+    def route(self, value: list[Address]) -> None:
+        self.headers.setlist("Route", [str(x) for x in value])
+
+    @property
+    def record_route(self) -> list[Address]:
+        return list(self._typed("Record-Route", _parse_record_routes))
+
+    @record_route.setter
+    def record_route(self, value: list[Address]) -> None:
+        self.headers.setlist("Record-Route", [str(x) for x in value])
+
+    @property
+    def content_type(self) -> MediaType | None:
+        return self._typed("Content-Type", _parse_content_type)
+
+    @content_type.setter
+    def content_type(self, value: MediaType | None) -> None:
+        if value is None:
+            self.headers.remove("Content-Type")
+        else:
+            self.headers.set("Content-Type", str(value))
+
+    def __bytes__(self) -> bytes:
+        return serialize(cast(Request | Response, self))
+
+
+class Request(_Typed, sipmessage.Request):
+    """A SIP request: sipmessage's ``Request`` with memoised typed accessors; ``bytes()`` serialises."""
+
+    def __init__(self, method: str, uri: URI, body: bytes = b"") -> None:
+        super().__init__(method, uri, body)
+        self._memo = {}
+
+
+class Response(_Typed, sipmessage.Response):
+    """A SIP response: sipmessage's ``Response`` with memoised typed accessors; ``bytes()`` serialises."""
+
+    def __init__(self, code: int, phrase: str, body: bytes = b"") -> None:
+        super().__init__(code, phrase, body)
+        self._memo = {}
+
+
+Message = sipmessage.Request | sipmessage.Response
+
+
+# --- header grammar ----------------------------------------------------------------------------------------
+def parse_uri(text: str, *, reason: str = "bad-request-uri") -> URI:
+    """A ``sip``/``sips``/``tel`` URI (scheme case ignored, RFC 3261 §19.1.4) or ``SipParseError``.
+
+    A well-formed URI of another scheme raises with status 416 and reason ``unsupported-uri-scheme``.
+    """
+    colon = text.find(":")
+    scheme = text[:colon].lower() if colon > 0 else ""
+    if scheme in _SUPPORTED_SCHEMES:
+        try:
+            return URI.parse(scheme + text[colon:])
+        except ValueError:
+            raise SipParseError(reason, text[:80]) from None
+    if _ABSOLUTE_URI_RE.fullmatch(text):
+        raise SipParseError("unsupported-uri-scheme", scheme[:40], status=416)
+    raise SipParseError(reason, text[:80])
+
+
+def parse_address(value: str, *, reason: str = "bad-header") -> Address:
+    """One name-addr or addr-spec (From, To, one Contact) with normalised parameter names."""
+    try:
+        address = Address.parse(value)
+    except ValueError:
+        raise SipParseError(reason, value[:80]) from None
+    if address.uri.scheme not in _SUPPORTED_SCHEMES:  # sipmessage matches the scheme exactly; be sure
+        raise SipParseError(reason, value[:80])
+    return _normalise_address(address)
+
+
+def _split_list(value: str) -> list[str]:
+    """Split a header value at the commas that separate its elements (not inside quotes or <>)."""
+    if "," not in value:
+        return [value]
+    if '"' not in value and "<" not in value:
+        return value.split(",")
+    parts: list[str] = []
+    start = 0
+    quoted = angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            parts.append(value[start:i])
+            start = i + 1
+        i += 1
+    parts.append(value[start:])
+    return parts
+
+
+def _lower_params(params: Parameters) -> Parameters:
+    for k in params:
+        if not k.islower() and k != k.lower():
+            return Parameters(**{k.lower(): v for k, v in params.items()})
+    return params
+
+
+def _normalise_uri(uri: URI) -> URI:
+    params = _lower_params(uri.parameters)
+    return uri if params is uri.parameters else dataclasses.replace(uri, parameters=params)
+
+
+def _normalise_address(address: Address) -> Address:
+    uri = _normalise_uri(address.uri)
+    params = _lower_params(address.parameters)
+    if uri is address.uri and params is address.parameters:
+        return address
+    return dataclasses.replace(address, uri=uri, parameters=params)
+
+
+def _address_list(raw: tuple[str, ...], reason: str) -> list[Address]:
+    out: list[Address] = []
+    for line in raw:
+        for part in _split_list(line):
+            part = part.strip(" \t")
+            if not part:
+                raise SipParseError(reason, "empty element")
+            out.append(parse_address(part, reason=reason))
+    return out
+
+
+def _parse_vias(raw: tuple[str, ...]) -> list[Via]:
+    if not raw:
+        raise SipParseError("missing-via")
+    out: list[Via] = []
+    for line in raw:
+        for part in _split_list(line):
+            part = part.strip(" \t")
+            try:
+                via = Via.parse(part)
+            except ValueError:
+                raise SipParseError("bad-via", part[:80]) from None
+            params = _lower_params(via.parameters)
+            transport = via.transport.upper()
+            if params is not via.parameters or transport != via.transport:
+                via = dataclasses.replace(via, transport=transport, parameters=params)
+            out.append(via)
+    return out
+
+
+def _parse_cseq(raw: tuple[str, ...]) -> CSeq:
+    if not raw:
+        raise SipParseError("missing-cseq")
+    if len(raw) > 1:
+        raise SipParseError("duplicate-header", "CSeq")
+    m = _CSEQ_RE.fullmatch(raw[0].strip(" \t"))
+    if m is None:
+        raise SipParseError("bad-cseq", raw[0][:80])
+    sequence = int(m.group(1))
+    if sequence >= CSEQ_LIMIT:
+        raise SipParseError("bad-cseq", "sequence number out of range")
+    return CSeq(sequence=sequence, method=m.group(2))
+
+
+def _single_address(raw: tuple[str, ...], name: str, missing: str, bad: str) -> Address:
+    if not raw:
+        raise SipParseError(missing)
+    if len(raw) > 1:
+        raise SipParseError("duplicate-header", name)
+    return parse_address(raw[0], reason=bad)
+
+
+def _parse_from(raw: tuple[str, ...]) -> Address:
+    return _single_address(raw, "From", "missing-from", "bad-from")
+
+
+def _parse_to(raw: tuple[str, ...]) -> Address:
+    return _single_address(raw, "To", "missing-to", "bad-to")
+
+
+def _parse_contacts(raw: tuple[str, ...]) -> list[Address]:
+    if len(raw) == 1 and raw[0].strip(" \t") == "*":
+        return []
+    return _address_list(raw, "bad-contact")
+
+
+def _parse_routes(raw: tuple[str, ...]) -> list[Address]:
+    return _address_list(raw, "bad-route")
+
+
+def _parse_record_routes(raw: tuple[str, ...]) -> list[Address]:
+    return _address_list(raw, "bad-record-route")
+
+
+def _parse_content_type(raw: tuple[str, ...]) -> MediaType | None:
+    if not raw:
+        return None
+    if len(raw) > 1:
+        raise SipParseError("duplicate-header", "Content-Type")
+    try:
+        return MediaType.parse(raw[0])
+    except ValueError:
+        raise SipParseError("bad-content-type", raw[0][:80]) from None
+
+
+def _check_number(values: list[str], name: str, limit: int, reason: str, *, leading: bool = False) -> None:
+    """A header holding a number in 0..limit; ``leading``: only its first token is numeric (Retry-After)."""
+    if len(values) > 1:
+        raise SipParseError("duplicate-header", name)
+    value = values[0]
+    if leading:
+        m = _DELTA_RE.match(value)
+        digits = m.group(1) if m else ""
+    else:
+        digits = value.strip(" \t")
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > limit:
+        raise SipParseError(reason, value[:40])
+
+
+# --- parse -------------------------------------------------------------------------------------------------
+def parse(data: bytes, *, stream: bool = False) -> Request | Response:
+    """One SIP message from ``data`` (RFC 3261 §7, §18.3); ``stream``: it came framed off TCP/TLS.
+
+    Over UDP the body is ``Content-Length`` octets and later octets are dropped; without the header the
+    body runs to the end of the datagram. On a stream ``Content-Length`` is required. Leading CRLFs are
+    ignored (§7.5). Raises ``SipParseError`` and nothing else.
+    """
+    try:
+        return _parse(data, stream)
+    except SipParseError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, UnicodeError) as e:  # a gap in our checks
+        raise SipParseError("malformed", type(e).__name__) from None
+
+
+def _parse(data: bytes, stream: bool) -> Request | Response:
+    if data[:2] == b"\r\n":
+        data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n", 0, MAX_MESSAGE + 1)
+    if end < 0:
+        if len(data) > MAX_MESSAGE:
+            raise SipParseError("message-too-large", status=513)
+        raise SipParseError("truncated-headers")
+    body_start = end + 4
+    try:
+        head = data[:end].decode()
+    except UnicodeDecodeError:
+        raise SipParseError("bad-encoding", "header block is not UTF-8") from None
+    newlines = head.count("\n")
+    if newlines != head.count("\r") or newlines != head.count("\r\n"):
+        raise SipParseError("bad-line-ending", "bare CR or LF in the header block")
+    lines = head.split("\r\n")
+
+    fields = lines[1:]
+    if "\r\n " in head or "\r\n\t" in head:  # RFC 3261 §7.3.1 folding: CRLF + SP/HT continues a line
+        fields = []
+        for line in lines[1:]:
+            if line[:1] in (" ", "\t"):
+                if not fields:
+                    raise SipParseError("bad-header", "continuation line without a header")
+                fields[-1] = fields[-1].rstrip(" \t") + " " + line.strip(" \t")
+            else:
+                fields.append(line)
+
+    grouped: dict[str, tuple[str, list[str]]] = {}
+    for field in fields:
+        raw_name, sep, value = field.partition(":")
+        if not sep:
+            raise SipParseError("bad-header", field[:40])
+        name = raw_name.rstrip(" \t")
+        lname = name.lower()
+        canonical = _CANONICAL.get(lname)
+        if canonical is None:
+            if len(lname) == 1 and lname in _COMPACT:
+                canonical = _COMPACT[lname]
+                lname = canonical.lower()
+            elif _TOKEN_RE.fullmatch(name):
+                canonical = name
+            else:
+                raise SipParseError("bad-header", name[:40])
+        entry = grouped.get(lname)
+        if entry is None:
+            grouped[lname] = (canonical, [value.strip(" \t")])
+        else:
+            entry[1].append(value.strip(" \t"))
+
+    for name in _SINGLE:
+        entry = grouped.get(name.lower())
+        if entry is not None and len(entry[1]) > 1:
+            raise SipParseError("duplicate-header", name)
+
+    # Framing (RFC 3261 §18.3).
+    cl_entry = grouped.get("content-length")
+    if cl_entry is not None:
+        value = cl_entry[1][0]
+        if not (value.isascii() and value.isdigit()):
+            raise SipParseError("bad-content-length", value[:40])
+        length = int(value)
+        if body_start + length > MAX_MESSAGE:
+            raise SipParseError("message-too-large", status=513)
+        if len(data) - body_start < length:
+            raise SipParseError("truncated-body", f"{len(data) - body_start} of {length} octets")
+        body = data[body_start : body_start + length]
+    elif stream:
+        raise SipParseError("missing-content-length")
+    else:
+        body = data[body_start:]
+        if len(data) > MAX_MESSAGE:
+            raise SipParseError("message-too-large", status=513)
+
+    msg = _start_line(lines[0], body)
+    # sipmessage's Headers is a list of (name, values) kept in first-seen order; building it in one step
+    # avoids its add(), which rescans every name (sipmessage pinned at 0.7.1; test_headers_internals).
+    msg.headers._list = list(grouped.values())
+    _validate(msg, grouped)
+    return msg
+
+
+def _start_line(line: str, body: bytes) -> Request | Response:
+    if line[:4].upper() == "SIP/":  # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        parts = line.split(" ", 2)
+        if len(parts) < 2:
+            raise SipParseError("bad-status-line", line[:80])
+        if parts[0].upper() != SIP_VERSION:
+            raise SipParseError("bad-version", parts[0][:20], status=505)
+        if not _STATUS_CODE_RE.fullmatch(parts[1]):
+            raise SipParseError("bad-status-code", parts[1][:20])
+        return Response(int(parts[1]), parts[2] if len(parts) == 3 else "", body)
+    # Request-Line = Method SP Request-URI SP SIP-Version, single spaces (RFC 4475 §3.1.2.8-10).
+    parts = line.split(" ")
+    if len(parts) == 3 and parts[2].upper() != SIP_VERSION and _VERSION_RE.fullmatch(parts[2]):
+        raise SipParseError("bad-version", parts[2][:20], status=505)
+    if len(parts) != 3 or parts[2].upper() != SIP_VERSION:
+        raise SipParseError("bad-request-line", line[:80])
+    method, uri_text = parts[0], parts[1]
+    if not _TOKEN_RE.fullmatch(method):
+        raise SipParseError("bad-method", method[:40])
+    return Request(method, parse_uri(uri_text), body)
+
+
+_Grouped = dict[str, tuple[str, list[str]]]  # lower-case name → (canonical name, raw values)
+
+
+def _fill(msg: _Typed, grouped: _Grouped, name: str, parser: Callable[[tuple[str, ...]], _T]) -> _T:
+    """Parse a header during validation and leave the result in the message's typed cache."""
+    entry = grouped.get(name.lower())
+    raw = tuple(entry[1]) if entry is not None else ()
+    value = parser(raw)
+    msg._memo[name] = (raw, value)
+    return value
+
+
+def _validate(msg: Request | Response, grouped: _Grouped) -> None:
+    """RFC 3261 §8.1.1 required headers and their ranges; fills the typed cache as it goes."""
+    call_id = grouped.get("call-id")
+    if call_id is None:
+        raise SipParseError("missing-call-id")
+    value = call_id[1][0]
+    if not value or " " in value or "\t" in value:
+        raise SipParseError("bad-call-id", value[:80])
+    cseq = _fill(msg, grouped, "CSeq", _parse_cseq)
+    _fill(msg, grouped, "From", _parse_from)
+    _fill(msg, grouped, "To", _parse_to)
+    vias = _fill(msg, grouped, "Via", _parse_vias)
+    if isinstance(msg, sipmessage.Request):
+        if cseq.method != msg.method:  # RFC 4475 §3.1.2.17-18; methods are case-sensitive
+            raise SipParseError("cseq-mismatch", f"{msg.method} / {cseq.method}")
+        entry = grouped.get("max-forwards")
+        if entry is not None:
+            _check_number(entry[1], "Max-Forwards", MAX_FORWARDS_LIMIT, "bad-max-forwards")
+        else:
+            # An RFC 2543 client (no magic cookie) may omit it: RFC 4475 §3.4.1 asks us to accept that.
+            top_branch = vias[0].parameters.get("branch") or ""
+            if top_branch.startswith(MAGIC_COOKIE):
+                raise SipParseError("missing-max-forwards")
+    for lname, name, reason in _NUMERIC:
+        entry = grouped.get(lname)
+        if entry is not None:
+            _check_number(entry[1], name, DELTA_SECONDS_LIMIT, reason, leading=name == "Retry-After")
+    for name, parser in _OPTIONAL_TYPED:
+        if name.lower() in grouped:
+            _fill(msg, grouped, name, parser)
+
+
+_NUMERIC = (
+    ("expires", "Expires", "bad-expires"),
+    ("min-expires", "Min-Expires", "bad-min-expires"),
+    ("retry-after", "Retry-After", "bad-retry-after"),
+)
+_OPTIONAL_TYPED: tuple[tuple[str, Callable[[tuple[str, ...]], object]], ...] = (
+    ("Contact", _parse_contacts),
+    ("Route", _parse_routes),
+    ("Record-Route", _parse_record_routes),
+    ("Content-Type", _parse_content_type),
+)
+
+
+# --- serialize ---------------------------------------------------------------------------------------------
+def serialize(msg: Message) -> bytes:
+    """Wire bytes: full header names, one line per value, never folded, ``Content-Length`` always last.
+
+    Raises ``SipError`` if a value would break the framing (a CR or LF inside it).
+    """
+    if isinstance(msg, sipmessage.Request):
+        start = f"{msg.method} {msg.uri} {SIP_VERSION}"
+    else:
+        start = f"{SIP_VERSION} {msg.code} {msg.phrase}"
+    out = [start]
+    for key in msg.headers.keys():
+        name = _COMPACT.get(key.lower(), key) if len(key) == 1 else key
+        if name.lower() == "content-length":
+            continue
+        for value in msg.headers.getlist(key):
+            out.append(f"{name}: {value}")
+    out.append(f"Content-Length: {len(msg.body)}\r\n\r\n")
+    text = "\r\n".join(out)
+    if text.count("\n") != len(out) + 1 or "\r" in text.replace("\r\n", ""):
+        raise SipError("A header or the start line contains a line break")
+    return text.encode() + msg.body
+
+
+# --- replies -----------------------------------------------------------------------------------------------
+def recover_for_reply(data: bytes) -> Request | None:
+    """The headers a stateless reply needs (Via, From, To, Call-ID, CSeq) from a request that did not parse.
+
+    Returns None when they cannot be found, when ``data`` is a response, or when the request is an ACK (no
+    response is ever due to one): such a message is dropped. The Request-URI of the result is a placeholder
+    if the original is unusable; the values are copied raw, only unfolded.
+    """
+    try:
+        return _recover(data[:MAX_MESSAGE])
+    except Exception:  # recovery is best effort over hostile bytes
+        return None
+
+
+_RECOVERED = ("Via", "From", "To", "Call-ID", "CSeq")
+_PLACEHOLDER_URI = URI(scheme="sip", host="invalid")  # RFC 6761 reserves the name
+
+
+def _recover(data: bytes) -> Request | None:
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.rfind(b"\r\n")  # cut short: use the complete lines
+        if end < 0:
+            return None
+    lines = data[:end].decode("utf-8", "replace").split("\r\n")
+    start = lines[0]
+    if start[:4].upper() == "SIP/":
+        return None
+    found: dict[str, list[str]] = {}
+    last: str | None = None
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if last is not None:
+                found[last][-1] = found[last][-1].rstrip(" \t") + " " + line.strip(" \t")
+            continue
+        raw_name, sep, value = line.partition(":")
+        lname = raw_name.strip(" \t").lower()
+        name = _COMPACT.get(lname) or _CANONICAL.get(lname, "")
+        if not sep or name not in _RECOVERED:
+            last = None
+            continue
+        found.setdefault(name, []).append(value.strip(" \t"))
+        last = name
+    if any(not found.get(name) or not found[name][0] for name in _RECOVERED):
+        return None
+    cseq = _CSEQ_RE.fullmatch(found["CSeq"][0])
+    if cseq is None:
+        return None
+    parts = start.split(" ")
+    method = parts[0] if _TOKEN_RE.fullmatch(parts[0]) else cseq.group(2)
+    if method == "ACK" or cseq.group(2) == "ACK":
+        return None
+    try:
+        uri = parse_uri(parts[1]) if len(parts) > 1 else _PLACEHOLDER_URI
+    except SipParseError:
+        uri = _PLACEHOLDER_URI
+    request = Request(method, uri)
+    for name in _RECOVERED:
+        request.headers.setlist(name, found[name] if name == "Via" else found[name][:1])
+    return request
+
+
+def build_response(
+    request: sipmessage.Request,
+    code: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to ``request`` per RFC 3261 §8.2.6: Via (all, in order), From, To, Call-ID and CSeq copied.
+
+    ``to_tag`` is added to To unless the request's To already has a tag (§8.2.6.2). A 100 copies Timestamp
+    (§8.2.6.1). ``headers`` are appended in order; ``Content-Length`` is written by ``serialize``.
+    """
+    phrase = reason if reason is not None else REASON_PHRASES.get(code, _CLASS_PHRASES.get(code // 100, ""))
+    response = Response(code, phrase, body)
+    out = response.headers
+    src = request.headers
+    out.setlist("Via", list(src.getlist("Via")))
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = src.get(name)
+        if value is None:
+            continue
+        if name == "To" and to_tag and not _has_tag(value):
+            value = f"{value};tag={to_tag}"
+        out.set(name, value)
+    if code == 100:
+        stamp = src.get("Timestamp")
+        if stamp is not None:
+            out.set("Timestamp", stamp)
+    for name, value in headers:
+        out.add(name, value)
+    return response
+
+
+def _has_tag(value: str) -> bool:
+    """Whether a raw From/To value carries a tag header parameter (outside the <> of a name-addr)."""
+    close = value.rfind(">")
+    if close >= 0:
+        tail = value[close + 1 :]
+    else:
+        semi = value.find(";")
+        tail = value[semi:] if semi >= 0 else ""
+    return _TAG_RE.search(tail) is not None
+
+
+def top_via(msg: Message) -> Via:
+    """The first Via (the one this hop added), parsed; ``SipParseError`` when absent or malformed."""
+    if isinstance(msg, _Typed):
+        vias = msg.via
+        return vias[0]
+    values = msg.headers.getlist("Via")
+    if not values:
+        raise SipParseError("missing-via")
+    first = _split_list(values[0])[0]
+    return _parse_vias((first,))[0]
+
+
+def branch(msg: Message) -> str | None:
+    """The branch parameter of the top Via, or None (an RFC 2543 peer)."""
+    return top_via(msg).parameters.get("branch")
