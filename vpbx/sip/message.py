@@ -800,8 +800,10 @@ def _recover(data: bytes) -> Request | None:
             continue
         found.setdefault(name, []).append(value.strip(" \t"))
         last = name
-    if any(not found.get(name) or not found[name][0] for name in _RECOVERED):
-        return None
+    for name in _RECOVERED:
+        values = found.get(name)
+        if not values or not values[0] or any("\r" in v or "\n" in v for v in values):
+            return None  # a bare CR or LF would break the reply's framing
     cseq = _CSEQ_RE.fullmatch(found["CSeq"][0])
     if cseq is None:
         return None
