@@ -144,26 +144,24 @@ async def test_sipp_options_is_answered(server: SipService, tmp_path: Path) -> N
 async def test_sipp_call_with_digest_reaches_the_callee_and_ends_with_bye(
     server: SipService, tmp_path: Path
 ) -> None:
-    callee = await SippProcess.start(
-        SippRun(scenario="uas_answer", calls=3, timeout_s=SIPP_TIMEOUT_S), tmp_path
-    )
-    await callee.wait_listening()
-    await bind_sipp_to(server, "102", callee)
-
-    caller = await run_sipp(
-        call_run(
-            server,
-            "uac_call",
-            caller="103",
-            callee="102",
-            password=USERS["103"],
-            calls=3,
-            rate=10,
-            duration_ms=100,
-        ),
-        tmp_path,
-    )
-    answered = await callee.wait()
+    answering = SippRun(scenario="uas_answer", calls=3, timeout_s=SIPP_TIMEOUT_S)
+    async with SippProcess.running(answering, tmp_path) as callee:
+        await callee.wait_listening()
+        await bind_sipp_to(server, "102", callee)
+        caller = await run_sipp(
+            call_run(
+                server,
+                "uac_call",
+                caller="103",
+                callee="102",
+                password=USERS["103"],
+                calls=3,
+                rate=10,
+                duration_ms=100,
+            ),
+            tmp_path,
+        )
+        answered = await callee.wait()
 
     assert caller.ok, caller.describe()
     assert caller.stats.successful_calls == 3
@@ -182,17 +180,17 @@ async def test_sipp_call_with_a_wrong_password_is_refused(server: SipService, tm
 
 
 async def test_sipp_cancel_while_ringing_gets_487(server: SipService, tmp_path: Path) -> None:
-    callee = await SippProcess.start(
-        SippRun(scenario="uas_ring", calls=2, timeout_s=SIPP_TIMEOUT_S), tmp_path
-    )
-    await callee.wait_listening()
-    await bind_sipp_to(server, "102", callee)
-
-    caller = await run_sipp(
-        call_run(server, "uac_cancel", caller="101", callee="102", password=USERS["101"], calls=2, rate=10),
-        tmp_path,
-    )
-    rang = await callee.wait()
+    ringing = SippRun(scenario="uas_ring", calls=2, timeout_s=SIPP_TIMEOUT_S)
+    async with SippProcess.running(ringing, tmp_path) as callee:
+        await callee.wait_listening()
+        await bind_sipp_to(server, "102", callee)
+        caller = await run_sipp(
+            call_run(
+                server, "uac_cancel", caller="101", callee="102", password=USERS["101"], calls=2, rate=10
+            ),
+            tmp_path,
+        )
+        rang = await callee.wait()
 
     assert caller.ok, caller.describe()
     assert caller.stats.successful_calls == 2

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.peers.net import LOOPBACK, free_port_block, require_loopback, wait_sip_ready
-from tests.integration.peers.process import PeerProcess
+from tests.integration.peers.process import PeerProcess, find_binary
 from tests.integration.peers.service import SipService
 
 KAMAILIO = "kamailio"
@@ -237,7 +237,7 @@ class Kamailio:
         config_path = _write_config(workdir, cfg)
         argv = [
             *argv_prefix,
-            KAMAILIO,
+            find_binary(KAMAILIO) or KAMAILIO,
             "-DD",
             "-E",
             "-m",
@@ -276,7 +276,7 @@ class Kamailio:
         kamcmd turns digit-only arguments into integers: pass ``s:101`` for the string "101".
         """
         proc = await asyncio.create_subprocess_exec(
-            KAMCMD,
+            find_binary(KAMCMD) or KAMCMD,
             "-s",
             f"unix:{self.cfg.ctl_socket}",
             *command,

@@ -15,12 +15,18 @@ import pytest
 
 STOP_TIMEOUT_S = 5.0
 LOG_TAIL_CHARS = 4000
+SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def find_binary(name: str) -> str | None:
+    """A program on PATH, or in /usr/sbin and /sbin (Kamailio lives there; a non-login PATH may lack it)."""
+    return shutil.which(name) or shutil.which(name, path=SBIN_PATH)
 
 
 def require_binary(name: str) -> str:
     """The path of a peer's program; a skip when it is missing, or a failure under CI (CI must have it)."""
-    path = shutil.which(name)
+    path = find_binary(name)
     if path:
         return path
     message = f"{name} is not installed (scripts/test installs the peers' Debian packages)"

@@ -8,11 +8,12 @@ unexpected messages are in the ``-trace_err`` log (telephony.md §7.1).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +238,17 @@ class SippProcess:
     @property
     def address(self) -> tuple[str, int]:
         return (LOOPBACK, self.port)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, run: SippRun, workdir: Path) -> AsyncIterator[SippProcess]:
+        """``start`` that makes sure SIPp is gone on exit, even when the test failed half-way."""
+        proc = await cls.start(run, workdir)
+        try:
+            yield proc
+        finally:
+            if proc.proc.running:
+                await proc.proc.stop(sig=signal.SIGKILL)
 
     @classmethod
     async def start(cls, run: SippRun, workdir: Path) -> SippProcess:
