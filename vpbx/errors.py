@@ -105,6 +105,22 @@ class IntegrationError(VpbxError):
     code = "integration-error"
 
 
+class MediaParseError(MediaError):
+    """A malformed RTP or telephone-event packet; ``reason`` names the failed check (``rtp-short``, …)."""
+
+    code = "media-parse"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason, details={"reason": reason})
+        self.reason = reason
+
+
+class NoMediaPorts(MediaError):
+    """Every RTP/RTCP port pair of the configured range is in use."""
+
+    code = "no-media-ports"
+
+
 class TransactionError(SipError):
     """The transaction user misused the transaction layer (an ACK or a reused branch as a new transaction)."""
 
@@ -146,3 +162,10 @@ class SdpParseError(SipError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason, details={"reason": reason})
         self.reason = reason
+
+
+class NoMediaSession(MediaError):
+    code = "no-media-session"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("No such media session", details={"session_id": session_id})

@@ -1,0 +1,511 @@
+"""The RTP relay fast path (telephony.md §3.9): two legs per call, each with an RTP/RTCP socket pair.
+
+Each RTP socket is read with ``loop.add_reader(fd)`` and a drain loop (``recvfrom_into`` one shared buffer
+until ``BlockingIOError``), never ``DatagramProtocol``: the stdlib loop reads one datagram per wake-up there.
+Per packet: version 2 and ≥ 12 octets; PT must be the leg's codec or telephone-event; symmetric latching
+(send to the SDP address until valid packets arrive, then to their source; move only after ``LATCH_PACKETS``
+consecutive valid packets from one new source, counting the others); header rewrite for the outgoing leg
+(stable SSRC, re-based seq/timestamp); PT remap and A↔µ translation when the legs differ; telephone-event
+forwarded with its PT remapped and peeked for digits; send. Nothing is logged and no object is built per
+packet beyond the header fields.
+
+RTCP is read per leg for the peer's loss/jitter reports and never forwarded. Each leg keeps the time of its
+last valid packet, so the owner can find dead calls (``Relay.idle_legs``; telephony.md §3.7 media timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from vpbx.errors import MediaParseError, NoMediaPorts, NoMediaSession
+from vpbx.media.dtmf import Digit, DtmfReceiver
+from vpbx.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
+from vpbx.media.rtp import (
+    HEADER_FIELDS,
+    MAX_DROPOUT,
+    PT_PCMA,
+    PT_PCMU,
+    RTCP_PT_MAX,
+    RTCP_PT_MIN,
+    RTP_HEADER_SIZE,
+    SEQ_MOD,
+    LegRewriter,
+    parse_rtcp_report,
+    payload_bounds,
+)
+
+if TYPE_CHECKING:
+    from vpbx.clock import Clock
+    from vpbx.pbx.bus import SessionId
+
+RCVBUF_BYTES = 256 * 1024  # telephony.md §3.9: SO_RCVBUF per RTP socket
+LATCH_PACKETS = 5  # telephony.md §3.9: consecutive valid packets from a new source before re-latching
+MEDIA_TIMEOUT_S = 60.0  # telephony.md §3.7: no RTP for this long on an answered, non-held leg → BYE
+DRAIN_BUDGET = 64  # datagrams per socket per wake-up, so one busy leg cannot starve the others
+MAX_DATAGRAM = 2048  # larger datagrams (never G.711 at 20 ms) are dropped as invalid
+
+Side = Literal["a", "b"]
+SIDES: tuple[Side, Side] = ("a", "b")
+_B0_VERSION_MASK = 0xC0
+_B0_VERSION_2 = 0x80
+_PT_MASK = 0x7F
+_LAW_BY_PT = {PT_PCMA: "a", PT_PCMU: "u"}
+
+
+class Address(NamedTuple):
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LegRef:
+    """One leg of a media session: ``a`` faces the caller, ``b`` the callee."""
+
+    session: SessionId
+    side: Side
+
+
+class PortAllocator:
+    """Even RTP ports (RTCP = RTP + 1) from ``first``–``last``, bound on ``host``.
+
+    Allocation walks the range round-robin from where it stopped, so a released pair is reused only after the
+    others were tried (late packets of an ended call rarely reach the next one); ports another process holds
+    are skipped. Raises ``NoMediaPorts`` when no pair can be bound.
+    """
+
+    def __init__(self, first: int, last: int, *, host: str = "0.0.0.0") -> None:
+        start = first + (first & 1)
+        self._ports = list(range(start, last, 2))  # p + 1 <= last
+        if not self._ports:
+            raise ValueError(f"port range {first}-{last} holds no even/odd pair")
+        self.host = host
+        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._used: set[int] = set()
+        self._next = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self._ports)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+    def allocate(self) -> tuple[int, socket.socket, socket.socket]:
+        """Bind a free pair: ``(rtp_port, rtp_socket, rtcp_socket)``, both non-blocking."""
+        count = len(self._ports)
+        for i in range(count):
+            idx = (self._next + i) % count
+            port = self._ports[idx]
+            if port in self._used:
+                continue
+            pair = self._bind_pair(port)
+            if pair is None:
+                continue
+            self._used.add(port)
+            self._next = (idx + 1) % count
+            return port, pair[0], pair[1]
+        raise NoMediaPorts(f"no free RTP port pair in {self._ports[0]}-{self._ports[-1] + 1}")
+
+    def release(self, port: int) -> None:
+        self._used.discard(port)
+
+    def _bind_pair(self, port: int) -> tuple[socket.socket, socket.socket] | None:
+        socks: list[socket.socket] = []
+        try:
+            for p in (port, port + 1):
+                s = socket.socket(self._family, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.setblocking(False)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+                s.bind((self.host, p))
+        except OSError:
+            for s in socks:
+                s.close()
+            return None
+        return socks[0], socks[1]
+
+
+def _ip_address(addr: Address | None) -> Address | None:
+    """SDP addresses must be IP literals: a host name would cost a DNS look-up per packet."""
+    if addr is None:
+        return None
+    ipaddress.ip_address(addr.host)
+    if not 0 < addr.port < 65536:
+        raise ValueError(f"bad RTP port {addr.port}")
+    return Address(addr.host, addr.port)
+
+
+class RelayLeg:
+    """One leg's sockets, negotiated payload types, latching state, rewriter and counters."""
+
+    __slots__ = (
+        "armed_at",
+        "candidate",
+        "candidate_count",
+        "codec_pt",
+        "dropped",
+        "dtmf",
+        "invalid",
+        "last_rx_at",
+        "latched",
+        "peer",
+        "port",
+        "ref",
+        "relatches",
+        "remote",
+        "rewriter",
+        "rtcp_bytes",
+        "rtcp_packets",
+        "rtcp_report",
+        "rtcp_sock",
+        "rtp_sock",
+        "rx_base",
+        "rx_bytes",
+        "rx_count",
+        "rx_cycles",
+        "rx_lost_before",
+        "rx_max",
+        "rx_packets",
+        "rx_ssrc",
+        "send_errors",
+        "te_pt",
+        "tx_bytes",
+        "tx_packets",
+        "unexpected_source",
+        "unknown_pt",
+        "watched",
+        "xlate",
+    )
+
+    def __init__(self, ref: LegRef, port: int, rtp: socket.socket, rtcp: socket.socket, now: float) -> None:
+        self.ref = ref
+        self.port = port
+        self.rtp_sock = rtp
+        self.rtcp_sock = rtcp
+        self.peer: RelayLeg = self
+        self.remote: Address | None = None  # from SDP
+        self.latched: tuple[Any, ...] | None = None  # where its packets really come from
+        self.candidate: tuple[Any, ...] | None = None
+        self.candidate_count = 0
+        self.codec_pt = -1  # -1: not negotiated yet, forward any non-RTCP PT unchanged
+        self.te_pt = -1
+        self.xlate: bytes | None = None  # table for payloads going from this leg to its peer
+        self.rewriter = LegRewriter(secrets.randbits(32))  # for packets we send to this leg's phone
+        self.dtmf: DtmfReceiver | None = None
+        self.watched = False  # armed for the media timeout once the leg has a negotiated remote
+        self.armed_at = now
+        self.last_rx_at = now
+        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        self.invalid = self.unknown_pt = self.unexpected_source = self.relatches = 0
+        self.dropped = self.send_errors = self.rtcp_packets = self.rtcp_bytes = 0
+        self.rx_ssrc = -1
+        self.rx_base = self.rx_max = self.rx_cycles = self.rx_count = self.rx_lost_before = 0
+        self.rtcp_report: tuple[int, int, int] | None = None  # fraction lost, cumulative lost, jitter
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last valid packet (or since the leg was armed, if later)."""
+        return now - max(self.armed_at, self.last_rx_at)
+
+    @property
+    def lost(self) -> int:
+        """Packets lost on the way in, from sequence numbers (RFC 3550 App. A.3), over every source so far."""
+        if self.rx_ssrc < 0:
+            return self.rx_lost_before
+        expected = self.rx_cycles + self.rx_max - self.rx_base + 1
+        return self.rx_lost_before + max(0, expected - self.rx_count)
+
+    @property
+    def destination(self) -> tuple[Any, ...] | None:
+        return self.latched if self.latched is not None else self.remote
+
+
+class RelaySession:
+    __slots__ = ("a", "b", "session")
+
+    def __init__(self, session: SessionId, a: RelayLeg, b: RelayLeg) -> None:
+        self.session = session
+        self.a = a
+        self.b = b
+        a.peer = b
+        b.peer = a
+
+    def leg(self, side: Side) -> RelayLeg:
+        return self.a if side == "a" else self.b
+
+    def __iter__(self) -> Iterator[RelayLeg]:
+        yield self.a
+        yield self.b
+
+
+DigitHook = Callable[[LegRef, Digit], None]
+
+
+class Relay:
+    """Media sessions on one event loop: ports, readers, forwarding. Used by ``InlineMediaBackend``.
+
+    ``clock`` gives the packet times (read once per wake-up, not per packet) that latching re-bases and the
+    media timeout use. ``on_dtmf`` (optional) gets the digits peeked from each leg's telephone-events.
+    """
+
+    def __init__(
+        self,
+        allocator: PortAllocator,
+        *,
+        clock: Clock,
+        loop: asyncio.AbstractEventLoop | None = None,
+        on_dtmf: DigitHook | None = None,
+    ) -> None:
+        self.allocator = allocator
+        self._clock = clock
+        self._loop = loop or asyncio.get_running_loop()
+        self._on_dtmf = on_dtmf
+        self._sessions: dict[str, RelaySession] = {}
+        self._buf = bytearray(MAX_DATAGRAM)
+        self._mv = memoryview(self._buf)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[RelaySession]:
+        return iter(list(self._sessions.values()))
+
+    def get(self, session: SessionId) -> RelaySession:
+        rs = self._sessions.get(session)
+        if rs is None:
+            raise NoMediaSession(session)
+        return rs
+
+    def open(self, session: SessionId) -> RelaySession:
+        """Bind two port pairs and start reading them."""
+        if session in self._sessions:
+            return self._sessions[session]
+        now = self._clock.monotonic()
+        legs: list[RelayLeg] = []
+        try:
+            for side in SIDES:
+                port, rtp, rtcp = self.allocator.allocate()
+                legs.append(RelayLeg(LegRef(session, side), port, rtp, rtcp, now))
+        except NoMediaPorts:
+            for leg in legs:
+                self._close_leg(leg, readers=False)
+            raise
+        rs = RelaySession(session, legs[0], legs[1])
+        for leg in rs:
+            if self._on_dtmf is not None:
+                leg.dtmf = DtmfReceiver(self._clock)
+            self._loop.add_reader(leg.rtp_sock.fileno(), self._drain_rtp, leg)
+            self._loop.add_reader(leg.rtcp_sock.fileno(), self._drain_rtcp, leg)
+        self._sessions[session] = rs
+        return rs
+
+    def update(
+        self, leg_ref: LegRef, remote: Address | None, codec_pt: int, telephone_event_pt: int | None
+    ) -> None:
+        """Apply one leg's negotiated SDP: where to send, its codec PT and telephone-event PT (None: none).
+
+        A changed address drops the latch (a re-INVITE or transfer points the leg at a new party) and re-bases
+        the rewriter toward it; a known remote arms the leg's media timeout.
+        """
+        leg = self.get(leg_ref.session).leg(leg_ref.side)
+        remote = _ip_address(remote)
+        if not 0 <= codec_pt <= _PT_MASK or not 0 <= (telephone_event_pt or 0) <= _PT_MASK:
+            raise ValueError("payload types are 0..127")
+        if remote != leg.remote:
+            leg.latched = None
+            leg.candidate = None
+            leg.candidate_count = 0
+            leg.rewriter.rebase()
+        leg.remote = remote
+        leg.codec_pt = codec_pt
+        leg.te_pt = -1 if telephone_event_pt is None else telephone_event_pt
+        for x in (leg, leg.peer):
+            src, dst = _LAW_BY_PT.get(x.codec_pt), _LAW_BY_PT.get(x.peer.codec_pt)
+            x.xlate = None if src is None or dst is None or src == dst else _table(src)
+        now = self._clock.monotonic()
+        leg.watched = remote is not None
+        leg.armed_at = now
+
+    def close(self, session: SessionId) -> bool:
+        """Stop reading, close the sockets and free the ports; False if the session was not open."""
+        rs = self._sessions.pop(session, None)
+        if rs is None:
+            return False
+        for leg in rs:
+            self._close_leg(leg, readers=True)
+        return True
+
+    def close_all(self) -> None:
+        for rs in list(self._sessions.values()):
+            self.close(rs.session)
+
+    def idle_legs(self, now: float, timeout_s: float) -> list[RelayLeg]:
+        """Watched legs without a valid packet for ``timeout_s``."""
+        return [
+            leg
+            for rs in self._sessions.values()
+            for leg in rs
+            if leg.watched and leg.idle_for(now) >= timeout_s
+        ]
+
+    def poll_dtmf(self) -> None:
+        """Close digits whose end never came (call about every 100 ms–1 s)."""
+        if self._on_dtmf is None:
+            return
+        for rs in self._sessions.values():
+            for leg in rs:
+                if leg.dtmf is not None and (digit := leg.dtmf.poll()) is not None:
+                    self._on_dtmf(leg.ref, digit)
+
+    def _close_leg(self, leg: RelayLeg, *, readers: bool) -> None:
+        if readers:
+            self._loop.remove_reader(leg.rtp_sock.fileno())
+            self._loop.remove_reader(leg.rtcp_sock.fileno())
+        leg.rtp_sock.close()
+        leg.rtcp_sock.close()
+        self.allocator.release(leg.port)
+
+    # --- fast path --------------------------------------------------------------------------------
+
+    def _drain_rtp(self, leg: RelayLeg) -> None:
+        sock = leg.rtp_sock
+        buf = self._buf
+        forward = self._forward
+        now = self._clock.monotonic()
+        for _ in range(DRAIN_BUDGET):
+            try:
+                n, addr = sock.recvfrom_into(buf)
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. ICMP port unreachable from an earlier send, reported on this socket
+                leg.send_errors += 1
+                continue
+            forward(leg, n, addr, now)
+
+    def _forward(self, leg: RelayLeg, n: int, addr: tuple[Any, ...], now: float) -> None:
+        buf = self._buf
+        if n < RTP_HEADER_SIZE or n >= MAX_DATAGRAM or buf[0] & _B0_VERSION_MASK != _B0_VERSION_2:
+            leg.invalid += 1
+            return
+        b1, seq, ts, ssrc = HEADER_FIELDS.unpack_from(buf, 1)
+        pt = b1 & _PT_MASK
+        if pt == leg.codec_pt:
+            event = False
+        elif pt == leg.te_pt:
+            event = True
+        elif leg.codec_pt < 0 and not RTCP_PT_MIN <= pt <= RTCP_PT_MAX:
+            event = False  # not negotiated yet: pass through
+        else:
+            leg.unknown_pt += 1  # RTCP on the RTP port, comfort noise, anything not negotiated
+            return
+
+        # symmetric latching
+        if addr != leg.latched:
+            if leg.latched is None:
+                leg.latched = addr
+            elif addr == leg.candidate:
+                leg.candidate_count += 1
+                if leg.candidate_count < LATCH_PACKETS:
+                    leg.unexpected_source += 1
+                    return
+                leg.latched = addr
+                leg.candidate = None
+                leg.candidate_count = 0
+                leg.relatches += 1
+            else:
+                leg.candidate = addr
+                leg.candidate_count = 1
+                leg.unexpected_source += 1
+                return
+        elif leg.candidate is not None:
+            leg.candidate = None  # "consecutive": a packet from the latched source resets the count
+            leg.candidate_count = 0
+
+        # receive statistics (RFC 3550 App. A.1/A.3, simplified)
+        leg.rx_packets += 1
+        leg.rx_bytes += n
+        leg.last_rx_at = now
+        if ssrc != leg.rx_ssrc:
+            leg.rx_lost_before = leg.lost
+            leg.rx_ssrc = ssrc
+            leg.rx_base = leg.rx_max = seq
+            leg.rx_cycles = 0
+            leg.rx_count = 1
+        else:
+            leg.rx_count += 1
+            delta = (seq - leg.rx_max) % SEQ_MOD
+            if 0 < delta < MAX_DROPOUT:
+                if seq < leg.rx_max:
+                    leg.rx_cycles += SEQ_MOD
+                leg.rx_max = seq
+
+        peer = leg.peer
+        if event:
+            if leg.dtmf is not None:
+                self._peek_dtmf(leg, n, ts, ssrc)
+            out_pt = peer.te_pt if peer.codec_pt >= 0 else pt
+            if out_pt < 0:
+                leg.dropped += 1  # the other side did not negotiate telephone-event
+                return
+        else:
+            out_pt = peer.codec_pt if peer.codec_pt >= 0 else pt
+            if leg.xlate is not None:
+                bounds = payload_bounds(buf, n)
+                if bounds is None:
+                    leg.invalid += 1
+                    return
+                start, end = bounds
+                buf[start:end] = buf[start:end].translate(leg.xlate)
+
+        dest = peer.latched if peer.latched is not None else peer.remote
+        if dest is None:
+            leg.dropped += 1  # the other side has neither an SDP address nor a latch yet
+            return
+        peer.rewriter.apply(buf, b1, seq, ts, ssrc, now, out_pt)
+        try:
+            peer.rtp_sock.sendto(self._mv[:n], dest)
+        except OSError:
+            peer.send_errors += 1
+            return
+        peer.tx_packets += 1
+        peer.tx_bytes += n
+
+    def _peek_dtmf(self, leg: RelayLeg, n: int, ts: int, ssrc: int) -> None:
+        bounds = payload_bounds(self._buf, n)
+        if bounds is None or leg.dtmf is None or self._on_dtmf is None:
+            return
+        try:
+            digits = leg.dtmf.feed(self._mv[bounds[0] : bounds[1]], ts, ssrc)
+        except MediaParseError:
+            return
+        for digit in digits:
+            self._on_dtmf(leg.ref, digit)
+
+    def _drain_rtcp(self, leg: RelayLeg) -> None:
+        sock = leg.rtcp_sock
+        buf = self._buf
+        for _ in range(DRAIN_BUDGET):
+            try:
+                n, _addr = sock.recvfrom_into(buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+            leg.rtcp_packets += 1
+            leg.rtcp_bytes += n
+            try:
+                block = parse_rtcp_report(buf, n)
+            except MediaParseError:
+                continue
+            if block is not None:
+                leg.rtcp_report = (block.fraction_lost, block.cumulative_lost, block.jitter)
+
+
+def _table(src_law: str) -> bytes:
+    return ALAW_TO_ULAW if src_law == "a" else ULAW_TO_ALAW
