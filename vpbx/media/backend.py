@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from vpbx.clock import Clock, SystemClock
 from vpbx.logs import get_logger
+from vpbx.media.dtmf import Digit
 from vpbx.media.relay import (
     MEDIA_TIMEOUT_S,
     Address,
@@ -157,7 +158,7 @@ class InlineMediaBackend:
         self.media_timeout_s = media_timeout_s
         self.check_interval_s = check_interval_s
         self.on_media_timeout = on_media_timeout
-        self._on_dtmf = on_dtmf
+        self.on_dtmf = on_dtmf
         self._relay: Relay | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -166,7 +167,8 @@ class InlineMediaBackend:
         """The relay, created on the running loop at first use (and its watchdog started)."""
         if self._relay is None:
             loop = asyncio.get_running_loop()
-            self._relay = Relay(self.allocator, clock=self.clock, loop=loop, on_dtmf=self._on_dtmf)
+            hook = self._dtmf if self.on_dtmf is not None else None
+            self._relay = Relay(self.allocator, clock=self.clock, loop=loop, on_dtmf=hook)
             self._timer = loop.call_later(self.check_interval_s, self._tick)
         return self._relay
 
@@ -207,6 +209,14 @@ class InlineMediaBackend:
                     log.exception("media.timeout_hook_failed", session_id=leg.ref.session, leg=leg.ref.side)
         self._relay.poll_dtmf()
         return fired
+
+    def _dtmf(self, leg: LegRef, digit: Digit) -> None:
+        if self.on_dtmf is None:
+            return
+        try:
+            self.on_dtmf(leg, digit)
+        except Exception:  # a failing subscriber must not stall the drain loop
+            log.exception("media.dtmf_hook_failed", session_id=leg.session, leg=leg.side)
 
     async def aclose(self) -> None:
         """Stop the watchdog and close every session."""

@@ -1,7 +1,7 @@
 """RTP packets: pure parse/serialize (RFC 3550 §5.1) and the relay's per-leg header rewrite.
 
 ``parse_packet``/``serialize_packet`` build objects and are for fixtures, diagnostics and the endpoint; the
-relay fast path never builds a packet object. It checks a datagram with ``is_rtp`` (RFC 3550 App. A.1
+relay fast path never builds a packet object. It makes the ``is_rtp`` check inline (RFC 3550 App. A.1
 subset), finds the payload with ``payload_bounds`` and rewrites the header in place through ``LegRewriter``:
 one stable SSRC per outgoing leg, with sequence number and timestamp offsets re-based (and the marker bit
 set) whenever the source behind the leg changes (prompt → bridge, transfer, a phone restarting its stream).

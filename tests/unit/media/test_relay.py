@@ -467,3 +467,28 @@ async def test_update_checks_its_input(rig: Rig) -> None:
         await rig.backend.update(LegRef(S1, "a"), None, 128, 101)
     with pytest.raises(NoMediaSession):
         await rig.backend.update(LegRef(S2, "a"), None, 0, 101)
+
+
+async def test_failing_hooks_do_not_stop_the_relay(phones: Phones) -> None:
+    def boom(*_args: object) -> None:
+        raise RuntimeError("subscriber bug")
+
+    clock = FakeClock()
+    backend = InlineMediaBackend(ports=free_range(2), clock=clock, on_media_timeout=boom, on_dtmf=boom)
+    try:
+        ports = await backend.allocate(S1)
+        alice, bob = await phones.new(), await phones.new()
+        await backend.update(LegRef(S1, "a"), alice.address, 0, 101)
+        await backend.update(LegRef(S1, "b"), bob.address, 0, 101)
+        for payload in digit_payloads("1"):
+            alice.send(ports.a, pt=101, payload=payload, ts=800)
+        alice.send(ports.a, payload=b"\x42" * 160)
+        for _ in range(len(digit_payloads("1"))):
+            await bob.receive()
+        assert (await bob.receive())[0].payload == b"\x42" * 160  # the drain went on after the hook failed
+        clock.advance(60)
+        fired = backend.check()  # reported (and re-armed) even though the hook raised
+        assert sorted(leg.side for leg in fired) == ["a", "b"]
+        assert backend.check() == []
+    finally:
+        await backend.aclose()
