@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vpbx.media.backend import (
+    CHECK_INTERVAL_S,
     InlineMediaBackend,
     LegStats,
     MediaBackend,
@@ -10,29 +11,66 @@ from vpbx.media.backend import (
     MediaTimeoutHook,
     SessionStats,
 )
-from vpbx.media.dtmf import Digit, DtmfEvent, DtmfReceiver, build_event, digit_payloads, parse_event
-from vpbx.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, alaw_to_pcm, pcm_to_alaw, pcm_to_ulaw, ulaw_to_pcm
-from vpbx.media.relay import Address, LegRef, PortAllocator, Relay, Side
+from vpbx.media.dtmf import (
+    Digit,
+    DtmfEvent,
+    DtmfReceiver,
+    build_event,
+    digit_payloads,
+    event_code,
+    parse_event,
+)
+from vpbx.media.g711 import (
+    ALAW_TO_ULAW,
+    ULAW_TO_ALAW,
+    AudioopG711,
+    G711Codec,
+    TableG711,
+    alaw_to_pcm,
+    default_codec,
+    pcm_to_alaw,
+    pcm_to_ulaw,
+    ulaw_to_pcm,
+)
+from vpbx.media.relay import (
+    LATCH_PACKETS,
+    MEDIA_TIMEOUT_S,
+    Address,
+    LegRef,
+    PortAllocator,
+    Relay,
+    RelayLeg,
+    RelaySession,
+    Side,
+)
 from vpbx.media.rtp import (
     PT_PCMA,
     PT_PCMU,
     TELEPHONE_EVENT_PT,
     LegRewriter,
+    ReportBlock,
+    RtpExtension,
     RtpPacket,
     parse_packet,
+    parse_rtcp_report,
     serialize_packet,
 )
 
 __all__ = [
     "ALAW_TO_ULAW",
+    "CHECK_INTERVAL_S",
+    "LATCH_PACKETS",
+    "MEDIA_TIMEOUT_S",
     "PT_PCMA",
     "PT_PCMU",
     "TELEPHONE_EVENT_PT",
     "ULAW_TO_ALAW",
     "Address",
+    "AudioopG711",
     "Digit",
     "DtmfEvent",
     "DtmfReceiver",
+    "G711Codec",
     "InlineMediaBackend",
     "LegRef",
     "LegRewriter",
@@ -42,14 +80,22 @@ __all__ = [
     "MediaTimeoutHook",
     "PortAllocator",
     "Relay",
+    "RelayLeg",
+    "RelaySession",
+    "ReportBlock",
+    "RtpExtension",
     "RtpPacket",
     "SessionStats",
     "Side",
+    "TableG711",
     "alaw_to_pcm",
     "build_event",
+    "default_codec",
     "digit_payloads",
+    "event_code",
     "parse_event",
     "parse_packet",
+    "parse_rtcp_report",
     "pcm_to_alaw",
     "pcm_to_ulaw",
     "serialize_packet",
