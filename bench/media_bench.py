@@ -78,6 +78,7 @@ class Figure:
     relay_cpu_pct: float
     relay_cpu_us_per_packet: float
     generator_cpu_pct: float
+    generator_late_p99_ms: float  # how late the generator's 1 ms send slots ran: its own overload
 
 
 # --- generator process -------------------------------------------------------------------------------
@@ -159,10 +160,13 @@ def generator(conn: Connection, n_streams: int, seconds: float, cpu: int | None)
     t0 = loop.time() + 0.05
     end = t0 + WARMUP_S + seconds
     cpu0 = 0.0
+    late: list[float] = []
 
     def tick(k: int) -> None:
         nonlocal cpu0
         at = t0 + k * PTIME_S / SLOTS
+        if st.counting:
+            late.append(loop.time() - at)
         if at >= end:
             loop.call_later(DRAIN_S, loop.stop)
             return
@@ -186,6 +190,7 @@ def generator(conn: Connection, n_streams: int, seconds: float, cpu: int | None)
             "delays_ns": sorted(st.delays_ns),
             "jitter_ns": sum(st.jitter) / max(1, n_streams),
             "cpu_s": cpu1 - cpu0,
+            "late_p99_s": sorted(late)[int(0.99 * len(late))] if late else 0.0,
         }
     )
     loop.close()
@@ -263,6 +268,7 @@ async def run_point(calls: int, plan: Plan) -> Figure:
         relay_cpu_pct=100.0 * cpu_share,
         relay_cpu_us_per_packet=1e6 * cpu_share / pps_in,
         generator_cpu_pct=100.0 * float(result["cpu_s"]) / plan.seconds,
+        generator_late_p99_ms=1e3 * float(result["late_p99_s"]),
     )
 
 
@@ -285,14 +291,14 @@ def machine() -> dict[str, object]:
 def render(figs: list[Figure]) -> str:
     head = (
         f"{'calls':>5} {'pps in':>7} {'loss %':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'max ms':>7} "
-        f"{'jitter':>7} {'relay %':>8} {'µs/pkt':>7} {'gen %':>6}"
+        f"{'jitter':>7} {'relay %':>8} {'µs/pkt':>7} {'gen %':>6} {'gen late':>8}"
     )
     rows = [head, "-" * len(head)]
     for f in figs:
         rows.append(
             f"{f.calls:>5} {f.pps_in:>7.0f} {f.loss_pct:>7.3f} {f.delay_p50_ms:>7.2f} {f.delay_p99_ms:>7.2f} "
             f"{f.delay_p999_ms:>7.2f} {f.delay_max_ms:>7.2f} {f.jitter_ms:>7.3f} {f.relay_cpu_pct:>8.1f} "
-            f"{f.relay_cpu_us_per_packet:>7.1f} {f.generator_cpu_pct:>6.1f}"
+            f"{f.relay_cpu_us_per_packet:>7.1f} {f.generator_cpu_pct:>6.1f} {f.generator_late_p99_ms:>8.2f}"
         )
     return "\n".join(rows) + "\n"
 
