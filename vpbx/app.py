@@ -41,6 +41,30 @@ def build_core(settings: Settings, clock: Clock | None = None) -> Core:
     )
 
 
+async def serve(settings: Settings) -> None:
+    """``vpbx serve``: the cabinet (uvicorn) and the SIP node in one event loop; SIGTERM stops both."""
+    import uvicorn
+
+    from vpbx.pbx.node import SipNode
+
+    app = create_app(settings)
+    node = SipNode(app.state.core)
+    await node.start()
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await node.stop()
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     from vpbx.web.wiring import mount_web  # the web layer imports the features, not the other way round
 

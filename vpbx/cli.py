@@ -52,11 +52,9 @@ def serve(
     sip_port: Annotated[int | None, typer.Option("--sip-port")] = None,
     rtp_ports: Annotated[str | None, typer.Option("--rtp-ports", help="A-B")] = None,
 ) -> None:
-    """Run the PBX: the web cabinet now, SIP from the call engine on."""
-    import uvicorn
-
+    """Run the PBX: the web cabinet and the SIP node (UDP and TCP) in one process."""
     from vpbx import store
-    from vpbx.app import create_app
+    from vpbx.app import serve as run_server
 
     settings = _settings(
         data_dir, demo=demo, http_host=http_host, http_port=http_port, sip_port=sip_port, rtp_ports=rtp_ports
@@ -68,16 +66,7 @@ def serve(
 
         info = asyncio.run(ensure_demo(settings))
         _print_demo(info, settings)
-    application = create_app(settings)
-    uvicorn.run(
-        application,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    asyncio.run(run_server(settings))
 
 
 @app.command()

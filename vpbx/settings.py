@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     sip_port: int = Field(default=5060, ge=0, le=65535)
     # NoDecode: VPBX_RTP_PORTS=A-B reaches the validator as text instead of being parsed as JSON.
     rtp_ports: Annotated[tuple[int, int], NoDecode] = (10000, 20000)
+    # the address phones and peers reach us at (Via, Contact, SDP); empty: the SIP bind address
+    sip_advertised_host: str = ""
+    # the tenant for requests whose domain part is an address, not one of our domains (single-tenant boxes)
+    sip_default_domain: str = ""
+    # sources never banned (trunks, admin networks), as CIDRs; from the environment a JSON list
+    sip_allowlist: list[str] = Field(default_factory=list)
     public_url: str = ""
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,12 +1,13 @@
-"""The real-peer harness against the reference server, Kamailio (telephony.md §7).
+"""Real SIP peers against vpbx and against the reference server, Kamailio (telephony.md §7).
 
-These tests prove the harness itself: sipsak, SIPp and baresip register with digest auth and call each
-other through Kamailio as registrar and stateful proxy. They take only a ``SipService``, so the same tests
-run against vpbx once its SIP listener exists: add ``"vpbx"`` to the ``server`` fixture's params.
+sipsak, SIPp and baresip register with digest auth and call each other. Every test takes only a
+``SipService``, so each runs against both servers: Kamailio proves the harness, vpbx is what is tested.
+Calls run against Kamailio only until vpbx's B2BUA lands (issue 4): then ``vpbx`` joins ``CALL_SERVERS``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ from tests.integration.peers.kamailio import Kamailio
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.service import SipService
 from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, write_users_csv
+from tests.integration.peers.vpbx import Vpbx
 
 pytestmark = pytest.mark.peers
 
@@ -30,13 +32,34 @@ TONE_TOLERANCE = 0.05  # ±5 %, telephony.md §7.4
 SIPP_TIMEOUT_S = 20.0
 
 
-@pytest.fixture(params=["kamailio"])
-async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SipService]:
-    """The SIP server under test with ``USERS`` provisioned on its first domain."""
-    for program in ("kamailio", "kamcmd", "sipsak", "sipp"):
+SERVERS = ["kamailio", "vpbx"]
+CALL_SERVERS = ["kamailio"]
+
+
+@contextlib.asynccontextmanager
+async def running(kind: str, tmp_path: Path) -> AsyncIterator[SipService]:
+    """The SIP server ``kind`` with ``USERS`` provisioned on its first domain."""
+    for program in ("sipsak", "sipp"):
         require_binary(program)
-    async with Kamailio.running(tmp_path / "kamailio", users=USERS) as kamailio:
-        yield kamailio.service
+    if kind == "kamailio":
+        require_binary("kamailio")
+        async with Kamailio.running(tmp_path / "kamailio", users=USERS) as kamailio:
+            yield kamailio.service
+    else:
+        async with Vpbx.running(tmp_path / "vpbx", users=USERS) as vpbx:
+            yield vpbx.service
+
+
+@pytest.fixture(params=SERVERS)
+async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SipService]:
+    async with running(request.param, tmp_path) as service:
+        yield service
+
+
+@pytest.fixture(params=CALL_SERVERS)
+async def call_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SipService]:
+    async with running(request.param, tmp_path) as service:
+        yield service
 
 
 def call_run(
@@ -75,8 +98,8 @@ async def test_sipsak_options_is_answered_with_200(server: SipService) -> None:
 
 
 async def test_sipsak_registers_with_digest_and_a_wrong_password_fails(server: SipService) -> None:
-    good = await sipsak.register(server.host, server.port, "101", USERS["101"])
-    bad = await sipsak.register(server.host, server.port, "102", "not-the-password")
+    good = await sipsak.register(server.host, server.port, "101", USERS["101"], expires_s=120)
+    bad = await sipsak.register(server.host, server.port, "102", "not-the-password", expires_s=120)
 
     assert good.ok, good.output
     assert not bad.ok, bad.output
@@ -142,8 +165,9 @@ async def test_sipp_options_is_answered(server: SipService, tmp_path: Path) -> N
 
 
 async def test_sipp_call_with_digest_reaches_the_callee_and_ends_with_bye(
-    server: SipService, tmp_path: Path
+    call_server: SipService, tmp_path: Path
 ) -> None:
+    server = call_server
     answering = SippRun(scenario="uas_answer", calls=3, timeout_s=SIPP_TIMEOUT_S)
     async with SippProcess.running(answering, tmp_path) as callee:
         await callee.wait_listening()
@@ -169,7 +193,8 @@ async def test_sipp_call_with_digest_reaches_the_callee_and_ends_with_bye(
     assert answered.stats.successful_calls == 3  # INVITE, ACK and BYE all arrived at the callee
 
 
-async def test_sipp_call_with_a_wrong_password_is_refused(server: SipService, tmp_path: Path) -> None:
+async def test_sipp_call_with_a_wrong_password_is_refused(call_server: SipService, tmp_path: Path) -> None:
+    server = call_server
     result = await run_sipp(
         call_run(server, "uac_call", caller="103", callee="102", password="not-the-password", calls=1),
         tmp_path,
@@ -179,7 +204,8 @@ async def test_sipp_call_with_a_wrong_password_is_refused(server: SipService, tm
     assert result.stats.failed_calls == 1, result.describe()
 
 
-async def test_sipp_cancel_while_ringing_gets_487(server: SipService, tmp_path: Path) -> None:
+async def test_sipp_cancel_while_ringing_gets_487(call_server: SipService, tmp_path: Path) -> None:
+    server = call_server
     ringing = SippRun(scenario="uas_ring", calls=2, timeout_s=SIPP_TIMEOUT_S)
     async with SippProcess.running(ringing, tmp_path) as callee:
         await callee.wait_listening()
@@ -202,8 +228,9 @@ async def test_sipp_cancel_while_ringing_gets_487(server: SipService, tmp_path: 
 
 @pytest.mark.parametrize("hangs_up", ["caller", "callee"])
 async def test_two_phones_call_each_other_and_hear_each_others_tone(
-    server: SipService, tmp_path: Path, hangs_up: Literal["caller", "callee"]
+    call_server: SipService, tmp_path: Path, hangs_up: Literal["caller", "callee"]
 ) -> None:
+    server = call_server
     require_binary("baresip")
     require_binary("sox")
     tone_a = await make_tone(tmp_path / "a440.wav", TONE_A_HZ, 30)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import structlog
-import uvicorn
 from typer.testing import CliRunner
 
+import vpbx.app
 from vpbx import store
 from vpbx.cli import app
 from vpbx.settings import SECRETS_FILE
@@ -39,16 +39,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 
 @pytest.fixture
 def no_server(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records any attempt to migrate or to start the HTTP server (neither should happen on a bad config)."""
+    """Records any attempt to migrate or to start the server (neither should happen on a bad config)."""
     calls: list[str] = []
 
-    def fake_run(*_a: Any, **_kw: Any) -> None:
-        calls.append("uvicorn.run")
+    async def fake_run(*_a: Any, **_kw: Any) -> None:
+        calls.append("serve")
 
     def fake_upgrade(*_a: Any, **_kw: Any) -> None:
         calls.append("store.upgrade")
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(vpbx.app, "serve", fake_run)
     monkeypatch.setattr(store, "upgrade", fake_upgrade)
     return calls
 
@@ -88,10 +88,10 @@ def test_serve_passes_cli_options_to_the_server(
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(application: Any, **kw: Any) -> None:
-        seen.update(kw, settings=application.state.core.settings)
+    async def fake_serve(settings: Any) -> None:
+        seen["settings"] = settings
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(vpbx.app, "serve", fake_serve)
     monkeypatch.setenv("VPBX_SECRET_KEY", "s" * 40)
     monkeypatch.setenv("VPBX_HTTP_PORT", "9999")
     result = CliRunner().invoke(
@@ -100,8 +100,8 @@ def test_serve_passes_cli_options_to_the_server(
          "10000-10100"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8081)
     s = seen["settings"]
+    assert (s.http_host, s.http_port) == ("127.0.0.1", 8081)
     assert (s.http_port, s.sip_port, s.rtp_ports, s.data_dir) == (8081, 5070, (10000, 10100), tmp_path)
     assert no_server == ["store.upgrade"]
 

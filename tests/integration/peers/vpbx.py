@@ -1,0 +1,131 @@
+"""vpbx as the server under test: ``python -m vpbx serve`` on loopback with a provisioned domain.
+
+The domain and its users are written through the services (as the cabinet would), then the real command
+starts in its own process, exactly as the README's first command runs it (minus ``--demo``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+from tests.integration.peers.net import LOOPBACK, free_port_block, free_ports, wait_sip_ready, wait_until
+from tests.integration.peers.process import PeerProcess
+from tests.integration.peers.service import SipService
+from vpbx import store
+from vpbx.app import build_core
+from vpbx.pbx import domains, users
+from vpbx.settings import Settings
+
+DEFAULT_DOMAIN = "peers.vpbx.test"
+REPO = Path(__file__).resolve().parents[3]
+START_TIMEOUT_S = 30.0
+
+
+def _env(data: Path, domain: str, secret: str, extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPBX_")}
+    env.update(
+        {
+            "VPBX_SECRET_KEY": secret,
+            "VPBX_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'vpbx.sqlite3'}",
+            "VPBX_SIP_HOST": LOOPBACK,
+            "VPBX_SIP_DEFAULT_DOMAIN": domain,  # sipsak and SIPp address us by IP
+            "VPBX_LOG_LEVEL": "warning",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+async def provision(settings: Settings, domain: str, accounts: Mapping[str, str]) -> None:
+    """The domain with one user per extension; the SIP login is the extension, as on the Kamailio side."""
+    await store.upgrade_async(settings.database_url)
+    core = build_core(settings)
+    try:
+        async with core.sessions() as s:
+            d = await domains.create_domain(s, domains.DomainInput(name=domain, channel_limit=100))
+            for ext, password in accounts.items():
+                await users.create_user(
+                    s,
+                    d.id,
+                    users.UserInput(
+                        name=f"user{ext}",
+                        display_name=f"User {ext}",
+                        pin=ext,
+                        sip_login=ext,
+                        sip_password=password,
+                    ),
+                    box=core.box,
+                )
+            await s.commit()
+    finally:
+        await core.engine.dispose()
+
+
+class Vpbx:
+    def __init__(self, service: SipService, proc: PeerProcess, http_url: str) -> None:
+        self.service = service
+        self.proc = proc
+        self.http_url = http_url
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(
+        cls,
+        workdir: Path,
+        *,
+        users: Mapping[str, str],
+        domain: str = DEFAULT_DOMAIN,
+        env: Mapping[str, str] | None = None,
+        argv_prefix: Sequence[str] = (),
+    ) -> AsyncIterator[Vpbx]:
+        data = workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(40)
+        full_env = _env(data, domain, secret, env or {})
+        settings = Settings(
+            env="test",
+            secret_key=secret,
+            data_dir=data,  # type: ignore[arg-type]
+            database_url=full_env["VPBX_DATABASE_URL"],
+        )
+        await provision(settings, domain, users)
+        sip_port = free_port_block(1)
+        http_port = free_ports(1)[0]
+        argv = [
+            *argv_prefix,
+            sys.executable,
+            "-m",
+            "vpbx",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--http-port",
+            str(http_port),
+            "--sip-port",
+            str(sip_port),
+        ]
+        proc = await PeerProcess.start("vpbx", argv, log_path=workdir / "vpbx.log", cwd=REPO, env=full_env)
+        url = f"http://{LOOPBACK}:{http_port}"
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+
+                async def healthy() -> bool:
+                    if not proc.running:
+                        raise RuntimeError(f"vpbx exited:\n{proc.log_tail()}")
+                    try:
+                        return (await client.get(f"{url}/healthz")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                await wait_until(healthy, timeout_s=START_TIMEOUT_S, what="vpbx /healthz")
+            await wait_sip_ready(LOOPBACK, sip_port, timeout_s=START_TIMEOUT_S)
+            yield cls(SipService(host=LOOPBACK, port=sip_port, domain=domain, users=dict(users)), proc, url)
+        finally:
+            await proc.stop()

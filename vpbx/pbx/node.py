@@ -1,0 +1,453 @@
+"""The SIP node: transports → parser → transactions → the PBX's request handlers (telephony.md §2, §3).
+
+This is the thin asyncio layer around the sans-I/O cores. It owns the transaction timers, fixes the top Via
+of what arrives (``received``/``rport``, RFC 3261 §18.2.1, RFC 3581 §4), answers what it can at once
+(OPTIONS, stateless 400s) and hands REGISTER to digest auth and the registrar. INVITE and in-dialog requests
+go to a ``CallHandler`` (the B2BUA); until one is plugged in they are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client import Counter
+
+from vpbx.app import Core
+from vpbx.errors import SipParseError
+from vpbx.logs import get_logger
+from vpbx.pbx import registrar
+from vpbx.pbx.registrar import LocationStore, MemoryLocationStore, SqlCredentials
+from vpbx.sip import transaction as tx
+from vpbx.sip.auth import (
+    AuthFailure,
+    AuthOk,
+    Challenge,
+    Credentials,
+    DigestAuth,
+    StoredCredentials,
+    auth_header,
+)
+from vpbx.sip.bans import BanList, MemoryBanList
+from vpbx.sip.contact import read_register
+from vpbx.sip.flow import Destination
+from vpbx.sip.message import Request, Response, build_response, parse, recover_for_reply, serialize
+from vpbx.sip.transaction import (
+    Deliver,
+    Output,
+    Refuse,
+    Send,
+    StartTimer,
+    StopTimer,
+    Terminated,
+    TransactionKey,
+    TransactionTable,
+)
+from vpbx.sip.transport import Transports
+from vpbx.store.models import DomainId
+
+log = get_logger("vpbx.sip.node")
+security = get_logger("vpbx.security")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, INFO, UPDATE"
+SUPPORTED = "replaces, norefersub, path"
+USER_AGENT = "vpbx"
+EXPIRY_SWEEP_S = 5.0  # how often expired bindings are dropped
+CREDENTIALS_TTL_S = 10.0  # HA1 cache per (realm, user): cabinet edits reach the registrar within this
+
+SIP_REQUESTS = Counter("vpbx_sip_requests_total", "SIP requests received", ["method"])
+SIP_PARSE_ERRORS = Counter("vpbx_sip_parse_errors_total", "SIP messages that failed to parse", ["reason"])
+SIP_FINAL = Counter("vpbx_sip_final_responses_total", "Final responses sent", ["method", "code_class"])
+KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"PRACK", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
+
+
+class CallHandler(Protocol):
+    """The B2BUA: INVITEs, CANCELs, ACKs of 2xx and requests inside dialogs."""
+
+    async def on_request(self, node: SipNode, key: TransactionKey | None, request: Request) -> None: ...
+    async def on_response(self, node: SipNode, key: TransactionKey, response: Response) -> None: ...
+    def on_terminated(self, key: TransactionKey, reason: str) -> None: ...
+
+
+@dataclass
+class _Cached:
+    value: StoredCredentials | None
+    at: float
+
+
+@dataclass
+class CachedCredentials:
+    """A short-lived HA1 cache before the database: one query per user per ``ttl_s``, not per REGISTER."""
+
+    inner: Credentials
+    ttl_s: float = CREDENTIALS_TTL_S
+    max_entries: int = 100_000
+    _cache: dict[tuple[str, str], _Cached] = field(default_factory=dict)
+
+    async def find(self, realm: str, username: str) -> StoredCredentials | None:
+        now = time.monotonic()
+        key = (realm, username)
+        hit = self._cache.get(key)
+        if hit is not None and now - hit.at < self.ttl_s:
+            return hit.value
+        value = await self.inner.find(realm, username)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key] = _Cached(value, now)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    id: DomainId
+    name: str
+
+
+class SipNode:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        location: LocationStore | None = None,
+        bans: BanList | None = None,
+        credentials: Credentials | None = None,
+        calls: CallHandler | None = None,
+    ) -> None:
+        self.core = core
+        settings = core.settings
+        self.location: LocationStore = location or MemoryLocationStore()
+        self.bans: BanList = bans or MemoryBanList(allowlist=settings.sip_allowlist)
+        self.credentials: Credentials = credentials or CachedCredentials(SqlCredentials(core.sessions))
+        self.auth = DigestAuth(settings.secret_key.get_secret_value().encode())
+        self.calls = calls
+        self.table = TransactionTable()
+        self.transports = Transports(self._receive, on_framing_error=self._framing_error)
+        self._timers: dict[tuple[TransactionKey, str], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._domains: dict[str, tuple[DomainInfo | None, float]] = {}
+        self.advertised: tuple[str, int] = ("", 0)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> tuple[str, int]:
+        s = self.core.settings
+        host, port = await self.transports.start(s.sip_host, s.sip_port)
+        self.advertised = (s.sip_advertised_host or host, port)
+        self._sweeper = asyncio.create_task(self._sweep(), name="sip-expiry-sweep")
+        return host, port
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transports.stop()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+            try:
+                for gone in await self.location.expire(self.core.clock.monotonic()):
+                    log.info("registration.expired", aor=gone.aor)
+            except Exception:
+                log.exception("registration.sweep_failed")
+
+    # --- receiving ---------------------------------------------------------------------------------------
+
+    def _receive(self, data: bytes, source: Destination) -> None:
+        now = self.core.clock.monotonic()
+        if self.bans.is_banned(source.host, now):
+            return  # banned sources get silence (telephony.md §3.5)
+        try:
+            msg = parse(data, stream=source.transport != "udp")
+        except SipParseError as e:
+            self._bad_message(data, e, source)
+            return
+        if isinstance(msg, Request):
+            SIP_REQUESTS.labels(msg.method if msg.method in KNOWN_METHODS else "other").inc()
+            self._fix_via(msg, source)
+            self._run(self.table.on_request(msg, source, now))
+        else:
+            self._run(self.table.on_response(msg, now))
+
+    def _bad_message(self, data: bytes, e: SipParseError, source: Destination) -> None:
+        SIP_PARSE_ERRORS.labels(e.reason).inc()
+        security.info("RequestBadFormat", source=source.host, reason=e.reason)
+        request = recover_for_reply(data)
+        if request is not None and request.method != "ACK":
+            self._send(serialize(build_response(request, e.status, headers=self._common())), source)
+
+    def _framing_error(self, _data: bytes, status: int, reason: str, source: Destination) -> None:
+        SIP_PARSE_ERRORS.labels(reason).inc()
+        security.info("RequestBadFormat", source=source.host, reason=reason)
+
+    @staticmethod
+    def _fix_via(request: Request, source: Destination) -> None:
+        """``received`` when sent-by is not the source address, and ``rport`` filled (RFC 3581 §4)."""
+        vias = request.via
+        top = vias[0]
+        changes: dict[str, str | None] = {}
+        if _host(top.host) != source.host:
+            changes["received"] = source.host
+        if "rport" in top.parameters and not top.parameters.get("rport"):
+            changes["rport"] = str(source.port)
+            changes["received"] = source.host
+        if changes:
+            vias[0] = dataclasses.replace(top, parameters=top.parameters.replace(**changes))
+            request.via = vias
+
+    # --- the transaction adapter ------------------------------------------------------------------------
+
+    def _run(self, outputs: list[Output]) -> None:
+        for key, action in outputs:
+            match action:
+                case Send(data, dest):
+                    if not self._send(data, dest) and key is not None:
+                        self._run(self.table.on_transport_error(key, self.core.clock.monotonic()))
+                case StartTimer(name, at):
+                    assert key is not None
+                    self._start_timer(key, name, at)
+                case StopTimer(name):
+                    assert key is not None
+                    handle = self._timers.pop((key, name), None)
+                    if handle is not None:
+                        handle.cancel()
+                case Deliver(message):
+                    self._deliver(key, message)
+                case Terminated(reason):
+                    assert key is not None
+                    for k, name in [t for t in self._timers if t[0] == key]:
+                        self._timers.pop((k, name)).cancel()
+                    if self.calls is not None and key.side == "client":
+                        self.calls.on_terminated(key, reason)
+                case Refuse(request, dest):
+                    self._send(serialize(build_response(request, 503, headers=(("Retry-After", "5"),))), dest)
+
+    def _start_timer(self, key: TransactionKey, name: str, at: float) -> None:
+        old = self._timers.pop((key, name), None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, at - self.core.clock.monotonic())
+        loop = asyncio.get_running_loop()
+        self._timers[(key, name)] = loop.call_later(delay, self._fire, key, name)
+
+    def _fire(self, key: TransactionKey, name: str) -> None:
+        self._timers.pop((key, name), None)
+        self._run(self.table.on_timer(key, name, self.core.clock.monotonic()))
+
+    def _send(self, data: bytes, dest: Destination) -> bool:
+        return self.transports.send(data, dest)
+
+    def respond(
+        self,
+        key: TransactionKey,
+        request: Request,
+        code: int,
+        reason: str | None = None,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        to_tag: str | None = None,
+        body: bytes = b"",
+    ) -> None:
+        """Answer a server transaction's request (the TU side of the table)."""
+        response = build_response(
+            request, code, reason, to_tag=to_tag or _tag(), headers=(*headers, *self._common()), body=body
+        )
+        if code >= 200:
+            SIP_FINAL.labels(
+                request.method if request.method in KNOWN_METHODS else "other", f"{code // 100}xx"
+            ).inc()
+        self._run(self.table.respond(key, response, self.core.clock.monotonic()))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a request handler as a task that the node tracks and cancels on stop."""
+
+        async def runner() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sip.handler_failed", handler=name)
+
+        task = asyncio.create_task(runner(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _common() -> tuple[tuple[str, str], ...]:
+        return (("Server", USER_AGENT),)
+
+    # --- the transaction user ----------------------------------------------------------------------------
+
+    def _deliver(self, key: TransactionKey | None, message: tx.Message) -> None:
+        if not isinstance(message, Request):  # requests reach the TU as parsed, so always ours
+            if self.calls is not None and key is not None:
+                response = message if isinstance(message, Response) else _typed_response(message)
+                if response is not None:
+                    self.spawn(self.calls.on_response(self, key, response), "sip-response")
+            return
+        request = message
+        method = request.method
+        if key is None:  # an ACK outside any transaction: the ACK of a 2xx
+            if self.calls is not None:
+                self.spawn(self.calls.on_request(self, None, request), "sip-ack")
+            return
+        if method == "OPTIONS" and not _to_tag(request):
+            self.respond(
+                key,
+                request,
+                200,
+                headers=(("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", SUPPORTED)),
+            )
+        elif method == "REGISTER":
+            self.spawn(self._register(key, request), "sip-register")
+        elif self.calls is not None and method in (
+            "INVITE",
+            "CANCEL",
+            "BYE",
+            "REFER",
+            "NOTIFY",
+            "INFO",
+            "UPDATE",
+            "OPTIONS",
+        ):
+            self.spawn(self.calls.on_request(self, key, request), f"sip-{method.lower()}")
+        elif method == "CANCEL":
+            self.respond(key, request, 481)
+        elif method in ("BYE", "INFO", "UPDATE", "NOTIFY", "REFER") or (method == "OPTIONS"):
+            self.respond(key, request, 481)
+        elif method == "INVITE":
+            self.respond(key, request, 480, "Calls Not Available Yet")
+        else:
+            self.respond(key, request, 405, headers=(("Allow", ALLOW),))
+
+    async def _domain(self, host: str) -> DomainInfo | None:
+        """The tenant a request is for: its domain part, or the default domain for address-only peers."""
+        name = host.lower().strip("[]")
+        hit = self._domains.get(name)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < CREDENTIALS_TTL_S:
+            return hit[0]
+        from vpbx.pbx.domains import find_domain
+
+        async with self.core.sessions() as s:
+            d = await find_domain(s, name)
+            if d is None and self.core.settings.sip_default_domain and _is_address(name):
+                d = await find_domain(s, self.core.settings.sip_default_domain)
+            info = DomainInfo(DomainId(d.id), d.name) if d is not None and d.status == "active" else None
+        if len(self._domains) > 10_000:
+            self._domains.clear()
+        self._domains[name] = (info, now)
+        return info
+
+    async def _register(self, key: TransactionKey, request: Request) -> None:
+        source = self.table.get(key)
+        flow = source.dest if source is not None else Destination("udp", "", 0)
+        facts = read_register(request, flow)
+        if isinstance(facts, str):
+            self.respond(key, request, 400, facts)
+            return
+        domain = await self._domain(facts.to_host)
+        wall = time.time()
+        if domain is None:
+            # an unknown domain is challenged like an unknown user: nothing tells them apart
+            challenge = self.auth.challenge("REGISTER", facts.to_host, wall)
+            self._challenge(key, request, challenge)
+            return
+        outcome = await self.auth.authenticate(
+            "REGISTER",
+            request.headers.getlist(auth_header("REGISTER")),
+            realm=domain.name,
+            credentials=self.credentials,
+            now=wall,
+            source=flow.host,
+        )
+        if isinstance(outcome, Challenge):
+            if self.bans.record_unauthenticated(flow.host, self.core.clock.monotonic()) is not None:
+                security.warning("ban.flood", source=flow.host)
+            self._challenge(key, request, outcome)
+            return
+        if isinstance(outcome, AuthFailure):
+            if self.bans.record_failure(flow.host, self.core.clock.monotonic()) is not None:
+                security.warning("ban.auth", source=flow.host)
+            self._challenge(key, request, outcome.challenge)
+            return
+        assert isinstance(outcome, AuthOk)
+        plan = await registrar.register(
+            self.location,
+            domain.id,
+            facts,
+            user=outcome.user,
+            domain=domain.name,
+            now=self.core.clock.monotonic(),
+        )
+        self.respond(
+            key,
+            request,
+            plan.reply.code,
+            plan.reply.reason,
+            headers=(*plan.reply.headers, ("Date", _http_date())),
+        )
+        if plan.changed:
+            log.info("registration.saved", aor=plan.aor, bindings=len(plan.bindings))
+
+    def _challenge(self, key: TransactionKey, request: Request, challenge: Challenge) -> None:
+        self.respond(
+            key,
+            request,
+            challenge.code,
+            challenge.reason,
+            headers=tuple((challenge.header, v) for v in challenge.values),
+        )
+
+
+def _typed_response(message: tx.Message) -> Response | None:
+    """A synthetic response of the transaction layer (408, 503) in the parsed form the TU works with."""
+    try:
+        parsed = parse(serialize(message))
+    except SipParseError:
+        return None
+    return parsed if isinstance(parsed, Response) else None
+
+
+def _tag() -> str:
+    return secrets.token_hex(8)
+
+
+def _to_tag(request: Request) -> str | None:
+    try:
+        tag = request.to_address.parameters.get("tag")
+    except (KeyError, ValueError, SipParseError):
+        return None
+    return tag or None
+
+
+def _host(host: str) -> str:
+    return host.strip("[]").lower()
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _http_date() -> str:
+    from email.utils import formatdate
+
+    return formatdate(usegmt=True)
