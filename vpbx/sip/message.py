@@ -384,9 +384,12 @@ def parse_uri(text: str, *, reason: str = "bad-request-uri") -> URI:
     scheme = text[:colon].lower() if colon > 0 else ""
     if scheme in _SUPPORTED_SCHEMES:
         try:
-            return URI.parse(scheme + text[colon:])
+            uri = URI.parse(scheme + text[colon:])
         except ValueError:
             raise SipParseError(reason, text[:80]) from None
+        if uri.port is not None and uri.port > 65535:
+            raise SipParseError(reason, text[:80])
+        return uri
     if _ABSOLUTE_URI_RE.fullmatch(text):
         raise SipParseError("unsupported-uri-scheme", scheme[:40], status=416)
     raise SipParseError(reason, text[:80])
@@ -398,7 +401,8 @@ def parse_address(value: str, *, reason: str = "bad-header") -> Address:
         address = Address.parse(value)
     except ValueError:
         raise SipParseError(reason, value[:80]) from None
-    if address.uri.scheme not in _SUPPORTED_SCHEMES:  # sipmessage matches the scheme exactly; be sure
+    uri = address.uri
+    if uri.scheme not in _SUPPORTED_SCHEMES or (uri.port is not None and uri.port > 65535):
         raise SipParseError(reason, value[:80])
     return _normalise_address(address)
 
@@ -477,6 +481,8 @@ def _parse_vias(raw: tuple[str, ...]) -> list[Via]:
                 via = Via.parse(part)
             except ValueError:
                 raise SipParseError("bad-via", part[:80]) from None
+            if via.port is not None and via.port > 65535:
+                raise SipParseError("bad-via", part[:80])
             params = _lower_params(via.parameters)
             transport = via.transport.upper()
             if params is not via.parameters or transport != via.transport:
@@ -491,7 +497,7 @@ def _parse_cseq(raw: tuple[str, ...]) -> CSeq:
     if len(raw) > 1:
         raise SipParseError("duplicate-header", "CSeq")
     m = _CSEQ_RE.fullmatch(raw[0].strip(" \t"))
-    if m is None:
+    if m is None or len(m.group(1)) > 20:
         raise SipParseError("bad-cseq", raw[0][:80])
     sequence = int(m.group(1))
     if sequence >= CSEQ_LIMIT:
@@ -550,7 +556,7 @@ def _check_number(values: list[str], name: str, limit: int, reason: str, *, lead
         digits = m.group(1) if m else ""
     else:
         digits = value.strip(" \t")
-    if not (digits.isascii() and digits.isdigit()) or int(digits) > limit:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20 or int(digits) > limit:
         raise SipParseError(reason, value[:40])
 
 
@@ -630,7 +636,7 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
     cl_entry = grouped.get("content-length")
     if cl_entry is not None:
         value = cl_entry[1][0]
-        if not (value.isascii() and value.isdigit()):
+        if not (value.isascii() and value.isdigit()) or len(value) > 20:
             raise SipParseError("bad-content-length", value[:40])
         length = int(value)
         if body_start + length > MAX_MESSAGE:

@@ -303,6 +303,7 @@ def test_framing_over_udp_and_streams() -> None:
     assert refused(with_header(b"Content-Length", b"6", invite)) == (400, "truncated-body")
     assert refused(with_header(b"Content-Length", b" 1 2")) == (400, "bad-content-length")
     assert refused(with_header(b"Content-Length", "٣".encode())) == (400, "bad-content-length")
+    assert refused(with_header(b"Content-Length", b"9" * 5000)) == (400, "bad-content-length")
     assert refused(with_header(b"Content-Length", str(MAX_MESSAGE).encode())) == (513, "message-too-large")
     assert parse(b"\r\n\r\n" + OPTIONS).cseq.method == "OPTIONS"  # CRLF before the start line (§7.5)
 
@@ -370,6 +371,11 @@ def test_response_status_line_rules() -> None:
         (b"To", b"<http://example.com>", "bad-to"),
         (b"Via", b"SIP/2.0/UDP", "bad-via"),
         (b"Via", b"SIP/2.0/UDP a.example.com;branch=z9hG4bK1,", "bad-via"),
+        (b"Via", b"SIP/2.0/UDP a.example.com:65536;branch=z9hG4bK1", "bad-via"),
+        (b"Via", b"SIP/2.0/UDP a.example.com:65535;branch=z9hG4bK1", None),
+        (b"Contact", b"<sip:a@b.example:70000>", "bad-contact"),
+        (b"CSeq", b"9" * 5000 + b" OPTIONS", "bad-cseq"),
+        (b"Expires", b"9" * 5000, "bad-expires"),
     ],
 )
 def test_header_rules(header: bytes, value: bytes, expected: str | None) -> None:
