@@ -15,6 +15,7 @@ from vpbx.crypto import SecretBox
 from vpbx.logs import get_logger
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
+from vpbx.store.changes import ConfigVersion, tracked_session_class
 
 log = get_logger("vpbx.app")
 
@@ -28,16 +29,19 @@ class Core:
     sessions: async_sessionmaker[AsyncSession]
     box: SecretBox
     clock: Clock = field(default_factory=SystemClock)
+    config: ConfigVersion = field(default_factory=ConfigVersion)  # moves when users or domains change
 
 
 def build_core(settings: Settings, clock: Clock | None = None) -> Core:
     engine = create_engine(settings.database_url)
+    config = ConfigVersion()
     return Core(
         settings=settings,
         engine=engine,
-        sessions=session_factory(engine),
+        sessions=session_factory(engine, tracked_session_class(config)),
         box=SecretBox(settings.secret_key.get_secret_value()),
         clock=clock or SystemClock(),
+        config=config,
     )
 
 

@@ -14,7 +14,6 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -23,7 +22,8 @@ from vpbx.app import Core
 from vpbx.errors import SipParseError
 from vpbx.logs import get_logger
 from vpbx.pbx import registrar
-from vpbx.pbx.registrar import LocationStore, MemoryLocationStore, SqlCredentials
+from vpbx.pbx.directory import DomainInfo, SipDirectory
+from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
 from vpbx.sip import transaction as tx
 from vpbx.sip.auth import (
     AuthFailure,
@@ -31,7 +31,6 @@ from vpbx.sip.auth import (
     Challenge,
     Credentials,
     DigestAuth,
-    StoredCredentials,
     auth_header,
 )
 from vpbx.sip.bans import BanList, MemoryBanList
@@ -50,7 +49,6 @@ from vpbx.sip.transaction import (
     TransactionTable,
 )
 from vpbx.sip.transport import Transports
-from vpbx.store.models import DomainId
 
 log = get_logger("vpbx.sip.node")
 security = get_logger("vpbx.security")
@@ -59,7 +57,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, INFO, UPDAT
 SUPPORTED = "replaces, norefersub, path"
 USER_AGENT = "vpbx"
 EXPIRY_SWEEP_S = 5.0  # how often expired bindings are dropped
-CREDENTIALS_TTL_S = 10.0  # HA1 cache per (realm, user): cabinet edits reach the registrar within this
 
 SIP_REQUESTS = Counter("vpbx_sip_requests_total", "SIP requests received", ["method"])
 SIP_PARSE_ERRORS = Counter("vpbx_sip_parse_errors_total", "SIP messages that failed to parse", ["reason"])
@@ -73,40 +70,6 @@ class CallHandler(Protocol):
     async def on_request(self, node: SipNode, key: TransactionKey | None, request: Request) -> None: ...
     async def on_response(self, node: SipNode, key: TransactionKey, response: Response) -> None: ...
     def on_terminated(self, key: TransactionKey, reason: str) -> None: ...
-
-
-@dataclass
-class _Cached:
-    value: StoredCredentials | None
-    at: float
-
-
-@dataclass
-class CachedCredentials:
-    """A short-lived HA1 cache before the database: one query per user per ``ttl_s``, not per REGISTER."""
-
-    inner: Credentials
-    ttl_s: float = CREDENTIALS_TTL_S
-    max_entries: int = 100_000
-    _cache: dict[tuple[str, str], _Cached] = field(default_factory=dict)
-
-    async def find(self, realm: str, username: str) -> StoredCredentials | None:
-        now = time.monotonic()
-        key = (realm, username)
-        hit = self._cache.get(key)
-        if hit is not None and now - hit.at < self.ttl_s:
-            return hit.value
-        value = await self.inner.find(realm, username)
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[key] = _Cached(value, now)
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class DomainInfo:
-    id: DomainId
-    name: str
 
 
 class SipNode:
@@ -123,7 +86,8 @@ class SipNode:
         settings = core.settings
         self.location: LocationStore = location or MemoryLocationStore()
         self.bans: BanList = bans or MemoryBanList(allowlist=settings.sip_allowlist)
-        self.credentials: Credentials = credentials or CachedCredentials(SqlCredentials(core.sessions))
+        self.directory = SipDirectory(core.sessions, core.config)
+        self.credentials: Credentials = credentials or self.directory
         self.auth = DigestAuth(settings.secret_key.get_secret_value().encode())
         self.calls = calls
         self.table = TransactionTable()
@@ -131,13 +95,15 @@ class SipNode:
         self._timers: dict[tuple[TransactionKey, str], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._domains: dict[str, tuple[DomainInfo | None, float]] = {}
         self.advertised: tuple[str, int] = ("", 0)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> tuple[str, int]:
         s = self.core.settings
+        await (
+            self.directory.warm()
+        )  # before the first REGISTER: a restart's re-registration storm hits memory
         host, port = await self.transports.start(s.sip_host, s.sip_port)
         self.advertised = (s.sip_advertised_host or host, port)
         self._sweeper = asyncio.create_task(self._sweep(), name="sip-expiry-sweep")
@@ -337,21 +303,11 @@ class SipNode:
     async def _domain(self, host: str) -> DomainInfo | None:
         """The tenant a request is for: its domain part, or the default domain for address-only peers."""
         name = host.lower().strip("[]")
-        hit = self._domains.get(name)
-        now = time.monotonic()
-        if hit is not None and now - hit[1] < CREDENTIALS_TTL_S:
-            return hit[0]
-        from vpbx.pbx.domains import find_domain
-
-        async with self.core.sessions() as s:
-            d = await find_domain(s, name)
-            if d is None and self.core.settings.sip_default_domain and _is_address(name):
-                d = await find_domain(s, self.core.settings.sip_default_domain)
-            info = DomainInfo(DomainId(d.id), d.name) if d is not None and d.status == "active" else None
-        if len(self._domains) > 10_000:
-            self._domains.clear()
-        self._domains[name] = (info, now)
-        return info
+        domain = await self.directory.domain(name)
+        default = self.core.settings.sip_default_domain
+        if domain is None and default and _is_address(name):
+            domain = await self.directory.domain(default)
+        return domain
 
     async def _register(self, key: TransactionKey, request: Request) -> None:
         source = self.table.get(key)
