@@ -101,9 +101,8 @@ class SipNode:
 
     async def start(self) -> tuple[str, int]:
         s = self.core.settings
-        await (
-            self.directory.warm()
-        )  # before the first REGISTER: a restart's re-registration storm hits memory
+        # loaded before the first REGISTER: a restart's re-registration storm finds it in memory
+        await self.directory.warm()
         host, port = await self.transports.start(s.sip_host, s.sip_port)
         self.advertised = (s.sip_advertised_host or host, port)
         self._sweeper = asyncio.create_task(self._sweep(), name="sip-expiry-sweep")
