@@ -13,6 +13,7 @@ from vpbx import __version__
 from vpbx.clock import Clock, SystemClock
 from vpbx.crypto import SecretBox
 from vpbx.logs import get_logger
+from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
 from vpbx.store.changes import ConfigVersion, tracked_session_class
@@ -30,6 +31,8 @@ class Core:
     box: SecretBox
     clock: Clock = field(default_factory=SystemClock)
     config: ConfigVersion = field(default_factory=ConfigVersion)  # moves when users or domains change
+    # registrations: written by the SIP node, read by the cabinet (telephony.md §9.3)
+    location: LocationStore = field(default_factory=MemoryLocationStore)
 
 
 def build_core(settings: Settings, clock: Clock | None = None) -> Core:
@@ -52,7 +55,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.node import SipNode
 
     app = create_app(settings)
-    node = SipNode(app.state.core)
+    node = SipNode(app.state.core, location=app.state.core.location)
     await node.start()
     config = uvicorn.Config(
         app,

@@ -76,3 +76,30 @@ async def test_search_ignores_case_in_cyrillic(admin1: Cabinet) -> None:
     found = await admin1.get("/users?q=СИДОРОВ")
     assert "Сидоров Пётр" in found.text
     assert "Сидоров Пётр" not in (await admin1.get("/users?q=Иванов")).text
+
+
+async def test_registered_devices_show_on_the_user_page(admin1: Cabinet, core: Core, t1: Tenant) -> None:
+    from vpbx.pbx.registrar import Binding, aor_for
+    from vpbx.sip.flow import Destination
+    from vpbx.store.models import DomainId
+
+    async with core.sessions() as s:
+        admin = await s.scalar(select(User).where(User.domain_id == t1.id))
+        assert admin is not None
+    now = core.clock.monotonic()
+    binding = Binding(
+        contact="sip:100@192.168.1.20:5062",
+        flow=Destination("udp", "203.0.113.7", 40000),
+        nated=True,
+        user_agent="Yealink T46U",
+        call_id="c1",
+        cseq=1,
+        expires_at=now + 300,
+        updated_at=now,
+    )
+    await core.location.replace(DomainId(t1.id), aor_for("100", t1.name), [binding])
+    listing = await admin1.get("/users")
+    assert '<span class="badge on">1</span>' in listing.text
+    page = await admin1.get(f"/users/{admin.id}")
+    assert "Yealink T46U" in page.text and "UDP 203.0.113.7:40000" in page.text and "NAT" in page.text
+    assert ">300<" in page.text or ">299<" in page.text

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from vpbx.app import Core
 from vpbx.errors import ValidationFailed
 from vpbx.pbx import users as svc
-from vpbx.store.models import User
+from vpbx.pbx.registrar import aor_for
+from vpbx.store.models import DomainId, User
 from vpbx.web import forms
-from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
+from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.forms import FormData
 
 router = APIRouter(prefix="/users")
@@ -58,11 +62,38 @@ def _values(u: User | None, data: svc.UserInput | None = None) -> dict[str, obje
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Device:
+    contact: str
+    user_agent: str
+    source: str
+    expires_in_s: int
+    nated: bool
+
+
+async def devices(core: Core, p: Principal, u: User) -> list[Device]:
+    """The user's live registrations, as the SIP node keeps them."""
+    now = core.clock.monotonic()
+    bindings = await core.location.lookup(DomainId(p.tenant), aor_for(u.pin, p.domain_name))
+    return [
+        Device(
+            b.contact,
+            b.user_agent or "",
+            f"{b.flow.transport.upper()} {b.flow.host}:{b.flow.port}",
+            b.remaining(now),
+            b.nated,
+        )
+        for b in bindings
+        if b.expires_at > now
+    ]
+
+
 @router.get("")
-async def list_users(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
+async def list_users(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
     q = request.query_params.get("q", "")[:100]
     page = await svc.list_users(s, p.tenant, q, forms.page_number(request.query_params.get("page")))
-    return r.page(request, "users/list.html", {"page": page, "q": q})
+    online = {u.id: len(await devices(core, p, u)) for u in page.items}
+    return r.page(request, "users/list.html", {"page": page, "q": q, "online": online})
 
 
 @router.get("/new")
@@ -92,7 +123,12 @@ async def edit_user(
     return r.page(
         request,
         "users/form.html",
-        {"user": u, "v": _values(u), "sip_password": svc.sip_password(u, core.box)},
+        {
+            "user": u,
+            "v": _values(u),
+            "sip_password": svc.sip_password(u, core.box),
+            "devices": await devices(core, p, u),
+        },
     )
 
 
