@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sipmessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,3 +173,60 @@ def test_generated_messages_parse_and_round_trip(case: tuple[bytes, dict[str, ob
     assert again.from_address == msg.from_address
     assert again.to_address == msg.to_address
     assert again.contact == msg.contact
+
+
+# --- the fast grammar paths agree with sipmessage -----------------------------------------------------------
+grammar_noise = st.text(alphabet=' \t<>";=,:@%*abcSIPsipUDP0123.-_/\u00a0\x1c', max_size=50)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(addresses(tag=True), addresses(tag=False), grammar_noise))
+def test_address_fast_path_agrees_with_sipmessage(value: str) -> None:
+    from vpbx.sip import message as m
+
+    try:
+        expected = sipmessage.Address.parse(value)
+    except ValueError:
+        try:
+            m._address(value)
+        except ValueError:
+            return
+        raise AssertionError(f"accepted what sipmessage refuses: {value!r}") from None
+    got = m._address(value)
+    assert got.name == expected.name
+    assert dict(got.parameters) == {k.lower(): v for k, v in expected.parameters.items()}
+    assert (got.uri.scheme, got.uri.user, got.uri.password, got.uri.host, got.uri.port) == (
+        expected.uri.scheme,
+        expected.uri.user,
+        expected.uri.password,
+        expected.uri.host,
+        expected.uri.port,
+    )
+    assert dict(got.uri.parameters) == {k.lower(): v for k, v in expected.uri.parameters.items()}
+
+
+vias = st.builds(
+    lambda t, h, p, b: f"SIP/2.0/{t} {h}{f':{p}' if p else ''};branch={b};rport",
+    st.sampled_from(["UDP", "tcp", "TLS"]),
+    hosts,
+    ports,
+    tags,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(vias, grammar_noise.map(lambda s: "SIP/2.0/UDP " + s)))
+def test_via_fast_path_agrees_with_sipmessage(value: str) -> None:
+    from vpbx.sip import message as m
+
+    try:
+        expected = sipmessage.Via.parse(value)
+    except ValueError:
+        try:
+            m._via(value)
+        except ValueError:
+            return
+        raise AssertionError(f"accepted what sipmessage refuses: {value!r}") from None
+    got = m._via(value)
+    assert (got.transport, got.host, got.port) == (expected.transport.upper(), expected.host, expected.port)
+    assert dict(got.parameters) == {k.lower(): v for k, v in expected.parameters.items()}

@@ -616,3 +616,72 @@ def test_headers_internals_we_rely_on() -> None:
     msg.headers.add("Via", "SIP/2.0/UDP x.example.com;branch=z9hG4bKx")
     assert msg.headers.getlist("VIA")[-1].startswith("SIP/2.0/UDP x.example.com")
     assert sipmessage.__version__ == "0.7.1"
+
+
+# --- our fast paths agree with sipmessage's grammar ---------------------------------------------------------
+def _normalised(params: sipmessage.Parameters) -> dict[str, str | None]:
+    return {k.lower(): v for k, v in params.items()}
+
+
+def _same_uri(ours: sipmessage.URI, theirs: sipmessage.URI) -> bool:
+    return (ours.scheme, ours.user, ours.password, ours.host, ours.port, dict(ours.parameters)) == (
+        theirs.scheme,
+        theirs.user,
+        theirs.password,
+        theirs.host,
+        theirs.port,
+        _normalised(theirs.parameters),
+    )
+
+
+def _grammar_cases() -> list[tuple[str, str]]:
+    cases: list[tuple[str, str]] = []
+    for path in sorted(TORTURE.glob("*.dat")):
+        head = path.read_bytes().split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        head = head.replace("\r\n ", " ").replace("\r\n\t", " ")
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            kind = {
+                "via": "via",
+                "v": "via",
+                "from": "address",
+                "f": "address",
+                "to": "address",
+                "t": "address",
+            }
+            if name.strip().lower() in kind:
+                cases.append((kind[name.strip().lower()], value.strip()))
+    return cases
+
+
+@pytest.mark.parametrize(("kind", "value"), _grammar_cases())
+def test_fast_grammar_matches_sipmessage(kind: str, value: str) -> None:
+    from vpbx.sip import message as m
+
+    if kind == "via":
+        for part in m._split_list(value):
+            part = part.strip()
+            try:
+                theirs = sipmessage.Via.parse(part)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    m._via(part)
+                continue
+            ours = m._via(part)
+            assert (ours.transport, ours.host, ours.port, dict(ours.parameters)) == (
+                theirs.transport.upper(),
+                theirs.host,
+                theirs.port,
+                _normalised(theirs.parameters),
+            )
+    else:
+        try:
+            expected = sipmessage.Address.parse(value)
+        except ValueError:
+            with pytest.raises(ValueError):
+                m._address(value)
+            return
+        got = m._address(value)
+        assert got.name == expected.name
+        assert dict(got.parameters) == _normalised(expected.parameters)
+        assert _same_uri(got.uri, expected.uri)
