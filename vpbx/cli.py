@@ -62,8 +62,11 @@ def serve(
     configure_logging(json=settings.log_json, level=settings.log_level)
     store.upgrade(settings.database_url)
     if demo:
-        from vpbx.demo import ensure_demo
+        from vpbx.demo import DEMO_DOMAIN, ensure_demo
 
+        if not settings.sip_default_domain:
+            # a softphone pointed at the server's address (no DNS for the demo domain) lands in the demo
+            settings = settings.model_copy(update={"sip_default_domain": DEMO_DOMAIN})
         info = asyncio.run(ensure_demo(settings))
         _print_demo(info, settings)
     asyncio.run(run_server(settings))
@@ -107,7 +110,7 @@ def _print_demo(info: dict[str, object], settings: Settings) -> None:
         f"  cabinet:   http://{host}:{settings.http_port}/",
         f"  admin:     {info['admin_login']}  /  {info['admin_password']}",
         f"  operator:  {info['operator_login']}  /  {info['operator_password']}",
-        f"  SIP:       domain {info['domain']}, registrar {host}:{settings.sip_port}",
+        f"  SIP:       server {host}:{settings.sip_port} (UDP/TCP), domain {info['domain']} or the address",
     ]
     users = info["users"]
     assert isinstance(users, list)
