@@ -4,8 +4,8 @@ Every error a client can see carries a stable kebab-case ``code`` that is never 
 
     VpbxError (code: str)
     ├── ConfigError                      settings that refuse to start the process
-    ├── SipError ── SipParseError, TransactionTimeout, AuthFailed, Banned
-    ├── MediaError ── MediaParseError, WorkerUnavailable
+    ├── SipError ── SipParseError, SdpParseError, TransactionError, LocationFull
+    ├── MediaError ── MediaParseError, NoMediaPorts, NoMediaSession
     ├── StoreError ── NotFound, Conflict
     │                 └── ValidationFailed (field → message; nothing was saved)
     ├── AuthError ── LoginFailed, LoginLocked, CsrfFailed
