@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,19 @@ def _settings(data_dir: Path | None, *, demo: bool = False, **overrides: Any) ->
     except ConfigError as e:
         typer.echo(f"vpbx: configuration error: {e}", err=True)
         raise typer.Exit(2) from e
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (about 15–20 % cheaper SIP, telephony.md §6), else the standard loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise typer.BadParameter("VPBX_EVENT_LOOP=uvloop but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _fail(e: ValidationFailed) -> typer.Exit:
@@ -69,7 +83,8 @@ def serve(
             settings = settings.model_copy(update={"sip_default_domain": DEMO_DOMAIN})
         info = asyncio.run(ensure_demo(settings))
         _print_demo(info, settings)
-    asyncio.run(run_server(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+        runner.run(run_server(settings))
 
 
 @app.command()

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     sip_default_domain: str = ""
     # sources never banned (trunks, admin networks), as CIDRs; from the environment a JSON list
     sip_allowlist: list[str] = Field(default_factory=list)
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
+    # calls (telephony.md §3.7): ring this long before 480; end answered calls whose RTP stops this long
+    call_no_answer_s: float = Field(default=60.0, gt=0, le=3600)
+    media_timeout_s: float = Field(default=60.0, gt=0, le=86400)
+    # tests only: append every call event to this file as a JSON line (empty: off)
+    debug_call_events_file: str = ""
     public_url: str = ""
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
