@@ -3,7 +3,6 @@ a few guesses and cracks nothing (telephony.md §3.5, issue 4 acceptance)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.peers.net import wait_sip_ready
-from tests.integration.peers.process import require_binary
+from tests.integration.peers.process import require_binary, run_command
 from tests.integration.peers.service import SipService
 from tests.integration.peers.vpbx import Vpbx
 
@@ -31,21 +30,8 @@ async def vpbx(tmp_path: Path) -> AsyncIterator[SipService]:
 
 
 async def run(*argv: str, cwd: Path) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return out.decode(errors="replace")
+    _code, output = await run_command(argv, timeout_s=RUN_TIMEOUT_S, cwd=cwd)
+    return output
 
 
 def table_rows(output: str) -> list[str]:

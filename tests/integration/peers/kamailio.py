@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.peers.net import LOOPBACK, free_port_block, require_loopback, wait_sip_ready
-from tests.integration.peers.process import PeerProcess, find_binary
+from tests.integration.peers.process import PeerProcess, find_binary, run_command
 from tests.integration.peers.service import SipService
 
 KAMAILIO = "kamailio"
@@ -275,25 +275,13 @@ class Kamailio:
 
         kamcmd turns digit-only arguments into integers: pass ``s:101`` for the string "101".
         """
-        proc = await asyncio.create_subprocess_exec(
-            find_binary(KAMCMD) or KAMCMD,
-            "-s",
-            f"unix:{self.cfg.ctl_socket}",
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        code, out = await run_command(
+            [find_binary(KAMCMD) or KAMCMD, "-s", f"unix:{self.cfg.ctl_socket}", *command],
+            timeout_s=RPC_TIMEOUT_S,
         )
-        try:
-            async with asyncio.timeout(RPC_TIMEOUT_S):
-                out, _ = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0 or out.startswith(b"error:"):
-            raise RuntimeError(f"kamcmd {' '.join(command)} failed: {out.decode(errors='replace')}")
-        return out.decode(errors="replace")
+        if code != 0 or out.startswith("error:"):
+            raise RuntimeError(f"kamcmd {' '.join(command)} failed: {out}")
+        return out
 
     async def registered_contacts(self, user: str) -> list[str]:
         """The contact URIs bound to ``user`` in the location table (empty when none)."""

@@ -162,3 +162,23 @@ class PeerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         return await self.wait(timeout_s)
+
+
+async def run_command(argv: Sequence[str], *, timeout_s: float, cwd: Path | None = None) -> tuple[int, str]:
+    """Run a short-lived tool to completion: (exit code, stdout and stderr); killed after ``timeout_s``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise TimeoutError(f"{' '.join(argv)} ran longer than {timeout_s} s") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")

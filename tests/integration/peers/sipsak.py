@@ -7,10 +7,10 @@ so the URI names the server's IP address, never a test domain; the server's real
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from tests.integration.peers.net import require_loopback
+from tests.integration.peers.process import run_command
 
 SIPSAK = "sipsak"
 RUN_TIMEOUT_S = 15.0
@@ -43,22 +43,8 @@ class SipsakResult:
 
 
 async def run(*args: str, timeout_s: float = RUN_TIMEOUT_S) -> SipsakResult:
-    proc = await asyncio.create_subprocess_exec(
-        SIPSAK,
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(timeout_s):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise TimeoutError(f"sipsak {' '.join(args)} ran longer than {timeout_s} s") from None
-    assert proc.returncode is not None
-    return SipsakResult(proc.returncode, out.decode(errors="replace"))
+    code, output = await run_command([SIPSAK, *args], timeout_s=timeout_s)
+    return SipsakResult(code, output)
 
 
 async def options(host: str, port: int, *, user: str = "ping") -> SipsakResult:
