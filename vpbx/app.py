@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -52,11 +53,41 @@ async def serve(settings: Settings) -> None:
     """``vpbx serve``: the cabinet (uvicorn) and the SIP node in one event loop; SIGTERM stops both."""
     import uvicorn
 
+    from vpbx.media.backend import InlineMediaBackend
+    from vpbx.pbx.b2bua import B2bua
+    from vpbx.pbx.bus import InProcessBus
+    from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog, MemoryCallRegistry
     from vpbx.pbx.node import SipNode
 
     app = create_app(settings)
-    node = SipNode(app.state.core, location=app.state.core.location)
+    core: Core = app.state.core
+    bus = InProcessBus()
+    if settings.debug_call_events_file:
+        bus.subscribe("debug-call-events-file", JsonLinesEventLog(Path(settings.debug_call_events_file)))
+    registry = MemoryCallRegistry()
+    b2bua = B2bua(
+        registry=registry,
+        events=CallEvents(bus, core.clock),
+        clock=core.clock,
+        no_answer_s=settings.call_no_answer_s,
+    )
+    media = InlineMediaBackend(
+        ports=settings.rtp_ports,
+        bind_host=settings.sip_host,
+        clock=core.clock,
+        media_timeout_s=settings.media_timeout_s,
+        on_media_timeout=b2bua.on_media_timeout,
+    )
+    b2bua.media = media
+    app.state.bus = bus  # call events, for the features that subscribe
+    app.state.calls = registry  # live calls, for the cabinet
+    node = SipNode(core, location=core.location, calls=b2bua)
+    b2bua.attach(node, EngineDirectory(node.directory, default_domain=settings.sip_default_domain))
+    await bus.start()
     await node.start()
+    media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
+    if media.advertise_host in ("0.0.0.0", "::"):
+        log.warning("media.unroutable_address", hint="set VPBX_SIP_ADVERTISED_HOST")
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -69,7 +100,9 @@ async def serve(settings: Settings) -> None:
     try:
         await uvicorn.Server(config).serve()
     finally:
-        await node.stop()
+        await node.stop()  # ends the live calls with BYE first
+        await media.aclose()
+        await bus.stop()
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from prometheus_client import Counter
 
 from vpbx.app import Core
-from vpbx.errors import SipParseError
+from vpbx.errors import SipParseError, TransactionError
 from vpbx.logs import get_logger
 from vpbx.pbx import registrar
 from vpbx.pbx.directory import DomainInfo, SipDirectory
@@ -70,6 +70,9 @@ class CallHandler(Protocol):
     async def on_request(self, node: SipNode, key: TransactionKey | None, request: Request) -> None: ...
     async def on_response(self, node: SipNode, key: TransactionKey, response: Response) -> None: ...
     def on_terminated(self, key: TransactionKey, reason: str) -> None: ...
+    async def stop(self, node: SipNode) -> None:
+        """The node is stopping: end the live calls (BYE) while the transports still work."""
+        ...
 
 
 class SipNode:
@@ -109,6 +112,11 @@ class SipNode:
         return host, port
 
     async def stop(self) -> None:
+        if self.calls is not None:
+            try:
+                await self.calls.stop(self)
+            except Exception:
+                log.exception("sip.calls_stop_failed")
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -225,8 +233,8 @@ class SipNode:
         headers: tuple[tuple[str, str], ...] = (),
         to_tag: str | None = None,
         body: bytes = b"",
-    ) -> None:
-        """Answer a server transaction's request (the TU side of the table)."""
+    ) -> Response:
+        """Answer a server transaction's request (the TU side of the table); the response as sent."""
         response = build_response(
             request, code, reason, to_tag=to_tag or _tag(), headers=(*headers, *self._common()), body=body
         )
@@ -235,6 +243,62 @@ class SipNode:
                 request.method if request.method in KNOWN_METHODS else "other", f"{code // 100}xx"
             ).inc()
         self._run(self.table.respond(key, response, self.core.clock.monotonic()))
+        return response
+
+    def send_request(self, request: Request, dest: Destination) -> TransactionKey:
+        """Start a client transaction for ``request`` (our Via with a fresh branch on top) towards ``dest``.
+
+        Its responses reach ``calls.on_response`` with the key returned here.
+        """
+        key = tx.client_key(request)
+        if key is None:
+            raise TransactionError("A request we send carries a Via with a branch and a CSeq")
+        self._run(self.table.send_request(request, dest, self.core.clock.monotonic()))
+        return key
+
+    def send_stateless(self, data: bytes, dest: Destination) -> bool:
+        """Send bytes outside any transaction: the ACK of a 2xx, the UAS core's 2xx retransmissions."""
+        return self._send(data, dest)
+
+    def flow_of(self, key: TransactionKey) -> Destination | None:
+        """Where a server transaction's request came from (and its responses go)."""
+        found = self.table.get(key)
+        return found.dest if found is not None else None
+
+    async def authenticate(
+        self, key: TransactionKey, request: Request, realm: str | None, *, fallback_realm: str
+    ) -> AuthOk | None:
+        """Digest-check ``request`` in ``realm`` (a tenant's domain; None: unknown, challenged all the same).
+
+        Anything but success is answered here — the 401/407 challenge, counted against the source for bans
+        (telephony.md §3.5) — and gives None.
+        """
+        flow = self.flow_of(key)
+        host = flow.host if flow is not None else ""
+        wall = time.time()
+        if realm is None:
+            # an unknown domain is challenged like an unknown user: nothing tells them apart
+            self._challenge(key, request, self.auth.challenge(request.method, fallback_realm, wall))
+            return None
+        outcome = await self.auth.authenticate(
+            request.method,
+            request.headers.getlist(auth_header(request.method)),
+            realm=realm,
+            credentials=self.credentials,
+            now=wall,
+            source=host,
+        )
+        if isinstance(outcome, Challenge):
+            if self.bans.record_unauthenticated(host, self.core.clock.monotonic()) is not None:
+                security.warning("ban.flood", source=host)
+            self._challenge(key, request, outcome)
+            return None
+        if isinstance(outcome, AuthFailure):
+            if self.bans.record_failure(host, self.core.clock.monotonic()) is not None:
+                security.warning("ban.auth", source=host)
+            self._challenge(key, request, outcome.challenge)
+            return None
+        return outcome
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a request handler as a task that the node tracks and cancels on stop."""
@@ -316,31 +380,11 @@ class SipNode:
             self.respond(key, request, 400, facts)
             return
         domain = await self._domain(facts.to_host)
-        wall = time.time()
-        if domain is None:
-            # an unknown domain is challenged like an unknown user: nothing tells them apart
-            challenge = self.auth.challenge("REGISTER", facts.to_host, wall)
-            self._challenge(key, request, challenge)
-            return
-        outcome = await self.auth.authenticate(
-            "REGISTER",
-            request.headers.getlist(auth_header("REGISTER")),
-            realm=domain.name,
-            credentials=self.credentials,
-            now=wall,
-            source=flow.host,
+        outcome = await self.authenticate(
+            key, request, domain.name if domain is not None else None, fallback_realm=facts.to_host
         )
-        if isinstance(outcome, Challenge):
-            if self.bans.record_unauthenticated(flow.host, self.core.clock.monotonic()) is not None:
-                security.warning("ban.flood", source=flow.host)
-            self._challenge(key, request, outcome)
+        if outcome is None or domain is None:
             return
-        if isinstance(outcome, AuthFailure):
-            if self.bans.record_failure(flow.host, self.core.clock.monotonic()) is not None:
-                security.warning("ban.auth", source=flow.host)
-            self._challenge(key, request, outcome.challenge)
-            return
-        assert isinstance(outcome, AuthOk)
         plan = await registrar.register(
             self.location,
             domain.id,

@@ -1,0 +1,1187 @@
+"""The B2BUA for calls between phones (telephony.md §3.7, §4): one A-leg, forked B-legs, anchored media.
+
+An authenticated INVITE from a user to an extension of the same tenant becomes a call: every live binding of
+the callee is rung in parallel, each B-leg with its own Call-ID, tags, CSeq and our anchored SDP offer; the
+first 2xx wins (ACK, CANCEL the others with ``Reason: SIP;cause=200;text="Call completed elsewhere"``), A gets
+200 with our SDP and the relay bridges the two legs. Only the caller's identity crosses legs (From display
+name and extension), never copied headers. Hold, OPTIONS and UPDATE are answered on the leg where they arrive
+(media is anchored, the other leg is not re-INVITEd). A call ends on BYE from either side, on CANCEL, when
+nobody answers within ``no_answer_s``, when the media goes silent (``on_media_timeout``), when A never
+ACKs our 2xx (64·T1, RFC 3261 §13.3.1.4) and when the node stops.
+
+The node (``vpbx.pbx.node.SipNode``) calls ``on_request``/``on_response``/``on_terminated`` as a
+``CallHandler``; everything a call does happens under its own lock, in arrival order. Timers go through
+``Timers`` (the running loop in production, a fake clock in tests). Events go out through ``CallEvents``;
+the live calls are in the ``CallRegistry``, which also applies the tenant's channel limit.
+
+Use::
+
+    b2bua = B2bua(registry=MemoryCallRegistry(), events=CallEvents(bus, clock), clock=clock, no_answer_s=60)
+    media = InlineMediaBackend(..., on_media_timeout=b2bua.on_media_timeout)
+    b2bua.media = media
+    node = SipNode(core, calls=b2bua)
+    b2bua.attach(node, EngineDirectory(node.directory, default_domain=...))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import secrets
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from prometheus_client import Counter, Gauge
+
+from vpbx.clock import Clock
+from vpbx.errors import NoMediaPorts, SdpParseError, SipError, SipParseError
+from vpbx.logs import get_logger
+from vpbx.media.backend import MediaBackend, MediaPorts
+from vpbx.media.relay import Address as MediaAddress
+from vpbx.media.relay import LegRef
+from vpbx.pbx.bus import SessionId, new_session_id
+from vpbx.pbx.calls import (
+    REASON_NORMAL,
+    Call,
+    CallEvents,
+    CallRegistry,
+    Directory,
+    Party,
+    Phase,
+)
+from vpbx.pbx.node import ALLOW, SUPPORTED, USER_AGENT
+from vpbx.pbx.registrar import Binding, aor_for
+from vpbx.sip.dialog import (
+    Dialog,
+    DialogState,
+    LocalVia,
+    build_cancel,
+    build_initial_request,
+    new_call_id,
+    new_tag,
+    reason_header,
+    tag_of,
+)
+from vpbx.sip.flow import Destination
+from vpbx.sip.message import (
+    URI,
+    Address,
+    Parameters,
+    Request,
+    Response,
+    parse_address,
+    parse_uri,
+    serialize,
+)
+from vpbx.sip.sdp import (
+    MediaDescription,
+    Origin,
+    SessionDescription,
+    build_offer,
+    negotiate,
+    parse_sdp,
+    serialize_sdp,
+)
+from vpbx.sip.transaction import T1, T2, TIMEOUT_FACTOR, TransactionKey
+
+if TYPE_CHECKING:
+    from vpbx.pbx.node import SipNode
+
+log = get_logger("vpbx.pbx.b2bua")
+security = get_logger("vpbx.security")
+
+NO_ANSWER_S = 60.0  # telephony.md §3.7: no answer per route → 480
+SDP = "application/sdp"
+SUPPORTED_OPTIONS = frozenset({"replaces", "norefersub"})  # option tags an INVITE may Require; never 100rel
+BUSY_CODES = frozenset({486, 600, 603})  # any of them from a B-leg → 486 to A (RFC 3261 §21.4.24)
+PASSED_CODES = frozenset({404, 480})  # passed to A as they are when every B-leg says the same
+ELSEWHERE = reason_header(200, "Call completed elsewhere")  # RFC 3326, telephony.md §3.6
+CANCELLED = reason_header(487)  # BYE of a B-leg that answered after our CANCEL (telephony.md §4)
+MEDIA_TIMEOUT = reason_header(200, "media timeout")  # telephony.md §3.7
+NO_ACK = reason_header(408, "no ACK")  # RFC 3261 §13.3.1.4: our 2xx was never acknowledged
+SHUTDOWN = reason_header(503, "server shutting down")
+RETRY_AFTER_S = "5"
+
+CALLS = Counter("vpbx_calls_total", "Calls handled by the B2BUA, by outcome", ["outcome"])
+CALLS_ACTIVE = Gauge("vpbx_calls_active", "Live calls on this node")
+
+Side = Literal["a", "b"]
+
+
+# --- timers -------------------------------------------------------------------------------------------------
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """Per-call timers (no answer, 2xx retransmission, ACK wait): the loop in production, fakes in tests."""
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+
+class LoopTimers:
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
+        return asyncio.get_running_loop().call_later(delay_s, callback)
+
+
+# --- legs ---------------------------------------------------------------------------------------------------
+@dataclass(eq=False, slots=True)
+class _Unacked:
+    """Our 2xx to an INVITE, retransmitted T1 doubling to T2 until its ACK (RFC 3261 §13.3.1.4)."""
+
+    data: bytes
+    dest: Destination
+    cseq: int
+    interval: float
+    resend: TimerHandle | None = None
+    give_up: TimerHandle | None = None
+
+    def stop(self) -> None:
+        for handle in (self.resend, self.give_up):
+            if handle is not None:
+                handle.cancel()
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Leg:
+    side: Side
+    token: str  # the user part of our Contact on this leg: in-dialog requests find the leg by it
+    flow: Destination  # where this leg's requests and our retransmissions go (telephony.md §3.2)
+    via: LocalVia
+    contact: Address
+    origin: Origin  # our SDP's o= line on this leg (its version moves only when our SDP changes)
+    dialog: Dialog | None = None
+    last_sdp: bytes | None = None
+    held: bool = False
+    unacked: _Unacked | None = None
+    awaiting_answer: bool = False  # we offered in a 2xx: the answer comes in the ACK
+    bye_reason: str | None = None  # a BYE waits for the ACK of our 2xx (RFC 3261 §15)
+    bye_pending: bool = False
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class ALeg(Leg):
+    key: TransactionKey
+    invite: Request
+    tag: str
+    offer: SessionDescription | None  # the caller's SDP offer; None: it wants ours in the 200
+    record_route: tuple[str, ...] = ()
+    final_sent: bool = False
+    ringing_sent: bool = False
+    early_sent: bool = False
+
+
+class BState(enum.Enum):
+    CALLING = "calling"  # INVITE sent, nothing heard
+    PROCEEDING = "proceeding"  # a provisional arrived: a CANCEL may go
+    ANSWERED = "answered"
+    FAILED = "failed"  # a final ≥ 300 (or our BYE after a late 2xx)
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class BLeg(Leg):
+    contact_uri: str  # the binding rung
+    invite: Request
+    key: TransactionKey | None = None
+    state: BState = BState.CALLING
+    cancel_wanted: bool = False
+    cancel_reason: str | None = None
+    cancel_sent: bool = False
+    final: int | None = None
+    ack: bytes | None = None
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class _Ctx:
+    call: Call
+    a: ALeg
+    b: list[BLeg] = field(default_factory=list)
+    ports: MediaPorts | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    winner: BLeg | None = None
+    early: BLeg | None = None  # the B-leg whose early media is bridged (the first with SDP)
+    a_answer: bytes | None = None  # our answer to A's offer: sent in the 183 and again in the 200
+    no_answer: TimerHandle | None = None
+    ended: bool = False
+    forgotten: bool = False
+
+    @property
+    def session_id(self) -> SessionId:
+        return self.call.session_id
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """An INVITE being authenticated and routed: a CANCEL may arrive before the call exists."""
+
+    cancelled: bool = False
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+def _to_tag(msg: Request | Response) -> str | None:
+    try:
+        return tag_of(msg.to_address)
+    except SipParseError:
+        return None
+
+
+def _origin(host: str) -> Origin:
+    return Origin(
+        session_id=str(secrets.randbits(62)),
+        version=1,
+        addr_type="IP6" if ":" in host else "IP4",
+        address=host,
+    )
+
+
+def _contact(token: str, advertised: tuple[str, int], transport: str) -> Address:
+    host, port = advertised
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    params = Parameters(transport=transport.lower()) if transport.lower() != "udp" else Parameters()
+    return Address(uri=URI(scheme="sip", user=token, host=host, port=port, parameters=params))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def binding_destination(binding: Binding) -> Destination:
+    """Where a new request to a registered contact goes (telephony.md §3.2).
+
+    To the flow the phone registered over when it is behind NAT, registered over TCP/TLS (only that
+    connection reaches it) or through a proxy (Path); otherwise to the Contact's own address, which is where a
+    phone that registers from another socket (or a registrar client acting for it) listens.
+    """
+    flow = binding.flow
+    if flow.transport != "udp" or binding.nated or binding.path:
+        return flow
+    try:
+        uri = parse_uri(binding.contact)
+    except SipParseError:
+        return flow
+    host = uri.host.strip("[]")
+    if not _is_ip(host):
+        return flow
+    return Destination("udp", host, uri.port or 5060)
+
+
+def _sdp_of(msg: Request | Response) -> SessionDescription | Literal["bad"] | None:
+    """The message's SDP; None without a body, ``"bad"`` for a body we cannot read as SDP."""
+    if not msg.body:
+        return None
+    try:
+        ctype = msg.content_type
+    except SipParseError:
+        return "bad"
+    if ctype is not None and ctype.mime_type.lower() != SDP:
+        return "bad"
+    try:
+        return parse_sdp(msg.body)
+    except SdpParseError:
+        return "bad"
+
+
+def _accepted(offer: SessionDescription, answer: SessionDescription) -> MediaDescription | None:
+    """The offer's m-line that the answer accepted (port ≠ 0), by position (RFC 3264 §6)."""
+    for m_offer, m_answer in zip(offer.media, answer.media, strict=False):
+        if m_answer.port != 0 and m_answer.media == "audio":
+            return m_offer
+    return None
+
+
+def _remote(sd: SessionDescription, m: MediaDescription) -> MediaAddress | None:
+    """Where the peer wants RTP: its c= and m= port; None for hold (c=0.0.0.0), port 0 or a host name."""
+    conn = sd.connection_of(m)
+    if conn is None or conn.is_hold or m.port == 0:
+        return None
+    host = conn.address.split("/", 1)[0]
+    if not _is_ip(host):
+        return None
+    return MediaAddress(host.strip("[]"), m.port)
+
+
+def _final_for_a(codes: list[int]) -> int:
+    """A's final when no B-leg answered (telephony.md §4): busy wins, then a shared 404/480, else 480."""
+    if any(c in BUSY_CODES for c in codes):
+        return 486
+    if codes and all(c == codes[0] for c in codes) and codes[0] in PASSED_CODES:
+        return codes[0]
+    return 480
+
+
+# --- the B2BUA ----------------------------------------------------------------------------------------------
+class B2bua:
+    """Calls between the phones of one tenant (the node's ``CallHandler``)."""
+
+    def __init__(
+        self,
+        *,
+        registry: CallRegistry,
+        events: CallEvents,
+        clock: Clock,
+        directory: Directory | None = None,
+        media: MediaBackend | None = None,
+        timers: Timers | None = None,
+        no_answer_s: float = NO_ANSWER_S,
+        t1: float = T1,
+        t2: float = T2,
+    ) -> None:
+        self.directory = directory
+        self.registry = registry
+        self.events = events
+        self.clock = clock
+        self.media = media
+        self.timers: Timers = timers or LoopTimers()
+        self.no_answer_s = no_answer_s
+        self.t1 = t1
+        self.t2 = t2
+        self._node: SipNode | None = None
+        self._calls: dict[SessionId, _Ctx] = {}
+        self._pending: dict[TransactionKey, _Pending] = {}
+        self._by_invite: dict[TransactionKey, _Ctx] = {}
+        self._tokens: dict[str, tuple[_Ctx, Leg]] = {}
+        self._dialogs: dict[tuple[str, str], tuple[_Ctx, Leg]] = {}
+        self._clients: dict[TransactionKey, tuple[_Ctx, BLeg]] = {}
+
+    # --- introspection (tests, the cabinet through the registry) ---
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    @property
+    def node(self) -> SipNode:
+        if self._node is None:
+            raise SipError("The B2BUA is not attached to a SIP node yet")
+        return self._node
+
+    def attach(self, node: SipNode, directory: Directory | None = None) -> None:
+        """The node this B2BUA serves (its timers send through it) and, if given, the directory to use."""
+        self._node = node
+        if directory is not None:
+            self.directory = directory
+
+    def indexes(self) -> dict[str, int]:
+        """Sizes of the internal tables: all zero again once every call and leg is over."""
+        return {
+            "calls": len(self._calls),
+            "pending": len(self._pending),
+            "invites": len(self._by_invite),
+            "tokens": len(self._tokens),
+            "dialogs": len(self._dialogs),
+            "clients": len(self._clients),
+        }
+
+    # --- CallHandler --------------------------------------------------------------------------------------
+    async def on_request(self, node: SipNode, key: TransactionKey | None, request: Request) -> None:
+        self._node = node
+        if key is None:
+            if request.method == "ACK":
+                await self._on_ack(request)
+            return
+        if request.method == "CANCEL":
+            await self._on_cancel(node, key, request)
+            return
+        if request.method == "INVITE" and _to_tag(request) is None:
+            await self._new_call(node, key, request)
+            return
+        found = self._find(request)
+        if found is None:
+            node.respond(key, request, 481)
+            return
+        ctx, leg = found
+        async with ctx.lock:
+            try:
+                await self._in_dialog(node, ctx, leg, key, request)
+            except Exception:
+                await self._abort(ctx, "in-dialog")
+                raise
+
+    async def on_response(self, node: SipNode, key: TransactionKey, response: Response) -> None:
+        self._node = node
+        found = self._clients.get(key)
+        if found is None:
+            return  # BYE and CANCEL answers, or a leg already forgotten
+        ctx, leg = found
+        async with ctx.lock:
+            try:
+                if response.code < 200:
+                    await self._b_provisional(ctx, leg, response)
+                elif response.code < 300:
+                    await self._b_answered(ctx, leg, response)
+                else:
+                    await self._b_failed(ctx, leg, response.code)
+            except Exception:
+                await self._abort(ctx, "response")
+                raise
+
+    def on_terminated(self, key: TransactionKey, reason: str) -> None:
+        if key in self._clients:
+            # after the response tasks already queued have looked the leg up (they run first)
+            asyncio.get_running_loop().call_soon(self._clients.pop, key, None)
+
+    async def stop(self, node: SipNode) -> None:
+        """End every live call with BYE (answered) or 503 and CANCEL (ringing)."""
+        self._node = node
+        for ctx in list(self._calls.values()):
+            async with ctx.lock:
+                if ctx.ended:
+                    continue
+                if ctx.call.phase is Phase.CONNECTED:
+                    await self._hangup(ctx, by=None, reason=SHUTDOWN, outcome="answered")
+                else:
+                    self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+                    self._cancel_all(ctx, None)
+                    await self._finish(ctx, "failed")
+
+    def on_media_timeout(self, leg: LegRef, idle_s: float) -> None:
+        """The media backend's hook: a leg has been silent for the media timeout."""
+        ctx = self._calls.get(leg.session)
+        if ctx is None or self._node is None:
+            return
+        self._spawn(self._media_timeout(ctx, leg.side, idle_s), "call-media-timeout")
+
+    # --- lookups ------------------------------------------------------------------------------------------
+    def _find(self, request: Request) -> tuple[_Ctx, Leg] | None:
+        tag = _to_tag(request) or ""
+        try:
+            call_id = request.call_id
+        except (KeyError, ValueError):
+            return None
+        user = request.uri.user
+        if user:
+            hit = self._tokens.get(user)
+            if hit is not None:
+                d = hit[1].dialog
+                if d is not None and d.call_id == call_id and d.local_tag == tag:
+                    return hit
+        return self._dialogs.get((call_id, tag))
+
+    def _index(self, ctx: _Ctx, leg: Leg) -> None:
+        self._tokens[leg.token] = (ctx, leg)
+        if leg.dialog is not None:
+            self._dialogs[(leg.dialog.call_id, leg.dialog.local_tag)] = (ctx, leg)
+
+    def _unindex(self, leg: Leg) -> None:
+        self._tokens.pop(leg.token, None)
+        if leg.dialog is not None:
+            self._dialogs.pop((leg.dialog.call_id, leg.dialog.local_tag), None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.node.spawn(coro, name)
+
+    # --- a new call ---------------------------------------------------------------------------------------
+    async def _new_call(self, node: SipNode, key: TransactionKey, invite: Request) -> None:
+        pending = _Pending()
+        self._pending[key] = pending
+        try:
+            await self._setup(node, key, invite, pending)
+        finally:
+            self._pending.pop(key, None)
+
+    async def _setup(self, node: SipNode, key: TransactionKey, invite: Request, pending: _Pending) -> None:
+        unsupported = [t for t in invite.require if t.lower() not in SUPPORTED_OPTIONS]
+        if unsupported:  # RFC 3261 §8.2.2.3; PRACK (RFC 3262) is not supported: telephony.md §4
+            node.respond(key, invite, 420, headers=(("Unsupported", ", ".join(unsupported)),))
+            return
+        if invite.max_forwards == 0:
+            node.respond(key, invite, 483)
+            return
+        if self.directory is None:
+            raise SipError("The B2BUA has no directory")
+        from_host = invite.from_address.uri.host
+        domain = await self.directory.domain(from_host)
+        if pending.cancelled:
+            return
+        auth = await node.authenticate(
+            key, invite, domain.name if domain is not None else None, fallback_realm=from_host
+        )
+        if auth is None or domain is None or pending.cancelled:
+            return
+        caller = await self.directory.user_by_login(domain, auth.user.username)
+        if pending.cancelled:
+            return
+        if caller is None:
+            node.respond(key, invite, 403)
+            return
+        extension = invite.uri.user or ""
+        callee = await self.directory.user_by_pin(domain, extension) if extension else None
+        if pending.cancelled:
+            return
+        if callee is None:
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 404)
+            return
+        offer = _sdp_of(invite)
+        if offer == "bad":
+            node.respond(key, invite, 488 if invite.body else 400, headers=(("Accept", SDP),))
+            return
+        if (
+            offer is not None
+            and negotiate(offer, origin=_origin("0.0.0.0"), address="0.0.0.0", port=9) is None
+        ):
+            node.respond(key, invite, 488)  # nothing we can bridge: RFC 3264 §6
+            return
+        flow = node.flow_of(key)
+        if flow is None:
+            return  # the transaction is gone (it timed out meanwhile)
+        call = Call(
+            session_id=new_session_id(),
+            domain=domain,
+            caller=caller,
+            callee=callee,
+            started_at=self.clock.now(),
+        )
+        if not self.registry.admit(call):
+            security.warning("SessionLimit", domain=domain.name, limit=domain.channel_limit, source=flow.host)
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            return
+        CALLS_ACTIVE.inc()
+        token = secrets.token_hex(8)
+        a = ALeg(
+            side="a",
+            token=token,
+            flow=flow,
+            via=LocalVia(flow.transport.upper(), *node.advertised),
+            contact=_contact(token, node.advertised, flow.transport),
+            origin=_origin(node.advertised[0]),
+            key=key,
+            invite=invite,
+            tag=new_tag(),
+            offer=offer,
+            record_route=tuple(invite.headers.getlist("Record-Route")),
+        )
+        a.dialog = Dialog.uas(invite, local_tag=a.tag, local_contact=a.contact)
+        ctx = _Ctx(call=call, a=a)
+        self._calls[call.session_id] = ctx
+        self._by_invite[key] = ctx
+        self._index(ctx, a)
+        display = invite.from_address.name or caller.display_name
+        async with ctx.lock:
+            try:
+                await self._route(node, ctx, display)
+            except Exception:
+                await self._abort(ctx, "setup")
+                raise
+
+    async def _route(self, node: SipNode, ctx: _Ctx, display: str) -> None:
+        call = ctx.call
+        log.info(
+            "call.new",
+            session_id=call.session_id,
+            domain=call.domain.name,
+            caller=call.caller.pin,
+            callee=call.callee.pin,
+        )
+        await self.events.publish(call, "new")
+        now = self.clock.monotonic()
+        aor = aor_for(call.callee.pin, call.domain.name)
+        bindings = [b for b in await node.location.lookup(call.domain.id, aor) if b.expires_at > now]
+        if ctx.ended:
+            return  # cancelled while we looked
+        if not bindings:
+            self._reply_a(ctx, 480)
+            await self._finish(ctx, "unanswered")
+            return
+        if self.media is None:
+            raise SipError("The B2BUA has no media backend")
+        try:
+            ctx.ports = await self.media.allocate(call.session_id)
+        except NoMediaPorts:
+            log.warning("call.no_media_ports", session_id=call.session_id)
+            self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            await self._finish(ctx, "failed")
+            return
+        for binding in bindings:
+            await self._ring(node, ctx, binding, display)
+        if all(leg.state is BState.FAILED for leg in ctx.b):
+            await self._after_failure(ctx)
+            return
+        ctx.no_answer = self.timers.call_later(
+            self.no_answer_s, lambda: self._spawn(self._no_answer(ctx), "call-no-answer")
+        )
+
+    async def _ring(self, node: SipNode, ctx: _Ctx, binding: Binding, display: str) -> None:
+        assert ctx.ports is not None
+        call = ctx.call
+        dest = binding_destination(binding)
+        token = secrets.token_hex(8)
+        contact = _contact(token, node.advertised, dest.transport)
+        try:
+            target = parse_uri(binding.contact)
+            route = [parse_address(p) for p in binding.path]
+        except SipParseError:
+            log.warning("call.bad_binding", session_id=call.session_id, contact=binding.contact[:80])
+            return
+        domain = call.domain.name
+        from_ = Address(
+            uri=URI(scheme="sip", user=call.caller.pin, host=domain),
+            name=display,
+            parameters=Parameters(tag=new_tag()),
+        )
+        to = Address(uri=URI(scheme="sip", user=call.callee.pin, host=domain))
+        leg = BLeg(
+            side="b",
+            token=token,
+            flow=dest,
+            via=LocalVia(dest.transport.upper(), *node.advertised),
+            contact=contact,
+            origin=_origin(ctx.ports.b.host),
+            contact_uri=binding.contact,
+            invite=Request("INVITE", target),  # replaced below, once the offer is built
+        )
+        ports = ctx.ports
+        body = self._sdp(
+            leg, lambda origin: build_offer(origin=origin, address=ports.b.host, port=ports.b.port)
+        )
+        leg.invite = build_initial_request(
+            "INVITE",
+            target,
+            via=leg.via,
+            from_=from_,
+            to=to,
+            call_id=new_call_id(),
+            cseq=1,
+            contact=contact,
+            route=route,
+            headers=(("Allow", ALLOW), ("User-Agent", USER_AGENT)),
+            body=body,
+            content_type=SDP,
+        )
+        ctx.b.append(leg)
+        self._tokens[token] = (ctx, leg)
+        await self.events.publish(call, "calling", request_uri=binding.contact)
+        leg.key = node.send_request(leg.invite, dest)
+        self._clients[leg.key] = (ctx, leg)
+
+    # --- responses on B-legs ------------------------------------------------------------------------------
+    async def _b_provisional(self, ctx: _Ctx, leg: BLeg, response: Response) -> None:
+        if response.code == 100 or (leg.state is not BState.CALLING and leg.state is not BState.PROCEEDING):
+            return
+        leg.state = BState.PROCEEDING
+        if leg.cancel_wanted:
+            self._send_cancel(leg)  # RFC 3261 §9.1: the CANCEL waited for a provisional
+            return
+        if ctx.ended or ctx.winner is not None or ctx.a.final_sent:
+            return
+        sdp = _sdp_of(response)
+        if isinstance(sdp, SessionDescription) and ctx.early is None and ctx.a.offer is not None:
+            if await self._bridge_b(ctx, leg, sdp):
+                body = await self._answer_a(ctx)
+                if body is not None:
+                    ctx.early = leg
+                    ctx.a.early_sent = True
+                    self._reply_a(ctx, 183, body=body)
+                    return
+        if response.code == 180 and not ctx.a.ringing_sent and not ctx.a.early_sent:
+            ctx.a.ringing_sent = True
+            self._reply_a(ctx, 180)
+
+    async def _b_answered(self, ctx: _Ctx, leg: BLeg, response: Response) -> None:
+        node = self.node
+        tag = _to_tag(response)
+        if tag is None:
+            return  # a 2xx without a To tag makes no dialog: nothing to ACK
+        if leg.dialog is not None:
+            if tag == leg.dialog.remote_tag and leg.ack is not None:
+                node.send_stateless(leg.ack, leg.flow)  # a retransmitted 2xx: ACK it again
+            else:
+                self._ack_and_bye(leg, response, reason=ELSEWHERE)  # a second dialog of a forked INVITE
+            return
+        dialog = Dialog.uac(leg.invite, response, local_contact=leg.contact)
+        leg.dialog = dialog
+        leg.state = BState.ANSWERED
+        leg.ack = serialize(dialog.build_ack(leg.invite.cseq.sequence, via=leg.via))
+        node.send_stateless(leg.ack, leg.flow)
+        if ctx.ended or ctx.winner is not None or leg.cancel_wanted:
+            reason = leg.cancel_reason or (ELSEWHERE if ctx.winner is not None else CANCELLED)
+            self._bye(leg, reason)
+            leg.state = BState.FAILED
+            return
+        self._index(ctx, leg)
+        sdp = _sdp_of(response)
+        if not isinstance(sdp, SessionDescription) or not await self._bridge_b(ctx, leg, sdp):
+            self._bye(leg, reason_header(488, "no usable SDP answer"))
+            self._unindex(leg)
+            leg.state = BState.FAILED
+            leg.final = 488
+            await self._after_failure(ctx)
+            return
+        ctx.winner = leg
+        self._cancel_all(ctx, ELSEWHERE)
+        await self._connect(ctx)
+
+    async def _b_failed(self, ctx: _Ctx, leg: BLeg, code: int) -> None:
+        if leg.state is BState.ANSWERED or leg.state is BState.FAILED:
+            return
+        leg.state = BState.FAILED
+        leg.final = code
+        if ctx.early is leg:
+            ctx.early = None
+        await self._after_failure(ctx)
+
+    async def _after_failure(self, ctx: _Ctx) -> None:
+        if ctx.ended or ctx.winner is not None or ctx.a.final_sent:
+            return
+        if any(leg.state is not BState.FAILED for leg in ctx.b):
+            return
+        codes = [leg.final for leg in ctx.b if leg.final is not None]
+        code = _final_for_a(codes)
+        self._reply_a(ctx, code)
+        await self._finish(ctx, "busy" if code == 486 else "unanswered")
+
+    # --- connecting -----------------------------------------------------------------------------------------
+    async def _connect(self, ctx: _Ctx) -> None:
+        a = ctx.a
+        if a.offer is not None:
+            body = await self._answer_a(ctx)
+        else:  # an INVITE without SDP: our offer goes in the 200, the answer must come in the ACK
+            assert ctx.ports is not None
+            ports = ctx.ports
+            body = self._sdp(a, lambda o: build_offer(origin=o, address=ports.a.host, port=ports.a.port))
+            a.awaiting_answer = True
+        if body is None:  # cannot happen: the offer was checked at setup
+            raise SipError("No answer for the caller's offer")
+        response = self._reply_a(ctx, 200, body=body)
+        assert a.dialog is not None
+        a.dialog.confirm()
+        self._start_unacked(ctx, a, response, a.invite.cseq.sequence)
+        if ctx.no_answer is not None:
+            ctx.no_answer.cancel()
+        call = ctx.call
+        call.phase = Phase.CONNECTED
+        call.answered_at = self.clock.now()
+        winner = ctx.winner
+        log.info(
+            "call.connected", session_id=call.session_id, contact=winner.contact_uri[:80] if winner else ""
+        )
+        await self.events.publish(call, "connected", request_uri=winner.contact_uri if winner else "")
+
+    # --- SDP and media --------------------------------------------------------------------------------------
+    def _sdp(self, leg: Leg, build: Callable[[Origin], SessionDescription]) -> bytes:
+        """Our SDP on ``leg``; the o= version moves only when the description changes (RFC 3264 §8)."""
+        body = serialize_sdp(build(leg.origin))
+        if leg.last_sdp is not None and body != leg.last_sdp:
+            leg.origin = leg.origin.bumped()
+            body = serialize_sdp(build(leg.origin))
+        leg.last_sdp = body
+        return body
+
+    async def _update_media(
+        self, ctx: _Ctx, side: Side, remote: MediaAddress | None, codec: MediaDescription
+    ) -> bool:
+        rtpmap = codec.codec
+        if rtpmap is None or self.media is None:
+            return False
+        try:
+            await self.media.update(
+                LegRef(ctx.session_id, side), remote, rtpmap.payload_type, codec.telephone_event
+            )
+        except ValueError:
+            return False
+        return True
+
+    async def _bridge_b(self, ctx: _Ctx, leg: BLeg, answer: SessionDescription) -> bool:
+        """Point the relay's B side at this leg (its answer to our offer: its address, codec, events)."""
+        audio = answer.audio
+        if audio is None:
+            return False
+        return await self._update_media(ctx, "b", _remote(answer, audio), audio)
+
+    async def _answer_a(self, ctx: _Ctx) -> bytes | None:
+        """Our answer to A's offer (once per call; the 183 and the 200 carry the same), relay updated."""
+        if ctx.a_answer is not None:
+            return ctx.a_answer
+        offer = ctx.a.offer
+        if offer is None or ctx.ports is None:
+            return None
+        body = await self._offer_answer(ctx, ctx.a, offer, ctx.ports.a)
+        if isinstance(body, int):
+            return None
+        ctx.a_answer = body
+        return body
+
+    async def _offer_answer(
+        self, ctx: _Ctx, leg: Leg, offer: SessionDescription, local: MediaAddress
+    ) -> bytes | int:
+        """Answer ``offer`` on ``leg`` from our port there and apply it to the relay; an error status else."""
+        answer_sd: SessionDescription | None = None
+
+        def build(origin: Origin) -> SessionDescription:
+            nonlocal answer_sd
+            answer_sd = negotiate(offer, origin=origin, address=local.host, port=local.port)
+            if answer_sd is None:
+                raise _NotAcceptable
+            return answer_sd
+
+        try:
+            body = self._sdp(leg, build)
+        except _NotAcceptable:
+            return 488
+        assert answer_sd is not None
+        m_offer = _accepted(offer, answer_sd)
+        audio = answer_sd.audio
+        if m_offer is None or audio is None:
+            return 488
+        if not await self._update_media(ctx, leg.side, _remote(offer, m_offer), audio):
+            return 488
+        leg.held = offer.is_hold(m_offer)
+        return body
+
+    async def _media_timeout(self, ctx: _Ctx, side: Side, idle_s: float) -> None:
+        async with ctx.lock:
+            if ctx.ended or ctx.call.phase is not Phase.CONNECTED or ctx.call.held:
+                return  # telephony.md §4: no media timeout while held
+            log.info("call.media_timeout", session_id=ctx.session_id, leg=side, idle_s=round(idle_s, 1))
+            await self._hangup(ctx, by=None, reason=MEDIA_TIMEOUT, outcome="answered")
+
+    # --- replies to A ---------------------------------------------------------------------------------------
+    def _reply_a(
+        self,
+        ctx: _Ctx,
+        code: int,
+        *,
+        body: bytes = b"",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Response:
+        a = ctx.a
+        extra: list[tuple[str, str]] = list(headers)
+        if code < 300 and code != 100:
+            extra += [("Record-Route", rr) for rr in a.record_route]  # RFC 3261 §12.1.1
+            extra.append(("Contact", str(a.contact)))
+        if 200 <= code < 300:
+            extra += [("Allow", ALLOW), ("Supported", SUPPORTED)]
+        if body:
+            extra.append(("Content-Type", SDP))
+        if code >= 200:
+            a.final_sent = True
+        return self.node.respond(a.key, a.invite, code, headers=tuple(extra), to_tag=a.tag, body=body)
+
+    def _start_unacked(self, ctx: _Ctx, leg: Leg, response: Response, cseq: int) -> None:
+        if leg.unacked is not None:
+            leg.unacked.stop()
+        pending = _Unacked(serialize(response), leg.flow, cseq, self.t1)
+        leg.unacked = pending
+        if not leg.flow.reliable:
+            pending.resend = self.timers.call_later(self.t1, lambda: self._resend_2xx(leg, pending))
+        pending.give_up = self.timers.call_later(
+            TIMEOUT_FACTOR * self.t1, lambda: self._spawn(self._no_ack(ctx, leg, pending), "call-no-ack")
+        )
+
+    def _resend_2xx(self, leg: Leg, pending: _Unacked) -> None:
+        if leg.unacked is not pending:
+            return
+        self.node.send_stateless(pending.data, pending.dest)
+        pending.interval = min(2 * pending.interval, self.t2)
+        pending.resend = self.timers.call_later(pending.interval, lambda: self._resend_2xx(leg, pending))
+
+    async def _no_ack(self, ctx: _Ctx, leg: Leg, pending: _Unacked) -> None:
+        async with ctx.lock:
+            if leg.unacked is not pending:
+                return
+            leg.unacked = None
+            log.info("call.no_ack", session_id=ctx.session_id, leg=leg.side)
+            if leg.bye_pending:
+                self._send_bye(leg, leg.bye_reason)
+            if not ctx.ended:
+                await self._hangup(ctx, by=None, reason=NO_ACK, outcome="answered")
+            self._forget_if_done(ctx)
+
+    # --- CANCEL, ACK and in-dialog requests -----------------------------------------------------------------
+    async def _on_cancel(self, node: SipNode, key: TransactionKey, cancel: Request) -> None:
+        invite_key = node.table.cancel_target(cancel)
+        if invite_key is None:
+            node.respond(key, cancel, 481)
+            return
+        node.respond(key, cancel, 200)  # RFC 3261 §9.2: the CANCEL is answered first, then the INVITE
+        ctx = self._by_invite.get(invite_key)
+        if ctx is None:
+            pending = self._pending.get(invite_key)
+            invite_tx = node.table.get(invite_key)
+            if pending is not None and invite_tx is not None and isinstance(invite_tx.request, Request):
+                pending.cancelled = True
+                node.respond(invite_key, invite_tx.request, 487)
+            return
+        async with ctx.lock:
+            if ctx.ended or ctx.a.final_sent:
+                return
+            self._reply_a(ctx, 487)
+            self._cancel_all(ctx, None)
+            await self._finish(ctx, "cancelled")
+
+    async def _on_ack(self, ack: Request) -> None:
+        found = self._find(ack)
+        if found is None:
+            return
+        ctx, leg = found
+        async with ctx.lock:
+            pending = leg.unacked
+            if pending is None or ack.cseq.sequence != pending.cseq:
+                return
+            pending.stop()
+            leg.unacked = None
+            if leg.bye_pending:
+                self._send_bye(leg, leg.bye_reason)
+                self._forget_if_done(ctx)
+                return
+            if leg.awaiting_answer and not ctx.ended:
+                leg.awaiting_answer = False
+                if not await self._apply_ack_answer(ctx, leg, ack):
+                    await self._hangup(
+                        ctx, by=None, reason=reason_header(488, "no SDP answer"), outcome="failed"
+                    )
+
+    async def _apply_ack_answer(self, ctx: _Ctx, leg: Leg, ack: Request) -> bool:
+        sdp = _sdp_of(ack)
+        if not isinstance(sdp, SessionDescription) or sdp.audio is None:
+            return False
+        audio = sdp.audio
+        return await self._update_media(ctx, leg.side, _remote(sdp, audio), audio)
+
+    async def _in_dialog(
+        self, node: SipNode, ctx: _Ctx, leg: Leg, key: TransactionKey, request: Request
+    ) -> None:
+        method = request.method
+        dialog = leg.dialog
+        if ctx.ended or dialog is None or dialog.state is DialogState.TERMINATED:
+            node.respond(key, request, 481)
+            return
+        status = dialog.receive(request)
+        if status is not None:
+            node.respond(key, request, status, headers=(("Retry-After", "1"),))
+            return
+        if method == "BYE":
+            node.respond(key, request, 200)
+            dialog.terminate()
+            if ctx.call.phase is Phase.CONNECTED:
+                await self._hangup(ctx, by=leg, reason=None, outcome="answered")
+            elif leg is ctx.a:  # a BYE on the early dialog: as good as a CANCEL
+                if not ctx.a.final_sent:
+                    self._reply_a(ctx, 487)
+                self._cancel_all(ctx, None)
+                await self._finish(ctx, "cancelled")
+        elif method == "INVITE":
+            await self._reinvite(node, ctx, leg, key, request)
+        elif method == "UPDATE":
+            await self._update(node, ctx, leg, key, request)
+        elif method == "OPTIONS":
+            node.respond(
+                key,
+                request,
+                200,
+                headers=(("Allow", ALLOW), ("Accept", SDP), ("Supported", SUPPORTED)),
+            )
+        elif method == "INFO":
+            node.respond(key, request, 200)  # DTMF over INFO is acknowledged (telephony.md §3.8)
+        elif method == "NOTIFY":
+            node.respond(key, request, 481)  # no subscription lives in our dialogs (RFC 6665 §4.1.3)
+        else:
+            node.respond(key, request, 501)
+
+    async def _reinvite(
+        self, node: SipNode, ctx: _Ctx, leg: Leg, key: TransactionKey, request: Request
+    ) -> None:
+        unsupported = [t for t in request.require if t.lower() not in SUPPORTED_OPTIONS]
+        if unsupported:
+            node.respond(key, request, 420, headers=(("Unsupported", ", ".join(unsupported)),))
+            return
+        if ctx.call.phase is not Phase.CONNECTED or ctx.ports is None:
+            node.respond(key, request, 491)  # RFC 3261 §14.2: no offer/answer while the call is set up
+            return
+        local = ctx.ports.a if leg.side == "a" else ctx.ports.b
+        offer = _sdp_of(request)
+        if offer == "bad":
+            node.respond(key, request, 488, headers=(("Accept", SDP),))
+            return
+        if offer is None:  # an offerless re-INVITE: we offer in the 200, the answer comes in the ACK
+            body = self._sdp(leg, lambda o: build_offer(origin=o, address=local.host, port=local.port))
+            leg.awaiting_answer = True
+        else:
+            answered = await self._offer_answer(ctx, leg, offer, local)
+            if isinstance(answered, int):
+                node.respond(key, request, answered)
+                return
+            body = answered
+            self._held_changed(ctx)
+        response = node.respond(
+            key,
+            request,
+            200,
+            headers=(
+                ("Contact", str(leg.contact)),
+                ("Allow", ALLOW),
+                ("Supported", SUPPORTED),
+                ("Content-Type", SDP),
+            ),
+            body=body,
+        )
+        self._start_unacked(ctx, leg, response, request.cseq.sequence)
+
+    async def _update(
+        self, node: SipNode, ctx: _Ctx, leg: Leg, key: TransactionKey, request: Request
+    ) -> None:
+        offer = _sdp_of(request)
+        if offer is None:  # a refresh (RFC 3311 §5.2)
+            node.respond(key, request, 200, headers=(("Contact", str(leg.contact)),))
+            return
+        if offer == "bad" or ctx.ports is None:
+            node.respond(key, request, 488)
+            return
+        local = ctx.ports.a if leg.side == "a" else ctx.ports.b
+        answered = await self._offer_answer(ctx, leg, offer, local)
+        if isinstance(answered, int):
+            node.respond(key, request, answered)
+            return
+        self._held_changed(ctx)
+        node.respond(
+            key, request, 200, headers=(("Contact", str(leg.contact)), ("Content-Type", SDP)), body=answered
+        )
+
+    def _held_changed(self, ctx: _Ctx) -> None:
+        held = ctx.a.held or (ctx.winner is not None and ctx.winner.held)
+        if held != ctx.call.held:
+            ctx.call.held = held
+            log.info("call.hold" if held else "call.resume", session_id=ctx.session_id)
+
+    # --- ending ---------------------------------------------------------------------------------------------
+    def _cancel_all(self, ctx: _Ctx, reason: str | None) -> None:
+        for leg in ctx.b:
+            if leg is ctx.winner or leg.state is BState.ANSWERED or leg.state is BState.FAILED:
+                continue
+            if not leg.cancel_wanted:
+                leg.cancel_wanted = True
+                leg.cancel_reason = reason
+            if leg.state is BState.PROCEEDING:
+                self._send_cancel(leg)
+
+    def _send_cancel(self, leg: BLeg) -> None:
+        if leg.cancel_sent:
+            return
+        leg.cancel_sent = True
+        headers = (("Reason", leg.cancel_reason),) if leg.cancel_reason else ()
+        self.node.send_request(build_cancel(leg.invite, headers=headers), leg.flow)
+
+    def _send_bye(self, leg: Leg, reason: str | None) -> None:
+        dialog = leg.dialog
+        if dialog is None:
+            return
+        headers = (("Reason", reason),) if reason else ()
+        bye = dialog.build_request("BYE", via=leg.via, headers=headers)
+        dialog.terminate()
+        leg.bye_pending = False
+        self.node.send_request(bye, leg.flow)
+
+    def _bye(self, leg: Leg, reason: str | None) -> None:
+        """BYE a leg's confirmed dialog; on A before the ACK of our 2xx, once it arrives (RFC 3261 §15)."""
+        dialog = leg.dialog
+        if dialog is None or dialog.state is not DialogState.CONFIRMED or leg.bye_pending:
+            return
+        if leg.unacked is not None and leg.side == "a":
+            leg.bye_pending = True
+            leg.bye_reason = reason
+            return
+        self._send_bye(leg, reason)
+
+    def _ack_and_bye(self, leg: BLeg, response: Response, reason: str) -> None:
+        """A 2xx of a dialog we do not want: ACK it, then BYE it (RFC 3261 §13.2.2.4)."""
+        stray = Dialog.uac(leg.invite, response, local_contact=leg.contact)
+        self.node.send_stateless(serialize(stray.build_ack(leg.invite.cseq.sequence, via=leg.via)), leg.flow)
+        self.node.send_request(
+            stray.build_request("BYE", via=leg.via, headers=(("Reason", reason),)), leg.flow
+        )
+
+    async def _hangup(self, ctx: _Ctx, *, by: Leg | None, reason: str | None, outcome: str) -> None:
+        """End a connected call: BYE every other confirmed leg, then ``disconnected`` and ``end``."""
+        for leg in (ctx.a, ctx.winner):
+            if leg is not None and leg is not by:
+                self._bye(leg, reason)
+        if ctx.call.phase is Phase.CONNECTED:
+            await self.events.publish(ctx.call, "disconnected", disconnect_reason=REASON_NORMAL)
+        await self._finish(ctx, outcome)
+
+    async def _finish(self, ctx: _Ctx, outcome: str) -> None:
+        """The call is over for A: out of the registry, media released, ``end`` published."""
+        if ctx.ended:
+            return
+        ctx.ended = True
+        call = ctx.call
+        if ctx.no_answer is not None:
+            ctx.no_answer.cancel()
+        call.phase = Phase.ENDED
+        call.ended_at = self.clock.now()
+        if self.registry.remove(call.session_id) is not None:
+            CALLS_ACTIVE.dec()
+        CALLS.labels(outcome).inc()
+        if ctx.ports is not None and self.media is not None:
+            try:
+                await self.media.release(call.session_id)
+            except Exception:
+                log.exception("call.media_release_failed", session_id=call.session_id)
+        log.info("call.ended", session_id=call.session_id, outcome=outcome)
+        await self.events.publish(call, "end", is_record=False)
+        self._forget_if_done(ctx)
+
+    def _forget_if_done(self, ctx: _Ctx) -> None:
+        """Drop the call's lookups once nothing more can arrive for it (an ACK still awaited keeps them)."""
+        if ctx.forgotten or not ctx.ended:
+            return
+        legs: list[Leg] = [ctx.a, *ctx.b]
+        if any(leg.unacked is not None for leg in legs):
+            return
+        ctx.forgotten = True
+        for leg in legs:
+            self._unindex(leg)
+        self._by_invite.pop(ctx.a.key, None)
+        self._calls.pop(ctx.session_id, None)
+
+    async def _abort(self, ctx: _Ctx, where: str) -> None:
+        """A handler failed: end the call as cleanly as we can (its lock is held)."""
+        log.error("call.aborted", session_id=ctx.session_id, where=where)
+        try:
+            if not ctx.a.final_sent:
+                self._reply_a(ctx, 500)
+            self._cancel_all(ctx, None)
+            for leg in (ctx.a, ctx.winner):
+                if leg is not None:
+                    if leg.unacked is not None:
+                        leg.unacked.stop()
+                        leg.unacked = None
+                    self._bye(leg, reason_header(500))
+            if ctx.call.phase is Phase.CONNECTED:
+                await self.events.publish(ctx.call, "disconnected", disconnect_reason=REASON_NORMAL)
+            await self._finish(ctx, "failed")
+        except Exception:
+            log.exception("call.abort_failed", session_id=ctx.session_id)
+            ctx.ended = True
+            self._forget_if_done(ctx)
+
+    async def _no_answer(self, ctx: _Ctx) -> None:
+        async with ctx.lock:
+            if ctx.ended or ctx.winner is not None or ctx.a.final_sent:
+                return
+            self._reply_a(ctx, 480)
+            self._cancel_all(ctx, None)
+            await self._finish(ctx, "unanswered")
+
+
+class _NotAcceptable(Exception):
+    """No codec in an offer that we can bridge (answered 488)."""
+
+
+__all__ = [
+    "NO_ANSWER_S",
+    "B2bua",
+    "BLeg",
+    "BState",
+    "Leg",
+    "LoopTimers",
+    "Party",
+    "TimerHandle",
+    "Timers",
+    "binding_destination",
+]
