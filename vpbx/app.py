@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import signal
+import threading
+from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,23 @@ async def serve(settings: Settings) -> None:
     """``vpbx serve``: the cabinet (uvicorn) and the SIP node in one event loop; SIGTERM stops both."""
     import uvicorn
 
+    class _GracefulServer(uvicorn.Server):
+        """uvicorn raises SIGTERM/SIGINT again after its graceful stop, which would kill the process before
+        the SIP node stops (BYE to live calls, telephony.md §4); this one only stops and returns."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
     from vpbx.media.backend import InlineMediaBackend
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
@@ -98,7 +118,7 @@ async def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=10,
     )
     try:
-        await uvicorn.Server(config).serve()
+        await _GracefulServer(config).serve()
     finally:
         await node.stop()  # ends the live calls with BYE first
         await media.aclose()

@@ -276,3 +276,24 @@ async def test_silent_media_ends_the_call_on_both_sides(tmp_path: Path) -> None:
         assert 'Reason: SIP;cause=200;text="media timeout"' in log
     [events] = (await server.calls(ended=1)).values()
     assert_answered_call(events, caller="101", callee="102")
+
+
+async def test_stopping_the_server_ends_a_live_call_with_bye(tmp_path: Path) -> None:
+    """SIGTERM: vpbx BYEs both legs of a live call before it exits (telephony.md §4, drain)."""
+    async with running(tmp_path) as server:
+        async with SippProcess.running(callee_run("uas_answer"), tmp_path) as callee:
+            await bind(server, "102", callee)
+            run = caller_run(server, "uac_call_wait_bye", caller="101", callee="102", calls=1)
+            async with SippProcess.running(run, tmp_path) as caller:
+
+                def connected() -> bool:
+                    return any(e["state"] == "connected" for e in server.events())
+
+                await wait_until(connected, timeout_s=EVENTS_TIMEOUT_S, what="the call to connect")
+                assert await server.vpbx.proc.stop() == 0
+                hung_up, answered = await caller.wait(), await callee.wait()
+
+        assert hung_up.ok, hung_up.describe()
+        assert answered.ok, answered.describe()
+        [events] = (await server.calls(ended=1)).values()
+        assert_answered_call(events, caller="101", callee="102")
