@@ -95,7 +95,8 @@ class SipNode:
         self.calls = calls
         self.table = TransactionTable()
         self.transports = Transports(self._receive, on_framing_error=self._framing_error)
-        self._timers: dict[tuple[TransactionKey, str], asyncio.TimerHandle] = {}
+        # running transaction timers by key, then name: a transaction's end cancels its own in O(1)
+        self._timers: dict[TransactionKey, dict[str, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.advertised: tuple[str, int] = ("", 0)
@@ -120,8 +121,9 @@ class SipNode:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        for handle in self._timers.values():
-            handle.cancel()
+        for handles in self._timers.values():
+            for handle in handles.values():
+                handle.cancel()
         self._timers.clear()
         for task in list(self._tasks):
             task.cancel()
@@ -194,30 +196,38 @@ class SipNode:
                     self._start_timer(key, name, at)
                 case StopTimer(name):
                     assert key is not None
-                    handle = self._timers.pop((key, name), None)
+                    handles = self._timers.get(key)
+                    handle = handles.pop(name, None) if handles is not None else None
                     if handle is not None:
                         handle.cancel()
+                    if handles is not None and not handles:
+                        del self._timers[key]
                 case Deliver(message):
                     self._deliver(key, message)
                 case Terminated(reason):
                     assert key is not None
-                    for k, name in [t for t in self._timers if t[0] == key]:
-                        self._timers.pop((k, name)).cancel()
+                    for handle in self._timers.pop(key, {}).values():
+                        handle.cancel()
                     if self.calls is not None and key.side == "client":
                         self.calls.on_terminated(key, reason)
                 case Refuse(request, dest):
                     self._send(serialize(build_response(request, 503, headers=(("Retry-After", "5"),))), dest)
 
     def _start_timer(self, key: TransactionKey, name: str, at: float) -> None:
-        old = self._timers.pop((key, name), None)
+        handles = self._timers.setdefault(key, {})
+        old = handles.pop(name, None)
         if old is not None:
             old.cancel()
         delay = max(0.0, at - self.core.clock.monotonic())
         loop = asyncio.get_running_loop()
-        self._timers[(key, name)] = loop.call_later(delay, self._fire, key, name)
+        handles[name] = loop.call_later(delay, self._fire, key, name)
 
     def _fire(self, key: TransactionKey, name: str) -> None:
-        self._timers.pop((key, name), None)
+        handles = self._timers.get(key)
+        if handles is not None:
+            handles.pop(name, None)
+            if not handles:
+                del self._timers[key]
         self._run(self.table.on_timer(key, name, self.core.clock.monotonic()))
 
     def _send(self, data: bytes, dest: Destination) -> bool:

@@ -38,7 +38,6 @@ from vpbx.sip.message import (
     Parameters,
     Request,
     Response,
-    Via,
 )
 
 __all__ = [
@@ -121,13 +120,9 @@ class LocalVia:
     port: int
 
     def header(self, branch: str | None = None) -> str:
-        via = Via(
-            transport=self.transport.upper(),
-            host=self.host,
-            port=self.port,
-            parameters=Parameters(branch=branch or new_branch(), rport=None),
-        )
-        return str(via)
+        """``SIP/2.0/UDP host:port;branch=z9hG4bK…;rport`` (formatted directly: this runs per request)."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"SIP/2.0/{self.transport.upper()} {host}:{self.port};branch={branch or new_branch()};rport"
 
 
 def _without_tag(address: Address) -> Address:

@@ -19,7 +19,7 @@ from vpbx.sip.dialog import (
     reason_header,
     tag_of,
 )
-from vpbx.sip.message import Address, Request, Response, parse, parse_address, parse_uri, serialize
+from vpbx.sip.message import Address, Request, Response, Via, parse, parse_address, parse_uri, serialize
 
 VIA = LocalVia("UDP", "198.51.100.1", 5060)
 CONTACT = parse_address("<sip:leg1@198.51.100.1:5060>")
@@ -327,3 +327,10 @@ def test_address_of_other_side_is_kept_without_the_tag() -> None:
     d = Dialog.uas(request(INVITE_IN), local_tag="t", local_contact=CONTACT)
     assert isinstance(d.remote_uri, Address)
     assert "tag" not in d.remote_uri.parameters
+
+
+def test_our_via_parses_back_for_ipv4_and_ipv6() -> None:
+    for via, host in ((VIA, "198.51.100.1"), (LocalVia("TCP", "2001:db8::1", 5060), "[2001:db8::1]")):
+        parsed = Via.parse(via.header("z9hG4bKabc"))
+        assert (parsed.transport, parsed.host, parsed.port) == (via.transport, host, via.port)
+        assert parsed.parameters["branch"] == "z9hG4bKabc" and "rport" in parsed.parameters
