@@ -433,8 +433,16 @@ class B2bua:
                     continue
                 if ctx.call.phase is Phase.CONNECTED:
                     await self._hangup(ctx, by=None, reason=SHUTDOWN, outcome="answered")
+                    for leg in (ctx.a, ctx.winner):  # no waiting for an ACK now
+                        if leg is not None and leg.bye_pending:
+                            if leg.unacked is not None:
+                                leg.unacked.stop()
+                                leg.unacked = None
+                            self._send_bye(leg, leg.bye_reason)
+                    self._forget_if_done(ctx)
                 else:
-                    self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+                    if not ctx.a.final_sent:
+                        self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
                     self._cancel_all(ctx, None)
                     await self._finish(ctx, "failed")
 

@@ -20,6 +20,7 @@ from tests.unit.pbx.b2bua_kit import (
 )
 from vpbx.app import Core
 from vpbx.media.relay import Address as MediaAddress
+from vpbx.sip.dialog import Dialog
 from vpbx.sip.sdp import Direction, parse_sdp
 
 A_HOST, B_HOST, B2_HOST = "192.0.2.10", "192.0.2.20", "192.0.2.21"
@@ -418,3 +419,20 @@ async def test_a_ringing_without_sdp_is_passed_as_180_once(pbx: Pbx, alice: Phon
     await incoming.reply(180)
 
     assert alice.unread() == [180]
+
+
+async def test_a_bye_for_the_caller_waits_for_its_ack(pbx: Pbx, alice: Phone, bob: Phone) -> None:
+    out = await alice.call("102")
+    incoming = await bob.ringing()
+    await incoming.answer()
+    ok = await alice.expect(200)
+
+    await incoming.send("BYE")  # the callee hangs up before the caller's ACK arrived
+    await bob.expect(200)
+    assert alice.unread() == []  # RFC 3261 §15: no BYE before the ACK of our 2xx
+
+    dialog = Dialog.uac(out.invite, ok, local_contact=alice.contact)
+    await alice.send(dialog.build_ack(out.invite.cseq.sequence, via=alice.via))
+    await alice.expect("BYE")
+    assert pbx.events()[-2:] == ["disconnected", "end"]
+    assert pbx.b2bua.indexes()["tokens"] == 0

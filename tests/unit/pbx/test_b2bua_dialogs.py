@@ -11,6 +11,7 @@ from tests.unit.pbx.b2bua_kit import MEDIA_HOST, PORT_A, PORT_B, IncomingCall, O
 from vpbx.app import Core
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
+from vpbx.sip.dialog import Dialog
 from vpbx.sip.sdp import Direction, parse_sdp
 
 A_HOST, B_HOST = "192.0.2.10", "192.0.2.20"
@@ -251,8 +252,6 @@ async def test_the_offer_without_media_in_the_invite_goes_in_the_200(core: Core)
 
         ok = await alice.expect(200)
         assert direction(ok.body)[:2] == (Direction.SENDRECV, PORT_A)
-        from vpbx.sip.dialog import Dialog
-
         dialog = Dialog.uac(out.invite, ok, local_contact=alice.contact)
         ack = dialog.build_ack(
             2, via=alice.via, body=sdp(A_HOST, 30000, codecs="0"), content_type="application/sdp"
