@@ -12,7 +12,7 @@ order (telephony.md §3.3)::
             case StopTimer(name): timers.cancel(key, name)
             case Deliver(message): tu.receive(key, message)   # key None: an ACK outside any transaction
             case Terminated(reason): tu.ended(key, reason)     # the table has already forgotten the key
-            case Refuse(request, dest): transport.send(stateless_503(request), dest)   # table full
+            case Refuse(request, dest): ...   # table full: send build_response(request, 503) + Retry-After
 
 When a timer fires the adapter calls ``table.on_timer(key, name, now)``. The TU answers a server
 transaction with ``table.respond(key, response, now)`` and starts a client transaction with
@@ -36,10 +36,10 @@ import enum
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from sipmessage import CSeq, Request, Response, Via
-
-from vpbx.errors import ConfigError, TransactionError
+from vpbx.errors import ConfigError, SipError, TransactionError
+from vpbx.sip import message
 from vpbx.sip.flow import Destination
+from vpbx.sip.message import Request, Response
 
 # --- RFC 3261 Appendix A / §17 timer values -------------------------------------------------------------
 T1 = 0.5  # s, RFC 3261 §17.1.1.1: round-trip time estimate (configurable, TimerConfig.t1)
@@ -63,7 +63,7 @@ TIMER_L = "L"  # RFC 6026 §8.7: INVITE server stays Accepted for 64·T1 after a
 TIMER_M = "M"  # RFC 6026 §8.4: INVITE client stays Accepted for 64·T1 after a 2xx
 TIMER_CANCEL = "cancel"  # RFC 3261 §9.1: no final 64·T1 after our CANCEL → the INVITE counts as cancelled
 
-MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7: branch prefix of RFC 3261 elements (else RFC 2543 matching)
+MAGIC_COOKIE = message.MAGIC_COOKIE  # RFC 3261 §8.1.1.7: z9hG4bK; without it, RFC 2543 matching
 DEFAULT_PORTS = {"tls": 5061, "ws": 80, "wss": 443}  # RFC 3261 §19.1.2, RFC 7118; everything else 5060
 DEFAULT_MAX_TRANSACTIONS = 50_000  # table cap: beyond it new server transactions are refused with 503
 
@@ -183,14 +183,7 @@ class TransactionKey:
     method: str
 
 
-def _top_via(msg: Message) -> Via:
-    values = msg.headers.getlist("Via")
-    if not values:
-        raise ValueError("no Via")
-    return Via.parse_many(values[0])[0]
-
-
-def _sent_by(via: Via) -> str:
+def _sent_by(via: message.Via) -> str:
     transport = via.transport.lower()
     return f"{via.host.lower()}:{via.port or DEFAULT_PORTS.get(transport, 5060)}"
 
@@ -198,9 +191,9 @@ def _sent_by(via: Via) -> str:
 def client_key(msg: Message) -> TransactionKey | None:
     """The client transaction a response (or our own request) belongs to; None when it cannot have one."""
     try:
-        branch = _top_via(msg).parameters.get("branch")
-        method = msg.method if isinstance(msg, Request) else CSeq.parse(msg.headers["CSeq"]).method
-    except (KeyError, ValueError):
+        branch = message.branch(msg)
+        method = msg.method if isinstance(msg, Request) else msg.cseq.method
+    except (KeyError, ValueError, SipError):
         return None
     if not branch:
         return None
@@ -211,57 +204,42 @@ def server_key(request: Request) -> TransactionKey | None:
     """The server transaction ``request`` belongs to (§17.2.3); None when its Via or CSeq is unusable."""
     method = "INVITE" if request.method == "ACK" else request.method
     try:
-        via = _top_via(request)
+        via = message.top_via(request)
         branch = via.parameters.get("branch")
         if branch and branch.startswith(MAGIC_COOKIE):
             return TransactionKey("server", branch, _sent_by(via), method)
         from_tag = request.from_address.parameters.get("tag") or ""
-        cseq = CSeq.parse(request.headers["CSeq"])
         legacy = "\n".join(
-            ("rfc2543", request.call_id, from_tag, str(cseq.sequence), str(request.uri), str(via))
+            ("rfc2543", request.call_id, from_tag, str(request.cseq.sequence), str(request.uri), str(via))
         )
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, SipError):
         return None
     return TransactionKey("server", legacy, "", method)
 
 
 # --- message helpers ----------------------------------------------------------------------------------------
-def _serialize(msg: Message) -> bytes:
-    # TODO(message): switch to vpbx.sip.message.serialize once it lands.
-    return bytes(msg)
+_serialize = message.serialize
 
 
-_COPIED_TO_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")  # RFC 3261 §8.2.6.2
-
-
-def _response_to(request: Request, code: int, phrase: str) -> Response:
-    """A minimal response built by the transaction layer itself: 100 Trying, synthetic 408 and 503."""
-    response = Response(code, phrase)
-    for name in _COPIED_TO_RESPONSE:
-        for value in request.headers.getlist(name):
-            response.headers.add(name, value)
-    if code == 100:  # RFC 3261 §8.2.6.1: a Timestamp is copied into the 100
-        for value in request.headers.getlist("Timestamp"):
-            response.headers.add("Timestamp", value)
-    response.headers.add("Content-Length", "0")
-    return response
+def _response_to(request: Request, code: int) -> Response:
+    """A response built by the transaction layer itself: 100 Trying, synthetic 408 and 503 (§8.2.6)."""
+    return message.build_response(request, code)
 
 
 def _ack_for(invite: Request, response: Response) -> Request:
     """The ACK of a non-2xx final, built by the client transaction (RFC 3261 §17.1.1.3)."""
     ack = Request("ACK", invite.uri)
-    top = invite.headers.getlist("Via")[0]
-    ack.headers.add("Via", str(Via.parse_many(top)[0]) if "," in top else top)
+    top = invite.headers.getlist("Via")[0]  # one Via, equal to the INVITE's top one
+    ack.headers.add("Via", top if "," not in top else str(message.top_via(invite)))
     for name in ("Max-Forwards", "From"):
         for value in invite.headers.getlist(name):
             ack.headers.add(name, value)
     ack.headers.add("To", response.headers["To"])
     ack.headers.add("Call-ID", invite.headers["Call-ID"])
-    ack.headers.add("CSeq", f"{CSeq.parse(invite.headers['CSeq']).sequence} ACK")
+    ack.headers.add("CSeq", f"{invite.cseq.sequence} ACK")
     for value in invite.headers.getlist("Route"):
         ack.headers.add("Route", value)
-    ack.headers.add("Content-Length", "0")
-    return ack
+    return ack  # Content-Length: 0 is written by serialize
 
 
 # --- the machines -------------------------------------------------------------------------------------------
@@ -377,7 +355,7 @@ class InviteClientTransaction(_Machine):
             self._start(out, TIMER_A, now + self._interval)
             return out
         if name in (TIMER_B, TIMER_CANCEL) and self.state in (State.CALLING, State.PROCEEDING):
-            out.append(Deliver(_response_to(self.request, 408, "Request Timeout")))
+            out.append(Deliver(_response_to(self.request, 408)))
             return self._terminate(out, "timeout")
         if name in (TIMER_D, TIMER_M):
             return self._terminate(out, "done")
@@ -386,7 +364,7 @@ class InviteClientTransaction(_Machine):
     def on_transport_error(self, now: float) -> list[Action]:
         out: list[Action] = []
         if self.state in (State.CALLING, State.PROCEEDING):
-            out.append(Deliver(_response_to(self.request, 503, "Service Unavailable")))  # §8.1.3.1
+            out.append(Deliver(_response_to(self.request, 503)))  # §8.1.3.1
             return self._terminate(out, "transport-error")
         if self.state is State.COMPLETED:
             return self._terminate(out, "transport-error")
@@ -441,7 +419,7 @@ class NonInviteClientTransaction(_Machine):
     def on_transport_error(self, now: float) -> list[Action]:
         out: list[Action] = []
         if self.state in (State.TRYING, State.PROCEEDING):
-            out.append(Deliver(_response_to(self.request, 503, "Service Unavailable")))  # §8.1.3.1
+            out.append(Deliver(_response_to(self.request, 503)))  # §8.1.3.1
             return self._terminate(out, "transport-error")
         if self.state is State.COMPLETED:
             return self._terminate(out, "transport-error")
@@ -455,7 +433,7 @@ class InviteServerTransaction(_Machine):
 
     def __init__(self, request: Request, dest: Destination, config: TimerConfig = DEFAULT_TIMERS) -> None:
         super().__init__(request, dest, config, State.PROCEEDING)
-        self._provisional = _serialize(_response_to(request, 100, "Trying"))
+        self._provisional = _serialize(_response_to(request, 100))
         self._final: bytes | None = None
         self._interval = config.t1
 
@@ -601,7 +579,7 @@ class TransactionTable:
         if key in self._tx:
             raise TransactionError("A client transaction with this branch and method exists")
         if len(self._tx) >= self.max_transactions:
-            return [(key, Deliver(_response_to(request, 503, "Service Unavailable")))]
+            return [(key, Deliver(_response_to(request, 503)))]
         out: list[Output] = []
         if request.method == "CANCEL":
             invite_key = TransactionKey("client", key.branch, "", "INVITE")

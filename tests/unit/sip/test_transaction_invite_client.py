@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from sipmessage import Request, Response
 
 from tests.unit.sip.transaction_kit import (
     T0,
@@ -19,6 +18,7 @@ from tests.unit.sip.transaction_kit import (
     stopped,
     terminated,
 )
+from vpbx.sip.message import Request, Response
 from vpbx.sip.transaction import (
     TIMER_A,
     TIMER_B,

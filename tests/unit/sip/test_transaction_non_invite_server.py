@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from sipmessage import Request
 
 from tests.unit.sip.transaction_kit import (
     T0,
@@ -18,6 +17,7 @@ from tests.unit.sip.transaction_kit import (
     started,
     terminated,
 )
+from vpbx.sip.message import Request
 from vpbx.sip.transaction import TIMER_J, NonInviteServerTransaction, State
 
 

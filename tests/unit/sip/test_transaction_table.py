@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from sipmessage import Request
 
 from tests.unit.sip.transaction_kit import (
     T0,
@@ -20,6 +19,7 @@ from tests.unit.sip.transaction_kit import (
 )
 from vpbx.errors import ConfigError, TransactionError
 from vpbx.sip.flow import Destination
+from vpbx.sip.message import Request
 from vpbx.sip.transaction import (
     TIMER_B,
     TIMER_CANCEL,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sipmessage import URI, Message, Request, Response
-
 from vpbx.sip.flow import Destination
+from vpbx.sip.message import Request, Response, parse_uri
+from vpbx.sip.message import parse as parse_message
 from vpbx.sip.transaction import Action, Deliver, Send, StartTimer, StopTimer, Terminated
 
 UDP = Destination("udp", "192.0.2.20", 5060)
@@ -47,7 +47,7 @@ def request(
     uri: str = "sip:201@pbx.example.com",
     routes: Sequence[str] = (),
 ) -> Request:
-    req = Request(method, URI.parse(uri))
+    req = Request(method, parse_uri(uri))
     if via is None:
         via = f"SIP/2.0/{transport} {via_host}" + (f":{via_port}" if via_port else "") + ";rport"
         if branch is not None:
@@ -100,7 +100,8 @@ def ack_for_final(invite: Request, resp: Response) -> Request:
 
 
 def parse(data: bytes) -> Request | Response:
-    return Message.parse(data)
+    """What the peer would see: our strict parser over the bytes the transaction layer sent."""
+    return parse_message(data)
 
 
 def sends(actions: Iterable[Action]) -> list[Send]:
