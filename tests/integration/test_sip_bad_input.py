@@ -113,7 +113,11 @@ async def test_tcp_garbage_and_a_good_request_on_a_new_connection(vpbx: SipServi
     reader, writer = await asyncio.open_connection(vpbx.host, vpbx.port)
     writer.write(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: 1\r\n\r\n")  # a stream message without Content-Length
     await writer.drain()
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # the connection is closed
+    try:
+        rest = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:  # closed with our unread bytes still queued: RST instead of FIN
+        rest = b""
+    assert rest == b""  # the server closed the connection
     writer.close()
     reader, writer = await asyncio.open_connection(vpbx.host, vpbx.port)
     good = request().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
