@@ -64,7 +64,7 @@ class TcpServerProtocol(asyncio.Protocol):
         self._conn: _Conn | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         peer = transport.get_extra_info("peername") or ("?", 0)
         self._conn = self._owner._register(transport, (str(peer[0]), int(peer[1])))
         if self._conn is None:
