@@ -60,7 +60,7 @@ FIRST_USER = 2000  # registration load uses extensions 2000, 2001, …
 SIPP_SLACK_S = 30.0  # -timeout beyond the planned duration
 SHM_MB = 1024  # telephony.md §7.5: -m 256 ran out near 2,000 CPS
 IDLE_S = 2.0
-VPBX_CALLS = False  # vpbx's B2BUA lands next in issue 4; then True
+VPBX_CALLS = True
 UNAVAILABLE_CALLS = "vpbx does not carry calls yet (B2BUA pending)"
 
 
