@@ -43,13 +43,15 @@ def _env(data: Path, domain: str, secret: str, extra: Mapping[str, str]) -> dict
     return env
 
 
-async def provision(settings: Settings, domain: str, accounts: Mapping[str, str]) -> None:
+async def provision(
+    settings: Settings, domain: str, accounts: Mapping[str, str], *, channel_limit: int = 100
+) -> None:
     """The domain with one user per extension; the SIP login is the extension, as on the Kamailio side."""
     await store.upgrade_async(settings.database_url)
     core = build_core(settings)
     try:
         async with core.sessions() as s:
-            d = await domains.create_domain(s, domains.DomainInput(name=domain, channel_limit=100))
+            d = await domains.create_domain(s, domains.DomainInput(name=domain, channel_limit=channel_limit))
             for ext, password in accounts.items():
                 await users.create_user(
                     s,
@@ -84,6 +86,7 @@ class Vpbx:
         domain: str = DEFAULT_DOMAIN,
         env: Mapping[str, str] | None = None,
         argv_prefix: Sequence[str] = (),
+        channel_limit: int = 100,
     ) -> AsyncIterator[Vpbx]:
         data = workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -95,7 +98,7 @@ class Vpbx:
             data_dir=data,  # type: ignore[arg-type]
             database_url=full_env["VPBX_DATABASE_URL"],
         )
-        await provision(settings, domain, users)
+        await provision(settings, domain, users, channel_limit=channel_limit)
         sip_port = free_port_block(1)
         http_port = free_ports(1)[0]
         argv = [
