@@ -15,6 +15,7 @@ from vpbx.store.models import DomainId, User
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.forms import FormData
+from vpbx.web.render import Renderer
 
 router = APIRouter(prefix="/users")
 
@@ -115,21 +116,32 @@ async def create_user(request: Request, r: RendererDep, p: AdminDep, s: DbDep, c
     return RedirectResponse("/users", status_code=303)
 
 
+async def _edit_form(
+    request: Request,
+    r: Renderer,
+    core: Core,
+    p: Principal,
+    u: User,
+    *,
+    data: svc.UserInput | None = None,
+    errors: ValidationFailed | None = None,
+) -> Response:
+    """The edit page of ``u``: as stored, or with the submitted ``data`` and its ``errors``."""
+    context = {
+        "user": u,
+        "v": _values(u, data),
+        "sip_password": svc.sip_password(u, core.box),
+        "devices": await devices(core, p, u),
+    }
+    return r.page(request, "users/form.html", context, errors=errors, status_code=422 if errors else 200)
+
+
 @router.get("/{user_id}")
 async def edit_user(
     user_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
 ) -> Response:
     u = await svc.get_user(s, p.tenant, forms.parse_id(user_id, "user"))
-    return r.page(
-        request,
-        "users/form.html",
-        {
-            "user": u,
-            "v": _values(u),
-            "sip_password": svc.sip_password(u, core.box),
-            "devices": await devices(core, p, u),
-        },
-    )
+    return await _edit_form(request, r, core, p, u)
 
 
 @router.post("/{user_id}")
@@ -144,13 +156,7 @@ async def update_user(
     except ValidationFailed as e:
         await s.rollback()
         u = await svc.get_user(s, p.tenant, uid)
-        return r.page(
-            request,
-            "users/form.html",
-            {"user": u, "v": _values(u, data), "sip_password": svc.sip_password(u, core.box)},
-            errors=e,
-            status_code=422,
-        )
+        return await _edit_form(request, r, core, p, u, data=data, errors=e)
     await s.commit()
     return RedirectResponse("/users", status_code=303)
 
@@ -165,12 +171,6 @@ async def delete_user(
     except ValidationFailed as e:
         await s.rollback()
         u = await svc.get_user(s, p.tenant, uid)
-        return r.page(
-            request,
-            "users/form.html",
-            {"user": u, "v": _values(u), "sip_password": svc.sip_password(u, core.box)},
-            errors=e,
-            status_code=422,
-        )
+        return await _edit_form(request, r, core, p, u, errors=e)
     await s.commit()
     return RedirectResponse("/users", status_code=303)
