@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.errors import NotFound, ValidationFailed
-from vpbx.pbx import lines
+from vpbx.pbx import lines, menus, schedules, users
 from vpbx.pbx.actions import Action, ActionInput, validate_action
 from vpbx.pbx.schedules import is_work_time
 from vpbx.pbx.validation import N_, Check
@@ -58,15 +58,6 @@ class Targets:
 # --- numbers ----------------------------------------------------------------------------------------------
 
 
-async def get_number(s: AsyncSession, domain_id: uuid.UUID, number_id: uuid.UUID) -> IncomingNumber:
-    n: IncomingNumber | None = await s.scalar(
-        select(IncomingNumber).where(IncomingNumber.domain_id == domain_id, IncomingNumber.id == number_id)
-    )
-    if n is None:
-        raise NotFound("number", number_id)
-    return n
-
-
 async def list_numbers(
     s: AsyncSession, domain_id: uuid.UUID, q: str = "", page: int = 1
 ) -> tuple[Page[IncomingNumber], dict[uuid.UUID, int]]:
@@ -77,19 +68,13 @@ async def list_numbers(
 
 
 async def targets(s: AsyncSession, domain_id: uuid.UUID) -> Targets:
+    from vpbx.pbx import groups  # groups imports this module for its loop check
+
     return Targets(
-        users=list(await s.scalars(select(User).where(User.domain_id == domain_id).order_by(User.pin))),
-        groups=list(
-            await s.scalars(select(CallGroup).where(CallGroup.domain_id == domain_id).order_by(CallGroup.pin))
-        ),
-        menus=list(
-            await s.scalars(
-                select(VoiceMenu).where(VoiceMenu.domain_id == domain_id).order_by(VoiceMenu.name)
-            )
-        ),
-        schedules=list(
-            await s.scalars(select(Schedule).where(Schedule.domain_id == domain_id).order_by(Schedule.name))
-        ),
+        users=await users.all_users(s, domain_id),
+        groups=await groups.all_groups(s, domain_id),
+        menus=await menus.all_menus(s, domain_id),
+        schedules=await schedules.all_schedules(s, domain_id),
     )
 
 
@@ -97,7 +82,7 @@ async def targets(s: AsyncSession, domain_id: uuid.UUID) -> Targets:
 
 
 async def list_rules(s: AsyncSession, domain_id: uuid.UUID, number_id: uuid.UUID) -> list[RoutingRule]:
-    await get_number(s, domain_id, number_id)
+    await lines.get_number(s, domain_id, number_id)
     return await _rules_of(s, domain_id, number_id)
 
 
@@ -154,7 +139,7 @@ async def add_rule(
     s: AsyncSession, domain_id: uuid.UUID, number_id: uuid.UUID, data: RuleInput
 ) -> RoutingRule:
     """Append a rule to the number's list. On ``ValidationFailed`` after the flush (a loop), roll back."""
-    await get_number(s, domain_id, number_id)
+    await lines.get_number(s, domain_id, number_id)
     c, action = await _validate(s, domain_id, data)
     count = int(
         await s.scalar(

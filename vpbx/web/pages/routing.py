@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.errors import FieldError, NotFound, ValidationFailed
+from vpbx.pbx import lines
 from vpbx.pbx import routing as svc
 from vpbx.pbx.actions import ActionInput
 from vpbx.pbx.validation import N_, Check
@@ -120,7 +121,7 @@ async def _number_page(
     v: dict[str, object],
     errors: ValidationFailed | None = None,
 ) -> Response:
-    number = await svc.get_number(s, tenant, number_id)
+    number = await lines.get_number(s, tenant, number_id)
     rules = await svc.list_rules(s, tenant, number_id)
     ctx = {"number": number, "rules": rules, "v": v, **await _choices(s, tenant)}
     return r.page(request, "routing/number.html", ctx, errors=errors, status_code=422 if errors else 200)
@@ -201,7 +202,7 @@ async def number_rules(number_id: str, request: Request, r: RendererDep, p: Admi
 @router.post("/{number_id}/rules")
 async def add_rule(number_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
     nid = forms.parse_id(number_id, "number")
-    await svc.get_number(s, p.tenant, nid)
+    await lines.get_number(s, p.tenant, nid)
     form = await request.form()
     data = _input(form)
     try:
@@ -215,7 +216,7 @@ async def add_rule(number_id: str, request: Request, r: RendererDep, p: AdminDep
 
 async def _rule(s: AsyncSession, tenant: uuid.UUID, number_id: str, rule_id: str) -> RoutingRule:
     nid = forms.parse_id(number_id, "number")
-    await svc.get_number(s, tenant, nid)
+    await lines.get_number(s, tenant, nid)
     return await svc.get_rule(s, tenant, forms.parse_id(rule_id, "rule"), nid)
 
 
@@ -228,7 +229,7 @@ async def _rule_form(
     v: dict[str, object],
     errors: ValidationFailed | None = None,
 ) -> Response:
-    number = await svc.get_number(s, tenant, rule.number_id)
+    number = await lines.get_number(s, tenant, rule.number_id)
     ctx = {"number": number, "rule": rule, "v": v, **await _choices(s, tenant)}
     return r.page(request, "routing/rule.html", ctx, errors=errors, status_code=422 if errors else 200)
 
