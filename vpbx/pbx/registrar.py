@@ -27,14 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from vpbx.errors import LocationFull
 from vpbx.sip.auth import StoredCredentials
 from vpbx.sip.contact import ContactSpec, RegisterRequest, uri_equal
 from vpbx.sip.flow import Destination
-from vpbx.store.models import Domain, DomainId, User
+from vpbx.store.models import DomainId
 
 DEFAULT_EXPIRES_S = 3600  # RFC 3261 §10.3 step 6 and §20.19: no Contact expires and no Expires header
 MIN_EXPIRES_S = 60  # below: 423 Interval Too Brief with Min-Expires (§10.3 step 6)
@@ -420,32 +417,3 @@ async def register(
             live = tuple(b for b in existing if b.expires_at > now)
             return replace(plan, reply=busy, bindings=live, changed=False, removed=(), evicted=(), expired=())
     return plan
-
-
-# --- credentials from the database ------------------------------------------------------------------------
-
-
-class SqlCredentials:
-    """``vpbx.sip.auth.Credentials`` over the users table: realm = the tenant's domain name."""
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
-
-    async def find(self, realm: str, username: str) -> StoredCredentials | None:
-        stmt = (
-            select(User.id, User.domain_id, User.sip_login, User.pin, User.ha1_md5, User.ha1_sha256)
-            .join(Domain, Domain.id == User.domain_id)
-            .where(Domain.name == realm, User.sip_login == username)
-        )
-        async with self._sessions() as s:
-            row = (await s.execute(stmt)).one_or_none()
-        if row is None:
-            return None
-        return StoredCredentials(
-            username=row.sip_login,
-            ha1_md5=row.ha1_md5,
-            ha1_sha256=row.ha1_sha256,
-            extension=row.pin,
-            user_id=row.id,
-            tenant_id=row.domain_id,
-        )

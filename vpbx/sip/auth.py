@@ -9,7 +9,7 @@ Use::
     auth = DigestAuth(server_key)
     headers = request.headers.getlist(auth_header(request.method))
     outcome = await auth.authenticate(request.method, headers, realm=tenant_domain,
-                                      credentials=SqlCredentials(...), now=now, source=ip)
+                                      credentials=directory, now=now, source=ip)
     match outcome:
         case AuthOk(user): ...                       # go on with the request
         case Challenge() as ch: reply(ch.code, ch.reason, [(ch.header, v) for v in ch.values])

@@ -11,13 +11,13 @@ from tests.helpers import Tenant
 from vpbx.app import Core
 from vpbx.errors import LocationFull
 from vpbx.pbx import users
+from vpbx.pbx.directory import SipDirectory
 from vpbx.pbx.registrar import (
     Binding,
     LocationStore,
     MemoryLocationStore,
     RegisterPlan,
     RegistrarPolicy,
-    SqlCredentials,
     aor_for,
     is_nated,
     plan_register,
@@ -517,7 +517,7 @@ async def test_store_save_and_remove() -> None:
 # --- credentials from the database --------------------------------------------------------------------------
 
 
-async def test_sql_credentials_find_users_by_realm_and_login(core: Core, t1: Tenant, t2: Tenant) -> None:
+async def test_directory_finds_users_by_realm_and_login(core: Core, t1: Tenant, t2: Tenant) -> None:
     async with core.sessions() as s:
         u1 = await users.create_user(
             s,
@@ -526,7 +526,7 @@ async def test_sql_credentials_find_users_by_realm_and_login(core: Core, t1: Ten
             box=core.box,
         )
         await s.commit()
-    creds = SqlCredentials(core.sessions)
+    creds = SipDirectory(core.sessions, core.config)
     found = await creds.find(t1.name, "alice")
     assert found is not None
     assert (found.username, found.extension, found.user_id, found.tenant_id) == ("alice", "101", u1.id, t1.id)
@@ -567,7 +567,7 @@ async def test_digest_against_the_database_end_to_end(core: Core, t1: Tenant) ->
         f'response="{response}", qop=auth, nc=00000001, cnonce="abc"'
     )
     out = await auth.authenticate(
-        "REGISTER", [header], realm=t1.name, credentials=SqlCredentials(core.sessions), now=NOW
+        "REGISTER", [header], realm=t1.name, credentials=SipDirectory(core.sessions, core.config), now=NOW
     )
     assert isinstance(out, AuthOk)
     p = await register(
