@@ -17,6 +17,7 @@ from vpbx import __version__
 from vpbx.clock import Clock, SystemClock
 from vpbx.crypto import SecretBox
 from vpbx.logs import get_logger
+from vpbx.pbx.calls import CallRegistry, MemoryCallRegistry
 from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
@@ -37,6 +38,8 @@ class Core:
     config: ConfigVersion = field(default_factory=ConfigVersion)  # moves when users or domains change
     # registrations: written by the SIP node, read by the cabinet (telephony.md §9.3)
     location: LocationStore = field(default_factory=MemoryLocationStore)
+    # live calls: admitted by the B2BUA, shown by the cabinet (telephony.md §9.3)
+    calls: CallRegistry = field(default_factory=MemoryCallRegistry)
 
 
 def build_core(settings: Settings, clock: Clock | None = None) -> Core:
@@ -76,7 +79,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.media.backend import InlineMediaBackend
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
-    from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog, MemoryCallRegistry
+    from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
     from vpbx.pbx.node import SipNode
 
     app = create_app(settings)
@@ -84,7 +87,7 @@ async def serve(settings: Settings) -> None:
     bus = InProcessBus()
     if settings.debug_call_events_file:
         bus.subscribe("debug-call-events-file", JsonLinesEventLog(Path(settings.debug_call_events_file)))
-    registry = MemoryCallRegistry()
+    registry = core.calls
     b2bua = B2bua(
         registry=registry,
         events=CallEvents(bus, core.clock),

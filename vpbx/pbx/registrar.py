@@ -98,6 +98,10 @@ class LocationStore(Protocol):
 
     async def lookup(self, tenant: DomainId, aor: str) -> list[Binding]: ...
 
+    async def bindings(self, tenant: DomainId) -> list[tuple[str, Binding]]:
+        """Every (AoR, binding) of the tenant, ordered by AoR: read only, for the cabinet's device list."""
+        ...
+
     async def remove(self, tenant: DomainId, aor: str, contact: str | None = None) -> list[Binding]:
         """Remove one contact (all of the AoR with None); the bindings removed."""
         ...
@@ -128,6 +132,11 @@ class MemoryLocationStore:
 
     async def lookup(self, tenant: DomainId, aor: str) -> list[Binding]:
         return list(self._aors.get((tenant, aor), ()))
+
+    async def bindings(self, tenant: DomainId) -> list[tuple[str, Binding]]:
+        # a scan of every AoR: people open the device list, SIP messages never do
+        aors = sorted(aor for (t, aor) in self._aors if t == tenant)
+        return [(aor, b) for aor in aors for b in self._aors[(tenant, aor)]]
 
     async def replace(self, tenant: DomainId, aor: str, bindings: Sequence[Binding]) -> list[Binding]:
         key = (tenant, aor)
