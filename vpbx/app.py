@@ -76,7 +76,7 @@ async def serve(settings: Settings) -> None:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
-    from vpbx.media.backend import InlineMediaBackend
+    from vpbx.media.backend import InlineMediaBackend, WorkerMediaBackend
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
@@ -94,13 +94,27 @@ async def serve(settings: Settings) -> None:
         clock=core.clock,
         no_answer_s=settings.call_no_answer_s,
     )
-    media = InlineMediaBackend(
-        ports=settings.rtp_ports,
-        bind_host=settings.sip_host,
-        clock=core.clock,
-        media_timeout_s=settings.media_timeout_s,
-        on_media_timeout=b2bua.on_media_timeout,
-    )
+    media: InlineMediaBackend | WorkerMediaBackend
+    if settings.media_mode == "workers":
+        media = WorkerMediaBackend(
+            ports=settings.rtp_ports,
+            workers=settings.media_workers,
+            bind_host=settings.sip_host,
+            media_timeout_s=settings.media_timeout_s,
+            on_media_timeout=b2bua.on_media_timeout,
+            loop=settings.event_loop,
+            log_level=settings.log_level,
+            log_json=settings.log_json,
+        )
+        await media.start()
+    else:
+        media = InlineMediaBackend(
+            ports=settings.rtp_ports,
+            bind_host=settings.sip_host,
+            clock=core.clock,
+            media_timeout_s=settings.media_timeout_s,
+            on_media_timeout=b2bua.on_media_timeout,
+        )
     b2bua.media = media
     app.state.bus = bus  # call events, for the features that subscribe
     app.state.calls = registry  # live calls, for the cabinet
