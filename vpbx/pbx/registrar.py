@@ -126,6 +126,11 @@ class MemoryLocationStore:
     def __len__(self) -> int:
         return self._count
 
+    def __bool__(self) -> bool:
+        # an empty store is still the store: without this, ``__len__`` makes it falsy and a caller's
+        # ``location or MemoryLocationStore()`` (SipNode) silently swaps the shared store for a private one
+        return True
+
     def next_expiry(self) -> float | None:
         """When the next ``expire`` sweep may find something (for the adapter's timer)."""
         return self._heap[0][0] if self._heap else None

@@ -49,3 +49,10 @@ async def test_bindings_follow_removal_and_expiry() -> None:
     await store.expire(now=300)
     assert await store.bindings(A) == []
     assert len(store) == 0
+
+
+def test_an_empty_store_is_still_truthy() -> None:
+    """``SipNode(location=store)`` keeps an empty ``store``, so the cabinet reads the node's bindings."""
+    store = MemoryLocationStore()
+    assert len(store) == 0 and bool(store)
+    assert (store or MemoryLocationStore()) is store

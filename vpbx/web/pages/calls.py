@@ -46,10 +46,13 @@ class LiveCall:
     duration: str  # since the call started, H:MM:SS or M:SS
 
 
-def started_text(when: dt.datetime, lang: str, timezone: str) -> str:
-    """A UTC start time as the domain's wall clock, to the second."""
-    pattern = "%d.%m.%Y %H:%M:%S" if lang == "ru" else "%Y-%m-%d %H:%M:%S"
-    return when.astimezone(zoneinfo.ZoneInfo(timezone)).strftime(pattern)
+def started_text(when: dt.datetime, now: dt.datetime, lang: str, timezone: str) -> str:
+    """A UTC start time as the domain's wall clock, to the second; with the date unless it is today."""
+    zone = zoneinfo.ZoneInfo(timezone)
+    local = when.astimezone(zone)
+    if local.date() == now.astimezone(zone).date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%d.%m.%Y %H:%M:%S" if lang == "ru" else "%Y-%m-%d %H:%M:%S")
 
 
 def duration_text(seconds: float) -> str:
@@ -87,7 +90,7 @@ async def live_calls(
             to_number=c.to_number,
             to_pin=c.to_pin,
             to_name=names.get(c.to_pin, ""),
-            started_at=started_text(c.started_at, lang, timezone),
+            started_at=started_text(c.started_at, now, lang, timezone),
             duration=duration_text((now - c.started_at) / dt.timedelta(seconds=1)),
         )
         for c in snaps
