@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -42,6 +43,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -75,6 +77,7 @@ class Plan:
     pin: bool
     direct: bool = False
     backends: tuple[str, ...] = ("worker",)
+    generator: str = "c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,8 @@ class Figure:
     relay_cpu_pct: float
     relay_cpu_us_per_packet: float
     relay_rss_kib_per_call: float  # (RSS with the calls up − RSS before them) / N
+    softirq_on_relay_cpu_pct: float  # network softirq on the relay's CPU (loopback delivery), not in relay %
+    others_on_relay_cpu_pct: float  # the relay's CPU busy with other processes: other load on a shared box
     setup_ms_per_call: float  # allocate + 2 updates (worker, inline) or offer + answer (rtpengine)
     generator_cpu_pct: float
     generator_late_p99_ms: float  # how late the generator's 1 ms send slots ran: its own overload
@@ -162,6 +167,19 @@ class Streams:
             self.last_transit[i] = transit
 
 
+def _delay_summary(delays: list[int]) -> dict[str, int]:
+    def pct(q: float) -> int:
+        return delays[min(len(delays) - 1, int(q * len(delays)))] if delays else -1
+
+    return {
+        "received": len(delays),
+        "p50_ns": pct(0.50),
+        "p99_ns": pct(0.99),
+        "p999_ns": pct(0.999),
+        "max_ns": delays[-1] if delays else -1,
+    }
+
+
 def _cpu_s() -> float:
     t = os.times()
     return t.user + t.system
@@ -205,11 +223,10 @@ def generator(conn: Connection, n_streams: int, seconds: float, cpu: int | None)
     conn.send(
         {
             "sent": sent,
-            "received": sum(st.received),
-            "delays_ns": sorted(st.delays_ns),
+            **_delay_summary(sorted(st.delays_ns)),
             "jitter_ns": sum(st.jitter) / max(1, n_streams),
             "cpu_s": cpu1 - cpu0,
-            "late_p99_s": sorted(late)[int(0.99 * len(late))] if late else 0.0,
+            "late_p99_ns": 1e9 * sorted(late)[int(0.99 * len(late))] if late else 0.0,
         }
     )
     loop.close()
@@ -217,13 +234,82 @@ def generator(conn: Connection, n_streams: int, seconds: float, cpu: int | None)
         s.close()
 
 
+class PyGenerator:
+    """``generator`` above in a spawned process, over a pipe."""
+
+    async def start(self, n_streams: int, seconds: float, cpu: int | None) -> list[int]:
+        ctx = mp.get_context("spawn")
+        self.parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=generator, args=(child, n_streams, seconds, cpu))
+        self.proc.start()
+        ports: list[int] = await asyncio.get_running_loop().run_in_executor(None, self.parent.recv)
+        return ports
+
+    async def send_destinations(self, dest: list[tuple[str, int]]) -> None:
+        self.parent.send(dest)
+
+    async def result(self, timeout_s: float) -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            result: dict[str, float] = await loop.run_in_executor(None, self.parent.recv)
+        return result
+
+    async def close(self) -> None:
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+RTPGEN_SOURCE = ROOT / "bench" / "rtpgen.c"
+
+
+def build_rtpgen() -> Path:
+    """Compile ``bench/rtpgen.c`` once per source version, outside the tree."""
+    source = RTPGEN_SOURCE.read_bytes()
+    binary = Path(tempfile.gettempdir()) / "vpbx-bench" / f"rtpgen-{hashlib.sha256(source).hexdigest()[:12]}"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        tmp = binary.with_suffix(".tmp")
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(tmp), str(RTPGEN_SOURCE)], check=True, timeout=60)
+        tmp.replace(binary)
+    return binary
+
+
+class CGenerator:
+    """``bench/rtpgen.c``: the same streams and figures as ``generator``, at a fraction of its CPU."""
+
+    async def start(self, n_streams: int, seconds: float, cpu: int | None) -> list[int]:
+        argv = [str(build_rtpgen()), str(n_streams), repr(seconds), repr(WARMUP_S)]
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        if cpu is not None:
+            os.sched_setaffinity(self.proc.pid, {cpu})
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(10):
+            line = await self.proc.stdout.readline()
+        return [int(p) for p in line.split()]
+
+    async def send_destinations(self, dest: list[tuple[str, int]]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((" ".join(f"{h}:{p}" for h, p in dest) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def result(self, timeout_s: float) -> dict[str, float]:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            line = await self.proc.stdout.readline()
+        result: dict[str, float] = json.loads(line)
+        return result
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.proc.wait()
+
+
 # --- systems under test ------------------------------------------------------------------------------
-
-
-def _percentile(sorted_values: list[int], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] / 1e6
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -235,6 +321,22 @@ def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_busy_s(cpu: int | None) -> tuple[float, float]:
+    """Busy time of one CPU from /proc/stat: (all but softirq, softirq); zeros when not pinned.
+
+    Loopback delivery of what a process sends runs as softirq on its CPU and is not always charged to it.
+    """
+    if cpu is None:
+        return 0.0, 0.0
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                softirq = v[6]
+                return (sum(v[:8]) - v[3] - v[4] - softirq) / CLK_TCK, softirq / CLK_TCK
+    return 0.0, 0.0
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -522,35 +624,37 @@ async def run_point(backend: str, calls: int, plan: Plan) -> Figure:
         os.sched_setaffinity(0, {cpus[0]})  # this process sets calls up, then waits with the generator
     await sut.start(cpus[1] if pin else None)
     loop = asyncio.get_running_loop()
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=generator, args=(child, 2 * calls, plan.seconds, cpus[0] if pin else None))
-    proc.start()
+    gen: PyGenerator | CGenerator = CGenerator() if plan.generator == "c" else PyGenerator()
     try:
-        phone_ports: list[int] = await loop.run_in_executor(None, parent.recv)
+        phone_ports = await gen.start(2 * calls, plan.seconds, cpus[0] if pin else None)
         rss_idle = proc_rss_kib(sut.pid)
         t0 = time.perf_counter()
         dest = [] if plan.direct else await sut.setup(calls, phone_ports, plan)
         setup_s = time.perf_counter() - t0
         if plan.direct:  # baseline: the phones talk to each other, no relay in between
             dest = [("127.0.0.1", phone_ports[i ^ 1]) for i in range(2 * calls)]
-        parent.send(dest)
+        await gen.send_destinations(dest)
         # the relay's CPU over the generator's measured window (it starts 50 ms after this, then warms up)
-        marks: list[tuple[float, float, int]] = []
+        relay_cpu = cpus[1] if pin else None
+        marks: list[tuple[float, float, int, tuple[float, float]]] = []
         window = (0.05 + WARMUP_S, 0.05 + WARMUP_S + plan.seconds)
         for at in window:
-            loop.call_later(at, lambda: marks.append((sut.cpu_s(), time.monotonic(), proc_rss_kib(sut.pid))))
-        result = await loop.run_in_executor(None, parent.recv)
-        (cpu_a, wall_a, _), (cpu_b, wall_b, rss_calls) = marks
+            loop.call_later(
+                at,
+                lambda: marks.append(
+                    (sut.cpu_s(), time.monotonic(), proc_rss_kib(sut.pid), cpu_busy_s(relay_cpu))
+                ),
+            )
+        result = await gen.result(plan.seconds + WARMUP_S + 10)
+        (cpu_a, wall_a, _, busy_a), (cpu_b, wall_b, rss_calls, busy_b) = marks
         cpu, wall = cpu_b - cpu_a, wall_b - wall_a
+        others = max(0.0, (busy_b[0] - busy_a[0]) - cpu) if relay_cpu is not None else float("nan")
+        softirq = busy_b[1] - busy_a[1] if relay_cpu is not None else float("nan")
     finally:
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
+        await gen.close()
         await sut.close()
         if pin:
             os.sched_setaffinity(0, set(cpus))
-    delays: list[int] = result["delays_ns"]
     sent, received = int(result["sent"]), int(result["received"])
     pps_in = 2 * calls / PTIME_S
     cpu_share = cpu / wall if wall > 0 else 0.0
@@ -563,17 +667,19 @@ async def run_point(backend: str, calls: int, plan: Plan) -> Figure:
         packets_received=received,
         loss_pct=100.0 * max(0, sent - received) / sent if sent else 0.0,
         pps_in=pps_in,
-        delay_p50_ms=_percentile(delays, 0.50),
-        delay_p99_ms=_percentile(delays, 0.99),
-        delay_p999_ms=_percentile(delays, 0.999),
-        delay_max_ms=delays[-1] / 1e6 if delays else float("nan"),
+        delay_p50_ms=float(result["p50_ns"]) / 1e6,
+        delay_p99_ms=float(result["p99_ns"]) / 1e6,
+        delay_p999_ms=float(result["p999_ns"]) / 1e6,
+        delay_max_ms=float(result["max_ns"]) / 1e6,
         jitter_ms=float(result["jitter_ns"]) / 1e6,
         relay_cpu_pct=100.0 * cpu_share,
         relay_cpu_us_per_packet=1e6 * cpu_share / pps_in,
         relay_rss_kib_per_call=(rss_calls - rss_idle) / calls,
+        softirq_on_relay_cpu_pct=100.0 * softirq / wall if wall > 0 else 0.0,
+        others_on_relay_cpu_pct=100.0 * others / wall if wall > 0 else 0.0,
         setup_ms_per_call=1e3 * setup_s / calls,
         generator_cpu_pct=100.0 * float(result["cpu_s"]) / plan.seconds,
-        generator_late_p99_ms=1e3 * float(result["late_p99_s"]),
+        generator_late_p99_ms=float(result["late_p99_ns"]) / 1e6,
     )
 
 
@@ -609,7 +715,7 @@ def render(figs: list[Figure]) -> str:
     head = (
         f"{'backend':<9} {'calls':>5} {'pps in':>7} {'loss %':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} "
         f"{'max ms':>7} {'jitter':>7} {'relay %':>8} {'µs/pkt':>7} {'KiB/call':>8} {'setup ms':>8} "
-        f"{'gen %':>6} {'gen late':>8}"
+        f"{'gen %':>6} {'gen late':>8} {'softirq':>7} {'others':>6}"
     )
     rows = [head, "-" * len(head)]
     for f in figs:
@@ -617,7 +723,8 @@ def render(figs: list[Figure]) -> str:
             f"{f.backend:<9} {f.calls:>5} {f.pps_in:>7.0f} {f.loss_pct:>7.3f} {f.delay_p50_ms:>7.2f} "
             f"{f.delay_p99_ms:>7.2f} {f.delay_p999_ms:>7.2f} {f.delay_max_ms:>7.2f} {f.jitter_ms:>7.3f} "
             f"{f.relay_cpu_pct:>8.1f} {f.relay_cpu_us_per_packet:>7.1f} {f.relay_rss_kib_per_call:>8.1f} "
-            f"{f.setup_ms_per_call:>8.2f} {f.generator_cpu_pct:>6.1f} {f.generator_late_p99_ms:>8.2f}"
+            f"{f.setup_ms_per_call:>8.2f} {f.generator_cpu_pct:>6.1f} {f.generator_late_p99_ms:>8.2f} "
+            f"{f.softirq_on_relay_cpu_pct:>7.1f} {f.others_on_relay_cpu_pct:>6.1f}"
         )
     return "\n".join(rows) + "\n"
 
@@ -645,6 +752,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path]:
     p.add_argument("--calls", default="300,500,700", help="comma-separated numbers of concurrent calls")
     p.add_argument("--seconds", type=float, default=8.0, help="measured length of each point (default 8)")
     p.add_argument("--backend", default="worker", help="comma-separated: worker, rtpengine, inline")
+    p.add_argument(
+        "--generator", choices=("c", "python"), default="c", help="bench/rtpgen.c (default) or the Python one"
+    )
     p.add_argument("--translate", action="store_true", help="leg b on PCMA: every packet goes through A↔µ")
     p.add_argument("--ports", type=int, default=30000, help="first RTP port of the relay's range")
     p.add_argument("--no-pin", action="store_true", help="do not pin relay and generator to separate CPUs")
@@ -661,7 +771,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path]:
         p.error(f"--backend takes {', '.join(SUTS)}")
     if "rtpengine" in backends and not Path(RTPENGINE).exists():
         p.error("rtpengine is not installed (apt-get install -y rtpengine-daemon)")
-    plan = Plan(calls, a.seconds, a.translate, a.ports, not a.no_pin, a.direct, backends)
+    plan = Plan(calls, a.seconds, a.translate, a.ports, not a.no_pin, a.direct, backends, a.generator)
     return plan, a.out
 
 
@@ -695,7 +805,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'A-law ↔ µ-law' if plan.translate else 'µ-law both legs'}; {m['cpus']} CPUs ({m['cpu_model']}), "
         f"pinned: {plan.pin and int(str(m['cpus'])) >= 2}; worker loop: {m['worker_loop']}; "
         f"rtpengine: {m['rtpengine'] or 'not installed'}\n"
-        "delays include the generator's own cost; relay % and µs/pkt are the relay process's CPU\n"
+        "delays include the generator's own cost; relay % and µs/pkt: the relay process's CPU; "
+        "softirq, others: % of the relay's CPU in network softirq and in other processes (a shared box)\n"
     )
     text += render(figs)
     ratio = render_ratio(figs)
