@@ -231,6 +231,19 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(phones: tuple[Pho
         assert len(await b.recv()) == 12 + PAYLOAD
 
 
+async def test_a_lost_session_goes_to_its_own_hook_when_one_is_set() -> None:
+    recorder = Recorder()
+    lost: list[str] = []
+    async with backend(recorder) as media:
+        media.on_session_lost = lost.append
+        await media.allocate(SessionId("call-1"))
+        pid = media.workers[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: bool(lost), timeout_s=WAIT_S, what="the lost session")
+        assert lost == ["call-1"] and recorder.timeouts == []
+
+
 async def test_aclose_stops_every_worker() -> None:
     async with backend(Recorder(), workers=2) as media:
         await media.allocate(SessionId("call-1"))

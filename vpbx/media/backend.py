@@ -42,6 +42,8 @@ CHECK_INTERVAL_S = 0.5  # how often the inline backend looks for idle legs and u
 
 MediaTimeoutHook = Callable[[LegRef, float], None]
 """Called with the silent leg and for how long; the owner BYEs the call unless the leg is on hold."""
+SessionLostHook = Callable[[SessionId], None]
+"""Called for each session whose media worker died: its RTP is gone, whatever the call's state."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +271,9 @@ class WorkerMediaBackend:
     The port range is split between the workers; each session goes to the least loaded live worker (the next
     one if that worker's range is full) and stays there. Events come back over the control socket:
     ``on_media_timeout`` and ``on_dtmf`` fire as with ``InlineMediaBackend``. When a worker dies, each of its
-    sessions gets ``on_media_timeout`` for leg ``a`` (so the B2BUA BYEs the call; its RTP is gone) and is
-    forgotten; the supervisor restarts the worker. ``start`` before use, ``aclose`` at the end.
+    sessions is forgotten and reported: to ``on_session_lost`` when set, else as ``on_media_timeout`` for leg
+    ``a`` (so the B2BUA BYEs the call if it is connected and not held); the supervisor restarts the worker.
+    ``start`` before use, ``aclose`` at the end.
     """
 
     def __init__(
@@ -284,6 +287,7 @@ class WorkerMediaBackend:
         check_interval_s: float = CHECK_INTERVAL_S,
         on_media_timeout: MediaTimeoutHook | None = None,
         on_dtmf: DigitHook | None = None,
+        on_session_lost: SessionLostHook | None = None,
         loop: str = "auto",
         log_level: str = "info",
         log_json: bool = False,
@@ -293,6 +297,7 @@ class WorkerMediaBackend:
         self.advertise_host = advertise_host
         self.on_media_timeout = on_media_timeout
         self.on_dtmf = on_dtmf
+        self.on_session_lost = on_session_lost
         configs = [
             WorkerConfig(
                 ports=slice_,
@@ -409,10 +414,11 @@ class WorkerMediaBackend:
             self._ports.pop(session, None)
         worker.sessions = 0
         log.error("media.worker_lost_sessions", worker=worker.name, sessions=len(lost))
-        if self.on_media_timeout is None:
-            return
         for session in lost:
             try:
-                self.on_media_timeout(LegRef(SessionId(session), "a"), 0.0)
+                if self.on_session_lost is not None:
+                    self.on_session_lost(SessionId(session))
+                elif self.on_media_timeout is not None:
+                    self.on_media_timeout(LegRef(SessionId(session), "a"), 0.0)
             except Exception:
-                log.exception("media.timeout_hook_failed", session_id=session, leg="a")
+                log.exception("media.session_lost_hook_failed", session_id=session)
