@@ -59,6 +59,17 @@ def tls_server_context(
     return ctx
 
 
+def domain_certificates(directory: str | Path) -> dict[str, tuple[Path, Path]]:
+    """SIP domain → (certificate, key): each ``<domain>.pem`` in ``directory`` with its ``<domain>.key``."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for cert in sorted(Path(directory).glob("*.pem")):
+        key = cert.with_suffix(".key")
+        if not key.is_file():
+            raise ConfigError(f"the TLS certificate {cert} has no key {key}", details={"cert": str(cert)})
+        found[cert.stem.lower()] = (cert, key)
+    return found
+
+
 def _context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
