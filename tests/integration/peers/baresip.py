@@ -46,7 +46,7 @@ class Account:
     domain: str
     password: str
     outbound: str | None = None  # e.g. "sip:127.0.0.1:5060"; None = the domain itself
-    transport: Literal["udp", "tcp"] = "udp"
+    transport: Literal["udp", "tcp", "tls"] = "udp"
     regint_s: int = 600  # 0 = never register
     answermode: AnswerMode = "manual"
 
