@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email.utils
+import functools
 import ipaddress
 import secrets
 import time
@@ -62,6 +64,13 @@ SIP_REQUESTS = Counter("vpbx_sip_requests_total", "SIP requests received", ["met
 SIP_PARSE_ERRORS = Counter("vpbx_sip_parse_errors_total", "SIP messages that failed to parse", ["reason"])
 SIP_FINAL = Counter("vpbx_sip_final_responses_total", "Final responses sent", ["method", "code_class"])
 KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"PRACK", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
+# ``labels()`` looks its child up under a lock on every call; the children are few, so keep them at hand.
+_requests_counter = functools.cache(SIP_REQUESTS.labels)
+
+
+@functools.cache
+def _final_counter(method: str, code_class: int) -> Any:
+    return SIP_FINAL.labels(method, f"{code_class}xx")
 
 
 class CallHandler(Protocol):
@@ -151,7 +160,7 @@ class SipNode:
             self._bad_message(data, e, source)
             return
         if isinstance(msg, Request):
-            SIP_REQUESTS.labels(msg.method if msg.method in KNOWN_METHODS else "other").inc()
+            _requests_counter(msg.method if msg.method in KNOWN_METHODS else "other").inc()
             self._fix_via(msg, source)
             self._run(self.table.on_request(msg, source, now))
         else:
@@ -180,8 +189,7 @@ class SipNode:
             changes["rport"] = str(source.port)
             changes["received"] = source.host
         if changes:
-            vias[0] = dataclasses.replace(top, parameters=top.parameters.replace(**changes))
-            request.via = vias
+            request.set_top_via(dataclasses.replace(top, parameters=top.parameters.replace(**changes)))
 
     # --- the transaction adapter ------------------------------------------------------------------------
 
@@ -249,9 +257,7 @@ class SipNode:
             request, code, reason, to_tag=to_tag or _tag(), headers=(*headers, *self._common()), body=body
         )
         if code >= 200:
-            SIP_FINAL.labels(
-                request.method if request.method in KNOWN_METHODS else "other", f"{code // 100}xx"
-            ).inc()
+            _final_counter(request.method if request.method in KNOWN_METHODS else "other", code // 100).inc()
         self._run(self.table.respond(key, response, self.core.clock.monotonic()))
         return response
 
@@ -410,8 +416,14 @@ class SipNode:
             plan.reply.reason,
             headers=(*plan.reply.headers, ("Date", _http_date())),
         )
-        if plan.changed:
-            log.info("registration.saved", aor=plan.aor, bindings=len(plan.bindings))
+        if plan.added or plan.removed or plan.evicted:  # refreshes are the bulk of the traffic: not logged
+            log.info(
+                "registration.changed",
+                aor=plan.aor,
+                bindings=len(plan.bindings),
+                added=len(plan.added),
+                removed=len(plan.removed) + len(plan.evicted),
+            )
 
     def _challenge(self, key: TransactionKey, request: Request, challenge: Challenge) -> None:
         self.respond(
@@ -456,7 +468,11 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _http_date() -> str:
-    from email.utils import formatdate
+@functools.lru_cache(maxsize=2)
+def _date_at(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
 
-    return formatdate(usegmt=True)
+
+def _http_date() -> str:
+    """RFC 1123 date for the Date header; formatted once per second."""
+    return _date_at(int(time.time()))

@@ -213,6 +213,7 @@ class RegisterPlan:
     aor: str
     bindings: tuple[Binding, ...]  # the AoR's live bindings once the request is applied
     changed: bool = False  # whether the store must be written
+    added: tuple[Binding, ...] = ()  # contacts new to the AoR (not refreshes)
     removed: tuple[Binding, ...] = ()  # unregistered by the phone (expires 0 or *)
     evicted: tuple[Binding, ...] = ()  # pushed out by max_contacts
     expired: tuple[Binding, ...] = ()  # found out of time and dropped with this write
@@ -341,6 +342,7 @@ def plan_register(
         aor=aor,
         bindings=tuple(bindings),
         changed=True,
+        added=tuple(r.binding for r in rows if r.original is None),
         removed=tuple(removed),
         evicted=tuple(evicted),
         expired=expired,
@@ -415,5 +417,7 @@ async def register(
         except LocationFull:
             busy = RegisterReply(503, "Service Unavailable", (("Retry-After", "300"),))
             live = tuple(b for b in existing if b.expires_at > now)
-            return replace(plan, reply=busy, bindings=live, changed=False, removed=(), evicted=(), expired=())
+            return replace(
+                plan, reply=busy, bindings=live, changed=False, added=(), removed=(), evicted=(), expired=()
+            )
     return plan

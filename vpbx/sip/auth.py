@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Protocol
 
-from sipmessage import AuthChallenge, AuthCredentials, AuthParameters
-
 from vpbx.logs import get_logger
 from vpbx.sip.digest import Algorithm
 
@@ -255,12 +253,12 @@ class DigestAuth:
         """A fresh challenge: 401 + WWW-Authenticate for REGISTER, 407 + Proxy-Authenticate otherwise."""
         nonce = self._nonce(realm, math.ceil(now) + self._ttl)
         algorithms: tuple[Algorithm, ...] = ("SHA-256", "MD5") if sha256 else ("MD5",)
-        values = []
-        for algorithm in algorithms:
-            params = AuthParameters(realm=realm, nonce=nonce, algorithm=algorithm, qop=QOP_AUTH)
-            if stale:
-                params = params.replace(stale="true")
-            values.append(str(AuthChallenge(scheme="Digest", parameters=params)))
+        quoted = _quote(realm)
+        tail = ", stale=true" if stale else ""
+        values = [
+            f'Digest realm={quoted}, nonce="{nonce}", algorithm={algorithm}, qop="{QOP_AUTH}"{tail}'
+            for algorithm in algorithms
+        ]
         if method == REGISTER:
             return Challenge(401, "WWW-Authenticate", tuple(values), stale)
         return Challenge(407, "Proxy-Authenticate", tuple(values), stale)
@@ -437,19 +435,49 @@ class DigestAuth:
         return AuthFailure(event, self.challenge(method, realm, now, sha256=sha256), detail)
 
 
+def _quote(value: str) -> str:
+    """An RFC 3261 quoted-string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# auth-param = token LWS "=" LWS ( token / quoted-string ), separated by commas (RFC 3261 §25.1, RFC 7616)
+_AUTH_PARAM_RE = re.compile(
+    r'[ \t]*([A-Za-z0-9!%*_+`\'~.\-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^ \t,"]+))[ \t]*(?:,|$)'
+)
+_ESCAPE_RE = re.compile(r"\\(.)")
+_SCHEME_RE = re.compile(r"[ \t]*([A-Za-z0-9!%*_+`'~.\-]+)[ \t]+")
+
+
+def parse_credentials(value: str) -> dict[str, str] | None:
+    """The parameters (names lower-cased, quotes removed) of a ``Digest`` credentials value, or None."""
+    m = _SCHEME_RE.match(value)
+    if m is None or m.group(1).lower() != "digest":
+        return None
+    rest = value[m.end() :].rstrip(" \t")
+    params: dict[str, str] = {}
+    pos, end = 0, len(rest)
+    while pos < end:
+        m = _AUTH_PARAM_RE.match(rest, pos)
+        if m is None or m.end() == pos:
+            return None
+        quoted = m.group(2)
+        if quoted is None:
+            params[m.group(1).lower()] = m.group(3)
+        else:
+            params[m.group(1).lower()] = _ESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        pos = m.end()
+    return params or None
+
+
 def _pick(headers: Sequence[str], realm: str) -> dict[str, str] | None:
     """The digest parameters (names lower-cased) of the header for our realm, else of the first good one."""
     first: dict[str, str] | None = None
     for value in headers[:MAX_HEADERS]:
         if len(value) > MAX_HEADER_CHARS:
             continue
-        try:
-            creds = AuthCredentials.parse(value.strip())
-        except ValueError:
+        params = parse_credentials(value)
+        if params is None:
             continue
-        if creds.scheme.lower() != "digest" or creds.parameters is None:
-            continue
-        params = {k.lower(): v for k, v in creds.parameters.items()}
         if params.get("realm") == realm:
             return params
         first = first or params

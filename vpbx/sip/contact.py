@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 from sipmessage import URI, Address, Request
 
+from vpbx.errors import SipParseError
 from vpbx.sip.flow import Destination
+from vpbx.sip.message import Request as ParsedRequest
+from vpbx.sip.message import format_uri
 
 STAR = "*"  # Contact: * (RFC 3261 §10.2.2), only with Expires: 0
 # §19.1.4: these match only if both URIs carry them; other parameters found in one URI only are ignored.
@@ -59,7 +62,14 @@ def read_register(request: Request, source: Destination) -> RegisterRequest | st
         return "Bad Call-ID or CSeq header"
     star = False
     contacts: list[ContactSpec] = []
-    for value in request.headers.getlist("Contact"):
+    values = request.headers.getlist("Contact")
+    if isinstance(request, ParsedRequest) and not any(v.strip() == STAR for v in values):
+        try:
+            contacts = [_spec(a) for a in request.contact]  # parsed (and checked) once, by ``parse``
+        except SipParseError:
+            return "Bad Contact header"
+        values = []
+    for value in values:
         if value.strip() == STAR:
             if star:
                 return "Contact * more than once"
@@ -96,7 +106,7 @@ def _spec(address: Address) -> ContactSpec:
     params = {k.lower(): v for k, v in address.parameters.items()}
     instance = params.get("+sip.instance")
     return ContactSpec(
-        uri=str(address.uri),
+        uri=format_uri(address.uri),
         host=address.uri.host.strip("[]"),
         expires=params.get("expires"),
         q=params.get("q"),

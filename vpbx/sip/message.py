@@ -55,6 +55,9 @@ __all__ = [
     "Via",
     "branch",
     "build_response",
+    "format_params",
+    "format_uri",
+    "format_via",
     "parse",
     "parse_address",
     "parse_uri",
@@ -267,6 +270,64 @@ _T = TypeVar("_T")
 
 
 # --- message types -----------------------------------------------------------------------------------------
+_Entry = tuple[str, list[str]]  # (name as first spelt, raw values in order)
+
+
+class SipHeaders(Headers):
+    """sipmessage's ``Headers`` API over a dict keyed by the lower-case name: every lookup is O(1).
+
+    sipmessage 0.7.1 keeps a list and lower-cases every stored name on each lookup, which was a tenth of the
+    cost of handling a REGISTER. Order is first-seen, as there; a name keeps its first spelling.
+    """
+
+    __slots__ = ("_d",)
+
+    def __init__(self, entries: dict[str, _Entry] | None = None) -> None:
+        self._d: dict[str, _Entry] = {} if entries is None else entries
+
+    def add(self, key: str, value: str) -> None:
+        entry = self._d.get(key.lower())
+        if entry is None:
+            self._d[key.lower()] = (key, [value])
+        else:
+            entry[1].append(value)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        entry = self._d.get(key.lower())
+        return entry[1][0] if entry is not None and entry[1] else default
+
+    def getlist(self, key: str) -> list[str]:
+        entry = self._d.get(key.lower())
+        return entry[1] if entry is not None else []
+
+    def keys(self) -> list[str]:
+        return [name for name, _ in self._d.values()]
+
+    def remove(self, key: str) -> None:
+        self._d.pop(key.lower(), None)
+
+    def set(self, key: str, value: str) -> None:
+        self.setlist(key, [value])
+
+    def setlist(self, key: str, values: list[str]) -> None:
+        lkey = key.lower()
+        entry = self._d.get(lkey)
+        self._d[lkey] = (key if entry is None else entry[0], values)
+
+    def __getitem__(self, key: str) -> str:
+        entry = self._d.get(key.lower())
+        if entry is None or not entry[1]:
+            raise KeyError(key)
+        return entry[1][0]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._d
+
+    def __str__(self) -> str:
+        lines = [f"{name}: {value}\r\n" for name, values in self._d.values() for value in values]
+        return "".join(lines) + "\r\n"
+
+
 class _Typed:
     """Typed accessors that parse a header once and parse again only when its raw values change."""
 
@@ -289,6 +350,17 @@ class _Typed:
     @via.setter
     def via(self, value: list[Via]) -> None:
         self.headers.setlist("Via", [str(x) for x in value])
+
+    def set_top_via(self, via: Via) -> None:
+        """Replace the first Via (``received``/``rport`` filled in) without re-parsing the others."""
+        vias = self.via
+        raw = self.headers.getlist("Via")
+        first = _split_list(raw[0])
+        first[0] = format_via(via)
+        lines = [",".join(first), *raw[1:]]
+        self.headers.setlist("Via", lines)
+        vias[0] = via
+        self._memo["Via"] = (tuple(lines), vias)
 
     @property
     def cseq(self) -> CSeq:
@@ -364,7 +436,10 @@ class Request(_Typed, sipmessage.Request):
     """A SIP request: sipmessage's ``Request`` with memoised typed accessors; ``bytes()`` serialises."""
 
     def __init__(self, method: str, uri: URI, body: bytes = b"") -> None:
-        super().__init__(method, uri, body)
+        self.method = method
+        self.uri = uri
+        self.body = body
+        self.headers = SipHeaders()
         self._memo = {}
 
 
@@ -372,7 +447,10 @@ class Response(_Typed, sipmessage.Response):
     """A SIP response: sipmessage's ``Response`` with memoised typed accessors; ``bytes()`` serialises."""
 
     def __init__(self, code: int, phrase: str, body: bytes = b"") -> None:
-        super().__init__(code, phrase, body)
+        self.code = code
+        self.phrase = phrase
+        self.body = body
+        self.headers = SipHeaders()
         self._memo = {}
 
 
@@ -444,6 +522,36 @@ def _split_list(value: str) -> list[str]:
     return parts
 
 
+_PLAIN_RE = re.compile(r"[A-Za-z0-9\-._~]*")  # what ``urllib.parse.quote`` leaves as it is
+
+
+def format_params(params: Parameters) -> str:
+    """``str(params)`` (each name and value percent-quoted), without ``quote`` for the usual plain values."""
+    out = []
+    plain = _PLAIN_RE.fullmatch
+    for k, v in params.items():
+        if not plain(k) or (v is not None and not plain(v)):
+            return str(params)
+        out.append(f";{k}" if v is None else f";{k}={v}")
+    return "".join(out)
+
+
+def format_uri(uri: URI) -> str:
+    """``str(uri)``, without ``quote`` for a plain user part and parameters."""
+    plain_user = uri.user is None or _PLAIN_RE.fullmatch(uri.user) is not None
+    if uri.scheme == "tel" or uri.password is not None or not plain_user:
+        return str(uri)
+    user = f"{uri.user}@" if uri.user is not None else ""
+    port = f":{uri.port}" if uri.port is not None else ""
+    return f"{uri.scheme}:{user}{uri.host}{port}{format_params(uri.parameters)}"
+
+
+def format_via(via: Via) -> str:
+    """``str(via)``, faster."""
+    port = f":{via.port}" if via.port is not None else ""
+    return f"SIP/2.0/{via.transport} {via.host}{port}{format_params(via.parameters)}"
+
+
 def _lower_params(params: Parameters) -> Parameters:
     for k in params:
         if not k.islower() and k != k.lower():
@@ -478,7 +586,45 @@ def _params(text: str) -> Parameters:
     return Parameters(**data)
 
 
+class _Memo:
+    """A bounded memo of text → parsed value for the immutable results of ``_uri`` and ``_address``.
+
+    The same Request-URIs, To and Contact values arrive again and again (retransmissions, re-registrations,
+    in-dialog requests); parsing them once is most of the saving. Failures are not remembered. Entries are
+    immutable (frozen dataclasses over sipmessage's read-only ``Parameters``), so sharing them is safe.
+    """
+
+    __slots__ = ("_data", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._data: dict[str, object] = {}
+        self._size = size
+
+    def get(self, text: str) -> object | None:
+        return self._data.get(text)
+
+    def put(self, text: str, value: _T) -> _T:
+        if len(self._data) >= self._size:
+            self._data.clear()  # crude, and enough: a flood of distinct values only costs the parsing
+        self._data[text] = value
+        return value
+
+
+MEMO_SIZE = 4096
+MAX_MEMO_TEXT = 256  # longer values are parsed each time
+_uri_memo = _Memo(MEMO_SIZE)
+_address_memo = _Memo(MEMO_SIZE)
+
+
 def _uri(text: str) -> URI:
+    hit = _uri_memo.get(text)
+    if hit is not None:
+        return cast(URI, hit)
+    uri = _parse_uri_text(text)
+    return _uri_memo.put(text, uri) if len(text) <= MAX_MEMO_TEXT else uri
+
+
+def _parse_uri_text(text: str) -> URI:
     """``URI.parse`` (sip, sips, tel) with lower-cased parameter names."""
     m = SIP_URI_PATTERN.match(text)
     if m is None:
@@ -515,6 +661,14 @@ def _via(text: str) -> Via:
 
 def _address(text: str) -> Address:
     """``Address.parse`` with lower-cased parameter names (the address's and its URI's)."""
+    hit = _address_memo.get(text)
+    if hit is not None:
+        return cast(Address, hit)
+    address = _parse_address_text(text)
+    return _address_memo.put(text, address) if len(text) <= MAX_MEMO_TEXT else address
+
+
+def _parse_address_text(text: str) -> Address:
     value = " ".join(text.split())
     for pattern in ADDRESS_PATTERNS:
         m = pattern.match(value)
@@ -718,9 +872,7 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
             raise SipParseError("message-too-large", status=513)
 
     msg = _start_line(lines[0], body)
-    # sipmessage's Headers is a list of (name, values) kept in first-seen order; building it in one step
-    # avoids its add(), which rescans every name (sipmessage pinned at 0.7.1; test_headers_internals).
-    msg.headers._list = list(grouped.values())
+    msg.headers = SipHeaders(grouped)
     _validate(msg, grouped)
     return msg
 
