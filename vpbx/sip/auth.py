@@ -30,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import math
 import re
 import secrets
@@ -46,6 +47,12 @@ from vpbx.sip.digest import Algorithm
 
 log = get_logger("vpbx.security")
 
+
+def _security_debug() -> bool:
+    """Whether debug security events are logged: checked first, as every successful request has one."""
+    return logging.getLogger("vpbx.security").isEnabledFor(logging.DEBUG)
+
+
 NONCE_TTL_S = 300  # telephony.md §3.5
 NONCE_SALT_BYTES = 8
 NONCE_MAC_BYTES = 16
@@ -59,6 +66,7 @@ MAX_HEADERS = 4  # credentials headers looked at per request (one per realm in p
 MAX_LOGGED_CHARS = 64  # of the attacker-chosen username in a security event
 HASHES: dict[Algorithm, str] = {"MD5": "md5", "SHA-256": "sha256"}
 HEX_LENGTH: dict[Algorithm, int] = {"MD5": 32, "SHA-256": 64}
+_HASH_NEW = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}  # the named constructors beat hashlib.new
 NC_RE = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX (RFC 2617 §3.2.2)
 REGISTER = "REGISTER"
 
@@ -152,7 +160,7 @@ def auth_header(method: str) -> str:
 
 
 def _h(algorithm: Algorithm, data: str) -> str:
-    return hashlib.new(HASHES[algorithm], data.encode(), usedforsecurity=False).hexdigest()
+    return _HASH_NEW[algorithm](data.encode(), usedforsecurity=False).hexdigest()
 
 
 def digest_response(
@@ -265,7 +273,7 @@ class DigestAuth:
 
     def _nonce(self, realm: str, expiry: int) -> str:
         head = struct.pack(">Q", max(0, expiry)) + self._salt(NONCE_SALT_BYTES)
-        mac = hmac.new(self._key, head + realm.encode(), hashlib.sha256).digest()[:NONCE_MAC_BYTES]
+        mac = hmac.digest(self._key, head + realm.encode(), "sha256")[:NONCE_MAC_BYTES]
         return base64.urlsafe_b64encode(head + mac).rstrip(b"=").decode()
 
     def _nonce_expiry(self, nonce: str, realm: str) -> int | None:
@@ -279,7 +287,7 @@ class DigestAuth:
         if len(raw) != NONCE_BYTES:
             return None
         head, mac = raw[:-NONCE_MAC_BYTES], raw[-NONCE_MAC_BYTES:]
-        good = hmac.new(self._key, head + realm.encode(), hashlib.sha256).digest()[:NONCE_MAC_BYTES]
+        good = hmac.digest(self._key, head + realm.encode(), "sha256")[:NONCE_MAC_BYTES]
         if not hmac.compare_digest(mac, good):
             return None
         expiry: int = struct.unpack(">Q", head[:8])[0]
@@ -383,7 +391,8 @@ class DigestAuth:
             return self.challenge(attempt.method, realm, now, sha256=sha256, stale=True)
         if replay is _Replay.REPLAYED:
             return fail(SecurityEvent.CHALLENGE_RESPONSE_FAILED, "nc-replayed")
-        log.debug(SecurityEvent.SUCCESSFUL_AUTH, realm=realm, account=user.username, source=source)
+        if _security_debug():
+            log.debug(SecurityEvent.SUCCESSFUL_AUTH, realm=realm, account=user.username, source=source)
         return AuthOk(user, alg)
 
     async def authenticate(

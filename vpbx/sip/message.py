@@ -31,7 +31,7 @@ from typing import TypeVar, cast
 from urllib.parse import unquote
 
 import sipmessage
-from sipmessage import URI, Address, CSeq, Headers, MediaType, Parameters, Via
+from sipmessage import URI, Address, CSeq, Headers, MediaType, Parameters, Via, grammar
 from sipmessage.address import ADDRESS_PATTERNS
 from sipmessage.address import unquote as unquote_display_name
 from sipmessage.uri import SIP_URI_PATTERN
@@ -614,6 +614,10 @@ MEMO_SIZE = 4096
 MAX_MEMO_TEXT = 256  # longer values are parsed each time
 _uri_memo = _Memo(MEMO_SIZE)
 _address_memo = _Memo(MEMO_SIZE)
+_sent_by_memo = _Memo(MEMO_SIZE)
+_VIA_HEAD_RE = re.compile(rf"SIP/2\.0/({grammar.TOKEN}) ")
+_SENT_BY_RE = re.compile(rf"(?P<host>{grammar.HOST})(?::(?P<port>{grammar.PORT}))?")
+_GENERIC_PARAMS_RE = re.compile(rf"(?:;{grammar.GENERIC_PARAM})+")  # unspaced; spaced ones go the long way
 
 
 def _uri(text: str) -> URI:
@@ -644,8 +648,32 @@ def _parse_uri_text(text: str) -> URI:
     )
 
 
+def _sent_by(text: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` of a Via, by sipmessage's grammar; memoised (a phone's sent-by never changes)."""
+    hit = _sent_by_memo.get(text)
+    if hit is not None:
+        return cast(tuple[str, int | None], hit)
+    m = _SENT_BY_RE.fullmatch(text)
+    if m is None:
+        return None
+    port = m.group("port")
+    return _sent_by_memo.put(text, (m.group("host"), int(port) if port else None))
+
+
 def _via(text: str) -> Via:
     """``Via.parse`` with the transport upper-cased and parameter names lower-cased."""
+    # The usual shape first: "SIP/2.0/UDP host:port;params", sent-by memoised, parameters checked by the
+    # same grammar; anything else takes sipmessage's whole pattern below.
+    m = _VIA_HEAD_RE.match(text)
+    if m is not None:
+        rest = text[m.end() :]
+        semi = rest.find(";")
+        sent_by = _sent_by(rest if semi < 0 else rest[:semi])
+        params = "" if semi < 0 else rest[semi:]
+        if sent_by is not None and (not params or _GENERIC_PARAMS_RE.fullmatch(params)):
+            return Via(
+                transport=m.group(1).upper(), host=sent_by[0], port=sent_by[1], parameters=_params(params)
+            )
     value = " ".join(text.split())  # sipmessage.grammar.simplify_whitespace
     m = VIA_PATTERN.match(value)
     if m is None or m.end() != len(value):
@@ -664,8 +692,30 @@ def _address(text: str) -> Address:
     hit = _address_memo.get(text)
     if hit is not None:
         return cast(Address, hit)
+    address = _name_addr_with_params(text)
+    if address is not None:
+        return address  # its name-addr is memoised; the parameters (a fresh tag each call) are not
     address = _parse_address_text(text)
     return _address_memo.put(text, address) if len(text) <= MAX_MEMO_TEXT else address
+
+
+def _name_addr_with_params(text: str) -> Address | None:
+    """``name <uri>;params`` as the memoised ``name <uri>`` plus the parameters, or None (then parse it all).
+
+    From values differ only by their tag from call to call, so the name and URI are parsed once.
+    """
+    lt = text.find("<")
+    if lt < 0 or '"' in text[:lt]:  # no name-addr, or a quoted name that may hide a "<"
+        return None
+    gt = text.find(">", lt)
+    tail = text[gt + 1 :].lstrip(" \t")
+    if gt < 0 or not tail or not _GENERIC_PARAMS_RE.fullmatch(tail):
+        return None
+    try:
+        base = _address(text[: gt + 1])
+    except ValueError:
+        return None
+    return Address(uri=base.uri, name=base.name, parameters=_params(tail))
 
 
 def _parse_address_text(text: str) -> Address:

@@ -725,7 +725,29 @@ def _grammar_cases() -> list[tuple[str, str]]:
             }
             if name.strip().lower() in kind:
                 cases.append((kind[name.strip().lower()], value.strip()))
-    return cases
+    return cases + COMMON_GRAMMAR_CASES
+
+
+# What phones and SIPp send every day, each shape taking our fast paths (or deliberately not).
+COMMON_GRAMMAR_CASES = [
+    ("via", "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-2;rport"),
+    ("via", "SIP/2.0/TCP [2001:db8::1]:5060;branch=z9hG4bKx;received=192.0.2.1;rport=5090"),
+    ("via", "SIP/2.0/UDP phone.example.com;branch=z9hG4bKy"),
+    ("via", "SIP/2.0/UDP 192.0.2.1:5060 ;branch=z9hG4bKz"),
+    ("via", "SIP/2.0/UDP 192.0.2.1:99999999;branch=z9hG4bKz"),
+    ("via", "SIP/2.0/UDP bad_host:5060;branch=z9hG4bKz"),
+    ("via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK;;x"),
+    ("address", "<sip:2000@bench.test>;tag=1234SIPpTag001"),
+    ("address", '"Alice" <sip:alice@example.com>;tag=a1'),
+    ("address", "Bob Smith <sip:bob@example.com;transport=tcp>;tag=b2;x=y"),
+    ("address", '<sip:u@192.0.2.5:5062;ob>;+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"'),
+    ("address", "<sip:u@192.0.2.5> ;tag=c3"),
+    ("address", "<sip:u@192.0.2.5>;tag"),
+    ("address", "<sip:u@192.0.2.5>;=x"),
+    ("address", "<sip:u@192.0.2.5>junk"),
+    ("address", "sip:u@192.0.2.5;tag=d4"),
+    ("address", "<sip:%75ser@example.com>;tag=e5"),
+]
 
 
 @pytest.mark.parametrize(("kind", "value"), _grammar_cases())
