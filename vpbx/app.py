@@ -18,6 +18,7 @@ from vpbx import __version__
 from vpbx.clock import Clock, SystemClock
 from vpbx.crypto import SecretBox
 from vpbx.logs import get_logger
+from vpbx.pbx.calls import CallRegistry, MemoryCallRegistry
 from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
@@ -38,6 +39,8 @@ class Core:
     config: ConfigVersion = field(default_factory=ConfigVersion)  # moves when users or domains change
     # registrations: written by the SIP node, read by the cabinet (telephony.md §9.3)
     location: LocationStore = field(default_factory=MemoryLocationStore)
+    # live calls: admitted by the B2BUA, shown by the cabinet (telephony.md §9.3)
+    calls: CallRegistry = field(default_factory=MemoryCallRegistry)
 
 
 def build_core(settings: Settings, clock: Clock | None = None) -> Core:
@@ -88,10 +91,10 @@ async def serve(settings: Settings) -> None:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
-    from vpbx.media.backend import InlineMediaBackend
+    from vpbx.media.backend import InlineMediaBackend, WorkerMediaBackend
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
-    from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog, MemoryCallRegistry
+    from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
     from vpbx.pbx.node import SipNode
 
     app = create_app(settings)
@@ -99,20 +102,34 @@ async def serve(settings: Settings) -> None:
     bus = InProcessBus()
     if settings.debug_call_events_file:
         bus.subscribe("debug-call-events-file", JsonLinesEventLog(Path(settings.debug_call_events_file)))
-    registry = MemoryCallRegistry()
+    registry = core.calls
     b2bua = B2bua(
         registry=registry,
         events=CallEvents(bus, core.clock),
         clock=core.clock,
         no_answer_s=settings.call_no_answer_s,
     )
-    media = InlineMediaBackend(
-        ports=settings.rtp_ports,
-        bind_host=settings.sip_host,
-        clock=core.clock,
-        media_timeout_s=settings.media_timeout_s,
-        on_media_timeout=b2bua.on_media_timeout,
-    )
+    media: InlineMediaBackend | WorkerMediaBackend
+    if settings.media_mode == "workers":
+        media = WorkerMediaBackend(
+            ports=settings.rtp_ports,
+            workers=settings.media_workers,
+            bind_host=settings.sip_host,
+            media_timeout_s=settings.media_timeout_s,
+            on_media_timeout=b2bua.on_media_timeout,
+            loop=settings.event_loop,
+            log_level=settings.log_level,
+            log_json=settings.log_json,
+        )
+        await media.start()
+    else:
+        media = InlineMediaBackend(
+            ports=settings.rtp_ports,
+            bind_host=settings.sip_host,
+            clock=core.clock,
+            media_timeout_s=settings.media_timeout_s,
+            on_media_timeout=b2bua.on_media_timeout,
+        )
     b2bua.media = media
     app.state.bus = bus  # call events, for the features that subscribe
     app.state.calls = registry  # live calls, for the cabinet

@@ -5,7 +5,7 @@ Every error a client can see carries a stable kebab-case ``code`` that is never 
     VpbxError (code: str)
     ├── ConfigError                      settings that refuse to start the process
     ├── SipError ── SipParseError, SdpParseError, TransactionError, LocationFull
-    ├── MediaError ── MediaParseError, NoMediaPorts, NoMediaSession
+    ├── MediaError ── MediaParseError, NoMediaPorts, NoMediaSession, WorkerUnavailable
     ├── StoreError ── NotFound, Conflict
     │                 └── ValidationFailed (field → message; nothing was saved)
     ├── AuthError ── LoginFailed, LoginLocked, CsrfFailed
@@ -169,3 +169,9 @@ class NoMediaSession(MediaError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__("No such media session", details={"session_id": session_id})
+
+
+class WorkerUnavailable(MediaError):
+    """A media worker process is down, restarting, or did not answer a command in time (telephony.md §3.9)."""
+
+    code = "media-worker-unavailable"

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # calls (telephony.md §3.7): ring this long before 480; end answered calls whose RTP stops this long
     call_no_answer_s: float = Field(default=60.0, gt=0, le=3600)
     media_timeout_s: float = Field(default=60.0, gt=0, le=86400)
+    # RTP relay (telephony.md §2): in worker processes, each with a share of rtp_ports, or on the main loop
+    media_mode: Literal["inline", "workers"] = "workers"
+    media_workers: int = Field(default_factory=lambda: default_media_workers(), ge=1, le=64)
     # tests only: append every call event to this file as a JSON line (empty: off)
     debug_call_events_file: str = ""
     public_url: str = ""
@@ -112,6 +115,11 @@ class Settings(BaseSettings):
     @property
     def sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def default_media_workers() -> int:
+    """One media worker per core but one (the signalling process keeps a core), at least one."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def refuse_placeholders(s: BaseSettings, prefix: str = "VPBX_") -> None:

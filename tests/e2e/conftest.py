@@ -49,6 +49,7 @@ def free_port() -> int:
 @dataclass
 class Server:
     url: str
+    sip_port: int  # UDP and TCP on 127.0.0.1
     demo: dict[str, Any]
     data_dir: Path
     log: Path
@@ -59,8 +60,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``vpbx serve --demo`` in its own process, on SQLite in a fresh data directory."""
     data = tmp_path_factory.mktemp("e2e-data")
     port = free_port()
+    sip_port = free_port()
     log = data / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPBX_")}
+    env["VPBX_SIP_HOST"] = "127.0.0.1"  # loopback only, and an address SIP peers can be sent back to
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -74,7 +77,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 "--http-port",
                 str(port),
                 "--sip-port",
-                str(free_port()),
+                str(sip_port),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -93,7 +96,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"vpbx serve did not come up:\n{log.read_text()}")
             time.sleep(0.1)  # polling a starting process, not waiting for behaviour
-        yield Server(url=url, demo=json.loads((data / "demo.json").read_text()), data_dir=data, log=log)
+        yield Server(
+            url=url,
+            sip_port=sip_port,
+            demo=json.loads((data / "demo.json").read_text()),
+            data_dir=data,
+            log=log,
+        )
     finally:
         proc.terminate()
         try:

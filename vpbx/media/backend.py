@@ -4,10 +4,11 @@ The B2BUA calls ``allocate`` when a call is accepted (our SDP on each leg points
 ``update`` once per leg whenever that leg's SDP is negotiated (answer, re-INVITE, transfer), ``stats`` for
 diagnostics and the call record, and ``release`` when the call ends.
 
-``InlineMediaBackend`` runs the relay on the current event loop (``media.mode = "inline"``: unit tests and the
-smallest installs). The production shape — relays in worker processes driven over a unix socket with
-length-prefixed JSON (telephony.md §2, §3.9) — comes later behind this same Protocol; so do play, record and
-DTMF sending, which join the Protocol with the endpoint media. Nothing here keeps module-level state.
+``InlineMediaBackend`` runs the relay on the current event loop (``media_mode = "inline"``: unit tests and the
+smallest installs). ``WorkerMediaBackend`` is the production shape: relays in worker processes
+(``vpbx.media.worker``, started and restarted by ``vpbx.media.supervisor``) driven over a unix socket with
+length-prefixed JSON (``vpbx.media.control``; telephony.md §2, §3.9). Play, record and DTMF sending join the
+Protocol with the endpoint media. Nothing here keeps module-level state.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vpbx.clock import Clock, SystemClock
+from vpbx.errors import NoMediaPorts, NoMediaSession, WorkerUnavailable
 from vpbx.logs import get_logger
 from vpbx.media.dtmf import Digit
 from vpbx.media.relay import (
@@ -29,9 +31,10 @@ from vpbx.media.relay import (
     Relay,
     RelayLeg,
 )
+from vpbx.pbx.bus import SessionId
 
 if TYPE_CHECKING:
-    from vpbx.pbx.bus import SessionId
+    from vpbx.media.supervisor import WorkerProcess
 
 log = get_logger("vpbx.media.backend")
 
@@ -39,6 +42,8 @@ CHECK_INTERVAL_S = 0.5  # how often the inline backend looks for idle legs and u
 
 MediaTimeoutHook = Callable[[LegRef, float], None]
 """Called with the silent leg and for how long; the owner BYEs the call unless the leg is on hold."""
+SessionLostHook = Callable[[SessionId], None]
+"""Called for each session whose media worker died: its RTP is gone, whatever the call's state."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,11 @@ class InlineMediaBackend:
             self._timer = loop.call_later(self.check_interval_s, self._tick)
         return self._relay
 
+    @property
+    def sessions(self) -> int:
+        """Open media sessions."""
+        return 0 if self._relay is None else len(self._relay)
+
     async def allocate(self, session: SessionId) -> MediaPorts:
         rs = self.relay.open(session)
         return MediaPorts(Address(self.advertise_host, rs.a.port), Address(self.advertise_host, rs.b.port))
@@ -233,3 +243,182 @@ class InlineMediaBackend:
         finally:
             if self._relay is not None:
                 self._timer = asyncio.get_running_loop().call_later(self.check_interval_s, self._tick)
+
+
+def _address(value: object) -> Address | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"not an address: {value!r}")
+    return Address(str(value[0]), int(value[1]))
+
+
+def leg_stats_from(data: dict[str, Any], advertise_host: str) -> LegStats:
+    """A worker's ``stats`` reply for one leg (``dataclasses.asdict`` of ``LegStats``), our host as local."""
+    fields = dict(data)
+    local = _address(fields.pop("local"))
+    return LegStats(
+        local=Address(advertise_host, local.port if local is not None else 0),
+        remote=_address(fields.pop("remote")),
+        latched=_address(fields.pop("latched")),
+        **fields,
+    )
+
+
+class WorkerMediaBackend:
+    """The relay in ``workers`` processes (``media.mode = "workers"``, telephony.md §2, §3.9).
+
+    The port range is split between the workers; each session goes to the least loaded live worker (the next
+    one if that worker's range is full) and stays there. Events come back over the control socket:
+    ``on_media_timeout`` and ``on_dtmf`` fire as with ``InlineMediaBackend``. When a worker dies, each of its
+    sessions is forgotten and reported: to ``on_session_lost`` when set, else as ``on_media_timeout`` for leg
+    ``a`` (so the B2BUA BYEs the call if it is connected and not held); the supervisor restarts the worker.
+    ``start`` before use, ``aclose`` at the end.
+    """
+
+    def __init__(
+        self,
+        *,
+        ports: tuple[int, int],
+        workers: int = 1,
+        bind_host: str = "0.0.0.0",
+        advertise_host: str = "127.0.0.1",
+        media_timeout_s: float = MEDIA_TIMEOUT_S,
+        check_interval_s: float = CHECK_INTERVAL_S,
+        on_media_timeout: MediaTimeoutHook | None = None,
+        on_dtmf: DigitHook | None = None,
+        on_session_lost: SessionLostHook | None = None,
+        loop: str = "auto",
+        log_level: str = "info",
+        log_json: bool = False,
+    ) -> None:
+        from vpbx.media.supervisor import MediaSupervisor, WorkerConfig, split_ports
+
+        self.advertise_host = advertise_host
+        self.on_media_timeout = on_media_timeout
+        self.on_dtmf = on_dtmf
+        self.on_session_lost = on_session_lost
+        configs = [
+            WorkerConfig(
+                ports=slice_,
+                bind_host=bind_host,
+                media_timeout_s=media_timeout_s,
+                check_interval_s=check_interval_s,
+                dtmf=on_dtmf is not None,
+                loop=loop,
+                log_level=log_level,
+                log_json=log_json,
+            )
+            for slice_ in split_ports(ports, workers)
+        ]
+        self.supervisor = MediaSupervisor(configs, on_event=self._event, on_dead=self._dead)
+        self._where: dict[str, WorkerProcess] = {}
+        self._ports: dict[str, MediaPorts] = {}
+
+    @property
+    def workers(self) -> list[WorkerProcess]:
+        return self.supervisor.workers
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+
+    async def aclose(self) -> None:
+        """Stop every worker (their sessions end with them)."""
+        await self.supervisor.aclose()
+        self._where.clear()
+        self._ports.clear()
+
+    async def allocate(self, session: SessionId) -> MediaPorts:
+        if session in self._ports:
+            return self._ports[session]
+        candidates = sorted((w for w in self.workers if w.alive), key=lambda w: w.sessions)
+        for worker in candidates:
+            worker.sessions += 1  # counted before the await, so concurrent calls spread
+            try:
+                result = await worker.request("allocate", session=session)
+            except (NoMediaPorts, WorkerUnavailable) as e:
+                worker.sessions -= 1
+                log.warning("media.allocate_failed", session_id=session, worker=worker.name, error=str(e))
+                continue
+            ports = MediaPorts(
+                Address(self.advertise_host, int(result["a"])), Address(self.advertise_host, int(result["b"]))
+            )
+            self._where[session] = worker
+            self._ports[session] = ports
+            return ports
+        raise NoMediaPorts(f"no media worker could allocate ports ({len(candidates)} live)")
+
+    async def update(
+        self, leg: LegRef, remote: Address | None, codec_pt: int, telephone_event_pt: int | None
+    ) -> None:
+        worker = self._worker(leg.session)
+        await worker.request(
+            "update",
+            session=leg.session,
+            side=leg.side,
+            remote=None if remote is None else [remote.host, remote.port],
+            codec_pt=codec_pt,
+            telephone_event_pt=telephone_event_pt,
+        )
+
+    async def release(self, session: SessionId) -> None:
+        worker = self._where.pop(session, None)
+        self._ports.pop(session, None)
+        if worker is None:
+            return
+        worker.sessions -= 1
+        if worker.alive:
+            try:
+                await worker.request("release", session=session)
+            except WorkerUnavailable as e:
+                log.warning("media.release_failed", session_id=session, worker=worker.name, error=str(e))
+
+    async def stats(self, session: SessionId) -> SessionStats:
+        result = await self._worker(session).request("stats", session=session)
+        return SessionStats(
+            session,
+            leg_stats_from(result["a"], self.advertise_host),
+            leg_stats_from(result["b"], self.advertise_host),
+        )
+
+    def _worker(self, session: SessionId) -> WorkerProcess:
+        worker = self._where.get(session)
+        if worker is None:
+            raise NoMediaSession(session)
+        return worker
+
+    def _event(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        session = str(message.get("session", ""))
+        if self._where.get(session) is not worker:
+            return  # released meanwhile
+        side = message.get("side")
+        if side not in ("a", "b"):
+            return
+        leg = LegRef(SessionId(session), "a" if side == "a" else "b")
+        kind = message.get("event")
+        if kind == "media_timeout" and self.on_media_timeout is not None:
+            self.on_media_timeout(leg, float(message.get("idle_s", 0.0)))
+        elif kind == "dtmf" and self.on_dtmf is not None:
+            digit = Digit(
+                digit=str(message["digit"]),
+                timestamp=int(message["timestamp"]),
+                duration=int(message["duration"]),
+                ended=bool(message["ended"]),
+            )
+            self.on_dtmf(leg, digit)
+
+    def _dead(self, worker: WorkerProcess) -> None:
+        lost = [s for s, w in self._where.items() if w is worker]
+        for session in lost:
+            del self._where[session]
+            self._ports.pop(session, None)
+        worker.sessions = 0
+        log.error("media.worker_lost_sessions", worker=worker.name, sessions=len(lost))
+        for session in lost:
+            try:
+                if self.on_session_lost is not None:
+                    self.on_session_lost(SessionId(session))
+                elif self.on_media_timeout is not None:
+                    self.on_media_timeout(LegRef(SessionId(session), "a"), 0.0)
+            except Exception:
+                log.exception("media.session_lost_hook_failed", session_id=session)

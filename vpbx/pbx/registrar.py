@@ -98,6 +98,10 @@ class LocationStore(Protocol):
 
     async def lookup(self, tenant: DomainId, aor: str) -> list[Binding]: ...
 
+    async def bindings(self, tenant: DomainId) -> list[tuple[str, Binding]]:
+        """Every (AoR, binding) of the tenant, ordered by AoR: read only, for the cabinet's device list."""
+        ...
+
     async def remove(self, tenant: DomainId, aor: str, contact: str | None = None) -> list[Binding]:
         """Remove one contact (all of the AoR with None); the bindings removed."""
         ...
@@ -122,12 +126,22 @@ class MemoryLocationStore:
     def __len__(self) -> int:
         return self._count
 
+    def __bool__(self) -> bool:
+        # an empty store is still the store: without this, ``__len__`` makes it falsy and a caller's
+        # ``location or MemoryLocationStore()`` (SipNode) silently swaps the shared store for a private one
+        return True
+
     def next_expiry(self) -> float | None:
         """When the next ``expire`` sweep may find something (for the adapter's timer)."""
         return self._heap[0][0] if self._heap else None
 
     async def lookup(self, tenant: DomainId, aor: str) -> list[Binding]:
         return list(self._aors.get((tenant, aor), ()))
+
+    async def bindings(self, tenant: DomainId) -> list[tuple[str, Binding]]:
+        # a scan of every AoR: people open the device list, SIP messages never do
+        aors = sorted(aor for (t, aor) in self._aors if t == tenant)
+        return [(aor, b) for aor in aors for b in self._aors[(tenant, aor)]]
 
     async def replace(self, tenant: DomainId, aor: str, bindings: Sequence[Binding]) -> list[Binding]:
         key = (tenant, aor)

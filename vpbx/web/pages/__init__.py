@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vpbx.web.pages import desktop, groups, menus, numbers, operator, routing, schedules, services, users
+from vpbx.web.pages import (
+    calls,
+    desktop,
+    devices,
+    groups,
+    menus,
+    numbers,
+    operator,
+    routing,
+    schedules,
+    services,
+    users,
+)
 
 ROUTERS: list[APIRouter] = [
     desktop.router,
@@ -16,4 +28,6 @@ ROUTERS: list[APIRouter] = [
     routing.router,
     services.router,
     operator.router,
+    calls.router,
+    devices.router,
 ]
