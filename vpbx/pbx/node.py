@@ -15,7 +15,7 @@ import functools
 import ipaddress
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -316,12 +316,26 @@ class SipNode:
             return None
         return outcome
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run a request handler as a task that the node tracks and cancels on stop."""
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str, *, eager: bool = False) -> None:
+        """Run a request handler as a task that the node tracks and cancels on stop.
+
+        ``eager``: run it at once, up to its first real wait; a handler that never waits (a REGISTER answered
+        from memory) then costs no task at all. Only for handlers that may run inside the receive path.
+        """
+        work: Awaitable[None] = coro
+        if eager:
+            try:
+                step = coro.send(None)
+            except StopIteration:
+                return
+            except Exception:
+                log.exception("sip.handler_failed", handler=name)
+                return
+            work = _Resumed(coro, step)
 
         async def runner() -> None:
             try:
-                await coro
+                await work
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -330,6 +344,8 @@ class SipNode:
         task = asyncio.create_task(runner(), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if eager:  # cancelled before its first step, the task never resumes the handler: close it there
+            task.add_done_callback(lambda _: coro.close())
 
     @staticmethod
     def _common() -> tuple[tuple[str, str], ...]:
@@ -358,7 +374,7 @@ class SipNode:
                 headers=(("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", SUPPORTED)),
             )
         elif method == "REGISTER":
-            self.spawn(self._register(key, request), "sip-register")
+            self.spawn(self._register(key, request), "sip-register", eager=True)
         elif self.calls is not None and method in (
             "INVITE",
             "CANCEL",
@@ -433,6 +449,33 @@ class SipNode:
             challenge.reason,
             headers=tuple((challenge.header, v) for v in challenge.values),
         )
+
+
+class _Resumed:
+    """The rest of a coroutine that ``SipNode.spawn`` started eagerly, as an awaitable for a task: it hands
+    the future the coroutine is waiting on to the task, and every result or exception back to it."""
+
+    __slots__ = ("_coro", "_step")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], step: Any) -> None:
+        self._coro = coro
+        self._step = step
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, step = self._coro, self._step
+        while True:
+            try:
+                value = yield step
+            except BaseException as e:  # cancellation included: the coroutine decides
+                try:
+                    step = coro.throw(e)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    step = coro.send(value)
+                except StopIteration:
+                    return
 
 
 def _typed_response(message: tx.Message) -> Response | None:

@@ -19,6 +19,7 @@ whose time is up until the next ``expire`` sweep; callers that must not ring it 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -240,7 +241,13 @@ def aor_for(extension: str, domain: str) -> str:
 
 def is_nated(contact_host: str, source: Destination) -> bool:
     """The Contact names another host than the packet came from, or a NAT-only address (telephony.md §3.2)."""
+    return _nated(contact_host, source.host)
+
+
+@functools.lru_cache(maxsize=4096)  # a phone re-registers with the same pair for its whole life
+def _nated(contact_host: str, source_host: str) -> bool:
     host = contact_host.strip("[]").lower()
+    source = Destination("udp", source_host, 0)
     if host != source.host.strip("[]").lower():
         try:
             same = ipaddress.ip_address(host) == ipaddress.ip_address(source.host.strip("[]"))
