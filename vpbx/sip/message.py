@@ -192,6 +192,7 @@ _CANONICAL = {
 }
 # Headers that may appear once only; a second value makes the message ambiguous (RFC 4475 §3.3.8, §3.3.9).
 _SINGLE = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type")
+_SINGLE_LOWER = tuple((name.lower(), name) for name in _SINGLE)
 
 REASON_PHRASES = {
     100: "Trying",
@@ -897,8 +898,8 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
         else:
             entry[1].append(value.strip(" \t"))
 
-    for name in _SINGLE:
-        entry = grouped.get(name.lower())
+    for lname, name in _SINGLE_LOWER:
+        entry = grouped.get(lname)
         if entry is not None and len(entry[1]) > 1:
             raise SipParseError("duplicate-header", name)
 
@@ -988,8 +989,8 @@ def _validate(msg: Request | Response, grouped: _Grouped) -> None:
         entry = grouped.get(lname)
         if entry is not None:
             _check_number(entry[1], name, DELTA_SECONDS_LIMIT, reason, leading=name == "Retry-After")
-    for name, parser in _OPTIONAL_TYPED:
-        if name.lower() in grouped:
+    for lname, name, parser in _OPTIONAL_TYPED_LOWER:
+        if lname in grouped:
             _fill(msg, grouped, name, parser)
 
 
@@ -1004,6 +1005,7 @@ _OPTIONAL_TYPED: tuple[tuple[str, Callable[[tuple[str, ...]], object]], ...] = (
     ("Record-Route", _parse_record_routes),
     ("Content-Type", _parse_content_type),
 )
+_OPTIONAL_TYPED_LOWER = tuple((name.lower(), name, parser) for name, parser in _OPTIONAL_TYPED)
 
 
 # --- serialize ---------------------------------------------------------------------------------------------
