@@ -776,11 +776,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path]:
 
 
 async def main_async(plan: Plan, out: Path) -> list[Figure]:
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     figs = []
     for n in plan.calls:
         for backend in plan.backends:
             figs.append(await run_point(backend, n, plan))
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     meta = {
         "bench": "media_relay",
         "run_id": uuid.uuid4().hex[:8],

@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -56,6 +63,16 @@ class Settings(BaseSettings):
     sip_default_domain: str = ""
     # sources never banned (trunks, admin networks), as CIDRs; from the environment a JSON list
     sip_allowlist: list[str] = Field(default_factory=list)
+    # SIP over TLS (telephony.md §3.2): on when a certificate and its key are set (PEM files); port 0 = off
+    sip_tls_port: int = Field(default=5061, ge=0, le=65535)
+    sip_tls_cert: str = ""
+    sip_tls_key: str = ""
+    # a certificate per SIP domain, chosen by SNI: <domain>.pem and <domain>.key files here (empty: none)
+    sip_tls_domain_certs_dir: str = ""
+    # NAT keep-alive: OPTIONS to every nated UDP binding this often (0: off); a binding whose OPTIONS go
+    # unanswered this many times in a row is dropped (0: never, only logged)
+    sip_keepalive_interval_s: float = Field(default=25.0, ge=0, le=3600)
+    sip_keepalive_max_misses: int = Field(default=3, ge=0, le=100)
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
     # calls (telephony.md §3.7): ring this long before 480; end answered calls whose RTP stops this long
     call_no_answer_s: float = Field(default=60.0, gt=0, le=3600)
@@ -104,6 +121,13 @@ class Settings(BaseSettings):
             raise ValueError("RTP port range must be A-B with 1024 <= A < B <= 65535")
         return v
 
+    @field_validator("sip_tls_key")
+    @classmethod
+    def _tls_pair(cls, v: str, info: ValidationInfo) -> str:
+        if bool(v) != bool(info.data.get("sip_tls_cert")):
+            raise ValueError("the TLS certificate and key are set together (VPBX_SIP_TLS_CERT) or not at all")
+        return v
+
     @model_validator(mode="after")
     def _defaults_and_placeholders(self) -> Self:
         if not self.database_url:
@@ -111,6 +135,11 @@ class Settings(BaseSettings):
         if self.env == "production":
             refuse_placeholders(self)
         return self
+
+    @property
+    def sip_tls(self) -> bool:
+        """Whether ``vpbx serve`` listens for SIP over TLS."""
+        return bool(self.sip_tls_cert and self.sip_tls_key and self.sip_tls_port)
 
     @property
     def sqlite(self) -> bool:

@@ -21,12 +21,12 @@ import pytest
 from tests.integration.peers.net import free_port_block, wait_until
 from tests.integration.peers.process import descendants
 from tests.integration.peers.vpbx import Vpbx
-from vpbx.errors import NoMediaPorts, NoMediaSession
+from vpbx.errors import NoMediaPorts, NoMediaSession, WorkerUnavailable
 from vpbx.media.backend import WorkerMediaBackend
 from vpbx.media.dtmf import Digit, digit_payloads
 from vpbx.media.g711 import ALAW_TO_ULAW
 from vpbx.media.relay import Address, LegRef
-from vpbx.media.supervisor import WorkerConfig, WorkerProcess
+from vpbx.media.supervisor import STUCK_AFTER_TIMEOUTS, WorkerConfig, WorkerProcess
 from vpbx.pbx.bus import SessionId
 
 WAIT_S = 10.0
@@ -229,6 +229,31 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(phones: tuple[Pho
         assert media._where["call-2"] in (victim, survivor)
         a.send(rtp(1), port_a)
         assert len(await b.recv()) == 12 + PAYLOAD
+
+
+async def test_a_stuck_worker_is_killed_and_restarted() -> None:
+    """SIGSTOP: the process lives but answers nothing; after three timed-out commands it is replaced."""
+    recorder = Recorder()
+    async with backend(recorder) as media:
+        await media.allocate(SessionId("call-1"))
+        worker = media.workers[0]
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(STUCK_AFTER_TIMEOUTS):
+                with pytest.raises(WorkerUnavailable):
+                    await media.stats(SessionId("call-1"))
+            await wait_until(
+                lambda: bool(recorder.timeouts), timeout_s=WAIT_S, what="the stuck worker's call"
+            )
+            await wait_until(lambda: worker.alive, timeout_s=WAIT_S, what="the worker's restart")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        assert worker.pid != pid and not process_exists(pid)
+        assert recorder.timeouts == [LegRef(SessionId("call-1"), "a")]
+        await media.allocate(SessionId("call-2"))
 
 
 async def test_a_lost_session_goes_to_its_own_hook_when_one_is_set() -> None:

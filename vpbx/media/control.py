@@ -143,6 +143,7 @@ class ControlChannel:
         self._writer = writer
         self._on_event = on_event
         self._next_id = 1
+        self.timeouts_in_a_row = 0  # commands unanswered since the last reply: a stuck worker
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self.closed = asyncio.Event()
         self._task = asyncio.create_task(self._read_loop(), name=f"media-control-{name}")
@@ -160,6 +161,7 @@ class ControlChannel:
             async with asyncio.timeout(self.timeout_s):
                 reply = await future
         except TimeoutError:
+            self.timeouts_in_a_row += 1
             raise WorkerUnavailable(
                 f"media worker {self.name} did not answer {op} within {self.timeout_s:g} s"
             ) from None
@@ -181,6 +183,7 @@ class ControlChannel:
                             "media.event_hook_failed", worker=self.name, media_event=message["event"]
                         )
                     continue
+                self.timeouts_in_a_row = 0
                 future = self._pending.get(message.get("id", -1))
                 if future is not None and not future.done():
                     future.set_result(message)

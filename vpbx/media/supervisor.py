@@ -29,6 +29,7 @@ START_TIMEOUT_S = 15.0  # interpreter start and imports, on a loaded 2-core box
 STOP_TIMEOUT_S = 3.0  # after ``shutdown`` (and again after SIGTERM) before SIGKILL
 RESTART_DELAY_S = 0.5
 RESTART_DELAY_MAX_S = 10.0
+STUCK_AFTER_TIMEOUTS = 3  # commands in a row without a reply: the worker is killed, then restarted
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # so ``-m vpbx.media.worker`` imports this same tree
 
 
@@ -112,9 +113,21 @@ class WorkerProcess:
         return self._ready and self._channel is not None and not self._channel.closed.is_set()
 
     async def request(self, op: str, **args: object) -> Message:
-        if self._channel is None:
+        """One command; a worker that leaves ``STUCK_AFTER_TIMEOUTS`` commands in a row unanswered is killed
+        (its control socket then closes, so it is handled as dead and restarted)."""
+        channel = self._channel
+        if channel is None:
             raise WorkerUnavailable(f"media worker {self.name} is not running")
-        return await self._channel.request(op, **args)
+        try:
+            return await channel.request(op, **args)
+        except WorkerUnavailable:
+            if channel.timeouts_in_a_row >= STUCK_AFTER_TIMEOUTS and self._proc is not None:
+                log.error(
+                    "media.worker_stuck", worker=self.name, pid=self.pid, timeouts=channel.timeouts_in_a_row
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+            raise
 
     async def start(self) -> None:
         """Spawn the process and wait for its ``ready`` event; ``WorkerUnavailable`` if it never comes."""

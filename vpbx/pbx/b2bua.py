@@ -555,8 +555,8 @@ class B2bua:
             side="a",
             token=token,
             flow=flow,
-            via=LocalVia(flow.transport.upper(), *node.advertised),
-            contact=_contact(token, node.advertised, flow.transport),
+            via=LocalVia(flow.transport.upper(), *node.advertised_for(flow.transport)),
+            contact=_contact(token, node.advertised_for(flow.transport), flow.transport),
             origin=_origin(node.advertised[0]),
             key=key,
             invite=invite,
@@ -619,7 +619,7 @@ class B2bua:
         call = ctx.call
         dest = binding_destination(binding)
         token = secrets.token_hex(8)
-        contact = _contact(token, node.advertised, dest.transport)
+        contact = _contact(token, node.advertised_for(dest.transport), dest.transport)
         try:
             target = parse_uri(binding.contact)
             route = [parse_address(p) for p in binding.path]
@@ -637,7 +637,7 @@ class B2bua:
             side="b",
             token=token,
             flow=dest,
-            via=LocalVia(dest.transport.upper(), *node.advertised),
+            via=LocalVia(dest.transport.upper(), *node.advertised_for(dest.transport)),
             contact=contact,
             origin=_origin(ctx.ports.b.host),
             contact_uri=binding.contact,

@@ -25,6 +25,7 @@ from vpbx.errors import SipParseError, TransactionError
 from vpbx.logs import get_logger
 from vpbx.pbx import registrar
 from vpbx.pbx.directory import DomainInfo, SipDirectory
+from vpbx.pbx.keepalive import KeepAlive
 from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
 from vpbx.sip import transaction as tx
 from vpbx.sip.auth import (
@@ -50,7 +51,7 @@ from vpbx.sip.transaction import (
     TransactionKey,
     TransactionTable,
 )
-from vpbx.sip.transport import Transports
+from vpbx.sip.transport import Transports, domain_certificates, tls_server_context
 
 log = get_logger("vpbx.sip.node")
 security = get_logger("vpbx.security")
@@ -84,6 +85,13 @@ class CallHandler(Protocol):
         ...
 
 
+class ClientUser(Protocol):
+    """Who started a client transaction outside calls (the NAT keep-alive): its responses and its end."""
+
+    def on_response(self, key: TransactionKey, response: Response) -> None: ...
+    def on_terminated(self, key: TransactionKey, reason: str) -> None: ...
+
+
 class SipNode:
     def __init__(
         self,
@@ -97,6 +105,16 @@ class SipNode:
         self.core = core
         settings = core.settings
         self.location: LocationStore = location or MemoryLocationStore()
+        self.keepalive: KeepAlive | None = None
+        if settings.sip_keepalive_interval_s > 0:
+            self.keepalive = KeepAlive(
+                self,
+                self.location,
+                clock=core.clock,
+                interval_s=settings.sip_keepalive_interval_s,
+                max_misses=settings.sip_keepalive_max_misses,
+            )
+            self.location = self.keepalive.watch(self.location)  # it learns each binding saved here
         self.bans: BanList = bans or MemoryBanList(allowlist=settings.sip_allowlist)
         self.directory = SipDirectory(core.sessions, core.config)
         self.credentials: Credentials = credentials or self.directory
@@ -108,7 +126,9 @@ class SipNode:
         self._timers: dict[TransactionKey, dict[str, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._users: dict[TransactionKey, ClientUser] = {}
         self.advertised: tuple[str, int] = ("", 0)
+        self.advertised_tls: tuple[str, int] | None = None  # None: no TLS listener
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -118,8 +138,21 @@ class SipNode:
         await self.directory.warm()
         host, port = await self.transports.start(s.sip_host, s.sip_port)
         self.advertised = (s.sip_advertised_host or host, port)
+        if s.sip_tls:
+            domains = domain_certificates(s.sip_tls_domain_certs_dir) if s.sip_tls_domain_certs_dir else {}
+            context = tls_server_context(s.sip_tls_cert, s.sip_tls_key, domains=domains)
+            _, tls_port = await self.transports.start_tls(s.sip_host, s.sip_tls_port, context)
+            self.advertised_tls = (self.advertised[0], tls_port)
         self._sweeper = asyncio.create_task(self._sweep(), name="sip-expiry-sweep")
+        if self.keepalive is not None:
+            await self.keepalive.start()
         return host, port
+
+    def advertised_for(self, transport: str) -> tuple[str, int]:
+        """Our host and port for Via and Contact on ``transport``: the TLS listener's for TLS."""
+        if transport.lower() == "tls" and self.advertised_tls is not None:
+            return self.advertised_tls
+        return self.advertised
 
     async def stop(self) -> None:
         if self.calls is not None:
@@ -127,6 +160,8 @@ class SipNode:
                 await self.calls.stop(self)
             except Exception:
                 log.exception("sip.calls_stop_failed")
+        if self.keepalive is not None:
+            await self.keepalive.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -216,7 +251,9 @@ class SipNode:
                     assert key is not None
                     for handle in self._timers.pop(key, {}).values():
                         handle.cancel()
-                    if self.calls is not None and key.side == "client":
+                    if (user := self._users.pop(key, None)) is not None:
+                        user.on_terminated(key, reason)
+                    elif self.calls is not None and key.side == "client":
                         self.calls.on_terminated(key, reason)
                 case Refuse(request, dest):
                     self._send(serialize(build_response(request, 503, headers=(("Retry-After", "5"),))), dest)
@@ -261,14 +298,18 @@ class SipNode:
         self._run(self.table.respond(key, response, self.core.clock.monotonic()))
         return response
 
-    def send_request(self, request: Request, dest: Destination) -> TransactionKey:
+    def send_request(
+        self, request: Request, dest: Destination, *, user: ClientUser | None = None
+    ) -> TransactionKey:
         """Start a client transaction for ``request`` (our Via with a fresh branch on top) towards ``dest``.
 
-        Its responses reach ``calls.on_response`` with the key returned here.
+        Its responses reach ``calls.on_response`` with the key returned here, or ``user`` when given.
         """
         key = tx.client_key(request)
         if key is None:
             raise TransactionError("A request we send carries a Via with a branch and a CSeq")
+        if user is not None:
+            self._users[key] = user
         self._run(self.table.send_request(request, dest, self.core.clock.monotonic()))
         return key
 
@@ -355,6 +396,10 @@ class SipNode:
 
     def _deliver(self, key: TransactionKey | None, message: tx.Message) -> None:
         if not isinstance(message, Request):  # requests reach the TU as parsed, so always ours
+            if key is not None and (user := self._users.get(key)) is not None:
+                if isinstance(message, Response):
+                    user.on_response(key, message)
+                return
             if self.calls is not None and key is not None:
                 response = message if isinstance(message, Response) else _typed_response(message)
                 if response is not None:

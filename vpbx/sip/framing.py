@@ -13,7 +13,8 @@ MAX_MESSAGE = 64 * 1024  # octets per stream message (telephony.md §3.1); beyon
 HEADER_END = b"\r\n\r\n"
 PING = b"\r\n\r\n"  # RFC 5626 §3.5.1 double-CRLF keep-alive; the answer is PONG
 PONG = b"\r\n"
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)$", re.I | re.M)
+# a header line of its own; ``$`` in MULTILINE stops before "\n", so the "\r" of CRLF is matched here
+_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)\r?$", re.I | re.M)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,25 @@
-"""Asyncio adapters for SIP over UDP and TCP: thin, they only move bytes (telephony.md §3.2).
+"""Asyncio adapters for SIP over UDP, TCP and TLS: thin, they only move bytes (telephony.md §3.2).
 
 Every received message goes to one callback with its source flow; replies go back through ``send`` to a
-``Destination`` — over UDP to the address, over TCP on the connection the request came in on.
+``Destination`` — over UDP to the address, over TCP and TLS on the connection the request came in on.
+
+TLS is stdlib ``ssl`` over memory BIOs inside the stream protocol: a TLS connection is counted against the
+connection caps as soon as it is accepted, before its handshake, so a flood of half-open handshakes meets the
+same per-IP cap as TCP; a failed or slow handshake is logged at info and closes the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
+from typing import Protocol, cast
 
+from vpbx.errors import ConfigError
 from vpbx.logs import get_logger
 from vpbx.sip.flow import Destination
 from vpbx.sip.framing import PONG, Frame, FramingError, Ping, StreamFramer
@@ -20,12 +28,58 @@ log = get_logger("vpbx.sip.transport")
 
 MAX_UDP = 65_507
 TCP_IDLE_TIMEOUT_S = 600.0  # a registered TCP phone refreshes (or CRLF-pings) well within this
-MAX_CONNECTIONS_PER_IP = 64
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its handshake by then is closed
+MAX_CONNECTIONS_PER_IP = 64  # TCP and TLS together: the budget is memory per source (telephony.md §3.2)
 MAX_CONNECTIONS = 10_000
 WRITE_BUFFER_HIGH = 256 * 1024  # a peer that does not read loses its connection instead of our memory
 
 Receiver = Callable[[bytes, Destination], None]
 ErrorReply = Callable[[bytes, int, str, Destination], None]
+
+
+def tls_server_context(
+    cert: str | Path, key: str | Path, *, domains: Mapping[str, tuple[str | Path, str | Path]] | None = None
+) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 at least) with the default certificate and key (PEM files).
+
+    ``domains`` maps a SIP domain to its own certificate and key: a client that names that domain in SNI
+    gets that certificate, any other client the default one (telephony.md §3.2).
+    """
+    ctx = _context(cert, key)
+    per_domain = {name.lower().rstrip("."): _context(c, k) for name, (c, k) in (domains or {}).items()}
+    if per_domain:
+
+        def choose(sock: ssl.SSLObject, server_name: str | None, _default: ssl.SSLContext) -> None:
+            chosen = per_domain.get((server_name or "").lower().rstrip("."))
+            if chosen is not None:
+                sock.context = chosen
+            # an unknown name keeps the default certificate: phones that send none must still connect
+
+        ctx.sni_callback = choose
+    return ctx
+
+
+def domain_certificates(directory: str | Path) -> dict[str, tuple[Path, Path]]:
+    """SIP domain → (certificate, key): each ``<domain>.pem`` in ``directory`` with its ``<domain>.key``."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for cert in sorted(Path(directory).glob("*.pem")):
+        key = cert.with_suffix(".key")
+        if not key.is_file():
+            raise ConfigError(f"the TLS certificate {cert} has no key {key}", details={"cert": str(cert)})
+        found[cert.stem.lower()] = (cert, key)
+    return found
+
+
+def _context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"cannot load the TLS certificate {cert} with key {key}: {e}", details={"cert": str(cert)}
+        ) from e
+    return ctx
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
@@ -49,52 +103,187 @@ class UdpProtocol(asyncio.DatagramProtocol):
         log.info("udp.error", error=type(exc).__name__)
 
 
+class _Stream(Protocol):
+    """What a connection needs of its transport: asyncio's (TCP) or ``_TlsTransport`` on top of it."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+
+
 @dataclass
 class _Conn:
     conn_id: int
     peer: tuple[str, int]
-    transport: asyncio.Transport
+    transport: _Stream
+    name: str = "tcp"  # "tcp" or "tls": the flow's transport
     framer: StreamFramer = field(default_factory=StreamFramer)
     idle: asyncio.TimerHandle | None = None
+    ready: bool = True  # False while a TLS handshake is under way: nothing is sent before it ends
+
+    @property
+    def flow(self) -> Destination:
+        return Destination(self.name, self.peer[0], self.peer[1], self.conn_id)
 
 
-class TcpServerProtocol(asyncio.Protocol):
-    def __init__(self, owner: Transports) -> None:
+class _TlsTransport:
+    """TLS over an accepted TCP transport with ``ssl.SSLObject`` and memory BIOs (no ``start_tls``).
+
+    Bytes from the socket go in through ``feed``, which returns the plaintext; ``write`` encrypts. Doing the
+    TLS here, not in the event loop, keeps the handshake under our own timeout and logging and behaves the
+    same on asyncio and uvloop (uvloop hands over bytes read before ``start_tls`` could take the socket).
+    """
+
+    def __init__(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        self.raw = raw
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
+        self.handshaken = False
+        self.peer_closed = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take bytes from the peer; the application data they complete (b"" while handshaking).
+
+        Raises ``ssl.SSLError`` for a broken handshake or record; after close_notify ``peer_closed`` is set.
+        """
+        self._in.write(data)
+        try:
+            if not self.handshaken:
+                try:
+                    self._ssl.do_handshake()
+                except ssl.SSLWantReadError:
+                    return b""
+                self.handshaken = True
+            chunks = []
+            while True:
+                try:
+                    chunk = self._ssl.read(MAX_UDP)
+                except ssl.SSLWantReadError:
+                    break
+                if not chunk:  # close_notify: ``read`` gives b"" at the end of the TLS stream
+                    self.peer_closed = True
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            self._flush()  # handshake messages, alerts, session tickets
+
+    @property
+    def version(self) -> str | None:
+        return self._ssl.version()
+
+    def write(self, data: bytes) -> None:
+        if self.raw.is_closing():
+            return
+        self._ssl.write(data)
+        self._flush()
+
+    def close(self) -> None:
+        if self.handshaken and not self.raw.is_closing():
+            with contextlib.suppress(ssl.SSLError):
+                self._ssl.unwrap()  # close_notify; the peer's answer is not awaited
+            self._flush()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size()
+
+    def _flush(self) -> None:
+        pending = self._out.read()
+        if pending and not self.raw.is_closing():
+            self.raw.write(pending)
+
+
+class StreamProtocol(asyncio.Protocol):
+    """One accepted TCP or TLS connection: framing, keep-alive pongs, and its place in the bookkeeping."""
+
+    def __init__(self, owner: Transports, tls: ssl.SSLContext | None = None) -> None:
         self._owner = owner
+        self._context = tls
+        self._tls: _TlsTransport | None = None
         self._conn: _Conn | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        self._conn = self._owner._register(transport, (str(peer[0]), int(peer[1])))
+        raw = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        peer = raw.get_extra_info("peername") or ("?", 0)
+        name = "tls" if self._context is not None else "tcp"
+        stream: _Stream = raw
+        if self._context is not None:
+            stream = self._tls = _TlsTransport(raw, self._context)
+        # counted before any handshake: a flood of half-open TLS connections meets the per-IP cap
+        self._conn = self._owner._register(stream, (str(peer[0]), int(peer[1])), name)
         if self._conn is None:
-            transport.abort()
+            raw.abort()
+            return
+        raw.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if self._tls is not None:
+            self._conn.ready = False
+            self._handshake_timer = asyncio.get_running_loop().call_later(
+                self._owner._handshake_timeout_s, self._handshake_timeout
+            )
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
         if conn is None:
             return
+        if self._tls is not None:
+            try:
+                data = self._tls.feed(data)
+            except ssl.SSLError as e:  # the peer's fault, never ours: log, close, carry on
+                if conn.ready:
+                    log.info("tls.error", peer=conn.peer[0], reason=str(e.reason or e)[:120])
+                    self._tls.abort()
+                else:
+                    log.info("tls.handshake_failed", peer=conn.peer[0], reason=str(e.reason or e)[:120])
+                    self._tls.raw.close()  # after the alert that feed() queued
+                return
+            if not conn.ready and self._tls.handshaken:
+                conn.ready = True
+                if self._handshake_timer is not None:
+                    self._handshake_timer.cancel()
+                log.debug("tls.established", peer=conn.peer[0], version=self._tls.version)
+            if self._tls.peer_closed:
+                self._tls.close()  # answer close_notify; what came before it is still handled below
+            if not data:
+                return
         self._owner._touch(conn)
-        source = Destination("tcp", conn.peer[0], conn.peer[1], conn.conn_id)
+        source = conn.flow
         for event in conn.framer.feed(data):
             if isinstance(event, Frame):
                 try:
                     self._owner.receive(event.data, source)
                 except Exception:
-                    log.exception("tcp.receive_failed", source=conn.peer[0])
+                    log.exception(f"{conn.name}.receive_failed", source=conn.peer[0])
             elif isinstance(event, Ping):
-                conn.transport.write(PONG)
+                conn.transport.write(PONG)  # RFC 5626 §4.4.1: a double-CRLF ping gets a single CRLF
             elif isinstance(event, FramingError):
                 self._owner.framing_error(conn, event)
 
+    def _handshake_timeout(self) -> None:
+        if self._conn is not None and not self._conn.ready:
+            log.info("tls.handshake_failed", peer=self._conn.peer[0], reason="timeout")
+            self._conn.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
         if self._conn is not None:
             self._owner._forget(self._conn)
             self._conn = None
 
 
 class Transports:
-    """The node's SIP listeners (UDP and TCP on one port) and the way out for every message."""
+    """The SIP listeners (UDP and TCP on one port, TLS on its own) and the way out for every message."""
 
     def __init__(
         self,
@@ -103,17 +292,23 @@ class Transports:
         on_framing_error: ErrorReply | None = None,
         on_closed: Callable[[Destination], None] | None = None,
         idle_timeout_s: float = TCP_IDLE_TIMEOUT_S,
+        max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
+        handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.receive = receive
         self._on_framing_error = on_framing_error
         self._on_closed = on_closed  # e.g. the registrar: bindings on this flow can no longer be reached
         self._idle_timeout_s = idle_timeout_s
+        self._max_per_ip = max_connections_per_ip
+        self._handshake_timeout_s = handshake_timeout_s
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
+        self._tls: asyncio.Server | None = None
         self._conns: dict[int, _Conn] = {}
         self._per_ip: dict[str, int] = {}
         self._ids = itertools.count(1)
         self.local: tuple[str, int] = ("", 0)
+        self.tls_local: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on UDP and TCP; port 0 picks a free UDP port and uses the same number for TCP."""
@@ -125,24 +320,37 @@ class Transports:
         sock = transport.get_extra_info("sockname")
         self.local = (str(sock[0]), int(sock[1]))
         self._tcp = await loop.create_server(
-            lambda: TcpServerProtocol(self), host, self.local[1], reuse_address=True
+            lambda: StreamProtocol(self), host, self.local[1], reuse_address=True
         )
         log.info("sip.listening", host=self.local[0], port=self.local[1], transports="udp,tcp")
         return self.local
 
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> tuple[str, int]:
+        """Listen for SIP over TLS (port 0: a free one); framing and limits as over TCP."""
+        loop = asyncio.get_running_loop()
+        self._tls = await loop.create_server(
+            lambda: StreamProtocol(self, context), host, port, reuse_address=True
+        )
+        sock = self._tls.sockets[0].getsockname()
+        self.tls_local = (str(sock[0]), int(sock[1]))
+        log.info("sip.listening", host=self.tls_local[0], port=self.tls_local[1], transports="tls")
+        return self.tls_local
+
     async def stop(self) -> None:
-        if self._tcp is not None:
-            self._tcp.close()
-            for conn in list(self._conns.values()):
-                conn.transport.abort()
-            await self._tcp.wait_closed()
-            self._tcp = None
+        servers = [s for s in (self._tcp, self._tls) if s is not None]
+        for server in servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            conn.transport.abort()
+        for server in servers:
+            await server.wait_closed()
+        self._tcp = self._tls = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
 
     def send(self, data: bytes, dest: Destination) -> bool:
-        """Queue ``data`` for ``dest``; False when the flow is gone (a closed TCP connection)."""
+        """Queue ``data`` for ``dest``; False when the flow is gone (a closed TCP or TLS connection)."""
         if dest.transport == "udp":
             if self._udp is None or len(data) > MAX_UDP:
                 return False
@@ -150,15 +358,15 @@ class Transports:
             return True
         if dest.conn_id is not None:
             conn = self._conns.get(dest.conn_id)
-            if conn is None or conn.transport.is_closing():
+            if conn is None or not conn.ready or conn.transport.is_closing():
                 return False
             if conn.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                log.warning("tcp.slow_reader", peer=conn.peer[0])
+                log.warning(f"{conn.name}.slow_reader", peer=conn.peer[0])
                 conn.transport.abort()
                 return False
             conn.transport.write(data)
             return True
-        return False  # outbound TCP connections arrive with trunks
+        return False  # outbound TCP/TLS connections arrive with trunks
 
     @property
     def connections(self) -> int:
@@ -166,12 +374,11 @@ class Transports:
 
     # --- connection bookkeeping (called by the protocols) ---
 
-    def _register(self, transport: asyncio.Transport, peer: tuple[str, int]) -> _Conn | None:
-        if len(self._conns) >= MAX_CONNECTIONS or self._per_ip.get(peer[0], 0) >= MAX_CONNECTIONS_PER_IP:
-            log.warning("tcp.refused", peer=peer[0], reason="connection-limit")
+    def _register(self, transport: _Stream, peer: tuple[str, int], name: str) -> _Conn | None:
+        if len(self._conns) >= MAX_CONNECTIONS or self._per_ip.get(peer[0], 0) >= self._max_per_ip:
+            log.warning(f"{name}.refused", peer=peer[0], reason="connection-limit")
             return None
-        conn = _Conn(next(self._ids), peer, transport)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        conn = _Conn(next(self._ids), peer, transport, name)
         self._conns[conn.conn_id] = conn
         self._per_ip[peer[0]] = self._per_ip.get(peer[0], 0) + 1
         self._touch(conn)
@@ -180,7 +387,11 @@ class Transports:
     def _touch(self, conn: _Conn) -> None:
         if conn.idle is not None:
             conn.idle.cancel()
-        conn.idle = asyncio.get_running_loop().call_later(self._idle_timeout_s, conn.transport.close)
+        conn.idle = asyncio.get_running_loop().call_later(self._idle_timeout_s, self._idle, conn)
+
+    @staticmethod
+    def _idle(conn: _Conn) -> None:
+        conn.transport.close()
 
     def _forget(self, conn: _Conn) -> None:
         if conn.idle is not None:
@@ -192,12 +403,10 @@ class Transports:
             else:
                 self._per_ip.pop(conn.peer[0], None)
             if self._on_closed is not None:
-                self._on_closed(Destination("tcp", conn.peer[0], conn.peer[1], conn.conn_id))
+                self._on_closed(conn.flow)
 
     def framing_error(self, conn: _Conn, error: FramingError) -> None:
-        log.info("tcp.framing_error", peer=conn.peer[0], reason=error.reason)
+        log.info(f"{conn.name}.framing_error", peer=conn.peer[0], reason=error.reason)
         if self._on_framing_error is not None:
-            self._on_framing_error(
-                b"", error.status, error.reason, Destination("tcp", conn.peer[0], conn.peer[1], conn.conn_id)
-            )
+            self._on_framing_error(b"", error.status, error.reason, conn.flow)
         conn.transport.close()

@@ -54,3 +54,14 @@ def test_partial_keepalive_waits() -> None:
     f = StreamFramer()
     assert f.feed(b"\r\n") == []
     assert f.feed(b"\r\n") == [Ping()]
+
+
+def test_content_length_anywhere_in_the_header() -> None:
+    """sipsak, like many phones, puts Content-Length before other headers (it was found only when last)."""
+    msg = (
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nContent-Length: 4 \r\n"
+        b"Call-ID: x\r\nAccept: text/plain\r\n\r\nbody"
+    )
+    assert StreamFramer().feed(msg + msg) == [Frame(msg), Frame(msg)]
+    compact = msg.replace(b"Content-Length: 4 ", b"l:4")
+    assert StreamFramer().feed(compact) == [Frame(compact)]
