@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from collections.abc import AsyncIterator, Generator
@@ -53,6 +54,20 @@ def build_core(settings: Settings, clock: Clock | None = None) -> Core:
         clock=clock or SystemClock(),
         config=config,
     )
+
+
+GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
+
+
+def tune_gc() -> None:
+    """Move what start-up built (settings, directory, templates, ORM metadata) out of the collector's sight
+    (``gc.freeze``) and run young collections less often. The signalling path allocates many short-lived
+    objects; with the defaults, collections over the long-lived heap cost about 15 % of a REGISTER's CPU
+    (bench/README.md). Memory stays bounded: cycles are still collected, only later."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 async def serve(settings: Settings) -> None:
@@ -122,6 +137,7 @@ async def serve(settings: Settings) -> None:
     b2bua.attach(node, EngineDirectory(node.directory, default_domain=settings.sip_default_domain))
     await bus.start()
     await node.start()
+    tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
         log.warning("media.unroutable_address", hint="set VPBX_SIP_ADVERTISED_HOST")

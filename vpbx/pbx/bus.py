@@ -133,7 +133,8 @@ class InProcessBus:
             async with asyncio.timeout(timeout_s):
                 for sub in subs:
                     await sub.queue.put(None)  # after what is queued
-                await asyncio.wait(tasks)
+                if tasks:  # asyncio.wait refuses an empty set
+                    await asyncio.wait(tasks)
         except TimeoutError:
             log.warning("bus.stop_timeout", pending=sum(not t.done() for t in tasks))
         for t in tasks:

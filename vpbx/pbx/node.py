@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email.utils
+import functools
 import ipaddress
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -63,6 +65,13 @@ SIP_REQUESTS = Counter("vpbx_sip_requests_total", "SIP requests received", ["met
 SIP_PARSE_ERRORS = Counter("vpbx_sip_parse_errors_total", "SIP messages that failed to parse", ["reason"])
 SIP_FINAL = Counter("vpbx_sip_final_responses_total", "Final responses sent", ["method", "code_class"])
 KNOWN_METHODS = frozenset(ALLOW.replace(" ", "").split(",")) | {"PRACK", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
+# ``labels()`` looks its child up under a lock on every call; the children are few, so keep them at hand.
+_requests_counter = functools.cache(SIP_REQUESTS.labels)
+
+
+@functools.cache
+def _final_counter(method: str, code_class: int) -> Any:
+    return SIP_FINAL.labels(method, f"{code_class}xx")
 
 
 class CallHandler(Protocol):
@@ -186,7 +195,7 @@ class SipNode:
             self._bad_message(data, e, source)
             return
         if isinstance(msg, Request):
-            SIP_REQUESTS.labels(msg.method if msg.method in KNOWN_METHODS else "other").inc()
+            _requests_counter(msg.method if msg.method in KNOWN_METHODS else "other").inc()
             self._fix_via(msg, source)
             self._run(self.table.on_request(msg, source, now))
         else:
@@ -215,8 +224,7 @@ class SipNode:
             changes["rport"] = str(source.port)
             changes["received"] = source.host
         if changes:
-            vias[0] = dataclasses.replace(top, parameters=top.parameters.replace(**changes))
-            request.via = vias
+            request.set_top_via(dataclasses.replace(top, parameters=top.parameters.replace(**changes)))
 
     # --- the transaction adapter ------------------------------------------------------------------------
 
@@ -286,9 +294,7 @@ class SipNode:
             request, code, reason, to_tag=to_tag or _tag(), headers=(*headers, *self._common()), body=body
         )
         if code >= 200:
-            SIP_FINAL.labels(
-                request.method if request.method in KNOWN_METHODS else "other", f"{code // 100}xx"
-            ).inc()
+            _final_counter(request.method if request.method in KNOWN_METHODS else "other", code // 100).inc()
         self._run(self.table.respond(key, response, self.core.clock.monotonic()))
         return response
 
@@ -351,12 +357,26 @@ class SipNode:
             return None
         return outcome
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run a request handler as a task that the node tracks and cancels on stop."""
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str, *, eager: bool = False) -> None:
+        """Run a request handler as a task that the node tracks and cancels on stop.
+
+        ``eager``: run it at once, up to its first real wait; a handler that never waits (a REGISTER answered
+        from memory) then costs no task at all. Only for handlers that may run inside the receive path.
+        """
+        work: Awaitable[None] = coro
+        if eager:
+            try:
+                step = coro.send(None)
+            except StopIteration:
+                return
+            except Exception:
+                log.exception("sip.handler_failed", handler=name)
+                return
+            work = _Resumed(coro, step)
 
         async def runner() -> None:
             try:
-                await coro
+                await work
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -365,6 +385,8 @@ class SipNode:
         task = asyncio.create_task(runner(), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if eager:  # cancelled before its first step, the task never resumes the handler: close it there
+            task.add_done_callback(lambda _: coro.close())
 
     @staticmethod
     def _common() -> tuple[tuple[str, str], ...]:
@@ -397,7 +419,7 @@ class SipNode:
                 headers=(("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", SUPPORTED)),
             )
         elif method == "REGISTER":
-            self.spawn(self._register(key, request), "sip-register")
+            self.spawn(self._register(key, request), "sip-register", eager=True)
         elif self.calls is not None and method in (
             "INVITE",
             "CANCEL",
@@ -455,8 +477,14 @@ class SipNode:
             plan.reply.reason,
             headers=(*plan.reply.headers, ("Date", _http_date())),
         )
-        if plan.changed:
-            log.info("registration.saved", aor=plan.aor, bindings=len(plan.bindings))
+        if plan.added or plan.removed or plan.evicted:  # refreshes are the bulk of the traffic: not logged
+            log.info(
+                "registration.changed",
+                aor=plan.aor,
+                bindings=len(plan.bindings),
+                added=len(plan.added),
+                removed=len(plan.removed) + len(plan.evicted),
+            )
 
     def _challenge(self, key: TransactionKey, request: Request, challenge: Challenge) -> None:
         self.respond(
@@ -466,6 +494,33 @@ class SipNode:
             challenge.reason,
             headers=tuple((challenge.header, v) for v in challenge.values),
         )
+
+
+class _Resumed:
+    """The rest of a coroutine that ``SipNode.spawn`` started eagerly, as an awaitable for a task: it hands
+    the future the coroutine is waiting on to the task, and every result or exception back to it."""
+
+    __slots__ = ("_coro", "_step")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], step: Any) -> None:
+        self._coro = coro
+        self._step = step
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, step = self._coro, self._step
+        while True:
+            try:
+                value = yield step
+            except BaseException as e:  # cancellation included: the coroutine decides
+                try:
+                    step = coro.throw(e)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    step = coro.send(value)
+                except StopIteration:
+                    return
 
 
 def _typed_response(message: tx.Message) -> Response | None:
@@ -501,7 +556,11 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _http_date() -> str:
-    from email.utils import formatdate
+@functools.lru_cache(maxsize=2)
+def _date_at(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
 
-    return formatdate(usegmt=True)
+
+def _http_date() -> str:
+    """RFC 1123 date for the Date header; formatted once per second."""
+    return _date_at(int(time.time()))

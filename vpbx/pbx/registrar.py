@@ -19,6 +19,7 @@ whose time is up until the next ``expire`` sweep; callers that must not ring it 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -227,6 +228,7 @@ class RegisterPlan:
     aor: str
     bindings: tuple[Binding, ...]  # the AoR's live bindings once the request is applied
     changed: bool = False  # whether the store must be written
+    added: tuple[Binding, ...] = ()  # contacts new to the AoR (not refreshes)
     removed: tuple[Binding, ...] = ()  # unregistered by the phone (expires 0 or *)
     evicted: tuple[Binding, ...] = ()  # pushed out by max_contacts
     expired: tuple[Binding, ...] = ()  # found out of time and dropped with this write
@@ -239,7 +241,13 @@ def aor_for(extension: str, domain: str) -> str:
 
 def is_nated(contact_host: str, source: Destination) -> bool:
     """The Contact names another host than the packet came from, or a NAT-only address (telephony.md §3.2)."""
+    return _nated(contact_host, source.host)
+
+
+@functools.lru_cache(maxsize=4096)  # a phone re-registers with the same pair for its whole life
+def _nated(contact_host: str, source_host: str) -> bool:
     host = contact_host.strip("[]").lower()
+    source = Destination("udp", source_host, 0)
     if host != source.host.strip("[]").lower():
         try:
             same = ipaddress.ip_address(host) == ipaddress.ip_address(source.host.strip("[]"))
@@ -355,6 +363,7 @@ def plan_register(
         aor=aor,
         bindings=tuple(bindings),
         changed=True,
+        added=tuple(r.binding for r in rows if r.original is None),
         removed=tuple(removed),
         evicted=tuple(evicted),
         expired=expired,
@@ -429,5 +438,7 @@ async def register(
         except LocationFull:
             busy = RegisterReply(503, "Service Unavailable", (("Retry-After", "300"),))
             live = tuple(b for b in existing if b.expires_at > now)
-            return replace(plan, reply=busy, bindings=live, changed=False, removed=(), evicted=(), expired=())
+            return replace(
+                plan, reply=busy, bindings=live, changed=False, added=(), removed=(), evicted=(), expired=()
+            )
     return plan

@@ -30,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import math
 import re
 import secrets
@@ -41,12 +42,16 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Protocol
 
-from sipmessage import AuthChallenge, AuthCredentials, AuthParameters
-
 from vpbx.logs import get_logger
 from vpbx.sip.digest import Algorithm
 
 log = get_logger("vpbx.security")
+
+
+def _security_debug() -> bool:
+    """Whether debug security events are logged: checked first, as every successful request has one."""
+    return logging.getLogger("vpbx.security").isEnabledFor(logging.DEBUG)
+
 
 NONCE_TTL_S = 300  # telephony.md §3.5
 NONCE_SALT_BYTES = 8
@@ -61,6 +66,7 @@ MAX_HEADERS = 4  # credentials headers looked at per request (one per realm in p
 MAX_LOGGED_CHARS = 64  # of the attacker-chosen username in a security event
 HASHES: dict[Algorithm, str] = {"MD5": "md5", "SHA-256": "sha256"}
 HEX_LENGTH: dict[Algorithm, int] = {"MD5": 32, "SHA-256": 64}
+_HASH_NEW = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}  # the named constructors beat hashlib.new
 NC_RE = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX (RFC 2617 §3.2.2)
 REGISTER = "REGISTER"
 
@@ -154,7 +160,7 @@ def auth_header(method: str) -> str:
 
 
 def _h(algorithm: Algorithm, data: str) -> str:
-    return hashlib.new(HASHES[algorithm], data.encode(), usedforsecurity=False).hexdigest()
+    return _HASH_NEW[algorithm](data.encode(), usedforsecurity=False).hexdigest()
 
 
 def digest_response(
@@ -255,19 +261,19 @@ class DigestAuth:
         """A fresh challenge: 401 + WWW-Authenticate for REGISTER, 407 + Proxy-Authenticate otherwise."""
         nonce = self._nonce(realm, math.ceil(now) + self._ttl)
         algorithms: tuple[Algorithm, ...] = ("SHA-256", "MD5") if sha256 else ("MD5",)
-        values = []
-        for algorithm in algorithms:
-            params = AuthParameters(realm=realm, nonce=nonce, algorithm=algorithm, qop=QOP_AUTH)
-            if stale:
-                params = params.replace(stale="true")
-            values.append(str(AuthChallenge(scheme="Digest", parameters=params)))
+        quoted = _quote(realm)
+        tail = ", stale=true" if stale else ""
+        values = [
+            f'Digest realm={quoted}, nonce="{nonce}", algorithm={algorithm}, qop="{QOP_AUTH}"{tail}'
+            for algorithm in algorithms
+        ]
         if method == REGISTER:
             return Challenge(401, "WWW-Authenticate", tuple(values), stale)
         return Challenge(407, "Proxy-Authenticate", tuple(values), stale)
 
     def _nonce(self, realm: str, expiry: int) -> str:
         head = struct.pack(">Q", max(0, expiry)) + self._salt(NONCE_SALT_BYTES)
-        mac = hmac.new(self._key, head + realm.encode(), hashlib.sha256).digest()[:NONCE_MAC_BYTES]
+        mac = hmac.digest(self._key, head + realm.encode(), "sha256")[:NONCE_MAC_BYTES]
         return base64.urlsafe_b64encode(head + mac).rstrip(b"=").decode()
 
     def _nonce_expiry(self, nonce: str, realm: str) -> int | None:
@@ -281,7 +287,7 @@ class DigestAuth:
         if len(raw) != NONCE_BYTES:
             return None
         head, mac = raw[:-NONCE_MAC_BYTES], raw[-NONCE_MAC_BYTES:]
-        good = hmac.new(self._key, head + realm.encode(), hashlib.sha256).digest()[:NONCE_MAC_BYTES]
+        good = hmac.digest(self._key, head + realm.encode(), "sha256")[:NONCE_MAC_BYTES]
         if not hmac.compare_digest(mac, good):
             return None
         expiry: int = struct.unpack(">Q", head[:8])[0]
@@ -385,7 +391,8 @@ class DigestAuth:
             return self.challenge(attempt.method, realm, now, sha256=sha256, stale=True)
         if replay is _Replay.REPLAYED:
             return fail(SecurityEvent.CHALLENGE_RESPONSE_FAILED, "nc-replayed")
-        log.debug(SecurityEvent.SUCCESSFUL_AUTH, realm=realm, account=user.username, source=source)
+        if _security_debug():
+            log.debug(SecurityEvent.SUCCESSFUL_AUTH, realm=realm, account=user.username, source=source)
         return AuthOk(user, alg)
 
     async def authenticate(
@@ -437,19 +444,49 @@ class DigestAuth:
         return AuthFailure(event, self.challenge(method, realm, now, sha256=sha256), detail)
 
 
+def _quote(value: str) -> str:
+    """An RFC 3261 quoted-string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# auth-param = token LWS "=" LWS ( token / quoted-string ), separated by commas (RFC 3261 §25.1, RFC 7616)
+_AUTH_PARAM_RE = re.compile(
+    r'[ \t]*([A-Za-z0-9!%*_+`\'~.\-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^ \t,"]+))[ \t]*(?:,|$)'
+)
+_ESCAPE_RE = re.compile(r"\\(.)")
+_SCHEME_RE = re.compile(r"[ \t]*([A-Za-z0-9!%*_+`'~.\-]+)[ \t]+")
+
+
+def parse_credentials(value: str) -> dict[str, str] | None:
+    """The parameters (names lower-cased, quotes removed) of a ``Digest`` credentials value, or None."""
+    m = _SCHEME_RE.match(value)
+    if m is None or m.group(1).lower() != "digest":
+        return None
+    rest = value[m.end() :].rstrip(" \t")
+    params: dict[str, str] = {}
+    pos, end = 0, len(rest)
+    while pos < end:
+        m = _AUTH_PARAM_RE.match(rest, pos)
+        if m is None or m.end() == pos:
+            return None
+        quoted = m.group(2)
+        if quoted is None:
+            params[m.group(1).lower()] = m.group(3)
+        else:
+            params[m.group(1).lower()] = _ESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        pos = m.end()
+    return params or None
+
+
 def _pick(headers: Sequence[str], realm: str) -> dict[str, str] | None:
     """The digest parameters (names lower-cased) of the header for our realm, else of the first good one."""
     first: dict[str, str] | None = None
     for value in headers[:MAX_HEADERS]:
         if len(value) > MAX_HEADER_CHARS:
             continue
-        try:
-            creds = AuthCredentials.parse(value.strip())
-        except ValueError:
+        params = parse_credentials(value)
+        if params is None:
             continue
-        if creds.scheme.lower() != "digest" or creds.parameters is None:
-            continue
-        params = {k.lower(): v for k, v in creds.parameters.items()}
         if params.get("realm") == realm:
             return params
         first = first or params

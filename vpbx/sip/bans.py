@@ -37,6 +37,7 @@ FLOOD_REQUESTS = 100  # more than 100 unauthenticated requests ...
 FLOOD_WINDOW_S = 2.0  # ... in 2 s ...
 FLOOD_BAN_S = 300.0  # ... ban for 5 min
 MAX_TRACKED = 100_000  # sources with counters (LRU)
+ALLOWED_CACHE_SIZE = 4096  # source addresses whose allowlist verdict is remembered
 MAX_BANS = 100_000  # active bans; past this the one ending soonest makes room
 IPV6_PREFIX = 64
 
@@ -115,6 +116,7 @@ class MemoryBanList:
 
     def set_allowlist(self, networks: Iterable[str | Network]) -> None:
         """Replace the allowlist (on start-up and whenever the database copy changes); lifts their bans."""
+        self._allowed_cache: dict[str, bool] = {}
         self._allow = tuple(
             n
             if isinstance(n, ipaddress.IPv4Network | ipaddress.IPv6Network)
@@ -125,6 +127,16 @@ class MemoryBanList:
             del self._bans[key]
 
     def is_allowed(self, ip: str) -> bool:
+        if not self._allow:
+            return False
+        known = self._allowed_cache.get(ip)
+        if known is None:
+            if len(self._allowed_cache) >= ALLOWED_CACHE_SIZE:
+                self._allowed_cache.clear()
+            known = self._allowed_cache[ip] = self._check_allowed(ip)
+        return known
+
+    def _check_allowed(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 
 from sipmessage import URI, Address, Request
 
+from vpbx.errors import SipParseError
 from vpbx.sip.flow import Destination
+from vpbx.sip.message import Request as ParsedRequest
+from vpbx.sip.message import format_uri
 
+SPECS_MEMO_SIZE = 4096  # Contact values whose specs are remembered: a phone re-registers with the same one
+_specs_memo: dict[tuple[str, ...], tuple[ContactSpec, ...]] = {}
 STAR = "*"  # Contact: * (RFC 3261 §10.2.2), only with Expires: 0
 # §19.1.4: these match only if both URIs carry them; other parameters found in one URI only are ignored.
 STRICT_URI_PARAMS = ("user", "ttl", "method", "maddr")
@@ -59,7 +64,21 @@ def read_register(request: Request, source: Destination) -> RegisterRequest | st
         return "Bad Call-ID or CSeq header"
     star = False
     contacts: list[ContactSpec] = []
-    for value in request.headers.getlist("Contact"):
+    values = request.headers.getlist("Contact")
+    if isinstance(request, ParsedRequest) and not any(v.strip() == STAR for v in values):
+        memo_key = tuple(values)
+        known = _specs_memo.get(memo_key)
+        if known is None:
+            try:
+                known = tuple(_spec(a) for a in request.contact)  # parsed (and checked) by ``parse``
+            except SipParseError:
+                return "Bad Contact header"
+            if len(_specs_memo) >= SPECS_MEMO_SIZE:
+                _specs_memo.clear()
+            _specs_memo[memo_key] = known
+        contacts = list(known)
+        values = []
+    for value in values:
         if value.strip() == STAR:
             if star:
                 return "Contact * more than once"
@@ -96,7 +115,7 @@ def _spec(address: Address) -> ContactSpec:
     params = {k.lower(): v for k, v in address.parameters.items()}
     instance = params.get("+sip.instance")
     return ContactSpec(
-        uri=str(address.uri),
+        uri=format_uri(address.uri),
         host=address.uri.host.strip("[]"),
         expires=params.get("expires"),
         q=params.get("q"),

@@ -31,7 +31,7 @@ from typing import TypeVar, cast
 from urllib.parse import unquote
 
 import sipmessage
-from sipmessage import URI, Address, CSeq, Headers, MediaType, Parameters, Via
+from sipmessage import URI, Address, CSeq, Headers, MediaType, Parameters, Via, grammar
 from sipmessage.address import ADDRESS_PATTERNS
 from sipmessage.address import unquote as unquote_display_name
 from sipmessage.uri import SIP_URI_PATTERN
@@ -55,6 +55,9 @@ __all__ = [
     "Via",
     "branch",
     "build_response",
+    "format_params",
+    "format_uri",
+    "format_via",
     "parse",
     "parse_address",
     "parse_uri",
@@ -189,6 +192,7 @@ _CANONICAL = {
 }
 # Headers that may appear once only; a second value makes the message ambiguous (RFC 4475 §3.3.8, §3.3.9).
 _SINGLE = ("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type")
+_SINGLE_LOWER = tuple((name.lower(), name) for name in _SINGLE)
 
 REASON_PHRASES = {
     100: "Trying",
@@ -267,6 +271,64 @@ _T = TypeVar("_T")
 
 
 # --- message types -----------------------------------------------------------------------------------------
+_Entry = tuple[str, list[str]]  # (name as first spelt, raw values in order)
+
+
+class SipHeaders(Headers):
+    """sipmessage's ``Headers`` API over a dict keyed by the lower-case name: every lookup is O(1).
+
+    sipmessage 0.7.1 keeps a list and lower-cases every stored name on each lookup, which was a tenth of the
+    cost of handling a REGISTER. Order is first-seen, as there; a name keeps its first spelling.
+    """
+
+    __slots__ = ("_d",)
+
+    def __init__(self, entries: dict[str, _Entry] | None = None) -> None:
+        self._d: dict[str, _Entry] = {} if entries is None else entries
+
+    def add(self, key: str, value: str) -> None:
+        entry = self._d.get(key.lower())
+        if entry is None:
+            self._d[key.lower()] = (key, [value])
+        else:
+            entry[1].append(value)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        entry = self._d.get(key.lower())
+        return entry[1][0] if entry is not None and entry[1] else default
+
+    def getlist(self, key: str) -> list[str]:
+        entry = self._d.get(key.lower())
+        return entry[1] if entry is not None else []
+
+    def keys(self) -> list[str]:
+        return [name for name, _ in self._d.values()]
+
+    def remove(self, key: str) -> None:
+        self._d.pop(key.lower(), None)
+
+    def set(self, key: str, value: str) -> None:
+        self.setlist(key, [value])
+
+    def setlist(self, key: str, values: list[str]) -> None:
+        lkey = key.lower()
+        entry = self._d.get(lkey)
+        self._d[lkey] = (key if entry is None else entry[0], values)
+
+    def __getitem__(self, key: str) -> str:
+        entry = self._d.get(key.lower())
+        if entry is None or not entry[1]:
+            raise KeyError(key)
+        return entry[1][0]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._d
+
+    def __str__(self) -> str:
+        lines = [f"{name}: {value}\r\n" for name, values in self._d.values() for value in values]
+        return "".join(lines) + "\r\n"
+
+
 class _Typed:
     """Typed accessors that parse a header once and parse again only when its raw values change."""
 
@@ -289,6 +351,17 @@ class _Typed:
     @via.setter
     def via(self, value: list[Via]) -> None:
         self.headers.setlist("Via", [str(x) for x in value])
+
+    def set_top_via(self, via: Via) -> None:
+        """Replace the first Via (``received``/``rport`` filled in) without re-parsing the others."""
+        vias = self.via
+        raw = self.headers.getlist("Via")
+        first = _split_list(raw[0])
+        first[0] = format_via(via)
+        lines = [",".join(first), *raw[1:]]
+        self.headers.setlist("Via", lines)
+        vias[0] = via
+        self._memo["Via"] = (tuple(lines), vias)
 
     @property
     def cseq(self) -> CSeq:
@@ -364,7 +437,10 @@ class Request(_Typed, sipmessage.Request):
     """A SIP request: sipmessage's ``Request`` with memoised typed accessors; ``bytes()`` serialises."""
 
     def __init__(self, method: str, uri: URI, body: bytes = b"") -> None:
-        super().__init__(method, uri, body)
+        self.method = method
+        self.uri = uri
+        self.body = body
+        self.headers = SipHeaders()
         self._memo = {}
 
 
@@ -372,7 +448,10 @@ class Response(_Typed, sipmessage.Response):
     """A SIP response: sipmessage's ``Response`` with memoised typed accessors; ``bytes()`` serialises."""
 
     def __init__(self, code: int, phrase: str, body: bytes = b"") -> None:
-        super().__init__(code, phrase, body)
+        self.code = code
+        self.phrase = phrase
+        self.body = body
+        self.headers = SipHeaders()
         self._memo = {}
 
 
@@ -444,6 +523,36 @@ def _split_list(value: str) -> list[str]:
     return parts
 
 
+_PLAIN_RE = re.compile(r"[A-Za-z0-9\-._~]*")  # what ``urllib.parse.quote`` leaves as it is
+
+
+def format_params(params: Parameters) -> str:
+    """``str(params)`` (each name and value percent-quoted), without ``quote`` for the usual plain values."""
+    out = []
+    plain = _PLAIN_RE.fullmatch
+    for k, v in params.items():
+        if not plain(k) or (v is not None and not plain(v)):
+            return str(params)
+        out.append(f";{k}" if v is None else f";{k}={v}")
+    return "".join(out)
+
+
+def format_uri(uri: URI) -> str:
+    """``str(uri)``, without ``quote`` for a plain user part and parameters."""
+    plain_user = uri.user is None or _PLAIN_RE.fullmatch(uri.user) is not None
+    if uri.scheme == "tel" or uri.password is not None or not plain_user:
+        return str(uri)
+    user = f"{uri.user}@" if uri.user is not None else ""
+    port = f":{uri.port}" if uri.port is not None else ""
+    return f"{uri.scheme}:{user}{uri.host}{port}{format_params(uri.parameters)}"
+
+
+def format_via(via: Via) -> str:
+    """``str(via)``, faster."""
+    port = f":{via.port}" if via.port is not None else ""
+    return f"SIP/2.0/{via.transport} {via.host}{port}{format_params(via.parameters)}"
+
+
 def _lower_params(params: Parameters) -> Parameters:
     for k in params:
         if not k.islower() and k != k.lower():
@@ -478,7 +587,49 @@ def _params(text: str) -> Parameters:
     return Parameters(**data)
 
 
+class _Memo:
+    """A bounded memo of text → parsed value for the immutable results of ``_uri`` and ``_address``.
+
+    The same Request-URIs, To and Contact values arrive again and again (retransmissions, re-registrations,
+    in-dialog requests); parsing them once is most of the saving. Failures are not remembered. Entries are
+    immutable (frozen dataclasses over sipmessage's read-only ``Parameters``), so sharing them is safe.
+    """
+
+    __slots__ = ("_data", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._data: dict[str, object] = {}
+        self._size = size
+
+    def get(self, text: str) -> object | None:
+        return self._data.get(text)
+
+    def put(self, text: str, value: _T) -> _T:
+        if len(self._data) >= self._size:
+            self._data.clear()  # crude, and enough: a flood of distinct values only costs the parsing
+        self._data[text] = value
+        return value
+
+
+MEMO_SIZE = 4096
+MAX_MEMO_TEXT = 256  # longer values are parsed each time
+_uri_memo = _Memo(MEMO_SIZE)
+_address_memo = _Memo(MEMO_SIZE)
+_sent_by_memo = _Memo(MEMO_SIZE)
+_VIA_HEAD_RE = re.compile(rf"SIP/2\.0/({grammar.TOKEN}) ")
+_SENT_BY_RE = re.compile(rf"(?P<host>{grammar.HOST})(?::(?P<port>{grammar.PORT}))?")
+_GENERIC_PARAMS_RE = re.compile(rf"(?:;{grammar.GENERIC_PARAM})+")  # unspaced; spaced ones go the long way
+
+
 def _uri(text: str) -> URI:
+    hit = _uri_memo.get(text)
+    if hit is not None:
+        return cast(URI, hit)
+    uri = _parse_uri_text(text)
+    return _uri_memo.put(text, uri) if len(text) <= MAX_MEMO_TEXT else uri
+
+
+def _parse_uri_text(text: str) -> URI:
     """``URI.parse`` (sip, sips, tel) with lower-cased parameter names."""
     m = SIP_URI_PATTERN.match(text)
     if m is None:
@@ -498,8 +649,32 @@ def _uri(text: str) -> URI:
     )
 
 
+def _sent_by(text: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` of a Via, by sipmessage's grammar; memoised (a phone's sent-by never changes)."""
+    hit = _sent_by_memo.get(text)
+    if hit is not None:
+        return cast(tuple[str, int | None], hit)
+    m = _SENT_BY_RE.fullmatch(text)
+    if m is None:
+        return None
+    port = m.group("port")
+    return _sent_by_memo.put(text, (m.group("host"), int(port) if port else None))
+
+
 def _via(text: str) -> Via:
     """``Via.parse`` with the transport upper-cased and parameter names lower-cased."""
+    # The usual shape first: "SIP/2.0/UDP host:port;params", sent-by memoised, parameters checked by the
+    # same grammar; anything else takes sipmessage's whole pattern below.
+    m = _VIA_HEAD_RE.match(text)
+    if m is not None:
+        rest = text[m.end() :]
+        semi = rest.find(";")
+        sent_by = _sent_by(rest if semi < 0 else rest[:semi])
+        params = "" if semi < 0 else rest[semi:]
+        if sent_by is not None and (not params or _GENERIC_PARAMS_RE.fullmatch(params)):
+            return Via(
+                transport=m.group(1).upper(), host=sent_by[0], port=sent_by[1], parameters=_params(params)
+            )
     value = " ".join(text.split())  # sipmessage.grammar.simplify_whitespace
     m = VIA_PATTERN.match(value)
     if m is None or m.end() != len(value):
@@ -515,6 +690,36 @@ def _via(text: str) -> Via:
 
 def _address(text: str) -> Address:
     """``Address.parse`` with lower-cased parameter names (the address's and its URI's)."""
+    hit = _address_memo.get(text)
+    if hit is not None:
+        return cast(Address, hit)
+    address = _name_addr_with_params(text)
+    if address is not None:
+        return address  # its name-addr is memoised; the parameters (a fresh tag each call) are not
+    address = _parse_address_text(text)
+    return _address_memo.put(text, address) if len(text) <= MAX_MEMO_TEXT else address
+
+
+def _name_addr_with_params(text: str) -> Address | None:
+    """``name <uri>;params`` as the memoised ``name <uri>`` plus the parameters, or None (then parse it all).
+
+    From values differ only by their tag from call to call, so the name and URI are parsed once.
+    """
+    lt = text.find("<")
+    if lt < 0 or '"' in text[:lt]:  # no name-addr, or a quoted name that may hide a "<"
+        return None
+    gt = text.find(">", lt)
+    tail = text[gt + 1 :].lstrip(" \t")
+    if gt < 0 or not tail or not _GENERIC_PARAMS_RE.fullmatch(tail):
+        return None
+    try:
+        base = _address(text[: gt + 1])
+    except ValueError:
+        return None
+    return Address(uri=base.uri, name=base.name, parameters=_params(tail))
+
+
+def _parse_address_text(text: str) -> Address:
     value = " ".join(text.split())
     for pattern in ADDRESS_PATTERNS:
         m = pattern.match(value)
@@ -693,8 +898,8 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
         else:
             entry[1].append(value.strip(" \t"))
 
-    for name in _SINGLE:
-        entry = grouped.get(name.lower())
+    for lname, name in _SINGLE_LOWER:
+        entry = grouped.get(lname)
         if entry is not None and len(entry[1]) > 1:
             raise SipParseError("duplicate-header", name)
 
@@ -718,9 +923,7 @@ def _parse(data: bytes, stream: bool) -> Request | Response:
             raise SipParseError("message-too-large", status=513)
 
     msg = _start_line(lines[0], body)
-    # sipmessage's Headers is a list of (name, values) kept in first-seen order; building it in one step
-    # avoids its add(), which rescans every name (sipmessage pinned at 0.7.1; test_headers_internals).
-    msg.headers._list = list(grouped.values())
+    msg.headers = SipHeaders(grouped)
     _validate(msg, grouped)
     return msg
 
@@ -786,8 +989,8 @@ def _validate(msg: Request | Response, grouped: _Grouped) -> None:
         entry = grouped.get(lname)
         if entry is not None:
             _check_number(entry[1], name, DELTA_SECONDS_LIMIT, reason, leading=name == "Retry-After")
-    for name, parser in _OPTIONAL_TYPED:
-        if name.lower() in grouped:
+    for lname, name, parser in _OPTIONAL_TYPED_LOWER:
+        if lname in grouped:
             _fill(msg, grouped, name, parser)
 
 
@@ -802,6 +1005,7 @@ _OPTIONAL_TYPED: tuple[tuple[str, Callable[[tuple[str, ...]], object]], ...] = (
     ("Record-Route", _parse_record_routes),
     ("Content-Type", _parse_content_type),
 )
+_OPTIONAL_TYPED_LOWER = tuple((name.lower(), name, parser) for name, parser in _OPTIONAL_TYPED)
 
 
 # --- serialize ---------------------------------------------------------------------------------------------

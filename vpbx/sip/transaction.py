@@ -39,7 +39,12 @@ from typing import Literal, TypeAlias
 from vpbx.errors import ConfigError, SipError, TransactionError
 from vpbx.sip import message
 from vpbx.sip.flow import Destination
-from vpbx.sip.message import Request, Response
+from vpbx.sip.message import URI, Request, Response
+
+# What a completed non-INVITE server transaction holds instead of its request: nothing needs the request
+# any more (retransmissions are matched by key and answered with the stored bytes), and dropping it leaves
+# the collector and the memory one small object per transaction for the 32 s of Timer J.
+RELEASED_REQUEST = Request("RELEASED", URI(scheme="sip", host="invalid"))
 
 # --- RFC 3261 Appendix A / §17 timer values -------------------------------------------------------------
 T1 = 0.5  # s, RFC 3261 §17.1.1.1: round-trip time estimate (configurable, TimerConfig.t1)
@@ -65,7 +70,9 @@ TIMER_CANCEL = "cancel"  # RFC 3261 §9.1: no final 64·T1 after our CANCEL → 
 
 MAGIC_COOKIE = message.MAGIC_COOKIE  # RFC 3261 §8.1.1.7: z9hG4bK; without it, RFC 2543 matching
 DEFAULT_PORTS = {"tls": 5061, "ws": 80, "wss": 443}  # RFC 3261 §19.1.2, RFC 7118; everything else 5060
-DEFAULT_MAX_TRANSACTIONS = 50_000  # table cap: beyond it new server transactions are refused with 503
+# Table cap: beyond it new server transactions are refused with 503. A REGISTER storm at 2,000/s keeps
+# 2 × 2,000 × 32 s (Timer J) = 128,000 completed transactions; each holds its response bytes only (~1 KB).
+DEFAULT_MAX_TRANSACTIONS = 150_000
 
 TerminationReason: TypeAlias = Literal["done", "timeout", "transport-error"]
 Message: TypeAlias = Request | Response
@@ -521,6 +528,7 @@ class NonInviteServerTransaction(_Machine):
         if response.code != 408:  # RFC 4320 §4.2: never a 408; go quiet and let the client time out
             self._final = _serialize(response)
             out.append(Send(self._final, self.dest))
+        self.request = RELEASED_REQUEST  # Timer J keeps only the response bytes (GC work, memory)
         return self._linger(out, State.COMPLETED, TIMER_J, self.config.timer_j(self.reliable), now)
 
     def _fired(self, name: str, now: float) -> list[Action]:

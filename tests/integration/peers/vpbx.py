@@ -131,4 +131,6 @@ class Vpbx:
             await wait_sip_ready(LOOPBACK, sip_port, timeout_s=START_TIMEOUT_S)
             yield cls(SipService(host=LOOPBACK, port=sip_port, domain=domain, users=dict(users)), proc, url)
         finally:
-            await proc.stop()
+            rc = await proc.stop()
+        if rc != 0:  # SIGTERM must end calls and exit cleanly (telephony.md §4)
+            raise RuntimeError(f"vpbx did not stop cleanly (exit {rc}):\n{proc.log_tail()}")

@@ -180,7 +180,7 @@ class TestNode(SipNode):
         super().__init__(*args, **kwargs)
         self.failures: list[BaseException] = []
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str, *, eager: bool = False) -> None:
         async def guarded() -> None:
             try:
                 await coro
@@ -188,7 +188,7 @@ class TestNode(SipNode):
                 self.failures.append(e)
                 raise
 
-        super().spawn(guarded(), name)
+        super().spawn(guarded(), name, eager=eager)
 
 
 # --- the PBX and its phones ------------------------------------------------------------------------

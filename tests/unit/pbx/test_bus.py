@@ -86,3 +86,11 @@ def test_sequence_counter_and_session_ids() -> None:
     assert [c.next("a"), c.next("a"), c.next("b"), c.next("a")] == [1, 2, 1, 3]  # type: ignore[arg-type]
     sid = new_session_id()
     assert uuid.UUID(sid).version == 4 and sid == sid.lower()
+
+
+async def test_a_bus_without_subscribers_publishes_and_stops() -> None:
+    # `vpbx serve` with no feature subscribed (a bare install, the benchmark) must still stop cleanly
+    bus = InProcessBus()
+    await bus.start()
+    await bus.publish(event("s1", 1))
+    await bus.stop()

@@ -23,6 +23,7 @@ from vpbx.sip.auth import (
     StoredCredentials,
     auth_header,
     digest_response,
+    parse_credentials,
 )
 from vpbx.sip.digest import Algorithm, ha1
 
@@ -528,3 +529,23 @@ async def test_security_events_are_logged_without_secrets(
     for header in (wrong, right):
         response = header.split('response="')[1].split('"')[0]
         assert response not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            'Digest username="101", realm="acme.test", nc=00000001, qop=auth',
+            {"username": "101", "realm": "acme.test", "nc": "00000001", "qop": "auth"},
+        ),
+        ('DIGEST\tUserName = "a\\"b" ,uri="sip:x@y;a=b,c"', {"username": 'a"b', "uri": "sip:x@y;a=b,c"}),
+        ("Basic QWxhZGRpbjpvcGVu", None),
+        ("Digest", None),
+        ("Digest username", None),
+        ('Digest username="unterminated', None),
+        ("Digest a=b,,c=d", None),
+        ('Digest a="1" b="2"', None),
+    ],
+)
+def test_parse_credentials(value: str, expected: dict[str, str] | None) -> None:
+    assert parse_credentials(value) == expected

@@ -14,8 +14,10 @@ from vpbx.sip.message import (
     URI,
     Request,
     Response,
+    SipHeaders,
     branch,
     build_response,
+    format_uri,
     parse,
     parse_uri,
     recover_for_reply,
@@ -610,12 +612,84 @@ def test_recover_for_reply_rules() -> None:
     assert reply.cseq.method == "INVITE"
 
 
-def test_headers_internals_we_rely_on() -> None:
-    # parse() fills sipmessage 0.7.1's Headers._list in one step; this breaks loudly if that changes.
-    msg = parse(OPTIONS)
-    msg.headers.add("Via", "SIP/2.0/UDP x.example.com;branch=z9hG4bKx")
-    assert msg.headers.getlist("VIA")[-1].startswith("SIP/2.0/UDP x.example.com")
+HEADER_OPS: list[tuple[str, ...]] = [
+    ("add", "Via", "SIP/2.0/UDP a.example.com;branch=z9hG4bK1"),
+    ("add", "via", "SIP/2.0/UDP b.example.com;branch=z9hG4bK2"),
+    ("add", "X-Custom", "one"),
+    ("set", "x-custom", "two"),
+    ("add", "Route", "<sip:p1.example.com;lr>"),
+    ("setlist", "ROUTE", "<sip:p2.example.com;lr>", "<sip:p3.example.com;lr>"),
+    ("add", "Contact", "<sip:u@192.0.2.1>"),
+    ("remove", "contact"),
+    ("remove", "Absent"),
+    ("add", "Contact", "<sip:u@192.0.2.2>"),
+]
+
+
+def test_sip_headers_behave_like_sipmessage_headers() -> None:
+    # SipHeaders is sipmessage's Headers API over a dict; the same operations give the same headers.
+    ours, theirs = SipHeaders(), sipmessage.Headers()
+    for op, name, *values in HEADER_OPS:
+        for h in (ours, theirs):
+            if op == "setlist":
+                h.setlist(name, list(values))
+            elif op == "remove":
+                h.remove(name)
+            else:
+                getattr(h, op)(name, values[0])
+        assert str(ours) == str(theirs)
+        assert ours.keys() == theirs.keys()
+        for key in ("VIA", "x-custom", "Route", "contact", "Absent"):
+            assert ours.getlist(key) == theirs.getlist(key)
+            assert ours.get(key, "-") == theirs.get(key, "-")
+    assert ours["via"] == theirs["via"]
+    with pytest.raises(KeyError):
+        ours["absent"]
+    assert "ROUTE" in ours and "absent" not in ours
     assert sipmessage.__version__ == "0.7.1"
+
+
+def test_parse_memo_shares_only_good_results() -> None:
+    first, second = parse(OPTIONS), parse(OPTIONS)
+    assert first.to_address == second.to_address and first.uri == second.uri
+    bad = OPTIONS.replace(b"To: ", b"To: <sip:bad@>", 1)
+    for _ in range(2):  # a failure is not remembered as a result
+        with pytest.raises(SipParseError):
+            parse(bad)
+
+
+def test_set_top_via_keeps_the_other_vias() -> None:
+    msg = parse(OPTIONS.replace(b"Via: ", b"Via: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKtop;rport, ", 1))
+    vias = msg.via
+    top = vias[0]
+    changed = top.__class__(
+        transport=top.transport,
+        host=top.host,
+        port=top.port,
+        parameters=top.parameters.replace(rport="5071", received="198.51.100.9"),
+    )
+    msg.set_top_via(changed)
+    again = parse(serialize(msg))
+    assert again.via[0].parameters["rport"] == "5071"
+    assert again.via[0].parameters["received"] == "198.51.100.9"
+    assert [str(v) for v in again.via[1:]] == [str(v) for v in vias[1:]]
+    assert msg.via == again.via
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sip:alice@example.com",
+        "sip:alice@example.com:5070;transport=tcp;lr",
+        "sips:%2Bweird%20user@example.com",
+        "sip:a:secret@example.com",
+        "sip:example.com;maddr=239.255.255.1",
+        "tel:+74951234567;ext=12",
+    ],
+)
+def test_format_uri_is_str(uri: str) -> None:
+    parsed = parse_uri(uri)
+    assert format_uri(parsed) == str(parsed)
 
 
 # --- our fast paths agree with sipmessage's grammar ---------------------------------------------------------
@@ -651,7 +725,29 @@ def _grammar_cases() -> list[tuple[str, str]]:
             }
             if name.strip().lower() in kind:
                 cases.append((kind[name.strip().lower()], value.strip()))
-    return cases
+    return cases + COMMON_GRAMMAR_CASES
+
+
+# What phones and SIPp send every day, each shape taking our fast paths (or deliberately not).
+COMMON_GRAMMAR_CASES = [
+    ("via", "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-2;rport"),
+    ("via", "SIP/2.0/TCP [2001:db8::1]:5060;branch=z9hG4bKx;received=192.0.2.1;rport=5090"),
+    ("via", "SIP/2.0/UDP phone.example.com;branch=z9hG4bKy"),
+    ("via", "SIP/2.0/UDP 192.0.2.1:5060 ;branch=z9hG4bKz"),
+    ("via", "SIP/2.0/UDP 192.0.2.1:99999999;branch=z9hG4bKz"),
+    ("via", "SIP/2.0/UDP bad_host:5060;branch=z9hG4bKz"),
+    ("via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK;;x"),
+    ("address", "<sip:2000@bench.test>;tag=1234SIPpTag001"),
+    ("address", '"Alice" <sip:alice@example.com>;tag=a1'),
+    ("address", "Bob Smith <sip:bob@example.com;transport=tcp>;tag=b2;x=y"),
+    ("address", '<sip:u@192.0.2.5:5062;ob>;+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>"'),
+    ("address", "<sip:u@192.0.2.5> ;tag=c3"),
+    ("address", "<sip:u@192.0.2.5>;tag"),
+    ("address", "<sip:u@192.0.2.5>;=x"),
+    ("address", "<sip:u@192.0.2.5>junk"),
+    ("address", "sip:u@192.0.2.5;tag=d4"),
+    ("address", "<sip:%75ser@example.com>;tag=e5"),
+]
 
 
 @pytest.mark.parametrize(("kind", "value"), _grammar_cases())

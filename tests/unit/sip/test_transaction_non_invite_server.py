@@ -18,7 +18,7 @@ from tests.unit.sip.transaction_kit import (
     terminated,
 )
 from vpbx.sip.message import Request
-from vpbx.sip.transaction import TIMER_J, NonInviteServerTransaction, State
+from vpbx.sip.transaction import RELEASED_REQUEST, TIMER_J, NonInviteServerTransaction, State
 
 
 @pytest.fixture
@@ -62,13 +62,15 @@ def test_final_completes_with_timer_j(tx: NonInviteServerTransaction, code: int)
 
 
 def test_completed_resends_the_final_for_each_retransmission(tx: NonInviteServerTransaction) -> None:
-    ok = response(tx.request, 200)
+    original = tx.request
+    ok = response(original, 200)
     tx.respond(ok, T0 + 1)
+    assert tx.request is RELEASED_REQUEST  # Completed keeps the response bytes, not the request
     for t in (1.5, 2.5, 4.5):
         assert [s.data for s in sends(tx.on_request(request("BYE", to_tag="tt1", cseq=2), T0 + t))] == [
             bytes(ok)
         ]
-    assert tx.respond(response(tx.request, 500), T0 + 5) == []  # one final only
+    assert tx.respond(response(original, 500), T0 + 5) == []  # one final only
     assert terminated(tx.on_timer(TIMER_J, T0 + 33)) == "done"
     assert tx.state is State.TERMINATED
 
