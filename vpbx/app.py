@@ -117,6 +117,7 @@ async def serve(settings: Settings) -> None:
             bind_host=settings.sip_host,
             media_timeout_s=settings.media_timeout_s,
             on_media_timeout=b2bua.on_media_timeout,
+            on_session_lost=b2bua.on_media_lost,
             loop=settings.event_loop,
             log_level=settings.log_level,
             log_json=settings.log_json,

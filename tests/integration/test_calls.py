@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from tests.integration.peers import sipsak
 from tests.integration.peers.net import wait_until
-from tests.integration.peers.process import require_binary
+from tests.integration.peers.process import descendants, require_binary
 from tests.integration.peers.service import SipService
 from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, scenario_path
 from tests.integration.peers.vpbx import Vpbx
@@ -297,3 +299,36 @@ async def test_stopping_the_server_ends_a_live_call_with_bye(tmp_path: Path) -> 
         assert answered.ok, answered.describe()
         [events] = (await server.calls(ended=1)).values()
         assert_answered_call(events, caller="101", callee="102")
+
+
+async def test_a_dead_media_worker_ends_its_calls_with_bye(tmp_path: Path) -> None:
+    """SIGKILL the media worker mid-call: the relay is gone, so vpbx BYEs both legs (telephony.md §3.9)."""
+    async with running(tmp_path) as server:
+        async with SippProcess.running(callee_run("uas_answer", trace_msg=True), tmp_path) as callee:
+            await bind(server, "102", callee)
+            run = caller_run(server, "uac_call_wait_bye", caller="101", callee="102", calls=1, trace_msg=True)
+            async with SippProcess.running(run, tmp_path) as caller:
+
+                def connected() -> bool:
+                    return any(e["state"] == "connected" for e in server.events())
+
+                await wait_until(connected, timeout_s=EVENTS_TIMEOUT_S, what="the call to connect")
+                workers = [pid for pid in descendants(server.vpbx.proc.pid) if _is_media_worker(pid)]
+                assert workers, "vpbx serve runs its media in worker processes"
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+                hung_up, answered = await caller.wait(), await callee.wait()
+
+        assert hung_up.ok, hung_up.describe()
+        assert answered.ok, answered.describe()
+        for result in (hung_up, answered):
+            log = (result.workdir / "messages.log").read_text(errors="replace")
+            assert 'Reason: SIP;cause=503;text="media lost"' in log
+        [events] = (await server.calls(ended=1)).values()
+        assert_answered_call(events, caller="101", callee="102")
+
+
+def _is_media_worker(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return b"vpbx.media.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False

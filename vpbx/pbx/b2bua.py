@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from prometheus_client import Counter, Gauge
 
 from vpbx.clock import Clock
-from vpbx.errors import NoMediaPorts, SdpParseError, SipError, SipParseError
+from vpbx.errors import MediaError, NoMediaPorts, SdpParseError, SipError, SipParseError
 from vpbx.logs import get_logger
 from vpbx.media.backend import MediaBackend, MediaPorts
 from vpbx.media.relay import Address as MediaAddress
@@ -100,6 +100,7 @@ PASSED_CODES = frozenset({404, 480})  # passed to A as they are when every B-leg
 ELSEWHERE = reason_header(200, "Call completed elsewhere")  # RFC 3326, telephony.md §3.6
 CANCELLED = reason_header(487)  # BYE of a B-leg that answered after our CANCEL (telephony.md §4)
 MEDIA_TIMEOUT = reason_header(200, "media timeout")  # telephony.md §3.7
+MEDIA_LOST = reason_header(503, "media lost")  # the media worker holding the call died (telephony.md §3.9)
 NO_ACK = reason_header(408, "no ACK")  # RFC 3261 §13.3.1.4: our 2xx was never acknowledged
 SHUTDOWN = reason_header(503, "server shutting down")
 RETRY_AFTER_S = "5"
@@ -453,6 +454,27 @@ class B2bua:
             return
         self._spawn(self._media_timeout(ctx, leg.side, idle_s), "call-media-timeout")
 
+    def on_media_lost(self, session: SessionId) -> None:
+        """The media backend's hook: the call's relay is gone (its worker died). The call cannot carry audio
+        any more, held or not, ringing or not: it ends now, with BYE, or 503 and CANCEL while ringing."""
+        ctx = self._calls.get(session)
+        if ctx is None or self._node is None:
+            return
+        self._spawn(self._media_lost(ctx), "call-media-lost")
+
+    async def _media_lost(self, ctx: _Ctx) -> None:
+        async with ctx.lock:
+            if ctx.ended:
+                return
+            log.warning("call.media_lost", session_id=ctx.session_id, phase=ctx.call.phase.value)
+            if ctx.call.phase is Phase.CONNECTED:
+                await self._hangup(ctx, by=None, reason=MEDIA_LOST, outcome="answered")
+                return
+            if not ctx.a.final_sent:
+                self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            self._cancel_all(ctx, None)
+            await self._finish(ctx, "failed")
+
     # --- lookups ------------------------------------------------------------------------------------------
     def _find(self, request: Request) -> tuple[_Ctx, Leg] | None:
         tag = _to_tag(request) or ""
@@ -790,7 +812,7 @@ class B2bua:
             await self.media.update(
                 LegRef(ctx.session_id, side), remote, rtpmap.payload_type, codec.telephone_event
             )
-        except ValueError:
+        except (ValueError, MediaError):  # a bad address, or the relay is gone (on_media_lost ends the call)
             return False
         return True
 

@@ -262,3 +262,33 @@ async def test_the_offer_without_media_in_the_invite_goes_in_the_200(core: Core)
         assert MEDIA_HOST in ok.body.decode()
     finally:
         await pbx.node.stop()
+
+
+async def test_lost_media_ends_even_a_held_call_with_bye(call: Connected) -> None:
+    # a dead media worker: the relay is gone, so hold does not keep the call up as it does for silence
+    reinvite = await call.out.send("INVITE", body=sdp(A_HOST, 30000, direction="sendonly", version=2))
+    await call.alice.expect(200)
+    await call.out.ack(reinvite)
+    call.pbx.b2bua.on_media_lost(call.pbx.media.allocated[0])
+    await call.pbx.settle()
+    for phone in (call.alice, call.bob):
+        bye = await phone.expect("BYE")
+        assert bye.headers["Reason"] == 'SIP;cause=503;text="media lost"'
+    assert call.pbx.events() == ["new", "calling", "connected", "disconnected", "end"]
+    assert len(call.pbx.registry) == 0
+
+
+async def test_lost_media_while_ringing_gives_503_and_cancels(core: Core) -> None:
+    pbx = await Pbx.create(core)
+    alice, bob = pbx.phone("101", A_HOST), pbx.phone("102", B_HOST)
+    await pbx.register(bob)
+    out = await alice.call("102")
+    await (await bob.ringing()).reply(180)
+    await alice.expect(180)
+    pbx.b2bua.on_media_lost(pbx.media.allocated[0])
+    await pbx.settle()
+    assert (await alice.expect(503)).headers["Retry-After"] == "5"
+    await bob.expect("CANCEL")
+    assert pbx.events() == ["new", "calling", "end"]
+    assert out is not None
+    await pbx.node.stop()
