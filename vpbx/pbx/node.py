@@ -197,6 +197,12 @@ class SipNode:
         if isinstance(msg, Request):
             _requests_counter(msg.method if msg.method in KNOWN_METHODS else "other").inc()
             self._fix_via(msg, source)
+            if msg.method == "REGISTER" and not msg.headers.getlist("Authorization"):
+                # Challenged (or refused) statelessly, as Kamailio's sl module does (RFC 3261 §8.2.7): no
+                # transaction and no 32 s of Timer J for half of every registration; a retransmission simply
+                # gets a fresh challenge.
+                self.spawn(self._register(source, msg), "sip-register", eager=True)
+                return
             self._run(self.table.on_request(msg, source, now))
         else:
             self._run(self.table.on_response(msg, now))
@@ -280,7 +286,7 @@ class SipNode:
 
     def respond(
         self,
-        key: TransactionKey,
+        key: TransactionKey | Destination,
         request: Request,
         code: int,
         reason: str | None = None,
@@ -289,13 +295,19 @@ class SipNode:
         to_tag: str | None = None,
         body: bytes = b"",
     ) -> Response:
-        """Answer a server transaction's request (the TU side of the table); the response as sent."""
+        """Answer a server transaction's request (the TU side of the table); the response as sent.
+
+        ``key`` may be the flow itself: a stateless answer (RFC 3261 §8.2.7), sent once, never retransmitted.
+        """
         response = build_response(
             request, code, reason, to_tag=to_tag or _tag(), headers=(*headers, *self._common()), body=body
         )
         if code >= 200:
             _final_counter(request.method if request.method in KNOWN_METHODS else "other", code // 100).inc()
-        self._run(self.table.respond(key, response, self.core.clock.monotonic()))
+        if isinstance(key, Destination):
+            self._send(serialize(response), key)
+        else:
+            self._run(self.table.respond(key, response, self.core.clock.monotonic()))
         return response
 
     def send_request(
@@ -323,14 +335,14 @@ class SipNode:
         return found.dest if found is not None else None
 
     async def authenticate(
-        self, key: TransactionKey, request: Request, realm: str | None, *, fallback_realm: str
+        self, key: TransactionKey | Destination, request: Request, realm: str | None, *, fallback_realm: str
     ) -> AuthOk | None:
         """Digest-check ``request`` in ``realm`` (a tenant's domain; None: unknown, challenged all the same).
 
         Anything but success is answered here — the 401/407 challenge, counted against the source for bans
         (telephony.md §3.5) — and gives None.
         """
-        flow = self.flow_of(key)
+        flow = key if isinstance(key, Destination) else self.flow_of(key)
         host = flow.host if flow is not None else ""
         wall = time.time()
         if realm is None:
@@ -449,9 +461,13 @@ class SipNode:
             domain = await self.directory.domain(default)
         return domain
 
-    async def _register(self, key: TransactionKey, request: Request) -> None:
-        source = self.table.get(key)
-        flow = source.dest if source is not None else Destination("udp", "", 0)
+    async def _register(self, key: TransactionKey | Destination, request: Request) -> None:
+        """A REGISTER; ``key`` is the flow itself for one without credentials (answered statelessly)."""
+        if isinstance(key, Destination):
+            flow = key
+        else:
+            source = self.table.get(key)
+            flow = source.dest if source is not None else Destination("udp", "", 0)
         facts = read_register(request, flow)
         if isinstance(facts, str):
             self.respond(key, request, 400, facts)
@@ -486,7 +502,7 @@ class SipNode:
                 removed=len(plan.removed) + len(plan.evicted),
             )
 
-    def _challenge(self, key: TransactionKey, request: Request, challenge: Challenge) -> None:
+    def _challenge(self, key: TransactionKey | Destination, request: Request, challenge: Challenge) -> None:
         self.respond(
             key,
             request,
