@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 from tests.integration.peers import sipsak  # noqa: E402
 from tests.integration.peers.kamailio import Kamailio  # noqa: E402
 from tests.integration.peers.net import LOOPBACK  # noqa: E402
-from tests.integration.peers.process import PeerProcess  # noqa: E402
+from tests.integration.peers.process import PeerProcess, rss_bytes  # noqa: E402
 from tests.integration.peers.service import SipService  # noqa: E402
 from tests.integration.peers.sipp import SippProcess, SippResult, SippRun, run_sipp, write_users_csv  # noqa: E402
 from tests.integration.peers.vpbx import Vpbx  # noqa: E402
@@ -60,6 +60,8 @@ FIRST_USER = 2000  # registration load uses extensions 2000, 2001, …
 SIPP_SLACK_S = 30.0  # -timeout beyond the planned duration
 SHM_MB = 1024  # telephony.md §7.5: -m 256 ran out near 2,000 CPS
 IDLE_S = 2.0
+HELD_RATE = 100.0  # calls per second while setting up the held calls
+HELD_SETTLE_S = 2.0  # after the last call is set up, before sampling memory
 MAX_CHANNELS = 10_000
 
 
@@ -77,6 +79,9 @@ class Target:
 
     def cpu_s(self) -> float:
         return self.proc.cpu().cpu_s
+
+    def rss(self) -> int:
+        return rss_bytes(self.proc.cpu().pids)
 
 
 def bench_users(count: int) -> dict[str, str]:
@@ -146,6 +151,7 @@ class Figure:
     idle_cpu_pct: float = 0.0
     cpu_us_per_op: float = 0.0
     ops_per_cpu_s: float = 0.0
+    memory_per_op_kib: float = 0.0  # "held": RSS growth per held call
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -255,9 +261,97 @@ async def measure_calls(
         cpu = target.cpu_s() - before
     finally:
         answered = await uas.stop()
+        await unbind(target, users, uas.port)
     fig = figure_from(target, "call", rate, seconds, result, cpu)
     fig.extra["callee_successful"] = answered.stats.successful_calls
     return fig
+
+
+async def unbind(target: Target, users: Mapping[str, str], port: int) -> None:
+    """Remove the callee's binding to a SIPp UAS that has stopped (the next measure binds its own)."""
+    await sipsak.register(
+        target.service.host,
+        target.service.port,
+        CALLEE,
+        users[CALLEE],
+        contact=f"sip:{CALLEE}@{LOOPBACK}:{port}",
+        expires_s=0,
+    )
+
+
+async def measure_held(
+    target: Target,
+    workdir: Path,
+    users: Mapping[str, str],
+    *,
+    calls: int,
+    hold_s: float,
+    pin: Sequence[str],
+) -> Figure:
+    """Memory per held call: RSS of all the server's processes with ``calls`` answered calls up, minus
+    before. vpbx keeps both legs, the dialog and a relay (two RTP/RTCP socket pairs) per call; Kamailio as
+    configured here (tm + rr, no dialog module) keeps no state once an INVITE transaction has ended."""
+    rate = HELD_RATE
+    setup_s = calls / rate
+    uas = await SippProcess.start(
+        SippRun(
+            scenario="uas_answer",
+            calls=calls,
+            rate=rate,
+            timeout_s=setup_s + hold_s + 2 * SIPP_SLACK_S,
+            argv_prefix=pin,
+        ),
+        workdir / "held",
+    )
+    try:
+        await uas.wait_listening()
+        bound = await sipsak.register(
+            target.service.host,
+            target.service.port,
+            CALLEE,
+            users[CALLEE],
+            contact=f"sip:{CALLEE}@{LOOPBACK}:{uas.port}",
+            expires_s=3600,
+        )
+        if not bound.ok:
+            return Figure(target=target.name, measure="held", status="failed", note="callee did not register")
+        before = target.rss()
+        uac = await SippProcess.start(
+            SippRun(
+                scenario="uac_call",
+                remote=(target.service.host, target.service.port),
+                service=CALLEE,
+                calls=calls,
+                rate=rate,
+                limit=calls,
+                timeout_s=setup_s + hold_s + SIPP_SLACK_S,
+                keys={"domain": target.service.domain, "caller": CALLER},
+                auth_user=CALLER,
+                auth_password=users[CALLER],
+                auth_uri=f"{CALLEE}@{target.service.domain}",
+                duration_ms=int(hold_s * 1000),
+                argv_prefix=pin,
+            ),
+            workdir / "held",
+        )
+        await asyncio.sleep(setup_s + HELD_SETTLE_S)  # every call is up and held now: sample the memory
+        during = target.rss()
+        result = await uac.wait()
+    finally:
+        await uas.stop()
+        await unbind(target, users, uas.port)
+    s = result.stats
+    return Figure(
+        target=target.name,
+        measure="held",
+        status="ok" if s.failed_calls == 0 and result.returncode == 0 else "failed",
+        note="" if result.returncode == 0 else f"sipp exit {result.returncode}",
+        offered_rate=rate,
+        successful=s.successful_calls,
+        failed=s.failed_calls,
+        memory_per_op_kib=round((during - before) / 1024 / calls, 1),
+        extra={"calls": calls, "hold_s": hold_s, "rss_before": before, "rss_held": during},
+    )
 
 
 async def measure_idle(target: Target) -> float:
@@ -280,6 +374,7 @@ class Plan:
     runs: int
     call_auth: bool
     pin: bool
+    held_calls: int = 0
 
 
 def pinning(plan: Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -306,6 +401,17 @@ async def bench_target(name: str, plan: Plan, workdir: Path) -> list[Figure]:
                 target, workdir / name, users, rate=plan.call_rate, seconds=plan.seconds, pin=load_pin
             )
         )
+        if plan.held_calls:
+            figures.append(
+                await measure_held(
+                    target,
+                    workdir / name,
+                    users,
+                    calls=plan.held_calls,
+                    hold_s=plan.held_calls / HELD_RATE + 2 * HELD_SETTLE_S,
+                    pin=load_pin,
+                )
+            )
     for fig in figures:
         fig.idle_cpu_pct = idle_pct
     return figures
@@ -342,7 +448,7 @@ def machine() -> dict[str, object]:
 def median_figure(figs: Sequence[Figure]) -> Figure:
     """The run with the median CPU per operation (so its figures stay consistent with each other)."""
     ok = [f for f in figs if f.status == "ok"] or list(figs)
-    ranked = sorted(ok, key=lambda f: f.cpu_us_per_op)
+    ranked = sorted(ok, key=lambda f: (f.cpu_us_per_op, f.memory_per_op_kib))
     return ranked[(len(ranked) - 1) // 2]
 
 
@@ -357,6 +463,12 @@ ROWS = (
     ("idle CPU %", "idle_cpu_pct", "{:.1f}"),
     ("CPU µs per op", "cpu_us_per_op", "{:.1f}"),
     ("ops per CPU-s", "ops_per_cpu_s", "{:.0f}"),
+)
+
+
+HELD_ROWS = (
+    ("ok / failed", None, ""),
+    ("RSS KiB per held call", "memory_per_op_kib", "{:.1f}"),
 )
 
 
@@ -380,6 +492,8 @@ def render_table(figures: Mapping[tuple[str, str], Figure], targets: Sequence[st
     rows: list[list[str]] = [head]
     notes: list[str] = []
     for measure in ("register", "call"):
+        if not any(m == measure for _, m in figures):
+            continue
         for i, (label, key, fmt) in enumerate(ROWS):
             row = [measure if i == 0 else "", label]
             row += [_cell(figures.get((t, measure)), key, fmt) for t in targets]
@@ -394,6 +508,23 @@ def render_table(figures: Mapping[tuple[str, str], Figure], targets: Sequence[st
             rows.append(row)
         for t in targets:
             f = figures.get((t, measure))
+            if f is not None and f.note and f"{t}: {f.note}" not in notes:
+                notes.append(f"{t}: {f.note}")
+    if any(m == "held" for _, m in figures):
+        for i, (label, key, fmt) in enumerate(HELD_ROWS):
+            row = ["held" if i == 0 else "", label]
+            row += [_cell(figures.get((t, "held")), key, fmt) for t in targets]
+            if ratio:
+                cell = ""
+                if key == "memory_per_op_kib":
+                    k, v = figures.get(("kamailio", "held")), figures.get(("vpbx", "held"))
+                    cell = "-"
+                    if k and v and k.status == v.status == "ok" and k.memory_per_op_kib > 0:
+                        cell = f"{v.memory_per_op_kib / k.memory_per_op_kib:.1f}× the memory"
+                row.append(cell)
+            rows.append(row)
+        for t in targets:
+            f = figures.get((t, "held"))
             if f is not None and f.note and f"{t}: {f.note}" not in notes:
                 notes.append(f"{t}: {f.note}")
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
@@ -433,10 +564,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Plan, Path]:
     p.add_argument("--target", choices=("both", "kamailio", "vpbx"), default="both")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each measured point (default 10)")
     p.add_argument("--reg-rate", type=float, default=2000.0, help="REGISTER transactions offered per second")
-    p.add_argument("--call-rate", type=float, default=500.0, help="calls offered per second")
+    p.add_argument("--call-rate", type=float, default=300.0, help="calls offered per second")
     p.add_argument("--users", type=int, default=1000, help="users in the registration load")
     p.add_argument("--runs", type=int, default=3, help="repeat each point; the median is shown (default 3)")
     p.add_argument("--call-auth", action="store_true", help="challenge INVITEs (3 more messages per call)")
+    p.add_argument(
+        "--held-calls",
+        type=int,
+        default=500,
+        help="calls held up at once for the memory figure (0: skip; default 500)",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and load to separate CPUs")
     p.add_argument(
         "--out",
@@ -449,6 +586,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Plan, Path]:
         p.error("keep the load bounded: seconds ≤ 120, reg-rate ≤ 20000, call-rate ≤ 10000")
     if not (1 <= a.users <= 50000 and 1 <= a.runs <= 10):
         p.error("users must be 1…50000 and runs 1…10")
+    if not 0 <= a.held_calls <= 5000:
+        p.error("held-calls must be 0…5000")
     targets = ("kamailio", "vpbx") if a.target == "both" else (a.target,)
     plan = Plan(
         targets=targets,
@@ -459,6 +598,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Plan, Path]:
         runs=a.runs,
         call_auth=a.call_auth,
         pin=not a.no_pin,
+        held_calls=a.held_calls,
     )
     return plan, a.out
 
