@@ -104,7 +104,7 @@ class SipNode:
     ) -> None:
         self.core = core
         settings = core.settings
-        self.location: LocationStore = location or MemoryLocationStore()
+        self.location: LocationStore = location if location is not None else MemoryLocationStore()
         self.keepalive: KeepAlive | None = None
         if settings.sip_keepalive_interval_s > 0:
             self.keepalive = KeepAlive(
@@ -115,9 +115,9 @@ class SipNode:
                 max_misses=settings.sip_keepalive_max_misses,
             )
             self.location = self.keepalive.watch(self.location)  # it learns each binding saved here
-        self.bans: BanList = bans or MemoryBanList(allowlist=settings.sip_allowlist)
+        self.bans: BanList = bans if bans is not None else MemoryBanList(allowlist=settings.sip_allowlist)
         self.directory = SipDirectory(core.sessions, core.config)
-        self.credentials: Credentials = credentials or self.directory
+        self.credentials: Credentials = credentials if credentials is not None else self.directory
         self.auth = DigestAuth(settings.secret_key.get_secret_value().encode())
         self.calls = calls
         self.table = TransactionTable()
