@@ -20,6 +20,7 @@ from vpbx.crypto import SecretBox
 from vpbx.logs import get_logger
 from vpbx.pbx.calls import CallRegistry, MemoryCallRegistry
 from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
+from vpbx.pbx.trunkmon import TrunkStatusBoard
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
 from vpbx.store.changes import ConfigVersion, tracked_session_class
@@ -41,6 +42,8 @@ class Core:
     location: LocationStore = field(default_factory=MemoryLocationStore)
     # live calls: admitted by the B2BUA, shown by the cabinet (telephony.md §9.3)
     calls: CallRegistry = field(default_factory=MemoryCallRegistry)
+    # trunk statuses: written by the trunk monitor, read by the cabinet
+    trunks: TrunkStatusBoard = field(default_factory=TrunkStatusBoard)
 
 
 def build_core(settings: Settings, clock: Clock | None = None) -> Core:
@@ -96,6 +99,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.bus import InProcessBus
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
     from vpbx.pbx.node import SipNode
+    from vpbx.pbx.trunkmon import TrunkMonitor
 
     app = create_app(settings)
     core: Core = app.state.core
@@ -138,6 +142,19 @@ async def serve(settings: Settings) -> None:
     b2bua.attach(node, EngineDirectory(node.directory, default_domain=settings.sip_default_domain))
     await bus.start()
     await node.start()
+    trunks = TrunkMonitor(
+        node,
+        core.sessions,
+        core.config,
+        core.box,
+        clock=core.clock,
+        board=core.trunks,
+        options_interval_s=settings.trunk_options_interval_s,
+        max_misses=settings.trunk_max_misses,
+        retry_s=settings.trunk_retry_s,
+    )
+    await trunks.start()
+    app.state.trunks = trunks  # trunk_for_source / outbound_trunks, for the B2BUA
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -154,6 +171,7 @@ async def serve(settings: Settings) -> None:
     try:
         await _GracefulServer(config).serve()
     finally:
+        await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
         await media.aclose()
         await bus.stop()

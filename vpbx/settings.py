@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # unanswered this many times in a row is dropped (0: never, only logged)
     sip_keepalive_interval_s: float = Field(default=25.0, ge=0, le=3600)
     sip_keepalive_max_misses: int = Field(default=3, ge=0, le=100)
+    # SIP trunks (telephony.md §3.2): OPTIONS to every enabled trunk this often, down after this many
+    # unanswered in a row; a failed registration is retried after trunk_retry_s, doubling up to 10 minutes
+    trunk_options_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    trunk_max_misses: int = Field(default=3, ge=1, le=100)
+    trunk_retry_s: float = Field(default=30.0, gt=0, le=3600)
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
     # calls (telephony.md §3.7): ring this long before 480; end answered calls whose RTP stops this long
     call_no_answer_s: float = Field(default=60.0, gt=0, le=3600)

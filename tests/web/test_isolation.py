@@ -26,6 +26,7 @@ ID_KINDS: dict[str, type[Any]] = {
     "schedule_id": m.Schedule,
     "rule_id": m.RoutingRule,
     "domain_id": m.Domain,
+    "trunk_id": m.Trunk,
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -42,7 +43,8 @@ async def populate(core: Core, t: Tenant) -> dict[str, uuid.UUID]:
         group = m.CallGroup(domain_id=t.id, name="Sales", pin="600")
         menu = m.VoiceMenu(domain_id=t.id, name="Main")
         schedule = m.Schedule(domain_id=t.id, name="Office")
-        s.add_all([number, group, menu, schedule])
+        trunk = m.Trunk(domain_id=t.id, name="Carrier", kind="ip", host="203.0.113.5")
+        s.add_all([number, group, menu, schedule, trunk])
         await s.flush()
         s.add(m.CallGroupMember(group_id=group.id, user_id=admin.id, position=0))
         s.add(m.ScheduleInterval(schedule_id=schedule.id, weekday=0, start_min=540, end_min=1080))
@@ -65,6 +67,7 @@ async def populate(core: Core, t: Tenant) -> dict[str, uuid.UUID]:
             "schedule_id": schedule.id,
             "rule_id": rule.id,
             "domain_id": t.id,
+            "trunk_id": trunk.id,
         }
 
 

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session, UOWTransaction
 
-from vpbx.store.models import Domain, User
+from vpbx.store.models import Domain, Trunk, User
 
-WATCHED: tuple[type[Any], ...] = (Domain, User)
+WATCHED: tuple[type[Any], ...] = (Domain, User, Trunk)  # trunks: the trunk monitor reloads
 _FLAG = "vpbx.config_changed"
 
 

@@ -244,6 +244,43 @@ class RoutingRule(Timestamped, ActionTarget, Base):
     )
 
 
+# --- trunks -------------------------------------------------------------------------------------------------
+
+
+class Trunk(Timestamped, Base):
+    """A SIP trunk to a carrier: we REGISTER to it (``registration``) or it is known by address (``ip``)."""
+
+    __tablename__ = "trunks"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="registration")
+    host: Mapped[str] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer, default=5060)
+    transport: Mapped[str] = mapped_column(String(8), default="udp")
+    outbound_proxy: Mapped[str | None] = mapped_column(String(260))  # host[:port]
+    username: Mapped[str] = mapped_column(String(64), default="")
+    auth_username: Mapped[str] = mapped_column(String(64), default="")  # empty: the username
+    password_enc: Mapped[str] = mapped_column(Text, default="")  # sealed with the secret box
+    expires_s: Mapped[int] = mapped_column(Integer, default=3600)
+    from_user: Mapped[str] = mapped_column(String(64), default="")
+    from_domain: Mapped[str] = mapped_column(String(253), default="")
+    caller_id_mode: Mapped[str] = mapped_column(String(16), default="domain")
+    caller_id_number: Mapped[str | None] = mapped_column(String(16))  # for ``fixed``
+    number_format: Mapped[str] = mapped_column(String(16), default="e164")
+    max_calls: Mapped[int] = mapped_column(Integer, default=10)
+    priority: Mapped[int] = mapped_column(Integer, default=10)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    allowed_networks: Mapped[str] = mapped_column(String(2000), default="")  # CIDRs, one per line
+    __table_args__ = (
+        UniqueConstraint("domain_id", "name"),
+        CheckConstraint("kind in ('registration', 'ip')", name="kind"),
+        CheckConstraint("transport in ('udp', 'tcp')", name="transport"),
+        CheckConstraint("caller_id_mode in ('domain', 'user', 'fixed')", name="caller_id_mode"),
+        CheckConstraint("number_format in ('e164', 'plain', 'national')", name="number_format"),
+    )
+
+
 # --- services management («Управление услугами») -------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from vpbx.web.pages import (
     routing,
     schedules,
     services,
+    trunks,
     users,
 )
 
@@ -30,4 +31,5 @@ ROUTERS: list[APIRouter] = [
     operator.router,
     calls.router,
     devices.router,
+    trunks.router,
 ]

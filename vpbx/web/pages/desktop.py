@@ -31,6 +31,7 @@ class Section:
 SECTIONS: list[Section] = [
     Section("/users", N_("Users"), N_("Employees, extensions and SIP accounts"), "users"),
     Section("/numbers", N_("Numbers"), N_("The domain's phone lines"), "phone"),
+    Section("/trunks", N_("Trunks"), N_("Carriers' SIP trunks and their state"), "trunk"),
     Section("/groups", N_("Call groups"), N_("Ring several employees"), "group"),
     Section("/schedules", N_("Schedules"), N_("Work hours and holidays"), "clock"),
     Section("/routing", N_("Routing"), N_("Where incoming calls go"), "route"),

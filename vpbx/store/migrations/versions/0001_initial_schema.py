@@ -107,6 +107,47 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_schedules_domain_id"), ["domain_id"], unique=False)
 
     op.create_table(
+        "trunks",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("host", sa.String(length=253), nullable=False),
+        sa.Column("port", sa.Integer(), nullable=False),
+        sa.Column("transport", sa.String(length=8), nullable=False),
+        sa.Column("outbound_proxy", sa.String(length=260), nullable=True),
+        sa.Column("username", sa.String(length=64), nullable=False),
+        sa.Column("auth_username", sa.String(length=64), nullable=False),
+        sa.Column("password_enc", sa.Text(), nullable=False),
+        sa.Column("expires_s", sa.Integer(), nullable=False),
+        sa.Column("from_user", sa.String(length=64), nullable=False),
+        sa.Column("from_domain", sa.String(length=253), nullable=False),
+        sa.Column("caller_id_mode", sa.String(length=16), nullable=False),
+        sa.Column("caller_id_number", sa.String(length=16), nullable=True),
+        sa.Column("number_format", sa.String(length=16), nullable=False),
+        sa.Column("max_calls", sa.Integer(), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("allowed_networks", sa.String(length=2000), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "caller_id_mode in ('domain', 'user', 'fixed')", name=op.f("ck_trunks_caller_id_mode")
+        ),
+        sa.CheckConstraint("kind in ('registration', 'ip')", name=op.f("ck_trunks_kind")),
+        sa.CheckConstraint(
+            "number_format in ('e164', 'plain', 'national')", name=op.f("ck_trunks_number_format")
+        ),
+        sa.CheckConstraint("transport in ('udp', 'tcp')", name=op.f("ck_trunks_transport")),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_trunks_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_trunks")),
+        sa.UniqueConstraint("domain_id", "name", name=op.f("uq_trunks_domain_id_name")),
+    )
+    with op.batch_alter_table("trunks", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_trunks_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
         "users",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("domain_id", sa.Uuid(), nullable=False),
@@ -399,6 +440,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_users_domain_id"))
 
     op.drop_table("users")
+    with op.batch_alter_table("trunks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_trunks_domain_id"))
+
+    op.drop_table("trunks")
     with op.batch_alter_table("schedules", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_schedules_domain_id"))
 
