@@ -9,8 +9,8 @@ unexpected messages are in the ``-trace_err`` log (telephony.md §7.1).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -211,18 +211,32 @@ def _read(path: Path, limit: int | None = None) -> str:
     return text if limit is None else text[-limit:]
 
 
-def _udp_bound(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((LOOPBACK, port))
-        except OSError:
-            return True
+def _udp_bound(port: int, pid: int) -> bool:
+    """Whether process ``pid`` holds a UDP socket bound to ``port`` (not merely: someone does)."""
+    inodes: set[str] = set()
+    try:
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    return True
     return False
 
 
 def _make_rundir(workdir: Path, name: str) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"sipp-{name}-", dir=workdir))
+
+
+BIND_ATTEMPTS = 3  # starts of SIPp when another process takes the free port it was given
 
 
 class SippProcess:
@@ -260,14 +274,36 @@ class SippProcess:
         return cls(run, proc, rundir, port, time.monotonic())
 
     async def wait_listening(self, timeout_s: float = LISTEN_TIMEOUT_S) -> None:
-        """Wait until SIPp has bound its UDP port (it may take a moment to parse the scenario)."""
+        """Wait until SIPp has bound its UDP port (it may take a moment to parse the scenario).
 
-        def bound() -> bool:
-            if not self.proc.running:
-                raise RuntimeError(f"sipp exited early:\n{self.proc.log_tail()}{self._errors()}")
-            return _udp_bound(self.port)
+        A port found free can be taken by another process before SIPp binds it: then SIPp starts again on
+        another port (``port`` changes), a few times at most.
+        """
+        for attempt in range(BIND_ATTEMPTS):
 
-        await wait_until(bound, timeout_s=timeout_s, what=f"sipp {self.run.name} on port {self.port}")
+            def bound() -> bool:
+                if not self.proc.running:
+                    raise _SippExited
+                return _udp_bound(self.port, self.proc.pid)
+
+            try:
+                await wait_until(bound, timeout_s=timeout_s, what=f"sipp {self.run.name} on port {self.port}")
+                return
+            except _SippExited:
+                if not self.lost_its_port() or attempt == BIND_ATTEMPTS - 1:
+                    detail = f"{self.proc.log_tail()}{self._errors()}"
+                    raise RuntimeError(f"sipp exited early:\n{detail}") from None
+                await self._restart()
+
+    def lost_its_port(self) -> bool:
+        """SIPp ended because its port was taken meanwhile (and the port was ours to choose)."""
+        text = self.proc.log_tail() + self._errors()
+        return self.run.local_port is None and "errno = 98" in text
+
+    async def _restart(self) -> None:
+        again = await SippProcess.start(self.run, self.workdir.parent)
+        self.proc, self.port, self.workdir = again.proc, again.port, again.workdir
+        self._started = again._started
 
     def _errors(self) -> str:
         return _read(self.workdir / "errors.log", ERRORS_MAX_CHARS)
@@ -302,13 +338,22 @@ class SippProcess:
 
 
 async def run_sipp(run: SippRun, workdir: Path) -> SippResult:
-    """Run SIPp to the end and return its result (never longer than ``timeout_s`` plus a grace)."""
-    proc = await SippProcess.start(run, workdir)
-    try:
-        return await proc.wait()
-    finally:
-        if proc.proc.running:
-            await proc.proc.stop(sig=signal.SIGKILL)
+    """Run SIPp to the end and return its result (never longer than ``timeout_s`` plus a grace); started
+    again on another port if its port was taken before it could bind it."""
+    for attempt in range(BIND_ATTEMPTS):
+        proc = await SippProcess.start(run, workdir)
+        try:
+            result = await proc.wait()
+        finally:
+            if proc.proc.running:
+                await proc.proc.stop(sig=signal.SIGKILL)
+        if result.ok or not proc.lost_its_port() or attempt == BIND_ATTEMPTS - 1:
+            return result
+    raise AssertionError("unreachable")
+
+
+class _SippExited(Exception):
+    pass
 
 
 def write_users_csv(path: Path, users: Mapping[str, str]) -> Path:
