@@ -98,6 +98,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
+    from vpbx.pbx.incoming import IncomingRouter
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.trunkmon import TrunkMonitor
 
@@ -155,6 +156,8 @@ async def serve(settings: Settings) -> None:
     )
     await trunks.start()
     app.state.trunks = trunks  # trunk_for_source / outbound_trunks, for the B2BUA
+    b2bua.trunks = trunks  # calls from a carrier go to the domains' lines
+    b2bua.incoming = IncomingRouter(core.sessions)
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):

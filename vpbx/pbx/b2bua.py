@@ -42,6 +42,7 @@ from vpbx.media.backend import MediaBackend, MediaPorts
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
 from vpbx.pbx.bus import SessionId, new_session_id
+from vpbx.pbx.callplan import Plan, Rotation, group_plan, user_plan
 from vpbx.pbx.calls import (
     REASON_NORMAL,
     Call,
@@ -50,8 +51,10 @@ from vpbx.pbx.calls import (
     Directory,
     Party,
     Phase,
+    outside_party,
 )
 from vpbx.pbx.node import ALLOW, SUPPORTED, USER_AGENT
+from vpbx.pbx.numbering import to_e164
 from vpbx.pbx.registrar import Binding, aor_for
 from vpbx.sip.dialog import (
     Dialog,
@@ -87,7 +90,11 @@ from vpbx.sip.sdp import (
 from vpbx.sip.transaction import T1, T2, TIMEOUT_FACTOR, TransactionKey
 
 if TYPE_CHECKING:
+    import datetime as dt
+
+    from vpbx.pbx.incoming import Decision
     from vpbx.pbx.node import SipNode
+    from vpbx.pbx.trunkmon import TrunkInfo
 
 log = get_logger("vpbx.pbx.b2bua")
 security = get_logger("vpbx.security")
@@ -116,15 +123,34 @@ class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
+class TrunkLookup(Protocol):
+    """The trunk monitor, as the B2BUA sees it: which carrier a request came from."""
+
+    def trunk_for_source(self, host: str, port: int) -> TrunkInfo | None: ...
+
+
+class IncomingRoutes(Protocol):
+    """Where a call to one of the domains' lines goes (``vpbx.pbx.incoming.IncomingRouter``)."""
+
+    async def decide(self, line_e164: str, when: dt.datetime) -> Decision | None: ...
+
+
 class Timers(Protocol):
     """Per-call timers (no answer, 2xx retransmission, ACK wait): the loop in production, fakes in tests."""
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle: ...
 
+    def monotonic(self) -> float:
+        """The clock ``call_later`` counts on (ringing plans measure their stages with it)."""
+        ...
+
 
 class LoopTimers:
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
         return asyncio.get_running_loop().call_later(delay_s, callback)
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
 
 
 # --- legs ---------------------------------------------------------------------------------------------------
@@ -184,6 +210,8 @@ class BState(enum.Enum):
 @dataclass(eq=False, slots=True, kw_only=True)
 class BLeg(Leg):
     contact_uri: str  # the binding rung
+    party: Party | None = None  # the user this leg rings (events name them once it rings or answers)
+    stage: int = 0  # the ringing plan's stage that started it
     invite: Request
     key: TransactionKey | None = None
     state: BState = BState.CALLING
@@ -207,6 +235,15 @@ class _Ctx:
     no_answer: TimerHandle | None = None
     ended: bool = False
     forgotten: bool = False
+    # incoming calls on a line: the line, and the ringing plan (vpbx.pbx.callplan) with its progress
+    line: Party | None = None
+    plan: Plan | None = None
+    plan_people: dict[str, Party] = field(default_factory=dict)  # pin → party
+    plan_t0: float = 0.0  # monotonic start
+    plan_skipped: float = 0.0  # seconds jumped ahead when a stage ended early (everyone failed)
+    plan_timer: TimerHandle | None = None
+    stage_legs: dict[int, list[BLeg]] = field(default_factory=dict)
+    display: str = ""
 
     @property
     def session_id(self) -> SessionId:
@@ -343,6 +380,10 @@ class B2bua:
         self.t1 = t1
         self.t2 = t2
         self._node: SipNode | None = None
+        # incoming calls on the domains' lines (issue core-3): set by the composition root
+        self.trunks: TrunkLookup | None = None
+        self.incoming: IncomingRoutes | None = None
+        self.rotation = Rotation()  # cyclic groups' next first member
         self._calls: dict[SessionId, _Ctx] = {}
         self._pending: dict[TransactionKey, _Pending] = {}
         self._by_invite: dict[TransactionKey, _Ctx] = {}
@@ -523,6 +564,15 @@ class B2bua:
             return
         if self.directory is None:
             raise SipError("The B2BUA has no directory")
+        source = node.flow_of(key)
+        trunk = (
+            self.trunks.trunk_for_source(source.host, source.port)
+            if self.trunks is not None and source is not None
+            else None
+        )
+        if trunk is not None:  # a carrier: no digest, the Request-URI names one of our lines
+            await self._setup_incoming(node, key, invite, pending, trunk)
+            return
         from_host = invite.from_address.uri.host
         domain = await self.directory.domain(from_host)
         if pending.cancelled:
@@ -599,6 +649,251 @@ class B2bua:
                 await self._abort(ctx, "setup")
                 raise
 
+    # --- calls from a carrier to a line (issue core-3) ---------------------------------------------------
+    async def _setup_incoming(
+        self, node: SipNode, key: TransactionKey, invite: Request, pending: _Pending, trunk: TrunkInfo
+    ) -> None:
+        assert self.directory is not None
+        line = to_e164(invite.uri.user or "")
+        decision = await self.incoming.decide(line, self.clock.now()) if line and self.incoming else None
+        if pending.cancelled:
+            return
+        if decision is None or decision.domain_id != trunk.domain_id:  # another tenant's number: not ours
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 404)
+            return
+        domain = await self.directory.domain(decision.domain)
+        if domain is None or pending.cancelled:
+            if not pending.cancelled:
+                node.respond(key, invite, 404)
+            return
+        if decision.action == "reject":
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 603)
+            return
+        people = list(decision.people)
+        if decision.action not in ("user", "group") or not people:
+            # menus, voicemail and outside numbers arrive with the IVR, core-4 and outbound calls
+            log.info("call.line_unrouted", line=line, action=decision.action, domain=domain.name)
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 480)
+            return
+        acceptable, offer = self._checked_offer(node, key, invite)
+        if not acceptable:
+            return
+        flow = node.flow_of(key)
+        if flow is None:
+            return
+        raw_from = invite.from_address.uri.user or ""
+        caller_number = to_e164(raw_from) or raw_from.lstrip("+")
+        line_party = outside_party(line or "", domain.name)
+        call = Call(
+            session_id=new_session_id(),
+            domain=domain,
+            caller=outside_party(caller_number, domain.name, invite.from_address.name),
+            callee=line_party,
+            type="incoming",
+            started_at=self.clock.now(),
+        )
+        ctx = self._admit(node, key, invite, flow, call, offer)
+        if ctx is None:
+            return
+        ctx.line = line_party
+        ctx.display = invite.from_address.name or (f"+{caller_number}" if caller_number.isdigit() else "")
+        parties = {
+            p.pin: Party(
+                user_id=p.user_id, login=p.login, pin=p.pin, display_name=p.display_name, domain=domain.name
+            )
+            for p in people
+        }
+        pins = tuple(parties)
+        if decision.action == "user":
+            plan = user_plan(pins[0], (), mobile_delay_s=people[0].mobile_delay_s, ring_s=self.no_answer_s)
+        else:
+            first = self.rotation.take(decision.group_id, len(pins)) if decision.group_id else 0
+            plan = group_plan(
+                decision.strategy,
+                pins,
+                member_timeout_s=decision.member_timeout_s,
+                overall_timeout_s=decision.overall_timeout_s,
+                first=first,
+            )
+        async with ctx.lock:
+            try:
+                await self._start_plan(node, ctx, plan, parties)
+            except Exception:
+                await self._abort(ctx, "setup")
+                raise
+
+    def _checked_offer(
+        self, node: SipNode, key: TransactionKey, invite: Request
+    ) -> tuple[bool, SessionDescription | None]:
+        """(acceptable, the caller's offer or None if it sent none); not acceptable: answered here."""
+        offer = _sdp_of(invite)
+        if offer == "bad":
+            node.respond(key, invite, 488 if invite.body else 400, headers=(("Accept", SDP),))
+            return False, None
+        if (
+            offer is not None
+            and negotiate(offer, origin=_origin("0.0.0.0"), address="0.0.0.0", port=9) is None
+        ):
+            node.respond(key, invite, 488)  # nothing we can bridge: RFC 3264 §6
+            return False, None
+        return True, offer
+
+    def _admit(
+        self,
+        node: SipNode,
+        key: TransactionKey,
+        invite: Request,
+        flow: Destination,
+        call: Call,
+        offer: SessionDescription | None,
+    ) -> _Ctx | None:
+        """Count the call against its tenant's channels, set up its A-leg; None (answered 503) when full."""
+        if not self.registry.admit(call):
+            security.warning(
+                "SessionLimit", domain=call.domain.name, limit=call.domain.channel_limit, source=flow.host
+            )
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            return None
+        CALLS_ACTIVE.inc()
+        token = secrets.token_hex(8)
+        a = ALeg(
+            side="a",
+            token=token,
+            flow=flow,
+            via=LocalVia(flow.transport.upper(), *node.advertised_for(flow.transport)),
+            contact=_contact(token, node.advertised_for(flow.transport), flow.transport),
+            origin=_origin(node.advertised[0]),
+            key=key,
+            invite=invite,
+            tag=new_tag(),
+            offer=offer,
+            record_route=tuple(invite.headers.getlist("Record-Route")),
+        )
+        a.dialog = Dialog.uas(invite, local_tag=a.tag, local_contact=a.contact)
+        ctx = _Ctx(call=call, a=a)
+        self._calls[call.session_id] = ctx
+        self._by_invite[key] = ctx
+        self._index(ctx, a)
+        return ctx
+
+    async def _start_plan(self, node: SipNode, ctx: _Ctx, plan: Plan, parties: dict[str, Party]) -> None:
+        call = ctx.call
+        log.info("call.new", session_id=call.session_id, domain=call.domain.name, line=call.callee.external)
+        await self.events.publish(call, "new")
+        if ctx.ended:
+            return
+        if self.media is None:
+            raise SipError("The B2BUA has no media backend")
+        try:
+            ctx.ports = await self.media.allocate(call.session_id)
+        except NoMediaPorts:
+            log.warning("call.no_media_ports", session_id=call.session_id)
+            self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            await self._finish(ctx, "failed")
+            return
+        ctx.plan = plan
+        ctx.plan_people = parties
+        ctx.plan_t0 = self.timers.monotonic()
+        await self._plan_tick(ctx)
+
+    def _plan_elapsed(self, ctx: _Ctx) -> float:
+        return self.timers.monotonic() - ctx.plan_t0 + ctx.plan_skipped
+
+    async def _plan_tick(self, ctx: _Ctx) -> None:
+        """Bring the ringing in line with the plan at this moment: end finished stages, start due ones."""
+        plan = ctx.plan
+        if plan is None or ctx.ended or ctx.winner is not None or ctx.a.final_sent or self._node is None:
+            return
+        node = self._node
+        if ctx.plan_timer is not None:
+            ctx.plan_timer.cancel()
+            ctx.plan_timer = None
+        now = self._plan_elapsed(ctx)
+        if now >= plan.overall_s:
+            await self._plan_over(ctx)
+            return
+        due = {i for i, st in enumerate(plan.stages) if st.start_s <= now < st.stop_s}
+        for i in [i for i in ctx.stage_legs if i not in due]:
+            self._cancel_legs(ctx.stage_legs.pop(i))
+        for i in sorted(due - set(ctx.stage_legs)):
+            ctx.stage_legs[i] = await self._ring_stage(node, ctx, i)
+            if ctx.ended or ctx.winner is not None:
+                return
+        later = [t for t in plan.boundaries() if t > now]
+        if later:
+            delay = later[0] - now
+            ctx.plan_timer = self.timers.call_later(
+                delay, lambda: self._spawn(self._plan_timer_fired(ctx), "call-plan")
+            )
+        if not any(leg.state is not BState.FAILED for leg in ctx.b):
+            await self._plan_skip(ctx)
+
+    async def _plan_timer_fired(self, ctx: _Ctx) -> None:
+        async with ctx.lock:
+            ctx.plan_timer = None
+            await self._plan_tick(ctx)
+
+    async def _ring_stage(self, node: SipNode, ctx: _Ctx, index: int) -> list[BLeg]:
+        assert ctx.plan is not None
+        now = self.clock.monotonic()
+        legs: list[BLeg] = []
+        for pin in ctx.plan.stages[index].targets.pins:
+            party = ctx.plan_people.get(pin)
+            if party is None:
+                continue
+            aor = aor_for(pin, ctx.call.domain.name)
+            for binding in [
+                b for b in await node.location.lookup(ctx.call.domain.id, aor) if b.expires_at > now
+            ]:
+                leg = await self._ring(node, ctx, binding, ctx.display, party)
+                if leg is not None:
+                    leg.stage = index
+                    legs.append(leg)
+        return legs
+
+    async def _plan_skip(self, ctx: _Ctx) -> bool:
+        """Everyone rung so far failed: jump to the next stage now. False when no stage is left."""
+        plan = ctx.plan
+        if plan is None or ctx.ended or ctx.a.final_sent:
+            return False
+        now = self._plan_elapsed(ctx)
+        starts = [st.start_s for st in plan.stages if st.start_s > now and st.start_s < plan.overall_s]
+        if not starts:
+            await self._plan_over(ctx)
+            return True
+        ctx.plan_skipped += min(starts) - now
+        await self._plan_tick(ctx)
+        return True
+
+    async def _plan_over(self, ctx: _Ctx) -> None:
+        """Nobody answered within the plan: the caller hears the best failure (fall-through comes later)."""
+        if ctx.ended or ctx.a.final_sent:
+            return
+        codes = [leg.final for leg in ctx.b if leg.final is not None and leg.final not in (487,)]
+        code = _final_for_a(codes) if codes else 480
+        self._plan_stop(ctx)
+        self._reply_a(ctx, code)
+        self._cancel_all(ctx, None)
+        await self._finish(ctx, "busy" if code == 486 else "unanswered")
+
+    def _plan_stop(self, ctx: _Ctx) -> None:
+        if ctx.plan_timer is not None:
+            ctx.plan_timer.cancel()
+            ctx.plan_timer = None
+
+    def _cancel_legs(self, legs: list[BLeg]) -> None:
+        for leg in legs:
+            if leg.state is BState.ANSWERED or leg.state is BState.FAILED:
+                continue
+            if not leg.cancel_wanted:
+                leg.cancel_wanted = True
+            if leg.state is BState.PROCEEDING:
+                self._send_cancel(leg)
+
     async def _route(self, node: SipNode, ctx: _Ctx, display: str) -> None:
         call = ctx.call
         log.info(
@@ -636,7 +931,9 @@ class B2bua:
             self.no_answer_s, lambda: self._spawn(self._no_answer(ctx), "call-no-answer")
         )
 
-    async def _ring(self, node: SipNode, ctx: _Ctx, binding: Binding, display: str) -> None:
+    async def _ring(
+        self, node: SipNode, ctx: _Ctx, binding: Binding, display: str, party: Party | None = None
+    ) -> BLeg | None:
         assert ctx.ports is not None
         call = ctx.call
         dest = binding_destination(binding)
@@ -647,14 +944,16 @@ class B2bua:
             route = [parse_address(p) for p in binding.path]
         except SipParseError:
             log.warning("call.bad_binding", session_id=call.session_id, contact=binding.contact[:80])
-            return
+            return None
         domain = call.domain.name
+        callee = party or call.callee
+        caller_user = f"+{call.caller.external}" if call.caller.external else call.caller.pin
         from_ = Address(
-            uri=URI(scheme="sip", user=call.caller.pin, host=domain),
+            uri=URI(scheme="sip", user=caller_user, host=domain),
             name=display,
             parameters=Parameters(tag=new_tag()),
         )
-        to = Address(uri=URI(scheme="sip", user=call.callee.pin, host=domain))
+        to = Address(uri=URI(scheme="sip", user=callee.pin, host=domain))
         leg = BLeg(
             side="b",
             token=token,
@@ -664,6 +963,7 @@ class B2bua:
             origin=_origin(ctx.ports.b.host),
             contact_uri=binding.contact,
             invite=Request("INVITE", target),  # replaced below, once the offer is built
+            party=party,
         )
         ports = ctx.ports
         body = self._sdp(
@@ -685,9 +985,12 @@ class B2bua:
         )
         ctx.b.append(leg)
         self._tokens[token] = (ctx, leg)
+        if party is not None:
+            call.callee = party
         await self.events.publish(call, "calling", request_uri=binding.contact)
         leg.key = node.send_request(leg.invite, dest)
         self._clients[leg.key] = (ctx, leg)
+        return leg
 
     # --- responses on B-legs ------------------------------------------------------------------------------
     async def _b_provisional(self, ctx: _Ctx, leg: BLeg, response: Response) -> None:
@@ -760,6 +1063,8 @@ class B2bua:
             return
         if any(leg.state is not BState.FAILED for leg in ctx.b):
             return
+        if ctx.plan is not None and await self._plan_skip(ctx):
+            return  # everyone rung so far failed: the next stage starts now
         codes = [leg.final for leg in ctx.b if leg.final is not None]
         code = _final_for_a(codes)
         self._reply_a(ctx, code)
@@ -787,6 +1092,9 @@ class B2bua:
         call.phase = Phase.CONNECTED
         call.answered_at = self.clock.now()
         winner = ctx.winner
+        if winner is not None and winner.party is not None:
+            call.callee = winner.party
+        self._plan_stop(ctx)
         log.info(
             "call.connected", session_id=call.session_id, contact=winner.contact_uri[:80] if winner else ""
         )
@@ -1142,6 +1450,9 @@ class B2bua:
         call = ctx.call
         if ctx.no_answer is not None:
             ctx.no_answer.cancel()
+        self._plan_stop(ctx)
+        if ctx.line is not None and call.answered_at is None:
+            call.callee = ctx.line  # integration-api.md §5.2: `end` names the line when nobody answered
         call.phase = Phase.ENDED
         call.ended_at = self.clock.now()
         if self.registry.remove(call.session_id) is not None:

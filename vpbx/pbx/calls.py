@@ -58,14 +58,24 @@ class Party:
     pin: str  # the extension
     display_name: str
     domain: str
+    external: str = ""  # an outside number (E.164 digits, no "+"): a caller from a trunk, or one of our lines
 
     @property
     def number(self) -> str:
+        if self.external:
+            return f"sip:{self.external}@{self.domain}"
         return f"{self.login}@{self.domain}"
 
     @property
     def uri(self) -> str:
-        return f"sip:{self.pin}@{self.domain}"
+        return f"sip:{self.external or self.pin}@{self.domain}"
+
+
+def outside_party(e164: str, domain: str, display_name: str = "") -> Party:
+    """A number outside the PBX (a caller on a line, or the line itself) as the events name it."""
+    return Party(
+        user_id=None, login="", pin="", display_name=display_name, domain=domain, external=e164.lstrip("+")
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

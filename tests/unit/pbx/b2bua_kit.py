@@ -124,6 +124,9 @@ class FakeTimers:
     def pending(self) -> int:
         return sum(not h.cancelled for _, _, h, _ in self._heap)
 
+    def monotonic(self) -> float:
+        return self.now
+
 
 @dataclass
 class FakeMedia:

@@ -1,0 +1,190 @@
+"""Calls from a carrier to a line: the domain's rules pick a user or a group; the plan rings them in turn."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.unit.pbx.b2bua_kit import TENANT, Pbx, Phone, sdp
+from vpbx.app import Core
+from vpbx.pbx import groups, lines, routing
+from vpbx.pbx.actions import ActionInput
+from vpbx.pbx.incoming import IncomingRouter
+from vpbx.sip.dialog import LocalVia, build_initial_request, new_call_id, new_tag
+from vpbx.sip.flow import Destination
+from vpbx.sip.message import URI, Address, Parameters, Request, Response
+from vpbx.store.models import DomainId, User
+
+CARRIER = Destination("udp", "198.51.100.50", 5060)
+LINE = "+74951234567"
+CALLER = "+79161234567"
+
+
+@dataclass(frozen=True)
+class FakeTrunk:
+    domain_id: DomainId
+
+
+class FakeTrunks:
+    def __init__(self, domain_id: DomainId) -> None:
+        self.trunk = FakeTrunk(domain_id)
+
+    def trunk_for_source(self, host: str, port: int) -> FakeTrunk | None:
+        return self.trunk if host == CARRIER.host else None
+
+
+class Carrier:
+    """The carrier's side of incoming calls: INVITEs to our lines from its address."""
+
+    def __init__(self, pbx: Pbx) -> None:
+        self.phone = Phone(pbx, "carrier", CARRIER.host, CARRIER.port, name="carrier")
+        pbx.phones[(CARRIER.host, CARRIER.port)] = self.phone
+
+    async def call(self, line: str = LINE) -> Request:
+        invite = build_initial_request(
+            "INVITE",
+            URI(scheme="sip", user=line.lstrip("+"), host=CARRIER.host),
+            via=LocalVia("UDP", CARRIER.host, CARRIER.port),
+            from_=Address(
+                uri=URI(scheme="sip", user=CALLER, host=CARRIER.host), parameters=Parameters(tag=new_tag())
+            ),
+            to=Address(uri=URI(scheme="sip", user=line.lstrip("+"), host=CARRIER.host)),
+            call_id=new_call_id(),
+            cseq=1,
+            contact=Address(uri=URI(scheme="sip", user="carrier", host=CARRIER.host, port=CARRIER.port)),
+            body=sdp(CARRIER.host, 40000),
+            content_type="application/sdp",
+        )
+        await self.phone.send(invite)
+        return invite
+
+
+async def _rule(core: Core, domain_id: uuid.UUID, action: ActionInput) -> None:
+    async with core.sessions() as s:
+        number = await lines.create_number(s, domain_id, lines.NumberInput(number=LINE))
+        await routing.add_rule(s, domain_id, number.id, routing.RuleInput(target=action))
+        await s.commit()
+
+
+async def _user_id(core: Core, domain_id: uuid.UUID, pin: str) -> uuid.UUID:
+    async with core.sessions() as s:
+        for u in (await s.execute(User.__table__.select().where(User.domain_id == domain_id))).all():
+            if u.pin == pin:
+                return uuid.UUID(str(u.id))
+    raise AssertionError(pin)
+
+
+@pytest.fixture
+async def pbx(core: Core) -> AsyncIterator[Pbx]:
+    p = await Pbx.create(core, extensions=("101", "102", "103"))
+    p.b2bua.trunks = FakeTrunks(p.domain_id)  # type: ignore[assignment]
+    p.b2bua.incoming = IncomingRouter(core.sessions)
+    yield p
+    await p.node.stop()
+
+
+async def test_a_line_routed_to_a_user_rings_their_phone_and_connects(core: Core, pbx: Pbx) -> None:
+    await _rule(
+        core, pbx.domain_id, ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "101"))
+    )
+    alice = pbx.phone("101", "192.0.2.11")
+    await pbx.register(alice)
+    carrier = Carrier(pbx)
+    await carrier.call()
+    incoming = await alice.ringing()
+    assert incoming.invite.from_address.uri.user == CALLER  # the phone shows who calls
+    await incoming.answer()
+    ok: Response = await carrier.phone.expect(200)
+    assert ok.code == 200
+    events = pbx.bus.events
+    assert [e.state for e in events] == ["new", "calling", "connected"]
+    assert events[0].type == "incoming"
+    assert events[0].from_number == f"sip:{CALLER.lstrip('+')}@{TENANT}"
+    assert events[0].request_number == f"sip:{LINE.lstrip('+')}@{TENANT}"
+    assert events[1].request_number == f"user101@{TENANT}" and events[1].request_pin == "101"
+
+
+async def test_a_sequential_group_rings_one_member_after_another(core: Core, pbx: Pbx) -> None:
+    async with core.sessions() as s:
+        g = await groups.create_group(
+            s,
+            pbx.domain_id,
+            groups.GroupInput(
+                name="Sales",
+                pin="600",
+                strategy="sequential",
+                member_timeout_s=10,
+                overall_timeout_s=25,
+                members=["101", "102"],
+            ),
+        )
+        await s.commit()
+    await _rule(core, pbx.domain_id, ActionInput(action="group", group_id=g.id))
+    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
+    for p in (alice, bob):
+        await pbx.register(p)
+    carrier = Carrier(pbx)
+    await carrier.call()
+    first = await alice.ringing()
+    await first.reply(180)
+    assert bob.unread() == []
+    await pbx.advance(10)  # alice's turn is over: CANCEL to her, bob rings
+    await alice.expect("CANCEL")
+    second = await bob.ringing()
+    await second.reply(180)
+    await pbx.advance(10)  # back to alice
+    await bob.expect("CANCEL")
+    third = await alice.ringing()
+    await third.reply(180)
+    await pbx.advance(5)  # overall timeout: 25 s
+    await alice.expect("CANCEL")
+    assert (await carrier.phone.expect(480)).code == 480
+    states = [e.state for e in pbx.bus.events]
+    assert states == ["new", "calling", "calling", "calling", "end"]
+    assert (
+        pbx.bus.events[-1].request_number == f"sip:{LINE.lstrip('+')}@{TENANT}"
+    )  # nobody answered: the line
+
+
+async def test_a_busy_member_hands_over_at_once(core: Core, pbx: Pbx) -> None:
+    async with core.sessions() as s:
+        g = await groups.create_group(
+            s,
+            pbx.domain_id,
+            groups.GroupInput(
+                name="Support",
+                pin="601",
+                strategy="sequential",
+                member_timeout_s=20,
+                overall_timeout_s=60,
+                members=["101", "102"],
+            ),
+        )
+        await s.commit()
+    await _rule(core, pbx.domain_id, ActionInput(action="group", group_id=g.id))
+    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
+    for p in (alice, bob):
+        await pbx.register(p)
+    carrier = Carrier(pbx)
+    await carrier.call()
+    busy = await alice.ringing()
+    await busy.reply(486)
+    second = await bob.ringing()  # no 20 s wait
+    await second.answer()
+    assert (await carrier.phone.expect(200)).code == 200
+
+
+async def test_reject_and_unknown_lines_and_other_tenants(core: Core, pbx: Pbx) -> None:
+    await _rule(core, pbx.domain_id, ActionInput(action="reject"))
+    carrier = Carrier(pbx)
+    await carrier.call()
+    assert (await carrier.phone.expect(603)).code == 603
+    await carrier.call("+74959999999")  # no domain has it
+    assert (await carrier.phone.expect(404)).code == 404
+    pbx.b2bua.trunks = FakeTrunks(DomainId(uuid.uuid4()))  # type: ignore[assignment]
+    await carrier.call()  # our line, but the carrier is another tenant's trunk
+    assert (await carrier.phone.expect(404)).code == 404
+    assert pbx.bus.events == []

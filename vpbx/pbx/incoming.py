@@ -1,0 +1,114 @@
+"""Where a call to one of the domains' numbers goes: the routing rules as plain facts for the B2BUA.
+
+``IncomingRouter.decide`` finds the line (numbers are unique across tenants), takes the first rule that holds
+at that moment in the domain's time zone (``vpbx.pbx.routing.resolve``) and returns a ``Decision``: frozen
+values, no ORM objects, so the call engine never touches the database session. The routing hook of issue
+core-3 (get_number_info, amoCRM) will sit in front of this.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from vpbx.errors import NotFound
+from vpbx.logs import get_logger
+from vpbx.pbx import routing
+from vpbx.store.models import CallGroup, Domain, DomainId, IncomingNumber, User
+
+log = get_logger("vpbx.pbx.incoming")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Person:
+    """A user a call may ring: the extension and what the events and the mobile forwarding need."""
+
+    user_id: uuid.UUID
+    login: str
+    pin: str
+    display_name: str
+    contact_numbers: tuple[str, ...] = ()
+    mobile_delay_s: int = 15
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """What to do with a call to ``line`` of ``domain``."""
+
+    domain_id: DomainId
+    domain: str
+    line: str  # E.164
+    action: str  # user, group, menu, voicemail, external, reject; "none" when no rule holds
+    people: tuple[Person, ...] = ()  # user: one; group: the members in order
+    group_id: uuid.UUID | None = None
+    strategy: str = "simultaneous"
+    member_timeout_s: int = 20
+    overall_timeout_s: int = 60
+    number: str | None = None  # external: where to
+    rule_id: uuid.UUID | None = None
+
+
+class IncomingRouter:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def decide(self, line_e164: str, when: dt.datetime) -> Decision | None:
+        """The decision for a call to ``line_e164`` at ``when`` (UTC); None when no domain has that number."""
+        async with self._sessions() as s:
+            number = await s.scalar(select(IncomingNumber).where(IncomingNumber.number == line_e164))
+            if number is None:
+                return None
+            domain = await s.get(Domain, number.domain_id)
+            if domain is None or domain.status != "active":
+                return None
+            did, dname = DomainId(domain.id), domain.name
+
+            def make(action: str, **more: Any) -> Decision:
+                return Decision(domain_id=did, domain=dname, line=line_e164, action=action, **more)
+
+            try:
+                found = await routing.resolve(s, domain.id, line_e164, when)
+            except NotFound:
+                return None
+            if found is None:
+                return make("none")
+            action = found.action
+            if action.action == "user" and action.user_id is not None:
+                user = await s.get(User, action.user_id)
+                people = (_person(user),) if user is not None and user.domain_id == domain.id else ()
+                return make("user", people=people, rule_id=found.rule.id)
+            if action.action == "group" and action.group_id is not None:
+                group = await s.get(CallGroup, action.group_id)
+                if group is None or group.domain_id != domain.id:
+                    return make("none", rule_id=found.rule.id)
+                members = []
+                for m in group.members:
+                    user = await s.get(User, m.user_id)
+                    if user is not None:
+                        members.append(_person(user))
+                return make(
+                    "group",
+                    people=tuple(members),
+                    group_id=group.id,
+                    strategy=group.strategy,
+                    member_timeout_s=group.member_timeout_s,
+                    overall_timeout_s=group.overall_timeout_s,
+                    rule_id=found.rule.id,
+                )
+            return make(action.action, number=action.number, rule_id=found.rule.id)
+
+
+def _person(user: User) -> Person:
+    return Person(
+        user_id=user.id,
+        login=user.name,
+        pin=user.pin,
+        display_name=user.display_name,
+        contact_numbers=tuple(c.number for c in user.contact_numbers),
+        mobile_delay_s=user.mobile_delay_s,
+    )
