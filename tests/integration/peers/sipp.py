@@ -130,6 +130,7 @@ class SippRun:
     rate_period_ms: int = 1000  # -rp
     limit: int | None = None  # -l: simultaneous calls
     local_port: int | None = None  # -p (picked when None)
+    local_ip: str = LOOPBACK  # -i: another 127.x address plays a host of its own (a carrier)
     service: str | None = None  # -s: the Request-URI user of INVITE scenarios
     inf: Path | None = None  # -inf injection file
     keys: Mapping[str, str] = field(default_factory=dict)  # -key NAME VALUE → [NAME]
@@ -151,6 +152,7 @@ class SippRun:
             raise ValueError("a SIPp run needs a positive call count and timeout")
         if self.remote is not None:
             require_loopback(self.remote[0])
+        require_loopback(self.local_ip)
 
     @property
     def name(self) -> str:
@@ -169,7 +171,7 @@ class SippRun:
         else:
             assert self.scenario is not None
             argv += ["-sf", str(scenario_path(self.scenario))]
-        argv += ["-i", LOOPBACK, "-p", str(local_port), "-bind_local", "-nostdin"]
+        argv += ["-i", self.local_ip, "-p", str(local_port), "-bind_local", "-nostdin"]
         argv += ["-m", str(self.calls), "-r", _number(self.rate), "-rp", str(self.rate_period_ms)]
         if self.limit is not None:
             argv += ["-l", str(self.limit)]
