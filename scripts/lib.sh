@@ -6,8 +6,9 @@
 VPBX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$VPBX_ROOT/.venv"
 # Debian packages needed to run vpbx (the Python interpreter, its venv module and headers, a compiler
-# for packages without wheels). Node.js and npm are added only when npm is missing.
-RUN_APT_PACKAGES=(python3 python3-venv python3-dev build-essential)
+# for packages without wheels), and the prompt converters: sox with its MP3 reader, espeak-ng for speech
+# (telephony.md §3.10). Node.js and npm are added only when npm is missing.
+RUN_APT_PACKAGES=(python3 python3-venv python3-dev build-essential sox libsox-fmt-mp3 espeak-ng)
 
 _apt_updated=0
 

@@ -1,4 +1,5 @@
-"""Media: RTP relay, G.711, RFC 4733 DTMF and the ``MediaBackend`` interface (telephony.md §3.8, §3.9)."""
+"""Media: RTP relay, G.711, RFC 4733 DTMF, prompts and their player, and the ``MediaBackend`` interface
+(telephony.md §3.8–§3.10)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ from vpbx.media.g711 import (
     pcm_to_alaw,
     pcm_to_ulaw,
     ulaw_to_pcm,
+)
+from vpbx.media.player import AudioCache, Playback, PromptAudio
+from vpbx.media.prompts import (
+    Prompt,
+    PromptError,
+    PromptId,
+    PromptStore,
+    SystemPhrase,
+    Voice,
 )
 from vpbx.media.relay import (
     LATCH_PACKETS,
@@ -66,6 +76,7 @@ __all__ = [
     "TELEPHONE_EVENT_PT",
     "ULAW_TO_ALAW",
     "Address",
+    "AudioCache",
     "AudioopG711",
     "Digit",
     "DtmfEvent",
@@ -78,7 +89,13 @@ __all__ = [
     "MediaBackend",
     "MediaPorts",
     "MediaTimeoutHook",
+    "Playback",
     "PortAllocator",
+    "Prompt",
+    "PromptAudio",
+    "PromptError",
+    "PromptId",
+    "PromptStore",
     "Relay",
     "RelayLeg",
     "RelaySession",
@@ -87,7 +104,9 @@ __all__ = [
     "RtpPacket",
     "SessionStats",
     "Side",
+    "SystemPhrase",
     "TableG711",
+    "Voice",
     "alaw_to_pcm",
     "build_event",
     "default_codec",

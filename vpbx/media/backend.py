@@ -7,8 +7,9 @@ diagnostics and the call record, and ``release`` when the call ends.
 ``InlineMediaBackend`` runs the relay on the current event loop (``media_mode = "inline"``: unit tests and the
 smallest installs). ``WorkerMediaBackend`` is the production shape: relays in worker processes
 (``vpbx.media.worker``, started and restarted by ``vpbx.media.supervisor``) driven over a unix socket with
-length-prefixed JSON (``vpbx.media.control``; telephony.md §2, §3.9). Play, record and DTMF sending join the
-Protocol with the endpoint media. Nothing here keeps module-level state.
+length-prefixed JSON (``vpbx.media.control``; telephony.md §2, §3.9). ``play``/``stop_play`` send a
+stored prompt (``vpbx.media.prompts``) to one leg's phone and ``on_play_done`` reports when it has played
+out; record and DTMF sending join the Protocol later. Nothing here keeps module-level state.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from vpbx.clock import Clock, SystemClock
 from vpbx.errors import NoMediaPorts, NoMediaSession, WorkerUnavailable
 from vpbx.logs import get_logger
 from vpbx.media.dtmf import Digit
+from vpbx.media.player import AudioCache
 from vpbx.media.relay import (
     MEDIA_TIMEOUT_S,
     Address,
     DigitHook,
     LegRef,
+    PlayDoneHook,
     PortAllocator,
     Relay,
     RelayLeg,
@@ -34,6 +37,7 @@ from vpbx.media.relay import (
 from vpbx.pbx.bus import SessionId
 
 if TYPE_CHECKING:
+    from vpbx.media.prompts import Prompt
     from vpbx.media.supervisor import WorkerProcess
 
 log = get_logger("vpbx.media.backend")
@@ -105,6 +109,16 @@ class MediaBackend(Protocol):
         """Counters per leg; raises ``NoMediaSession`` for an unknown session."""
         ...
 
+    async def play(self, leg: LegRef, prompt: Prompt, *, loop: bool = False) -> None:
+        """Play a stored prompt to the leg's phone (replacing one that plays there); ``on_play_done(leg)``
+        fires when it has played out (never when looping). Media from the other leg is held back meanwhile;
+        the leg's digits are still reported. ``ValueError`` when the leg has not negotiated G.711 yet."""
+        ...
+
+    async def stop_play(self, leg: LegRef) -> bool:
+        """Stop the leg's prompt without ``on_play_done``; False when none was playing."""
+        ...
+
 
 def _addr(a: tuple[Any, ...] | None) -> Address | None:
     return None if a is None else Address(str(a[0]), int(a[1]))
@@ -156,6 +170,7 @@ class InlineMediaBackend:
         check_interval_s: float = CHECK_INTERVAL_S,
         on_media_timeout: MediaTimeoutHook | None = None,
         on_dtmf: DigitHook | None = None,
+        on_play_done: PlayDoneHook | None = None,
     ) -> None:
         self.allocator = PortAllocator(ports[0], ports[1], host=bind_host)
         self.advertise_host = advertise_host
@@ -164,6 +179,8 @@ class InlineMediaBackend:
         self.check_interval_s = check_interval_s
         self.on_media_timeout = on_media_timeout
         self.on_dtmf = on_dtmf
+        self.on_play_done = on_play_done
+        self.audio = AudioCache()
         self._relay: Relay | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -173,7 +190,9 @@ class InlineMediaBackend:
         if self._relay is None:
             loop = asyncio.get_running_loop()
             hook = self._dtmf if self.on_dtmf is not None else None
-            self._relay = Relay(self.allocator, clock=self.clock, loop=loop, on_dtmf=hook)
+            self._relay = Relay(
+                self.allocator, clock=self.clock, loop=loop, on_dtmf=hook, on_play_done=self._play_done
+            )
             self._timer = loop.call_later(self.check_interval_s, self._tick)
         return self._relay
 
@@ -201,6 +220,18 @@ class InlineMediaBackend:
         return SessionStats(
             session, leg_stats(rs.a, now, self.advertise_host), leg_stats(rs.b, now, self.advertise_host)
         )
+
+    async def play(self, leg: LegRef, prompt: Prompt, *, loop: bool = False) -> None:
+        self.relay.get(leg.session)  # NoMediaSession before any disk work
+        audio = await self.audio.load(prompt)
+        self.relay.play(leg, audio, loop=loop)
+
+    async def stop_play(self, leg: LegRef) -> bool:
+        return self.relay.stop_play(leg)
+
+    def _play_done(self, leg: LegRef) -> None:
+        if self.on_play_done is not None:
+            self.on_play_done(leg)  # the relay logs a failing hook
 
     def check(self) -> list[LegRef]:
         """One watchdog round: report legs silent for ``media_timeout_s`` (re-armed), close stale digits."""
@@ -270,7 +301,8 @@ class WorkerMediaBackend:
 
     The port range is split between the workers; each session goes to the least loaded live worker (the next
     one if that worker's range is full) and stays there. Events come back over the control socket:
-    ``on_media_timeout`` and ``on_dtmf`` fire as with ``InlineMediaBackend``. When a worker dies, each of its
+    ``on_media_timeout``, ``on_dtmf`` and ``on_play_done`` fire as with ``InlineMediaBackend`` (a play_done
+    that crossed a newer ``play`` or a ``stop_play`` of its leg is dropped). When a worker dies, each of its
     sessions is forgotten and reported: to ``on_session_lost`` when set, else as ``on_media_timeout`` for leg
     ``a`` (so the B2BUA BYEs the call if it is connected and not held); the supervisor restarts the worker.
     ``start`` before use, ``aclose`` at the end.
@@ -287,6 +319,7 @@ class WorkerMediaBackend:
         check_interval_s: float = CHECK_INTERVAL_S,
         on_media_timeout: MediaTimeoutHook | None = None,
         on_dtmf: DigitHook | None = None,
+        on_play_done: PlayDoneHook | None = None,
         on_session_lost: SessionLostHook | None = None,
         loop: str = "auto",
         log_level: str = "info",
@@ -297,6 +330,7 @@ class WorkerMediaBackend:
         self.advertise_host = advertise_host
         self.on_media_timeout = on_media_timeout
         self.on_dtmf = on_dtmf
+        self.on_play_done = on_play_done
         self.on_session_lost = on_session_lost
         configs = [
             WorkerConfig(
@@ -314,6 +348,8 @@ class WorkerMediaBackend:
         self.supervisor = MediaSupervisor(configs, on_event=self._event, on_dead=self._dead)
         self._where: dict[str, WorkerProcess] = {}
         self._ports: dict[str, MediaPorts] = {}
+        self._plays: dict[LegRef, int] = {}  # the play id each playing leg's play_done must carry
+        self._play_seq = 0
 
     @property
     def workers(self) -> list[WorkerProcess]:
@@ -327,6 +363,7 @@ class WorkerMediaBackend:
         await self.supervisor.aclose()
         self._where.clear()
         self._ports.clear()
+        self._plays.clear()
 
     async def allocate(self, session: SessionId) -> MediaPorts:
         if session in self._ports:
@@ -361,7 +398,35 @@ class WorkerMediaBackend:
             telephone_event_pt=telephone_event_pt,
         )
 
+    async def play(self, leg: LegRef, prompt: Prompt, *, loop: bool = False) -> None:
+        worker = self._worker(leg.session)
+        self._play_seq += 1
+        play_id = self._play_seq
+        self._plays[leg] = play_id
+        try:
+            await worker.request(
+                "play",
+                session=leg.session,
+                side=leg.side,
+                prompt=prompt.id,
+                pcma=str(prompt.pcma),
+                pcmu=str(prompt.pcmu),
+                loop=loop,
+                play_id=play_id,
+            )
+        except BaseException:
+            if self._plays.get(leg) == play_id:
+                del self._plays[leg]
+            raise
+
+    async def stop_play(self, leg: LegRef) -> bool:
+        worker = self._worker(leg.session)
+        self._plays.pop(leg, None)
+        result = await worker.request("stop_play", session=leg.session, side=leg.side)
+        return bool(result.get("stopped"))
+
     async def release(self, session: SessionId) -> None:
+        self._forget_plays({session})
         worker = self._where.pop(session, None)
         self._ports.pop(session, None)
         if worker is None:
@@ -406,6 +471,16 @@ class WorkerMediaBackend:
                 ended=bool(message["ended"]),
             )
             self.on_dtmf(leg, digit)
+        elif kind == "play_done":
+            if self._plays.get(leg) != message.get("play_id"):
+                return  # a newer play or a stop_play of this leg crossed it
+            del self._plays[leg]
+            if self.on_play_done is not None:
+                self.on_play_done(leg)
+
+    def _forget_plays(self, sessions: set[str]) -> None:
+        for leg in [leg for leg in self._plays if leg.session in sessions]:
+            del self._plays[leg]
 
     def _dead(self, worker: WorkerProcess) -> None:
         lost = [s for s, w in self._where.items() if w is worker]
@@ -413,6 +488,7 @@ class WorkerMediaBackend:
             del self._where[session]
             self._ports.pop(session, None)
         worker.sessions = 0
+        self._forget_plays(set(lost))
         log.error("media.worker_lost_sessions", worker=worker.name, sessions=len(lost))
         for session in lost:
             try:

@@ -8,12 +8,14 @@ Each frame is a 4-octet big-endian length followed by that many octets of UTF-8 
     event     {"event": "media_timeout", "session": "…", "side": "a", "idle_s": 60.2}
               {"event": "dtmf", "session": "…", "side": "a", "digit": "5", "timestamp": …, "duration": …,
                "ended": true}
+              {"event": "play_done", "session": "…", "side": "a", "play_id": 3}   a prompt has played out
               {"event": "ready", "pid": 1234, "capacity": 2500}              once, when the worker listens
 
-Verbs: ``allocate``, ``update``, ``release``, ``stats``, ``info``, ``shutdown``. ``FrameDecoder`` is the
-sans-I/O framing; ``ControlChannel`` is the signalling side's asyncio adapter: request ids, one pending future
-per request, a timeout per command (``COMMAND_TIMEOUT_S``), events handed to a callback, and ``closed`` set
-when the worker's end goes away (EOF: the worker exited or died).
+Verbs: ``allocate``, ``update``, ``release``, ``stats``, ``info``, ``shutdown``, ``play`` (session, side,
+prompt id, paths of its ``.pcma`` and ``.pcmu`` files, loop, play_id) and ``stop_play`` (session, side).
+``FrameDecoder`` is the sans-I/O framing; ``ControlChannel`` is the signalling side's asyncio adapter:
+request ids, one pending future per request, a timeout per command (``COMMAND_TIMEOUT_S``), events handed to
+a callback, and ``closed`` set when the worker's end goes away (EOF: the worker exited or died).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from vpbx.errors import MediaError, NoMediaPorts, NoMediaSession, WorkerUnavailable
 from vpbx.logs import get_logger
+from vpbx.media.prompts import PromptError
 
 log = get_logger("vpbx.media.control")
 
@@ -109,6 +112,8 @@ def error_from_reply(error: Message, op: str) -> Exception:
         return NoMediaSession(str(error.get("session", "")))
     if code == "invalid-value":
         return ValueError(message)
+    if code == PromptError.code:
+        return PromptError(str(error.get("reason", "")), message)
     return MediaError(f"media worker failed {op}: {code}: {message}")
 
 
@@ -118,6 +123,8 @@ def error_reply(request_id: object, e: Exception) -> Message:
         error: Message = {"code": e.code, "message": str(e)}
         if isinstance(e, NoMediaSession):
             error["session"] = e.details.get("session_id", "")
+        elif isinstance(e, PromptError):
+            error["reason"] = e.reason
     elif isinstance(e, (ValueError, TypeError, KeyError)):
         error = {"code": "invalid-value", "message": f"{type(e).__name__}: {e}"}
     else:

@@ -9,6 +9,12 @@ consecutive valid packets from one new source, counting the others); header rewr
 forwarded with its PT remapped and peeked for digits; send. Nothing is logged and no object is built per
 packet beyond the header fields.
 
+A prompt can play to a leg (``Relay.play``; the pacing core is ``vpbx.media.player.Playback``): a timer per
+playing leg sends its due frames through the leg's rewriter (so the phone sees one SSRC, re-based with the
+marker bit when the prompt starts and again when bridged media resumes), and while it plays, media from the
+other leg is not forwarded to that leg. The leg's own packets are still read, counted and peeked for digits
+(IVR barge-in). ``on_play_done`` fires when a prompt has played out; ``stop_play`` and closing do not fire it.
+
 RTCP is read per leg for the peer's loss/jitter reports and never forwarded. Each leg keeps the time of its
 last valid packet, so the owner can find dead calls (``Relay.idle_legs``; telephony.md §3.7 media timeout).
 """
@@ -24,8 +30,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from vpbx.errors import MediaParseError, NoMediaPorts, NoMediaSession
+from vpbx.logs import get_logger
 from vpbx.media.dtmf import Digit, DtmfReceiver
 from vpbx.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
+from vpbx.media.player import Playback, PromptAudio
 from vpbx.media.rtp import (
     HEADER_FIELDS,
     MAX_DROPOUT,
@@ -43,6 +51,8 @@ from vpbx.media.rtp import (
 if TYPE_CHECKING:
     from vpbx.clock import Clock
     from vpbx.pbx.bus import SessionId
+
+log = get_logger("vpbx.media.relay")
 
 RCVBUF_BYTES = 256 * 1024  # telephony.md §3.9: SO_RCVBUF per RTP socket
 LATCH_PACKETS = 5  # telephony.md §3.9: consecutive valid packets from a new source before re-latching
@@ -156,6 +166,8 @@ class RelayLeg:
         "last_rx_at",
         "latched",
         "peer",
+        "play_timer",
+        "playback",
         "port",
         "ref",
         "relatches",
@@ -199,6 +211,8 @@ class RelayLeg:
         self.xlate: bytes | None = None  # table for payloads going from this leg to its peer
         self.rewriter = LegRewriter(secrets.randbits(32))  # for packets we send to this leg's phone
         self.dtmf: DtmfReceiver | None = None
+        self.playback: Playback | None = None  # a prompt playing to this leg's phone
+        self.play_timer: asyncio.TimerHandle | None = None
         self.watched = False  # armed for the media timeout once the leg has a negotiated remote
         self.armed_at = now
         self.last_rx_at = now
@@ -245,13 +259,15 @@ class RelaySession:
 
 
 DigitHook = Callable[[LegRef, Digit], None]
+PlayDoneHook = Callable[[LegRef], None]
 
 
 class Relay:
     """Media sessions on one event loop: ports, readers, forwarding. Used by ``InlineMediaBackend``.
 
     ``clock`` gives the packet times (read once per wake-up, not per packet) that latching re-bases and the
-    media timeout use. ``on_dtmf`` (optional) gets the digits peeked from each leg's telephone-events.
+    media timeout use. ``on_dtmf`` (optional) gets the digits peeked from each leg's telephone-events;
+    ``on_play_done`` (optional) the legs whose prompt has played out.
     """
 
     def __init__(
@@ -261,11 +277,13 @@ class Relay:
         clock: Clock,
         loop: asyncio.AbstractEventLoop | None = None,
         on_dtmf: DigitHook | None = None,
+        on_play_done: PlayDoneHook | None = None,
     ) -> None:
         self.allocator = allocator
         self._clock = clock
         self._loop = loop or asyncio.get_running_loop()
         self._on_dtmf = on_dtmf
+        self._on_play_done = on_play_done
         self._sessions: dict[str, RelaySession] = {}
         self._buf = bytearray(MAX_DATAGRAM)
         self._mv = memoryview(self._buf)
@@ -332,6 +350,69 @@ class Relay:
         leg.watched = remote is not None
         leg.armed_at = now
 
+    def play(self, leg_ref: LegRef, audio: PromptAudio, *, loop: bool = False) -> None:
+        """Play ``audio`` to the leg's phone (replacing a prompt already playing there), from now.
+
+        The leg must have negotiated PCMA or PCMU: the prompt goes out in that law, paced every 20 ms.
+        """
+        leg = self.get(leg_ref.session).leg(leg_ref.side)
+        if leg.codec_pt not in _LAW_BY_PT:
+            raise ValueError(f"leg {leg_ref.side} has no G.711 codec negotiated (PT {leg.codec_pt})")
+        self._stop_play(leg)
+        leg.playback = Playback(audio, start=self._clock.monotonic(), loop=loop)
+        leg.rewriter.rebase()  # marker bit and continuous seq/timestamp toward the phone
+        self._play_tick(leg)
+
+    def stop_play(self, leg_ref: LegRef) -> bool:
+        """Stop the leg's prompt (no ``on_play_done``); bridged media flows again. False if none played."""
+        leg = self.get(leg_ref.session).leg(leg_ref.side)
+        return self._stop_play(leg)
+
+    def playing(self, leg_ref: LegRef) -> bool:
+        return self.get(leg_ref.session).leg(leg_ref.side).playback is not None
+
+    def _stop_play(self, leg: RelayLeg) -> bool:
+        if leg.play_timer is not None:
+            leg.play_timer.cancel()
+            leg.play_timer = None
+        if leg.playback is None:
+            return False
+        leg.playback = None
+        leg.rewriter.rebase()  # the bridged source resumes with the marker bit
+        return True
+
+    def _play_tick(self, leg: RelayLeg) -> None:
+        leg.play_timer = None
+        playback = leg.playback
+        if playback is None:
+            return
+        now = self._clock.monotonic()
+        pt = leg.codec_pt
+        for packet in playback.due(now, ulaw=pt == PT_PCMU):
+            leg.rewriter.rewrite(packet, now, pt)
+            dest = leg.destination
+            if dest is None:
+                leg.dropped += 1  # no address for the phone yet; the prompt's clock runs on
+                continue
+            try:
+                leg.rtp_sock.sendto(packet, dest)
+            except OSError:
+                leg.send_errors += 1
+                continue
+            leg.tx_packets += 1
+            leg.tx_bytes += len(packet)
+        if not playback.finished(now):
+            delay = max(0.0, playback.next_at - now)
+            leg.play_timer = self._loop.call_later(delay, self._play_tick, leg)
+            return
+        leg.playback = None
+        leg.rewriter.rebase()
+        if self._on_play_done is not None:
+            try:
+                self._on_play_done(leg.ref)
+            except Exception:  # a failing subscriber must not stop other legs' prompts
+                log.exception("media.play_done_hook_failed", session_id=leg.ref.session, leg=leg.ref.side)
+
     def close(self, session: SessionId) -> bool:
         """Stop reading, close the sockets and free the ports; False if the session was not open."""
         rs = self._sessions.pop(session, None)
@@ -364,6 +445,7 @@ class Relay:
                     self._on_dtmf(leg.ref, digit)
 
     def _close_leg(self, leg: RelayLeg, *, readers: bool) -> None:
+        self._stop_play(leg)
         if readers:
             self._loop.remove_reader(leg.rtp_sock.fileno())
             self._loop.remove_reader(leg.rtcp_sock.fileno())
@@ -446,9 +528,12 @@ class Relay:
                 leg.rx_max = seq
 
         peer = leg.peer
+        if event and leg.dtmf is not None:
+            self._peek_dtmf(leg, n, ts, ssrc)  # also while a prompt plays to this leg: barge-in
+        if peer.playback is not None:
+            leg.dropped += 1  # a prompt plays to the other phone: nothing of ours reaches it meanwhile
+            return
         if event:
-            if leg.dtmf is not None:
-                self._peek_dtmf(leg, n, ts, ssrc)
             out_pt = peer.te_pt if peer.codec_pt >= 0 else pt
             if out_pt < 0:
                 leg.dropped += 1  # the other side did not negotiate telephone-event

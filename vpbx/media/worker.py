@@ -21,11 +21,13 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from vpbx.logs import configure_logging, get_logger
 from vpbx.media.backend import CHECK_INTERVAL_S, InlineMediaBackend
 from vpbx.media.control import ControlProtocolError, Message, encode_frame, error_reply, read_frame
 from vpbx.media.dtmf import Digit
+from vpbx.media.prompts import Prompt, PromptId
 from vpbx.media.relay import MEDIA_TIMEOUT_S, Address, LegRef, Side
 from vpbx.pbx.bus import SessionId
 
@@ -42,11 +44,15 @@ class Worker:
         backend.on_media_timeout = self._media_timeout
         if backend.on_dtmf is not None:
             backend.on_dtmf = self._dtmf
+        backend.on_play_done = self._play_done
+        self._plays: dict[LegRef, object] = {}  # the signalling side's play id, echoed in play_done
         self._ops: dict[str, Callable[[Message], object]] = {
             "allocate": self._allocate,
             "update": self._update,
             "release": self._release,
             "stats": self._stats,
+            "play": self._play,
+            "stop_play": self._stop_play,
             "info": self._info,
             "shutdown": self._shutdown,
         }
@@ -91,7 +97,23 @@ class Worker:
         )
 
     async def _release(self, args: Message) -> None:
-        await self.backend.release(SessionId(str(args["session"])))
+        session = SessionId(str(args["session"]))
+        for side in ("a", "b"):
+            self._plays.pop(LegRef(session, _side(side)), None)
+        await self.backend.release(session)
+
+    async def _play(self, args: Message) -> None:
+        leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
+        pcma, pcmu = Path(str(args["pcma"])), Path(str(args["pcmu"]))
+        prompt = Prompt(id=PromptId(str(args["prompt"])), duration_s=0.0, wav=pcma, pcma=pcma, pcmu=pcmu)
+        play_id = args.get("play_id")
+        await self.backend.play(leg, prompt, loop=bool(args.get("loop", False)))
+        self._plays[leg] = play_id  # after the await: a failed play keeps the previous one's id
+
+    async def _stop_play(self, args: Message) -> Message:
+        leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
+        self._plays.pop(leg, None)
+        return {"stopped": await self.backend.stop_play(leg)}
 
     async def _stats(self, args: Message) -> Message:
         stats = await self.backend.stats(SessionId(str(args["session"])))
@@ -111,6 +133,10 @@ class Worker:
     # --- events -----------------------------------------------------------------------------------------
     def _media_timeout(self, leg: LegRef, idle_s: float) -> None:
         self.send({"event": "media_timeout", "session": leg.session, "side": leg.side, "idle_s": idle_s})
+
+    def _play_done(self, leg: LegRef) -> None:
+        play_id = self._plays.pop(leg, None)
+        self.send({"event": "play_done", "session": leg.session, "side": leg.side, "play_id": play_id})
 
     def _dtmf(self, leg: LegRef, digit: Digit) -> None:
         self.send({"event": "dtmf", "session": leg.session, "side": leg.side, **dataclasses.asdict(digit)})

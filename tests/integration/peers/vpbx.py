@@ -10,21 +10,25 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.integration.peers.net import LOOPBACK, free_port_block, free_ports, wait_sip_ready, wait_until
 from tests.integration.peers.process import PeerProcess
 from tests.integration.peers.service import SipService
 from vpbx import store
-from vpbx.app import build_core
+from vpbx.app import Core, build_core
 from vpbx.pbx import domains, users
 from vpbx.settings import Settings
 
 DEFAULT_DOMAIN = "peers.vpbx.test"
 REPO = Path(__file__).resolve().parents[3]
+# more rows for the provisioned domain, written in the same transaction (trunks, an admin for the cabinet)
+Setup = Callable[[AsyncSession, Core, uuid.UUID], Awaitable[None]]
 START_TIMEOUT_S = 30.0
 
 
@@ -44,7 +48,12 @@ def _env(data: Path, domain: str, secret: str, extra: Mapping[str, str]) -> dict
 
 
 async def provision(
-    settings: Settings, domain: str, accounts: Mapping[str, str], *, channel_limit: int = 100
+    settings: Settings,
+    domain: str,
+    accounts: Mapping[str, str],
+    *,
+    channel_limit: int = 100,
+    setup: Setup | None = None,
 ) -> None:
     """The domain with one user per extension; the SIP login is the extension, as on the Kamailio side."""
     await store.upgrade_async(settings.database_url)
@@ -65,6 +74,8 @@ async def provision(
                     ),
                     box=core.box,
                 )
+            if setup is not None:
+                await setup(s, core, d.id)
             await s.commit()
     finally:
         await core.engine.dispose()
@@ -87,6 +98,7 @@ class Vpbx:
         env: Mapping[str, str] | None = None,
         argv_prefix: Sequence[str] = (),
         channel_limit: int = 100,
+        setup: Setup | None = None,
     ) -> AsyncIterator[Vpbx]:
         data = workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -98,7 +110,7 @@ class Vpbx:
             data_dir=data,  # type: ignore[arg-type]
             database_url=full_env["VPBX_DATABASE_URL"],
         )
-        await provision(settings, domain, users, channel_limit=channel_limit)
+        await provision(settings, domain, users, channel_limit=channel_limit, setup=setup)
         sip_port = free_port_block(1)
         http_port = free_ports(1)[0]
         argv = [
