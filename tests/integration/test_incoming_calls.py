@@ -1,0 +1,152 @@
+"""A carrier (SIPp on 127.0.0.2, known by an IP trunk) calls one of the domain's lines; the rules decide
+who rings. Phones are SIPp UASes registered with sipsak; vpbx runs as ``vpbx serve`` with its media workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.integration.peers.process import require_binary
+from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, scenario_path
+from tests.integration.peers.vpbx import Setup, Vpbx
+from tests.integration.test_calls import SIPP_TIMEOUT_S, USERS, Server, bind, callee_run
+from vpbx.app import Core
+from vpbx.pbx import groups, lines, routing, trunks
+from vpbx.pbx.actions import ActionInput
+from vpbx.store.models import User
+
+pytestmark = pytest.mark.peers
+
+CARRIER_IP = "127.0.0.2"  # a host of its own on loopback: the trunk knows the carrier by this address
+LINE = "74951234567"
+CALLER = "79161234567"
+
+
+def line_to(target: str, *, members: tuple[str, ...] = ()) -> Setup:
+    """An IP trunk for the carrier, the line, and one rule sending the line's calls to ``target``."""
+
+    async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        await trunks.create_trunk(
+            s,
+            domain_id,
+            trunks.TrunkInput(
+                name="Carrier", kind="ip", host=CARRIER_IP, allowed_networks=[f"{CARRIER_IP}/32"]
+            ),
+            box=core.box,
+        )
+        number = await lines.create_number(s, domain_id, lines.NumberInput(number=f"+{LINE}"))
+        if target == "user":
+            user_id = await s.scalar(select(User.id).where(User.domain_id == domain_id, User.pin == "102"))
+            action = ActionInput(action="user", user_id=user_id)
+        elif target == "group":
+            group = await groups.create_group(
+                s,
+                domain_id,
+                groups.GroupInput(
+                    name="Sales",
+                    pin="600",
+                    strategy="sequential",
+                    member_timeout_s=5,
+                    overall_timeout_s=20,
+                    members=list(members),
+                ),
+            )
+            action = ActionInput(action="group", group_id=group.id)
+        else:
+            action = ActionInput(action=target)
+        await routing.add_rule(s, domain_id, number.id, routing.RuleInput(target=action))
+
+    return setup
+
+
+def refused(tmp_path: Path, code: int) -> Path:
+    """uac_refused.xml expecting ``code`` as the final response."""
+    path = tmp_path / f"uac_refused_{code}.xml"
+    path.write_text(scenario_path("uac_refused").read_text().replace("FINAL_CODE", str(code)))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, setup: Setup) -> AsyncIterator[Server]:
+    for program in ("sipsak", "sipp"):
+        require_binary(program)
+    events_file = tmp_path / "events.jsonl"
+    env = {"VPBX_DEBUG_CALL_EVENTS_FILE": str(events_file)}
+    async with Vpbx.running(tmp_path / "vpbx", users=USERS, env=env, setup=setup) as vpbx:
+        yield Server(vpbx, events_file)
+
+
+def carrier_run(server: Server, **kw: object) -> SippRun:
+    service = server.service
+    args: dict[str, object] = {
+        "scenario": "uac_call",
+        "remote": (service.host, service.port),
+        "service": LINE,
+        "keys": {"domain": service.host, "caller": CALLER},
+        "local_ip": CARRIER_IP,
+        "timeout_s": SIPP_TIMEOUT_S,
+    }
+    args.update(kw)
+    return SippRun(**args)  # type: ignore[arg-type]
+
+
+async def test_a_carrier_call_to_the_line_reaches_the_user_of_the_rule(tmp_path: Path) -> None:
+    async with (
+        running(tmp_path, line_to("user")) as server,
+        SippProcess.running(callee_run("uas_answer"), tmp_path) as phone,
+    ):
+        await bind(server, "102", phone)
+        caller = await run_sipp(carrier_run(server, calls=1, duration_ms=300), tmp_path)
+        answered = await phone.wait()
+        [events] = (await server.calls(ended=1)).values()
+
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()
+    assert [e["state"] for e in events] == ["new", "calling", "connected", "disconnected", "end"]
+    domain = server.service.domain
+    assert {e["type"] for e in events} == {"incoming"}
+    assert all(e["from_number"] == f"sip:{CALLER}@{domain}" for e in events)
+    assert events[0]["request_number"] == f"sip:{LINE}@{domain}"
+    assert events[2]["request_number"] == f"user102@{domain}" and events[2]["request_pin"] == "102"
+
+
+async def test_a_sequential_group_moves_on_when_the_first_member_does_not_answer(tmp_path: Path) -> None:
+    async with (
+        running(tmp_path, line_to("group", members=("101", "102"))) as server,
+        SippProcess.running(callee_run("uas_ring"), tmp_path) as silent,
+        SippProcess.running(callee_run("uas_answer"), tmp_path) as answering,
+    ):
+        await bind(server, "101", silent)
+        await bind(server, "102", answering)
+        caller = await run_sipp(carrier_run(server, calls=1, duration_ms=300), tmp_path)
+        answered = await answering.wait()
+        [events] = (await server.calls(ended=1)).values()
+
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()
+    assert [(e["state"], e.get("request_pin")) for e in events] == [
+        ("new", None),
+        ("calling", "101"),
+        ("calling", "102"),
+        ("connected", "102"),
+        ("disconnected", "102"),
+        ("end", "102"),
+    ]
+
+
+async def test_a_rejecting_rule_and_an_unknown_line(tmp_path: Path) -> None:
+    async with running(tmp_path, line_to("reject")) as server:
+        rejected = await run_sipp(carrier_run(server, calls=1, scenario=refused(tmp_path, 603)), tmp_path)
+        unknown = await run_sipp(
+            carrier_run(server, calls=1, scenario=refused(tmp_path, 404), service="74959999999"), tmp_path
+        )
+    assert rejected.ok, rejected.describe()
+    assert unknown.ok, unknown.describe()
+    assert server.events() == []
