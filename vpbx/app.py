@@ -100,6 +100,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
     from vpbx.pbx.incoming import IncomingRouter
     from vpbx.pbx.node import SipNode
+    from vpbx.pbx.outbound import OutboundRouter
     from vpbx.pbx.trunkmon import TrunkMonitor
 
     app = create_app(settings)
@@ -158,6 +159,7 @@ async def serve(settings: Settings) -> None:
     app.state.trunks = trunks  # trunk_for_source / outbound_trunks, for the B2BUA
     b2bua.trunks = trunks  # calls from a carrier go to the domains' lines
     b2bua.incoming = IncomingRouter(core.sessions)
+    b2bua.outbound = OutboundRouter(core.sessions)
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):

@@ -29,6 +29,7 @@ import asyncio
 import enum
 import ipaddress
 import secrets
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -92,9 +93,12 @@ from vpbx.sip.transaction import T1, T2, TIMEOUT_FACTOR, TransactionKey
 if TYPE_CHECKING:
     import datetime as dt
 
+    from vpbx.pbx.directory import DomainInfo
     from vpbx.pbx.incoming import Decision
     from vpbx.pbx.node import SipNode
+    from vpbx.pbx.outbound import OutboundDecision
     from vpbx.pbx.trunkmon import TrunkInfo
+    from vpbx.store.models import DomainId
 
 log = get_logger("vpbx.pbx.b2bua")
 security = get_logger("vpbx.security")
@@ -104,6 +108,7 @@ SDP = "application/sdp"
 SUPPORTED_OPTIONS = frozenset({"replaces", "norefersub"})  # option tags an INVITE may Require; never 100rel
 BUSY_CODES = frozenset({486, 600, 603})  # any of them from a B-leg → 486 to A (RFC 3261 §21.4.24)
 PASSED_CODES = frozenset({404, 480})  # passed to A as they are when every B-leg says the same
+FAILOVER_CODES = frozenset({408, 500, 502, 503, 504})  # a carrier that fails this way: try the next trunk
 ELSEWHERE = reason_header(200, "Call completed elsewhere")  # RFC 3326, telephony.md §3.6
 CANCELLED = reason_header(487)  # BYE of a B-leg that answered after our CANCEL (telephony.md §4)
 MEDIA_TIMEOUT = reason_header(200, "media timeout")  # telephony.md §3.7
@@ -127,6 +132,18 @@ class TrunkLookup(Protocol):
     """The trunk monitor, as the B2BUA sees it: which carrier a request came from."""
 
     def trunk_for_source(self, host: str, port: int) -> TrunkInfo | None: ...
+
+    def outbound_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
+        """The domain's usable trunks in failover order."""
+        ...
+
+
+class OutboundRoutes(Protocol):
+    """Whether and how a user may call an outside number (``vpbx.pbx.outbound.OutboundRouter``)."""
+
+    async def decide(
+        self, domain_id: DomainId, user_id: uuid.UUID | None, dialled: str
+    ) -> OutboundDecision | None: ...
 
 
 class IncomingRoutes(Protocol):
@@ -212,6 +229,9 @@ class BLeg(Leg):
     contact_uri: str  # the binding rung
     party: Party | None = None  # the user this leg rings (events name them once it rings or answers)
     stage: int = 0  # the ringing plan's stage that started it
+    trunk: TrunkInfo | None = None  # a leg to a carrier
+    spare_trunks: tuple[TrunkInfo, ...] = ()  # failover: tried in turn when the carrier fails
+    authenticated: bool = False  # our INVITE already answered the carrier's 401/407
     invite: Request
     key: TransactionKey | None = None
     state: BState = BState.CALLING
@@ -244,6 +264,7 @@ class _Ctx:
     plan_timer: TimerHandle | None = None
     stage_legs: dict[int, list[BLeg]] = field(default_factory=dict)
     display: str = ""
+    caller_id: str = ""  # outbound calls: the number the carrier is told (E.164)
 
     @property
     def session_id(self) -> SessionId:
@@ -383,6 +404,7 @@ class B2bua:
         # incoming calls on the domains' lines (issue core-3): set by the composition root
         self.trunks: TrunkLookup | None = None
         self.incoming: IncomingRoutes | None = None
+        self.outbound: OutboundRoutes | None = None
         self.rotation = Rotation()  # cyclic groups' next first member
         self._calls: dict[SessionId, _Ctx] = {}
         self._pending: dict[TransactionKey, _Pending] = {}
@@ -455,6 +477,10 @@ class B2bua:
                     await self._b_provisional(ctx, leg, response)
                 elif response.code < 300:
                     await self._b_answered(ctx, leg, response)
+                elif response.code in (401, 407) and self._authenticate_trunk_leg(ctx, leg, response):
+                    pass  # the INVITE went again with our credentials
+                elif leg.spare_trunks and response.code in FAILOVER_CODES and await self._fail_over(ctx, leg):
+                    pass  # the next trunk rings instead
                 else:
                     await self._b_failed(ctx, leg, response.code)
             except Exception:
@@ -591,6 +617,9 @@ class B2bua:
         extension = invite.uri.user or ""
         callee = await self.directory.user_by_pin(domain, extension) if extension else None
         if pending.cancelled:
+            return
+        if callee is None and self.outbound is not None and extension:
+            await self._setup_outbound(node, key, invite, pending, domain, caller, extension)
             return
         if callee is None:
             CALLS.labels("rejected").inc()
@@ -893,6 +922,169 @@ class B2bua:
                 leg.cancel_wanted = True
             if leg.state is BState.PROCEEDING:
                 self._send_cancel(leg)
+
+    # --- calls from users to outside numbers, through the domain's trunks (issue core-3) ----------------
+    async def _setup_outbound(
+        self,
+        node: SipNode,
+        key: TransactionKey,
+        invite: Request,
+        pending: _Pending,
+        domain: DomainInfo,
+        caller: Party,
+        dialled: str,
+    ) -> None:
+        assert self.outbound is not None
+        decision = await self.outbound.decide(domain.id, caller.user_id, dialled)
+        if pending.cancelled:
+            return
+        if decision is None:  # neither an extension nor a number
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 404)
+            return
+        if not decision.allowed:
+            log.info("call.outbound_refused", caller=caller.pin, kind=decision.kind, domain=domain.name)
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 403, f"Forbidden ({decision.kind.replace('_', ' ')} calls)")
+            return
+        usable = self.trunks.outbound_trunks(domain.id) if self.trunks is not None else []
+        if not usable:
+            log.warning("call.no_trunk", caller=caller.pin, domain=domain.name)
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 503, "No Trunk Available", headers=(("Retry-After", RETRY_AFTER_S),))
+            return
+        acceptable, offer = self._checked_offer(node, key, invite)
+        flow = node.flow_of(key)
+        if not acceptable or flow is None:
+            return
+        call = Call(
+            session_id=new_session_id(),
+            domain=domain,
+            caller=caller,
+            callee=outside_party(decision.number, domain.name),
+            type="outbound",
+            started_at=self.clock.now(),
+        )
+        ctx = self._admit(node, key, invite, flow, call, offer)
+        if ctx is None:
+            return
+        async with ctx.lock:
+            try:
+                log.info("call.new", session_id=call.session_id, domain=domain.name, caller=caller.pin)
+                await self.events.publish(call, "new")
+                if self.media is None:
+                    raise SipError("The B2BUA has no media backend")
+                try:
+                    ctx.ports = await self.media.allocate(call.session_id)
+                except NoMediaPorts:
+                    self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+                    await self._finish(ctx, "failed")
+                    return
+                ctx.caller_id = decision.caller_id
+                self._ring_trunk(node, ctx, usable[0], tuple(usable[1:]), decision.number, decision.caller_id)
+                ctx.no_answer = self.timers.call_later(
+                    self.no_answer_s, lambda: self._spawn(self._no_answer(ctx), "call-no-answer")
+                )
+            except Exception:
+                await self._abort(ctx, "setup")
+                raise
+
+    def _ring_trunk(
+        self,
+        node: SipNode,
+        ctx: _Ctx,
+        trunk: TrunkInfo,
+        spare: tuple[TrunkInfo, ...],
+        number: str,
+        caller_id: str,
+    ) -> BLeg:
+        """An INVITE to ``number`` through ``trunk``: its number format, its From, our caller ID."""
+        assert ctx.ports is not None
+        dest = trunk.destination
+        token = secrets.token_hex(8)
+        contact = _contact(token, node.advertised_for(dest.transport), dest.transport)
+        dialled = trunk.format_number(number)
+        target = parse_uri(f"sip:{dialled}@{trunk.uri_host}")
+        if trunk.caller_id_mode == "fixed" and trunk.caller_id_number:
+            shown = trunk.format_number(trunk.caller_id_number)
+        elif caller_id:
+            shown = trunk.format_number(caller_id)
+        else:
+            shown = trunk.from_user or trunk.username or "anonymous"
+        from_ = Address(
+            uri=URI(scheme="sip", user=shown, host=trunk.from_host), parameters=Parameters(tag=new_tag())
+        )
+        to = Address(uri=URI(scheme="sip", user=dialled, host=trunk.host))
+        leg = BLeg(
+            side="b",
+            token=token,
+            flow=dest,
+            via=LocalVia(dest.transport.upper(), *node.advertised_for(dest.transport)),
+            contact=contact,
+            origin=_origin(ctx.ports.b.host),
+            contact_uri=str(target),
+            invite=Request("INVITE", target),
+            trunk=trunk,
+            spare_trunks=spare,
+        )
+        ports = ctx.ports
+        body = self._sdp(
+            leg, lambda origin: build_offer(origin=origin, address=ports.b.host, port=ports.b.port)
+        )
+        leg.invite = build_initial_request(
+            "INVITE",
+            target,
+            via=leg.via,
+            from_=from_,
+            to=to,
+            call_id=new_call_id(),
+            cseq=1,
+            contact=contact,
+            route=trunk.route(),
+            headers=(("Allow", ALLOW), ("User-Agent", USER_AGENT)),
+            body=body,
+            content_type=SDP,
+        )
+        ctx.b.append(leg)
+        self._tokens[token] = (ctx, leg)
+        leg.key = node.send_request(leg.invite, dest)
+        self._clients[leg.key] = (ctx, leg)
+        return leg
+
+    def _authenticate_trunk_leg(self, ctx: _Ctx, leg: BLeg, challenge: Response) -> bool:
+        """The carrier challenged our INVITE: send it again once with the trunk's credentials."""
+        trunk = leg.trunk
+        if trunk is None or leg.authenticated or ctx.ended or ctx.winner is not None or self._node is None:
+            return False
+        answer = trunk.credentials(challenge, "INVITE", str(leg.invite.uri))
+        if answer is None:
+            return False
+        old = leg.invite
+        again = Request("INVITE", old.uri, old.body)
+        for name in old.headers.keys():
+            again.headers.setlist(name, list(old.headers.getlist(name)))
+        again.headers.set("CSeq", f"{old.cseq.sequence + 1} INVITE")
+        again.headers.setlist("Via", [leg.via.header()])  # a new transaction: a fresh branch
+        again.headers.add(*answer)
+        leg.invite = again
+        leg.authenticated = True
+        if leg.key is not None:
+            self._clients.pop(leg.key, None)
+        leg.key = self._node.send_request(again, leg.flow)
+        self._clients[leg.key] = (ctx, leg)
+        return True
+
+    async def _fail_over(self, ctx: _Ctx, leg: BLeg) -> bool:
+        """The carrier failed (5xx, timeout): the same call through the next trunk."""
+        if ctx.ended or ctx.winner is not None or ctx.a.final_sent or self._node is None:
+            return False
+        leg.state = BState.FAILED
+        nxt, rest = leg.spare_trunks[0], leg.spare_trunks[1:]
+        failed = leg.trunk.name if leg.trunk else ""
+        log.info("call.trunk_failover", session_id=ctx.session_id, failed=failed, next=nxt.name)
+        number = ctx.call.callee.external
+        self._ring_trunk(self._node, ctx, nxt, rest, f"+{number}", ctx.caller_id)
+        return True
 
     async def _route(self, node: SipNode, ctx: _Ctx, display: str) -> None:
         call = ctx.call
