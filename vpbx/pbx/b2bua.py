@@ -232,6 +232,7 @@ class BLeg(Leg):
     trunk: TrunkInfo | None = None  # a leg to a carrier
     spare_trunks: tuple[TrunkInfo, ...] = ()  # failover: tried in turn when the carrier fails
     authenticated: bool = False  # our INVITE already answered the carrier's 401/407
+    dialled: str = ""  # a leg to a carrier: the number (E.164) it calls
     invite: Request
     key: TransactionKey | None = None
     state: BState = BState.CALLING
@@ -737,7 +738,10 @@ class B2bua:
         }
         pins = tuple(parties)
         if decision.action == "user":
-            plan = user_plan(pins[0], (), mobile_delay_s=people[0].mobile_delay_s, ring_s=self.no_answer_s)
+            mobiles = tuple(e for n in people[0].contact_numbers if (e := to_e164(n)))
+            plan = user_plan(
+                pins[0], mobiles, mobile_delay_s=people[0].mobile_delay_s, ring_s=self.no_answer_s
+            )
         else:
             first = self.rotation.take(decision.group_id, len(pins)) if decision.group_id else 0
             plan = group_plan(
@@ -882,6 +886,16 @@ class B2bua:
                 if leg is not None:
                     leg.stage = index
                     legs.append(leg)
+        numbers = ctx.plan.stages[index].targets.numbers
+        usable = (
+            self.trunks.outbound_trunks(ctx.call.domain.id) if numbers and self.trunks is not None else []
+        )
+        owner = next(iter(ctx.plan_people.values()), None)  # a user plan's contact numbers are its user's
+        for number in numbers if usable else ():
+            caller_id = f"+{ctx.line.external}" if ctx.line is not None else ""
+            leg = await self._ring_trunk(node, ctx, usable[0], tuple(usable[1:]), number, caller_id, owner)
+            leg.stage = index
+            legs.append(leg)
         return legs
 
     async def _plan_skip(self, ctx: _Ctx) -> bool:
@@ -981,7 +995,9 @@ class B2bua:
                     await self._finish(ctx, "failed")
                     return
                 ctx.caller_id = decision.caller_id
-                self._ring_trunk(node, ctx, usable[0], tuple(usable[1:]), decision.number, decision.caller_id)
+                await self._ring_trunk(
+                    node, ctx, usable[0], tuple(usable[1:]), decision.number, decision.caller_id
+                )
                 ctx.no_answer = self.timers.call_later(
                     self.no_answer_s, lambda: self._spawn(self._no_answer(ctx), "call-no-answer")
                 )
@@ -989,7 +1005,7 @@ class B2bua:
                 await self._abort(ctx, "setup")
                 raise
 
-    def _ring_trunk(
+    async def _ring_trunk(
         self,
         node: SipNode,
         ctx: _Ctx,
@@ -997,6 +1013,7 @@ class B2bua:
         spare: tuple[TrunkInfo, ...],
         number: str,
         caller_id: str,
+        party: Party | None = None,
     ) -> BLeg:
         """An INVITE to ``number`` through ``trunk``: its number format, its From, our caller ID."""
         assert ctx.ports is not None
@@ -1026,6 +1043,8 @@ class B2bua:
             invite=Request("INVITE", target),
             trunk=trunk,
             spare_trunks=spare,
+            party=party,
+            dialled=number,
         )
         ports = ctx.ports
         body = self._sdp(
@@ -1047,6 +1066,9 @@ class B2bua:
         )
         ctx.b.append(leg)
         self._tokens[token] = (ctx, leg)
+        if party is not None:  # a user's mobile number: «начало дозвона на контактный номер сотрудника»
+            ctx.call.callee = party
+            await self.events.publish(ctx.call, "calling", request_uri=str(target))
         leg.key = node.send_request(leg.invite, dest)
         self._clients[leg.key] = (ctx, leg)
         return leg
@@ -1082,8 +1104,7 @@ class B2bua:
         nxt, rest = leg.spare_trunks[0], leg.spare_trunks[1:]
         failed = leg.trunk.name if leg.trunk else ""
         log.info("call.trunk_failover", session_id=ctx.session_id, failed=failed, next=nxt.name)
-        number = ctx.call.callee.external
-        self._ring_trunk(self._node, ctx, nxt, rest, f"+{number}", ctx.caller_id)
+        await self._ring_trunk(self._node, ctx, nxt, rest, leg.dialled, ctx.caller_id, leg.party)
         return True
 
     async def _route(self, node: SipNode, ctx: _Ctx, display: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import itertools
 import re
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from vpbx.pbx.bus import CallEvent, Handler, SessionId
 from vpbx.pbx.calls import CallEvents, EngineDirectory, MemoryCallRegistry
 from vpbx.pbx.node import SipNode
 from vpbx.pbx.registrar import Binding, aor_for
+from vpbx.pbx.trunkmon import TrunkInfo
 from vpbx.sip.auth import digest_response
 from vpbx.sip.dialog import Dialog, LocalVia, build_initial_request, new_call_id, new_tag, tag_of
 from vpbx.sip.digest import ha1
@@ -510,3 +512,34 @@ class IncomingCall:
 
 def tag(msg: Request | Response, which: str = "To") -> str | None:
     return tag_of(msg.to_address if which == "To" else msg.from_address)
+
+
+# --- carriers ---------------------------------------------------------------------------------------
+def trunk(domain_id: DomainId, name: str, host: str, **kw: object) -> TrunkInfo:
+    fields: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "domain_id": domain_id,
+        "name": name,
+        "kind": "ip",
+        "host": host,
+        "port": 5060,
+        "transport": "udp",
+        "address": host,
+        "proxy": None,
+        "proxy_host": None,
+        "username": "acme",
+        "auth_username": "",
+        "password": "carrier-secret",
+        "expires_s": 3600,
+        "from_user": "",
+        "from_domain": "",
+        "caller_id_mode": "domain",
+        "caller_id_number": None,
+        "number_format": "national",
+        "max_calls": 10,
+        "priority": 10,
+        "enabled": True,
+        "networks": (),
+    }
+    fields.update(kw)
+    return TrunkInfo(**fields)  # type: ignore[arg-type]

@@ -7,20 +7,23 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import update
 
-from tests.unit.pbx.b2bua_kit import TENANT, Pbx, Phone, sdp
+from tests.unit.pbx.b2bua_kit import TENANT, IncomingCall, Pbx, Phone, sdp, trunk
 from vpbx.app import Core
 from vpbx.pbx import groups, lines, routing
 from vpbx.pbx.actions import ActionInput
 from vpbx.pbx.incoming import IncomingRouter
+from vpbx.pbx.trunkmon import TrunkInfo
 from vpbx.sip.dialog import LocalVia, build_initial_request, new_call_id, new_tag
 from vpbx.sip.flow import Destination
 from vpbx.sip.message import URI, Address, Parameters, Request, Response
-from vpbx.store.models import DomainId, User
+from vpbx.store.models import DomainId, User, UserContactNumber
 
 CARRIER = Destination("udp", "198.51.100.50", 5060)
 LINE = "+74951234567"
 CALLER = "+79161234567"
+MOBILE_CARRIER = "198.51.100.70"
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,15 @@ class FakeTrunk:
 
 
 class FakeTrunks:
-    def __init__(self, domain_id: DomainId) -> None:
+    def __init__(self, domain_id: DomainId, out: TrunkInfo | None = None) -> None:
         self.trunk = FakeTrunk(domain_id)
+        self.out = out
 
     def trunk_for_source(self, host: str, port: int) -> FakeTrunk | None:
         return self.trunk if host == CARRIER.host else None
+
+    def outbound_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
+        return [self.out] if self.out is not None and domain_id == self.trunk.domain_id else []
 
 
 class Carrier:
@@ -188,3 +195,35 @@ async def test_reject_and_unknown_lines_and_other_tenants(core: Core, pbx: Pbx) 
     await carrier.call()  # our line, but the carrier is another tenant's trunk
     assert (await carrier.phone.expect(404)).code == 404
     assert pbx.bus.events == []
+
+
+async def test_a_user_with_a_mobile_number_gets_it_rung_too_after_the_delay(core: Core, pbx: Pbx) -> None:
+    user_id = await _user_id(core, pbx.domain_id, "101")
+    async with core.sessions() as s:
+        s.add(UserContactNumber(user_id=user_id, position=0, number="+79160000001"))
+        await s.execute(update(User).where(User.id == user_id).values(mobile_delay_s=15))
+        await s.commit()
+    await _rule(core, pbx.domain_id, ActionInput(action="user", user_id=user_id))
+    pbx.b2bua.trunks = FakeTrunks(
+        pbx.domain_id, trunk(pbx.domain_id, "Out", MOBILE_CARRIER, number_format="e164")
+    )  # type: ignore[assignment]
+    mobile = Phone(pbx, "mobile-carrier", MOBILE_CARRIER, 5060, name="mc")
+    pbx.phones[(MOBILE_CARRIER, 5060)] = mobile
+    alice = pbx.phone("101", "192.0.2.11")
+    await pbx.register(alice)
+    carrier = Carrier(pbx)
+    await carrier.call()
+    desk = await alice.ringing()
+    await desk.reply(180)
+    assert mobile.unread() == []
+    await pbx.advance(15)
+    forwarded: Request = await mobile.expect("INVITE")
+    assert forwarded.uri.user == "+79160000001"
+    assert forwarded.from_address.uri.user == LINE  # the line as caller ID towards the carrier
+    answer = IncomingCall(mobile, forwarded, "m1")
+    await answer.answer()
+    assert (await carrier.phone.expect(200)).code == 200
+    await alice.expect("CANCEL")  # the desk phone stops ringing
+    calling = [e for e in pbx.bus.events if e.state == "calling"]
+    assert [e.request_uri for e in calling][-1].startswith("sip:+79160000001@")
+    assert all(e.request_pin == "101" for e in calling)

@@ -3,13 +3,12 @@ failover."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import update
 
-from tests.unit.pbx.b2bua_kit import IncomingCall, Pbx, Phone
+from tests.unit.pbx.b2bua_kit import IncomingCall, Pbx, Phone, trunk
 from vpbx.app import Core
 from vpbx.pbx import lines
 from vpbx.pbx.outbound import OutboundRouter
@@ -18,36 +17,6 @@ from vpbx.sip.message import Request
 from vpbx.store.models import DomainId, User
 
 LINE = "+74951234567"
-
-
-def trunk(domain_id: DomainId, name: str, host: str, **kw: object) -> TrunkInfo:
-    fields: dict[str, object] = {
-        "id": uuid.uuid4(),
-        "domain_id": domain_id,
-        "name": name,
-        "kind": "ip",
-        "host": host,
-        "port": 5060,
-        "transport": "udp",
-        "address": host,
-        "proxy": None,
-        "proxy_host": None,
-        "username": "acme",
-        "auth_username": "",
-        "password": "carrier-secret",
-        "expires_s": 3600,
-        "from_user": "",
-        "from_domain": "",
-        "caller_id_mode": "domain",
-        "caller_id_number": None,
-        "number_format": "national",
-        "max_calls": 10,
-        "priority": 10,
-        "enabled": True,
-        "networks": (),
-    }
-    fields.update(kw)
-    return TrunkInfo(**fields)  # type: ignore[arg-type]
 
 
 class FakeTrunks:
