@@ -30,7 +30,7 @@ import enum
 import ipaddress
 import secrets
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -54,6 +54,7 @@ from vpbx.pbx.calls import (
     Phase,
     outside_party,
 )
+from vpbx.pbx.incoming import RoutingQuery
 from vpbx.pbx.node import ALLOW, SUPPORTED, USER_AGENT
 from vpbx.pbx.numbering import to_e164
 from vpbx.pbx.registrar import Binding, aor_for
@@ -94,7 +95,7 @@ if TYPE_CHECKING:
     import datetime as dt
 
     from vpbx.pbx.directory import DomainInfo
-    from vpbx.pbx.incoming import Decision
+    from vpbx.pbx.incoming import Decision, RoutingAnswer
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundDecision
     from vpbx.pbx.trunkmon import TrunkInfo
@@ -109,6 +110,8 @@ SUPPORTED_OPTIONS = frozenset({"replaces", "norefersub"})  # option tags an INVI
 BUSY_CODES = frozenset({486, 600, 603})  # any of them from a B-leg → 486 to A (RFC 3261 §21.4.24)
 PASSED_CODES = frozenset({404, 480})  # passed to A as they are when every B-leg says the same
 FAILOVER_CODES = frozenset({408, 500, 502, 503, 504})  # a carrier that fails this way: try the next trunk
+ROUTING_HOOK_DEADLINE_S = 3.0  # integration-api.md §5.3: the platform cap of get_number_info
+MAX_DISPLAY_NAME = 64
 ELSEWHERE = reason_header(200, "Call completed elsewhere")  # RFC 3326, telephony.md §3.6
 CANCELLED = reason_header(487)  # BYE of a B-leg that answered after our CANCEL (telephony.md §4)
 MEDIA_TIMEOUT = reason_header(200, "media timeout")  # telephony.md §3.7
@@ -150,6 +153,12 @@ class IncomingRoutes(Protocol):
     """Where a call to one of the domains' lines goes (``vpbx.pbx.incoming.IncomingRouter``)."""
 
     async def decide(self, line_e164: str, when: dt.datetime) -> Decision | None: ...
+
+    async def by_extension(self, domain_id: uuid.UUID, line_e164: str, pin: str) -> Decision | None: ...
+
+
+RoutingHook = Callable[[RoutingQuery], Awaitable["RoutingAnswer | None"]]
+"""Asked before an incoming call is routed (the Integration API's get_number_info, amoCRM's routing)."""
 
 
 class Timers(Protocol):
@@ -366,6 +375,12 @@ def _remote(sd: SessionDescription, m: MediaDescription) -> MediaAddress | None:
     return MediaAddress(host.strip("[]"), m.port)
 
 
+def _clean_display(name: str) -> str:
+    """A display name from outside (a CRM): no control characters, quotes or backslashes; 64 characters."""
+    kept = "".join(c for c in name if c.isprintable() and c not in '"\\')
+    return kept.strip()[:MAX_DISPLAY_NAME]
+
+
 def _final_for_a(codes: list[int]) -> int:
     """A's final when no B-leg answered (telephony.md §4): busy wins, then a shared 404/480, else 480."""
     if any(c in BUSY_CODES for c in codes):
@@ -406,6 +421,8 @@ class B2bua:
         self.trunks: TrunkLookup | None = None
         self.incoming: IncomingRoutes | None = None
         self.outbound: OutboundRoutes | None = None
+        self.routing_hooks: list[tuple[str, RoutingHook]] = []  # (name, hook), asked in this order
+        self.routing_hook_deadline_s = ROUTING_HOOK_DEADLINE_S
         self.rotation = Rotation()  # cyclic groups' next first member
         self._calls: dict[SessionId, _Ctx] = {}
         self._pending: dict[TransactionKey, _Pending] = {}
@@ -697,6 +714,27 @@ class B2bua:
             if not pending.cancelled:
                 node.respond(key, invite, 404)
             return
+        raw_from = invite.from_address.uri.user or ""
+        caller_number = (to_e164(raw_from) or raw_from).lstrip("+")
+        session_id = new_session_id()
+        answer = await self._ask_hooks(
+            RoutingQuery(
+                session_id=session_id,
+                domain_id=domain.id,
+                domain=domain.name,
+                from_number=caller_number if caller_number.isdigit() else "",
+                request_number=(line or "").lstrip("+"),
+            )
+        )
+        if pending.cancelled:
+            return
+        hooked = None
+        if answer is not None and answer.pin and self.incoming is not None:
+            hooked = await self.incoming.by_extension(domain.id, line or "", answer.pin)
+            if hooked is None:
+                log.info("call.hook_pin_unknown", pin=answer.pin[:16], domain=domain.name)
+        if hooked is not None:
+            decision = hooked
         if decision.action == "reject":
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 603)
@@ -714,11 +752,9 @@ class B2bua:
         flow = node.flow_of(key)
         if flow is None:
             return
-        raw_from = invite.from_address.uri.user or ""
-        caller_number = to_e164(raw_from) or raw_from.lstrip("+")
         line_party = outside_party(line or "", domain.name)
         call = Call(
-            session_id=new_session_id(),
+            session_id=session_id,
             domain=domain,
             caller=outside_party(caller_number, domain.name, invite.from_address.name),
             callee=line_party,
@@ -730,6 +766,8 @@ class B2bua:
             return
         ctx.line = line_party
         ctx.display = invite.from_address.name or (f"+{caller_number}" if caller_number.isdigit() else "")
+        if answer is not None and answer.display_name:
+            ctx.display = _clean_display(answer.display_name)
         parties = {
             p.pin: Party(
                 user_id=p.user_id, login=p.login, pin=p.pin, display_name=p.display_name, domain=domain.name
@@ -757,6 +795,27 @@ class B2bua:
             except Exception:
                 await self._abort(ctx, "setup")
                 raise
+
+    async def _ask_hooks(self, query: RoutingQuery) -> RoutingAnswer | None:
+        """Every hook at once within the deadline; the first hook (in order) with an answer wins. A hook that
+        fails, times out or has nothing to say leaves the call to the rules."""
+        if not self.routing_hooks:
+            return None
+        tasks = [asyncio.ensure_future(hook(query)) for _, hook in self.routing_hooks]
+        _, pending = await asyncio.wait(tasks, timeout=self.routing_hook_deadline_s)
+        for task in pending:
+            task.cancel()
+        for (name, _), task in zip(self.routing_hooks, tasks, strict=True):
+            if task in pending:
+                log.info("call.routing_hook_late", hook=name, session_id=query.session_id)
+                continue
+            if task.exception() is not None:
+                log.warning("call.routing_hook_failed", hook=name, error=type(task.exception()).__name__)
+                continue
+            found = task.result()
+            if found is not None and (found.pin or found.display_name):
+                return found
+        return None
 
     def _checked_offer(
         self, node: SipNode, key: TransactionKey, invite: Request

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,25 @@ class Decision:
     rule_id: uuid.UUID | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingQuery:
+    """What a routing hook is told about a call on a line (integration-api.md §5.3), before the rules run."""
+
+    session_id: str
+    domain_id: DomainId
+    domain: str
+    from_number: str  # E.164 digits, "" when withheld
+    request_number: str  # the line, E.164 digits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingAnswer:
+    """A hook's answer: where to route (a user's or group's PIN) and the caller's name for the phones."""
+
+    pin: str = ""
+    display_name: str = ""
+
+
 class IncomingRouter:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -86,21 +106,44 @@ class IncomingRouter:
                 group = await s.get(CallGroup, action.group_id)
                 if group is None or group.domain_id != domain.id:
                     return make("none", rule_id=found.rule.id)
-                members = []
-                for m in group.members:
-                    user = await s.get(User, m.user_id)
-                    if user is not None:
-                        members.append(_person(user))
-                return make(
-                    "group",
-                    people=tuple(members),
-                    group_id=group.id,
-                    strategy=group.strategy,
-                    member_timeout_s=group.member_timeout_s,
-                    overall_timeout_s=group.overall_timeout_s,
-                    rule_id=found.rule.id,
-                )
+                return await _group(s, make, group, rule_id=found.rule.id)
             return make(action.action, number=action.number, rule_id=found.rule.id)
+
+    async def by_extension(self, domain_id: uuid.UUID, line_e164: str, pin: str) -> Decision | None:
+        """A routing hook's target: the domain's user or group with this PIN, as a decision; None if none."""
+        async with self._sessions() as s:
+            domain = await s.get(Domain, domain_id)
+            if domain is None:
+                return None
+            did, dname = DomainId(domain.id), domain.name
+
+            def make(action: str, **more: Any) -> Decision:
+                return Decision(domain_id=did, domain=dname, line=line_e164, action=action, **more)
+
+            user = await s.scalar(select(User).where(User.domain_id == domain_id, User.pin == pin))
+            if user is not None:
+                return make("user", people=(_person(user),))
+            group = await s.scalar(
+                select(CallGroup).where(CallGroup.domain_id == domain_id, CallGroup.pin == pin)
+            )
+            return await _group(s, make, group) if group is not None else None
+
+
+async def _group(s: AsyncSession, make: Callable[..., Decision], group: CallGroup, **more: Any) -> Decision:
+    members = []
+    for m in group.members:
+        user = await s.get(User, m.user_id)
+        if user is not None:
+            members.append(_person(user))
+    return make(
+        "group",
+        people=tuple(members),
+        group_id=group.id,
+        strategy=group.strategy,
+        member_timeout_s=group.member_timeout_s,
+        overall_timeout_s=group.overall_timeout_s,
+        **more,
+    )
 
 
 def _person(user: User) -> Person:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from tests.unit.pbx.b2bua_kit import TENANT, IncomingCall, Pbx, Phone, sdp, trun
 from vpbx.app import Core
 from vpbx.pbx import groups, lines, routing
 from vpbx.pbx.actions import ActionInput
-from vpbx.pbx.incoming import IncomingRouter
+from vpbx.pbx.incoming import IncomingRouter, RoutingAnswer, RoutingQuery
 from vpbx.pbx.trunkmon import TrunkInfo
 from vpbx.sip.dialog import LocalVia, build_initial_request, new_call_id, new_tag
 from vpbx.sip.flow import Destination
@@ -227,3 +228,60 @@ async def test_a_user_with_a_mobile_number_gets_it_rung_too_after_the_delay(core
     calling = [e for e in pbx.bus.events if e.state == "calling"]
     assert [e.request_uri for e in calling][-1].startswith("sip:+79160000001@")
     assert all(e.request_pin == "101" for e in calling)
+
+
+# --- the routing hook (integration-api.md §5.3) ------------------------------------------------------------
+
+
+async def test_a_hook_answer_routes_the_call_and_names_the_caller(core: Core, pbx: Pbx) -> None:
+    await _rule(
+        core, pbx.domain_id, ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "101"))
+    )
+    asked: list[RoutingQuery] = []
+
+    async def crm(query: RoutingQuery) -> RoutingAnswer | None:
+        asked.append(query)
+        return RoutingAnswer(pin="102", display_name='Иванов "VIP"\x07 Сергей')
+
+    pbx.b2bua.routing_hooks = [("crm", crm)]
+    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
+    for p in (alice, bob):
+        await pbx.register(p)
+    await Carrier(pbx).call()
+    invite = (await bob.ringing()).invite
+    assert invite.from_address.name == "Иванов VIP Сергей"
+    assert alice.unread() == []
+    [q] = asked
+    assert (q.from_number, q.request_number, q.domain) == (CALLER.lstrip("+"), LINE.lstrip("+"), TENANT)
+    assert q.session_id == pbx.bus.events[0].session_id
+
+
+async def test_a_late_failing_or_empty_hook_leaves_the_call_to_the_rules(core: Core, pbx: Pbx) -> None:
+    await _rule(
+        core, pbx.domain_id, ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "101"))
+    )
+    cancelled = asyncio.Event()
+
+    async def slow(query: RoutingQuery) -> RoutingAnswer | None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return RoutingAnswer(pin="102")
+
+    async def broken(query: RoutingQuery) -> RoutingAnswer | None:
+        raise RuntimeError("CRM down")
+
+    async def unknown_pin(query: RoutingQuery) -> RoutingAnswer | None:
+        return RoutingAnswer(pin="999", display_name="Known Caller")
+
+    pbx.b2bua.routing_hook_deadline_s = 0.2
+    pbx.b2bua.routing_hooks = [("slow", slow), ("broken", broken), ("unknown", unknown_pin)]
+    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
+    for p in (alice, bob):
+        await pbx.register(p)
+    await Carrier(pbx).call()
+    invite = (await alice.ringing()).invite  # the rule's user, not the slow hook's
+    assert invite.from_address.name == "Known Caller"  # a display name counts even with an unusable PIN
+    assert cancelled.is_set() and bob.unread() == []
