@@ -275,6 +275,7 @@ class _Ctx:
     stage_legs: dict[int, list[BLeg]] = field(default_factory=dict)
     display: str = ""
     caller_id: str = ""  # outbound calls: the number the carrier is told (E.164)
+    fallthrough: Decision | None = None  # incoming calls: where to go when the plan ends unanswered
 
     @property
     def session_id(self) -> SessionId:
@@ -768,9 +769,21 @@ class B2bua:
         ctx.display = invite.from_address.name or (f"+{caller_number}" if caller_number.isdigit() else "")
         if answer is not None and answer.display_name:
             ctx.display = _clean_display(answer.display_name)
+        plan, parties = self._plan_for(decision, domain.name)
+        ctx.fallthrough = decision.fallthrough
+        async with ctx.lock:
+            try:
+                await self._start_plan(node, ctx, plan, parties)
+            except Exception:
+                await self._abort(ctx, "setup")
+                raise
+
+    def _plan_for(self, decision: Decision, domain: str) -> tuple[Plan, dict[str, Party]]:
+        """The ringing plan of a user or group decision, and the parties it rings by PIN."""
+        people = decision.people
         parties = {
             p.pin: Party(
-                user_id=p.user_id, login=p.login, pin=p.pin, display_name=p.display_name, domain=domain.name
+                user_id=p.user_id, login=p.login, pin=p.pin, display_name=p.display_name, domain=domain
             )
             for p in people
         }
@@ -789,12 +802,7 @@ class B2bua:
                 overall_timeout_s=decision.overall_timeout_s,
                 first=first,
             )
-        async with ctx.lock:
-            try:
-                await self._start_plan(node, ctx, plan, parties)
-            except Exception:
-                await self._abort(ctx, "setup")
-                raise
+        return plan, parties
 
     async def _ask_hooks(self, query: RoutingQuery) -> RoutingAnswer | None:
         """Every hook at once within the deadline; the first hook (in order) with an answer wins. A hook that
@@ -972,8 +980,21 @@ class B2bua:
         return True
 
     async def _plan_over(self, ctx: _Ctx) -> None:
-        """Nobody answered within the plan: the caller hears the best failure (fall-through comes later)."""
+        """Nobody answered within the plan: the group's fall-through (a user or another group) rings next;
+        otherwise the caller hears the best failure."""
         if ctx.ended or ctx.a.final_sent:
+            return
+        nxt = ctx.fallthrough
+        if nxt is not None and nxt.action in ("user", "group") and nxt.people:
+            log.info("call.fallthrough", session_id=ctx.session_id, to=nxt.action)
+            self._plan_stop(ctx)
+            for legs in ctx.stage_legs.values():
+                self._cancel_legs(legs)
+            ctx.plan, ctx.plan_people = self._plan_for(nxt, ctx.call.domain.name)
+            ctx.fallthrough = nxt.fallthrough
+            ctx.stage_legs = {}
+            ctx.plan_t0, ctx.plan_skipped = self.timers.monotonic(), 0.0
+            await self._plan_tick(ctx)
             return
         codes = [leg.final for leg in ctx.b if leg.final is not None and leg.final not in (487,)]
         code = _final_for_a(codes) if codes else 480

@@ -52,6 +52,7 @@ class Decision:
     overall_timeout_s: int = 60
     number: str | None = None  # external: where to
     rule_id: uuid.UUID | None = None
+    fallthrough: Decision | None = None  # a group's: where the call goes when nobody answers (None: hang up)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +130,12 @@ class IncomingRouter:
             return await _group(s, make, group) if group is not None else None
 
 
-async def _group(s: AsyncSession, make: Callable[..., Decision], group: CallGroup, **more: Any) -> Decision:
+MAX_FALLTHROUGH = 4  # groups falling through to groups: loops are refused on save, and this bounds the rest
+
+
+async def _group(
+    s: AsyncSession, make: Callable[..., Decision], group: CallGroup, depth: int = 0, **more: Any
+) -> Decision:
     members = []
     for m in group.members:
         user = await s.get(User, m.user_id)
@@ -142,8 +148,26 @@ async def _group(s: AsyncSession, make: Callable[..., Decision], group: CallGrou
         strategy=group.strategy,
         member_timeout_s=group.member_timeout_s,
         overall_timeout_s=group.overall_timeout_s,
+        fallthrough=await _fallthrough(s, make, group, depth),
         **more,
     )
+
+
+async def _fallthrough(
+    s: AsyncSession, make: Callable[..., Decision], group: CallGroup, depth: int
+) -> Decision | None:
+    action = group.fallthrough_action
+    if not action or depth >= MAX_FALLTHROUGH:  # NULL: hang up
+        return None
+    if action == "user" and group.fallthrough_user_id is not None:
+        user = await s.get(User, group.fallthrough_user_id)
+        return make("user", people=(_person(user),)) if user is not None else None
+    if action == "group" and group.fallthrough_group_id is not None:
+        target = await s.get(CallGroup, group.fallthrough_group_id)
+        if target is None or target.domain_id != group.domain_id:
+            return None
+        return await _group(s, make, target, depth + 1)
+    return make(action, number=group.fallthrough_number)
 
 
 def _person(user: User) -> Person:

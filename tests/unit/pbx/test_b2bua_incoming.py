@@ -285,3 +285,38 @@ async def test_a_late_failing_or_empty_hook_leaves_the_call_to_the_rules(core: C
     invite = (await alice.ringing()).invite  # the rule's user, not the slow hook's
     assert invite.from_address.name == "Known Caller"  # a display name counts even with an unusable PIN
     assert cancelled.is_set() and bob.unread() == []
+
+
+async def test_a_group_nobody_answers_falls_through_to_a_user(core: Core, pbx: Pbx) -> None:
+    async with core.sessions() as s:
+        g = await groups.create_group(
+            s,
+            pbx.domain_id,
+            groups.GroupInput(
+                name="Night",
+                pin="602",
+                strategy="simultaneous",
+                member_timeout_s=5,
+                overall_timeout_s=10,
+                members=["101"],
+                fallthrough=ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "102")),
+            ),
+        )
+        await s.commit()
+    await _rule(core, pbx.domain_id, ActionInput(action="group", group_id=g.id))
+    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
+    for p in (alice, bob):
+        await pbx.register(p)
+    carrier = Carrier(pbx)
+    await carrier.call()
+    await (await alice.ringing()).reply(180)
+    await pbx.advance(10)  # the group's overall timeout
+    await alice.expect("CANCEL")
+    await (await bob.ringing()).answer()
+    assert (await carrier.phone.expect(200)).code == 200
+    assert [(e.state, e.request_pin) for e in pbx.bus.events] == [
+        ("new", ""),
+        ("calling", "101"),
+        ("calling", "102"),
+        ("connected", "102"),
+    ]
