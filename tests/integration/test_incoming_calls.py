@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, scenario_path
 from tests.integration.peers.vpbx import Setup, Vpbx
@@ -150,3 +151,21 @@ async def test_a_rejecting_rule_and_an_unknown_line(tmp_path: Path) -> None:
     assert rejected.ok, rejected.describe()
     assert unknown.ok, unknown.describe()
     assert server.events() == []
+
+
+async def test_a_baresip_phone_answers_a_carrier_call(tmp_path: Path) -> None:
+    """baresip registers as 102 and answers by itself; SIPp as the carrier plays no audio, so the check
+    is the call itself and its events, end to end with media anchored in the worker."""
+    require_binary("baresip")
+    async with (
+        running(tmp_path, line_to("user")) as server,
+        Baresip.start(tmp_path, name="desk") as desk,
+    ):
+        await desk.register(Account.on(server.service, "102", answermode="auto"))
+        caller = await run_sipp(carrier_run(server, calls=1, duration_ms=1500), tmp_path)
+        await desk.wait_event("CALL_CLOSED")
+        [events] = (await server.calls(ended=1)).values()
+
+    assert caller.ok, caller.describe()
+    assert [e["state"] for e in events] == ["new", "calling", "connected", "disconnected", "end"]
+    assert events[2]["request_pin"] == "102" and events[0]["type"] == "incoming"
