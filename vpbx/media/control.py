@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from vpbx.errors import MediaError, NoMediaPorts, NoMediaSession, WorkerUnavailable
@@ -83,23 +83,27 @@ class FrameDecoder:
             out.append(decode_body(body))
         return out
 
+    @property
+    def partial(self) -> bool:
+        """Octets of an unfinished frame are waiting."""
+        return bool(self._buf)
 
-async def read_frame(reader: asyncio.StreamReader) -> Message | None:
-    """The next message, or None at a clean EOF between frames."""
-    try:
-        head = await reader.readexactly(LENGTH_SIZE)
-    except asyncio.IncompleteReadError as e:
-        if e.partial:
-            raise ControlProtocolError("EOF inside a frame header") from None
-        return None
-    size = int.from_bytes(head, "big")
-    if size > MAX_FRAME:
-        raise ControlProtocolError(f"frame of {size} octets exceeds {MAX_FRAME}")
-    try:
-        body = await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
-        raise ControlProtocolError("EOF inside a frame") from None
-    return decode_body(body)
+
+READ_CHUNK = 64 * 1024
+
+
+async def read_messages(reader: asyncio.StreamReader) -> AsyncIterator[Message]:
+    """Every message until a clean EOF, reading whatever has arrived at once: one wake-up for a burst of
+    frames, not two awaits (header, body) per frame."""
+    decoder = FrameDecoder()
+    while True:
+        data = await reader.read(READ_CHUNK)
+        if not data:
+            if decoder.partial:
+                raise ControlProtocolError("EOF inside a frame")
+            return
+        for message in decoder.feed(data):
+            yield message
 
 
 # error codes a worker may answer with, raised again on the signalling side as the same exception
@@ -181,7 +185,7 @@ class ControlChannel:
 
     async def _read_loop(self) -> None:
         try:
-            while (message := await read_frame(self._reader)) is not None:
+            async for message in read_messages(self._reader):
                 if "event" in message:
                     try:
                         self._on_event(message)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vpbx.logs import configure_logging, get_logger
 from vpbx.media.backend import CHECK_INTERVAL_S, InlineMediaBackend
-from vpbx.media.control import ControlProtocolError, Message, encode_frame, error_reply, read_frame
+from vpbx.media.control import ControlProtocolError, Message, encode_frame, error_reply, read_messages
 from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, PromptId
 from vpbx.media.relay import MEDIA_TIMEOUT_S, Address, LegRef, Side
@@ -62,10 +62,9 @@ class Worker:
             self._writer.write(encode_frame(message))
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
-        while not self.stopping.is_set():
-            message = await read_frame(reader)
-            if message is None:
-                return  # EOF: the signalling process is gone
+        async for message in read_messages(reader):  # ends at EOF: the signalling process is gone
+            if self.stopping.is_set():
+                return
             request_id = message.get("id")
             op = self._ops.get(str(message.get("op")))
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -16,6 +17,7 @@ from vpbx.media.control import (
     encode_frame,
     error_from_reply,
     error_reply,
+    read_messages,
 )
 from vpbx.media.relay import Address
 from vpbx.media.supervisor import split_ports
@@ -129,3 +131,18 @@ def test_port_range_is_split_into_whole_pairs(
 def test_too_few_ports_for_the_workers() -> None:
     with pytest.raises(ValueError, match="fewer than 3 workers"):
         split_ports((10000, 10003), 3)
+
+
+async def test_messages_are_read_in_bursts_and_a_cut_frame_is_an_error() -> None:
+    reader = asyncio.StreamReader()
+    frames = b"".join(encode_frame({"id": i, "ok": True}) for i in range(3))
+    reader.feed_data(frames[:5])  # a header cut in two
+    reader.feed_data(frames[5:])  # the rest: three frames in one read
+    reader.feed_eof()
+    assert [m["id"] async for m in read_messages(reader)] == [0, 1, 2]
+
+    cut = asyncio.StreamReader()
+    cut.feed_data(encode_frame({"id": 9})[:-1])
+    cut.feed_eof()
+    with pytest.raises(ControlProtocolError, match="EOF inside a frame"):
+        [m async for m in read_messages(cut)]
