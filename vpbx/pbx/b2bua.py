@@ -43,7 +43,7 @@ from vpbx.media.backend import MediaBackend, MediaPorts
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
 from vpbx.pbx.bus import SessionId, new_session_id
-from vpbx.pbx.callplan import Plan, Rotation, group_plan, user_plan
+from vpbx.pbx.callplan import Plan, Rotation, external_plan, group_plan, user_plan
 from vpbx.pbx.calls import (
     REASON_NORMAL,
     Call,
@@ -374,6 +374,13 @@ def _remote(sd: SessionDescription, m: MediaDescription) -> MediaAddress | None:
     if not _is_ip(host):
         return None
     return MediaAddress(host.strip("[]"), m.port)
+
+
+def _ringable(decision: Decision) -> bool:
+    """A decision the B2BUA can ring: people, or an outside number (through a trunk)."""
+    if decision.action in ("user", "group"):
+        return bool(decision.people)
+    return decision.action == "external" and bool(decision.number)
 
 
 def _clean_display(name: str) -> str:
@@ -740,9 +747,8 @@ class B2bua:
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 603)
             return
-        people = list(decision.people)
-        if decision.action not in ("user", "group") or not people:
-            # menus, voicemail and outside numbers arrive with the IVR, core-4 and outbound calls
+        if not _ringable(decision):
+            # menus and voicemail arrive with the IVR and core-4
             log.info("call.line_unrouted", line=line, action=decision.action, domain=domain.name)
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 480)
@@ -780,6 +786,8 @@ class B2bua:
 
     def _plan_for(self, decision: Decision, domain: str) -> tuple[Plan, dict[str, Party]]:
         """The ringing plan of a user or group decision, and the parties it rings by PIN."""
+        if decision.action == "external" and decision.number:
+            return external_plan(decision.number, ring_s=self.no_answer_s), {}
         people = decision.people
         parties = {
             p.pin: Party(
@@ -985,7 +993,7 @@ class B2bua:
         if ctx.ended or ctx.a.final_sent:
             return
         nxt = ctx.fallthrough
-        if nxt is not None and nxt.action in ("user", "group") and nxt.people:
+        if nxt is not None and _ringable(nxt):
             log.info("call.fallthrough", session_id=ctx.session_id, to=nxt.action)
             self._plan_stop(ctx)
             for legs in ctx.stage_legs.values():

@@ -77,6 +77,12 @@ def user_plan(pin: str, contact_numbers: tuple[str, ...], *, mobile_delay_s: flo
     return Plan(tuple(stages), overall)
 
 
+def external_plan(number: str, *, ring_s: float) -> Plan:
+    """An outside number (through the domain's trunk) until ``ring_s``."""
+    overall = _limit(ring_s)
+    return Plan((Stage(0.0, overall, Targets(numbers=(number,))),), overall)
+
+
 def group_plan(
     strategy: str,
     member_pins: tuple[str, ...],

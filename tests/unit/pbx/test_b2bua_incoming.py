@@ -320,3 +320,19 @@ async def test_a_group_nobody_answers_falls_through_to_a_user(core: Core, pbx: P
         ("calling", "102"),
         ("connected", "102"),
     ]
+
+
+async def test_a_line_forwarded_to_an_outside_number_goes_out_through_the_trunk(core: Core, pbx: Pbx) -> None:
+    await _rule(core, pbx.domain_id, ActionInput(action="external", number="+79160000002"))
+    pbx.b2bua.trunks = FakeTrunks(
+        pbx.domain_id, trunk(pbx.domain_id, "Out", MOBILE_CARRIER, number_format="plain")
+    )  # type: ignore[assignment]
+    mobile = Phone(pbx, "mobile-carrier", MOBILE_CARRIER, 5060, name="mc")
+    pbx.phones[(MOBILE_CARRIER, 5060)] = mobile
+    carrier = Carrier(pbx)
+    await carrier.call()
+    forwarded: Request = await mobile.expect("INVITE")
+    assert forwarded.uri.user == "79160000002"  # the trunk's plain format
+    await IncomingCall(mobile, forwarded, "x1").answer()
+    assert (await carrier.phone.expect(200)).code == 200
+    assert [e.state for e in pbx.bus.events] == ["new", "connected"]
