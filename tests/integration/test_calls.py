@@ -22,7 +22,7 @@ from tests.integration.peers.net import wait_until
 from tests.integration.peers.process import descendants, require_binary
 from tests.integration.peers.service import SipService
 from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, scenario_path
-from tests.integration.peers.vpbx import Vpbx
+from tests.integration.peers.vpbx import Setup, Vpbx
 
 pytestmark = pytest.mark.peers
 
@@ -65,12 +65,15 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, env: Mapping[str, str] | None = None) -> AsyncIterator[Server]:
+async def running(
+    tmp_path: Path, env: Mapping[str, str] | None = None, setup: Setup | None = None
+) -> AsyncIterator[Server]:
+    """vpbx with USERS (and what ``setup`` adds) and its call events in a file."""
     for program in ("sipsak", "sipp"):
         require_binary(program)
     events_file = tmp_path / "events.jsonl"
     full_env = {"VPBX_DEBUG_CALL_EVENTS_FILE": str(events_file), **(env or {})}
-    async with Vpbx.running(tmp_path / "vpbx", users=USERS, env=full_env) as vpbx:
+    async with Vpbx.running(tmp_path / "vpbx", users=USERS, env=full_env, setup=setup) as vpbx:
         yield Server(vpbx, events_file)
 
 

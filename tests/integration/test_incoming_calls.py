@@ -4,9 +4,7 @@ who rings. Phones are SIPp UASes registered with sipsak; vpbx runs as ``vpbx ser
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, scenario_path
-from tests.integration.peers.vpbx import Setup, Vpbx
-from tests.integration.test_calls import SIPP_TIMEOUT_S, USERS, Server, bind, callee_run
+from tests.integration.peers.vpbx import Setup
+from tests.integration.test_calls import SIPP_TIMEOUT_S, Server, bind, callee_run, running
 from vpbx.app import Core
 from vpbx.pbx import groups, lines, routing, trunks
 from vpbx.pbx.actions import ActionInput
@@ -74,16 +72,6 @@ def refused(tmp_path: Path, code: int) -> Path:
     return path
 
 
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, setup: Setup) -> AsyncIterator[Server]:
-    for program in ("sipsak", "sipp"):
-        require_binary(program)
-    events_file = tmp_path / "events.jsonl"
-    env = {"VPBX_DEBUG_CALL_EVENTS_FILE": str(events_file)}
-    async with Vpbx.running(tmp_path / "vpbx", users=USERS, env=env, setup=setup) as vpbx:
-        yield Server(vpbx, events_file)
-
-
 def carrier_run(server: Server, **kw: object) -> SippRun:
     service = server.service
     args: dict[str, object] = {
@@ -100,7 +88,7 @@ def carrier_run(server: Server, **kw: object) -> SippRun:
 
 async def test_a_carrier_call_to_the_line_reaches_the_user_of_the_rule(tmp_path: Path) -> None:
     async with (
-        running(tmp_path, line_to("user")) as server,
+        running(tmp_path, setup=line_to("user")) as server,
         SippProcess.running(callee_run("uas_answer"), tmp_path) as phone,
     ):
         await bind(server, "102", phone)
@@ -120,7 +108,7 @@ async def test_a_carrier_call_to_the_line_reaches_the_user_of_the_rule(tmp_path:
 
 async def test_a_sequential_group_moves_on_when_the_first_member_does_not_answer(tmp_path: Path) -> None:
     async with (
-        running(tmp_path, line_to("group", members=("101", "102"))) as server,
+        running(tmp_path, setup=line_to("group", members=("101", "102"))) as server,
         SippProcess.running(callee_run("uas_ring"), tmp_path) as silent,
         SippProcess.running(callee_run("uas_answer"), tmp_path) as answering,
     ):
@@ -143,7 +131,7 @@ async def test_a_sequential_group_moves_on_when_the_first_member_does_not_answer
 
 
 async def test_a_rejecting_rule_and_an_unknown_line(tmp_path: Path) -> None:
-    async with running(tmp_path, line_to("reject")) as server:
+    async with running(tmp_path, setup=line_to("reject")) as server:
         rejected = await run_sipp(carrier_run(server, calls=1, scenario=refused(tmp_path, 603)), tmp_path)
         unknown = await run_sipp(
             carrier_run(server, calls=1, scenario=refused(tmp_path, 404), service="74959999999"), tmp_path
@@ -158,7 +146,7 @@ async def test_a_baresip_phone_answers_a_carrier_call(tmp_path: Path) -> None:
     is the call itself and its events, end to end with media anchored in the worker."""
     require_binary("baresip")
     async with (
-        running(tmp_path, line_to("user")) as server,
+        running(tmp_path, setup=line_to("user")) as server,
         Baresip.start(tmp_path, name="desk") as desk,
     ):
         await desk.register(Account.on(server.service, "102", answermode="auto"))

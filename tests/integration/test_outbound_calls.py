@@ -4,19 +4,16 @@ refused."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.integration.peers.net import free_port_block
-from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, run_sipp
-from tests.integration.peers.vpbx import Setup, Vpbx
-from tests.integration.test_calls import USERS, Server, callee_run, caller_run, rejected_scenario
+from tests.integration.peers.vpbx import Setup
+from tests.integration.test_calls import callee_run, caller_run, rejected_scenario, running
 from vpbx.app import Core
 from vpbx.pbx import lines, trunks
 
@@ -46,20 +43,10 @@ def carrier_trunk(port: int) -> Setup:
     return setup
 
 
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, setup: Setup) -> AsyncIterator[Server]:
-    for program in ("sipsak", "sipp"):
-        require_binary(program)
-    events_file = tmp_path / "events.jsonl"
-    env = {"VPBX_DEBUG_CALL_EVENTS_FILE": str(events_file)}
-    async with Vpbx.running(tmp_path / "vpbx", users=USERS, env=env, setup=setup) as vpbx:
-        yield Server(vpbx, events_file)
-
-
 async def test_an_outside_call_reaches_the_carrier_in_its_format(tmp_path: Path) -> None:
     port = free_port_block(1)
     async with (
-        running(tmp_path, carrier_trunk(port)) as server,
+        running(tmp_path, setup=carrier_trunk(port)) as server,
         SippProcess.running(
             callee_run("uas_answer", local_ip=CARRIER_IP, local_port=port, trace_msg=True), tmp_path
         ) as carrier,
@@ -82,7 +69,7 @@ async def test_an_outside_call_reaches_the_carrier_in_its_format(tmp_path: Path)
 
 
 async def test_an_international_number_is_refused_to_a_user_without_the_right(tmp_path: Path) -> None:
-    async with running(tmp_path, carrier_trunk(free_port_block(1))) as server:
+    async with running(tmp_path, setup=carrier_trunk(free_port_block(1))) as server:
         refused = await run_sipp(
             caller_run(
                 server, rejected_scenario(tmp_path, 403), caller="101", callee="+493012345678", calls=1

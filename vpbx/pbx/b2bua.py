@@ -651,15 +651,8 @@ class B2bua:
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 404)
             return
-        offer = _sdp_of(invite)
-        if offer == "bad":
-            node.respond(key, invite, 488 if invite.body else 400, headers=(("Accept", SDP),))
-            return
-        if (
-            offer is not None
-            and negotiate(offer, origin=_origin("0.0.0.0"), address="0.0.0.0", port=9) is None
-        ):
-            node.respond(key, invite, 488)  # nothing we can bridge: RFC 3264 §6
+        acceptable, offer = self._checked_offer(node, key, invite)
+        if not acceptable:
             return
         flow = node.flow_of(key)
         if flow is None:
@@ -671,31 +664,9 @@ class B2bua:
             callee=callee,
             started_at=self.clock.now(),
         )
-        if not self.registry.admit(call):
-            security.warning("SessionLimit", domain=domain.name, limit=domain.channel_limit, source=flow.host)
-            CALLS.labels("rejected").inc()
-            node.respond(key, invite, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+        ctx = self._admit(node, key, invite, flow, call, offer)
+        if ctx is None:
             return
-        CALLS_ACTIVE.inc()
-        token = secrets.token_hex(8)
-        a = ALeg(
-            side="a",
-            token=token,
-            flow=flow,
-            via=LocalVia(flow.transport.upper(), *node.advertised_for(flow.transport)),
-            contact=_contact(token, node.advertised_for(flow.transport), flow.transport),
-            origin=_origin(node.advertised[0]),
-            key=key,
-            invite=invite,
-            tag=new_tag(),
-            offer=offer,
-            record_route=tuple(invite.headers.getlist("Record-Route")),
-        )
-        a.dialog = Dialog.uas(invite, local_tag=a.tag, local_contact=a.contact)
-        ctx = _Ctx(call=call, a=a)
-        self._calls[call.session_id] = ctx
-        self._by_invite[key] = ctx
-        self._index(ctx, a)
         display = invite.from_address.name or caller.display_name
         async with ctx.lock:
             try:
