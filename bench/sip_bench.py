@@ -219,28 +219,12 @@ async def measure_calls(
     pin: Sequence[str],
 ) -> Figure:
     calls = max(1, int(rate * seconds))
-    uas = await SippProcess.start(
-        SippRun(
-            scenario="uas_answer",
-            calls=calls,
-            rate=rate,
-            timeout_s=seconds + 2 * SIPP_SLACK_S,
-            argv_prefix=pin,
-        ),
-        workdir / "call",
+    uas = await start_callee(
+        target, users, workdir / "call", calls=calls, rate=rate, timeout_s=seconds + 2 * SIPP_SLACK_S, pin=pin
     )
+    if uas is None:
+        return Figure(target=target.name, measure="call", status="failed", note="callee did not register")
     try:
-        await uas.wait_listening()
-        bound = await sipsak.register(
-            target.service.host,
-            target.service.port,
-            CALLEE,
-            users[CALLEE],
-            contact=f"sip:{CALLEE}@{LOOPBACK}:{uas.port}",
-            expires_s=3600,
-        )
-        if not bound.ok:
-            return Figure(target=target.name, measure="call", status="failed", note="callee did not register")
         run = SippRun(
             scenario="uac_call",
             remote=(target.service.host, target.service.port),
@@ -265,6 +249,35 @@ async def measure_calls(
     fig = figure_from(target, "call", rate, seconds, result, cpu)
     fig.extra["callee_successful"] = answered.stats.successful_calls
     return fig
+
+
+async def start_callee(
+    target: Target,
+    users: Mapping[str, str],
+    workdir: Path,
+    *,
+    calls: int,
+    rate: float,
+    timeout_s: float,
+    pin: Sequence[str],
+) -> SippProcess | None:
+    """A SIPp UAS that answers, bound to extension ``CALLEE``; None (and stopped) if it could not register."""
+    uas = await SippProcess.start(
+        SippRun(scenario="uas_answer", calls=calls, rate=rate, timeout_s=timeout_s, argv_prefix=pin), workdir
+    )
+    await uas.wait_listening()
+    bound = await sipsak.register(
+        target.service.host,
+        target.service.port,
+        CALLEE,
+        users[CALLEE],
+        contact=f"sip:{CALLEE}@{LOOPBACK}:{uas.port}",
+        expires_s=3600,
+    )
+    if not bound.ok:
+        await uas.stop()
+        return None
+    return uas
 
 
 async def unbind(target: Target, users: Mapping[str, str], port: int) -> None:
@@ -293,28 +306,18 @@ async def measure_held(
     configured here (tm + rr, no dialog module) keeps no state once an INVITE transaction has ended."""
     rate = HELD_RATE
     setup_s = calls / rate
-    uas = await SippProcess.start(
-        SippRun(
-            scenario="uas_answer",
-            calls=calls,
-            rate=rate,
-            timeout_s=setup_s + hold_s + 2 * SIPP_SLACK_S,
-            argv_prefix=pin,
-        ),
+    uas = await start_callee(
+        target,
+        users,
         workdir / "held",
+        calls=calls,
+        rate=rate,
+        timeout_s=setup_s + hold_s + 2 * SIPP_SLACK_S,
+        pin=pin,
     )
+    if uas is None:
+        return Figure(target=target.name, measure="held", status="failed", note="callee did not register")
     try:
-        await uas.wait_listening()
-        bound = await sipsak.register(
-            target.service.host,
-            target.service.port,
-            CALLEE,
-            users[CALLEE],
-            contact=f"sip:{CALLEE}@{LOOPBACK}:{uas.port}",
-            expires_s=3600,
-        )
-        if not bound.ok:
-            return Figure(target=target.name, measure="held", status="failed", note="callee did not register")
         before = target.rss()
         uac = await SippProcess.start(
             SippRun(
