@@ -77,6 +77,14 @@ async def _rule(core: Core, domain_id: uuid.UUID, action: ActionInput) -> None:
         await s.commit()
 
 
+async def _group_line(core: Core, pbx: Pbx, data: groups.GroupInput) -> None:
+    """The group, and the line routed to it."""
+    async with core.sessions() as s:
+        g = await groups.create_group(s, pbx.domain_id, data)
+        await s.commit()
+    await _rule(core, pbx.domain_id, ActionInput(action="group", group_id=g.id))
+
+
 async def _user_id(core: Core, domain_id: uuid.UUID, pin: str) -> uuid.UUID:
     async with core.sessions() as s:
         for u in (await s.execute(User.__table__.select().where(User.domain_id == domain_id))).all():
@@ -116,21 +124,18 @@ async def test_a_line_routed_to_a_user_rings_their_phone_and_connects(core: Core
 
 
 async def test_a_sequential_group_rings_one_member_after_another(core: Core, pbx: Pbx) -> None:
-    async with core.sessions() as s:
-        g = await groups.create_group(
-            s,
-            pbx.domain_id,
-            groups.GroupInput(
-                name="Sales",
-                pin="600",
-                strategy="sequential",
-                member_timeout_s=10,
-                overall_timeout_s=25,
-                members=["101", "102"],
-            ),
-        )
-        await s.commit()
-    await _rule(core, pbx.domain_id, ActionInput(action="group", group_id=g.id))
+    await _group_line(
+        core,
+        pbx,
+        groups.GroupInput(
+            name="Sales",
+            pin="600",
+            strategy="sequential",
+            member_timeout_s=10,
+            overall_timeout_s=25,
+            members=["101", "102"],
+        ),
+    )
     alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
     for p in (alice, bob):
         await pbx.register(p)
@@ -158,21 +163,18 @@ async def test_a_sequential_group_rings_one_member_after_another(core: Core, pbx
 
 
 async def test_a_busy_member_hands_over_at_once(core: Core, pbx: Pbx) -> None:
-    async with core.sessions() as s:
-        g = await groups.create_group(
-            s,
-            pbx.domain_id,
-            groups.GroupInput(
-                name="Support",
-                pin="601",
-                strategy="sequential",
-                member_timeout_s=20,
-                overall_timeout_s=60,
-                members=["101", "102"],
-            ),
-        )
-        await s.commit()
-    await _rule(core, pbx.domain_id, ActionInput(action="group", group_id=g.id))
+    await _group_line(
+        core,
+        pbx,
+        groups.GroupInput(
+            name="Support",
+            pin="601",
+            strategy="sequential",
+            member_timeout_s=20,
+            overall_timeout_s=60,
+            members=["101", "102"],
+        ),
+    )
     alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
     for p in (alice, bob):
         await pbx.register(p)
@@ -288,22 +290,19 @@ async def test_a_late_failing_or_empty_hook_leaves_the_call_to_the_rules(core: C
 
 
 async def test_a_group_nobody_answers_falls_through_to_a_user(core: Core, pbx: Pbx) -> None:
-    async with core.sessions() as s:
-        g = await groups.create_group(
-            s,
-            pbx.domain_id,
-            groups.GroupInput(
-                name="Night",
-                pin="602",
-                strategy="simultaneous",
-                member_timeout_s=5,
-                overall_timeout_s=10,
-                members=["101"],
-                fallthrough=ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "102")),
-            ),
-        )
-        await s.commit()
-    await _rule(core, pbx.domain_id, ActionInput(action="group", group_id=g.id))
+    await _group_line(
+        core,
+        pbx,
+        groups.GroupInput(
+            name="Night",
+            pin="602",
+            strategy="simultaneous",
+            member_timeout_s=5,
+            overall_timeout_s=10,
+            members=["101"],
+            fallthrough=ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "102")),
+        ),
+    )
     alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
     for p in (alice, bob):
         await pbx.register(p)
