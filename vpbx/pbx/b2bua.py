@@ -276,6 +276,7 @@ class _Ctx:
     display: str = ""
     caller_id: str = ""  # outbound calls: the number the carrier is told (E.164)
     fallthrough: Decision | None = None  # incoming calls: where to go when the plan ends unanswered
+    trunks_held: set[uuid.UUID] = field(default_factory=set)  # trunks whose channels this call uses
 
     @property
     def session_id(self) -> SessionId:
@@ -432,6 +433,7 @@ class B2bua:
         self.routing_hooks: list[tuple[str, RoutingHook]] = []  # (name, hook), asked in this order
         self.routing_hook_deadline_s = ROUTING_HOOK_DEADLINE_S
         self.rotation = Rotation()  # cyclic groups' next first member
+        self._trunk_load: dict[uuid.UUID, int] = {}  # calls holding a channel of each trunk
         self._calls: dict[SessionId, _Ctx] = {}
         self._pending: dict[TransactionKey, _Pending] = {}
         self._by_invite: dict[TransactionKey, _Ctx] = {}
@@ -676,10 +678,30 @@ class B2bua:
                 raise
 
     # --- calls from a carrier to a line (issue core-3) ---------------------------------------------------
+    def _hold_trunk(self, ctx: _Ctx, trunk: TrunkInfo) -> None:
+        """The call uses one of the trunk's channels until it ends (once per call and trunk)."""
+        if trunk.id not in ctx.trunks_held:
+            ctx.trunks_held.add(trunk.id)
+            self._trunk_load[trunk.id] = self._trunk_load.get(trunk.id, 0) + 1
+
+    def _release_trunks(self, ctx: _Ctx) -> None:
+        for trunk_id in ctx.trunks_held:
+            left = self._trunk_load.get(trunk_id, 1) - 1
+            if left > 0:
+                self._trunk_load[trunk_id] = left
+            else:
+                self._trunk_load.pop(trunk_id, None)
+        ctx.trunks_held.clear()
+
     async def _setup_incoming(
         self, node: SipNode, key: TransactionKey, invite: Request, pending: _Pending, trunk: TrunkInfo
     ) -> None:
         assert self.directory is not None
+        if self._trunk_load.get(trunk.id, 0) >= trunk.max_calls:
+            log.warning("call.trunk_full", trunk=trunk.name, limit=trunk.max_calls)
+            CALLS.labels("rejected").inc()
+            node.respond(key, invite, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            return
         line = to_e164(invite.uri.user or "")
         decision = await self.incoming.decide(line, self.clock.now()) if line and self.incoming else None
         if pending.cancelled:
@@ -743,6 +765,7 @@ class B2bua:
         if ctx is None:
             return
         ctx.line = line_party
+        self._hold_trunk(ctx, trunk)
         ctx.display = invite.from_address.name or (f"+{caller_number}" if caller_number.isdigit() else "")
         if answer is not None and answer.display_name:
             ctx.display = _clean_display(answer.display_name)
@@ -754,6 +777,14 @@ class B2bua:
             except Exception:
                 await self._abort(ctx, "setup")
                 raise
+
+    def _free_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
+        """The domain's usable trunks in failover order, those at their channel limit left out."""
+        if self.trunks is None:
+            return []
+        return [
+            t for t in self.trunks.outbound_trunks(domain_id) if self._trunk_load.get(t.id, 0) < t.max_calls
+        ]
 
     def _plan_for(self, decision: Decision, domain: str) -> tuple[Plan, dict[str, Party]]:
         """The ringing plan of a user or group decision, and the parties it rings by PIN."""
@@ -933,9 +964,7 @@ class B2bua:
                     leg.stage = index
                     legs.append(leg)
         numbers = ctx.plan.stages[index].targets.numbers
-        usable = (
-            self.trunks.outbound_trunks(ctx.call.domain.id) if numbers and self.trunks is not None else []
-        )
+        usable = self._free_trunks(ctx.call.domain.id) if numbers else []
         owner = next(iter(ctx.plan_people.values()), None)  # a user plan's contact numbers are its user's
         for number in numbers if usable else ():
             caller_id = f"+{ctx.line.external}" if ctx.line is not None else ""
@@ -1020,7 +1049,7 @@ class B2bua:
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 403, f"Forbidden ({decision.kind.replace('_', ' ')} calls)")
             return
-        usable = self.trunks.outbound_trunks(domain.id) if self.trunks is not None else []
+        usable = self._free_trunks(domain.id)
         if not usable:
             log.warning("call.no_trunk", caller=caller.pin, domain=domain.name)
             CALLS.labels("rejected").inc()
@@ -1105,6 +1134,7 @@ class B2bua:
             party=party,
             dialled=number,
         )
+        self._hold_trunk(ctx, trunk)
         ports = ctx.ports
         body = self._sdp(
             leg, lambda origin: build_offer(origin=origin, address=ports.b.host, port=ports.b.port)
@@ -1723,6 +1753,7 @@ class B2bua:
         if ctx.no_answer is not None:
             ctx.no_answer.cancel()
         self._plan_stop(ctx)
+        self._release_trunks(ctx)
         if ctx.line is not None and call.answered_at is None:
             call.callee = ctx.line  # integration-api.md §5.2: `end` names the line when nobody answered
         call.phase = Phase.ENDED

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import update
@@ -27,17 +26,12 @@ CALLER = "+79161234567"
 MOBILE_CARRIER = "198.51.100.70"
 
 
-@dataclass(frozen=True)
-class FakeTrunk:
-    domain_id: DomainId
-
-
 class FakeTrunks:
     def __init__(self, domain_id: DomainId, out: TrunkInfo | None = None) -> None:
-        self.trunk = FakeTrunk(domain_id)
+        self.trunk = trunk(domain_id, "Carrier", CARRIER.host)
         self.out = out
 
-    def trunk_for_source(self, host: str, port: int) -> FakeTrunk | None:
+    def trunk_for_source(self, host: str, port: int) -> TrunkInfo | None:
         return self.trunk if host == CARRIER.host else None
 
     def outbound_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
@@ -335,3 +329,19 @@ async def test_a_line_forwarded_to_an_outside_number_goes_out_through_the_trunk(
     await IncomingCall(mobile, forwarded, "x1").answer()
     assert (await carrier.phone.expect(200)).code == 200
     assert [e.state for e in pbx.bus.events] == ["new", "connected"]
+
+
+async def test_a_trunk_at_its_channel_limit_refuses_more_calls(core: Core, pbx: Pbx) -> None:
+    await _rule(
+        core, pbx.domain_id, ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "101"))
+    )
+    trunks = FakeTrunks(pbx.domain_id)
+    trunks.trunk = trunk(pbx.domain_id, "Carrier", CARRIER.host, max_calls=1)
+    pbx.b2bua.trunks = trunks  # type: ignore[assignment]
+    alice = pbx.phone("101", "192.0.2.11")
+    await pbx.register(alice)
+    carrier = Carrier(pbx)
+    await carrier.call()
+    await (await alice.ringing()).reply(180)
+    await carrier.call()  # a second call while the only channel is busy
+    assert (await carrier.phone.expect(503)).code == 503

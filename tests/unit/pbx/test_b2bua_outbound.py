@@ -110,3 +110,16 @@ async def test_rights_no_trunk_and_nonsense(core: Core, pbx: Pbx) -> None:
     assert (await alice.expect(404)).code == 404
     assert pbx.bus.events == []
     assert all(dest.host != "198.51.100.60" for _, dest in pbx.stray)  # nothing reached the carrier
+
+
+async def test_a_busy_trunk_passes_the_next_call_to_the_next_trunk(pbx: Pbx) -> None:
+    first, second = carrier(pbx, "198.51.100.60"), carrier(pbx, "198.51.100.61")
+    pbx.b2bua.trunks = FakeTrunks(
+        trunk(pbx.domain_id, "Main", "198.51.100.60", max_calls=1),
+        trunk(pbx.domain_id, "Backup", "198.51.100.61"),
+    )
+    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
+    await alice.call("84957654321")
+    await first.expect("INVITE")
+    await bob.call("84957654322")  # Main's only channel is taken
+    assert (await second.expect("INVITE")).uri.user == "84957654322"
