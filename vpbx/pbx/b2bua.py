@@ -624,6 +624,12 @@ class B2bua:
             if self.trunks is not None and source is not None
             else None
         )
+        if (
+            trunk is not None
+            and source is not None
+            and await node.location.registered_from(source.host, source.port)
+        ):
+            trunk = None  # a phone registered from inside the carrier's networks: a phone, with digest
         if trunk is not None:  # a carrier: no digest, the Request-URI names one of our lines
             await self._setup_incoming(node, key, invite, pending, trunk)
             return

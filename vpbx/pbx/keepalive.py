@@ -299,6 +299,9 @@ class WatchedLocationStore:
         self._keepalive.observe(tenant, aor, out)
         return out
 
+    async def registered_from(self, host: str, port: int) -> bool:
+        return await self.inner.registered_from(host, port)
+
     async def lookup(self, tenant: DomainId, aor: str) -> list[Binding]:
         return await self.inner.lookup(tenant, aor)
 

@@ -99,6 +99,10 @@ class LocationStore(Protocol):
 
     async def lookup(self, tenant: DomainId, aor: str) -> list[Binding]: ...
 
+    async def registered_from(self, host: str, port: int) -> bool:
+        """Whether any phone's registration came from ``host:port`` (it is a phone, not a carrier)."""
+        ...
+
     async def bindings(self, tenant: DomainId) -> list[tuple[str, Binding]]:
         """Every (AoR, binding) of the tenant, ordered by AoR: read only, for the cabinet's device list."""
         ...
@@ -123,6 +127,7 @@ class MemoryLocationStore:
         # skipped, and the heap is rebuilt once stale entries outnumber live ones.
         self._heap: list[tuple[float, int, DomainId, str, str]] = []
         self._seq = itertools.count()
+        self._flows: dict[tuple[str, int], int] = {}  # bindings per source address (host, port)
 
     def __len__(self) -> int:
         return self._count
@@ -144,12 +149,27 @@ class MemoryLocationStore:
         aors = sorted(aor for (t, aor) in self._aors if t == tenant)
         return [(aor, b) for aor in aors for b in self._aors[(tenant, aor)]]
 
+    async def registered_from(self, host: str, port: int) -> bool:
+        return (host, port) in self._flows
+
+    def _count_flow(self, binding: Binding, delta: int) -> None:
+        key = (binding.flow.host, binding.flow.port)
+        left = self._flows.get(key, 0) + delta
+        if left > 0:
+            self._flows[key] = left
+        else:
+            self._flows.pop(key, None)
+
     async def replace(self, tenant: DomainId, aor: str, bindings: Sequence[Binding]) -> list[Binding]:
         key = (tenant, aor)
         old = self._aors.get(key, [])
         grow = len(bindings) - len(old)
         if grow > 0 and self._count + grow > self._max:
             raise LocationFull(self._max)
+        for b in old:
+            self._count_flow(b, -1)
+        for b in bindings:
+            self._count_flow(b, +1)
         known = {(b.contact, b.expires_at) for b in old}
         if bindings:
             self._aors[key] = list(bindings)
@@ -184,6 +204,7 @@ class MemoryLocationStore:
             if hit is None:
                 continue  # refreshed or removed since: a stale entry
             rest = [b for b in current if b is not hit]
+            self._count_flow(hit, -1)
             if rest:
                 self._aors[(tenant, aor)] = rest
             else:

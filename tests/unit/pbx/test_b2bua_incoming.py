@@ -345,3 +345,14 @@ async def test_a_trunk_at_its_channel_limit_refuses_more_calls(core: Core, pbx: 
     await (await alice.ringing()).reply(180)
     await carrier.call()  # a second call while the only channel is busy
     assert (await carrier.phone.expect(503)).code == 503
+
+
+async def test_a_phone_registered_from_the_carriers_network_is_still_a_phone(core: Core, pbx: Pbx) -> None:
+    await _rule(core, pbx.domain_id, ActionInput(action="reject"))
+    inside = pbx.phone("103", CARRIER.host, 5070)  # same host as the carrier, its own registration
+    await pbx.register(inside)
+    await inside.send(inside.invite("101"))
+    assert (await inside.expect(407)).code == 407  # challenged like any phone, not taken for the carrier
+    carrier = Carrier(pbx)
+    await carrier.call()
+    assert (await carrier.phone.expect(603)).code == 603  # the carrier's own port still is the carrier

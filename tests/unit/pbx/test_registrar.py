@@ -580,3 +580,22 @@ async def test_digest_against_the_database_end_to_end(core: Core, t1: Tenant) ->
     )
     assert p.reply.code == 200
     assert p.aor == f"sip:100@{t1.name}"
+
+
+async def test_the_store_knows_which_addresses_phones_registered_from() -> None:
+    store = MemoryLocationStore()
+    other = Destination("udp", "198.51.100.9", 5062)
+    first = Binding(contact=PHONE, flow=SRC, call_id="a", cseq=1, expires_at=NOW + 10, updated_at=NOW)
+    second = Binding(
+        contact=PHONE + ";x=1", flow=other, call_id="b", cseq=1, expires_at=NOW + 20, updated_at=NOW
+    )
+    await store.save(T1, AOR, first)
+    await store.save(T1, AOR, second)
+    assert await store.registered_from(SRC.host, SRC.port) and await store.registered_from(
+        other.host, other.port
+    )
+    assert not await store.registered_from(SRC.host, SRC.port + 1)
+    await store.remove(T1, AOR, PHONE)
+    assert not await store.registered_from(SRC.host, SRC.port)
+    await store.expire(NOW + 30)  # the second one runs out
+    assert not await store.registered_from(other.host, other.port)
