@@ -18,6 +18,7 @@ from vpbx import __version__
 from vpbx.clock import Clock, SystemClock
 from vpbx.crypto import SecretBox
 from vpbx.logs import get_logger
+from vpbx.media.prompts import PROMPT_DIR, PromptStore
 from vpbx.pbx.calls import CallRegistry, MemoryCallRegistry
 from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
 from vpbx.pbx.trunkmon import TrunkStatusBoard
@@ -36,6 +37,7 @@ class Core:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     box: SecretBox
+    prompts: PromptStore  # uploaded and spoken prompts under <data_dir>/prompts (menus, system phrases)
     clock: Clock = field(default_factory=SystemClock)
     config: ConfigVersion = field(default_factory=ConfigVersion)  # moves when users or domains change
     # registrations: written by the SIP node, read by the cabinet (telephony.md §9.3)
@@ -54,6 +56,7 @@ def build_core(settings: Settings, clock: Clock | None = None) -> Core:
         engine=engine,
         sessions=session_factory(engine, tracked_session_class(config)),
         box=SecretBox(settings.secret_key.get_secret_value()),
+        prompts=PromptStore(settings.data_dir / PROMPT_DIR),
         clock=clock or SystemClock(),
         config=config,
     )

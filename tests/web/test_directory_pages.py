@@ -139,7 +139,7 @@ async def test_menu_create_edit_and_errors(admin1: Cabinet, core: Core, t1: Tena
     assert dup.status_code == 422
     assert 'id="err-name"' in dup.text and 'id="err-prompt_text"' in dup.text
     assert await _count(core, VoiceMenu) == 1
-    resp = await admin1.post(f"/menus/{mid}", {"name": "Ночное меню", "prompt_text": ""})
+    resp = await admin1.post(f"/menus/{mid}", {"name": "Ночное меню", "prompt_text": "Нажмите 2"})
     assert resp.status_code == 303
     assert "Ночное меню" in (await admin1.get(f"/menus/{mid}")).text
 

@@ -27,13 +27,15 @@ ID_KINDS: dict[str, type[Any]] = {
     "rule_id": m.RoutingRule,
     "domain_id": m.Domain,
     "trunk_id": m.Trunk,
+    "prompt_id": m.DomainPrompt,  # a prompt's content hash, served only to a domain that stored it
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
 
 
-async def populate(core: Core, t: Tenant) -> dict[str, uuid.UUID]:
+async def populate(core: Core, t: Tenant) -> dict[str, Any]:
     """One object of each kind in tenant ``t``, wired together as a real domain would be."""
+    prompt = await core.prompts.tts(f"Welcome to {t.name}", voice="en")  # a real file, distinct per tenant
     async with core.sessions() as s:
         admin = await s.scalar(select(m.User).where(m.User.domain_id == t.id))
         assert admin is not None
@@ -41,10 +43,11 @@ async def populate(core: Core, t: Tenant) -> dict[str, uuid.UUID]:
             domain_id=t.id, number="+74951112233" if "acme" in t.name else "+74951112244"
         )
         group = m.CallGroup(domain_id=t.id, name="Sales", pin="600")
-        menu = m.VoiceMenu(domain_id=t.id, name="Main")
+        menu = m.VoiceMenu(domain_id=t.id, name="Main", prompt_text="Welcome", greeting_prompt_id=prompt.id)
         schedule = m.Schedule(domain_id=t.id, name="Office")
         trunk = m.Trunk(domain_id=t.id, name="Carrier", kind="ip", host="203.0.113.5")
         s.add_all([number, group, menu, schedule, trunk])
+        s.add(m.DomainPrompt(domain_id=t.id, prompt_id=prompt.id, source="tts"))
         await s.flush()
         s.add(m.CallGroupMember(group_id=group.id, user_id=admin.id, position=0))
         s.add(m.ScheduleInterval(schedule_id=schedule.id, weekday=0, start_min=540, end_min=1080))
@@ -68,6 +71,7 @@ async def populate(core: Core, t: Tenant) -> dict[str, uuid.UUID]:
             "rule_id": rule.id,
             "domain_id": t.id,
             "trunk_id": trunk.id,
+            "prompt_id": prompt.id,
         }
 
 
@@ -93,9 +97,7 @@ def id_routes() -> list[tuple[str, str, list[str]]]:
     return routes
 
 
-def attack_urls(
-    theirs: dict[str, uuid.UUID], own: dict[str, uuid.UUID]
-) -> list[tuple[str, str, list[str], str]]:
+def attack_urls(theirs: dict[str, Any], own: dict[str, Any]) -> list[tuple[str, str, list[str], str]]:
     """Each id route with all ids from the other tenant, and, for nested routes, with one foreign id among
     the attacker's own (their own number with the victim's rule, and so on)."""
     out = []

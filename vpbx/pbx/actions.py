@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.pbx.validation import N_, Check
-from vpbx.store.models import CallGroup, RoutingRule, User, VoiceMenu
+from vpbx.store.models import CallGroup, RoutingRule, User, VoiceMenu, VoiceMenuKey
 
 ACTIONS = ("user", "group", "menu", "voicemail", "external", "reject")
 
@@ -83,8 +83,17 @@ _TARGET_COLUMNS = {
 }
 
 
+# ... and in voice menus' keys and timeout actions
+_KEY_COLUMNS = {
+    "user": VoiceMenuKey.target_user_id,
+    "group": VoiceMenuKey.target_group_id,
+    "menu": VoiceMenuKey.target_menu_id,
+}
+
+
 async def is_target(s: AsyncSession, domain_id: uuid.UUID, kind: str, ident: uuid.UUID) -> bool:
-    """Whether a routing rule or another group's fall-through sends calls to this user, group or menu."""
+    """Whether a routing rule, another group's fall-through or another voice menu's key or timeout sends
+    calls to this user, group or menu."""
     rule_col, fallthrough_col = _TARGET_COLUMNS[kind]
     rule = await s.scalar(
         select(RoutingRule.id).where(RoutingRule.domain_id == domain_id, rule_col == ident).limit(1)
@@ -96,4 +105,12 @@ async def is_target(s: AsyncSession, domain_id: uuid.UUID, kind: str, ident: uui
         .where(CallGroup.domain_id == domain_id, fallthrough_col == ident, CallGroup.id != ident)
         .limit(1)
     )
-    return group is not None
+    if group is not None:
+        return True
+    key = await s.scalar(
+        select(VoiceMenuKey.id)
+        .join(VoiceMenu, VoiceMenu.id == VoiceMenuKey.menu_id)
+        .where(VoiceMenu.domain_id == domain_id, _KEY_COLUMNS[kind] == ident, VoiceMenu.id != ident)
+        .limit(1)
+    )
+    return key is not None

@@ -21,7 +21,16 @@ from vpbx.pbx import lines, menus, schedules, users
 from vpbx.pbx.actions import Action, ActionInput, validate_action
 from vpbx.pbx.schedules import is_work_time
 from vpbx.pbx.validation import N_, Check
-from vpbx.store.models import CallGroup, Domain, IncomingNumber, RoutingRule, Schedule, User, VoiceMenu
+from vpbx.store.models import (
+    CallGroup,
+    Domain,
+    IncomingNumber,
+    RoutingRule,
+    Schedule,
+    User,
+    VoiceMenu,
+    VoiceMenuKey,
+)
 from vpbx.store.paging import Page
 
 CONDITIONS = ("always", "work", "non_work")
@@ -213,7 +222,7 @@ async def move_rule(
 
 # --- loops ------------------------------------------------------------------------------------------------
 
-Node = tuple[str, str]  # ("number", "+7…") or ("group", "<uuid>")
+Node = tuple[str, str]  # ("number", "+7…"), ("group", "<uuid>") or ("menu", "<uuid>")
 
 
 def find_cycle(edges: dict[Node, set[Node]]) -> list[Node] | None:
@@ -243,8 +252,10 @@ def find_cycle(edges: dict[Node, set[Node]]) -> list[Node] | None:
 async def assert_no_loops(s: AsyncSession, domain_id: uuid.UUID) -> None:
     """Raise ``ValidationFailed`` (field ``action``) when the domain's rules and group fall-throughs loop.
 
-    Edges: a number's rule to a group, or to one of the domain's own numbers as an external number; a group's
-    fall-through to a group or to an own number. Call it after flushing the change being checked.
+    Edges: a number's rule to a group or a voice menu, or to one of the domain's own numbers as an external
+    number; a group's fall-through to a group, a menu or an own number; a menu's timeout action (no key
+    pressed) to a group, a menu or an own number. A menu's keys are no edges: the caller chooses them, so
+    «0 — back to the main menu» is allowed. Call it after flushing the change being checked.
     """
     number_rows = await s.execute(
         select(IncomingNumber.id, IncomingNumber.number).where(IncomingNumber.domain_id == domain_id)
@@ -263,33 +274,59 @@ async def assert_no_loops(s: AsyncSession, domain_id: uuid.UUID) -> None:
             CallGroup.pin,
             CallGroup.fallthrough_action,
             CallGroup.fallthrough_group_id,
+            CallGroup.fallthrough_menu_id,
             CallGroup.fallthrough_number,
         ).where(CallGroup.domain_id == domain_id)
     )
     fallthroughs = list(rows.all())
-    for gid, pin, _action, _gto, _nto in fallthroughs:
+    menu_rows = await s.execute(select(VoiceMenu.id, VoiceMenu.name).where(VoiceMenu.domain_id == domain_id))
+    menus: dict[uuid.UUID, str] = dict(menu_rows.all())
+    for gid, pin, _action, _gto, _mto, _nto in fallthroughs:
         groups[gid] = pin
-    for gid, _pin, action, gto, nto in fallthroughs:
-        if action == "group" and gto in groups:
-            edge(("group", str(gid)), ("group", str(gto)))
-        elif action == "external" and nto in own:
-            edge(("group", str(gid)), ("number", nto))
-    rule_rows = await s.execute(
-        select(
-            RoutingRule.number_id, RoutingRule.action, RoutingRule.target_group_id, RoutingRule.target_number
-        ).where(RoutingRule.domain_id == domain_id, RoutingRule.action.in_(("group", "external")))
-    )
-    for number_id, action, gto, nto in rule_rows.all():
-        src: Node = ("number", numbers[number_id])
+
+    def hop(
+        src: Node, action: str | None, gto: uuid.UUID | None, mto: uuid.UUID | None, nto: str | None
+    ) -> None:
         if action == "group" and gto in groups:
             edge(src, ("group", str(gto)))
+        elif action == "menu" and mto in menus:
+            edge(src, ("menu", str(mto)))
         elif action == "external" and nto in own:
             edge(src, ("number", nto))
+
+    for gid, _pin, action, gto, mto, nto in fallthroughs:
+        hop(("group", str(gid)), action, gto, mto, nto)
+    rule_rows = await s.execute(
+        select(
+            RoutingRule.number_id,
+            RoutingRule.action,
+            RoutingRule.target_group_id,
+            RoutingRule.target_menu_id,
+            RoutingRule.target_number,
+        ).where(RoutingRule.domain_id == domain_id, RoutingRule.action.in_(("group", "menu", "external")))
+    )
+    for number_id, action, gto, mto, nto in rule_rows.all():
+        hop(("number", numbers[number_id]), action, gto, mto, nto)
+    timeout_rows = await s.execute(
+        select(
+            VoiceMenuKey.menu_id,
+            VoiceMenuKey.action,
+            VoiceMenuKey.target_group_id,
+            VoiceMenuKey.target_menu_id,
+            VoiceMenuKey.target_number,
+        )
+        .join(VoiceMenu, VoiceMenu.id == VoiceMenuKey.menu_id)
+        .where(VoiceMenu.domain_id == domain_id, VoiceMenuKey.key == "t")
+    )
+    for menu_id, action, gto, mto, nto in timeout_rows.all():
+        hop(("menu", str(menu_id)), action, gto, mto, nto)
     cycle = find_cycle(edges)
     if cycle is None:
         return
-    # Read the loop from a number when it has one (that is where a call enters it), else from the lowest PIN.
-    ring = [(kind, groups[uuid.UUID(ident)] if kind == "group" else ident) for kind, ident in cycle[:-1]]
+    # Read the loop from a number when it has one (that is where a call enters it), else from the lowest PIN
+    # (a group) or name (a menu).
+    labels = {"group": groups, "menu": menus}
+    ring = [(kind, labels[kind][uuid.UUID(ident)] if kind in labels else ident) for kind, ident in cycle[:-1]]
     start = ring.index(min(ring, key=lambda node: (node[0] != "number", node[1])))
     names = [label for _, label in (*ring[start:], *ring[:start], ring[start])]
     raise ValidationFailed.one("action", N_("This rule makes a routing loop: {path}"), path=" → ".join(names))

@@ -214,14 +214,74 @@ class ScheduleHoliday(Base):
 
 
 class VoiceMenu(Timestamped, Base):
-    """A voice menu (IVR). Keys and prompts arrive with the call engine; rules can target it now."""
+    """A voice menu (IVR): a greeting played ``repeat_count`` times while the caller chooses a key.
+
+    The greeting is either an uploaded recording or ``prompt_text`` spoken in ``greeting_voice``; either way
+    ``greeting_prompt_id`` names the stored prompt (vpbx.media.prompts). The keys, and what happens when the
+    caller presses nothing, are ``VoiceMenuKey`` rows (the latter with key ``t``, as Asterisk names it).
+    """
 
     __tablename__ = "voice_menus"
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
+    greeting_source: Mapped[str] = mapped_column(String(8), default="text")
     prompt_text: Mapped[str] = mapped_column(String(1000), default="")
-    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+    greeting_voice: Mapped[str] = mapped_column(String(2), default="ru")
+    greeting_prompt_id: Mapped[str | None] = mapped_column(String(64))
+    greeting_file_name: Mapped[str | None] = mapped_column(String(255))
+    # said after a key the menu does not know; empty = the system phrase in the greeting's voice
+    invalid_text: Mapped[str] = mapped_column(String(1000), default="")
+    invalid_prompt_id: Mapped[str | None] = mapped_column(String(64))
+    repeat_count: Mapped[int] = mapped_column(Integer, default=2)
+    digit_timeout_s: Mapped[int] = mapped_column(Integer, default=5)
+    keys: Mapped[list[VoiceMenuKey]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", foreign_keys="VoiceMenuKey.menu_id"
+    )
+    __table_args__ = (
+        UniqueConstraint("domain_id", "name"),
+        CheckConstraint("greeting_source in ('text', 'upload')", name="greeting_source"),
+        CheckConstraint("greeting_voice in ('ru', 'en')", name="greeting_voice"),
+        CheckConstraint("repeat_count between 1 and 10", name="repeat_count"),
+        CheckConstraint("digit_timeout_s between 1 and 60", name="digit_timeout_s"),
+    )
+
+
+class VoiceMenuKey(Base):
+    """A key of a voice menu (``0``-``9``, ``*``, ``#``) or its timeout (``t``): where it sends the call."""
+
+    __tablename__ = "voice_menu_keys"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    menu_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("voice_menus.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(1))
+    action: Mapped[str] = mapped_column(String(16))
+    target_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    target_group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("call_groups.id"))
+    target_menu_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("voice_menus.id"))
+    target_number: Mapped[str | None] = mapped_column(String(16))
+    __table_args__ = (
+        UniqueConstraint("menu_id", "key"),
+        CheckConstraint("key in ('0','1','2','3','4','5','6','7','8','9','*','#','t')", name="key"),
+        CheckConstraint(
+            "action in ('user', 'group', 'menu', 'external', 'repeat', 'extension', 'hangup')", name="action"
+        ),
+    )
+
+
+class DomainPrompt(Base):
+    """Which domain stored which prompt: prompts are content-addressed and shared on disk, so the cabinet
+    serves a prompt only to a domain that uploaded or synthesised it."""
+
+    __tablename__ = "domain_prompts"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    prompt_id: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    __table_args__ = (
+        UniqueConstraint("domain_id", "prompt_id"),
+        CheckConstraint("source in ('upload', 'tts')", name="source"),
+    )
 
 
 class RoutingRule(Timestamped, ActionTarget, Base):

@@ -39,7 +39,7 @@ async def test_reload_after_a_committed_change(core: Core, t1: Tenant) -> None:
     directory = SipDirectory(core.sessions, core.config)
     assert await directory.find(t1.name, "clerk") is None
     async with core.sessions() as s:
-        await menus.create_menu(s, t1.id, menus.MenuInput(name="Main"))
+        await menus.create_menu(s, t1.id, menus.MenuInput(name="Main", prompt_text="Hello"))
         await s.commit()
     version = core.config.value
     async with core.sessions() as s:
@@ -60,7 +60,7 @@ async def test_reload_after_a_committed_change(core: Core, t1: Tenant) -> None:
 async def test_rollback_and_other_tables_do_not_move_the_version(core: Core, t1: Tenant) -> None:
     start = core.config.value
     async with core.sessions() as s:
-        await menus.create_menu(s, t1.id, menus.MenuInput(name="Main"))
+        await menus.create_menu(s, t1.id, menus.MenuInput(name="Main", prompt_text="Hello"))
         await s.commit()
     async with core.sessions() as s:
         await users.create_user(

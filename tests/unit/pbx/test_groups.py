@@ -152,7 +152,7 @@ async def test_timeout_bounds_are_accepted(core: Core, t1: Tenant) -> None:
 async def test_fallthrough_targets(core: Core, t1: Tenant) -> None:
     u = await _user(core, t1, "101")
     async with core.sessions() as s:
-        m = await menus.create_menu(s, t1.id, menus.MenuInput(name="Main"))
+        m = await menus.create_menu(s, t1.id, menus.MenuInput(name="Main", prompt_text="Hello"))
         await s.commit()
     g1 = await _group(core, t1, fallthrough=ActionInput(action="user", user_id=u.id))
     assert (g1.fallthrough_action, g1.fallthrough_user_id) == ("user", u.id)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 14:10:41.406298
+Create Date: 2026-11-25 17:46:06.179805
 """
 
 from __future__ import annotations
@@ -57,6 +57,26 @@ def upgrade() -> None:
         sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_service_prices")),
     )
+    op.create_table(
+        "domain_prompts",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("prompt_id", sa.String(length=64), nullable=False),
+        sa.Column("source", sa.String(length=8), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("source in ('upload', 'tts')", name=op.f("ck_domain_prompts_source")),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_domain_prompts_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_domain_prompts")),
+        sa.UniqueConstraint("domain_id", "prompt_id", name=op.f("uq_domain_prompts_domain_id_prompt_id")),
+    )
+    with op.batch_alter_table("domain_prompts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_domain_prompts_domain_id"), ["domain_id"], unique=False)
+
     op.create_table(
         "domain_services",
         sa.Column("domain_id", sa.Uuid(), nullable=False),
@@ -184,8 +204,22 @@ def upgrade() -> None:
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("domain_id", sa.Uuid(), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("greeting_source", sa.String(length=8), nullable=False),
         sa.Column("prompt_text", sa.String(length=1000), nullable=False),
+        sa.Column("greeting_voice", sa.String(length=2), nullable=False),
+        sa.Column("greeting_prompt_id", sa.String(length=64), nullable=True),
+        sa.Column("greeting_file_name", sa.String(length=255), nullable=True),
+        sa.Column("invalid_text", sa.String(length=1000), nullable=False),
+        sa.Column("invalid_prompt_id", sa.String(length=64), nullable=True),
+        sa.Column("repeat_count", sa.Integer(), nullable=False),
+        sa.Column("digit_timeout_s", sa.Integer(), nullable=False),
         sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "greeting_source in ('text', 'upload')", name=op.f("ck_voice_menus_greeting_source")
+        ),
+        sa.CheckConstraint("greeting_voice in ('ru', 'en')", name=op.f("ck_voice_menus_greeting_voice")),
+        sa.CheckConstraint("digit_timeout_s between 1 and 60", name=op.f("ck_voice_menus_digit_timeout_s")),
+        sa.CheckConstraint("repeat_count between 1 and 10", name=op.f("ck_voice_menus_repeat_count")),
         sa.ForeignKeyConstraint(
             ["domain_id"], ["domains.id"], name=op.f("fk_voice_menus_domain_id_domains"), ondelete="CASCADE"
         ),
@@ -400,11 +434,56 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_routing_rules_domain_id"), ["domain_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_routing_rules_number_id"), ["number_id"], unique=False)
 
+    op.create_table(
+        "voice_menu_keys",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("menu_id", sa.Uuid(), nullable=False),
+        sa.Column("key", sa.String(length=1), nullable=False),
+        sa.Column("action", sa.String(length=16), nullable=False),
+        sa.Column("target_user_id", sa.Uuid(), nullable=True),
+        sa.Column("target_group_id", sa.Uuid(), nullable=True),
+        sa.Column("target_menu_id", sa.Uuid(), nullable=True),
+        sa.Column("target_number", sa.String(length=16), nullable=True),
+        sa.CheckConstraint(
+            "action in ('user', 'group', 'menu', 'external', 'repeat', 'extension', 'hangup')",
+            name=op.f("ck_voice_menu_keys_action"),
+        ),
+        sa.CheckConstraint(
+            "key in ('0','1','2','3','4','5','6','7','8','9','*','#','t')",
+            name=op.f("ck_voice_menu_keys_key"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["menu_id"],
+            ["voice_menus.id"],
+            name=op.f("fk_voice_menu_keys_menu_id_voice_menus"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["target_group_id"],
+            ["call_groups.id"],
+            name=op.f("fk_voice_menu_keys_target_group_id_call_groups"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["target_menu_id"], ["voice_menus.id"], name=op.f("fk_voice_menu_keys_target_menu_id_voice_menus")
+        ),
+        sa.ForeignKeyConstraint(
+            ["target_user_id"], ["users.id"], name=op.f("fk_voice_menu_keys_target_user_id_users")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_voice_menu_keys")),
+        sa.UniqueConstraint("menu_id", "key", name=op.f("uq_voice_menu_keys_menu_id_key")),
+    )
+    with op.batch_alter_table("voice_menu_keys", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_voice_menu_keys_menu_id"), ["menu_id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("voice_menu_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_voice_menu_keys_menu_id"))
+
+    op.drop_table("voice_menu_keys")
     with op.batch_alter_table("routing_rules", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_routing_rules_number_id"))
         batch_op.drop_index(batch_op.f("ix_routing_rules_domain_id"))
@@ -453,6 +532,10 @@ def downgrade() -> None:
 
     op.drop_table("incoming_numbers")
     op.drop_table("domain_services")
+    with op.batch_alter_table("domain_prompts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_domain_prompts_domain_id"))
+
+    op.drop_table("domain_prompts")
     op.drop_table("service_prices")
     op.drop_table("operators")
     op.drop_table("login_throttle")
