@@ -163,6 +163,7 @@ async def serve(settings: Settings) -> None:
     b2bua.trunks = trunks  # calls from a carrier go to the domains' lines
     b2bua.incoming = IncomingRouter(core.sessions)
     b2bua.outbound = OutboundRouter(core.sessions)
+    b2bua.prompts = core.prompts  # the phrase a refused call hears
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):

@@ -68,13 +68,22 @@ async def test_an_outside_call_reaches_the_carrier_in_its_format(tmp_path: Path)
     assert events[0]["type"] == "outbound" and events[0]["from_pin"] == "101"
 
 
-async def test_an_international_number_is_refused_to_a_user_without_the_right(tmp_path: Path) -> None:
+async def test_an_international_number_is_refused_with_a_spoken_reason(tmp_path: Path) -> None:
     async with running(tmp_path, setup=carrier_trunk(free_port_block(1))) as server:
         refused = await run_sipp(
             caller_run(
-                server, rejected_scenario(tmp_path, 403), caller="101", callee="+493012345678", calls=1
+                server,
+                rejected_scenario(tmp_path, 403),
+                caller="101",
+                callee="+493012345678",
+                calls=1,
+                trace_msg=True,
             ),
             tmp_path,
         )
     assert refused.ok, refused.describe()
+    log = (refused.workdir / "messages.log").read_text(errors="replace")
+    assert log.index("SIP/2.0 183") < log.index(
+        "SIP/2.0 403"
+    )  # the spoken reason comes first, as early media
     assert server.events() == []

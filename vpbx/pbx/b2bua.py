@@ -40,6 +40,7 @@ from vpbx.clock import Clock
 from vpbx.errors import MediaError, NoMediaPorts, SdpParseError, SipError, SipParseError
 from vpbx.logs import get_logger
 from vpbx.media.backend import MediaBackend, MediaPorts
+from vpbx.media.prompts import Prompt, SystemPhrase, Voice
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
 from vpbx.pbx.bus import SessionId, new_session_id
@@ -110,6 +111,7 @@ SUPPORTED_OPTIONS = frozenset({"replaces", "norefersub"})  # option tags an INVI
 BUSY_CODES = frozenset({486, 600, 603})  # any of them from a B-leg → 486 to A (RFC 3261 §21.4.24)
 PASSED_CODES = frozenset({404, 480})  # passed to A as they are when every B-leg says the same
 FAILOVER_CODES = frozenset({408, 500, 502, 503, 504})  # a carrier that fails this way: try the next trunk
+MAX_PHRASE_S = 10.0  # a refusal's spoken phrase is cut after this
 ROUTING_HOOK_DEADLINE_S = 3.0  # integration-api.md §5.3: the platform cap of get_number_info
 MAX_DISPLAY_NAME = 64
 ELSEWHERE = reason_header(200, "Call completed elsewhere")  # RFC 3326, telephony.md §3.6
@@ -139,6 +141,12 @@ class TrunkLookup(Protocol):
     def outbound_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
         """The domain's usable trunks in failover order."""
         ...
+
+
+class PhraseSource(Protocol):
+    """Where the engine's spoken phrases come from (``vpbx.media.prompts.PromptStore``)."""
+
+    async def system_phrase(self, phrase: SystemPhrase, voice: Voice = "ru") -> Prompt: ...
 
 
 class OutboundRoutes(Protocol):
@@ -431,6 +439,7 @@ class B2bua:
         self.incoming: IncomingRoutes | None = None
         self.outbound: OutboundRoutes | None = None
         self.routing_hooks: list[tuple[str, RoutingHook]] = []  # (name, hook), asked in this order
+        self.prompts: PhraseSource | None = None  # system phrases (vpbx.media.prompts.PromptStore)
         self.routing_hook_deadline_s = ROUTING_HOOK_DEADLINE_S
         self.rotation = Rotation()  # cyclic groups' next first member
         self._trunk_load: dict[uuid.UUID, int] = {}  # calls holding a channel of each trunk
@@ -1053,7 +1062,8 @@ class B2bua:
         if not decision.allowed:
             log.info("call.outbound_refused", caller=caller.pin, kind=decision.kind, domain=domain.name)
             CALLS.labels("rejected").inc()
-            node.respond(key, invite, 403, f"Forbidden ({decision.kind.replace('_', ' ')} calls)")
+            reason = f"Forbidden ({decision.kind.replace('_', ' ')} calls)"
+            await self._refuse_spoken(node, key, invite, pending, SystemPhrase.NOT_ALLOWED, 403, reason)
             return
         usable = self._free_trunks(domain.id)
         if not usable:
@@ -1098,6 +1108,50 @@ class B2bua:
             except Exception:
                 await self._abort(ctx, "setup")
                 raise
+
+    async def _refuse_spoken(
+        self,
+        node: SipNode,
+        key: TransactionKey,
+        invite: Request,
+        pending: _Pending,
+        phrase: SystemPhrase,
+        code: int,
+        reason: str,
+    ) -> None:
+        """Say why before refusing: early media (183) with a system phrase, then the final ``code``. Without
+        a usable offer, media or prompts, just the final response."""
+        offer = _sdp_of(invite)
+        media, prompts = self.media, self.prompts
+        if media is None or prompts is None or not isinstance(offer, SessionDescription):
+            node.respond(key, invite, code, reason)
+            return
+        tag = new_tag()
+        session = new_session_id()
+        try:
+            prompt = await prompts.system_phrase(phrase)
+            ports = await media.allocate(session)
+        except MediaError:
+            node.respond(key, invite, code, reason)
+            return
+        try:
+            answer = negotiate(offer, origin=_origin(ports.a.host), address=ports.a.host, port=ports.a.port)
+            m_offer = _accepted(offer, answer) if answer is not None else None
+            audio = answer.audio if answer is not None else None
+            if answer is None or m_offer is None or audio is None or audio.codec is None:
+                node.respond(key, invite, code, reason, to_tag=tag)
+                return
+            leg = LegRef(session, "a")
+            await media.update(leg, _remote(offer, m_offer), audio.codec.payload_type, audio.telephone_event)
+            node.respond(
+                key, invite, 183, headers=(("Content-Type", SDP),), to_tag=tag, body=serialize_sdp(answer)
+            )
+            await media.play(leg, prompt)
+            await asyncio.sleep(min(prompt.duration_s, MAX_PHRASE_S))  # a CANCEL meanwhile answers 487
+            if not pending.cancelled:
+                node.respond(key, invite, code, reason, to_tag=tag)
+        finally:
+            await media.release(session)
 
     async def _ring_trunk(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 
 from vpbx.app import Core
 from vpbx.media.backend import MediaPorts, SessionStats
+from vpbx.media.prompts import Prompt
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
 from vpbx.pbx import domains, users
@@ -135,6 +136,7 @@ class FakeMedia:
     allocated: list[SessionId] = field(default_factory=list)
     updates: list[tuple[LegRef, MediaAddress | None, int, int | None]] = field(default_factory=list)
     released: list[SessionId] = field(default_factory=list)
+    played: list[tuple[LegRef, str]] = field(default_factory=list)
 
     async def allocate(self, session: SessionId) -> MediaPorts:
         self.allocated.append(session)
@@ -147,6 +149,12 @@ class FakeMedia:
 
     async def release(self, session: SessionId) -> None:
         self.released.append(session)
+
+    async def play(self, leg: LegRef, prompt: Prompt, *, loop: bool = False) -> None:
+        self.played.append((leg, prompt.id))
+
+    async def stop_play(self, leg: LegRef) -> bool:
+        return False
 
     async def stats(self, session: SessionId) -> SessionStats:
         raise NotImplementedError

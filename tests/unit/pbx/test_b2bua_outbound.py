@@ -3,17 +3,20 @@ failover."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
-from tests.unit.pbx.b2bua_kit import IncomingCall, Pbx, Phone, trunk
+from tests.unit.pbx.b2bua_kit import IncomingCall, Pbx, Phone, tag, trunk
 from vpbx.app import Core
+from vpbx.media.prompts import Prompt, PromptId, SystemPhrase
 from vpbx.pbx import lines
 from vpbx.pbx.outbound import OutboundRouter
 from vpbx.pbx.trunkmon import TrunkInfo
-from vpbx.sip.message import Request
+from vpbx.sip.message import Request, Response
 from vpbx.store.models import DomainId, User
 
 LINE = "+74951234567"
@@ -105,7 +108,7 @@ async def test_rights_no_trunk_and_nonsense(core: Core, pbx: Pbx) -> None:
         await s.commit()
     await alice.call("+4930123456")
     refused = await alice.expect(403)
-    assert "international" in refused.phrase
+    assert "international" in refused.phrase  # no prompt store here: refused without a phrase
     await alice.call("12")  # neither an extension nor a number
     assert (await alice.expect(404)).code == 404
     assert pbx.bus.events == []
@@ -123,3 +126,34 @@ async def test_a_busy_trunk_passes_the_next_call_to_the_next_trunk(pbx: Pbx) -> 
     await first.expect("INVITE")
     await bob.call("84957654322")  # Main's only channel is taken
     assert (await second.expect("INVITE")).uri.user == "84957654322"
+
+
+class FakePhrases:
+    def __init__(self, tmp: Path) -> None:
+        self.asked: list[SystemPhrase] = []
+        self.tmp = tmp
+
+    async def system_phrase(self, phrase: SystemPhrase, voice: str = "ru") -> Prompt:
+        self.asked.append(phrase)
+        f = self.tmp / "phrase.pcma"
+        return Prompt(id=PromptId("p" * 64), duration_s=0.05, wav=f, pcma=f, pcmu=f)
+
+
+async def test_a_refused_caller_hears_why_before_the_403(pbx: Pbx, tmp_path: Path) -> None:
+    phrases = FakePhrases(tmp_path)
+    pbx.b2bua.prompts = phrases
+    pbx.b2bua.trunks = FakeTrunks(trunk(pbx.domain_id, "Main", "198.51.100.60"))
+    alice = pbx.phone("101", "192.0.2.11")
+    await alice.call("+493012345678")
+    early = await alice.expect(183)
+    assert early.body and b"m=audio" in early.body  # early media from our relay
+    for _ in range(100):  # the phrase lasts 50 ms of the loop's real time
+        if any(isinstance(m, Response) and m.code == 403 for m in alice.inbox):
+            break
+        await asyncio.sleep(0.01)
+        await pbx.settle()
+    refused = await alice.expect(403)
+    assert tag(refused) == tag(early)  # one dialog: the early one, then its end
+    assert phrases.asked == [SystemPhrase.NOT_ALLOWED]
+    assert [leg.side for leg, _ in pbx.media.played] == ["a"]
+    assert pbx.media.released and pbx.bus.events == []
