@@ -102,6 +102,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.bus import InProcessBus
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
     from vpbx.pbx.incoming import IncomingRouter
+    from vpbx.pbx.ivr_plan import MenuPlans
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundRouter
     from vpbx.pbx.trunkmon import TrunkMonitor
@@ -127,6 +128,8 @@ async def serve(settings: Settings) -> None:
             media_timeout_s=settings.media_timeout_s,
             on_media_timeout=b2bua.on_media_timeout,
             on_session_lost=b2bua.on_media_lost,
+            on_dtmf=b2bua.on_dtmf,
+            on_play_done=b2bua.on_play_done,
             loop=settings.event_loop,
             log_level=settings.log_level,
             log_json=settings.log_json,
@@ -139,6 +142,8 @@ async def serve(settings: Settings) -> None:
             clock=core.clock,
             media_timeout_s=settings.media_timeout_s,
             on_media_timeout=b2bua.on_media_timeout,
+            on_dtmf=b2bua.on_dtmf,
+            on_play_done=b2bua.on_play_done,
         )
     b2bua.media = media
     app.state.bus = bus  # call events, for the features that subscribe
@@ -163,7 +168,8 @@ async def serve(settings: Settings) -> None:
     b2bua.trunks = trunks  # calls from a carrier go to the domains' lines
     b2bua.incoming = IncomingRouter(core.sessions)
     b2bua.outbound = OutboundRouter(core.sessions)
-    b2bua.prompts = core.prompts  # the phrase a refused call hears
+    b2bua.prompts = core.prompts  # the phrase a refused call hears, the menus' greetings
+    b2bua.menus = MenuPlans(core.sessions, core.prompts)
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):

@@ -17,7 +17,7 @@ from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, scenari
 from tests.integration.peers.vpbx import Setup
 from tests.integration.test_calls import SIPP_TIMEOUT_S, Server, bind, callee_run, running
 from vpbx.app import Core
-from vpbx.pbx import groups, lines, routing, trunks
+from vpbx.pbx import groups, lines, menus, routing, trunks
 from vpbx.pbx.actions import ActionInput
 from vpbx.store.models import User
 
@@ -157,3 +157,66 @@ async def test_a_baresip_phone_answers_a_carrier_call(tmp_path: Path) -> None:
     assert caller.ok, caller.describe()
     assert [e["state"] for e in events] == ["new", "calling", "connected", "disconnected", "end"]
     assert events[2]["request_pin"] == "102" and events[0]["type"] == "incoming"
+
+
+def line_to_menu() -> Setup:
+    """The line → a voice menu whose key 1 rings extension 102 (the greeting is spoken on first use)."""
+
+    async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        await trunks.create_trunk(
+            s,
+            domain_id,
+            trunks.TrunkInput(
+                name="Carrier", kind="ip", host=CARRIER_IP, allowed_networks=[f"{CARRIER_IP}/32"]
+            ),
+            box=core.box,
+        )
+        number = await lines.create_number(s, domain_id, lines.NumberInput(number=f"+{LINE}"))
+        user_id = await s.scalar(select(User.id).where(User.domain_id == domain_id, User.pin == "102"))
+        main = await menus.create_menu(
+            s,
+            domain_id,
+            menus.MenuInput(
+                name="Main",
+                prompt_text="Здравствуйте. Нажмите один.",
+                keys=[menus.KeyInput(key="1", target=ActionInput(action="user", user_id=user_id))],
+            ),
+        )
+        await routing.add_rule(
+            s, domain_id, number.id, routing.RuleInput(target=ActionInput(action="menu", menu_id=main.id))
+        )
+
+    return setup
+
+
+def menu_key_scenario(tmp_path: Path, digit: str) -> Path:
+    """uac_menu_key.xml pressing ``digit``, from SIPp's own RFC 4733 recordings."""
+    pcap = Path(f"/usr/share/sip-tester/dtmf_2833_{digit}.pcap")
+    if not pcap.exists():
+        pytest.fail(f"{pcap} is missing: the sip-tester package ships it")
+    scenario = tmp_path / f"uac_menu_key_{digit}.xml"
+    scenario.write_text(scenario_path("uac_menu_key").read_text().replace("DTMF_PCAP", str(pcap)))
+    return scenario
+
+
+async def test_a_key_pressed_in_the_menu_rings_the_chosen_user(tmp_path: Path) -> None:
+    require_binary("espeak-ng")
+    scenario = menu_key_scenario(tmp_path, "1")
+    async with (
+        running(tmp_path, setup=line_to_menu()) as server,
+        SippProcess.running(callee_run("uas_answer"), tmp_path) as phone,
+    ):
+        await bind(server, "102", phone)
+        caller = await run_sipp(carrier_run(server, calls=1, scenario=scenario, duration_ms=1500), tmp_path)
+        answered = await phone.wait()
+        [events] = (await server.calls(ended=1)).values()
+
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()
+    assert [(e["state"], e.get("request_pin")) for e in events] == [
+        ("new", None),
+        ("calling", "102"),
+        ("connected", "102"),
+        ("disconnected", "102"),
+        ("end", "102"),
+    ]

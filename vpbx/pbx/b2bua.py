@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from prometheus_client import Counter, Gauge
 
 from vpbx.clock import Clock
-from vpbx.errors import MediaError, NoMediaPorts, SdpParseError, SipError, SipParseError
+from vpbx.errors import MediaError, NoMediaPorts, NotFound, SdpParseError, SipError, SipParseError
 from vpbx.logs import get_logger
 from vpbx.media.backend import MediaBackend, MediaPorts
+from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, SystemPhrase, Voice
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
 
     from vpbx.pbx.directory import DomainInfo
     from vpbx.pbx.incoming import Decision, RoutingAnswer
+    from vpbx.pbx.ivr_plan import MenuAction, MenuPlan
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundDecision
     from vpbx.pbx.trunkmon import TrunkInfo
@@ -111,6 +113,7 @@ SUPPORTED_OPTIONS = frozenset({"replaces", "norefersub"})  # option tags an INVI
 BUSY_CODES = frozenset({486, 600, 603})  # any of them from a B-leg → 486 to A (RFC 3261 §21.4.24)
 PASSED_CODES = frozenset({404, 480})  # passed to A as they are when every B-leg says the same
 FAILOVER_CODES = frozenset({408, 500, 502, 503, 504})  # a carrier that fails this way: try the next trunk
+MAX_MENUS = 10  # menus one call may pass through (menu → menu by keys)
 MAX_PHRASE_S = 10.0  # a refusal's spoken phrase is cut after this
 ROUTING_HOOK_DEADLINE_S = 3.0  # integration-api.md §5.3: the platform cap of get_number_info
 MAX_DISPLAY_NAME = 64
@@ -148,6 +151,16 @@ class PhraseSource(Protocol):
 
     async def system_phrase(self, phrase: SystemPhrase, voice: Voice = "ru") -> Prompt: ...
 
+    def get(self, prompt_id: str) -> Prompt:
+        """A stored prompt by id; ``PromptError`` when its files are gone."""
+        ...
+
+
+class MenuSource(Protocol):
+    """Voice menus as the engine plays them (``vpbx.pbx.ivr_plan.MenuPlans``)."""
+
+    async def menu_plan(self, domain_id: DomainId, menu_id: uuid.UUID) -> MenuPlan: ...
+
 
 class OutboundRoutes(Protocol):
     """Whether and how a user may call an outside number (``vpbx.pbx.outbound.OutboundRouter``)."""
@@ -163,6 +176,10 @@ class IncomingRoutes(Protocol):
     async def decide(self, line_e164: str, when: dt.datetime) -> Decision | None: ...
 
     async def by_extension(self, domain_id: uuid.UUID, line_e164: str, pin: str) -> Decision | None: ...
+
+    async def by_group(
+        self, domain_id: uuid.UUID, line_e164: str, group_id: uuid.UUID
+    ) -> Decision | None: ...
 
 
 RoutingHook = Callable[[RoutingQuery], Awaitable["RoutingAnswer | None"]]
@@ -261,6 +278,18 @@ class BLeg(Leg):
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
+class _Ivr:
+    """A caller in a voice menu: the menu, greetings left, the digit timer, an extension being keyed."""
+
+    plan: MenuPlan
+    plays_left: int
+    timer: TimerHandle | None = None
+    keyed: str | None = None  # the "extension" key: digits so far (None: not collecting)
+    invalid_playing: bool = False
+    menus: int = 1  # menus visited in this call (menu → menu loops end at MAX_MENUS)
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
 class _Ctx:
     call: Call
     a: ALeg
@@ -285,6 +314,8 @@ class _Ctx:
     caller_id: str = ""  # outbound calls: the number the carrier is told (E.164)
     fallthrough: Decision | None = None  # incoming calls: where to go when the plan ends unanswered
     trunks_held: set[uuid.UUID] = field(default_factory=set)  # trunks whose channels this call uses
+    answered_by_pbx: bool = False  # our voice menu answered the caller (200 sent, no B-leg yet)
+    ivr: _Ivr | None = None  # the voice menu the caller is in
 
     @property
     def session_id(self) -> SessionId:
@@ -385,6 +416,11 @@ def _remote(sd: SessionDescription, m: MediaDescription) -> MediaAddress | None:
     return MediaAddress(host.strip("[]"), m.port)
 
 
+def _a_closed(ctx: _Ctx) -> bool:
+    """The caller has had its final response, and not from our own menu (whose dialog goes on)."""
+    return ctx.a.final_sent and not ctx.answered_by_pbx
+
+
 def _ringable(decision: Decision) -> bool:
     """A decision the B2BUA can ring: people, or an outside number (through a trunk)."""
     if decision.action in ("user", "group"):
@@ -440,6 +476,7 @@ class B2bua:
         self.outbound: OutboundRoutes | None = None
         self.routing_hooks: list[tuple[str, RoutingHook]] = []  # (name, hook), asked in this order
         self.prompts: PhraseSource | None = None  # system phrases (vpbx.media.prompts.PromptStore)
+        self.menus: MenuSource | None = None  # voice menus (vpbx.pbx.ivr_plan.MenuPlans)
         self.routing_hook_deadline_s = ROUTING_HOOK_DEADLINE_S
         self.rotation = Rotation()  # cyclic groups' next first member
         self._trunk_load: dict[uuid.UUID, int] = {}  # calls holding a channel of each trunk
@@ -755,14 +792,18 @@ class B2bua:
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 603)
             return
-        if not _ringable(decision):
-            # menus and voicemail arrive with the IVR and core-4
+        menu = decision.menu_id if decision.action == "menu" and self.menus is not None else None
+        if menu is None and not _ringable(decision):
+            # voicemail arrives with core-4
             log.info("call.line_unrouted", line=line, action=decision.action, domain=domain.name)
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 480)
             return
         acceptable, offer = self._checked_offer(node, key, invite)
         if not acceptable:
+            return
+        if menu is not None and offer is None:  # a menu answers with our SDP: it needs the caller's offer
+            node.respond(key, invite, 488, headers=(("Accept", SDP),))
             return
         flow = node.flow_of(key)
         if flow is None:
@@ -784,14 +825,212 @@ class B2bua:
         ctx.display = invite.from_address.name or (f"+{caller_number}" if caller_number.isdigit() else "")
         if answer is not None and answer.display_name:
             ctx.display = _clean_display(answer.display_name)
-        plan, parties = self._plan_for(decision, domain.name)
-        ctx.fallthrough = decision.fallthrough
         async with ctx.lock:
             try:
-                await self._start_plan(node, ctx, plan, parties)
+                if menu is not None:
+                    await self._start_menu(ctx, menu)
+                else:
+                    plan, parties = self._plan_for(decision, domain.name)
+                    ctx.fallthrough = decision.fallthrough
+                    await self._start_plan(node, ctx, plan, parties)
             except Exception:
                 await self._abort(ctx, "setup")
                 raise
+
+    # --- voice menus (IVR): the caller answered by us, a greeting, keys (issue core-3) ---------------------
+    async def _start_menu(self, ctx: _Ctx, menu_id: uuid.UUID) -> None:
+        call = ctx.call
+        log.info("call.new", session_id=call.session_id, domain=call.domain.name, menu=str(menu_id))
+        await self.events.publish(call, "new")
+        if self.media is None:
+            raise SipError("The B2BUA has no media backend")
+        try:
+            ctx.ports = await self.media.allocate(call.session_id)
+        except NoMediaPorts:
+            self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            await self._finish(ctx, "failed")
+            return
+        body = await self._answer_a(ctx)
+        if body is None:
+            self._reply_a(ctx, 488)
+            await self._finish(ctx, "failed")
+            return
+        a = ctx.a
+        response = self._reply_a(ctx, 200, body=body)
+        assert a.dialog is not None
+        a.dialog.confirm()
+        self._start_unacked(ctx, a, response, a.invite.cseq.sequence)
+        ctx.answered_by_pbx = True
+        await self._menu_enter(ctx, menu_id, 1)
+
+    async def _menu_enter(self, ctx: _Ctx, menu_id: uuid.UUID, visited: int) -> None:
+        if self.menus is None or visited > MAX_MENUS:
+            await self._menu_hangup(ctx)
+            return
+        try:
+            plan = await self.menus.menu_plan(ctx.call.domain.id, menu_id)
+        except (NotFound, MediaError) as e:
+            log.warning("call.menu_unusable", session_id=ctx.session_id, error=type(e).__name__)
+            await self._menu_hangup(ctx)
+            return
+        ctx.ivr = _Ivr(plan=plan, plays_left=plan.repeat_count, menus=visited)
+        await self._menu_greet(ctx)
+
+    async def _menu_greet(self, ctx: _Ctx) -> None:
+        ivr = ctx.ivr
+        assert ivr is not None
+        ivr.plays_left -= 1
+        await self._menu_play(ctx, ivr.plan.greeting_prompt_id)
+
+    async def _menu_play(self, ctx: _Ctx, prompt_id: str) -> None:
+        if self.media is None or self.prompts is None:
+            await self._menu_hangup(ctx)
+            return
+        try:
+            prompt = self.prompts.get(prompt_id)
+        except MediaError:
+            await self._menu_hangup(ctx)
+            return
+        await self.media.play(LegRef(ctx.session_id, "a"), prompt)
+
+    def _menu_wait(self, ctx: _Ctx) -> None:
+        """Wait for a key (the digit timeout) from now."""
+        ivr = ctx.ivr
+        if ivr is None:
+            return
+        if ivr.timer is not None:
+            ivr.timer.cancel()
+        ivr.timer = self.timers.call_later(
+            ivr.plan.digit_timeout_s, lambda: self._spawn(self._menu_timeout(ctx), "call-menu-timeout")
+        )
+
+    def on_play_done(self, leg: LegRef) -> None:
+        """The media backend's hook: a prompt has played to the end on ``leg``."""
+        ctx = self._calls.get(leg.session)
+        if ctx is not None and ctx.ivr is not None and leg.side == "a" and self._node is not None:
+            self._spawn(self._menu_played(ctx), "call-menu-played")
+
+    async def _menu_played(self, ctx: _Ctx) -> None:
+        async with ctx.lock:
+            ivr = ctx.ivr
+            if ivr is None or ctx.ended:
+                return
+            if ivr.invalid_playing:  # "invalid choice" said: the menu again
+                ivr.invalid_playing = False
+                await self._menu_play(ctx, ivr.plan.greeting_prompt_id)
+                return
+            self._menu_wait(ctx)
+
+    def on_dtmf(self, leg: LegRef, digit: Digit) -> None:
+        """The media backend's hook: a key pressed on ``leg`` (RFC 4733)."""
+        ctx = self._calls.get(leg.session)
+        if ctx is not None and ctx.ivr is not None and leg.side == "a" and self._node is not None:
+            self._spawn(self._menu_key(ctx, digit.digit), "call-menu-key")
+
+    async def _menu_key(self, ctx: _Ctx, key: str) -> None:
+        async with ctx.lock:
+            ivr = ctx.ivr
+            if ivr is None or ctx.ended:
+                return
+            if ivr.timer is not None:
+                ivr.timer.cancel()
+                ivr.timer = None
+            if self.media is not None:
+                await self.media.stop_play(LegRef(ctx.session_id, "a"))  # barge-in
+            if ivr.keyed is not None:  # keying an extension: # ends it, the timeout too
+                if key == "#":
+                    await self._menu_dial(ctx, ivr.keyed)
+                else:
+                    ivr.keyed += key
+                    self._menu_wait(ctx)
+                return
+            action = ivr.plan.action_for(key)
+            if action is None:
+                ivr.invalid_playing = True
+                await self._menu_play(ctx, ivr.plan.invalid_prompt_id)
+                return
+            await self._menu_act(ctx, action)
+
+    async def _menu_timeout(self, ctx: _Ctx) -> None:
+        async with ctx.lock:
+            ivr = ctx.ivr
+            if ivr is None or ctx.ended:
+                return
+            ivr.timer = None
+            if ivr.keyed is not None:
+                await self._menu_dial(ctx, ivr.keyed)
+            elif ivr.plays_left > 0:
+                await self._menu_greet(ctx)
+            else:
+                await self._menu_act(ctx, ivr.plan.timeout)
+
+    async def _menu_act(self, ctx: _Ctx, action: MenuAction) -> None:
+        ivr = ctx.ivr
+        assert ivr is not None
+        kind = action.action
+        line = f"+{ctx.line.external}" if ctx.line is not None else ""
+        if kind == "repeat":
+            ivr.plays_left = ivr.plan.repeat_count
+            await self._menu_greet(ctx)
+        elif kind == "menu" and action.menu_id is not None:
+            await self._menu_enter(ctx, action.menu_id, ivr.menus + 1)
+        elif kind == "extension":
+            ivr.keyed = ""
+            self._menu_wait(ctx)
+        elif kind == "user" and action.pin and self.incoming is not None:
+            await self._menu_route(
+                ctx, await self.incoming.by_extension(ctx.call.domain.id, line, action.pin)
+            )
+        elif kind == "group" and action.group_id is not None and self.incoming is not None:
+            await self._menu_route(
+                ctx, await self.incoming.by_group(ctx.call.domain.id, line, action.group_id)
+            )
+        elif kind == "external" and action.number:
+            await self._menu_ring(ctx, external_plan(action.number, ring_s=self.no_answer_s), {}, None)
+        else:
+            await self._menu_hangup(ctx)
+
+    async def _menu_dial(self, ctx: _Ctx, keyed: str) -> None:
+        """The extension the caller keyed: that user or group; an unknown one is an invalid choice."""
+        ivr = ctx.ivr
+        assert ivr is not None
+        ivr.keyed = None
+        line = f"+{ctx.line.external}" if ctx.line is not None else ""
+        found = (
+            await self.incoming.by_extension(ctx.call.domain.id, line, keyed)
+            if keyed and self.incoming
+            else None
+        )
+        if found is None:
+            ivr.invalid_playing = True
+            await self._menu_play(ctx, ivr.plan.invalid_prompt_id)
+            return
+        await self._menu_route(ctx, found)
+
+    async def _menu_route(self, ctx: _Ctx, decision: Decision | None) -> None:
+        if decision is None or not _ringable(decision):
+            await self._menu_hangup(ctx)
+            return
+        plan, parties = self._plan_for(decision, ctx.call.domain.name)
+        await self._menu_ring(ctx, plan, parties, decision.fallthrough)
+
+    async def _menu_ring(
+        self, ctx: _Ctx, plan: Plan, parties: dict[str, Party], fallthrough: Decision | None
+    ) -> None:
+        """Leave the menu: ring the chosen target while the caller stays on our answered dialog."""
+        ivr, ctx.ivr = ctx.ivr, None
+        if ivr is not None and ivr.timer is not None:
+            ivr.timer.cancel()
+        ctx.plan, ctx.plan_people, ctx.fallthrough = plan, parties, fallthrough
+        ctx.stage_legs = {}
+        ctx.plan_t0, ctx.plan_skipped = self.timers.monotonic(), 0.0
+        await self._plan_tick(ctx)
+
+    async def _menu_hangup(self, ctx: _Ctx) -> None:
+        ivr, ctx.ivr = ctx.ivr, None
+        if ivr is not None and ivr.timer is not None:
+            ivr.timer.cancel()
+        await self._hangup(ctx, by=None, reason=None, outcome="answered")
 
     def _free_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
         """The domain's usable trunks in failover order, those at their channel limit left out."""
@@ -931,7 +1170,7 @@ class B2bua:
     async def _plan_tick(self, ctx: _Ctx) -> None:
         """Bring the ringing in line with the plan at this moment: end finished stages, start due ones."""
         plan = ctx.plan
-        if plan is None or ctx.ended or ctx.winner is not None or ctx.a.final_sent or self._node is None:
+        if plan is None or ctx.ended or ctx.winner is not None or _a_closed(ctx) or self._node is None:
             return
         node = self._node
         if ctx.plan_timer is not None:
@@ -991,7 +1230,7 @@ class B2bua:
     async def _plan_skip(self, ctx: _Ctx) -> bool:
         """Everyone rung so far failed: jump to the next stage now. False when no stage is left."""
         plan = ctx.plan
-        if plan is None or ctx.ended or ctx.a.final_sent:
+        if plan is None or ctx.ended or _a_closed(ctx):
             return False
         now = self._plan_elapsed(ctx)
         starts = [st.start_s for st in plan.stages if st.start_s > now and st.start_s < plan.overall_s]
@@ -1005,7 +1244,7 @@ class B2bua:
     async def _plan_over(self, ctx: _Ctx) -> None:
         """Nobody answered within the plan: the group's fall-through (a user or another group) rings next;
         otherwise the caller hears the best failure."""
-        if ctx.ended or ctx.a.final_sent:
+        if ctx.ended or _a_closed(ctx):
             return
         nxt = ctx.fallthrough
         if nxt is not None and _ringable(nxt):
@@ -1022,6 +1261,10 @@ class B2bua:
         codes = [leg.final for leg in ctx.b if leg.final is not None and leg.final not in (487,)]
         code = _final_for_a(codes) if codes else 480
         self._plan_stop(ctx)
+        if ctx.answered_by_pbx:  # the caller is in our menu's dialog: nobody came, so it ends
+            self._cancel_all(ctx, None)
+            await self._hangup(ctx, by=None, reason=reason_header(code), outcome="unanswered")
+            return
         self._reply_a(ctx, code)
         self._cancel_all(ctx, None)
         await self._finish(ctx, "busy" if code == 486 else "unanswered")
@@ -1421,7 +1664,7 @@ class B2bua:
         await self._after_failure(ctx)
 
     async def _after_failure(self, ctx: _Ctx) -> None:
-        if ctx.ended or ctx.winner is not None or ctx.a.final_sent:
+        if ctx.ended or ctx.winner is not None or _a_closed(ctx):
             return
         if any(leg.state is not BState.FAILED for leg in ctx.b):
             return
@@ -1444,12 +1687,21 @@ class B2bua:
             a.awaiting_answer = True
         if body is None:  # cannot happen: the offer was checked at setup
             raise SipError("No answer for the caller's offer")
+        if ctx.answered_by_pbx:  # our menu answered the caller already: bridge, no second 200
+            await self._connected(ctx)
+            return
         response = self._reply_a(ctx, 200, body=body)
         assert a.dialog is not None
         a.dialog.confirm()
         self._start_unacked(ctx, a, response, a.invite.cseq.sequence)
+        await self._connected(ctx)
+
+    async def _connected(self, ctx: _Ctx) -> None:
+        """Audio flows between the caller and the winner: the call's connected state and event."""
         if ctx.no_answer is not None:
             ctx.no_answer.cancel()
+        if ctx.answered_by_pbx and self.media is not None:
+            await self.media.stop_play(LegRef(ctx.session_id, "a"))  # a menu prompt still playing
         call = ctx.call
         call.phase = Phase.CONNECTED
         call.answered_at = self.clock.now()

@@ -51,6 +51,7 @@ class Decision:
     member_timeout_s: int = 20
     overall_timeout_s: int = 60
     number: str | None = None  # external: where to
+    menu_id: uuid.UUID | None = None  # menu: which
     rule_id: uuid.UUID | None = None
     fallthrough: Decision | None = None  # a group's: where the call goes when nobody answers (None: hang up)
 
@@ -108,7 +109,7 @@ class IncomingRouter:
                 if group is None or group.domain_id != domain.id:
                     return make("none", rule_id=found.rule.id)
                 return await _group(s, make, group, rule_id=found.rule.id)
-            return make(action.action, number=action.number, rule_id=found.rule.id)
+            return make(action.action, number=action.number, menu_id=action.menu_id, rule_id=found.rule.id)
 
     async def by_extension(self, domain_id: uuid.UUID, line_e164: str, pin: str) -> Decision | None:
         """A routing hook's target: the domain's user or group with this PIN, as a decision; None if none."""
@@ -128,6 +129,21 @@ class IncomingRouter:
                 select(CallGroup).where(CallGroup.domain_id == domain_id, CallGroup.pin == pin)
             )
             return await _group(s, make, group) if group is not None else None
+
+    async def by_group(self, domain_id: uuid.UUID, line_e164: str, group_id: uuid.UUID) -> Decision | None:
+        """A menu key's group, as a decision; None if the group is gone or another domain's."""
+        async with self._sessions() as s:
+            group = await s.get(CallGroup, group_id)
+            if group is None or group.domain_id != domain_id:
+                return None
+            domain = await s.get(Domain, domain_id)
+            assert domain is not None
+            did, dname = DomainId(domain.id), domain.name
+
+            def make(action: str, **more: Any) -> Decision:
+                return Decision(domain_id=did, domain=dname, line=line_e164, action=action, **more)
+
+            return await _group(s, make, group)
 
 
 MAX_FALLTHROUGH = 4  # groups falling through to groups: loops are refused on save, and this bounds the rest
