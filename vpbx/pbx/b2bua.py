@@ -416,6 +416,27 @@ def _remote(sd: SessionDescription, m: MediaDescription) -> MediaAddress | None:
     return MediaAddress(host.strip("[]"), m.port)
 
 
+_DTMF_KEYS = frozenset("0123456789*#")
+
+
+def _info_digit(request: Request) -> str | None:
+    """The key of a SIP INFO DTMF body: ``application/dtmf-relay`` (``Signal=5``) or ``application/dtmf``."""
+    kind = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    text = request.body.decode("ascii", "replace")
+    if kind == "application/dtmf-relay":
+        for line in text.splitlines():
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "signal":
+                text = value
+                break
+        else:
+            return None
+    elif kind != "application/dtmf":
+        return None
+    key = text.strip()
+    return key if len(key) == 1 and key in _DTMF_KEYS else None
+
+
 def _a_closed(ctx: _Ctx) -> bool:
     """The caller has had its final response, and not from our own menu (whose dialog goes on)."""
     return ctx.a.final_sent and not ctx.answered_by_pbx
@@ -1930,6 +1951,9 @@ class B2bua:
             )
         elif method == "INFO":
             node.respond(key, request, 200)  # DTMF over INFO is acknowledged (telephony.md §3.8)
+            digit = _info_digit(request)
+            if digit is not None and leg is ctx.a and ctx.ivr is not None:
+                self._spawn(self._menu_key(ctx, digit), "call-menu-key")
         elif method == "NOTIFY":
             node.respond(key, request, 481)  # no subscription lives in our dialogs (RFC 6665 §4.1.3)
         else:

@@ -148,3 +148,16 @@ async def test_the_caller_hangs_up_in_the_menu(pbx: Pbx) -> None:
     assert pbx.media.released == pbx.media.allocated
     await pbx.advance(30)  # nothing fires for a call that has ended
     assert [e.state for e in pbx.bus.events] == ["new", "end"]
+
+
+async def test_a_key_sent_as_sip_info_works_too(pbx: Pbx) -> None:
+    alice = pbx.phone("101", "192.0.2.11")
+    await pbx.register(alice)
+    carrier = Carrier(pbx)
+    call = OutgoingCall(carrier.phone, await carrier.call())
+    await call.answered()
+    info = call.request("INFO", body=b"Signal=1\r\nDuration=160\r\n")
+    info.headers.set("Content-Type", "application/dtmf-relay")
+    await carrier.phone.send(info)
+    assert (await carrier.phone.expect(200)).cseq.method == "INFO"
+    assert (await alice.ringing()).invite.method == "INVITE"
