@@ -1428,10 +1428,6 @@ class B2bua:
         party: Party | None = None,
     ) -> BLeg:
         """An INVITE to ``number`` through ``trunk``: its number format, its From, our caller ID."""
-        assert ctx.ports is not None
-        dest = trunk.destination
-        token = secrets.token_hex(8)
-        contact = _contact(token, node.advertised_for(dest.transport), dest.transport)
         dialled = trunk.format_number(number)
         target = parse_uri(f"sip:{dialled}@{trunk.uri_host}")
         if trunk.caller_id_mode == "fixed" and trunk.caller_id_number:
@@ -1444,46 +1440,12 @@ class B2bua:
             uri=URI(scheme="sip", user=shown, host=trunk.from_host), parameters=Parameters(tag=new_tag())
         )
         to = Address(uri=URI(scheme="sip", user=dialled, host=trunk.host))
-        leg = BLeg(
-            side="b",
-            token=token,
-            flow=dest,
-            via=LocalVia(dest.transport.upper(), *node.advertised_for(dest.transport)),
-            contact=contact,
-            origin=_origin(ctx.ports.b.host),
-            contact_uri=str(target),
-            invite=Request("INVITE", target),
-            trunk=trunk,
-            spare_trunks=spare,
-            party=party,
-            dialled=number,
+        leg = self._new_b_leg(
+            node, ctx, trunk.destination, target, trunk=trunk, spare_trunks=spare, party=party, dialled=number
         )
         self._hold_trunk(ctx, trunk)
-        ports = ctx.ports
-        body = self._sdp(
-            leg, lambda origin: build_offer(origin=origin, address=ports.b.host, port=ports.b.port)
-        )
-        leg.invite = build_initial_request(
-            "INVITE",
-            target,
-            via=leg.via,
-            from_=from_,
-            to=to,
-            call_id=new_call_id(),
-            cseq=1,
-            contact=contact,
-            route=trunk.route(),
-            headers=(("Allow", ALLOW), ("User-Agent", USER_AGENT)),
-            body=body,
-            content_type=SDP,
-        )
-        ctx.b.append(leg)
-        self._tokens[token] = (ctx, leg)
-        if party is not None:  # a user's mobile number: «начало дозвона на контактный номер сотрудника»
-            ctx.call.callee = party
-            await self.events.publish(ctx.call, "calling", request_uri=str(target))
-        leg.key = node.send_request(leg.invite, dest)
-        self._clients[leg.key] = (ctx, leg)
+        # ringing a user's mobile is «начало дозвона на контактный номер сотрудника»; an outside call is not
+        await self._invite_b(node, ctx, leg, from_, to, trunk.route(), calling=party is not None)
         return leg
 
     def _authenticate_trunk_leg(self, ctx: _Ctx, leg: BLeg, challenge: Response) -> bool:
@@ -1560,11 +1522,7 @@ class B2bua:
     async def _ring(
         self, node: SipNode, ctx: _Ctx, binding: Binding, display: str, party: Party | None = None
     ) -> BLeg | None:
-        assert ctx.ports is not None
         call = ctx.call
-        dest = binding_destination(binding)
-        token = secrets.token_hex(8)
-        contact = _contact(token, node.advertised_for(dest.transport), dest.transport)
         try:
             target = parse_uri(binding.contact)
             route = [parse_address(p) for p in binding.path]
@@ -1580,43 +1538,70 @@ class B2bua:
             parameters=Parameters(tag=new_tag()),
         )
         to = Address(uri=URI(scheme="sip", user=callee.pin, host=domain))
-        leg = BLeg(
+        leg = self._new_b_leg(
+            node, ctx, binding_destination(binding), target, contact_uri=binding.contact, party=party
+        )
+        await self._invite_b(node, ctx, leg, from_, to, route, calling=True)
+        return leg
+
+    def _new_b_leg(
+        self, node: SipNode, ctx: _Ctx, dest: Destination, target: URI, contact_uri: str = "", **fields: Any
+    ) -> BLeg:
+        """A B-leg towards ``dest`` with its own token, Via and Contact (its INVITE comes in ``_invite_b``);
+        ``contact_uri``: what it rings as the events name it (default: ``target``)."""
+        assert ctx.ports is not None
+        token = secrets.token_hex(8)
+        return BLeg(
             side="b",
             token=token,
             flow=dest,
             via=LocalVia(dest.transport.upper(), *node.advertised_for(dest.transport)),
-            contact=contact,
+            contact=_contact(token, node.advertised_for(dest.transport), dest.transport),
             origin=_origin(ctx.ports.b.host),
-            contact_uri=binding.contact,
-            invite=Request("INVITE", target),  # replaced below, once the offer is built
-            party=party,
+            contact_uri=contact_uri or str(target),
+            invite=Request("INVITE", target),  # replaced in _invite_b, once the offer is built
+            **fields,
         )
+
+    async def _invite_b(
+        self,
+        node: SipNode,
+        ctx: _Ctx,
+        leg: BLeg,
+        from_: Address,
+        to: Address,
+        route: list[Address],
+        *,
+        calling: bool,
+    ) -> None:
+        """Our offer on ``leg``, its INVITE sent; ``calling``: the event for the party it rings."""
+        assert ctx.ports is not None
         ports = ctx.ports
         body = self._sdp(
             leg, lambda origin: build_offer(origin=origin, address=ports.b.host, port=ports.b.port)
         )
         leg.invite = build_initial_request(
             "INVITE",
-            target,
+            leg.invite.uri,
             via=leg.via,
             from_=from_,
             to=to,
             call_id=new_call_id(),
             cseq=1,
-            contact=contact,
+            contact=leg.contact,
             route=route,
             headers=(("Allow", ALLOW), ("User-Agent", USER_AGENT)),
             body=body,
             content_type=SDP,
         )
         ctx.b.append(leg)
-        self._tokens[token] = (ctx, leg)
-        if party is not None:
-            call.callee = party
-        await self.events.publish(call, "calling", request_uri=binding.contact)
-        leg.key = node.send_request(leg.invite, dest)
+        self._tokens[leg.token] = (ctx, leg)
+        if leg.party is not None:
+            ctx.call.callee = leg.party
+        if calling:
+            await self.events.publish(ctx.call, "calling", request_uri=leg.contact_uri)
+        leg.key = node.send_request(leg.invite, leg.flow)
         self._clients[leg.key] = (ctx, leg)
-        return leg
 
     # --- responses on B-legs ------------------------------------------------------------------------------
     async def _b_provisional(self, ctx: _Ctx, leg: BLeg, response: Response) -> None:
