@@ -41,8 +41,8 @@ def line_to(target: str, *, members: tuple[str, ...] = ()) -> Setup:
             box=core.box,
         )
         number = await lines.create_number(s, domain_id, lines.NumberInput(number=f"+{LINE}"))
+        user_id = await s.scalar(select(User.id).where(User.domain_id == domain_id, User.pin == "102"))
         if target == "user":
-            user_id = await s.scalar(select(User.id).where(User.domain_id == domain_id, User.pin == "102"))
             action = ActionInput(action="user", user_id=user_id)
         elif target == "group":
             group = await groups.create_group(
@@ -58,6 +58,17 @@ def line_to(target: str, *, members: tuple[str, ...] = ()) -> Setup:
                 ),
             )
             action = ActionInput(action="group", group_id=group.id)
+        elif target == "menu":  # a voice menu whose key 1 rings extension 102 (greeting spoken on first use)
+            main = await menus.create_menu(
+                s,
+                domain_id,
+                menus.MenuInput(
+                    name="Main",
+                    prompt_text="Здравствуйте. Нажмите один.",
+                    keys=[menus.KeyInput(key="1", target=ActionInput(action="user", user_id=user_id))],
+                ),
+            )
+            action = ActionInput(action="menu", menu_id=main.id)
         else:
             action = ActionInput(action=target)
         await routing.add_rule(s, domain_id, number.id, routing.RuleInput(target=action))
@@ -159,36 +170,6 @@ async def test_a_baresip_phone_answers_a_carrier_call(tmp_path: Path) -> None:
     assert events[2]["request_pin"] == "102" and events[0]["type"] == "incoming"
 
 
-def line_to_menu() -> Setup:
-    """The line → a voice menu whose key 1 rings extension 102 (the greeting is spoken on first use)."""
-
-    async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
-        await trunks.create_trunk(
-            s,
-            domain_id,
-            trunks.TrunkInput(
-                name="Carrier", kind="ip", host=CARRIER_IP, allowed_networks=[f"{CARRIER_IP}/32"]
-            ),
-            box=core.box,
-        )
-        number = await lines.create_number(s, domain_id, lines.NumberInput(number=f"+{LINE}"))
-        user_id = await s.scalar(select(User.id).where(User.domain_id == domain_id, User.pin == "102"))
-        main = await menus.create_menu(
-            s,
-            domain_id,
-            menus.MenuInput(
-                name="Main",
-                prompt_text="Здравствуйте. Нажмите один.",
-                keys=[menus.KeyInput(key="1", target=ActionInput(action="user", user_id=user_id))],
-            ),
-        )
-        await routing.add_rule(
-            s, domain_id, number.id, routing.RuleInput(target=ActionInput(action="menu", menu_id=main.id))
-        )
-
-    return setup
-
-
 def menu_key_scenario(tmp_path: Path, digit: str) -> Path:
     """uac_menu_key.xml pressing ``digit``, from SIPp's own RFC 4733 recordings."""
     pcap = Path(f"/usr/share/sip-tester/dtmf_2833_{digit}.pcap")
@@ -203,7 +184,7 @@ async def test_a_key_pressed_in_the_menu_rings_the_chosen_user(tmp_path: Path) -
     require_binary("espeak-ng")
     scenario = menu_key_scenario(tmp_path, "1")
     async with (
-        running(tmp_path, setup=line_to_menu()) as server,
+        running(tmp_path, setup=line_to("menu")) as server,
         SippProcess.running(callee_run("uas_answer"), tmp_path) as phone,
     ):
         await bind(server, "102", phone)

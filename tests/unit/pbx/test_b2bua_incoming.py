@@ -71,6 +71,14 @@ async def _rule(core: Core, domain_id: uuid.UUID, action: ActionInput) -> None:
         await s.commit()
 
 
+async def _registered(pbx: Pbx, *pins: str) -> list[Phone]:
+    """Registered phones for these extensions (192.0.2.11, .12, … in order)."""
+    phones = [pbx.phone(pin, f"192.0.2.{11 + i}") for i, pin in enumerate(pins)]
+    for phone in phones:
+        await pbx.register(phone)
+    return phones
+
+
 async def _group_line(core: Core, pbx: Pbx, data: groups.GroupInput) -> None:
     """The group, and the line routed to it."""
     async with core.sessions() as s:
@@ -130,9 +138,7 @@ async def test_a_sequential_group_rings_one_member_after_another(core: Core, pbx
             members=["101", "102"],
         ),
     )
-    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
-    for p in (alice, bob):
-        await pbx.register(p)
+    alice, bob = await _registered(pbx, "101", "102")
     carrier = Carrier(pbx)
     await carrier.call()
     first = await alice.ringing()
@@ -169,9 +175,7 @@ async def test_a_busy_member_hands_over_at_once(core: Core, pbx: Pbx) -> None:
             members=["101", "102"],
         ),
     )
-    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
-    for p in (alice, bob):
-        await pbx.register(p)
+    alice, bob = await _registered(pbx, "101", "102")
     carrier = Carrier(pbx)
     await carrier.call()
     busy = await alice.ringing()
@@ -240,9 +244,7 @@ async def test_a_hook_answer_routes_the_call_and_names_the_caller(core: Core, pb
         return RoutingAnswer(pin="102", display_name='Иванов "VIP"\x07 Сергей')
 
     pbx.b2bua.routing_hooks = [("crm", crm)]
-    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
-    for p in (alice, bob):
-        await pbx.register(p)
+    alice, bob = await _registered(pbx, "101", "102")
     await Carrier(pbx).call()
     invite = (await bob.ringing()).invite
     assert invite.from_address.name == "Иванов VIP Сергей"
@@ -274,9 +276,7 @@ async def test_a_late_failing_or_empty_hook_leaves_the_call_to_the_rules(core: C
 
     pbx.b2bua.routing_hook_deadline_s = 0.2
     pbx.b2bua.routing_hooks = [("slow", slow), ("broken", broken), ("unknown", unknown_pin)]
-    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
-    for p in (alice, bob):
-        await pbx.register(p)
+    alice, bob = await _registered(pbx, "101", "102")
     await Carrier(pbx).call()
     invite = (await alice.ringing()).invite  # the rule's user, not the slow hook's
     assert invite.from_address.name == "Known Caller"  # a display name counts even with an unusable PIN
@@ -297,9 +297,7 @@ async def test_a_group_nobody_answers_falls_through_to_a_user(core: Core, pbx: P
             fallthrough=ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "102")),
         ),
     )
-    alice, bob = pbx.phone("101", "192.0.2.11"), pbx.phone("102", "192.0.2.12")
-    for p in (alice, bob):
-        await pbx.register(p)
+    alice, bob = await _registered(pbx, "101", "102")
     carrier = Carrier(pbx)
     await carrier.call()
     await (await alice.ringing()).reply(180)
