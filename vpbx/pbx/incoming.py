@@ -88,10 +88,7 @@ class IncomingRouter:
             domain = await s.get(Domain, number.domain_id)
             if domain is None or domain.status != "active":
                 return None
-            did, dname = DomainId(domain.id), domain.name
-
-            def make(action: str, **more: Any) -> Decision:
-                return Decision(domain_id=did, domain=dname, line=line_e164, action=action, **more)
+            make = _maker(domain, line_e164)
 
             try:
                 found = await routing.resolve(s, domain.id, line_e164, when)
@@ -117,10 +114,7 @@ class IncomingRouter:
             domain = await s.get(Domain, domain_id)
             if domain is None:
                 return None
-            did, dname = DomainId(domain.id), domain.name
-
-            def make(action: str, **more: Any) -> Decision:
-                return Decision(domain_id=did, domain=dname, line=line_e164, action=action, **more)
+            make = _maker(domain, line_e164)
 
             user = await s.scalar(select(User).where(User.domain_id == domain_id, User.pin == pin))
             if user is not None:
@@ -138,10 +132,7 @@ class IncomingRouter:
                 return None
             domain = await s.get(Domain, domain_id)
             assert domain is not None
-            did, dname = DomainId(domain.id), domain.name
-
-            def make(action: str, **more: Any) -> Decision:
-                return Decision(domain_id=did, domain=dname, line=line_e164, action=action, **more)
+            make = _maker(domain, line_e164)
 
             return await _group(s, make, group)
 
@@ -184,6 +175,17 @@ async def _fallthrough(
             return None
         return await _group(s, make, target, depth + 1)
     return make(action, number=group.fallthrough_number)
+
+
+def _maker(domain: Domain, line_e164: str) -> Callable[..., Decision]:
+    """Decisions about calls to ``line_e164`` of ``domain``: ``make(action, **fields)``."""
+
+    def make(action: str, **more: Any) -> Decision:
+        return Decision(
+            domain_id=DomainId(domain.id), domain=domain.name, line=line_e164, action=action, **more
+        )
+
+    return make
 
 
 def _person(user: User) -> Person:
