@@ -437,6 +437,11 @@ def _info_digit(request: Request) -> str | None:
     return key if len(key) == 1 and key in _DTMF_KEYS else None
 
 
+def _line_of(ctx: _Ctx) -> str:
+    """The line (E.164) an incoming call came in on, or ""."""
+    return f"+{ctx.line.external}" if ctx.line is not None else ""
+
+
 def _a_closed(ctx: _Ctx) -> bool:
     """The caller has had its final response, and not from our own menu (whose dialog goes on)."""
     return ctx.a.final_sent and not ctx.answered_by_pbx
@@ -989,7 +994,7 @@ class B2bua:
         ivr = ctx.ivr
         assert ivr is not None
         kind = action.action
-        line = f"+{ctx.line.external}" if ctx.line is not None else ""
+        line = _line_of(ctx)
         if kind == "repeat":
             ivr.plays_left = ivr.plan.repeat_count
             await self._menu_greet(ctx)
@@ -1016,7 +1021,7 @@ class B2bua:
         ivr = ctx.ivr
         assert ivr is not None
         ivr.keyed = None
-        line = f"+{ctx.line.external}" if ctx.line is not None else ""
+        line = _line_of(ctx)
         found = (
             await self.incoming.by_extension(ctx.call.domain.id, line, keyed)
             if keyed and self.incoming
@@ -1242,8 +1247,9 @@ class B2bua:
         usable = self._free_trunks(ctx.call.domain.id) if numbers else []
         owner = next(iter(ctx.plan_people.values()), None)  # a user plan's contact numbers are its user's
         for number in numbers if usable else ():
-            caller_id = f"+{ctx.line.external}" if ctx.line is not None else ""
-            leg = await self._ring_trunk(node, ctx, usable[0], tuple(usable[1:]), number, caller_id, owner)
+            leg = await self._ring_trunk(
+                node, ctx, usable[0], tuple(usable[1:]), number, _line_of(ctx), owner
+            )
             leg.stage = index
             legs.append(leg)
         return legs
