@@ -43,7 +43,7 @@ from vpbx.crypto import SecretUnreadable
 from vpbx.errors import SipError, SipParseError
 from vpbx.logs import get_logger
 from vpbx.pbx.trunks import parse_networks, split_hostport
-from vpbx.sip.auth import digest_response, parse_credentials
+from vpbx.sip.auth import digest_response, parse_credentials, quoted_string
 from vpbx.sip.dialog import LocalVia, build_initial_request, new_call_id, new_tag
 from vpbx.sip.digest import Algorithm, ha1
 from vpbx.sip.flow import Destination
@@ -210,10 +210,10 @@ def answer_challenge(
         realm, nonce = params.get("realm", ""), params["nonce"]
         key = ha1(username, realm, password, alg)
         parts = [
-            f"username={_quote(username)}",
-            f"realm={_quote(realm)}",
-            f"nonce={_quote(nonce)}",
-            f"uri={_quote(uri)}",
+            f"username={quoted_string(username)}",
+            f"realm={quoted_string(realm)}",
+            f"nonce={quoted_string(nonce)}",
+            f"uri={quoted_string(uri)}",
         ]
         qops = [q.strip().lower() for q in params.get("qop", "").split(",") if q.strip()]
         if "auth" in qops:
@@ -221,23 +221,24 @@ def answer_challenge(
             response = digest_response(
                 ha1=key, nonce=nonce, nc=nc, cnonce=cnonce, qop="auth", method=method, uri=uri, algorithm=alg
             )
-            parts += [f"response={_quote(response)}", "qop=auth", f"nc={nc}", f"cnonce={_quote(cnonce)}"]
+            parts += [
+                f"response={quoted_string(response)}",
+                "qop=auth",
+                f"nc={nc}",
+                f"cnonce={quoted_string(cnonce)}",
+            ]
         elif qops:
             continue  # auth-int only: we never sign bodies
         else:  # RFC 2069 compatibility (RFC 2617 §3.2.2.1): KD(HA1, nonce:H(A2))
             new = hashlib.md5 if alg == "MD5" else hashlib.sha256
             ha2 = new(f"{method}:{uri}".encode(), usedforsecurity=False).hexdigest()
             response = new(f"{key}:{nonce}:{ha2}".encode(), usedforsecurity=False).hexdigest()
-            parts.append(f"response={_quote(response)}")
+            parts.append(f"response={quoted_string(response)}")
         parts.append(f"algorithm={alg}")
         if "opaque" in params:
-            parts.append(f"opaque={_quote(params['opaque'])}")
+            parts.append(f"opaque={quoted_string(params['opaque'])}")
         return header, "Digest " + ", ".join(parts)
     return None
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _is_stale(challenge: Response) -> bool:

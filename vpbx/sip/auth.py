@@ -261,7 +261,7 @@ class DigestAuth:
         """A fresh challenge: 401 + WWW-Authenticate for REGISTER, 407 + Proxy-Authenticate otherwise."""
         nonce = self._nonce(realm, math.ceil(now) + self._ttl)
         algorithms: tuple[Algorithm, ...] = ("SHA-256", "MD5") if sha256 else ("MD5",)
-        quoted = _quote(realm)
+        quoted = quoted_string(realm)
         tail = ", stale=true" if stale else ""
         values = [
             f'Digest realm={quoted}, nonce="{nonce}", algorithm={algorithm}, qop="{QOP_AUTH}"{tail}'
@@ -444,7 +444,7 @@ class DigestAuth:
         return AuthFailure(event, self.challenge(method, realm, now, sha256=sha256), detail)
 
 
-def _quote(value: str) -> str:
+def quoted_string(value: str) -> str:
     """An RFC 3261 quoted-string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
