@@ -14,6 +14,7 @@ import email.utils
 import functools
 import ipaddress
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, Protocol
@@ -137,7 +138,7 @@ class SipNode:
         # loaded before the first REGISTER: a restart's re-registration storm finds it in memory
         await self.directory.warm()
         host, port = await self.transports.start(s.sip_host, s.sip_port)
-        self.advertised = (s.sip_advertised_host or host, port)
+        self.advertised = (s.sip_advertised_host or reachable_host(host), port)
         if s.sip_tls:
             domains = domain_certificates(s.sip_tls_domain_certs_dir) if s.sip_tls_domain_certs_dir else {}
             context = tls_server_context(s.sip_tls_cert, s.sip_tls_key, domains=domains)
@@ -537,6 +538,28 @@ class _Resumed:
                     step = coro.send(value)
                 except StopIteration:
                     return
+
+
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def reachable_host(bind_host: str) -> str:
+    """The address to advertise for a listener on ``bind_host``: itself, or for a wildcard bind the address
+    the kernel would send from towards the outside (a UDP ``connect`` sends nothing), else 127.0.0.1.
+
+    Via, Contact and SDP ``c=`` must name an address phones can reach; ``0.0.0.0`` is none. Behind NAT,
+    ``VPBX_SIP_ADVERTISED_HOST`` still decides."""
+    if bind_host not in WILDCARDS:
+        return bind_host
+    family = socket.AF_INET6 if bind_host == "::" else socket.AF_INET
+    probe = "2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1"  # documentation addresses
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            found = str(s.getsockname()[0])
+    except OSError:
+        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    return found
 
 
 def _typed_response(message: tx.Message) -> Response | None:

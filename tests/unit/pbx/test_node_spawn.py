@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 import pytest
 
 from vpbx.app import Core
-from vpbx.pbx.node import SipNode
+from vpbx.pbx.node import SipNode, reachable_host
 
 
 @pytest.fixture
@@ -88,3 +89,12 @@ async def test_stopping_cancels_an_eager_handler_inside_its_wait(node: SipNode) 
     await node.stop()
     assert cleaned == ["finally"]
     assert all(t.done() for t in node._tasks)
+
+
+def test_a_wildcard_bind_advertises_a_reachable_address() -> None:
+    # Via, Contact and SDP c= must name an address a phone can reach, never 0.0.0.0
+    assert reachable_host("127.0.0.1") == "127.0.0.1" and reachable_host("192.0.2.7") == "192.0.2.7"
+    for wildcard in ("0.0.0.0", ""):
+        found = reachable_host(wildcard)
+        assert found not in ("0.0.0.0", "") and ipaddress.ip_address(found).version == 4
+    assert reachable_host("::") != "::"
