@@ -8,10 +8,13 @@ from decimal import Decimal
 from typing import Any, ClassVar, NewType
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     CheckConstraint,
     Date,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -71,7 +74,15 @@ class Domain(Timestamped, Base):
     blocked_reason: Mapped[str | None] = mapped_column(String(500))
     timezone: Mapped[str] = mapped_column(String(64), default="Europe/Moscow")
     channel_limit: Mapped[int] = mapped_column(Integer, default=10)
-    __table_args__ = (CheckConstraint("status in ('active', 'blocked')", name="status"),)
+    # recording of every call of the domain (a user's own ``record_calls`` adds theirs), kept this many days
+    record_calls: Mapped[bool] = mapped_column(Boolean, default=False)
+    recording_retention_days: Mapped[int] = mapped_column(Integer, default=90)
+    # music on hold: a stored prompt of the domain; NULL = the platform's tone
+    moh_prompt_id: Mapped[str | None] = mapped_column(String(64))
+    __table_args__ = (
+        CheckConstraint("status in ('active', 'blocked')", name="status"),
+        CheckConstraint("recording_retention_days between 1 and 3650", name="recording_retention_days"),
+    )
 
 
 # --- directory ----------------------------------------------------------------------------------------------
@@ -339,6 +350,135 @@ class Trunk(Timestamped, Base):
         CheckConstraint("caller_id_mode in ('domain', 'user', 'fixed')", name="caller_id_mode"),
         CheckConstraint("number_format in ('e164', 'plain', 'national')", name="number_format"),
     )
+
+
+# --- call history, recordings, voicemail ----------------------------------------------------------------
+
+
+class CallRecord(Base):
+    """One call from its acceptance to its end (telephony.md §3.7 "CDR"; integration-api.md §4.4).
+
+    Written when the call is accepted and on every state change, in the same transaction as the call's
+    events (``CallEventRow``), so a crash leaves an open row that the start-up reconciler closes with
+    ``end_reason = 'recovered'``. ``session_log`` is a list of ``[offset_s, code, party]`` (codes ``ct``,
+    ``cc``, ``cd``, ``tr``, ``pu``, ``vm``), from which the compact wire string is derived.
+    """
+
+    __tablename__ = "call_records"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    session_id: Mapped[str] = mapped_column(String(64), unique=True)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    node_id: Mapped[str] = mapped_column(String(64), default="")
+    call_type: Mapped[str] = mapped_column(String(16))  # incoming, outbound, internal
+    call_kind: Mapped[str] = mapped_column(String(16), default="normal")  # normal, callback, autoinformer
+    started_at: Mapped[dt.datetime] = mapped_column()
+    answered_at: Mapped[dt.datetime | None] = mapped_column()
+    ended_at: Mapped[dt.datetime | None] = mapped_column()
+    end_reason: Mapped[str | None] = mapped_column(String(16))  # normal, recovered (ours)
+    duration_s: Mapped[int] = mapped_column(Integer, default=0)  # talk time
+    caller_number: Mapped[str] = mapped_column(String(128), default="")
+    caller_pin: Mapped[str | None] = mapped_column(String(6))
+    caller_uri: Mapped[str] = mapped_column(String(255), default="")
+    callee_number: Mapped[str] = mapped_column(String(128), default="")
+    callee_pin: Mapped[str | None] = mapped_column(String(6))
+    callee_uri: Mapped[str] = mapped_column(String(255), default="")
+    line: Mapped[str | None] = mapped_column(String(16))
+    answering_uri: Mapped[str | None] = mapped_column(String(255))
+    answering_pin: Mapped[str | None] = mapped_column(String(6))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    status_text: Mapped[str | None] = mapped_column(String(255))
+    is_record: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_voicemail: Mapped[bool] = mapped_column(Boolean, default=False)
+    session_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (
+        Index("ix_call_records_domain_started", "domain_id", "started_at"),
+        Index("ix_call_records_open", "ended_at", "node_id"),
+        CheckConstraint("call_type in ('incoming', 'outbound', 'internal')", name="call_type"),
+        CheckConstraint("call_kind in ('normal', 'callback', 'autoinformer')", name="call_kind"),
+    )
+
+
+class CallEventRow(Base):
+    """The call events outbox: every event of every call, committed with the record's change, delivered at
+    least once to the consumers that must not lose one (Integration API, amoCRM), keyed by
+    ``(session_id, seq)`` (telephony.md §9.3 rule 5). ``payload`` is the event in wire terms."""
+
+    __tablename__ = "call_events"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    session_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[dt.datetime] = mapped_column()
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    __table_args__ = (UniqueConstraint("session_id", "seq"),)
+
+
+class Recording(Base):
+    """A call recording: stereo WAV while the call runs, then an MP3 (``status`` recording → ready)."""
+
+    __tablename__ = "recordings"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="recording")
+    path: Mapped[str] = mapped_column(String(500), default="")  # relative to the recordings directory
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    ready_at: Mapped[dt.datetime | None] = mapped_column()
+    expires_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    __table_args__ = (
+        CheckConstraint("status in ('recording', 'encoding', 'ready', 'failed')", name="status"),
+    )
+
+
+class VoicemailBox(Base):
+    """A user's or a group's voicemail box: its greeting and who gets an e-mail for each message."""
+
+    __tablename__ = "voicemail_boxes"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    group_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("call_groups.id", ondelete="CASCADE"), unique=True
+    )
+    greeting_source: Mapped[str] = mapped_column(String(8), default="text")
+    greeting_text: Mapped[str] = mapped_column(String(1000), default="")
+    greeting_voice: Mapped[str] = mapped_column(String(2), default="ru")
+    greeting_prompt_id: Mapped[str | None] = mapped_column(String(64))
+    greeting_file_name: Mapped[str | None] = mapped_column(String(255))
+    max_message_s: Mapped[int] = mapped_column(Integer, default=120)
+    notify_email: Mapped[str | None] = mapped_column(String(254))
+    attach_audio: Mapped[bool] = mapped_column(Boolean, default=True)
+    __table_args__ = (
+        CheckConstraint("(user_id is null) != (group_id is null)", name="owner"),
+        CheckConstraint("greeting_source in ('text', 'upload')", name="greeting_source"),
+        CheckConstraint("greeting_voice in ('ru', 'en')", name="greeting_voice"),
+        CheckConstraint("max_message_s between 10 and 600", name="max_message_s"),
+    )
+
+
+class VoicemailMessage(Base):
+    """A message left in a box: the caller, when, how long, the MP3, and whether someone listened."""
+
+    __tablename__ = "voicemail_messages"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    box_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("voicemail_boxes.id", ondelete="CASCADE"), index=True
+    )
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    caller_number: Mapped[str] = mapped_column(String(128), default="")
+    caller_name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    path: Mapped[str] = mapped_column(String(500), default="")
+    status: Mapped[str] = mapped_column(String(16), default="recording")
+    listened: Mapped[bool] = mapped_column(Boolean, default=False)
+    emailed_at: Mapped[dt.datetime | None] = mapped_column()
+    __table_args__ = (CheckConstraint("status in ('recording', 'ready', 'failed')", name="status"),)
 
 
 # --- services management («Управление услугами») -------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 17:46:06.179805
+Create Date: 2026-11-25 19:05:34.709569
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ def upgrade() -> None:
         sa.Column("blocked_reason", sa.String(length=500), nullable=True),
         sa.Column("timezone", sa.String(length=64), nullable=False),
         sa.Column("channel_limit", sa.Integer(), nullable=False),
+        sa.Column("record_calls", sa.Boolean(), nullable=False),
+        sa.Column("recording_retention_days", sa.Integer(), nullable=False),
+        sa.Column("moh_prompt_id", sa.String(length=64), nullable=True),
         sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.CheckConstraint("status in ('active', 'blocked')", name=op.f("ck_domains_status")),
+        sa.CheckConstraint(
+            "recording_retention_days between 1 and 3650", name=op.f("ck_domains_recording_retention_days")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_domains")),
         sa.UniqueConstraint("name", name=op.f("uq_domains_name")),
     )
@@ -57,6 +63,68 @@ def upgrade() -> None:
         sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_service_prices")),
     )
+    op.create_table(
+        "call_events",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_call_events_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_call_events")),
+        sa.UniqueConstraint("session_id", "seq", name=op.f("uq_call_events_session_id_seq")),
+    )
+    with op.batch_alter_table("call_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_call_events_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
+        "call_records",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("node_id", sa.String(length=64), nullable=False),
+        sa.Column("call_type", sa.String(length=16), nullable=False),
+        sa.Column("call_kind", sa.String(length=16), nullable=False),
+        sa.Column("started_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("answered_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("end_reason", sa.String(length=16), nullable=True),
+        sa.Column("duration_s", sa.Integer(), nullable=False),
+        sa.Column("caller_number", sa.String(length=128), nullable=False),
+        sa.Column("caller_pin", sa.String(length=6), nullable=True),
+        sa.Column("caller_uri", sa.String(length=255), nullable=False),
+        sa.Column("callee_number", sa.String(length=128), nullable=False),
+        sa.Column("callee_pin", sa.String(length=6), nullable=True),
+        sa.Column("callee_uri", sa.String(length=255), nullable=False),
+        sa.Column("line", sa.String(length=16), nullable=True),
+        sa.Column("answering_uri", sa.String(length=255), nullable=True),
+        sa.Column("answering_pin", sa.String(length=6), nullable=True),
+        sa.Column("status_code", sa.Integer(), nullable=True),
+        sa.Column("status_text", sa.String(length=255), nullable=True),
+        sa.Column("is_record", sa.Boolean(), nullable=False),
+        sa.Column("is_voicemail", sa.Boolean(), nullable=False),
+        sa.Column("session_log", sa.JSON(), nullable=False),
+        sa.Column("last_seq", sa.Integer(), nullable=False),
+        sa.CheckConstraint(
+            "call_kind in ('normal', 'callback', 'autoinformer')", name=op.f("ck_call_records_call_kind")
+        ),
+        sa.CheckConstraint(
+            "call_type in ('incoming', 'outbound', 'internal')", name=op.f("ck_call_records_call_type")
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_call_records_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_call_records")),
+        sa.UniqueConstraint("session_id", name=op.f("uq_call_records_session_id")),
+    )
+    with op.batch_alter_table("call_records", schema=None) as batch_op:
+        batch_op.create_index("ix_call_records_domain_started", ["domain_id", "started_at"], unique=False)
+        batch_op.create_index("ix_call_records_open", ["ended_at", "node_id"], unique=False)
+
     op.create_table(
         "domain_prompts",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -110,6 +178,31 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("incoming_numbers", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_incoming_numbers_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
+        "recordings",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("duration_s", sa.Float(), nullable=False),
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("ready_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "status in ('recording', 'encoding', 'ready', 'failed')", name=op.f("ck_recordings_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_recordings_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_recordings")),
+    )
+    with op.batch_alter_table("recordings", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_recordings_domain_id"), ["domain_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_recordings_expires_at"), ["expires_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_recordings_session_id"), ["session_id"], unique=False)
 
     op.create_table(
         "schedules",
@@ -475,11 +568,99 @@ def upgrade() -> None:
     with op.batch_alter_table("voice_menu_keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_voice_menu_keys_menu_id"), ["menu_id"], unique=False)
 
+    op.create_table(
+        "voicemail_boxes",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=True),
+        sa.Column("group_id", sa.Uuid(), nullable=True),
+        sa.Column("greeting_source", sa.String(length=8), nullable=False),
+        sa.Column("greeting_text", sa.String(length=1000), nullable=False),
+        sa.Column("greeting_voice", sa.String(length=2), nullable=False),
+        sa.Column("greeting_prompt_id", sa.String(length=64), nullable=True),
+        sa.Column("greeting_file_name", sa.String(length=255), nullable=True),
+        sa.Column("max_message_s", sa.Integer(), nullable=False),
+        sa.Column("notify_email", sa.String(length=254), nullable=True),
+        sa.Column("attach_audio", sa.Boolean(), nullable=False),
+        sa.CheckConstraint(
+            "greeting_source in ('text', 'upload')", name=op.f("ck_voicemail_boxes_greeting_source")
+        ),
+        sa.CheckConstraint("greeting_voice in ('ru', 'en')", name=op.f("ck_voicemail_boxes_greeting_voice")),
+        sa.CheckConstraint("(user_id is null) != (group_id is null)", name=op.f("ck_voicemail_boxes_owner")),
+        sa.CheckConstraint("max_message_s between 10 and 600", name=op.f("ck_voicemail_boxes_max_message_s")),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_voicemail_boxes_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["group_id"],
+            ["call_groups.id"],
+            name=op.f("fk_voicemail_boxes_group_id_call_groups"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_voicemail_boxes_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_voicemail_boxes")),
+        sa.UniqueConstraint("group_id", name=op.f("uq_voicemail_boxes_group_id")),
+        sa.UniqueConstraint("user_id", name=op.f("uq_voicemail_boxes_user_id")),
+    )
+    with op.batch_alter_table("voicemail_boxes", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_voicemail_boxes_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
+        "voicemail_messages",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("box_id", sa.Uuid(), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("caller_number", sa.String(length=128), nullable=False),
+        sa.Column("caller_name", sa.String(length=128), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("duration_s", sa.Float(), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("listened", sa.Boolean(), nullable=False),
+        sa.Column("emailed_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "status in ('recording', 'ready', 'failed')", name=op.f("ck_voicemail_messages_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["box_id"],
+            ["voicemail_boxes.id"],
+            name=op.f("fk_voicemail_messages_box_id_voicemail_boxes"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_voicemail_messages_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_voicemail_messages")),
+    )
+    with op.batch_alter_table("voicemail_messages", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_voicemail_messages_box_id"), ["box_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_voicemail_messages_domain_id"), ["domain_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_voicemail_messages_session_id"), ["session_id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("voicemail_messages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_voicemail_messages_session_id"))
+        batch_op.drop_index(batch_op.f("ix_voicemail_messages_domain_id"))
+        batch_op.drop_index(batch_op.f("ix_voicemail_messages_box_id"))
+
+    op.drop_table("voicemail_messages")
+    with op.batch_alter_table("voicemail_boxes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_voicemail_boxes_domain_id"))
+
+    op.drop_table("voicemail_boxes")
     with op.batch_alter_table("voice_menu_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_voice_menu_keys_menu_id"))
 
@@ -527,6 +708,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_schedules_domain_id"))
 
     op.drop_table("schedules")
+    with op.batch_alter_table("recordings", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_recordings_session_id"))
+        batch_op.drop_index(batch_op.f("ix_recordings_expires_at"))
+        batch_op.drop_index(batch_op.f("ix_recordings_domain_id"))
+
+    op.drop_table("recordings")
     with op.batch_alter_table("incoming_numbers", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_incoming_numbers_domain_id"))
 
@@ -536,6 +723,15 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_domain_prompts_domain_id"))
 
     op.drop_table("domain_prompts")
+    with op.batch_alter_table("call_records", schema=None) as batch_op:
+        batch_op.drop_index("ix_call_records_open")
+        batch_op.drop_index("ix_call_records_domain_started")
+
+    op.drop_table("call_records")
+    with op.batch_alter_table("call_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_call_events_domain_id"))
+
+    op.drop_table("call_events")
     op.drop_table("service_prices")
     op.drop_table("operators")
     op.drop_table("login_throttle")
