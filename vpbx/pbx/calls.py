@@ -38,6 +38,13 @@ REASON_BUSY = "3"
 REASON_HELD_OR_TRANSFER_HANGUP = "4"
 REASON_NORMAL = "5"  # a conversation ended normally
 
+# CallEvent.extra keys the call history reads (none of them goes on the wire of integration-api.md §5.2):
+#   end:          "status_code", "status_text" (the final SIP answer of an unanswered call),
+#                 "voicemail" = "true" (a message was left), "end_reason" (normal, media_lost, recovered …)
+#   disconnected: "transfer_to" (the PIN or digits the call was transferred to)
+#   connected:    "pickup" = "true" (answered by a pick-up, not by the rung phone)
+EXTRA_KEYS = ("status_code", "status_text", "voicemail", "end_reason", "transfer_to", "pickup")
+
 MAX_LIVE_CALLS = 100_000  # per node, whatever the tenants' limits say
 
 
@@ -202,7 +209,10 @@ class CallEvents:
         request_uri: str = "",
         disconnect_reason: str | None = None,
         is_record: bool | None = None,
+        extra: dict[str, str] | None = None,
     ) -> CallEvent:
+        """Publish one event. ``extra`` carries what the call history needs beyond the wire fields
+        (keys in ``EXTRA_KEYS``)."""
         event = CallEvent(
             session_id=call.session_id,
             seq=self._seq.next(call.session_id),
@@ -219,6 +229,7 @@ class CallEvents:
             request_uri=request_uri or call.callee.uri,
             disconnect_reason=disconnect_reason if state == "disconnected" else None,
             is_record=is_record if state == "end" else None,
+            extra=dict(extra) if extra else {},
         )
         if state == "end":
             self._seq.forget(call.session_id)
