@@ -170,6 +170,13 @@ async def serve(settings: Settings) -> None:
     b2bua.outbound = OutboundRouter(core.sessions)
     b2bua.prompts = core.prompts  # the phrase a refused call hears, the menus' greetings
     b2bua.menus = MenuPlans(core.sessions, core.prompts)
+    b2bua.routing_hook_deadline_s = settings.routing_hook_deadline_s
+    webhook = None
+    if settings.debug_routing_hook_url:
+        from vpbx.pbx.routing_webhook import HttpRoutingHook
+
+        webhook = HttpRoutingHook(settings.debug_routing_hook_url, timeout_s=settings.routing_hook_deadline_s)
+        b2bua.routing_hooks.append(("debug-webhook", webhook))
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -188,6 +195,8 @@ async def serve(settings: Settings) -> None:
     finally:
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
+        if webhook is not None:
+            await webhook.aclose()
         await media.aclose()
         await bus.stop()
 

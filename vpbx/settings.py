@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     media_workers: int = Field(default_factory=lambda: default_media_workers(), ge=1, le=64)
     # tests only: append every call event to this file as a JSON line (empty: off)
     debug_call_events_file: str = ""
+    # debugging aid: ask this URL where calls on lines go (vpbx.pbx.routing_webhook; empty: off), and how long
+    # any routing hook may take before the domain's rules route the call (platform cap 3 s, telephony.md §3.7)
+    debug_routing_hook_url: str = ""
+    routing_hook_deadline_s: float = Field(default=3.0, gt=0, le=3.0)
     public_url: str = ""
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
