@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.integration.peers.baresip import Account, Baresip
+from tests.integration.peers.net import wait_until
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, SippRun, run_sipp, scenario_path
 from tests.integration.peers.vpbx import Setup
@@ -28,7 +29,9 @@ LINE = "74951234567"
 CALLER = "79161234567"
 
 
-def line_to(target: str, *, members: tuple[str, ...] = ()) -> Setup:
+def line_to(
+    target: str, *, members: tuple[str, ...] = (), carrier_networks: tuple[str, ...] = (f"{CARRIER_IP}/32",)
+) -> Setup:
     """An IP trunk for the carrier, the line, and one rule sending the line's calls to ``target``."""
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
@@ -36,7 +39,7 @@ def line_to(target: str, *, members: tuple[str, ...] = ()) -> Setup:
             s,
             domain_id,
             trunks.TrunkInput(
-                name="Carrier", kind="ip", host=CARRIER_IP, allowed_networks=[f"{CARRIER_IP}/32"]
+                name="Carrier", kind="ip", host=CARRIER_IP, allowed_networks=list(carrier_networks)
             ),
             box=core.box,
         )
@@ -201,3 +204,55 @@ async def test_a_key_pressed_in_the_menu_rings_the_chosen_user(tmp_path: Path) -
         ("disconnected", "102"),
         ("end", "102"),
     ]
+
+
+async def test_a_baresip_caller_presses_a_key_in_the_menu_and_reaches_the_user(tmp_path: Path) -> None:
+    """baresip plays the carrier (its source address is inside the trunk's networks and it never registers),
+    waits for the menu to answer, sends ``1`` with its ``sndcode`` command (RFC 4733, as negotiated), and the
+    menu rings extension 102 (a SIPp phone) and bridges the call."""
+    require_binary("baresip")
+    require_binary("espeak-ng")
+    async with (
+        running(
+            tmp_path, setup=line_to("menu", carrier_networks=(f"{CARRIER_IP}/32", "127.0.0.1/32"))
+        ) as server,
+        SippProcess.running(callee_run("uas_answer"), tmp_path) as phone,
+        Baresip.start(tmp_path, name="carrier") as carrier,
+    ):
+        await bind(server, "102", phone)
+        service = server.service
+        await carrier.add_account(
+            Account(
+                user=CALLER, domain=service.domain, password="unused", outbound=service.outbound, regint_s=0
+            )
+        )
+        await carrier.dial(f"sip:{LINE}@{service.domain}")
+        await carrier.wait_event("CALL_ESTABLISHED")  # the menu answered
+        await carrier.command("sndcode", "1")
+        [started] = await _until_calling(server)
+        await carrier.hangup()
+        answered = await phone.wait()
+        [events] = (await server.calls(ended=1)).values()
+
+    assert started["request_pin"] == "102"
+    assert answered.ok, answered.describe()
+    assert [(e["state"], e.get("request_pin")) for e in events] == [
+        ("new", None),
+        ("calling", "102"),
+        ("connected", "102"),
+        ("disconnected", "102"),
+        ("end", "102"),
+    ]
+
+
+async def _until_calling(server: Server) -> list[dict[str, str]]:
+    """Once the menu rings someone: the ``calling`` events so far."""
+
+    def calling() -> list[dict[str, str]]:
+        return [e for e in server.events() if e["state"] == "calling"]
+
+    await wait_until(lambda: bool(calling()), timeout_s=15, what="the menu ringing the chosen user")
+    await wait_until(
+        lambda: any(e["state"] == "connected" for e in server.events()), timeout_s=15, what="the call bridged"
+    )
+    return calling()
