@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 import os
 import re
+import struct
 import tempfile
 import wave
 from dataclasses import dataclass
@@ -130,6 +132,29 @@ SYSTEM_PHRASES: dict[SystemPhrase, dict[Voice, str]] = {
 }
 
 
+class Tone(StrEnum):
+    RINGBACK = "ringback"
+    HOLD = "hold"
+
+
+# (frequency Hz, seconds on, seconds off): one period of the looped tone. Ringback as Russian networks play
+# it (425 Hz, 0.8 s on, 3.2 s off); the hold tone (ours, when the domain has no music on hold) is a short
+# 425 Hz beep every 4 s, so a held caller knows the line is alive.
+TONES: dict[Tone, tuple[float, float, float]] = {
+    Tone.RINGBACK: (425.0, 0.8, 3.2),
+    Tone.HOLD: (425.0, 0.2, 3.8),
+}
+TONE_LEVEL = 0.3  # of full scale, about -10 dBFS
+
+
+def tone_pcm(frequency_hz: float, on_s: float, off_s: float, *, rate: int = G711_CLOCK_RATE) -> bytes:
+    """One period of an on/off tone as 16-bit little-endian mono PCM at ``rate``."""
+    on = round(on_s * rate)
+    amplitude = TONE_LEVEL * 32767
+    samples = [round(amplitude * math.sin(2 * math.pi * frequency_hz * n / rate)) for n in range(on)]
+    return struct.pack(f"<{on}h", *samples) + bytes(2 * round(off_s * rate))
+
+
 def sniff_format(data: bytes) -> Literal["wav", "mp3"] | None:
     """``wav`` (RIFF/WAVE), ``mp3`` (an ID3v2 tag or an MPEG audio frame sync) or None."""
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
@@ -230,6 +255,7 @@ class PromptStore:
         self.espeak = espeak
         self._jobs = asyncio.Semaphore(max_jobs)
         self._tts_inflight: dict[str, asyncio.Future[Prompt]] = {}
+        self._tones: dict[Tone, Prompt] = {}
 
     # --- reading --------------------------------------------------------------------------------------
     def paths(self, prompt_id: str) -> tuple[Path, Path, Path]:
@@ -345,6 +371,16 @@ class PromptStore:
                 "prompt.stored", prompt_id=prompt_id, duration_s=len(pcm) / SAMPLE_WIDTH / G711_CLOCK_RATE
             )
         return self.get(prompt_id)
+
+    # --- tones ---------------------------------------------------------------------------------------------
+    async def tone(self, tone: Tone) -> Prompt:
+        """A call-progress tone as a prompt to loop (generated once, then stored like any other prompt)."""
+        cached = self._tones.get(tone)
+        if cached is not None:
+            return cached
+        prompt = await self._store(tone_pcm(*TONES[tone]))
+        self._tones[tone] = prompt
+        return prompt
 
     # --- text-to-speech -------------------------------------------------------------------------------
     @staticmethod

@@ -41,7 +41,7 @@ from vpbx.errors import MediaError, NoMediaPorts, NotFound, SdpParseError, SipEr
 from vpbx.logs import get_logger
 from vpbx.media.backend import MediaBackend, MediaPorts
 from vpbx.media.dtmf import Digit
-from vpbx.media.prompts import Prompt, SystemPhrase, Voice
+from vpbx.media.prompts import Prompt, SystemPhrase, Tone, Voice
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
 from vpbx.pbx.bus import SessionId, new_session_id
@@ -150,6 +150,10 @@ class PhraseSource(Protocol):
     """Where the engine's spoken phrases come from (``vpbx.media.prompts.PromptStore``)."""
 
     async def system_phrase(self, phrase: SystemPhrase, voice: Voice = "ru") -> Prompt: ...
+
+    async def tone(self, tone: Tone) -> Prompt:
+        """A call-progress tone (ringback, hold) to loop."""
+        ...
 
     def get(self, prompt_id: str) -> Prompt:
         """A stored prompt by id; ``PromptError`` when its files are gone."""
@@ -1050,7 +1054,18 @@ class B2bua:
         ctx.plan, ctx.plan_people, ctx.fallthrough = plan, parties, fallthrough
         ctx.stage_legs = {}
         ctx.plan_t0, ctx.plan_skipped = self.timers.monotonic(), 0.0
+        await self._ringback(ctx)
         await self._plan_tick(ctx)
+
+    async def _ringback(self, ctx: _Ctx) -> None:
+        """The caller we answered hears ringback while the target rings (stopped when audio is bridged)."""
+        if self.media is None or self.prompts is None:
+            return
+        try:
+            prompt = await self.prompts.tone(Tone.RINGBACK)
+            await self.media.play(LegRef(ctx.session_id, "a"), prompt, loop=True)
+        except MediaError:
+            log.warning("call.ringback_failed", session_id=ctx.session_id)
 
     async def _menu_hangup(self, ctx: _Ctx) -> None:
         ivr, ctx.ivr = ctx.ivr, None

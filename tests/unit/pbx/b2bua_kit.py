@@ -137,6 +137,7 @@ class FakeMedia:
     updates: list[tuple[LegRef, MediaAddress | None, int, int | None]] = field(default_factory=list)
     released: list[SessionId] = field(default_factory=list)
     played: list[tuple[LegRef, str]] = field(default_factory=list)
+    stops: int = 0
 
     async def allocate(self, session: SessionId) -> MediaPorts:
         self.allocated.append(session)
@@ -154,6 +155,7 @@ class FakeMedia:
         self.played.append((leg, prompt.id))
 
     async def stop_play(self, leg: LegRef) -> bool:
+        self.stops += 1
         return False
 
     async def stats(self, session: SessionId) -> SessionStats:

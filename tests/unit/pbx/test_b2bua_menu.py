@@ -12,7 +12,7 @@ from tests.unit.pbx.b2bua_kit import OutgoingCall, Pbx, tag
 from tests.unit.pbx.test_b2bua_incoming import Carrier, FakeTrunks, _rule
 from vpbx.app import Core
 from vpbx.media.dtmf import Digit
-from vpbx.media.prompts import Prompt, PromptId
+from vpbx.media.prompts import Prompt, PromptId, Tone
 from vpbx.media.relay import LegRef
 from vpbx.pbx.actions import ActionInput
 from vpbx.pbx.incoming import IncomingRouter
@@ -20,7 +20,7 @@ from vpbx.pbx.ivr_plan import HANGUP, MenuAction, MenuPlan
 from vpbx.pbx.menus import MenuInput, create_menu
 from vpbx.store.models import DomainId
 
-GREETING, INVALID = PromptId("g" * 64), PromptId("i" * 64)
+GREETING, INVALID, RINGBACK = PromptId("g" * 64), PromptId("i" * 64), PromptId("r" * 64)
 
 
 class Prompts:
@@ -30,6 +30,9 @@ class Prompts:
     def get(self, prompt_id: str) -> Prompt:
         f = self.tmp / f"{prompt_id[:8]}.pcma"
         return Prompt(id=PromptId(prompt_id), duration_s=1.0, wav=f, pcma=f, pcmu=f)
+
+    async def tone(self, tone: Tone) -> Prompt:
+        return self.get(RINGBACK if tone is Tone.RINGBACK else "h" * 64)
 
 
 class Menus:
@@ -101,7 +104,10 @@ async def test_the_caller_is_answered_greeted_and_a_key_rings_the_user(pbx: Pbx)
     await played(pbx)
     await key(pbx, "1")
     incoming = await alice.ringing()
+    assert greeted(pbx) == ["g", "r"]  # the caller hears ringback while 101 rings
+    stops = pbx.media.stops
     await incoming.answer()
+    assert pbx.media.stops == stops + 1  # and no more once the audio is bridged
     assert all(not (m.code == 200 and tag(m) != tag(ok)) for m in carrier.phone.inbox if hasattr(m, "code"))
     assert [e.state for e in pbx.bus.events] == ["new", "calling", "connected"]
     assert pbx.bus.events[-1].request_pin == "101"
