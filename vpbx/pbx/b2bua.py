@@ -954,7 +954,7 @@ class B2bua:
     def on_dtmf(self, leg: LegRef, digit: Digit) -> None:
         """The media backend's hook: a key pressed on ``leg`` (RFC 4733)."""
         ctx = self._calls.get(leg.session)
-        if ctx is not None and ctx.ivr is not None and leg.side == "a" and self._node is not None:
+        if ctx is not None and _in_menu(ctx) and leg.side == "a" and self._node is not None:
             self._spawn(self._menu_key(ctx, digit.digit), "call-menu-key")
 
     async def _menu_key(self, ctx: _Ctx, key: str) -> None:
@@ -1958,7 +1958,7 @@ class B2bua:
         elif method == "INFO":
             node.respond(key, request, 200)  # DTMF over INFO is acknowledged (telephony.md §3.8)
             digit = _info_digit(request)
-            if digit is not None and leg is ctx.a and ctx.ivr is not None:
+            if digit is not None and leg is ctx.a and _in_menu(ctx):
                 self._spawn(self._menu_key(ctx, digit), "call-menu-key")
         elif method == "NOTIFY":
             node.respond(key, request, 481)  # no subscription lives in our dialogs (RFC 6665 §4.1.3)
@@ -2153,6 +2153,12 @@ class B2bua:
             self._reply_a(ctx, 480)
             self._cancel_all(ctx, None)
             await self._finish(ctx, "unanswered")
+
+
+def _in_menu(ctx: _Ctx) -> bool:
+    """Keys from the caller go to the menu: it is listening, or answered and still being set up (a key
+    pressed before the greeting starts waits for the call's lock, then counts)."""
+    return ctx.ivr is not None or (ctx.answered_by_pbx and ctx.call.phase is not Phase.CONNECTED)
 
 
 class _NotAcceptable(Exception):

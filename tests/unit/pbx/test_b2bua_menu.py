@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -167,3 +168,29 @@ async def test_a_key_sent_as_sip_info_works_too(pbx: Pbx) -> None:
     await carrier.phone.send(info)
     assert (await carrier.phone.expect(200)).cseq.method == "INFO"
     assert (await alice.ringing()).invite.method == "INVITE"
+
+
+class KeyWhileLoading(Menus):
+    """The caller presses a key while the menu plan is still loading (its greeting spoken the first time)."""
+
+    def __init__(self, pbx: Pbx, plan: MenuPlan, digit: str) -> None:
+        super().__init__(plan)
+        self.pbx, self.digit = pbx, digit
+
+    async def menu_plan(self, domain_id: DomainId, menu_id: uuid.UUID) -> MenuPlan:
+        leg = LegRef(self.pbx.media.allocated[-1], "a")
+        self.pbx.b2bua.on_dtmf(leg, Digit(digit=self.digit, timestamp=0, duration=800, ended=True))
+        await asyncio.sleep(0)
+        return self.plan
+
+
+async def test_a_key_pressed_before_the_greeting_starts_still_counts(pbx: Pbx) -> None:
+    alice = pbx.phone("101", "192.0.2.11")
+    await pbx.register(alice)
+    assert isinstance(pbx.b2bua.menus, Menus)
+    pbx.b2bua.menus = KeyWhileLoading(pbx, pbx.b2bua.menus.plan, "1")
+    carrier = Carrier(pbx)
+    call = OutgoingCall(carrier.phone, await carrier.call())
+    await call.answered()
+    assert (await alice.ringing()).invite.method == "INVITE"
+    assert greeted(pbx)[-1] == "r"  # the greeting was cut short by the key; ringback while 101 rings
