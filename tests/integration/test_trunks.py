@@ -96,6 +96,7 @@ def registrar(port: int) -> SippRun:
         timeout_s=60,
         local_port=port,
         keys={"user": CARRIER_USER, "password": CARRIER_PASSWORD},
+        trace_msg=True,
     )
 
 
@@ -125,6 +126,9 @@ async def test_registration_with_digest_shows_in_the_cabinet(
     # SIPp saw the challenge answered: 200 only after verifyauth accepted it (else 401 again)
     assert result.stats.failed_calls == 0, result.describe()
     assert result.stats.successful_calls >= 1, result.describe()
+    if state == "registered":  # vpbx stopped: it removed its binding (REGISTER with Expires: 0)
+        log = (result.workdir / "messages.log").read_text(errors="replace")
+        assert "Expires: 0" in log, log[-3000:]
 
 
 async def test_options_down_after_three_misses_and_up_again(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ through the node; ``start``/``stop`` run it with the node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -65,6 +66,7 @@ RETRY_S = 30.0  # first retry of a failed registration; doubles each time
 MAX_BACKOFF_S = 600.0
 REFRESH_AT = 0.8  # re-REGISTER at this share of the granted expiry
 MIN_REFRESH_S = 5.0
+UNREGISTER_WAIT_S = 2.0  # at shutdown, for the carriers' answers to our un-REGISTERs
 TICK_S = 1.0  # how often due requests go out (a fifth of a short interval when that is shorter)
 RESOLVE_TIMEOUT_S = 5.0
 FROM_USER = "vpbx"
@@ -306,7 +308,10 @@ class TrunkMonitor:
         self._max_misses = max_misses
         self._retry_s = retry_s
         self._runs: dict[uuid.UUID, _Run] = {}
-        self._pending: dict[TransactionKey, tuple[uuid.UUID, str]] = {}  # → (trunk, "reg" | "opt")
+        self._pending: dict[TransactionKey, tuple[uuid.UUID, str]] = {}  # → (trunk, "reg" | "opt" | "unreg")
+        self._leaving: dict[uuid.UUID, _Run] = {}  # trunks being un-registered
+        self._none_leaving = asyncio.Event()
+        self._none_leaving.set()
         self._loaded_version: int | None = None
         self._resolve_due = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -455,12 +460,20 @@ class TrunkMonitor:
             self._publish(run)
 
     def _forget(self, trunk_id: uuid.UUID) -> None:
+        """Stop working a trunk (deleted, disabled, or changed); a registered binding is removed with
+        REGISTER ``Expires: 0`` (RFC 3261 §10.2.2) so the carrier stops sending calls to it."""
         run = self._runs.pop(trunk_id, None)
         if run is None:
             return
         for key in (run.reg_key, run.opt_key):
             if key is not None:
                 self._pending.pop(key, None)
+        run.reg_key = run.opt_key = None
+        if run.registration == "registered" and run.info.address:
+            self._leaving[trunk_id] = run
+            self._none_leaving.clear()
+            if not self._register(run, None, unregister=True):
+                self._left(trunk_id)
 
     # --- sending -----------------------------------------------------------------------------------------
 
@@ -490,18 +503,20 @@ class TrunkMonitor:
         transport = ";transport=tcp" if info.transport == "tcp" else ""
         return parse_address(f"<sip:{user}@{host}:{via.port}{transport}>")
 
-    def _register(self, run: _Run, challenge: Response | None) -> int:
+    def _register(self, run: _Run, challenge: Response | None, *, unregister: bool = False) -> int:
         info = run.info
         uri = f"sip:{info.uri_host}"
-        headers: list[tuple[str, str]] = [("Expires", str(info.expires_s)), ("User-Agent", USER_AGENT)]
-        if challenge is None:
-            run.reg_call_id, run.reg_tag = new_call_id(), new_tag()
-        else:
+        expires = 0 if unregister else info.expires_s
+        headers: list[tuple[str, str]] = [("Expires", str(expires)), ("User-Agent", USER_AGENT)]
+        if challenge is not None:
             creds = info.credentials(challenge, "REGISTER", uri)
             if creds is None:
-                self._reg_failed(run, "rejected", challenge.code)
+                if not unregister:  # a trunk being removed has no status left to show
+                    self._reg_failed(run, "rejected", challenge.code)
                 return 0
             headers.append(creds)
+        elif not unregister:  # a removal keeps the registration's Call-ID (RFC 3261 §10.2.4)
+            run.reg_call_id, run.reg_tag = new_call_id(), new_tag()
         run.reg_cseq += 1
         via = self._via(info)
         try:
@@ -522,7 +537,7 @@ class TrunkMonitor:
             log.warning("trunk.bad_config", trunk=str(info.id))
             self._reg_failed(run, "rejected", None)
             return 0
-        return self._send(run, request, "reg", authed=challenge is not None)
+        return self._send(run, request, "unreg" if unregister else "reg", authed=challenge is not None)
 
     def _options(self, run: _Run, now: float) -> int:
         info = run.info
@@ -553,7 +568,7 @@ class TrunkMonitor:
             log.exception("trunk.send_failed", trunk=str(run.info.id), method=request.method)
             return 0
         self._pending[key] = (run.info.id, what)
-        if what == "reg":
+        if what in ("reg", "unreg"):
             run.reg_key, run.reg_request, run.reg_authed = key, request, authed
         else:
             run.opt_key = key
@@ -566,6 +581,9 @@ class TrunkMonitor:
         if response.code < 200:
             return
         found = self._pending.pop(key, None)
+        if found is not None and found[1] == "unreg":
+            self._unregistered(found[0], response)
+            return
         run = self._runs.get(found[0]) if found is not None else None
         if run is None or found is None:
             return
@@ -580,6 +598,9 @@ class TrunkMonitor:
 
     def on_terminated(self, key: TransactionKey, reason: str) -> None:
         found = self._pending.pop(key, None)
+        if found is not None and found[1] == "unreg":
+            self._left(found[0])
+            return
         run = self._runs.get(found[0]) if found is not None else None
         if run is None or found is None or reason == "done":
             return
@@ -625,6 +646,22 @@ class TrunkMonitor:
         else:
             self._reg_failed(run, "rejected", code)
 
+    def _unregistered(self, trunk_id: uuid.UUID, response: Response) -> None:
+        """The carrier's answer to our removal: a challenge is answered once, anything else ends it."""
+        run = self._leaving.get(trunk_id)
+        if run is None:
+            return
+        challenged = response.code in (401, 407) and not run.reg_authed
+        if challenged and self._register(run, response, unregister=True):
+            return
+        self._left(trunk_id)
+        log.info("trunk.unregistered", trunk=str(trunk_id), code=response.code)
+
+    def _left(self, trunk_id: uuid.UUID) -> None:
+        self._leaving.pop(trunk_id, None)
+        if not self._leaving:
+            self._none_leaving.set()
+
     def _reg_failed(self, run: _Run, state: str, code: int | None) -> None:
         run.failures += 1
         run.registration = state
@@ -668,11 +705,17 @@ class TrunkMonitor:
         await self.refresh()
         self._task = asyncio.create_task(self._run(), name="sip-trunk-monitor")
 
-    async def stop(self) -> None:
+    async def stop(self, *, unregister_timeout_s: float = UNREGISTER_WAIT_S) -> None:
+        """Stop working; registered trunks are un-registered, waiting at most ``unregister_timeout_s``."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        for trunk_id in list(self._runs):
+            self._forget(trunk_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_leaving.wait(), unregister_timeout_s)
+        self._leaving.clear()
 
     async def _run(self) -> None:
         while True:

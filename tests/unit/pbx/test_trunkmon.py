@@ -268,7 +268,7 @@ async def test_changed_credentials_start_over_and_removed_trunks_go() -> None:
     monitor.configure([info(id=t.id, password="new-pass")])
     assert state(monitor, t) == "registering"
     monitor.tick(clock.monotonic())
-    assert len(node.take("REGISTER")) == 1
+    assert [r.headers["Expires"] for _, r, _ in node.take("REGISTER")] == ["0", "300"]  # old binding out
     monitor.configure([])
     assert monitor.status(t.id) is None and monitor.board.for_domain(D1) == {}
 
@@ -308,3 +308,54 @@ async def test_reloads_when_the_cabinet_changes_trunks(core: Core, t1: Tenant) -
     assert await monitor.refresh() is True
     reloaded = monitor.trunk(created.id)
     assert reloaded is not None and (reloaded.priority, reloaded.password) == (2, "pass-1")
+
+
+async def registered(monitor: TrunkMonitor, node: Node, clock: FakeClock) -> Request:
+    monitor.tick(clock.monotonic())
+    [(key, first, _)] = node.take("REGISTER")
+    monitor.on_response(key, answer(first, 200))
+    node.take("OPTIONS")
+    return first
+
+
+async def test_a_removed_trunk_is_unregistered_answering_one_challenge() -> None:
+    t = info()
+    monitor, node, clock = setup(t)
+    first = await registered(monitor, node, clock)
+    monitor.configure([])  # deleted in the cabinet
+    [(key, bye, dest)] = node.take("REGISTER")
+    assert bye.headers["Expires"] == "0" and dest == Destination("udp", "192.0.2.10", 5060)
+    assert bye.call_id == first.call_id and bye.cseq.sequence == first.cseq.sequence + 1
+    monitor.on_response(key, answer(bye, 401, ("WWW-Authenticate", CHALLENGE)))
+    [(key2, authed, _)] = node.take("REGISTER")
+    assert authed.headers["Expires"] == "0" and authed.headers.get("Authorization")
+    monitor.on_response(key2, answer(authed, 401, ("WWW-Authenticate", CHALLENGE)))
+    assert node.take("REGISTER") == []  # one challenge is answered, not a second
+    assert monitor.status(t.id) is None
+    monitor.tick(clock.monotonic() + 3600)
+    assert node.sent == []  # nothing more for a trunk that is gone
+
+
+async def test_changed_credentials_unregister_the_old_binding_first() -> None:
+    t = info()
+    monitor, node, clock = setup(t)
+    first = await registered(monitor, node, clock)
+    monitor.configure([info(id=t.id, username="74950000000")])
+    [(key, bye, _)] = node.take("REGISTER")
+    assert bye.headers["Expires"] == "0" and bye.from_address.uri.user == first.from_address.uri.user
+    monitor.tick(clock.monotonic())
+    [(_, fresh, _)] = node.take("REGISTER")
+    assert fresh.headers["Expires"] == "300" and fresh.from_address.uri.user == "74950000000"
+    assert fresh.call_id != first.call_id
+    monitor.on_response(key, answer(bye, 200))
+    assert state(monitor, t) == "registering"  # the old binding's answer does not touch the new one
+
+
+async def test_stop_unregisters_and_waits_a_bounded_time() -> None:
+    t, never = info(), info(kind="ip")
+    monitor, node, clock = setup(t, never)
+    await registered(monitor, node, clock)
+    await monitor.stop(unregister_timeout_s=0.05)  # the carrier never answers: stop anyway
+    [(_, bye, _)] = node.take("REGISTER")
+    assert bye.headers["Expires"] == "0"
+    assert node.sent == []  # an IP trunk has nothing to un-register
