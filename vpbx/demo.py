@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vpbx import billing
 from vpbx.app import Core, build_core
 from vpbx.crypto import hash_password, random_password
+from vpbx.errors import ValidationFailed
 from vpbx.pbx import domains, groups, lines, menus, routing, schedules, users
 from vpbx.pbx.actions import ActionInput
 from vpbx.settings import Settings
@@ -123,14 +124,15 @@ async def _directory(core: Core, s: AsyncSession, domain_id: uuid.UUID) -> dict[
             ),
         ),
     )
-    menu = await menus.create_menu(
-        s,
-        domain_id,
-        menus.MenuInput(
-            name="Нерабочее время",
-            prompt_text="Здравствуйте! Мы работаем с 9 до 18 по будням. Нажмите 1, чтобы оставить сообщение.",
-        ),
+    menu_input = menus.MenuInput(
+        name="Нерабочее время",
+        prompt_text="Здравствуйте! Мы работаем с 9 до 18 по будням. Нажмите 1, чтобы оставить сообщение.",
     )
+    try:  # the greeting is spoken now, so the cabinet can play it back at once
+        async with s.begin_nested():
+            menu = await menus.create_menu(s, domain_id, menu_input, core.prompts)
+    except ValidationFailed:  # no espeak-ng here: the engine speaks the text on the first call instead
+        menu = await menus.create_menu(s, domain_id, menu_input)
     await routing.add_rule(
         s,
         domain_id,

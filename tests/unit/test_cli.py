@@ -126,6 +126,7 @@ def test_demo_writes_demo_json_once_and_reuses_it(tmp_path: Path) -> None:
         assert u["sip_password"] in first.output  # printed for people as well
     assert info["admin_login"] in first.output
     assert "http://127.0.0.1:8080/" in first.output
+    assert list((data / "prompts").glob("*.wav"))  # the demo menu's greeting, spoken once and stored
 
     second = CliRunner().invoke(app, ["demo", "--data-dir", str(data)])
     assert second.exit_code == 0, second.output
