@@ -4,6 +4,7 @@ refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import uuid
@@ -28,7 +29,7 @@ LINE = "+74951234567"
 ADMIN = "outbound-admin-pass"
 
 
-def carrier_trunk(port: int) -> Setup:
+def carrier_trunk(port: int, transport: str = "udp") -> Setup:
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
         await trunks.create_trunk(
             s,
@@ -40,6 +41,7 @@ def carrier_trunk(port: int) -> Setup:
                 port=port,
                 allowed_networks=[f"{CARRIER_IP}/32"],
                 number_format="national",
+                transport=transport,
             ),
             box=core.box,
         )
@@ -192,3 +194,28 @@ def trunk_row_state(html: str, name: str) -> str:
     )
     state = re.search(r'data-state="([^"]+)"', row.group(0)) if row else None
     return state.group(1) if state else ""
+
+
+async def test_a_tcp_trunk_carries_the_call_on_one_connection(tmp_path: Path) -> None:
+    """The trunk's transport is TCP: vpbx opens the connection to the carrier (SIPp over TCP) and sends the
+    OPTIONS, the INVITE, the ACK and the BYE on it; the carrier's answers come back on it."""
+    port = free_port_block(1)
+    carrier_run = callee_run("uas_trunk", calls=100_000, local_ip=CARRIER_IP, local_port=port, transport="t1")
+    async with (
+        running(
+            tmp_path, env={"VPBX_TRUNK_OPTIONS_INTERVAL_S": "1"}, setup=carrier_trunk(port, "tcp")
+        ) as server,
+        SippProcess.running(dataclasses.replace(carrier_run, trace_msg=True), tmp_path) as carrier,
+    ):
+        await carrier.wait_listening()
+        caller = await run_sipp(outside_call(server), tmp_path)
+        [events] = (await server.calls(ended=1)).values()
+        answered = await carrier.stop()
+
+    assert caller.ok, caller.describe()
+    assert [e["state"] for e in events] == ["new", "connected", "disconnected", "end"]
+    log = (answered.workdir / "messages.log").read_text(errors="replace")
+    invite = log[log.index("INVITE sip:") :]
+    assert invite.startswith(f"INVITE sip:84957654321@{CARRIER_IP}")
+    assert "Via: SIP/2.0/TCP" in invite.split("\n\n")[0]
+    assert "BYE sip:" in log and "TCP message received" in log and "UDP message" not in log

@@ -239,7 +239,7 @@ class SipNode:
         for key, action in outputs:
             match action:
                 case Send(data, dest):
-                    if not self._send(data, dest) and key is not None:
+                    if not self._send(data, dest, key) and key is not None:
                         self._run(self.table.on_transport_error(key, self.core.clock.monotonic()))
                 case StartTimer(name, at):
                     assert key is not None
@@ -282,8 +282,14 @@ class SipNode:
                 del self._timers[key]
         self._run(self.table.on_timer(key, name, self.core.clock.monotonic()))
 
-    def _send(self, data: bytes, dest: Destination) -> bool:
-        return self.transports.send(data, dest)
+    def _send(self, data: bytes, dest: Destination, key: TransactionKey | None = None) -> bool:
+        if key is None or dest.conn_id is not None or dest.transport != "tcp":
+            return self.transports.send(data, dest)
+
+        def failed() -> None:  # an outbound TCP connection could not be opened
+            self._run(self.table.on_transport_error(key, self.core.clock.monotonic()))
+
+        return self.transports.send(data, dest, failed)
 
     def respond(
         self,

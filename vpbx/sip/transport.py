@@ -1,7 +1,10 @@
 """Asyncio adapters for SIP over UDP, TCP and TLS: thin, they only move bytes (telephony.md §3.2).
 
 Every received message goes to one callback with its source flow; replies go back through ``send`` to a
-``Destination`` — over UDP to the address, over TCP and TLS on the connection the request came in on.
+``Destination`` — over UDP to the address, over TCP and TLS on the connection the request came in on. A new
+request over TCP to an address (a trunk's carrier) opens a connection to it, or reuses the one we opened
+before (RFC 3261 §18.1.1); what is sent while it opens is queued, and a failed connect is reported to the
+sender's ``on_error``, so the transaction fails at once instead of timing out.
 
 TLS is stdlib ``ssl`` over memory BIOs inside the stream protocol: a TLS connection is counted against the
 connection caps as soon as it is accepted, before its handshake, so a flood of half-open handshakes meets the
@@ -32,6 +35,8 @@ TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its handsha
 MAX_CONNECTIONS_PER_IP = 64  # TCP and TLS together: the budget is memory per source (telephony.md §3.2)
 MAX_CONNECTIONS = 10_000
 WRITE_BUFFER_HIGH = 256 * 1024  # a peer that does not read loses its connection instead of our memory
+CONNECT_TIMEOUT_S = 5.0  # an outbound TCP connection not up by then fails what was queued for it
+MAX_QUEUED = 64  # messages held for one connection being opened
 
 Receiver = Callable[[bytes, Destination], None]
 ErrorReply = Callable[[bytes, int, str, Destination], None]
@@ -111,6 +116,14 @@ class _Stream(Protocol):
     def abort(self) -> None: ...
     def is_closing(self) -> bool: ...
     def get_write_buffer_size(self) -> int: ...
+
+
+@dataclass
+class _Dialing:
+    """An outbound TCP connection being opened: what to send once it is up, whom to tell if it fails."""
+
+    queued: list[bytes] = field(default_factory=list)
+    failed: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -306,6 +319,10 @@ class Transports:
         self._tls: asyncio.Server | None = None
         self._conns: dict[int, _Conn] = {}
         self._per_ip: dict[str, int] = {}
+        self._outbound: dict[tuple[str, int], int] = {}  # (host, port) → the TCP connection we opened there
+        self._dialing: dict[tuple[str, int], _Dialing] = {}
+        self._dials: set[asyncio.Task[None]] = set()
+        self.connect_timeout_s = CONNECT_TIMEOUT_S
         self._ids = itertools.count(1)
         self.local: tuple[str, int] = ("", 0)
         self.tls_local: tuple[str, int] | None = None
@@ -337,6 +354,9 @@ class Transports:
         return self.tls_local
 
     async def stop(self) -> None:
+        for task in list(self._dials):
+            task.cancel()
+        await asyncio.gather(*self._dials, return_exceptions=True)
         servers = [s for s in (self._tcp, self._tls) if s is not None]
         for server in servers:
             server.close()
@@ -349,8 +369,11 @@ class Transports:
             self._udp.close()
             self._udp = None
 
-    def send(self, data: bytes, dest: Destination) -> bool:
-        """Queue ``data`` for ``dest``; False when the flow is gone (a closed TCP or TLS connection)."""
+    def send(self, data: bytes, dest: Destination, on_error: Callable[[], None] | None = None) -> bool:
+        """Queue ``data`` for ``dest``; False when the flow is gone (a closed TCP or TLS connection).
+
+        Over TCP to an address without a connection, one is opened: True means queued, and ``on_error`` is
+        called if the connection cannot be made."""
         if dest.transport == "udp":
             if self._udp is None or len(data) > MAX_UDP:
                 return False
@@ -366,7 +389,54 @@ class Transports:
                 return False
             conn.transport.write(data)
             return True
-        return False  # outbound TCP/TLS connections arrive with trunks
+        if dest.transport.lower() != "tcp":
+            return False  # we open no TLS connections (trunks are UDP or TCP)
+        return self._send_outbound(data, (dest.host, dest.port), on_error)
+
+    def _send_outbound(self, data: bytes, peer: tuple[str, int], on_error: Callable[[], None] | None) -> bool:
+        conn_id = self._outbound.get(peer)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is not None and not conn.transport.is_closing():
+            if conn.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                log.warning("tcp.slow_reader", peer=peer[0])
+                conn.transport.abort()
+                return False
+            conn.transport.write(data)
+            return True
+        if self._tcp is None:
+            return False  # not listening: no Via we could name
+        dialing = self._dialing.get(peer)
+        if dialing is None:
+            dialing = self._dialing[peer] = _Dialing()
+            task = asyncio.get_running_loop().create_task(self._dial(peer, dialing), name="sip-tcp-connect")
+            self._dials.add(task)
+            task.add_done_callback(self._dials.discard)
+        elif len(dialing.queued) >= MAX_QUEUED:
+            return False
+        dialing.queued.append(data)
+        if on_error is not None:
+            dialing.failed.append(on_error)
+        return True
+
+    async def _dial(self, peer: tuple[str, int], dialing: _Dialing) -> None:
+        loop = asyncio.get_running_loop()
+        conn: _Conn | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, protocol = await loop.create_connection(lambda: StreamProtocol(self), peer[0], peer[1])
+            conn = protocol._conn
+        except (OSError, TimeoutError) as e:
+            log.info("tcp.connect_failed", peer=peer[0], port=peer[1], error=type(e).__name__)
+        finally:
+            self._dialing.pop(peer, None)
+        if conn is None:  # refused, timed out, or over the connection caps
+            for fail in dialing.failed:
+                fail()
+            return
+        log.debug("tcp.connected", peer=peer[0], port=peer[1])
+        self._outbound[peer] = conn.conn_id
+        for data in dialing.queued:
+            conn.transport.write(data)
 
     @property
     def connections(self) -> int:
@@ -396,6 +466,8 @@ class Transports:
     def _forget(self, conn: _Conn) -> None:
         if conn.idle is not None:
             conn.idle.cancel()
+        if self._outbound.get(conn.peer) == conn.conn_id:
+            del self._outbound[conn.peer]
         if self._conns.pop(conn.conn_id, None) is not None:
             left = self._per_ip.get(conn.peer[0], 1) - 1
             if left:

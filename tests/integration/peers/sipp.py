@@ -140,6 +140,7 @@ class SippRun:
     duration_ms: int | None = None  # -d: length of <pause/> without milliseconds
     recv_timeout_ms: int | None = None  # -recv_timeout
     trace_msg: bool = False  # -trace_msg: every message into messages.log (small runs only)
+    transport: str = "u1"  # -t: u1 (UDP, one socket) or t1 (TCP, one connection)
     extra: Sequence[str] = ()
     argv_prefix: Sequence[str] = ()  # e.g. ("taskset", "-c", "0") in the benchmark
 
@@ -171,7 +172,7 @@ class SippRun:
         else:
             assert self.scenario is not None
             argv += ["-sf", str(scenario_path(self.scenario))]
-        argv += ["-i", self.local_ip, "-p", str(local_port), "-bind_local", "-nostdin"]
+        argv += ["-i", self.local_ip, "-p", str(local_port), "-bind_local", "-nostdin", "-t", self.transport]
         argv += ["-m", str(self.calls), "-r", _number(self.rate), "-rp", str(self.rate_period_ms)]
         if self.limit is not None:
             argv += ["-l", str(self.limit)]
@@ -213,8 +214,9 @@ def _read(path: Path, limit: int | None = None) -> str:
     return text if limit is None else text[-limit:]
 
 
-def _udp_bound(port: int, pid: int) -> bool:
-    """Whether process ``pid`` holds a UDP socket bound to ``port`` (not merely: someone does)."""
+def _udp_bound(port: int, pid: int, *, tcp: bool = False) -> bool:
+    """Whether process ``pid`` holds a UDP socket bound to ``port`` (a TCP one with ``tcp``; not merely:
+    someone does)."""
     inodes: set[str] = set()
     try:
         for fd in os.scandir(f"/proc/{pid}/fd"):
@@ -224,7 +226,7 @@ def _udp_bound(port: int, pid: int) -> bool:
                     inodes.add(target[8:-1])
     except OSError:
         return False
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    for table in ("/proc/net/tcp", "/proc/net/tcp6") if tcp else ("/proc/net/udp", "/proc/net/udp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
@@ -286,7 +288,7 @@ class SippProcess:
             def bound() -> bool:
                 if not self.proc.running:
                     raise _SippExited
-                return _udp_bound(self.port, self.proc.pid)
+                return _udp_bound(self.port, self.proc.pid, tcp=self.run.transport.startswith("t"))
 
             try:
                 await wait_until(bound, timeout_s=timeout_s, what=f"sipp {self.run.name} on port {self.port}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from vpbx.sip.flow import Destination
 from vpbx.sip.transport import Transports
@@ -79,4 +80,52 @@ async def test_idle_tcp_connection_is_closed() -> None:
     reader, writer = await asyncio.open_connection(*t.local)
     assert await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
+    await t.stop()
+
+
+async def test_a_request_over_tcp_to_an_address_opens_one_connection_and_reuses_it() -> None:
+    got: asyncio.Queue[tuple[bytes, Destination]] = asyncio.Queue()
+    closed: asyncio.Queue[Destination] = asyncio.Queue()
+    t = Transports(lambda data, src: got.put_nowait((data, src)), on_closed=closed.put_nowait)
+    await t.start("127.0.0.1", 0)
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def carrier(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait((reader, writer))
+
+    server = await asyncio.start_server(carrier, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dest = Destination("tcp", "127.0.0.1", port)
+    assert t.send(MSG, dest) and t.send(MSG, dest)  # the second waits for the connection being opened
+    reader, writer = await asyncio.wait_for(accepted.get(), 2)
+    assert await asyncio.wait_for(reader.readexactly(2 * len(MSG)), 2) == MSG + MSG
+    assert t.send(MSG, dest)  # and later ones go on the same connection
+    assert await asyncio.wait_for(reader.readexactly(len(MSG)), 2) == MSG
+    assert accepted.empty() and t.connections == 1
+    writer.write(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n")  # the carrier answers on it
+    data, src = await asyncio.wait_for(got.get(), 2)
+    assert data.startswith(b"SIP/2.0 200") and src.transport == "tcp" and src.conn_id is not None
+    writer.close()
+    await writer.wait_closed()
+    assert await asyncio.wait_for(closed.get(), 2) == src
+    assert t.send(MSG, dest)  # closed by the carrier: the next request opens a new one
+    reader2, writer2 = await asyncio.wait_for(accepted.get(), 2)
+    assert await asyncio.wait_for(reader2.readexactly(len(MSG)), 2) == MSG
+    writer2.close()
+    server.close()
+    await t.stop()
+
+
+async def test_a_refused_tcp_connection_fails_what_was_queued() -> None:
+    t, _ = await start()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    failed: asyncio.Queue[str] = asyncio.Queue()
+    dest = Destination("tcp", "127.0.0.1", port)
+    assert t.send(MSG, dest, lambda: failed.put_nowait("first"))
+    assert t.send(MSG, dest, lambda: failed.put_nowait("second"))
+    assert [await asyncio.wait_for(failed.get(), 2) for _ in range(2)] == ["first", "second"]
+    assert t.connections == 0
+    assert not t.send(MSG, Destination("tls", "127.0.0.1", port))  # we open no TLS connections
     await t.stop()
