@@ -6,9 +6,9 @@
   const green = css.getPropertyValue("--pico-ins-color").trim() || "#2e7d32";
   const red = css.getPropertyValue("--pico-del-color").trim() || "#c62828";
   const blue = css.getPropertyValue("--pico-primary").trim() || "#1565c0";
-  const stacked = { responsive: true, scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } } };
+  const stackedScales = { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } };
 
-  function bars(id, series) {
+  function bars(id, series, aspectRatio) {
     return new Chart(document.getElementById(id), {
       type: "bar",
       data: {
@@ -18,7 +18,7 @@
           { label: data.labels.missed, data: series.missed, backgroundColor: red },
         ],
       },
-      options: stacked,
+      options: { responsive: true, aspectRatio, scales: stackedScales },
     });
   }
 
@@ -27,14 +27,15 @@
       const old = Chart.getChart(id);
       if (old) old.destroy();
     }
-    bars("chart-hours", data.hours);
-    bars("chart-days", data.days);
+    bars("chart-hours", data.hours, 2);
+    bars("chart-days", data.days, 3);
     new Chart(document.getElementById("chart-state"), {
       type: "doughnut",
       data: {
         labels: [data.labels.answered, data.labels.missed],
         datasets: [{ data: [data.total.answered, data.total.missed], backgroundColor: [green, red] }],
       },
+      options: { responsive: true, aspectRatio: 2 },
     });
     new Chart(document.getElementById("chart-users"), {
       type: "bar",
@@ -47,6 +48,7 @@
       },
       options: {
         responsive: true,
+        aspectRatio: 3,
         scales: {
           y: { beginAtZero: true, position: "left", ticks: { precision: 0 } },
           talk: { beginAtZero: true, position: "right", grid: { drawOnChartArea: false } },
