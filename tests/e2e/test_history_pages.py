@@ -59,6 +59,7 @@ async def calls(server: Server) -> AsyncIterator[list[CallRecord]]:
             caller_pin="101",
             callee_pin="102",
             callee_number="102",
+            answering_pin="102",
             talk_s=20,
         ),
     )
@@ -79,7 +80,7 @@ async def test_journal_card_export_and_statistics(
     await expect(page.locator("h1")).to_have_text("Журнал звонков")
     table_rows = page.locator("#journal-table tbody tr[id^=call-]")
     await expect(table_rows).to_have_count(3)
-    await shot(page, "11-journal")
+    await shot(page, "20-journal")
 
     # filters swap the table in place and put themselves into the address bar
     await page.select_option("#f-direction", "incoming")
@@ -128,9 +129,10 @@ async def test_journal_card_export_and_statistics(
     await expect(page.locator("#wire-log")).to_have_text("0:ct:101;5:cc:101;40:tr:102;100:cd:102;")
     player = page.locator("audio#recording-player")
     await expect(player).to_have_attribute("src", f"/recordings/{incoming.session_id}.mp3")
-    await shot(page, "12-call-card")
+    await shot(page, "21-call-card")
 
-    # statistics: chart.js draws every chart from the page's numbers
+    # statistics: chart.js draws every chart from the page's numbers (at once, when motion is reduced)
+    await page.emulate_media(reduced_motion="reduce")
     await page.click("#nav-stats")
     await expect(page.locator("h1")).to_have_text("Статистика звонков")
     await page.wait_for_function("() => window.Chart && Chart.getChart('chart-users') !== undefined")
@@ -145,4 +147,4 @@ async def test_journal_card_export_and_statistics(
     assert drawn[0]["sums"] == [2, 1] and drawn[1]["sums"] == [2, 1] and drawn[2]["sums"] == [3]
     assert all(d["width"] > 0 for d in drawn)
     await expect(page.locator("#stats-total")).to_contain_text("Звонков: 3")
-    await shot(page, "13-statistics")
+    await shot(page, "22-statistics")

@@ -95,9 +95,11 @@ async def test_journal_is_newest_first_in_the_domains_time_zone_and_per_tenant(
     assert "Пропущен" in missed and ">02.03.2026 10:30:00<" in missed
     assert 'id="journal-total">Всего: 2<' in page.text
 
-    other = await admin2.get("/history")
-    assert rows(other.text) == [theirs.session_id]
-    assert "Боб Петров" not in other.text and new.session_id not in other.text
+    for url in ("/history", "/history/rows"):
+        other = await admin2.get(url)
+        assert rows(other.text) == [theirs.session_id]
+        assert "Боб Петров" not in other.text and new.session_id not in other.text
+        assert rows((await admin1.get(url)).text) == [new.session_id, old.session_id]
     # the other tenant's card is not found, not forbidden
     assert (await admin2.get(f"/history/{new.session_id}")).status_code == 404
     assert (await admin1.get(f"/history/{theirs.session_id}")).status_code == 404

@@ -60,7 +60,9 @@ async def stats_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep, co
         return r.page(request, "history/stats.html", context, errors=e, status_code=400)
     f = journal.JournalFilter(date_from=f.date_from, date_to=f.date_to, direction=f.direction)
     stats = await journal.period_stats(s, p.tenant, f, domain.timezone)
-    data = chart_data(stats, t.gettext("Answered"), t.gettext("Missed"), t.gettext("Talk time, min"))
+    data = chart_data(
+        stats, t.gettext("Answered (calls)"), t.gettext("Missed (calls)"), t.gettext("Talk time, min")
+    )
     context |= {
         "f": f,
         "values": f.query(),

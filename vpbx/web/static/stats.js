@@ -23,6 +23,8 @@
   }
 
   function draw() {
+    // people who asked their system for less motion get the charts without the growing animation
+    if (window.matchMedia("(prefers-reduced-motion: reduce)").matches) Chart.defaults.animation = false;
     for (const id of ["chart-hours", "chart-days", "chart-state", "chart-users"]) {
       const old = Chart.getChart(id);
       if (old) old.destroy();
