@@ -72,3 +72,16 @@ def test_day_bounds_follow_the_time_zone_and_its_summer_time() -> None:
 def test_a_record_without_a_log_reads_empty() -> None:
     rec = CallRecord(session_log=[])
     assert build_wire_log(rec.session_log) == "" and parse_steps(rec.session_log) == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "looked_for"),
+    [
+        ("916 123-45", "91612345"),
+        ("+7 (495) 111-22-33", "+74951112233"),
+        (" 101 ", "101"),
+        ("ann-1", "ann-1"),
+    ],
+)
+def test_a_number_is_looked_for_without_its_formatting(typed: str, looked_for: str) -> None:
+    assert journal.parse_filter({"number": typed}, TODAY).number == looked_for

@@ -38,6 +38,7 @@ DIRECTIONS = ("incoming", "outbound", "internal")
 STATES = ("answered", "missed")
 PRESETS = ("today", "yesterday", "7d", "30d")
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+NUMBER_FORMATTING = re.compile(r"[\s().\-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,14 @@ def _date(params: Mapping[str, str], name: str, errors: list[FieldError]) -> dt.
     return None
 
 
+def number_fragment(raw: str) -> str:
+    """What to look for in the stored numbers: a number as people write it (``916 123-45``, ``(495)``)
+    loses its spaces, dashes and brackets, since numbers are stored without them; other text stays."""
+    text = raw.strip()[:MAX_NUMBER_FILTER]
+    bare = NUMBER_FORMATTING.sub("", text)
+    return bare if bare and bare.lstrip("+").isdigit() else text
+
+
 def parse_filter(params: Mapping[str, str], today: dt.date) -> JournalFilter:
     """The journal's filter from URL query parameters; a malformed period raises ``ValidationFailed``.
 
@@ -124,7 +133,7 @@ def parse_filter(params: Mapping[str, str], today: dt.date) -> JournalFilter:
         date_to=end,
         direction=direction if direction in DIRECTIONS else "",
         state=state if state in STATES else "",
-        number=(params.get("number") or "").strip()[:MAX_NUMBER_FILTER],
+        number=number_fragment(params.get("number") or ""),
         pin=(params.get("user") or "").strip()[:6],
         page=page,
     )

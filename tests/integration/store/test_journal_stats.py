@@ -44,6 +44,9 @@ async def test_stats_and_journal_agree_on_both_databases(engine: AsyncEngine) ->
         user = (await s.scalars(journal.journal_query(d.id, f, TZ, own_pin="102"))).all()
         first_day = journal.JournalFilter(date_from=dt.date(2026, 3, 1), date_to=dt.date(2026, 3, 1))
         day_one = await journal.period_stats(s, d.id, first_day, TZ)
+        # the CSV export streams the journal in batches (a server-side cursor on PostgreSQL)
+        stream = await s.stream_scalars(journal.journal_query(d.id, f, TZ).execution_options(yield_per=3))
+        batches = [[c.session_id for c in batch] async for batch in stream.partitions(3)]
 
     assert (stats.total.total, stats.total.answered) == (4, 3)
     by_hour = {h: (t.total, t.answered) for h, t in enumerate(stats.hours) if t.total}
@@ -57,3 +60,6 @@ async def test_stats_and_journal_agree_on_both_databases(engine: AsyncEngine) ->
     assert (day_one.total.total, day_one.total.answered) == (3, 3)
     assert [c.started_at for c in found] == sorted((c.started_at for c in found), reverse=True)
     assert len(found) == 4 and [c.caller_pin for c in user] == ["102"]
+    assert [len(b) for b in batches] == [3, 1] and [x for b in batches for x in b] == [
+        c.session_id for c in found
+    ]
