@@ -18,6 +18,7 @@ import json
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -131,11 +132,11 @@ async def main(args: argparse.Namespace) -> None:
     }
     backend = "postgresql" if url.startswith("postgresql") else "sqlite"
     RESULTS.parent.mkdir(exist_ok=True)
-    print(f"{backend}: {args.calls} calls per domain × 2 filled in {fill_s:.1f} s")
+    sys.stdout.write(f"{backend}: {args.calls} calls per domain × 2 filled in {fill_s:.1f} s\n")
     with RESULTS.open("a") as out:
         for name, fn in measures.items():
             median_s = await timed(fn, args.repeats)
-            print(f"{name:32s} {median_s * 1000:9.1f} ms")
+            sys.stdout.write(f"{name:32s} {median_s * 1000:9.1f} ms\n")
             out.write(
                 json.dumps(
                     {
