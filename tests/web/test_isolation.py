@@ -4,6 +4,7 @@ with an unknown id kind fails here until it is covered."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -28,6 +29,7 @@ ID_KINDS: dict[str, type[Any]] = {
     "domain_id": m.Domain,
     "trunk_id": m.Trunk,
     "prompt_id": m.DomainPrompt,  # a prompt's content hash, served only to a domain that stored it
+    "session_id": m.CallRecord,  # a call's session id (text, not a UUID), as the journal's card takes it
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -61,6 +63,15 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             target_group_id=group.id,
         )
         s.add(rule)
+        call = m.CallRecord(
+            session_id=str(uuid.uuid4()),
+            domain_id=t.id,
+            call_type="internal",
+            started_at=dt.datetime.now(dt.UTC),
+            caller_pin=admin.pin,
+            callee_pin=admin.pin,
+        )
+        s.add(call)
         await s.commit()
         return {
             "user_id": admin.id,
@@ -72,6 +83,7 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             "domain_id": t.id,
             "trunk_id": trunk.id,
             "prompt_id": prompt.id,
+            "session_id": call.session_id,
         }
 
 

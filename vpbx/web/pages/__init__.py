@@ -9,12 +9,14 @@ from vpbx.web.pages import (
     desktop,
     devices,
     groups,
+    history,
     menus,
     numbers,
     operator,
     routing,
     schedules,
     services,
+    stats,
     trunks,
     users,
 )
@@ -32,4 +34,6 @@ ROUTERS: list[APIRouter] = [
     calls.router,
     devices.router,
     trunks.router,
+    history.router,
+    stats.router,
 ]

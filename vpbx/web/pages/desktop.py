@@ -39,6 +39,8 @@ SECTIONS: list[Section] = [
     Section("/services", N_("Services management"), N_("Services, fees and charges"), "services"),
     Section("/calls/live", N_("Live calls"), N_("Calls in progress and busy channels"), "calls"),
     Section("/devices", N_("Devices"), N_("Registered phones and softphones"), "devices"),
+    Section("/history", N_("Call journal"), N_("Every call with its protocol and recording"), "journal"),
+    Section("/stats", N_("Call statistics"), N_("Calls per hour, day and user"), "chart"),
 ]
 
 
