@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.integration.peers.net import free_port_block
 from tests.integration.peers.sipp import SippProcess, run_sipp
 from tests.integration.peers.vpbx import Setup
-from tests.integration.test_calls import bind, callee_run, running
-from tests.integration.test_incoming_calls import CALLER, CARRIER_IP, LINE, carrier_run
+from tests.integration.test_calls import bind, callee_run, caller_run, rejected_scenario, running
+from tests.integration.test_incoming_calls import CALLER, CARRIER_IP, LINE, carrier_run, refused
 from vpbx.app import Core
 from vpbx.pbx import groups, lines, routing, schedules, trunks
 from vpbx.pbx.actions import ActionInput
@@ -243,3 +243,19 @@ async def test_a_schedule_closes_at_its_minute_in_the_domains_time_zone(tmp_path
     by_line = {events[0]["request_number"].split(":")[1].split("@")[0]: events for events in calls.values()}
     assert rung(by_line[open_line])[1] == ("calling", "102")  # still open
     assert rung(by_line[closed_line])[1] == ("calling", "103")  # just closed
+
+
+async def test_malformed_numbers_are_refused_both_ways(tmp_path: Path) -> None:
+    """A carrier's call to a "line" that is no number, and a phone dialling something that is neither an
+    extension nor a number: 404 each, no call, nothing rung."""
+    async with running(tmp_path, setup=line(group("simultaneous", ("101",)))) as server:
+        inbound = await run_sipp(
+            carrier_run(server, calls=1, scenario=refused(tmp_path, 404), service="7495abc"), tmp_path / "in"
+        )
+        outbound = await run_sipp(
+            caller_run(server, rejected_scenario(tmp_path, 404), caller="101", callee="8495*12", calls=1),
+            tmp_path / "out",
+        )
+    assert inbound.ok, inbound.describe()
+    assert outbound.ok, outbound.describe()
+    assert server.events() == []
