@@ -1247,9 +1247,13 @@ class B2bua:
             return {}
         duration = self.timers.monotonic() - vm.t0
         try:
-            await self.media.record_stop(ctx.session_id)
+            result = await self.media.record_stop(ctx.session_id)
         except MediaError as e:
             log.warning("call.voicemail_stop_failed", session_id=ctx.session_id, error=type(e).__name__)
+            self.voicemail.discard(vm.path)
+            return {}
+        if result is not None:
+            duration = result.duration_s  # what the file holds
         if duration < MIN_MESSAGE_S:
             log.info("call.voicemail_too_short", session_id=ctx.session_id, duration_s=round(duration, 2))
             self.voicemail.discard(vm.path)

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from vpbx.errors import FieldError, MediaError, NotFound, ValidationFailed
 from vpbx.logs import get_logger
 from vpbx.media.prompts import PromptError, Voice
+from vpbx.media.recorder import encode_mp3
 from vpbx.pbx.menus import record_prompt
 from vpbx.pbx.validation import N_, Check
 from vpbx.store.models import CallGroup, Domain, DomainId, User, VoicemailBox, VoicemailMessage
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from vpbx.media.prompts import PromptStore
+    from vpbx.media.recorder import Mp3Encoder
 
 log = get_logger("vpbx.pbx.voicemail")
 
@@ -56,7 +58,6 @@ MAX_MESSAGE_RANGE = (10, 600)  # seconds; the schema's check constraint
 DEFAULT_MAX_MESSAGE_S = 120
 MIN_MESSAGE_S = 1.0  # shorter: the caller hung up at the beep, nothing worth keeping
 SAMPLE_RATE = 8000  # the recorder's PCM: 8 kHz mono s16
-MP3_BITRATE_KBPS = 32  # plenty for 8 kHz speech, ~240 KB per minute
 BEEP_HZ, BEEP_S = 1000, 0.4
 VOICEMAIL_DIR = "voicemail"
 DEFAULT_GREETING: dict[Voice, str] = {
@@ -340,10 +341,11 @@ async def delete_message(
 
 
 def message_file(root: Path, m: VoicemailMessage) -> Path | None:
-    """The message's MP3 if its stored path lies under ``root`` (``<data_dir>/voicemail``)."""
+    """The message's MP3: its stored name under ``root`` (``<data_dir>/voicemail``); None for a name that
+    would leave it."""
     if not m.path:
         return None
-    path = Path(m.path).resolve()
+    path = (root / m.path).resolve()
     return path if path.is_relative_to(root.resolve()) else None
 
 
@@ -370,7 +372,7 @@ class Recorded:
     caller_number: str
     caller_name: str
     started_at: dt.datetime
-    path: Path  # 8 kHz mono s16 PCM, raw or WAV
+    path: Path  # the recorder's WAV (8 kHz mono s16)
     duration_s: float
 
 
@@ -395,39 +397,6 @@ def beep_wav(hz: int = BEEP_HZ, seconds: float = BEEP_S) -> bytes:
     return buf.getvalue()
 
 
-def read_pcm(path: Path) -> bytes:
-    """The recorder's file as 8 kHz mono s16 PCM (a WAV's frames, or the raw bytes)."""
-    data = path.read_bytes()
-    if data[:4] == b"RIFF":
-        with wave.open(io.BytesIO(data)) as w:
-            frames: bytes = w.readframes(w.getnframes())
-            return frames
-    return data[: len(data) - len(data) % 2]
-
-
-def encode_mp3(pcm: bytes, *, sample_rate: int = SAMPLE_RATE, bitrate_kbps: int = MP3_BITRATE_KBPS) -> bytes:
-    """Mono s16 PCM as MP3 (lameenc); blocking, call in a thread."""
-    import lameenc  # type: ignore[import-not-found]
-
-    enc = lameenc.Encoder()
-    enc.set_bit_rate(bitrate_kbps)
-    enc.set_in_sample_rate(sample_rate)
-    enc.set_channels(1)
-    enc.set_quality(5)
-    return bytes(enc.encode(pcm)) + bytes(enc.flush())
-
-
-def _write_mp3(raw: Path, mp3: Path) -> float:
-    """Encode the raw recording into ``mp3`` and remove it; the audio's length in seconds."""
-    pcm = read_pcm(raw)
-    mp3.parent.mkdir(parents=True, exist_ok=True)
-    tmp = mp3.with_suffix(".tmp")
-    tmp.write_bytes(encode_mp3(pcm))
-    tmp.replace(mp3)
-    raw.unlink(missing_ok=True)
-    return len(pcm) / 2 / SAMPLE_RATE
-
-
 class Voicemail:
     """The engine's voicemail: box lookups, the recording files, saving messages and e-mail, in background
     tasks that ``stop`` cancels and awaits."""
@@ -438,6 +407,7 @@ class Voicemail:
         prompts: PromptStore | None,
         root: Path,
         *,
+        encoder: Mp3Encoder | None = None,
         mailer: Mailer | None = None,
         mail_from: str = "",
         mail_attempts: int = 3,
@@ -446,6 +416,7 @@ class Voicemail:
         self._sessions = sessions
         self.prompts = prompts
         self.root = root
+        self.encoder = encoder
         self.mailer = mailer
         self.mail_from = mail_from
         self.mail_attempts = mail_attempts
@@ -539,12 +510,18 @@ class Voicemail:
 
     async def _save(self, rec: Recorded) -> None:
         message_id = uuid.uuid4()
-        mp3 = self.root / str(rec.target.domain_id) / f"{message_id}.mp3"
+        name = f"{rec.target.domain_id}/{message_id}.mp3"
+        mp3 = self.root / name
         try:
-            duration = await asyncio.to_thread(_write_mp3, rec.path, mp3)
-        except Exception:
-            log.exception("voicemail.encode_failed", session_id=rec.session_id)
+            if self.encoder is not None:
+                duration = await self.encoder.encode(rec.path, mp3)
+            else:
+                duration = await asyncio.to_thread(encode_mp3, rec.path, mp3)
+        except MediaError as e:
+            log.error("voicemail.encode_failed", session_id=rec.session_id, error=str(e))
             return
+        finally:
+            await asyncio.to_thread(rec.path.unlink, missing_ok=True)
         try:
             async with self._sessions() as s:
                 box = await s.get(VoicemailBox, rec.target.box_id)
@@ -560,7 +537,7 @@ class Voicemail:
                     caller_name=rec.caller_name[:128],
                     created_at=rec.started_at,
                     duration_s=round(duration or rec.duration_s, 1),
-                    path=str(mp3),
+                    path=name,
                     status="ready",
                 )
                 s.add(m)

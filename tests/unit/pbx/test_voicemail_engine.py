@@ -1,5 +1,5 @@
-"""Voicemail in the engine: a line or a group's fall-through sends the caller to a box, a user's box takes the
-calls the user did not answer; greeting, beep, recording until hang-up, # or the limit; too short is dropped."""
+"""Voicemail in the engine: a line or a group's fall-through sends the caller to a box, a user's box takes
+calls the user did not answer; greeting, beep, recording until hang-up, # or the limit; too short: dropped."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.unit.pbx.b2bua_kit import FakeMedia, OutgoingCall, Pbx
-from tests.unit.pbx.test_b2bua_incoming import Carrier, FakeTrunks, _group_line, _registered, _rule, _user_id
+from tests.unit.pbx.b2bua_kit import FakeMedia, FakeTimers, OutgoingCall, Pbx
+from tests.unit.pbx.test_b2bua_incoming import Carrier, FakeTrunks, _registered, _rule, _user_id
 from vpbx.app import Core
+from vpbx.media.capture import Channels, RecordingResult
 from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, PromptId
 from vpbx.media.relay import LegRef
@@ -55,24 +56,28 @@ def tone_pcm(seconds: float, hz: int = 440) -> bytes:
 
 @dataclass
 class RecMedia(FakeMedia):
-    """The kit's media, recording too: record_stop writes a 440 Hz tone as long as the recording lasted."""
+    """The kit's media, recording too: record_stop writes a 440 Hz tone as long as the recording lasted on
+    the test's clock."""
 
-    recording: dict[SessionId, Path] = field(default_factory=dict)
+    timers: FakeTimers | None = None
+    recording: dict[SessionId, tuple[Path, float]] = field(default_factory=dict)
     stopped: list[SessionId] = field(default_factory=list)
-    seconds: float = 3.0
 
-    async def record_start(self, session: SessionId, path: Path, *, channels: str = "ab") -> None:
-        assert channels == "a"
-        self.recording[session] = path
+    async def record_start(self, session: SessionId, path: Path, *, channels: Channels = "stereo") -> None:
+        assert channels == "a" and self.timers is not None
+        self.recording[session] = (path, self.timers.now)
 
-    async def record_stop(self, session: SessionId) -> None:
-        path = self.recording.pop(session)
+    async def record_stop(self, session: SessionId) -> RecordingResult | None:
+        assert self.timers is not None
+        path, t0 = self.recording.pop(session)
         self.stopped.append(session)
+        seconds = self.timers.now - t0
         with wave.open(str(path), "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
             w.setframerate(8000)
-            w.writeframes(tone_pcm(self.seconds))
+            w.writeframes(tone_pcm(seconds))
+        return RecordingResult(path=path, duration_s=seconds, frames=int(seconds * 50), channels=1)
 
 
 class FakeMailer:
@@ -86,7 +91,7 @@ class FakeMailer:
 @pytest.fixture
 async def pbx(core: Core, tmp_path: Path) -> AsyncIterator[Pbx]:
     p = await Pbx.create(core, extensions=("101", "102"))
-    p.media = RecMedia()
+    p.media = RecMedia(timers=p.timers)
     p.b2bua.media = p.media
     p.b2bua.trunks = FakeTrunks(p.domain_id)  # type: ignore[assignment]
     p.b2bua.incoming = IncomingRouter(core.sessions)
@@ -172,7 +177,7 @@ async def test_a_line_routed_to_voicemail_records_until_the_caller_hangs_up(core
     await desk(pbx).drain()
     [m] = await messages(core)
     assert m.status == "ready" and m.caller_number == "+79161234567" and m.duration_s == pytest.approx(3.0)
-    mp3 = Path(m.path).read_bytes()
+    mp3 = (desk(pbx).root / m.path).read_bytes()
     assert mp3[:3] == b"ID3" or (mp3[0] == 0xFF and mp3[1] & 0xE0 == 0xE0)  # an MPEG audio frame
     [mail] = desk(pbx).mailer.sent  # type: ignore[union-attr]
     assert mail["To"] == "alice@example.test"
@@ -243,7 +248,9 @@ async def test_a_group_falls_through_to_its_voicemail(core: Core, pbx: Pbx) -> N
         g = await groups.create_group(
             s,
             pbx.domain_id,
-            groups.GroupInput(name="Sales", pin="600", member_timeout_s=5, overall_timeout_s=10, members=["101"]),
+            groups.GroupInput(
+                name="Sales", pin="600", member_timeout_s=5, overall_timeout_s=10, members=["101"]
+            ),
         )
         await s.commit()
         g = await groups.update_group(
