@@ -28,6 +28,8 @@ ID_KINDS: dict[str, type[Any]] = {
     "domain_id": m.Domain,
     "trunk_id": m.Trunk,
     "prompt_id": m.DomainPrompt,  # a prompt's content hash, served only to a domain that stored it
+    "box_id": m.VoicemailBox,
+    "message_id": m.VoicemailMessage,
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -61,6 +63,16 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             target_group_id=group.id,
         )
         s.add(rule)
+        box = m.VoicemailBox(domain_id=t.id, user_id=admin.id)
+        s.add(box)
+        await s.flush()
+        message = m.VoicemailMessage(
+            domain_id=t.id, box_id=box.id, session_id="s", path=f"{t.id}/m.mp3", status="ready"
+        )
+        s.add(message)
+        mp3 = core.settings.data_dir / "voicemail" / str(t.id) / "m.mp3"
+        mp3.parent.mkdir(parents=True, exist_ok=True)
+        mp3.write_bytes(b"\xff\xf3" + bytes(100))
         await s.commit()
         return {
             "user_id": admin.id,
@@ -72,6 +84,8 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             "domain_id": t.id,
             "trunk_id": trunk.id,
             "prompt_id": prompt.id,
+            "box_id": box.id,
+            "message_id": message.id,
         }
 
 

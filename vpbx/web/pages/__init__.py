@@ -17,6 +17,7 @@ from vpbx.web.pages import (
     services,
     trunks,
     users,
+    voicemail,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -32,4 +33,5 @@ ROUTERS: list[APIRouter] = [
     calls.router,
     devices.router,
     trunks.router,
+    voicemail.router,
 ]
