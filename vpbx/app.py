@@ -106,6 +106,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundRouter
     from vpbx.pbx.trunkmon import TrunkMonitor
+    from vpbx.pbx.voicemail import VOICEMAIL_DIR, Voicemail, smtp_mailer
 
     app = create_app(settings)
     core: Core = app.state.core
@@ -170,6 +171,14 @@ async def serve(settings: Settings) -> None:
     b2bua.outbound = OutboundRouter(core.sessions)
     b2bua.prompts = core.prompts  # the phrase a refused call hears, the menus' greetings
     b2bua.menus = MenuPlans(core.sessions, core.prompts)
+    voicemail = Voicemail(
+        core.sessions,
+        core.prompts,
+        settings.data_dir / VOICEMAIL_DIR,
+        mailer=smtp_mailer(settings),
+        mail_from=settings.smtp_from,
+    )
+    b2bua.voicemail = voicemail  # routing's "voicemail", groups' fall-through, users' unanswered calls
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -188,6 +197,7 @@ async def serve(settings: Settings) -> None:
     finally:
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
+        await voicemail.stop()  # the messages of those calls are saved first
         await media.aclose()
         await bus.stop()
 

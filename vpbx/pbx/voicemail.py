@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from vpbx.media.prompts import PromptStore
     from vpbx.media.recorder import Mp3Encoder
+    from vpbx.settings import Settings
 
 log = get_logger("vpbx.pbx.voicemail")
 
@@ -60,6 +61,7 @@ MIN_MESSAGE_S = 1.0  # shorter: the caller hung up at the beep, nothing worth ke
 SAMPLE_RATE = 8000  # the recorder's PCM: 8 kHz mono s16
 BEEP_HZ, BEEP_S = 1000, 0.4
 VOICEMAIL_DIR = "voicemail"
+STOP_GRACE_S = 10.0  # shutdown waits this long for messages being saved
 DEFAULT_GREETING: dict[Voice, str] = {
     "ru": "Здравствуйте. Сейчас никто не может ответить. Оставьте сообщение после сигнала. "
     "Чтобы закончить, нажмите решётку или положите трубку.",
@@ -503,7 +505,10 @@ class Voicemail:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Let the saves under way finish for ``grace_s``, then cancel what is left (e-mail retries)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -596,7 +601,7 @@ def build_email(m: VoicemailMessage, to: str, sender: str, mp3: Path | None, tz:
         f"Новое голосовое сообщение / New voicemail\n\n"
         f"От / From: {caller}\n"
         f"Время / Time: {when}\n"
-        f"Длительность / Duration: {m.duration_s:.0f} с\n"
+        f"Длительность / Duration: {m.duration_s:.1f} с\n"
     )
     if mp3 is not None and mp3.is_file():
         msg.add_attachment(
@@ -625,6 +630,22 @@ class SmtpConfig:
         return (
             f"SmtpConfig(host={self.host!r}, port={self.port}, user={self.user!r}, starttls={self.starttls})"
         )
+
+
+def smtp_mailer(settings: Settings) -> SmtpMailer | None:
+    """The platform's mailer from ``VPBX_SMTP_*``; None when no host is set."""
+    if not settings.smtp_host:
+        return None
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else ""
+    return SmtpMailer(
+        SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            user=settings.smtp_user,
+            password=password,
+            starttls=settings.smtp_starttls,
+        )
+    )
 
 
 class SmtpMailer:
@@ -668,5 +689,6 @@ __all__ = [
     "list_messages",
     "mark_listened",
     "save_box",
+    "smtp_mailer",
     "visible_boxes",
 ]
