@@ -635,7 +635,7 @@ class B2bua:
             async with ctx.lock:
                 if ctx.ended:
                     continue
-                if ctx.call.phase is Phase.CONNECTED:
+                if ctx.call.phase is Phase.CONNECTED or ctx.answered_by_pbx:  # a menu or voicemail too
                     await self._hangup(ctx, by=None, reason=SHUTDOWN, outcome="answered")
                     for leg in (ctx.a, ctx.winner):  # no waiting for an ACK now
                         if leg is not None and leg.bye_pending:

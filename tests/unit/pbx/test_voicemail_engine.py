@@ -347,3 +347,17 @@ async def test_an_internal_call_to_an_absent_user_reaches_their_box(core: Core, 
 
 async def test_another_domains_user_as_target_is_no_box(core: Core, pbx: Pbx) -> None:
     assert await desk(pbx).target(pbx.domain_id, user_id=uuid.uuid4()) is None
+
+
+async def test_a_message_being_recorded_when_the_node_stops_is_kept(core: Core, pbx: Pbx) -> None:
+    uid = await _user_id(core, pbx.domain_id, "101")
+    await _rule(core, pbx.domain_id, ActionInput(action="voicemail", user_id=uid))
+    call = await answered_call(pbx)
+    await to_recording(pbx)
+    await pbx.advance(3)
+    await pbx.b2bua.stop(pbx.node)
+    await pbx.settle()
+    assert (await call.phone.expect("BYE")).method == "BYE"
+    assert pbx.bus.events[-1].extra == {"voicemail": "true"}
+    await desk(pbx).drain()
+    assert len(await messages(core)) == 1
