@@ -4,6 +4,7 @@ with an unknown id kind fails here until it is covered."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -28,6 +29,7 @@ ID_KINDS: dict[str, type[Any]] = {
     "domain_id": m.Domain,
     "trunk_id": m.Trunk,
     "prompt_id": m.DomainPrompt,  # a prompt's content hash, served only to a domain that stored it
+    "session_id": m.Recording,  # a call's id: its recording, served only to the call's domain
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -61,8 +63,14 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             target_group_id=group.id,
         )
         s.add(rule)
+        session_id = str(uuid.uuid4())
+        recording = core.recordings.new_name(t.id, session_id, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        core.recordings.path(recording).parent.mkdir(parents=True, exist_ok=True)
+        core.recordings.path(recording).write_bytes(b"ID3 not really an mp3")
+        s.add(m.Recording(domain_id=t.id, session_id=session_id, status="ready", path=recording))
         await s.commit()
         return {
+            "session_id": session_id,
             "user_id": admin.id,
             "number_id": number.id,
             "group_id": group.id,

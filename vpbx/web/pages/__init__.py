@@ -12,6 +12,7 @@ from vpbx.web.pages import (
     menus,
     numbers,
     operator,
+    recordings,
     routing,
     schedules,
     services,
@@ -32,4 +33,5 @@ ROUTERS: list[APIRouter] = [
     calls.router,
     devices.router,
     trunks.router,
+    recordings.router,
 ]
