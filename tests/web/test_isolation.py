@@ -4,6 +4,7 @@ with an unknown id kind fails here until it is covered."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -30,6 +31,7 @@ ID_KINDS: dict[str, type[Any]] = {
     "prompt_id": m.DomainPrompt,  # a prompt's content hash, served only to a domain that stored it
     "box_id": m.VoicemailBox,
     "message_id": m.VoicemailMessage,
+    "session_id": m.Recording,  # a call's id: its recording, served only to the call's domain
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -73,8 +75,14 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
         mp3 = core.settings.data_dir / "voicemail" / str(t.id) / "m.mp3"
         mp3.parent.mkdir(parents=True, exist_ok=True)
         mp3.write_bytes(b"\xff\xf3" + bytes(100))
+        session_id = str(uuid.uuid4())
+        recording = core.recordings.new_name(t.id, session_id, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        core.recordings.path(recording).parent.mkdir(parents=True, exist_ok=True)
+        core.recordings.path(recording).write_bytes(b"ID3 not really an mp3")
+        s.add(m.Recording(domain_id=t.id, session_id=session_id, status="ready", path=recording))
         await s.commit()
         return {
+            "session_id": session_id,
             "user_id": admin.id,
             "number_id": number.id,
             "group_id": group.id,

@@ -31,6 +31,7 @@ from vpbx.media.g711 import SAMPLE_WIDTH
 
 log = get_logger("vpbx.media.recorder")
 
+RECORDING_DIR = "recordings"  # under the data directory
 MP3_BITRATE_KBPS = 32  # telephony.md §3.10: mono, 32 kbit/s CBR
 MP3_SAMPLE_RATE = 8000
 LAME_QUALITY = 5  # 2 = best … 7 = fastest; 5 is LAME's default speed/quality balance

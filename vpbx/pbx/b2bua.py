@@ -60,6 +60,7 @@ from vpbx.pbx.calls import (
 from vpbx.pbx.incoming import RoutingQuery
 from vpbx.pbx.node import ALLOW, SUPPORTED, USER_AGENT
 from vpbx.pbx.numbering import to_e164
+from vpbx.pbx.recording import wants_recording
 from vpbx.pbx.registrar import Binding, aor_for
 from vpbx.pbx.voicemail import MIN_MESSAGE_S, Recorded
 from vpbx.sip.dialog import (
@@ -103,6 +104,7 @@ if TYPE_CHECKING:
     from vpbx.pbx.ivr_plan import MenuAction, MenuPlan
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundDecision
+    from vpbx.pbx.recording import CallRecordings
     from vpbx.pbx.trunkmon import TrunkInfo
     from vpbx.pbx.voicemail import VoicemailTarget
     from vpbx.store.models import DomainId
@@ -539,6 +541,7 @@ class B2bua:
         self.prompts: PhraseSource | None = None  # system phrases (vpbx.media.prompts.PromptStore)
         self.menus: MenuSource | None = None  # voice menus (vpbx.pbx.ivr_plan.MenuPlans)
         self.voicemail: VoicemailDesk | None = None  # voicemail boxes (vpbx.pbx.voicemail.Voicemail)
+        self.recordings: CallRecordings | None = None  # call recording (vpbx.pbx.recording)
         self.routing_hook_deadline_s = ROUTING_HOOK_DEADLINE_S
         self.rotation = Rotation()  # cyclic groups' next first member
         self._trunk_load: dict[uuid.UUID, int] = {}  # calls holding a channel of each trunk
@@ -1951,6 +1954,8 @@ class B2bua:
             "call.connected", session_id=call.session_id, contact=winner.contact_uri[:80] if winner else ""
         )
         await self.events.publish(call, "connected", request_uri=winner.contact_uri if winner else "")
+        if self.recordings is not None and await wants_recording(call, self.directory):
+            await self.recordings.start(call)
 
     # --- SDP and media --------------------------------------------------------------------------------------
     def _sdp(self, leg: Leg, build: Callable[[Origin], SessionDescription]) -> bytes:
@@ -2319,13 +2324,19 @@ class B2bua:
         if self.registry.remove(call.session_id) is not None:
             CALLS_ACTIVE.dec()
         CALLS.labels(outcome).inc()
+        is_record = False
+        if self.recordings is not None:
+            try:
+                is_record = await self.recordings.stop(call.session_id)  # before the media goes
+            except Exception:
+                log.exception("call.recording_stop_failed", session_id=call.session_id)
         if ctx.ports is not None and self.media is not None:
             try:
                 await self.media.release(call.session_id)
             except Exception:
                 log.exception("call.media_release_failed", session_id=call.session_id)
         log.info("call.ended", session_id=call.session_id, outcome=outcome)
-        await self.events.publish(call, "end", is_record=False, extra=extra or None)
+        await self.events.publish(call, "end", is_record=is_record, extra=extra or None)
         self._forget_if_done(ctx)
 
     def _forget_if_done(self, ctx: _Ctx) -> None:

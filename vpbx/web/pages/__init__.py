@@ -12,6 +12,7 @@ from vpbx.web.pages import (
     menus,
     numbers,
     operator,
+    recordings,
     routing,
     schedules,
     services,
@@ -34,4 +35,5 @@ ROUTERS: list[APIRouter] = [
     devices.router,
     trunks.router,
     voicemail.router,
+    recordings.router,
 ]
