@@ -19,6 +19,7 @@ from vpbx.clock import Clock, SystemClock
 from vpbx.crypto import SecretBox
 from vpbx.logs import get_logger
 from vpbx.media.prompts import PROMPT_DIR, PromptStore
+from vpbx.media.recorder import RECORDING_DIR, LocalRecordingStore
 from vpbx.pbx.calls import CallRegistry, MemoryCallRegistry
 from vpbx.pbx.registrar import LocationStore, MemoryLocationStore
 from vpbx.pbx.trunkmon import TrunkStatusBoard
@@ -38,6 +39,7 @@ class Core:
     sessions: async_sessionmaker[AsyncSession]
     box: SecretBox
     prompts: PromptStore  # uploaded and spoken prompts under <data_dir>/prompts (menus, system phrases)
+    recordings: LocalRecordingStore  # call recordings under <data_dir>/recordings (telephony.md §9.3)
     clock: Clock = field(default_factory=SystemClock)
     config: ConfigVersion = field(default_factory=ConfigVersion)  # moves when users or domains change
     # registrations: written by the SIP node, read by the cabinet (telephony.md §9.3)
@@ -57,6 +59,7 @@ def build_core(settings: Settings, clock: Clock | None = None) -> Core:
         sessions=session_factory(engine, tracked_session_class(config)),
         box=SecretBox(settings.secret_key.get_secret_value()),
         prompts=PromptStore(settings.data_dir / PROMPT_DIR),
+        recordings=LocalRecordingStore(settings.data_dir / RECORDING_DIR),
         clock=clock or SystemClock(),
         config=config,
     )
@@ -98,6 +101,7 @@ async def serve(settings: Settings) -> None:
                     signal.signal(sig, handler)
 
     from vpbx.media.backend import InlineMediaBackend, WorkerMediaBackend
+    from vpbx.media.recorder import Mp3Encoder
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
@@ -105,7 +109,9 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.ivr_plan import MenuPlans
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundRouter
+    from vpbx.pbx.recording import CallRecordings, RetentionSweep
     from vpbx.pbx.trunkmon import TrunkMonitor
+    from vpbx.pbx.voicemail import VOICEMAIL_DIR, Voicemail, smtp_mailer
 
     app = create_app(settings)
     core: Core = app.state.core
@@ -177,6 +183,22 @@ async def serve(settings: Settings) -> None:
 
         webhook = HttpRoutingHook(settings.debug_routing_hook_url, timeout_s=settings.routing_hook_deadline_s)
         b2bua.routing_hooks.append(("debug-webhook", webhook))
+    recordings = CallRecordings(
+        media=media, store=core.recordings, sessions=core.sessions, clock=core.clock, encoder=Mp3Encoder()
+    )
+    await recordings.recover()  # rows a crash left half-way
+    b2bua.recordings = recordings
+    retention = RetentionSweep(store=core.recordings, sessions=core.sessions, clock=core.clock)
+    await retention.start()
+    voicemail = Voicemail(
+        core.sessions,
+        core.prompts,
+        settings.data_dir / VOICEMAIL_DIR,
+        encoder=recordings.encoder,  # one MP3 process pool for recordings and messages
+        mailer=smtp_mailer(settings),
+        mail_from=settings.smtp_from,
+    )
+    b2bua.voicemail = voicemail  # routing's "voicemail", groups' fall-through, users' unanswered calls
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -197,6 +219,10 @@ async def serve(settings: Settings) -> None:
         await node.stop()  # ends the live calls with BYE first
         if webhook is not None:
             await webhook.aclose()
+        await retention.stop()
+        await recordings.drain()  # the MP3s of the calls that just ended
+        await voicemail.stop()  # the messages of those calls are saved first
+        await recordings.encoder.aclose()
         await media.aclose()
         await bus.stop()
 

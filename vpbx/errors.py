@@ -175,3 +175,9 @@ class WorkerUnavailable(MediaError):
     """A media worker process is down, restarting, or did not answer a command in time (telephony.md §3.9)."""
 
     code = "media-worker-unavailable"
+
+
+class RecordingFailed(MediaError):
+    """A recording's file could not be written, finalised or encoded (telephony.md §3.10)."""
+
+    code = "recording-failed"

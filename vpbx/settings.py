@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     # RTP relay (telephony.md §2): in worker processes, each with a share of rtp_ports, or on the main loop
     media_mode: Literal["inline", "workers"] = "workers"
     media_workers: int = Field(default_factory=lambda: default_media_workers(), ge=1, le=64)
+    # e-mail (voicemail notifications) through the platform's SMTP server; an empty host: no e-mail
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_user: str = ""
+    smtp_password: SecretStr | None = None  # optional, so never refused as a placeholder; never logged
+    smtp_from: str = "vpbx@localhost"
+    smtp_starttls: bool = False
     # tests only: append every call event to this file as a JSON line (empty: off)
     debug_call_events_file: str = ""
     # debugging aid: ask this URL where calls on lines go (vpbx.pbx.routing_webhook; empty: off), and how long

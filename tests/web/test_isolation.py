@@ -29,7 +29,9 @@ ID_KINDS: dict[str, type[Any]] = {
     "domain_id": m.Domain,
     "trunk_id": m.Trunk,
     "prompt_id": m.DomainPrompt,  # a prompt's content hash, served only to a domain that stored it
-    "session_id": m.CallRecord,  # a call's session id (text, not a UUID), as the journal's card takes it
+    "session_id": m.CallRecord,  # a call's session id (text, not a UUID): its card and its recording
+    "box_id": m.VoicemailBox,
+    "message_id": m.VoicemailMessage,
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -63,8 +65,9 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             target_group_id=group.id,
         )
         s.add(rule)
+        session_id = str(uuid.uuid4())
         call = m.CallRecord(
-            session_id=str(uuid.uuid4()),
+            session_id=session_id,
             domain_id=t.id,
             call_type="internal",
             started_at=dt.datetime.now(dt.UTC),
@@ -72,8 +75,23 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             callee_pin=admin.pin,
         )
         s.add(call)
+        box = m.VoicemailBox(domain_id=t.id, user_id=admin.id)
+        s.add(box)
+        await s.flush()
+        message = m.VoicemailMessage(
+            domain_id=t.id, box_id=box.id, session_id="s", path=f"{t.id}/m.mp3", status="ready"
+        )
+        s.add(message)
+        mp3 = core.settings.data_dir / "voicemail" / str(t.id) / "m.mp3"
+        mp3.parent.mkdir(parents=True, exist_ok=True)
+        mp3.write_bytes(b"\xff\xf3" + bytes(100))
+        recording = core.recordings.new_name(t.id, session_id, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        core.recordings.path(recording).parent.mkdir(parents=True, exist_ok=True)
+        core.recordings.path(recording).write_bytes(b"ID3 not really an mp3")
+        s.add(m.Recording(domain_id=t.id, session_id=session_id, status="ready", path=recording))
         await s.commit()
         return {
+            "session_id": session_id,
             "user_id": admin.id,
             "number_id": number.id,
             "group_id": group.id,
@@ -83,7 +101,8 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             "domain_id": t.id,
             "trunk_id": trunk.id,
             "prompt_id": prompt.id,
-            "session_id": call.session_id,
+            "box_id": box.id,
+            "message_id": message.id,
         }
 
 

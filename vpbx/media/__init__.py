@@ -12,6 +12,7 @@ from vpbx.media.backend import (
     MediaTimeoutHook,
     SessionStats,
 )
+from vpbx.media.capture import Capture, Channels, RecordingResult, WavWriter
 from vpbx.media.dtmf import (
     Digit,
     DtmfEvent,
@@ -78,6 +79,8 @@ __all__ = [
     "Address",
     "AudioCache",
     "AudioopG711",
+    "Capture",
+    "Channels",
     "Digit",
     "DtmfEvent",
     "DtmfReceiver",
@@ -96,6 +99,7 @@ __all__ = [
     "PromptError",
     "PromptId",
     "PromptStore",
+    "RecordingResult",
     "Relay",
     "RelayLeg",
     "RelaySession",
@@ -107,6 +111,7 @@ __all__ = [
     "SystemPhrase",
     "TableG711",
     "Voice",
+    "WavWriter",
     "alaw_to_pcm",
     "build_event",
     "default_codec",

@@ -9,7 +9,9 @@ smallest installs). ``WorkerMediaBackend`` is the production shape: relays in wo
 (``vpbx.media.worker``, started and restarted by ``vpbx.media.supervisor``) driven over a unix socket with
 length-prefixed JSON (``vpbx.media.control``; telephony.md §2, §3.9). ``play``/``stop_play`` send a
 stored prompt (``vpbx.media.prompts``) to one leg's phone and ``on_play_done`` reports when it has played
-out; record and DTMF sending join the Protocol later. Nothing here keeps module-level state.
+out; ``record_start``/``record_stop`` write what the legs send to a WAV (``vpbx.media.capture``; the file is
+written by the relay's own thread, in the worker for workers); DTMF sending joins the Protocol later.
+Nothing here keeps module-level state.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vpbx.clock import Clock, SystemClock
-from vpbx.errors import NoMediaPorts, NoMediaSession, WorkerUnavailable
+from vpbx.errors import NoMediaPorts, NoMediaSession, RecordingFailed, WorkerUnavailable
 from vpbx.logs import get_logger
+from vpbx.media.capture import Channels, RecordingResult
 from vpbx.media.dtmf import Digit
 from vpbx.media.player import AudioCache
 from vpbx.media.relay import (
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 log = get_logger("vpbx.media.backend")
 
 CHECK_INTERVAL_S = 0.5  # how often the inline backend looks for idle legs and unfinished digits
+RECORD_STOP_TIMEOUT_S = 1.5  # the writer finalises a WAV within this (below the 2 s worker command limit)
 
 MediaTimeoutHook = Callable[[LegRef, float], None]
 """Called with the silent leg and for how long; the owner BYEs the call unless the leg is on hold."""
@@ -117,6 +122,17 @@ class MediaBackend(Protocol):
 
     async def stop_play(self, leg: LegRef) -> bool:
         """Stop the leg's prompt without ``on_play_done``; False when none was playing."""
+        ...
+
+    async def record_start(self, session: SessionId, path: Path, *, channels: Channels = "stereo") -> None:
+        """Record the session to the WAV ``path`` (absolute; parent directories are made): ``"stereo"`` =
+        A-leg left, B-leg right; ``"a"`` = mono of what the A-leg sends. ``ValueError`` if it already
+        records."""
+        ...
+
+    async def record_stop(self, session: SessionId) -> RecordingResult | None:
+        """Stop and finalise the session's recording; None when it was not recording (or is gone).
+        ``RecordingFailed`` when the file could not be written. ``release`` also stops and finalises it."""
         ...
 
 
@@ -229,6 +245,28 @@ class InlineMediaBackend:
     async def stop_play(self, leg: LegRef) -> bool:
         return self.relay.stop_play(leg)
 
+    async def record_start(self, session: SessionId, path: Path, *, channels: Channels = "stereo") -> None:
+        self.relay.record_start(session, path, channels=channels)
+
+    async def record_stop(self, session: SessionId) -> RecordingResult | None:
+        if self._relay is None:
+            return None
+        try:
+            future = self._relay.record_stop(session)
+        except NoMediaSession:
+            return None
+        if future is None:
+            return None
+        try:
+            async with asyncio.timeout(RECORD_STOP_TIMEOUT_S):
+                return await asyncio.wrap_future(future)
+        except TimeoutError:
+            raise RecordingFailed(f"recording of {session} was not finalised in time") from None
+        except RecordingFailed:
+            raise
+        except Exception as e:
+            raise RecordingFailed(f"recording of {session} failed: {e}") from e
+
     def _play_done(self, leg: LegRef) -> None:
         if self.on_play_done is not None:
             self.on_play_done(leg)  # the relay logs a failing hook
@@ -249,6 +287,7 @@ class InlineMediaBackend:
                 except Exception:
                     log.exception("media.timeout_hook_failed", session_id=leg.ref.session, leg=leg.ref.side)
         self._relay.poll_dtmf()
+        self._relay.tick_recordings()
         return fired
 
     def _dtmf(self, leg: LegRef, digit: Digit) -> None:
@@ -293,6 +332,18 @@ def leg_stats_from(data: dict[str, Any], advertise_host: str) -> LegStats:
         remote=_address(fields.pop("remote")),
         latched=_address(fields.pop("latched")),
         **fields,
+    )
+
+
+def recording_result_from(data: dict[str, Any]) -> RecordingResult | None:
+    """A worker's ``record_stop`` reply (empty: the session was not recording)."""
+    if not data.get("path"):
+        return None
+    return RecordingResult(
+        path=Path(str(data["path"])),
+        duration_s=float(data["duration_s"]),
+        frames=int(data["frames"]),
+        channels=int(data.get("channels", 2)),
     )
 
 
@@ -424,6 +475,18 @@ class WorkerMediaBackend:
         self._plays.pop(leg, None)
         result = await worker.request("stop_play", session=leg.session, side=leg.side)
         return bool(result.get("stopped"))
+
+    async def record_start(self, session: SessionId, path: Path, *, channels: Channels = "stereo") -> None:
+        await self._worker(session).request(
+            "record_start", session=session, path=str(path), channels=channels
+        )
+
+    async def record_stop(self, session: SessionId) -> RecordingResult | None:
+        worker = self._where.get(session)
+        if worker is None:
+            return None
+        result = await worker.request("record_stop", session=session)
+        return recording_result_from(result)
 
     async def release(self, session: SessionId) -> None:
         self._forget_plays({session})

@@ -12,7 +12,9 @@ Each frame is a 4-octet big-endian length followed by that many octets of UTF-8 
               {"event": "ready", "pid": 1234, "capacity": 2500}              once, when the worker listens
 
 Verbs: ``allocate``, ``update``, ``release``, ``stats``, ``info``, ``shutdown``, ``play`` (session, side,
-prompt id, paths of its ``.pcma`` and ``.pcmu`` files, loop, play_id) and ``stop_play`` (session, side).
+prompt id, paths of its ``.pcma`` and ``.pcmu`` files, loop, play_id), ``stop_play`` (session, side),
+``record_start`` (session, absolute WAV path, channels ``stereo``|``a``) and ``record_stop`` (session; the
+reply has path, duration_s, frames, channels, or is empty when the session was not recording).
 ``FrameDecoder`` is the sans-I/O framing; ``ControlChannel`` is the signalling side's asyncio adapter:
 request ids, one pending future per request, a timeout per command (``COMMAND_TIMEOUT_S``), events handed to
 a callback, and ``closed`` set when the worker's end goes away (EOF: the worker exited or died).
@@ -26,7 +28,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from vpbx.errors import MediaError, NoMediaPorts, NoMediaSession, WorkerUnavailable
+from vpbx.errors import MediaError, NoMediaPorts, NoMediaSession, RecordingFailed, WorkerUnavailable
 from vpbx.logs import get_logger
 from vpbx.media.prompts import PromptError
 
@@ -116,6 +118,8 @@ def error_from_reply(error: Message, op: str) -> Exception:
         return NoMediaSession(str(error.get("session", "")))
     if code == "invalid-value":
         return ValueError(message)
+    if code == RecordingFailed.code:
+        return RecordingFailed(message)
     if code == PromptError.code:
         return PromptError(str(error.get("reason", "")), message)
     return MediaError(f"media worker failed {op}: {code}: {message}")

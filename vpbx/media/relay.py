@@ -15,6 +15,10 @@ marker bit when the prompt starts and again when bridged media resumes), and whi
 other leg is not forwarded to that leg. The leg's own packets are still read, counted and peeked for digits
 (IVR barge-in). ``on_play_done`` fires when a prompt has played out; ``stop_play`` and closing do not fire it.
 
+A session can be recorded (``Relay.record_start``/``record_stop``; the core is ``vpbx.media.capture``): what
+each leg sends is decoded and placed on the media clock as it passes, and full buffers go to the relay's one
+``WavWriter`` thread. Closing a session stops its recording and finalises the file.
+
 RTCP is read per leg for the peer's loss/jitter reports and never forwarded. Each leg keeps the time of its
 last valid packet, so the owner can find dead calls (``Relay.idle_legs``; telephony.md §3.7 media timeout).
 """
@@ -22,15 +26,18 @@ last valid packet, so the owner can find dead calls (``Relay.idle_legs``; teleph
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import secrets
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from vpbx.errors import MediaParseError, NoMediaPorts, NoMediaSession
 from vpbx.logs import get_logger
+from vpbx.media.capture import Capture, Channels, RecordingResult, WavWriter
 from vpbx.media.dtmf import Digit, DtmfReceiver
 from vpbx.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 from vpbx.media.player import Playback, PromptAudio
@@ -159,6 +166,7 @@ class RelayLeg:
         "armed_at",
         "candidate",
         "candidate_count",
+        "capture",
         "codec_pt",
         "dropped",
         "dtmf",
@@ -213,6 +221,7 @@ class RelayLeg:
         self.dtmf: DtmfReceiver | None = None
         self.playback: Playback | None = None  # a prompt playing to this leg's phone
         self.play_timer: asyncio.TimerHandle | None = None
+        self.capture: Capture | None = None  # the session's recording, shared by both legs
         self.watched = False  # armed for the media timeout once the leg has a negotiated remote
         self.armed_at = now
         self.last_rx_at = now
@@ -241,12 +250,14 @@ class RelayLeg:
 
 
 class RelaySession:
-    __slots__ = ("a", "b", "session")
+    __slots__ = ("a", "b", "capture", "rec_handle", "session")
 
     def __init__(self, session: SessionId, a: RelayLeg, b: RelayLeg) -> None:
         self.session = session
         self.a = a
         self.b = b
+        self.capture: Capture | None = None
+        self.rec_handle = 0
         a.peer = b
         b.peer = a
 
@@ -287,6 +298,7 @@ class Relay:
         self._sessions: dict[str, RelaySession] = {}
         self._buf = bytearray(MAX_DATAGRAM)
         self._mv = memoryview(self._buf)
+        self._writer: WavWriter | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -413,11 +425,67 @@ class Relay:
             except Exception:  # a failing subscriber must not stop other legs' prompts
                 log.exception("media.play_done_hook_failed", session_id=leg.ref.session, leg=leg.ref.side)
 
+    # --- recording ------------------------------------------------------------------------------------
+
+    @property
+    def writer(self) -> WavWriter:
+        """The relay's one writer thread (started at the first recording)."""
+        if self._writer is None:
+            self._writer = WavWriter()
+        return self._writer
+
+    def record_start(self, session: SessionId, path: Path, *, channels: Channels = "stereo") -> None:
+        """Record what the legs send to ``path`` (a WAV: stereo A left / B right, or ``"a"``: the A-leg mono),
+        from now on the media clock. ``ValueError`` if the session is already recording."""
+        rs = self.get(session)
+        if rs.capture is not None:
+            raise ValueError(f"session {session} is already recording")
+        capture = Capture(path, start=self._clock.monotonic(), channels=channels)
+        rs.rec_handle = self.writer.open(path, capture.nchannels)
+        rs.capture = capture
+        rs.a.capture = rs.b.capture = capture
+
+    def record_stop(self, session: SessionId) -> concurrent.futures.Future[RecordingResult] | None:
+        """Stop the session's recording and finalise its file; the future resolves once the writer thread
+        has closed it. None when the session was not recording."""
+        return self._record_stop(self.get(session))
+
+    def recording(self, session: SessionId) -> bool:
+        return self.get(session).capture is not None
+
+    def _record_stop(self, rs: RelaySession) -> concurrent.futures.Future[RecordingResult] | None:
+        capture = rs.capture
+        if capture is None:
+            return None
+        rs.capture = rs.a.capture = rs.b.capture = None
+        capture.finish(self._clock.monotonic())
+        writer = self.writer
+        for chunk in capture.take_chunks():
+            writer.write(rs.rec_handle, chunk)
+        return writer.close(rs.rec_handle)
+
+    def tick_recordings(self) -> None:
+        """Emit the final frames of every recording (silence while nobody sends); call every ≤ 0.5 s."""
+        now = self._clock.monotonic()
+        for rs in self._sessions.values():
+            if rs.capture is not None:
+                rs.capture.advance(now)
+                self._flush(rs)
+
+    def _flush(self, rs: RelaySession) -> None:
+        if rs.capture is not None and rs.capture.chunks:
+            for chunk in rs.capture.take_chunks():
+                self.writer.write(rs.rec_handle, chunk)
+
     def close(self, session: SessionId) -> bool:
-        """Stop reading, close the sockets and free the ports; False if the session was not open."""
+        """Stop reading, close the sockets and free the ports; False if the session was not open.
+        A recording still running is stopped and its file finalised."""
         rs = self._sessions.pop(session, None)
         if rs is None:
             return False
+        future = self._record_stop(rs)
+        if future is not None:
+            future.add_done_callback(_log_unclaimed)
         for leg in rs:
             self._close_leg(leg, readers=True)
         return True
@@ -425,6 +493,9 @@ class Relay:
     def close_all(self) -> None:
         for rs in list(self._sessions.values()):
             self.close(rs.session)
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
 
     def idle_legs(self, now: float, timeout_s: float) -> list[RelayLeg]:
         """Watched legs without a valid packet for ``timeout_s``."""
@@ -527,6 +598,16 @@ class Relay:
                     leg.rx_cycles += SEQ_MOD
                 leg.rx_max = seq
 
+        capture = leg.capture
+        if capture is not None and not event:
+            bounds = payload_bounds(buf, n)
+            if bounds is not None:
+                capture.feed(leg.ref.side, self._mv[bounds[0] : bounds[1]], pt, ts, ssrc, now)
+                if capture.chunks:
+                    writer = self.writer
+                    for chunk in capture.take_chunks():
+                        writer.write(self._sessions[leg.ref.session].rec_handle, chunk)
+
         peer = leg.peer
         if event and leg.dtmf is not None:
             self._peek_dtmf(leg, n, ts, ssrc)  # also while a prompt plays to this leg: barge-in
@@ -590,6 +671,13 @@ class Relay:
                 continue
             if block is not None:
                 leg.rtcp_report = (block.fraction_lost, block.cumulative_lost, block.jitter)
+
+
+def _log_unclaimed(future: concurrent.futures.Future[RecordingResult]) -> None:
+    """A recording finalised by ``close`` (nobody waits for its result)."""
+    error = future.exception()
+    if error is not None:
+        log.error("media.record_finalise_failed", error=str(error))
 
 
 def _table(src_law: str) -> bytes:

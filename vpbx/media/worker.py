@@ -53,6 +53,8 @@ class Worker:
             "stats": self._stats,
             "play": self._play,
             "stop_play": self._stop_play,
+            "record_start": self._record_start,
+            "record_stop": self._record_stop,
             "info": self._info,
             "shutdown": self._shutdown,
         }
@@ -113,6 +115,28 @@ class Worker:
         leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
         self._plays.pop(leg, None)
         return {"stopped": await self.backend.stop_play(leg)}
+
+    async def _record_start(self, args: Message) -> None:
+        channels = args.get("channels", "stereo")
+        if channels not in ("stereo", "a"):
+            raise ValueError(f"channels must be 'stereo' or 'a', not {channels!r}")
+        path = Path(str(args["path"]))
+        if not path.is_absolute():
+            raise ValueError(f"recording path must be absolute: {path}")
+        await self.backend.record_start(
+            SessionId(str(args["session"])), path, channels="a" if channels == "a" else "stereo"
+        )
+
+    async def _record_stop(self, args: Message) -> Message:
+        result = await self.backend.record_stop(SessionId(str(args["session"])))
+        if result is None:
+            return {}
+        return {
+            "path": str(result.path),
+            "duration_s": result.duration_s,
+            "frames": result.frames,
+            "channels": result.channels,
+        }
 
     async def _stats(self, args: Message) -> Message:
         stats = await self.backend.stats(SessionId(str(args["session"])))

@@ -32,6 +32,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from prometheus_client import Counter, Gauge
@@ -59,7 +60,9 @@ from vpbx.pbx.calls import (
 from vpbx.pbx.incoming import RoutingQuery
 from vpbx.pbx.node import ALLOW, SUPPORTED, USER_AGENT
 from vpbx.pbx.numbering import to_e164
+from vpbx.pbx.recording import wants_recording
 from vpbx.pbx.registrar import Binding, aor_for
+from vpbx.pbx.voicemail import MIN_MESSAGE_S, Recorded
 from vpbx.sip.dialog import (
     Dialog,
     DialogState,
@@ -101,7 +104,9 @@ if TYPE_CHECKING:
     from vpbx.pbx.ivr_plan import MenuAction, MenuPlan
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundDecision
+    from vpbx.pbx.recording import CallRecordings
     from vpbx.pbx.trunkmon import TrunkInfo
+    from vpbx.pbx.voicemail import VoicemailTarget
     from vpbx.store.models import DomainId
 
 log = get_logger("vpbx.pbx.b2bua")
@@ -164,6 +169,20 @@ class MenuSource(Protocol):
     """Voice menus as the engine plays them (``vpbx.pbx.ivr_plan.MenuPlans``)."""
 
     async def menu_plan(self, domain_id: DomainId, menu_id: uuid.UUID) -> MenuPlan: ...
+
+
+class VoicemailDesk(Protocol):
+    """Voicemail boxes for the engine (``vpbx.pbx.voicemail.Voicemail``)."""
+
+    async def target(
+        self, domain_id: uuid.UUID, *, user_id: uuid.UUID | None = None, group_id: uuid.UUID | None = None
+    ) -> VoicemailTarget | None: ...
+
+    def recording_path(self, domain_id: uuid.UUID, session_id: str) -> Path: ...
+
+    def save(self, rec: Recorded) -> None: ...
+
+    def discard(self, path: Path) -> None: ...
 
 
 class OutboundRoutes(Protocol):
@@ -294,6 +313,17 @@ class _Ivr:
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
+class _Vm:
+    """A caller leaving a voicemail: the greeting, the beep, then the recording until # or the limit."""
+
+    target: VoicemailTarget
+    stage: Literal["greeting", "beep", "recording"] = "greeting"
+    path: Path | None = None
+    t0: float = 0.0  # monotonic start of the recording
+    timer: TimerHandle | None = None
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
 class _Ctx:
     call: Call
     a: ALeg
@@ -320,6 +350,8 @@ class _Ctx:
     trunks_held: set[uuid.UUID] = field(default_factory=set)  # trunks whose channels this call uses
     answered_by_pbx: bool = False  # our voice menu answered the caller (200 sent, no B-leg yet)
     ivr: _Ivr | None = None  # the voice menu the caller is in
+    vm: _Vm | None = None  # the voicemail the caller is leaving
+    vm_owner: uuid.UUID | None = None  # the user rung, whose box may take the call when unanswered or busy
 
     @property
     def session_id(self) -> SessionId:
@@ -458,6 +490,11 @@ def _ringable(decision: Decision) -> bool:
     return decision.action == "external" and bool(decision.number)
 
 
+def _box_owner(decision: Decision) -> uuid.UUID | None:
+    """The user whose box may take a call to ``decision`` left unanswered: a user's, not a group's."""
+    return decision.people[0].user_id if decision.action == "user" and decision.people else None
+
+
 def _clean_display(name: str) -> str:
     """A display name from outside (a CRM): no control characters, quotes or backslashes; 64 characters."""
     kept = "".join(c for c in name if c.isprintable() and c not in '"\\')
@@ -507,6 +544,8 @@ class B2bua:
         self.routing_hooks: list[tuple[str, RoutingHook]] = []  # (name, hook), asked in this order
         self.prompts: PhraseSource | None = None  # system phrases (vpbx.media.prompts.PromptStore)
         self.menus: MenuSource | None = None  # voice menus (vpbx.pbx.ivr_plan.MenuPlans)
+        self.voicemail: VoicemailDesk | None = None  # voicemail boxes (vpbx.pbx.voicemail.Voicemail)
+        self.recordings: CallRecordings | None = None  # call recording (vpbx.pbx.recording)
         self.routing_hook_deadline_s = ROUTING_HOOK_DEADLINE_S
         self.rotation = Rotation()  # cyclic groups' next first member
         self._trunk_load: dict[uuid.UUID, int] = {}  # calls holding a channel of each trunk
@@ -603,7 +642,7 @@ class B2bua:
             async with ctx.lock:
                 if ctx.ended:
                     continue
-                if ctx.call.phase is Phase.CONNECTED:
+                if ctx.call.phase is Phase.CONNECTED or ctx.answered_by_pbx:  # a menu or voicemail too
                     await self._hangup(ctx, by=None, reason=SHUTDOWN, outcome="answered")
                     for leg in (ctx.a, ctx.winner):  # no waiting for an ACK now
                         if leg is not None and leg.bye_pending:
@@ -823,8 +862,8 @@ class B2bua:
             node.respond(key, invite, 603)
             return
         menu = decision.menu_id if decision.action == "menu" and self.menus is not None else None
-        if menu is None and not _ringable(decision):
-            # voicemail arrives with core-4
+        to_box = decision.action == "voicemail" and self.voicemail is not None
+        if menu is None and not to_box and not _ringable(decision):
             log.info("call.line_unrouted", line=line, action=decision.action, domain=domain.name)
             CALLS.labels("rejected").inc()
             node.respond(key, invite, 480)
@@ -832,7 +871,7 @@ class B2bua:
         acceptable, offer = self._checked_offer(node, key, invite)
         if not acceptable:
             return
-        if menu is not None and offer is None:  # a menu answers with our SDP: it needs the caller's offer
+        if (menu is not None or to_box) and offer is None:  # we answer with our SDP: it needs the offer
             node.respond(key, invite, 488, headers=(("Accept", SDP),))
             return
         flow = node.flow_of(key)
@@ -859,9 +898,12 @@ class B2bua:
             try:
                 if menu is not None:
                     await self._start_menu(ctx, menu)
+                elif to_box:
+                    await self._start_voicemail(ctx, decision)
                 else:
                     plan, parties = self._plan_for(decision, domain.name)
                     ctx.fallthrough = decision.fallthrough
+                    ctx.vm_owner = _box_owner(decision)
                     await self._start_plan(node, ctx, plan, parties)
             except Exception:
                 await self._abort(ctx, "setup")
@@ -939,6 +981,8 @@ class B2bua:
         ctx = self._calls.get(leg.session)
         if ctx is not None and ctx.ivr is not None and leg.side == "a" and self._node is not None:
             self._spawn(self._menu_played(ctx), "call-menu-played")
+        elif ctx is not None and ctx.vm is not None and leg.side == "a" and self._node is not None:
+            self._spawn(self._vm_played(ctx), "call-voicemail-played")
 
     async def _menu_played(self, ctx: _Ctx) -> None:
         async with ctx.lock:
@@ -956,6 +1000,8 @@ class B2bua:
         ctx = self._calls.get(leg.session)
         if ctx is not None and _in_menu(ctx) and leg.side == "a" and self._node is not None:
             self._spawn(self._menu_key(ctx, digit.digit), "call-menu-key")
+        elif ctx is not None and ctx.vm is not None and leg.side == "a" and self._node is not None:
+            self._spawn(self._vm_key(ctx, digit.digit), "call-voicemail-key")
 
     async def _menu_key(self, ctx: _Ctx, key: str) -> None:
         async with ctx.lock:
@@ -1042,6 +1088,7 @@ class B2bua:
             await self._menu_hangup(ctx)
             return
         plan, parties = self._plan_for(decision, ctx.call.domain.name)
+        ctx.vm_owner = _box_owner(decision)
         await self._menu_ring(ctx, plan, parties, decision.fallthrough)
 
     async def _menu_ring(
@@ -1072,6 +1119,176 @@ class B2bua:
         if ivr is not None and ivr.timer is not None:
             ivr.timer.cancel()
         await self._hangup(ctx, by=None, reason=None, outcome="answered")
+
+    # --- voicemail: the caller answered by us, a greeting, a beep, the message recorded (issue core-4) -----
+    async def _start_voicemail(self, ctx: _Ctx, decision: Decision) -> None:
+        """A line routed straight to a box."""
+        call = ctx.call
+        log.info("call.new", session_id=call.session_id, domain=call.domain.name, to="voicemail")
+        await self.events.publish(call, "new")
+        if ctx.ended:
+            return
+        if not await self._to_voicemail(ctx, user_id=decision.user_id, group_id=decision.group_id):
+            if not ctx.a.final_sent:
+                self._reply_a(ctx, 480)
+            await self._finish(ctx, "unanswered")
+
+    async def _owner_box(self, ctx: _Ctx, code: int) -> bool:
+        """The rung user did not answer (``code``: 486 busy, else no answer): their box, if it says so."""
+        if ctx.vm_owner is None:
+            return False
+        return await self._to_voicemail(
+            ctx, user_id=ctx.vm_owner, group_id=None, when="busy" if code == 486 else "no_answer"
+        )
+
+    async def _to_voicemail(
+        self,
+        ctx: _Ctx,
+        *,
+        user_id: uuid.UUID | None,
+        group_id: uuid.UUID | None,
+        when: Literal["busy", "no_answer"] | None = None,
+    ) -> bool:
+        """Send the caller to a box: answered by us (once), the ringing stopped, the greeting playing.
+        False (nothing changed) without a usable box, media or offer, or when ``when`` is not the box's."""
+        media, desk = self.media, self.voicemail
+        if media is None or desk is None or ctx.ended or _a_closed(ctx) or ctx.vm is not None:
+            return False
+        if not ctx.answered_by_pbx and ctx.a.offer is None:
+            return False  # a caller without an offer would answer ours in the ACK; not worth a box
+        target = await desk.target(ctx.call.domain.id, user_id=user_id, group_id=group_id)
+        if target is None or ctx.ended or _a_closed(ctx):
+            return False
+        if (when == "busy" and not target.on_busy) or (when == "no_answer" and not target.on_no_answer):
+            return False
+        if ctx.ports is None:
+            try:
+                ctx.ports = await media.allocate(ctx.session_id)
+            except NoMediaPorts:
+                return False
+        if not ctx.answered_by_pbx:
+            body = await self._answer_a(ctx)
+            if body is None:
+                return False
+            a = ctx.a
+            response = self._reply_a(ctx, 200, body=body)
+            assert a.dialog is not None
+            a.dialog.confirm()
+            self._start_unacked(ctx, a, response, a.invite.cseq.sequence)
+            ctx.answered_by_pbx = True
+        self._plan_stop(ctx)
+        ctx.plan, ctx.fallthrough = None, None
+        if ctx.no_answer is not None:
+            ctx.no_answer.cancel()
+            ctx.no_answer = None
+        self._cancel_all(ctx, None)
+        ivr, ctx.ivr = ctx.ivr, None
+        if ivr is not None and ivr.timer is not None:
+            ivr.timer.cancel()
+        await media.stop_play(LegRef(ctx.session_id, "a"))  # a menu's prompt still playing
+        ctx.vm = _Vm(target=target)
+        log.info("call.voicemail", session_id=ctx.session_id, box_id=str(target.box_id), when=when or "")
+        await self._vm_play(ctx, target.greeting_prompt_id)
+        return True
+
+    async def _vm_play(self, ctx: _Ctx, prompt_id: str | None) -> None:
+        """Play the greeting or the beep; one that cannot play is skipped."""
+        if prompt_id is not None and self.prompts is not None and self.media is not None:
+            try:
+                await self.media.play(LegRef(ctx.session_id, "a"), self.prompts.get(prompt_id))
+                return
+            except (ValueError, MediaError) as e:
+                log.warning("call.voicemail_prompt_failed", session_id=ctx.session_id, error=type(e).__name__)
+        await self._vm_next(ctx)
+
+    async def _vm_next(self, ctx: _Ctx) -> None:
+        vm = ctx.vm
+        if vm is None or ctx.ended:
+            return
+        if vm.stage == "greeting":
+            vm.stage = "beep"
+            await self._vm_play(ctx, vm.target.beep_prompt_id)
+        elif vm.stage == "beep":
+            await self._vm_record(ctx)
+
+    async def _vm_played(self, ctx: _Ctx) -> None:
+        async with ctx.lock:
+            await self._vm_next(ctx)
+
+    async def _vm_key(self, ctx: _Ctx, key: str) -> None:
+        """# skips the greeting, and ends the message once recording."""
+        async with ctx.lock:
+            vm = ctx.vm
+            if vm is None or ctx.ended or key != "#":
+                return
+            if vm.stage == "recording":
+                await self._vm_hangup(ctx)
+                return
+            if self.media is not None:
+                await self.media.stop_play(LegRef(ctx.session_id, "a"))
+            await self._vm_next(ctx)
+
+    async def _vm_record(self, ctx: _Ctx) -> None:
+        vm = ctx.vm
+        assert vm is not None and self.voicemail is not None and self.media is not None
+        vm.stage = "recording"
+        path = self.voicemail.recording_path(ctx.call.domain.id, ctx.session_id)
+        try:
+            await self.media.record_start(ctx.session_id, path, channels="a")
+        except (ValueError, MediaError) as e:
+            log.warning("call.voicemail_record_failed", session_id=ctx.session_id, error=type(e).__name__)
+            await self._vm_hangup(ctx)
+            return
+        vm.path = path
+        vm.t0 = self.timers.monotonic()
+        vm.timer = self.timers.call_later(
+            vm.target.max_message_s, lambda: self._spawn(self._vm_limit(ctx), "call-voicemail-limit")
+        )
+
+    async def _vm_limit(self, ctx: _Ctx) -> None:
+        async with ctx.lock:
+            if ctx.vm is not None and not ctx.ended:
+                await self._vm_hangup(ctx)
+
+    async def _vm_hangup(self, ctx: _Ctx) -> None:
+        await self._hangup(ctx, by=None, reason=None, outcome="voicemail")
+
+    async def _vm_close(self, ctx: _Ctx) -> dict[str, str]:
+        """The call ends: stop the recording and hand a long enough message over to be saved; the ``end``
+        event's extras."""
+        vm, ctx.vm = ctx.vm, None
+        if vm is None:
+            return {}
+        if vm.timer is not None:
+            vm.timer.cancel()
+        if vm.path is None or self.voicemail is None or self.media is None:
+            return {}
+        duration = self.timers.monotonic() - vm.t0
+        try:
+            result = await self.media.record_stop(ctx.session_id)
+        except MediaError as e:
+            log.warning("call.voicemail_stop_failed", session_id=ctx.session_id, error=type(e).__name__)
+            self.voicemail.discard(vm.path)
+            return {}
+        if result is not None:
+            duration = result.duration_s  # what the file holds
+        if duration < MIN_MESSAGE_S:
+            log.info("call.voicemail_too_short", session_id=ctx.session_id, duration_s=round(duration, 2))
+            self.voicemail.discard(vm.path)
+            return {}
+        caller = ctx.call.caller
+        self.voicemail.save(
+            Recorded(
+                target=vm.target,
+                session_id=ctx.session_id,
+                caller_number=f"+{caller.external}" if caller.external else caller.pin,
+                caller_name=caller.display_name,
+                started_at=self.clock.now(),
+                path=vm.path,
+                duration_s=duration,
+            )
+        )
+        return {"voicemail": "true"}
 
     def _free_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
         """The domain's usable trunks in failover order, those at their channel limit left out."""
@@ -1289,8 +1506,13 @@ class B2bua:
         if ctx.ended or _a_closed(ctx):
             return
         nxt = ctx.fallthrough
+        if nxt is not None and nxt.action == "voicemail":
+            log.info("call.fallthrough", session_id=ctx.session_id, to=nxt.action)
+            if await self._to_voicemail(ctx, user_id=nxt.user_id, group_id=nxt.group_id):
+                return
         if nxt is not None and _ringable(nxt):
             log.info("call.fallthrough", session_id=ctx.session_id, to=nxt.action)
+            ctx.vm_owner = _box_owner(nxt)
             self._plan_stop(ctx)
             for legs in ctx.stage_legs.values():
                 self._cancel_legs(legs)
@@ -1302,6 +1524,8 @@ class B2bua:
             return
         codes = [leg.final for leg in ctx.b if leg.final is not None and leg.final not in (487,)]
         code = _final_for_a(codes) if codes else 480
+        if await self._owner_box(ctx, code):
+            return
         self._plan_stop(ctx)
         if ctx.answered_by_pbx:  # the caller is in our menu's dialog: nobody came, so it ends
             self._cancel_all(ctx, None)
@@ -1518,6 +1742,9 @@ class B2bua:
         bindings = [b for b in await node.location.lookup(call.domain.id, aor) if b.expires_at > now]
         if ctx.ended:
             return  # cancelled while we looked
+        ctx.vm_owner = call.callee.user_id
+        if not bindings and await self._owner_box(ctx, 480):
+            return
         if not bindings:
             self._reply_a(ctx, 480)
             await self._finish(ctx, "unanswered")
@@ -1691,7 +1918,7 @@ class B2bua:
         await self._after_failure(ctx)
 
     async def _after_failure(self, ctx: _Ctx) -> None:
-        if ctx.ended or ctx.winner is not None or _a_closed(ctx):
+        if ctx.ended or ctx.winner is not None or _a_closed(ctx) or ctx.vm is not None:
             return
         if any(leg.state is not BState.FAILED for leg in ctx.b):
             return
@@ -1699,6 +1926,8 @@ class B2bua:
             return  # everyone rung so far failed: the next stage starts now
         codes = [leg.final for leg in ctx.b if leg.final is not None]
         code = _final_for_a(codes)
+        if await self._owner_box(ctx, code):
+            return
         self._reply_a(ctx, code)
         await self._finish(ctx, "busy" if code == 486 else "unanswered")
 
@@ -1740,6 +1969,8 @@ class B2bua:
             "call.connected", session_id=call.session_id, contact=winner.contact_uri[:80] if winner else ""
         )
         await self.events.publish(call, "connected", request_uri=winner.contact_uri if winner else "")
+        if self.recordings is not None and await wants_recording(call, self.directory):
+            await self.recordings.start(call)
 
     # --- SDP and media --------------------------------------------------------------------------------------
     def _sdp(self, leg: Leg, build: Callable[[Origin], SessionDescription]) -> bytes:
@@ -1960,6 +2191,8 @@ class B2bua:
             digit = _info_digit(request)
             if digit is not None and leg is ctx.a and _in_menu(ctx):
                 self._spawn(self._menu_key(ctx, digit), "call-menu-key")
+            elif digit is not None and leg is ctx.a and ctx.vm is not None:
+                self._spawn(self._vm_key(ctx, digit), "call-voicemail-key")
         elif method == "NOTIFY":
             node.respond(key, request, 481)  # no subscription lives in our dialogs (RFC 6665 §4.1.3)
         else:
@@ -2092,6 +2325,9 @@ class B2bua:
             return
         ctx.ended = True
         call = ctx.call
+        extra = await self._vm_close(ctx)
+        if extra:
+            outcome = "voicemail"
         if ctx.no_answer is not None:
             ctx.no_answer.cancel()
         self._plan_stop(ctx)
@@ -2103,13 +2339,19 @@ class B2bua:
         if self.registry.remove(call.session_id) is not None:
             CALLS_ACTIVE.dec()
         CALLS.labels(outcome).inc()
+        is_record = False
+        if self.recordings is not None:
+            try:
+                is_record = await self.recordings.stop(call.session_id)  # before the media goes
+            except Exception:
+                log.exception("call.recording_stop_failed", session_id=call.session_id)
         if ctx.ports is not None and self.media is not None:
             try:
                 await self.media.release(call.session_id)
             except Exception:
                 log.exception("call.media_release_failed", session_id=call.session_id)
         log.info("call.ended", session_id=call.session_id, outcome=outcome)
-        await self.events.publish(call, "end", is_record=False)
+        await self.events.publish(call, "end", is_record=is_record, extra=extra or None)
         self._forget_if_done(ctx)
 
     def _forget_if_done(self, ctx: _Ctx) -> None:
@@ -2150,6 +2392,8 @@ class B2bua:
         async with ctx.lock:
             if ctx.ended or ctx.winner is not None or ctx.a.final_sent:
                 return
+            if await self._owner_box(ctx, 480):
+                return
             self._reply_a(ctx, 480)
             self._cancel_all(ctx, None)
             await self._finish(ctx, "unanswered")
@@ -2158,7 +2402,9 @@ class B2bua:
 def _in_menu(ctx: _Ctx) -> bool:
     """Keys from the caller go to the menu: it is listening, or answered and still being set up (a key
     pressed before the greeting starts waits for the call's lock, then counts)."""
-    return ctx.ivr is not None or (ctx.answered_by_pbx and ctx.call.phase is not Phase.CONNECTED)
+    if ctx.ivr is not None:
+        return True
+    return ctx.answered_by_pbx and ctx.vm is None and ctx.call.phase is not Phase.CONNECTED
 
 
 class _NotAcceptable(Exception):

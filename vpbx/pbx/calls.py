@@ -66,6 +66,7 @@ class Party:
     display_name: str
     domain: str
     external: str = ""  # an outside number (E.164 digits, no "+"): a caller from a trunk, or one of our lines
+    record_calls: bool = False  # the user asked for their calls to be recorded (telephony.md §3.10)
 
     @property
     def number(self) -> str:
@@ -310,7 +311,12 @@ def _party(user: DirectoryUser | None, domain: DomainInfo) -> Party | None:
     if user is None:
         return None
     return Party(
-        user_id=user.id, login=user.name, pin=user.pin, display_name=user.display_name, domain=domain.name
+        user_id=user.id,
+        login=user.name,
+        pin=user.pin,
+        display_name=user.display_name,
+        domain=domain.name,
+        record_calls=user.record_calls,
     )
 
 

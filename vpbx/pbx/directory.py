@@ -30,6 +30,8 @@ class DomainInfo:
     name: str
     channel_limit: int
     timezone: str
+    record_calls: bool = False  # record every call of the domain (telephony.md §3.10)
+    recording_retention_days: int = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class DirectoryUser:
     display_name: str
     pin: str
     credentials: StoredCredentials
+    record_calls: bool = False  # record this user's calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class SipDirectory:
                         User.sip_login,
                         User.ha1_md5,
                         User.ha1_sha256,
+                        User.record_calls,
                         Domain.name,
                         Domain.channel_limit,
                         Domain.timezone,
@@ -99,13 +103,26 @@ class SipDirectory:
             ).all()
             domain_rows = (
                 await s.execute(
-                    select(Domain.id, Domain.name, Domain.channel_limit, Domain.timezone).where(
-                        Domain.status == "active"
-                    )
+                    select(
+                        Domain.id,
+                        Domain.name,
+                        Domain.channel_limit,
+                        Domain.timezone,
+                        Domain.record_calls,
+                        Domain.recording_retention_days,
+                    ).where(Domain.status == "active")
                 )
             ).all()
         domains = {
-            d.name: DomainInfo(DomainId(d.id), d.name, d.channel_limit, d.timezone) for d in domain_rows
+            d.name: DomainInfo(
+                DomainId(d.id),
+                d.name,
+                d.channel_limit,
+                d.timezone,
+                record_calls=bool(d.record_calls),
+                recording_retention_days=int(d.recording_retention_days),
+            )
+            for d in domain_rows
         }
         by_login: dict[tuple[str, str], DirectoryUser] = {}
         by_pin: dict[tuple[DomainId, str], DirectoryUser] = {}
@@ -118,8 +135,16 @@ class SipDirectory:
                 user_id=r.id,
                 tenant_id=r.domain_id,
             )
-            user = DirectoryUser(r.id, DomainId(r.domain_id), r.name, r.display_name, r.pin, creds)
-            by_login[(r[8], r.sip_login)] = user
+            user = DirectoryUser(
+                r.id,
+                DomainId(r.domain_id),
+                r.name,
+                r.display_name,
+                r.pin,
+                creds,
+                record_calls=bool(r.record_calls),
+            )
+            by_login[(r[9], r.sip_login)] = user
             by_pin[(user.domain_id, r.pin)] = user
         log.info(
             "directory.loaded",

@@ -52,6 +52,7 @@ class Decision:
     overall_timeout_s: int = 60
     number: str | None = None  # external: where to
     menu_id: uuid.UUID | None = None  # menu: which
+    user_id: uuid.UUID | None = None  # voicemail: the user whose box takes the call (else group_id's box)
     rule_id: uuid.UUID | None = None
     fallthrough: Decision | None = None  # a group's: where the call goes when nobody answers (None: hang up)
 
@@ -106,6 +107,10 @@ class IncomingRouter:
                 if group is None or group.domain_id != domain.id:
                     return make("none", rule_id=found.rule.id)
                 return await _group(s, make, group, rule_id=found.rule.id)
+            if action.action == "voicemail":
+                return make(
+                    "voicemail", user_id=action.user_id, group_id=action.group_id, rule_id=found.rule.id
+                )
             return make(action.action, number=action.number, menu_id=action.menu_id, rule_id=found.rule.id)
 
     async def by_extension(self, domain_id: uuid.UUID, line_e164: str, pin: str) -> Decision | None:
@@ -174,6 +179,8 @@ async def _fallthrough(
         if target is None or target.domain_id != group.domain_id:
             return None
         return await _group(s, make, target, depth + 1)
+    if action == "voicemail":
+        return make("voicemail", user_id=group.fallthrough_user_id, group_id=group.fallthrough_group_id)
     return make(action, number=group.fallthrough_number)
 
 

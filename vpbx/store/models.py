@@ -452,6 +452,9 @@ class VoicemailBox(Base):
     max_message_s: Mapped[int] = mapped_column(Integer, default=120)
     notify_email: Mapped[str | None] = mapped_column(String(254))
     attach_audio: Mapped[bool] = mapped_column(Boolean, default=True)
+    # a user's box also takes the calls the user did not answer in the ring time, or refused as busy
+    on_no_answer: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_busy: Mapped[bool] = mapped_column(Boolean, default=False)
     __table_args__ = (
         CheckConstraint("(user_id is null) != (group_id is null)", name="owner"),
         CheckConstraint("greeting_source in ('text', 'upload')", name="greeting_source"),

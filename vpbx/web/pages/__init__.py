@@ -13,12 +13,14 @@ from vpbx.web.pages import (
     menus,
     numbers,
     operator,
+    recordings,
     routing,
     schedules,
     services,
     stats,
     trunks,
     users,
+    voicemail,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -36,4 +38,6 @@ ROUTERS: list[APIRouter] = [
     trunks.router,
     history.router,
     stats.router,
+    voicemail.router,
+    recordings.router,
 ]

@@ -36,6 +36,7 @@ SECTIONS: list[Section] = [
     Section("/schedules", N_("Schedules"), N_("Work hours and holidays"), "clock"),
     Section("/routing", N_("Routing"), N_("Where incoming calls go"), "route"),
     Section("/menus", N_("Voice menus"), N_("Greetings and key choices"), "menu"),
+    Section("/voicemail", N_("Voicemail"), N_("Mailboxes, greetings and messages"), "voicemail"),
     Section("/services", N_("Services management"), N_("Services, fees and charges"), "services"),
     Section("/calls/live", N_("Live calls"), N_("Calls in progress and busy channels"), "calls"),
     Section("/devices", N_("Devices"), N_("Registered phones and softphones"), "devices"),

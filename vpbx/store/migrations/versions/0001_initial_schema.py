@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 19:05:34.709569
+Create Date: 2026-11-25 19:09:44.705888
 """
 
 from __future__ import annotations
@@ -582,6 +582,8 @@ def upgrade() -> None:
         sa.Column("max_message_s", sa.Integer(), nullable=False),
         sa.Column("notify_email", sa.String(length=254), nullable=True),
         sa.Column("attach_audio", sa.Boolean(), nullable=False),
+        sa.Column("on_no_answer", sa.Boolean(), nullable=False),
+        sa.Column("on_busy", sa.Boolean(), nullable=False),
         sa.CheckConstraint(
             "greeting_source in ('text', 'upload')", name=op.f("ck_voicemail_boxes_greeting_source")
         ),
