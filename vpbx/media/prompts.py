@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 import os
 import re
 import tempfile
@@ -39,6 +40,7 @@ log = get_logger("vpbx.media.prompts")
 
 PromptId = NewType("PromptId", str)
 Voice = Literal["ru", "en"]
+Tone = Literal["ringback", "moh"]
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a 10-minute MP3 at 320 kbit/s is 24 MB
 MAX_DURATION_S = 600.0  # 10 minutes
@@ -128,6 +130,32 @@ SYSTEM_PHRASES: dict[SystemPhrase, dict[Voice, str]] = {
     },
     SystemPhrase.GOODBYE: {"ru": "До свидания.", "en": "Goodbye."},
 }
+
+
+# telephony.md §3.10: ringback is a 425 Hz cadence (1 s on, 4 s off); the platform's music on hold, used
+# when a domain has no prompt of its own, is a slow four-note phrase (A4 C#5 E5 C#5), each note 0.5 s.
+RINGBACK_HZ, RINGBACK_ON_S, RINGBACK_OFF_S = 425.0, 1.0, 4.0
+MOH_NOTES_HZ = (440.0, 554.37, 659.25, 554.37)
+MOH_NOTE_S, MOH_GAP_S = 0.5, 0.05
+TONE_LEVEL = 0.3  # of full scale (about -10 dBFS)
+
+
+def tone_pcm(kind: Tone) -> bytes:
+    """One period of a platform tone as 8 kHz mono s16le PCM (whole 20 ms frames)."""
+    rate = G711_CLOCK_RATE
+    amp = TONE_LEVEL * 32767
+
+    def note(hz: float, seconds: float) -> list[int]:
+        return [int(amp * math.sin(2 * math.pi * hz * i / rate)) for i in range(int(seconds * rate))]
+
+    samples: list[int] = []
+    if kind == "ringback":
+        samples += note(RINGBACK_HZ, RINGBACK_ON_S) + [0] * int(RINGBACK_OFF_S * rate)
+    else:
+        for hz in MOH_NOTES_HZ:
+            samples += note(hz, MOH_NOTE_S) + [0] * int(MOH_GAP_S * rate)
+    pcm = b"".join(s.to_bytes(2, "little", signed=True) for s in samples)
+    return pcm + bytes(-len(pcm) % _FRAME_BYTES)
 
 
 def sniff_format(data: bytes) -> Literal["wav", "mp3"] | None:
@@ -393,6 +421,11 @@ class PromptStore:
     async def system_phrase(self, phrase: SystemPhrase, voice: Voice = "ru") -> Prompt:
         """One of the engine's fixed phrases, generated on first use."""
         return await self.tts(SYSTEM_PHRASES[phrase][voice], voice=voice)
+
+    async def tone(self, kind: Tone) -> Prompt:
+        """A platform tone (ringback, music on hold) as a stored prompt; stored once (content-addressed)."""
+        pcm = await asyncio.to_thread(tone_pcm, kind)
+        return await self._store(pcm)
 
     def _cached_tts(self, key: str) -> Prompt | None:
         ref = self.root / TTS_DIR / key

@@ -30,6 +30,7 @@ class DomainInfo:
     name: str
     channel_limit: int
     timezone: str
+    moh_prompt_id: str | None = None  # the domain's music on hold (None: the platform tone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +100,14 @@ class SipDirectory:
             ).all()
             domain_rows = (
                 await s.execute(
-                    select(Domain.id, Domain.name, Domain.channel_limit, Domain.timezone).where(
-                        Domain.status == "active"
-                    )
+                    select(
+                        Domain.id, Domain.name, Domain.channel_limit, Domain.timezone, Domain.moh_prompt_id
+                    ).where(Domain.status == "active")
                 )
             ).all()
         domains = {
-            d.name: DomainInfo(DomainId(d.id), d.name, d.channel_limit, d.timezone) for d in domain_rows
+            d.name: DomainInfo(DomainId(d.id), d.name, d.channel_limit, d.timezone, d.moh_prompt_id)
+            for d in domain_rows
         }
         by_login: dict[tuple[str, str], DirectoryUser] = {}
         by_pin: dict[tuple[DomainId, str], DirectoryUser] = {}
