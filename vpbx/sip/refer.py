@@ -75,7 +75,10 @@ def parse_refer_to(value: str) -> ReferTo:
     else:
         spec = text.split(";", 1)[0].strip()  # an addr-spec: what follows ";" are header parameters
     uri_text, _, query = spec.partition("?")
-    uri = parse_uri(uri_text, reason="bad-refer-to")
+    try:
+        uri = parse_uri(uri_text, reason="bad-refer-to")
+    except SipParseError:
+        raise SipParseError("bad-refer-to", text[:80]) from None  # an unsupported scheme too
     if uri.scheme not in ("sip", "sips"):  # tel: targets come as sip:digits@domain from phones
         raise SipParseError("bad-refer-to", text[:80])
     headers: list[tuple[str, str]] = []
