@@ -10,9 +10,11 @@ ctrl_tcp.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -40,7 +42,7 @@ class Phones:
 
 
 @contextlib.asynccontextmanager
-async def phones(tmp_path: Path, *, tones: bool = True) -> AsyncIterator[Phones]:
+async def phones(tmp_path: Path, *, tones: bool = True, trace_alice: bool = False) -> AsyncIterator[Phones]:
     require_binary("baresip")
     require_binary("sox")
     sources = []
@@ -49,7 +51,7 @@ async def phones(tmp_path: Path, *, tones: bool = True) -> AsyncIterator[Phones]
         sources.append(await make_tone(path, hz, TONE_S) if tones else await make_silence(path, TONE_S))
     async with (
         running(tmp_path) as server,
-        Baresip.start(tmp_path, name="alice", audio_source=sources[0]) as alice,
+        Baresip.start(tmp_path, name="alice", audio_source=sources[0], sip_trace=trace_alice) as alice,
         Baresip.start(tmp_path, name="bob", audio_source=sources[1]) as bob,
         Baresip.start(tmp_path, name="carol", audio_source=sources[2]) as carol,
     ):
@@ -109,6 +111,71 @@ async def test_blind_transfer_by_the_callee_bridges_the_caller_to_the_target(tmp
 
 
 @pytest.mark.parametrize("target", ["999", "104"])  # no such extension; a user with no phone registered
+def dialog_from_trace(log: Path, callee: str) -> str:
+    """Replaces for the phone's dialog with ``callee`` from its SIP trace: the 200 to its INVITE gives the
+    Call-ID, its own tag (From) and ours (To); in Replaces our tag is the to-tag (RFC 3891 §3)."""
+    for message in log.read_text(errors="replace").split("SIP/2.0 200 OK")[1:]:
+        head = message.split("\n\n", 1)[0].split("\r\n\r\n", 1)[0]
+        if not re.search(r"^CSeq:\s*\d+ INVITE", head, re.M | re.I):
+            continue
+        to = re.search(r"^To:.*sip:" + callee + r"@.*;tag=([^;\s>]+)", head, re.M | re.I)
+        from_ = re.search(r"^From:.*;tag=([^;\s>]+)", head, re.M | re.I)
+        call_id = re.search(r"^Call-ID:\s*(\S+)", head, re.M | re.I)
+        if to and from_ and call_id:
+            return f"{call_id[1]};to-tag={to[1]};from-tag={from_[1]}"
+    raise AssertionError(f"no 200 OK for an INVITE to {callee} in {log}")
+
+
+async def test_attended_transfer_by_the_caller_merges_the_consultation_call(tmp_path: Path) -> None:
+    """alice (baresip, with its SIP trace) calls bob, holds him, consults carol, then REFERs bob's call with
+    Replaces naming the consultation dialog: bob hears carol on the same call, carol is re-INVITEd once."""
+    async with phones(tmp_path, trace_alice=True) as p:
+        domain = p.server.service.domain
+        await p.alice.dial("102")
+        await p.alice.wait_event("CALL_ESTABLISHED")
+        await p.bob.wait_event("CALL_ESTABLISHED")
+        await p.alice.command("hold")
+        music = tail(await heard_next(p.bob, 1.5), 1.0)
+        await p.alice.dial("103")
+        await p.alice.wait_event("CALL_ESTABLISHED")
+        await p.carol.wait_event("CALL_ESTABLISHED")
+        replaces = dialog_from_trace(p.alice.workdir / "baresip.log", "103")
+
+        await p.alice.command("line", "1")  # back to bob's call, which is the one transferred
+        await p.alice.command("transfer", f"sip:103@{domain}?Replaces={quote(replaces, safe='@')}")
+        await p.alice.wait_event("CALL_CLOSED")
+        await p.alice.wait_event("CALL_CLOSED")
+        bob_hears = tail(await heard_next(p.bob, 1.5), 0.5)
+        carol_hears = tail(await heard_next(p.carol, 1.5), 0.5)
+        bob_calls = len(p.bob.recorded("dec"))
+
+        await p.bob.hangup()
+        await p.carol.wait_event("CALL_CLOSED")
+        calls = await p.server.calls(ended=2)
+
+    assert min(abs(music[0] - hz) / hz for hz in MOH_HZ) < TOLERANCE  # bob waited with music
+    assert bob_hears[0] == pytest.approx(CAROL_HZ, rel=TOLERANCE)
+    assert carol_hears[0] == pytest.approx(BOB_HZ, rel=TOLERANCE)
+    assert bob_calls == 1  # bob's call went on: never re-INVITEd into another
+    first, consultation = sorted(calls.values(), key=lambda events: events[0]["timestamp"])
+    assert [(e["state"], e.get("request_pin"), e.get("disconnect_reason")) for e in first] == [
+        ("new", "102", None),
+        ("calling", "102", None),
+        ("connected", "102", None),
+        ("disconnected", "102", "0"),
+        ("connected", "103", None),
+        ("disconnected", "103", "5"),
+        ("end", "103", None),
+    ]
+    assert [(e["state"], e.get("disconnect_reason")) for e in consultation] == [
+        ("new", None),
+        ("calling", None),
+        ("connected", None),
+        ("disconnected", "0"),
+        ("end", None),
+    ]
+
+
 async def test_a_refused_transfer_keeps_the_call(tmp_path: Path, target: str) -> None:
     """SIPp as the transferor (baresip 1.0.0 hangs up whenever its transfer ends): a REFER to a target
     that cannot be rung gets 202 and NOTIFYs 100 then the failure; the call goes on until SIPp's BYE."""

@@ -34,6 +34,7 @@ from vpbx.media.relay import (
     Relay,
     RelayLeg,
 )
+from vpbx.media.rtp import StreamState
 from vpbx.pbx.bus import SessionId
 
 if TYPE_CHECKING:
@@ -117,6 +118,14 @@ class MediaBackend(Protocol):
 
     async def stop_play(self, leg: LegRef) -> bool:
         """Stop the leg's prompt without ``on_play_done``; False when none was playing."""
+        ...
+
+    async def stream(self, leg: LegRef) -> StreamState:
+        """Where the RTP stream this leg sends to its phone stands (SSRC, seq, timestamp, age)."""
+        ...
+
+    async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
+        """Continue another leg's stream on this one (an attended transfer moved its phone here)."""
         ...
 
 
@@ -228,6 +237,12 @@ class InlineMediaBackend:
 
     async def stop_play(self, leg: LegRef) -> bool:
         return self.relay.stop_play(leg)
+
+    async def stream(self, leg: LegRef) -> StreamState:
+        return self.relay.stream(leg)
+
+    async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
+        self.relay.adopt_stream(leg, state)
 
     def _play_done(self, leg: LegRef) -> None:
         if self.on_play_done is not None:
@@ -424,6 +439,17 @@ class WorkerMediaBackend:
         self._plays.pop(leg, None)
         result = await worker.request("stop_play", session=leg.session, side=leg.side)
         return bool(result.get("stopped"))
+
+    async def stream(self, leg: LegRef) -> StreamState:
+        result = await self._worker(leg.session).request("stream", session=leg.session, side=leg.side)
+        return StreamState(
+            int(result["ssrc"]), int(result["seq"]), int(result["timestamp"]), float(result["age_s"])
+        )
+
+    async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
+        await self._worker(leg.session).request(
+            "adopt_stream", session=leg.session, side=leg.side, **state._asdict()
+        )
 
     async def release(self, session: SessionId) -> None:
         self._forget_plays({session})

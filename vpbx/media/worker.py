@@ -29,6 +29,7 @@ from vpbx.media.control import ControlProtocolError, Message, encode_frame, erro
 from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, PromptId
 from vpbx.media.relay import MEDIA_TIMEOUT_S, Address, LegRef, Side
+from vpbx.media.rtp import StreamState
 from vpbx.pbx.bus import SessionId
 
 log = get_logger("vpbx.media.worker")
@@ -53,6 +54,8 @@ class Worker:
             "stats": self._stats,
             "play": self._play,
             "stop_play": self._stop_play,
+            "stream": self._stream,
+            "adopt_stream": self._adopt_stream,
             "info": self._info,
             "shutdown": self._shutdown,
         }
@@ -113,6 +116,15 @@ class Worker:
         leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
         self._plays.pop(leg, None)
         return {"stopped": await self.backend.stop_play(leg)}
+
+    async def _stream(self, args: Message) -> Message:
+        leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
+        return dict((await self.backend.stream(leg))._asdict())
+
+    async def _adopt_stream(self, args: Message) -> None:
+        leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
+        state = StreamState(int(args["ssrc"]), int(args["seq"]), int(args["timestamp"]), float(args["age_s"]))
+        await self.backend.adopt_stream(leg, state)
 
     async def _stats(self, args: Message) -> Message:
         stats = await self.backend.stats(SessionId(str(args["session"])))

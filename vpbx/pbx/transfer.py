@@ -592,6 +592,7 @@ class Transfers:
         await b.events.publish(
             ctx.call, "disconnected", disconnect_reason=REASON_TRANSFER, extra={"transfer_to": target}
         )
+        await self._hand_stream(LegRef(consult.session_id, _other(side2)), LegRef(ctx.session_id, xfer.side))
         # the far leg leaves the consultation call (which must not BYE it) for this one
         consult.sides[_other(side2)] = None
         consult.handed_over.append(far)
@@ -609,6 +610,17 @@ class Transfers:
         log.info("call.transferred", session_id=ctx.session_id, to=target[:32], attended=True)
         await b.events.publish(ctx.call, "connected")
         await b._held_changed(ctx)
+
+    async def _hand_stream(self, src: LegRef, dst: LegRef) -> None:
+        """The far phone keeps receiving one RTP stream (SSRC, sequence) across the move: jitter buffers
+        that ignore an SSRC change would take the new stream's packets as late."""
+        media = self.b.media
+        if media is None:
+            return
+        try:
+            await media.adopt_stream(dst, await media.stream(src))
+        except (MediaError, ValueError) as e:  # a worker gone: the phone re-syncs on the new SSRC, or not
+            log.warning("call.stream_handover_failed", session_id=dst.session, error=str(e))
 
     def _reinvite(self, ctx: _Ctx, leg: Leg) -> None:
         """Point a moved leg's phone at its new side's port (its old media session is gone)."""

@@ -29,6 +29,7 @@ from vpbx.app import Core
 from vpbx.media.prompts import Prompt, PromptError, PromptId, SystemPhrase, Tone, Voice, tone_pcm
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
+from vpbx.media.rtp import LegRewriter
 from vpbx.pbx.bus import CallEvent
 from vpbx.pbx.directory import DomainInfo
 from vpbx.sip.dialog import tag_of
@@ -39,6 +40,9 @@ from vpbx.store.models import DomainId
 
 A_HOST, B_HOST, C_HOST, D_HOST = "192.0.2.10", "192.0.2.20", "192.0.2.30", "192.0.2.40"
 MOH_ID = "ab" * 32
+RTP_HEADER = (
+    bytes([0x80, 8]) + (500).to_bytes(2, "big") + (8000).to_bytes(4, "big") + (0xABCD).to_bytes(4, "big")
+)
 
 
 def _prompt(prompt_id: str) -> Prompt:
@@ -158,6 +162,22 @@ def test_platform_tones_are_audible_whole_frames(kind: Tone) -> None:
     assert max(samples) > 8000  # about -10 dBFS peaks, not silence
     if kind == "ringback":
         assert samples[-800:] == [0] * 800  # the cadence's pause
+
+
+def test_a_moved_phone_keeps_its_rtp_stream() -> None:
+    old, new = LegRewriter(0x1111), LegRewriter(0x2222)
+    packet = bytearray(RTP_HEADER)
+    old.rewrite(packet, 10.0, 8)  # seq 500, ts 8000 from the first source: passed through
+    new.rewrite(bytearray(RTP_HEADER), 10.0, 8)
+
+    new.adopt(old.stream(10.5), 10.5)
+    moved = bytearray(RTP_HEADER)
+    new.rewrite(moved, 10.5, 8)
+
+    assert moved[8:12] == (0x1111).to_bytes(4, "big")  # the old SSRC
+    assert int.from_bytes(moved[2:4], "big") == 501  # the next sequence number
+    assert int.from_bytes(moved[4:8], "big") == 8000 + 4000  # the wall time that passed, at 8 kHz
+    assert moved[1] & 0x80  # marker: re-sync
 
 
 # --- hold and music ---------------------------------------------------------------------------------------
@@ -456,6 +476,8 @@ async def test_attended_transfer_merges_the_consultation_into_the_call(call: Con
     assert call.media.last("a")[0] == MediaAddress(C_HOST, 32000)
     assert call.media.now_playing(call.session) == {}  # bob's music stopped
     assert call.bob.unread() == []  # bob is never re-INVITEd
+    [(adopted, state)] = call.media.adopted  # carol's phone keeps its RTP stream across the move
+    assert adopted == LegRef(call.session, "a") and state.ssrc == 7  # type: ignore[arg-type]
 
     first = call.events()
     assert states(first)[-2:] == ["disconnected", "connected"]
