@@ -1855,8 +1855,8 @@ class B2bua:
 
     async def _media_timeout(self, ctx: _Ctx, side: Side, idle_s: float) -> None:
         async with ctx.lock:
-            if ctx.ended or ctx.call.phase is not Phase.CONNECTED or ctx.call.held:
-                return  # telephony.md §4: no media timeout while held
+            if ctx.ended or ctx.call.phase is not Phase.CONNECTED or ctx.call.held or ctx.transfer:
+                return  # telephony.md §4: no media timeout while held (or waiting for a transfer's target)
             log.info("call.media_timeout", session_id=ctx.session_id, leg=side, idle_s=round(idle_s, 1))
             await self._hangup(ctx, by=None, reason=MEDIA_TIMEOUT, outcome="answered")
 

@@ -7,6 +7,7 @@ what was asked of them (telephony.md §4, RFC 3515, 3891, 4488; integration-api.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,6 +506,30 @@ async def test_refer_with_replaces_of_an_unknown_dialog_fails_with_481(call: Con
     assert states(call.events()) == ["new", "calling", "connected"]
 
 
+async def test_refer_with_replaces_of_another_tenants_call_fails_with_481(call: Connected) -> None:
+    out2, _ring2 = await consult(call)
+    consultation = call.pbx.b2bua._calls[call.pbx.bus.events[-1].session_id]  # type: ignore[index]
+    consultation.call.domain = DomainInfo(DomainId(uuid.uuid4()), "other.test", 10, "UTC")
+
+    await call.out.send("REFER", headers=refer_to("103", replaces_of(out2)))
+
+    await call.alice.expect(202)
+    await notified(call.alice)
+    assert (await notified(call.alice))[0] == 481
+    assert call.carol.unread() == []  # not re-INVITEd, not BYEd
+
+
+async def test_media_timeout_waits_while_the_target_rings(call: Connected) -> None:
+    await bob_sends(call, "REFER", refer_to("103"))
+    await call.bob.expect(202)
+    await call.carol.ringing()
+
+    call.pbx.b2bua.on_media_timeout(LegRef(call.session, "b"), 60.0)  # type: ignore[arg-type]
+    await call.pbx.settle()
+
+    assert "BYE" not in call.alice.unread()
+
+
 async def test_refer_with_replaces_of_its_own_dialog_fails(call: Connected) -> None:
     await call.out.send("REFER", headers=refer_to("102", replaces_of(call.out)))
     await call.alice.expect(202)
@@ -548,7 +573,7 @@ async def test_invite_with_replaces_of_an_unknown_dialog_is_481(call: Connected)
 
 async def test_invite_with_replaces_of_another_tenants_call_is_481(call: Connected) -> None:
     ctx = call.pbx.b2bua._calls[call.session]  # type: ignore[index]
-    ctx.call.domain = DomainInfo(DomainId(ctx.call.domain.id.__class__(int=1)), "other.test", 10, "UTC")
+    ctx.call.domain = DomainInfo(DomainId(uuid.uuid4()), "other.test", 10, "UTC")
 
     await call.carol.call("102", headers=(("Replaces", bobs_dialog(call)),))
 
