@@ -110,7 +110,6 @@ async def test_blind_transfer_by_the_callee_bridges_the_caller_to_the_target(tmp
     assert len({e["session_id"] for e in events}) == 1
 
 
-@pytest.mark.parametrize("target", ["999", "104"])  # no such extension; a user with no phone registered
 def dialog_from_trace(log: Path, callee: str) -> str:
     """Replaces for the phone's dialog with ``callee`` from its SIP trace: the 200 to its INVITE gives the
     Call-ID, its own tag (From) and ours (To); in Replaces our tag is the to-tag (RFC 3891 §3)."""
@@ -176,6 +175,7 @@ async def test_attended_transfer_by_the_caller_merges_the_consultation_call(tmp_
     ]
 
 
+@pytest.mark.parametrize("target", ["999", "104"])  # no such extension; a user with no phone registered
 async def test_a_refused_transfer_keeps_the_call(tmp_path: Path, target: str) -> None:
     """SIPp as the transferor (baresip 1.0.0 hangs up whenever its transfer ends): a REFER to a target
     that cannot be rung gets 202 and NOTIFYs 100 then the failure; the call goes on until SIPp's BYE."""

@@ -618,7 +618,9 @@ class Transfers:
         if media is None:
             return
         try:
-            await media.adopt_stream(dst, await media.stream(src))
+            state = await media.stream(src)
+            await media.adopt_stream(dst, state)
+            log.info("call.stream_handed", session_id=dst.session, seq=state.seq, age_s=round(state.age_s, 3))
         except (MediaError, ValueError) as e:  # a worker gone: the phone re-syncs on the new SSRC, or not
             log.warning("call.stream_handover_failed", session_id=dst.session, error=str(e))
 

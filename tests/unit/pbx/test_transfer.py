@@ -30,7 +30,7 @@ from vpbx.app import Core
 from vpbx.media.prompts import Prompt, PromptError, PromptId, SystemPhrase, Tone, Voice, tone_pcm
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
-from vpbx.media.rtp import LegRewriter
+from vpbx.media.rtp import HANDOVER_SEQ_GAP, LegRewriter
 from vpbx.pbx.bus import CallEvent
 from vpbx.pbx.directory import DomainInfo
 from vpbx.sip.dialog import tag_of
@@ -176,9 +176,23 @@ def test_a_moved_phone_keeps_its_rtp_stream() -> None:
     new.rewrite(moved, 10.5, 8)
 
     assert moved[8:12] == (0x1111).to_bytes(4, "big")  # the old SSRC
-    assert int.from_bytes(moved[2:4], "big") == 501  # the next sequence number
+    assert int.from_bytes(moved[2:4], "big") == 501 + HANDOVER_SEQ_GAP  # ahead of what the old leg sent
     assert int.from_bytes(moved[4:8], "big") == 8000 + 4000  # the wall time that passed, at 8 kHz
     assert moved[1] & 0x80  # marker: re-sync
+
+
+def test_a_leg_that_sent_nothing_reports_the_stream_it_will_send() -> None:
+    old, new = LegRewriter(0x1111), LegRewriter(0x2222)
+    state = old.stream(10.0)  # nothing sent yet
+    late = bytearray(RTP_HEADER)
+    old.rewrite(late, 10.02, 8)  # a packet that slips out of the old leg before the hand-over ends
+
+    new.adopt(state, 10.04)
+    moved = bytearray(RTP_HEADER)
+    new.rewrite(moved, 10.04, 8)
+
+    assert int.from_bytes(late[2:4], "big") == state.seq + 1  # in sequence with the state, not passed through
+    assert int.from_bytes(moved[2:4], "big") == state.seq + 1 + HANDOVER_SEQ_GAP
 
 
 # --- hold and music ---------------------------------------------------------------------------------------
