@@ -38,6 +38,7 @@ from vpbx.media.relay import (
     Relay,
     RelayLeg,
 )
+from vpbx.media.rtp import StreamState
 from vpbx.pbx.bus import SessionId
 
 if TYPE_CHECKING:
@@ -133,6 +134,13 @@ class MediaBackend(Protocol):
     async def record_stop(self, session: SessionId) -> RecordingResult | None:
         """Stop and finalise the session's recording; None when it was not recording (or is gone).
         ``RecordingFailed`` when the file could not be written. ``release`` also stops and finalises it."""
+
+    async def stream(self, leg: LegRef) -> StreamState:
+        """Where the RTP stream this leg sends to its phone stands (SSRC, seq, timestamp, age)."""
+        ...
+
+    async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
+        """Continue another leg's stream on this one (an attended transfer moved its phone here)."""
         ...
 
 
@@ -266,6 +274,12 @@ class InlineMediaBackend:
             raise
         except Exception as e:
             raise RecordingFailed(f"recording of {session} failed: {e}") from e
+
+    async def stream(self, leg: LegRef) -> StreamState:
+        return self.relay.stream(leg)
+
+    async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
+        self.relay.adopt_stream(leg, state)
 
     def _play_done(self, leg: LegRef) -> None:
         if self.on_play_done is not None:
@@ -487,6 +501,17 @@ class WorkerMediaBackend:
             return None
         result = await worker.request("record_stop", session=session)
         return recording_result_from(result)
+
+    async def stream(self, leg: LegRef) -> StreamState:
+        result = await self._worker(leg.session).request("stream", session=leg.session, side=leg.side)
+        return StreamState(
+            int(result["ssrc"]), int(result["seq"]), int(result["timestamp"]), float(result["age_s"])
+        )
+
+    async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
+        await self._worker(leg.session).request(
+            "adopt_stream", session=leg.session, side=leg.side, **state._asdict()
+        )
 
     async def release(self, session: SessionId) -> None:
         self._forget_plays({session})

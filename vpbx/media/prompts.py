@@ -24,7 +24,6 @@ import io
 import math
 import os
 import re
-import struct
 import tempfile
 import wave
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ log = get_logger("vpbx.media.prompts")
 
 PromptId = NewType("PromptId", str)
 Voice = Literal["ru", "en"]
+Tone = Literal["ringback", "moh"]
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a 10-minute MP3 at 320 kbit/s is 24 MB
 MAX_DURATION_S = 600.0  # 10 minutes
@@ -132,27 +132,30 @@ SYSTEM_PHRASES: dict[SystemPhrase, dict[Voice, str]] = {
 }
 
 
-class Tone(StrEnum):
-    RINGBACK = "ringback"
-    HOLD = "hold"
+# telephony.md §3.10: ringback is a 425 Hz cadence (1 s on, 4 s off); the platform's music on hold, used
+# when a domain has no prompt of its own, is a slow four-note phrase (A4 C#5 E5 C#5), each note 0.5 s.
+RINGBACK_HZ, RINGBACK_ON_S, RINGBACK_OFF_S = 425.0, 1.0, 4.0
+MOH_NOTES_HZ = (440.0, 554.37, 659.25, 554.37)
+MOH_NOTE_S, MOH_GAP_S = 0.5, 0.05
+TONE_LEVEL = 0.3  # of full scale (about -10 dBFS)
 
 
-# (frequency Hz, seconds on, seconds off): one period of the looped tone. Ringback as Russian networks play
-# it (425 Hz, 0.8 s on, 3.2 s off); the hold tone (ours, when the domain has no music on hold) is a short
-# 425 Hz beep every 4 s, so a held caller knows the line is alive.
-TONES: dict[Tone, tuple[float, float, float]] = {
-    Tone.RINGBACK: (425.0, 0.8, 3.2),
-    Tone.HOLD: (425.0, 0.2, 3.8),
-}
-TONE_LEVEL = 0.3  # of full scale, about -10 dBFS
+def tone_pcm(kind: Tone) -> bytes:
+    """One period of a platform tone as 8 kHz mono s16le PCM (whole 20 ms frames)."""
+    rate = G711_CLOCK_RATE
+    amp = TONE_LEVEL * 32767
 
+    def note(hz: float, seconds: float) -> list[int]:
+        return [int(amp * math.sin(2 * math.pi * hz * i / rate)) for i in range(int(seconds * rate))]
 
-def tone_pcm(frequency_hz: float, on_s: float, off_s: float, *, rate: int = G711_CLOCK_RATE) -> bytes:
-    """One period of an on/off tone as 16-bit little-endian mono PCM at ``rate``."""
-    on = round(on_s * rate)
-    amplitude = TONE_LEVEL * 32767
-    samples = [round(amplitude * math.sin(2 * math.pi * frequency_hz * n / rate)) for n in range(on)]
-    return struct.pack(f"<{on}h", *samples) + bytes(2 * round(off_s * rate))
+    samples: list[int] = []
+    if kind == "ringback":
+        samples += note(RINGBACK_HZ, RINGBACK_ON_S) + [0] * int(RINGBACK_OFF_S * rate)
+    else:
+        for hz in MOH_NOTES_HZ:
+            samples += note(hz, MOH_NOTE_S) + [0] * int(MOH_GAP_S * rate)
+    pcm = b"".join(s.to_bytes(2, "little", signed=True) for s in samples)
+    return pcm + bytes(-len(pcm) % _FRAME_BYTES)
 
 
 def sniff_format(data: bytes) -> Literal["wav", "mp3"] | None:
@@ -372,16 +375,6 @@ class PromptStore:
             )
         return self.get(prompt_id)
 
-    # --- tones ---------------------------------------------------------------------------------------------
-    async def tone(self, tone: Tone) -> Prompt:
-        """A call-progress tone as a prompt to loop (generated once, then stored like any other prompt)."""
-        cached = self._tones.get(tone)
-        if cached is not None:
-            return cached
-        prompt = await self._store(tone_pcm(*TONES[tone]))
-        self._tones[tone] = prompt
-        return prompt
-
     # --- text-to-speech -------------------------------------------------------------------------------
     @staticmethod
     def tts_key(text: str, voice: Voice, rate_wpm: int) -> str:
@@ -429,6 +422,15 @@ class PromptStore:
     async def system_phrase(self, phrase: SystemPhrase, voice: Voice = "ru") -> Prompt:
         """One of the engine's fixed phrases, generated on first use."""
         return await self.tts(SYSTEM_PHRASES[phrase][voice], voice=voice)
+
+    async def tone(self, kind: Tone) -> Prompt:
+        """A platform tone (ringback, music on hold) as a stored prompt; made and stored once."""
+        cached = self._tones.get(kind)
+        if cached is not None:
+            return cached
+        pcm = await asyncio.to_thread(tone_pcm, kind)
+        prompt = self._tones[kind] = await self._store(pcm)
+        return prompt
 
     def _cached_tts(self, key: str) -> Prompt | None:
         ref = self.root / TTS_DIR / key

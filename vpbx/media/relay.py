@@ -51,6 +51,7 @@ from vpbx.media.rtp import (
     RTP_HEADER_SIZE,
     SEQ_MOD,
     LegRewriter,
+    StreamState,
     parse_rtcp_report,
     payload_bounds,
 )
@@ -379,6 +380,15 @@ class Relay:
         """Stop the leg's prompt (no ``on_play_done``); bridged media flows again. False if none played."""
         leg = self.get(leg_ref.session).leg(leg_ref.side)
         return self._stop_play(leg)
+
+    def stream(self, leg_ref: LegRef) -> StreamState:
+        """The position of the RTP stream this leg sends to its phone (``LegRewriter.stream``)."""
+        return self.get(leg_ref.session).leg(leg_ref.side).rewriter.stream(self._clock.monotonic())
+
+    def adopt_stream(self, leg_ref: LegRef, state: StreamState) -> None:
+        """Continue ``state`` (another leg's stream to the same phone) on this leg: a phone moved here by
+        an attended transfer keeps its SSRC and sequence, so its jitter buffer never sees packets as late."""
+        self.get(leg_ref.session).leg(leg_ref.side).rewriter.adopt(state, self._clock.monotonic())
 
     def playing(self, leg_ref: LegRef) -> bool:
         return self.get(leg_ref.session).leg(leg_ref.side).playback is not None

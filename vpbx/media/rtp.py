@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vpbx.errors import MediaParseError
 
@@ -169,6 +170,9 @@ def payload_bounds(buf: bytes | bytearray | memoryview, n: int) -> tuple[int, in
     return pos, end
 
 
+HANDOVER_SEQ_GAP = 50  # packets skipped when a stream moves legs: the old leg may still send a second of it
+
+
 class LegRewriter:
     """Header rewrite for one outgoing leg: our stable SSRC, re-based seq/timestamp, PT remap.
 
@@ -232,6 +236,37 @@ class LegRewriter:
         if first or 0 < (ots - self._ts) % TS_MOD < TS_MOD // 2:
             self._ts = ots  # telephone-event packets repeat their start timestamp: only forward moves count
             self._at = now
+
+    def stream(self, now: float) -> StreamState:
+        """What the phone last got from this leg: SSRC, sequence number, timestamp and how long ago.
+
+        A leg that has sent nothing yet stops passing its first source through: whatever it still sends
+        re-bases on the state reported here, so packets that slip out before the hand-over completes stay
+        in sequence with it."""
+        if self._src < 0:
+            self._src = 0
+            self._rebase = True
+            self._at = now
+        return StreamState(self.ssrc, self._seq, self._ts, max(0.0, now - self._at))
+
+    def adopt(self, state: StreamState, now: float) -> None:
+        """Continue another leg's stream toward the same phone (a transfer moved the phone here): its SSRC,
+        and the next packet re-bases on its sequence number and timestamp as after a source change."""
+        self.ssrc = state.ssrc % TS_MOD
+        self._seq = (state.seq + HANDOVER_SEQ_GAP) % SEQ_MOD
+        self._ts = state.timestamp % TS_MOD
+        self._at = now - state.age_s
+        self._src = max(self._src, 0)  # "a source was seen": the next packet computes offsets
+        self._rebase = True
+
+
+class StreamState(NamedTuple):
+    """An outgoing RTP stream's position (``LegRewriter.stream``), handed on when a phone changes legs."""
+
+    ssrc: int
+    seq: int
+    timestamp: int
+    age_s: float
 
 
 RTCP_SR = 200  # RFC 3550 §6.4.1

@@ -29,6 +29,7 @@ from vpbx.media.control import ControlProtocolError, Message, encode_frame, erro
 from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, PromptId
 from vpbx.media.relay import MEDIA_TIMEOUT_S, Address, LegRef, Side
+from vpbx.media.rtp import StreamState
 from vpbx.pbx.bus import SessionId
 
 log = get_logger("vpbx.media.worker")
@@ -55,6 +56,8 @@ class Worker:
             "stop_play": self._stop_play,
             "record_start": self._record_start,
             "record_stop": self._record_stop,
+            "stream": self._stream,
+            "adopt_stream": self._adopt_stream,
             "info": self._info,
             "shutdown": self._shutdown,
         }
@@ -137,6 +140,15 @@ class Worker:
             "frames": result.frames,
             "channels": result.channels,
         }
+
+    async def _stream(self, args: Message) -> Message:
+        leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
+        return dict((await self.backend.stream(leg))._asdict())
+
+    async def _adopt_stream(self, args: Message) -> None:
+        leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
+        state = StreamState(int(args["ssrc"]), int(args["seq"]), int(args["timestamp"]), float(args["age_s"]))
+        await self.backend.adopt_stream(leg, state)
 
     async def _stats(self, args: Message) -> Message:
         stats = await self.backend.stats(SessionId(str(args["session"])))

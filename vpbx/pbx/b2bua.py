@@ -48,7 +48,9 @@ from vpbx.media.relay import LegRef
 from vpbx.pbx.bus import SessionId, new_session_id
 from vpbx.pbx.callplan import Plan, Rotation, external_plan, group_plan, user_plan
 from vpbx.pbx.calls import (
+    REASON_HELD_OR_TRANSFER_HANGUP,
     REASON_NORMAL,
+    REASON_TRANSFER,
     Call,
     CallEvents,
     CallRegistry,
@@ -105,6 +107,7 @@ if TYPE_CHECKING:
     from vpbx.pbx.node import SipNode
     from vpbx.pbx.outbound import OutboundDecision
     from vpbx.pbx.recording import CallRecordings
+    from vpbx.pbx.transfer import Transfer
     from vpbx.pbx.trunkmon import TrunkInfo
     from vpbx.pbx.voicemail import VoicemailTarget
     from vpbx.store.models import DomainId
@@ -156,12 +159,12 @@ class PhraseSource(Protocol):
 
     async def system_phrase(self, phrase: SystemPhrase, voice: Voice = "ru") -> Prompt: ...
 
-    async def tone(self, tone: Tone) -> Prompt:
-        """A call-progress tone (ringback, hold) to loop."""
-        ...
-
     def get(self, prompt_id: str) -> Prompt:
         """A stored prompt by id; ``PromptError`` when its files are gone."""
+        ...
+
+    async def tone(self, kind: Tone) -> Prompt:
+        """The platform's ringback or music-on-hold tone as a stored prompt."""
         ...
 
 
@@ -352,6 +355,13 @@ class _Ctx:
     ivr: _Ivr | None = None  # the voice menu the caller is in
     vm: _Vm | None = None  # the voicemail the caller is leaving
     vm_owner: uuid.UUID | None = None  # the user rung, whose box may take the call when unanswered or busy
+    # hold and transfer (vpbx.pbx.transfer): who talks on each media side once a transfer changed it
+    sides: dict[Side, Leg | None] = field(default_factory=dict)  # side → leg (None: nobody any more)
+    parties: dict[Side, Party] = field(default_factory=dict)  # side → party, once a transfer changed them
+    handed_over: list[Leg] = field(default_factory=list)  # legs an attended transfer moved to another call
+    transfer: Transfer | None = None  # a REFER being carried out
+    moh: set[Side] = field(default_factory=set)  # sides hearing music on hold
+    merged: bool = False  # a consultation call that an attended transfer merged into another call
 
     @property
     def session_id(self) -> SessionId:
@@ -555,6 +565,9 @@ class B2bua:
         self._tokens: dict[str, tuple[_Ctx, Leg]] = {}
         self._dialogs: dict[tuple[str, str], tuple[_Ctx, Leg]] = {}
         self._clients: dict[TransactionKey, tuple[_Ctx, BLeg]] = {}
+        from vpbx.pbx.transfer import Transfers
+
+        self.transfers = Transfers(self)  # hold music, REFER, Replaces
 
     # --- introspection (tests, the cabinet through the registry) ---
     def __len__(self) -> int:
@@ -616,7 +629,9 @@ class B2bua:
         ctx, leg = found
         async with ctx.lock:
             try:
-                if response.code < 200:
+                if ctx.transfer is not None and leg in ctx.transfer.legs:
+                    await self.transfers.on_target_response(ctx, leg, response)
+                elif response.code < 200:
                     await self._b_provisional(ctx, leg, response)
                 elif response.code < 300:
                     await self._b_answered(ctx, leg, response)
@@ -644,8 +659,8 @@ class B2bua:
                     continue
                 if ctx.call.phase is Phase.CONNECTED or ctx.answered_by_pbx:  # a menu or voicemail too
                     await self._hangup(ctx, by=None, reason=SHUTDOWN, outcome="answered")
-                    for leg in (ctx.a, ctx.winner):  # no waiting for an ACK now
-                        if leg is not None and leg.bye_pending:
+                    for leg in self._pair(ctx):  # no waiting for an ACK now
+                        if leg.bye_pending:
                             if leg.unacked is not None:
                                 leg.unacked.stop()
                                 leg.unacked = None
@@ -762,6 +777,9 @@ class B2bua:
             return
         if caller is None:
             node.respond(key, invite, 403)
+            return
+        if invite.headers.get("Replaces") is not None:  # RFC 3891: take over one of our dialogs
+            await self.transfers.on_replaces(node, key, invite, domain, caller)
             return
         extension = invite.uri.user or ""
         callee = await self.directory.user_by_pin(domain, extension) if extension else None
@@ -1109,7 +1127,7 @@ class B2bua:
         if self.media is None or self.prompts is None:
             return
         try:
-            prompt = await self.prompts.tone(Tone.RINGBACK)
+            prompt = await self.prompts.tone("ringback")
             await self.media.play(LegRef(ctx.session_id, "a"), prompt, loop=True)
         except MediaError:
             log.warning("call.ringback_failed", session_id=ctx.session_id)
@@ -1671,6 +1689,9 @@ class B2bua:
         number: str,
         caller_id: str,
         party: Party | None = None,
+        *,
+        side: Side = "b",
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> BLeg:
         """An INVITE to ``number`` through ``trunk``: its number format, its From, our caller ID."""
         dialled = trunk.format_number(number)
@@ -1686,11 +1707,21 @@ class B2bua:
         )
         to = Address(uri=URI(scheme="sip", user=dialled, host=trunk.host))
         leg = self._new_b_leg(
-            node, ctx, trunk.destination, target, trunk=trunk, spare_trunks=spare, party=party, dialled=number
+            node,
+            ctx,
+            trunk.destination,
+            target,
+            side=side,
+            trunk=trunk,
+            spare_trunks=spare,
+            party=party,
+            dialled=number,
         )
         self._hold_trunk(ctx, trunk)
         # ringing a user's mobile is «начало дозвона на контактный номер сотрудника»; an outside call is not
-        await self._invite_b(node, ctx, leg, from_, to, trunk.route(), calling=party is not None)
+        await self._invite_b(
+            node, ctx, leg, from_, to, trunk.route(), calling=party is not None, headers=headers
+        )
         return leg
 
     def _authenticate_trunk_leg(self, ctx: _Ctx, leg: BLeg, challenge: Response) -> bool:
@@ -1768,7 +1799,15 @@ class B2bua:
         )
 
     async def _ring(
-        self, node: SipNode, ctx: _Ctx, binding: Binding, display: str, party: Party | None = None
+        self,
+        node: SipNode,
+        ctx: _Ctx,
+        binding: Binding,
+        display: str,
+        party: Party | None = None,
+        *,
+        side: Side = "b",
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> BLeg | None:
         call = ctx.call
         try:
@@ -1787,20 +1826,34 @@ class B2bua:
         )
         to = Address(uri=URI(scheme="sip", user=callee.pin, host=domain))
         leg = self._new_b_leg(
-            node, ctx, binding_destination(binding), target, contact_uri=binding.contact, party=party
+            node,
+            ctx,
+            binding_destination(binding),
+            target,
+            contact_uri=binding.contact,
+            party=party,
+            side=side,
         )
-        await self._invite_b(node, ctx, leg, from_, to, route, calling=True)
+        await self._invite_b(node, ctx, leg, from_, to, route, calling=True, headers=headers)
         return leg
 
     def _new_b_leg(
-        self, node: SipNode, ctx: _Ctx, dest: Destination, target: URI, contact_uri: str = "", **fields: Any
+        self,
+        node: SipNode,
+        ctx: _Ctx,
+        dest: Destination,
+        target: URI,
+        contact_uri: str = "",
+        side: Side = "b",
+        **fields: Any,
     ) -> BLeg:
         """A B-leg towards ``dest`` with its own token, Via and Contact (its INVITE comes in ``_invite_b``);
-        ``contact_uri``: what it rings as the events name it (default: ``target``)."""
+        ``contact_uri``: what it rings as the events name it (default: ``target``); ``side``: the media side
+        it will talk on (``a`` only for the target of a transfer by the caller)."""
         assert ctx.ports is not None
         token = secrets.token_hex(8)
         return BLeg(
-            side="b",
+            side=side,
             token=token,
             flow=dest,
             via=LocalVia(dest.transport.upper(), *node.advertised_for(dest.transport)),
@@ -1821,13 +1874,12 @@ class B2bua:
         route: list[Address],
         *,
         calling: bool,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Our offer on ``leg``, its INVITE sent; ``calling``: the event for the party it rings."""
         assert ctx.ports is not None
-        ports = ctx.ports
-        body = self._sdp(
-            leg, lambda origin: build_offer(origin=origin, address=ports.b.host, port=ports.b.port)
-        )
+        local = ctx.ports.a if leg.side == "a" else ctx.ports.b
+        body = self._sdp(leg, lambda origin: build_offer(origin=origin, address=local.host, port=local.port))
         leg.invite = build_initial_request(
             "INVITE",
             leg.invite.uri,
@@ -1838,7 +1890,7 @@ class B2bua:
             cseq=1,
             contact=leg.contact,
             route=route,
-            headers=(("Allow", ALLOW), ("User-Agent", USER_AGENT)),
+            headers=(("Allow", ALLOW), ("User-Agent", USER_AGENT), *headers),
             body=body,
             content_type=SDP,
         )
@@ -2045,8 +2097,8 @@ class B2bua:
 
     async def _media_timeout(self, ctx: _Ctx, side: Side, idle_s: float) -> None:
         async with ctx.lock:
-            if ctx.ended or ctx.call.phase is not Phase.CONNECTED or ctx.call.held:
-                return  # telephony.md §4: no media timeout while held
+            if ctx.ended or ctx.call.phase is not Phase.CONNECTED or ctx.call.held or ctx.transfer:
+                return  # telephony.md §4: no media timeout while held (or waiting for a transfer's target)
             log.info("call.media_timeout", session_id=ctx.session_id, leg=side, idle_s=round(idle_s, 1))
             await self._hangup(ctx, by=None, reason=MEDIA_TIMEOUT, outcome="answered")
 
@@ -2168,6 +2220,8 @@ class B2bua:
         if method == "BYE":
             node.respond(key, request, 200)
             dialog.terminate()
+            if await self.transfers.on_bye(ctx, leg):
+                return  # a transferor leaving: the call goes on
             if ctx.call.phase is Phase.CONNECTED:
                 await self._hangup(ctx, by=leg, reason=None, outcome="answered")
             elif leg is ctx.a:  # a BYE on the early dialog: as good as a CANCEL
@@ -2193,6 +2247,8 @@ class B2bua:
                 self._spawn(self._menu_key(ctx, digit), "call-menu-key")
             elif digit is not None and leg is ctx.a and ctx.vm is not None:
                 self._spawn(self._vm_key(ctx, digit), "call-voicemail-key")
+        elif method == "REFER":
+            await self.transfers.on_refer(node, ctx, leg, key, request)
         elif method == "NOTIFY":
             node.respond(key, request, 481)  # no subscription lives in our dialogs (RFC 6665 §4.1.3)
         else:
@@ -2222,7 +2278,7 @@ class B2bua:
                 node.respond(key, request, answered)
                 return
             body = answered
-            self._held_changed(ctx)
+            await self._held_changed(ctx)
         response = node.respond(
             key,
             request,
@@ -2252,16 +2308,32 @@ class B2bua:
         if isinstance(answered, int):
             node.respond(key, request, answered)
             return
-        self._held_changed(ctx)
+        await self._held_changed(ctx)
         node.respond(
             key, request, 200, headers=(("Contact", str(leg.contact)), ("Content-Type", SDP)), body=answered
         )
 
-    def _held_changed(self, ctx: _Ctx) -> None:
-        held = ctx.a.held or (ctx.winner is not None and ctx.winner.held)
+    async def _held_changed(self, ctx: _Ctx) -> None:
+        held = any(leg.held for leg in self._pair(ctx))
         if held != ctx.call.held:
             ctx.call.held = held
             log.info("call.hold" if held else "call.resume", session_id=ctx.session_id)
+        await self.transfers.music(ctx)
+
+    def _pair(self, ctx: _Ctx) -> list[Leg]:
+        """The legs talking on the call's two media sides (a transfer may have changed them)."""
+        a = ctx.sides["a"] if "a" in ctx.sides else ctx.a
+        b = ctx.sides["b"] if "b" in ctx.sides else ctx.winner
+        return [leg for leg in (a, b) if leg is not None]
+
+    def _disconnect_reason(self, ctx: _Ctx) -> str:
+        """integration-api.md §5.2: "0" a consultation call merged by a transfer, "4" hung up during a
+        transfer or on hold, else "5"."""
+        if ctx.merged:
+            return REASON_TRANSFER
+        if ctx.transfer is not None or ctx.call.held:
+            return REASON_HELD_OR_TRANSFER_HANGUP
+        return REASON_NORMAL
 
     # --- ending ---------------------------------------------------------------------------------------------
     def _cancel_all(self, ctx: _Ctx, reason: str | None) -> None:
@@ -2312,11 +2384,13 @@ class B2bua:
 
     async def _hangup(self, ctx: _Ctx, *, by: Leg | None, reason: str | None, outcome: str) -> None:
         """End a connected call: BYE every other confirmed leg, then ``disconnected`` and ``end``."""
-        for leg in (ctx.a, ctx.winner):
-            if leg is not None and leg is not by:
+        for leg in self._pair(ctx):
+            if leg is not by:
                 self._bye(leg, reason)
         if ctx.call.phase is Phase.CONNECTED:
-            await self.events.publish(ctx.call, "disconnected", disconnect_reason=REASON_NORMAL)
+            await self.events.publish(
+                ctx.call, "disconnected", disconnect_reason=self._disconnect_reason(ctx)
+            )
         await self._finish(ctx, outcome)
 
     async def _finish(self, ctx: _Ctx, outcome: str) -> None:
@@ -2328,6 +2402,7 @@ class B2bua:
         extra = await self._vm_close(ctx)
         if extra:
             outcome = "voicemail"
+        self.transfers.call_ended(ctx)
         if ctx.no_answer is not None:
             ctx.no_answer.cancel()
         self._plan_stop(ctx)
@@ -2358,7 +2433,11 @@ class B2bua:
         """Drop the call's lookups once nothing more can arrive for it (an ACK still awaited keeps them)."""
         if ctx.forgotten or not ctx.ended:
             return
-        legs: list[Leg] = [ctx.a, *ctx.b]
+        legs = [
+            leg
+            for leg in (ctx.a, *ctx.b, *(x for x in ctx.sides.values() if x is not None))
+            if leg not in ctx.handed_over
+        ]
         if any(leg.unacked is not None for leg in legs):
             return
         ctx.forgotten = True
@@ -2374,12 +2453,11 @@ class B2bua:
             if not ctx.a.final_sent:
                 self._reply_a(ctx, 500)
             self._cancel_all(ctx, None)
-            for leg in (ctx.a, ctx.winner):
-                if leg is not None:
-                    if leg.unacked is not None:
-                        leg.unacked.stop()
-                        leg.unacked = None
-                    self._bye(leg, reason_header(500))
+            for leg in self._pair(ctx):
+                if leg.unacked is not None:
+                    leg.unacked.stop()
+                    leg.unacked = None
+                self._bye(leg, reason_header(500))
             if ctx.call.phase is Phase.CONNECTED:
                 await self.events.publish(ctx.call, "disconnected", disconnect_reason=REASON_NORMAL)
             await self._finish(ctx, "failed")

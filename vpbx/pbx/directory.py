@@ -32,6 +32,7 @@ class DomainInfo:
     timezone: str
     record_calls: bool = False  # record every call of the domain (telephony.md §3.10)
     recording_retention_days: int = 90
+    moh_prompt_id: str | None = None  # the domain's music on hold (None: the platform tone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class SipDirectory:
                         Domain.timezone,
                         Domain.record_calls,
                         Domain.recording_retention_days,
+                        Domain.moh_prompt_id,
                     ).where(Domain.status == "active")
                 )
             ).all()
@@ -121,6 +123,7 @@ class SipDirectory:
                 d.timezone,
                 record_calls=bool(d.record_calls),
                 recording_retention_days=int(d.recording_retention_days),
+                moh_prompt_id=d.moh_prompt_id,
             )
             for d in domain_rows
         }

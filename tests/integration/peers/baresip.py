@@ -149,8 +149,10 @@ class Baresip:
         name: str = "phone",
         account: Account | None = None,
         audio_source: Path | None = None,
+        sip_trace: bool = False,
     ) -> AsyncIterator[Baresip]:
-        """Start a phone in ``workdir/name``; with ``account``, add it (``register()`` waits for it)."""
+        """Start a phone in ``workdir/name``; with ``account``, add it (``register()`` waits for it).
+        ``sip_trace``: baresip prints every SIP message it sends and receives into its log (``-s``)."""
         home = workdir / name
         home.mkdir(parents=True, exist_ok=True)
         (home / "recordings").mkdir(exist_ok=True)
@@ -171,7 +173,10 @@ class Baresip:
         (home / "accounts").write_text("")
         (home / "contacts").write_text("")
         proc = await PeerProcess.start(
-            f"baresip {name}", [BARESIP, "-f", str(home)], log_path=home / "baresip.log", cwd=home
+            f"baresip {name}",
+            [BARESIP, "-f", str(home), *(["-s"] if sip_trace else [])],
+            log_path=home / "baresip.log",
+            cwd=home,
         )
         phone = cls(name, home, proc, sip_port, ctrl_port)
         try:

@@ -22,6 +22,7 @@ from vpbx.media.backend import MediaPorts, SessionStats
 from vpbx.media.prompts import Prompt
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
+from vpbx.media.rtp import StreamState
 from vpbx.pbx import domains, users
 from vpbx.pbx.b2bua import B2bua
 from vpbx.pbx.bus import CallEvent, Handler, SessionId
@@ -138,6 +139,7 @@ class FakeMedia:
     released: list[SessionId] = field(default_factory=list)
     played: list[tuple[LegRef, str]] = field(default_factory=list)
     stops: int = 0
+    adopted: list[tuple[LegRef, StreamState]] = field(default_factory=list)
 
     async def allocate(self, session: SessionId) -> MediaPorts:
         self.allocated.append(session)
@@ -157,6 +159,12 @@ class FakeMedia:
     async def stop_play(self, leg: LegRef) -> bool:
         self.stops += 1
         return False
+
+    async def stream(self, leg: LegRef) -> StreamState:
+        return StreamState(ssrc=7, seq=100, timestamp=16000, age_s=0.0)
+
+    async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
+        self.adopted.append((leg, state))
 
     async def stats(self, session: SessionId) -> SessionStats:
         raise NotImplementedError

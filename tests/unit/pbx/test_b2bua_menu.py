@@ -32,8 +32,8 @@ class Prompts:
         f = self.tmp / f"{prompt_id[:8]}.pcma"
         return Prompt(id=PromptId(prompt_id), duration_s=1.0, wav=f, pcma=f, pcmu=f)
 
-    async def tone(self, tone: Tone) -> Prompt:
-        return self.get(RINGBACK if tone is Tone.RINGBACK else "h" * 64)
+    async def tone(self, kind: Tone) -> Prompt:
+        return self.get(RINGBACK if kind == "ringback" else "h" * 64)
 
 
 class Menus:
