@@ -127,6 +127,7 @@ async def _directory(core: Core, s: AsyncSession, domain_id: uuid.UUID) -> dict[
     menu_input = menus.MenuInput(
         name="Нерабочее время",
         prompt_text="Здравствуйте! Мы работаем с 9 до 18 по будням. Нажмите 1, чтобы оставить сообщение.",
+        keys=[menus.KeyInput(key="1", target=ActionInput(action="voicemail", user_id=admin.id))],
     )
     try:  # the greeting is spoken now, so the cabinet can play it back at once
         async with s.begin_nested():

@@ -1081,6 +1081,10 @@ class B2bua:
             )
         elif kind == "external" and action.number:
             await self._menu_ring(ctx, external_plan(action.number, ring_s=self.no_answer_s), {}, None)
+        elif kind == "voicemail" and await self._to_voicemail(
+            ctx, user_id=action.user_id, group_id=action.group_id
+        ):
+            return
         else:
             await self._menu_hangup(ctx)
 

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 class MenuAction:
     """Where a key (or the timeout) sends the call; only the fields of ``action`` are set.
 
-    ``user``: ``user_id`` and ``pin``; ``group``: ``group_id``; ``menu``: ``menu_id``; ``external``:
+    ``user``: ``user_id`` and ``pin``; ``group``: ``group_id``; ``voicemail``: the box's ``user_id`` or
+    ``group_id``; ``menu``: ``menu_id``; ``external``:
     ``number`` (E.164); ``repeat`` (play the greeting again), ``extension`` (the caller keys an extension,
     then the call goes to that user or group) and ``hangup`` carry nothing.
     """
@@ -131,6 +132,8 @@ async def _action(s: AsyncSession, domain_id: uuid.UUID, k: VoiceMenuKey) -> Men
         return MenuAction(action="user", user_id=user.id, pin=user.pin)
     if k.action == "group":
         return MenuAction(action="group", group_id=k.target_group_id)
+    if k.action == "voicemail":  # the box of a user, else of a group (validation keeps both in the domain)
+        return MenuAction(action="voicemail", user_id=k.target_user_id, group_id=k.target_group_id)
     if k.action == "menu":
         return MenuAction(action="menu", menu_id=k.target_menu_id)
     if k.action == "external":

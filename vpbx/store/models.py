@@ -274,7 +274,8 @@ class VoiceMenuKey(Base):
         UniqueConstraint("menu_id", "key"),
         CheckConstraint("key in ('0','1','2','3','4','5','6','7','8','9','*','#','t')", name="key"),
         CheckConstraint(
-            "action in ('user', 'group', 'menu', 'external', 'repeat', 'extension', 'hangup')", name="action"
+            "action in ('user', 'group', 'menu', 'voicemail', 'external', 'repeat', 'extension', 'hangup')",
+            name="action",
         ),
     )
 

@@ -101,7 +101,8 @@ async def test_bad_keys_and_foreign_targets(core: Core, t1: Tenant, t2: Tenant) 
         _key("4", "menu", menu_id=theirs.id),
         _key("5", "menu", menu_id=uuid.uuid4()),
         _key("6", "external", number="not a number"),
-        _key("7", "voicemail"),  # not a key action
+        _key("7", "voicemail"),  # a box, but whose?
+        _key("8", "reject"),  # not a key action
     ]
     async with core.sessions() as s:
         with pytest.raises(ValidationFailed) as e:
@@ -123,7 +124,8 @@ async def test_bad_keys_and_foreign_targets(core: Core, t1: Tenant, t2: Tenant) 
         "keys.5.menu_id": ["Choose a voice menu of this domain"],
         "keys.6.menu_id": ["Choose a voice menu of this domain"],
         "keys.7.number": ["Not a valid phone number: {value}"],
-        "keys.8.action": ["Choose one of the options"],
+        "keys.8.user_id": ["Choose a user of this domain"],
+        "keys.9.action": ["Choose one of the options"],
         "timeout_action": ["Choose one of the options"],
     }
     async with core.sessions() as s:

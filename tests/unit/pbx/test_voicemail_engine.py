@@ -27,6 +27,8 @@ from vpbx.pbx import groups
 from vpbx.pbx.actions import ActionInput
 from vpbx.pbx.bus import SessionId
 from vpbx.pbx.incoming import IncomingRouter
+from vpbx.pbx.ivr_plan import MenuPlans
+from vpbx.pbx.menus import KeyInput, MenuInput, create_menu
 from vpbx.pbx.voicemail import BoxInput, Voicemail, save_box
 from vpbx.sip.message import Request
 from vpbx.store.models import VoicemailMessage
@@ -47,6 +49,9 @@ class FakePrompts:
 
     async def upload(self, data: bytes) -> Prompt:
         return self.get("b" + hashlib.sha256(data).hexdigest()[1:])
+
+    async def system_phrase(self, phrase: str, voice: str = "ru") -> Prompt:
+        return self.get("s" + hashlib.sha256(phrase.encode()).hexdigest()[1:])
 
 
 def tone_pcm(seconds: float, hz: int = 440) -> bytes:
@@ -358,6 +363,35 @@ async def test_a_message_being_recorded_when_the_node_stops_is_kept(core: Core, 
     await pbx.b2bua.stop(pbx.node)
     await pbx.settle()
     assert (await call.phone.expect("BYE")).method == "BYE"
+    assert pbx.bus.events[-1].extra == {"voicemail": "true"}
+    await desk(pbx).drain()
+    assert len(await messages(core)) == 1
+
+
+async def test_a_menu_key_leads_to_a_box(core: Core, pbx: Pbx) -> None:
+    """A voice menu whose key 1 is «leave a message»: the greeting stops, the box's greeting plays, the
+    message is kept."""
+    uid = await _user_id(core, pbx.domain_id, "101")
+    async with core.sessions() as s:
+        menu = await create_menu(
+            s,
+            pbx.domain_id,
+            MenuInput(
+                name="Night",
+                prompt_text="Нажмите 1",
+                keys=[KeyInput(key="1", target=ActionInput(action="voicemail", user_id=uid))],
+            ),
+        )
+        await s.commit()
+    await _rule(core, pbx.domain_id, ActionInput(action="menu", menu_id=menu.id))
+    pbx.b2bua.menus = MenuPlans(core.sessions, pbx.b2bua.prompts)  # type: ignore[arg-type]
+    call = await answered_call(pbx)
+    await key(pbx, "1")
+    assert [p[0] for _leg, p in pbx.media.played][-1] == "t"  # the box's default greeting, spoken
+    await to_recording(pbx)
+    await pbx.advance(2)
+    await call.send("BYE")
+    assert await call.phone.expect(200)
     assert pbx.bus.events[-1].extra == {"voicemail": "true"}
     await desk(pbx).drain()
     assert len(await messages(core)) == 1

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 19:09:44.705888
+Create Date: 2026-11-25 19:57:40.074787
 """
 
 from __future__ import annotations
@@ -538,7 +538,7 @@ def upgrade() -> None:
         sa.Column("target_menu_id", sa.Uuid(), nullable=True),
         sa.Column("target_number", sa.String(length=16), nullable=True),
         sa.CheckConstraint(
-            "action in ('user', 'group', 'menu', 'external', 'repeat', 'extension', 'hangup')",
+            "action in ('user', 'group', 'menu', 'voicemail', 'external', 'repeat', 'extension', 'hangup')",
             name=op.f("ck_voice_menu_keys_action"),
         ),
         sa.CheckConstraint(
