@@ -10,7 +10,9 @@ answers whether a recording was made, which ``end`` carries as ``is_record``.
 
 ``RetentionSweep`` deletes recordings whose ``expires_at`` (set at start: now + the domain's
 ``recording_retention_days``) has passed, files first, hourly. At start-up, rows a crash left in
-``recording`` or ``encoding`` are marked ``failed`` and their WAVs removed (``recover``).
+``recording`` or ``encoding`` are finished from their WAV when it is there (its header patched to the data it
+holds: a killed signalling process leaves the workers to finalise theirs, an inline relay does not), else
+marked ``failed`` (``recover``).
 """
 
 from __future__ import annotations
@@ -179,26 +181,40 @@ class CallRecordings:
         if jobs:
             await asyncio.wait(jobs, timeout=timeout_s)
 
-    async def recover(self) -> int:
-        """Rows a crash left ``recording`` or ``encoding``: marked ``failed``, their WAVs removed."""
-        async with self.sessions() as s, s.begin():
+    async def recover(self) -> tuple[int, int]:
+        """Rows a crash (or a stop) left ``recording`` or ``encoding``: a WAV that is there is given its true
+        length and encoded as usual; the others are marked ``failed``. Returns (encoding, failed)."""
+        from vpbx.media.recorder import repair_wav
+
+        async with self.sessions() as s:
             rows = (
                 await s.execute(
-                    select(Recording.id, Recording.path).where(
+                    select(Recording.id, Recording.path, Recording.session_id).where(
                         Recording.status.in_(("recording", "encoding"))
                     )
                 )
             ).all()
-            if rows:
-                await s.execute(
-                    update(Recording).where(Recording.id.in_([r.id for r in rows])).values(status="failed")
-                )
+        encoding = failed = 0
         for r in rows:
-            with contextlib.suppress(ValueError, OSError):
-                await asyncio.to_thread(self.store.delete, r.path)
+            try:
+                frames = await asyncio.to_thread(repair_wav, self.store.wav_path(r.path))
+            except (RecordingFailed, ValueError) as e:
+                log.warning("recording.not_recovered", session_id=r.session_id, error=str(e))
+                await self._set(r.id, status="failed")
+                with contextlib.suppress(ValueError, OSError):
+                    await asyncio.to_thread(self.store.delete, r.path)
+                failed += 1
+                continue
+            await self._set(r.id, status="encoding", duration_s=round(frames / 8000, 2))
+            task = asyncio.create_task(
+                self._encode(r.session_id, _Active(r.id, r.path)), name=f"recording-recover-{r.session_id}"
+            )
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+            encoding += 1
         if rows:
-            log.warning("recording.recovered_as_failed", count=len(rows))
-        return len(rows)
+            log.warning("recording.recovered", encoding=encoding, failed=failed)
+        return encoding, failed
 
 
 class RetentionSweep:
