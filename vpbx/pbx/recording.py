@@ -123,13 +123,18 @@ class CallRecordings:
             self.store.delete(name)
             return False
         if call.ended_at is not None and self._active.get(session) is not None:
-            await self.stop(session)  # the call ended while this one started: finish it at once
+            await self.stop(session, salvage=False)  # the call ended while this one started
             return False
         log.info("recording.started", session_id=session, path=name)
         return True
 
-    async def stop(self, session: SessionId) -> bool:
-        """Finalise the call's WAV and queue its MP3; True when a recording was made (``is_record``)."""
+    async def stop(self, session: SessionId, *, salvage: bool = True) -> bool:
+        """Finalise the call's WAV and queue its MP3; True when a recording was made (``is_record``).
+
+        When the media side lost the recording (its worker died, the writer failed), what reached the WAV is
+        kept if ``salvage``: its header is patched to the data there and it is encoded as usual."""
+        from vpbx.media.recorder import repair_wav
+
         active = self._active.pop(session, None)
         if active is None:
             return False
@@ -138,11 +143,19 @@ class CallRecordings:
         except MediaError as e:
             log.error("recording.stop_failed", session_id=session, error=str(e))
             result = None
-        if result is None:
+        duration = result.duration_s if result is not None else 0.0
+        if result is None and salvage:
+            try:
+                duration = await asyncio.to_thread(repair_wav, self.store.wav_path(active.name)) / 8000
+            except RecordingFailed:
+                duration = 0.0
+            if duration > 0:
+                log.warning("recording.salvaged", session_id=session, duration_s=round(duration, 1))
+        if result is None and duration <= 0:
             await self._set(active.row_id, status="failed")
-            self.store.delete(active.name)
+            await asyncio.to_thread(self.store.delete, active.name)
             return False
-        await self._set(active.row_id, status="encoding", duration_s=round(result.duration_s, 2))
+        await self._set(active.row_id, status="encoding", duration_s=round(duration, 2))
         task = asyncio.create_task(self._encode(session, active), name=f"recording-encode-{session}")
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)

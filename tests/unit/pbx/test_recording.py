@@ -156,6 +156,31 @@ async def test_a_recording_whose_file_is_lost_is_marked_failed(pbx: Pbx, core: C
     assert [r.status for r in await rows(core)] == ["failed"]
 
 
+async def test_what_reached_the_wav_is_kept_when_the_media_side_lost_the_recording(
+    pbx: Pbx, core: Core
+) -> None:
+    await set_flags(core, domain=True)
+    media = pbx.media
+    assert isinstance(media, RecordingMedia)
+    real_stop = media.record_stop
+
+    async def worker_died(session: SessionId) -> RecordingResult | None:
+        result = await real_stop(session)  # the file is there (2 s), but nobody answers for it
+        assert result is not None
+        data = bytearray(result.path.read_bytes())
+        data[40:44] = bytes(4)  # its header never patched
+        result.path.write_bytes(bytes(data))
+        return None
+
+    media.record_stop = worker_died  # type: ignore[method-assign]
+    await talk_and_hang_up(pbx)
+    assert pbx.bus.events[-1].is_record is True
+    assert pbx.b2bua.recordings is not None
+    await pbx.b2bua.recordings.drain(30.0)
+    (row,) = await rows(core)
+    assert row.status == "ready" and row.duration_s == pytest.approx(SECONDS)
+
+
 async def add_row(core: Core, store: LocalRecordingStore, domain_id: uuid.UUID, expires: dt.datetime) -> str:
     name = store.new_name(domain_id, uuid.uuid4().hex, expires)
     store.path(name).parent.mkdir(parents=True, exist_ok=True)
