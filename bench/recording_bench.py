@@ -9,7 +9,9 @@
    wall time from the job's submission to the renamed MP3, the job's CPU, and the MP3's size. The contract is
    an MP3 ready within 60 s of ``end`` for calls up to 2 h; this is the figure that says whether a long call
    could miss it (if so, encode incrementally during the call).
-2. **Relay.** ``bench/media_bench.py``'s method (the C generator plays 2N phones, one worker process relays,
+2. **Capture.** The per-packet core (``vpbx.media.capture.Capture.feed``) alone, in this process: CPU per
+   packet, the figure that does not depend on the neighbours of a shared box.
+3. **Relay.** ``bench/media_bench.py``'s method (the C generator plays 2N phones, one worker process relays,
    pinned to separate CPUs where there are two) at each ``--calls`` point, first without recording
    (``worker``), then with every call recorded to a stereo WAV (``worker+rec``: ``record_start`` for each
    session after its set-up). The worker's CPU per packet in both, and their ratio, is recording's cost.
@@ -40,7 +42,7 @@ for p in (ROOT, ROOT / "bench"):
 
 import media_bench  # noqa: E402
 
-from vpbx.media.capture import interleave  # noqa: E402
+from vpbx.media.capture import Capture, interleave  # noqa: E402
 from vpbx.media.recorder import MP3_BITRATE_KBPS, Mp3Encoder, encode_mp3, mp3_duration  # noqa: E402
 from vpbx.pbx.bus import SessionId  # noqa: E402
 
@@ -117,6 +119,18 @@ async def bench_encode(hours: float, tmp: Path) -> EncodeFigure:
     )
 
 
+def bench_capture(packets: int = 200_000) -> float:
+    """CPU µs per packet of the capture core alone (decode, place, mix, chunk): both legs of one call."""
+    cap = Capture(Path("unused.wav"), start=0.0)
+    payload = memoryview(bytes(range(160)))
+    t0 = time.process_time()
+    for i in range(packets):
+        cap.feed("a" if i & 1 else "b", payload, 8, (i >> 1) * 160, 0x1234, (i >> 1) * 0.02)
+        if cap.chunks:
+            cap.take_chunks()
+    return 1e6 * (time.process_time() - t0) / packets
+
+
 class RecordingWorkerSut(media_bench.WorkerSut):
     """The ``worker`` system under test with every call recorded to a stereo WAV in a temporary directory."""
 
@@ -186,6 +200,9 @@ async def main_async(args: argparse.Namespace) -> str:
         enc = await bench_encode(args.hours, Path(tmp))
     lines.append({**meta, "measure": "encode", **asdict(enc)})
     text += render_encode(enc)
+    capture_us = bench_capture()
+    lines.append({**meta, "measure": "capture", "cpu_us_per_packet": capture_us})
+    text += f"capture core alone (decode, place, mix, 64 KiB chunks): {capture_us:.2f} µs CPU per packet\n"
     if not args.skip_relay:
         plan = media_bench.Plan(
             calls=args.calls,

@@ -1,5 +1,5 @@
-"""Media: RTP relay, G.711, RFC 4733 DTMF, prompts and their player, and the ``MediaBackend`` interface
-(telephony.md §3.8–§3.10)."""
+"""Media: RTP relay, G.711, RFC 4733 DTMF, prompts and their player, recording (capture, MP3, store) and the
+``MediaBackend`` interface (telephony.md §3.8–§3.10)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ from vpbx.media.prompts import (
     PromptStore,
     SystemPhrase,
     Voice,
+)
+from vpbx.media.recorder import (
+    LocalRecordingStore,
+    Mp3Encoder,
+    RecordingStore,
+    encode_mp3,
+    mp3_duration,
+    repair_wav,
 )
 from vpbx.media.relay import (
     LATCH_PACKETS,
@@ -89,9 +97,11 @@ __all__ = [
     "LegRef",
     "LegRewriter",
     "LegStats",
+    "LocalRecordingStore",
     "MediaBackend",
     "MediaPorts",
     "MediaTimeoutHook",
+    "Mp3Encoder",
     "Playback",
     "PortAllocator",
     "Prompt",
@@ -100,6 +110,7 @@ __all__ = [
     "PromptId",
     "PromptStore",
     "RecordingResult",
+    "RecordingStore",
     "Relay",
     "RelayLeg",
     "RelaySession",
@@ -116,12 +127,15 @@ __all__ = [
     "build_event",
     "default_codec",
     "digit_payloads",
+    "encode_mp3",
     "event_code",
+    "mp3_duration",
     "parse_event",
     "parse_packet",
     "parse_rtcp_report",
     "pcm_to_alaw",
     "pcm_to_ulaw",
+    "repair_wav",
     "serialize_packet",
     "ulaw_to_pcm",
 ]

@@ -38,6 +38,9 @@ RESYNC_S = 0.12  # a packet landing further than this from its arrival time re-a
 EMIT_BATCH_FRAMES = 10  # on the packet path, emit only when this many frames are final (one 200 ms step)
 CHUNK_BYTES = 64 * 1024  # telephony.md §3.10: full buffers to the writer thread
 _HALF_TS = TS_MOD // 2
+# the C decoders straight on the packet's memoryview (no copy); None on Pythons without audioop
+_ALAW2LIN = getattr(_AUDIOOP, "alaw2lin", None)
+_ULAW2LIN = getattr(_AUDIOOP, "ulaw2lin", None)
 _LAG = int(LAG_S * SAMPLE_RATE)
 _RESYNC = int(RESYNC_S * SAMPLE_RATE)
 
@@ -102,9 +105,9 @@ class Capture:
         else:
             track = self._b
         if pt == PT_PCMA:
-            pcm = alaw_to_pcm(bytes(payload))
+            pcm = _ALAW2LIN(payload, SAMPLE_WIDTH) if _ALAW2LIN else alaw_to_pcm(bytes(payload))
         elif pt == PT_PCMU:
-            pcm = ulaw_to_pcm(bytes(payload))
+            pcm = _ULAW2LIN(payload, SAMPLE_WIDTH) if _ULAW2LIN else ulaw_to_pcm(bytes(payload))
         else:
             return
         arrival = self._position(now)
@@ -128,10 +131,14 @@ class Capture:
             if not pcm:
                 return
         buf = track.pcm
-        end = offset + len(pcm)
-        if end > len(buf):
-            buf.extend(bytes(end - len(buf)))
-        buf[offset:end] = pcm
+        size = len(buf)
+        if offset == size:  # the usual case: the next frame in order
+            buf += pcm
+        else:
+            end = offset + len(pcm)
+            if end > size:
+                buf.extend(bytes(end - size))
+            buf[offset:end] = pcm
         if arrival - _LAG - self.base >= EMIT_BATCH_FRAMES * FRAME_SAMPLES:
             self.advance(now)
 

@@ -141,6 +141,39 @@ def encode_mp3(wav: Path, mp3: Path, *, quality: int = LAME_QUALITY) -> float:
     return wav_s
 
 
+WAV_HEADER = 44  # what ``wave`` writes: RIFF, fmt (16 octets), then the data chunk's header
+
+
+def repair_wav(path: Path) -> int:
+    """Give a WAV whose writer never finalised it (the process was killed) the sizes its data has; frames.
+
+    ``RecordingFailed`` when the file does not start with the header ``wave`` writes."""
+    try:
+        with open(path, "r+b") as f:
+            head = f.read(WAV_HEADER)
+            if (
+                len(head) < WAV_HEADER
+                or head[:4] != b"RIFF"
+                or head[8:12] != b"WAVE"
+                or head[36:40] != b"data"
+            ):
+                raise RecordingFailed(f"{path.name}: not a WAV this recorder wrote")
+            channels = int.from_bytes(head[22:24], "little")
+            if channels not in (1, 2):
+                raise RecordingFailed(f"{path.name}: {channels} channels")
+            block = SAMPLE_WIDTH * channels
+            size = os.fstat(f.fileno()).st_size - WAV_HEADER
+            size -= size % block
+            f.truncate(WAV_HEADER + size)
+            f.seek(4)
+            f.write((WAV_HEADER - 8 + size).to_bytes(4, "little"))
+            f.seek(40)
+            f.write(size.to_bytes(4, "little"))
+    except OSError as e:
+        raise RecordingFailed(f"{path.name}: {e}") from e
+    return size // block
+
+
 def _mixdown(stereo: bytes, audioop: object) -> bytes:
     """(L + R) / 2 per frame: the two parties of a call in one mono track."""
     if audioop is not None:

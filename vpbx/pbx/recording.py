@@ -10,7 +10,9 @@ answers whether a recording was made, which ``end`` carries as ``is_record``.
 
 ``RetentionSweep`` deletes recordings whose ``expires_at`` (set at start: now + the domain's
 ``recording_retention_days``) has passed, files first, hourly. At start-up, rows a crash left in
-``recording`` or ``encoding`` are marked ``failed`` and their WAVs removed (``recover``).
+``recording`` or ``encoding`` are finished from their WAV when it is there (its header patched to the data it
+holds: a killed signalling process leaves the workers to finalise theirs, an inline relay does not), else
+marked ``failed`` (``recover``).
 """
 
 from __future__ import annotations
@@ -121,13 +123,18 @@ class CallRecordings:
             self.store.delete(name)
             return False
         if call.ended_at is not None and self._active.get(session) is not None:
-            await self.stop(session)  # the call ended while this one started: finish it at once
+            await self.stop(session, salvage=False)  # the call ended while this one started
             return False
         log.info("recording.started", session_id=session, path=name)
         return True
 
-    async def stop(self, session: SessionId) -> bool:
-        """Finalise the call's WAV and queue its MP3; True when a recording was made (``is_record``)."""
+    async def stop(self, session: SessionId, *, salvage: bool = True) -> bool:
+        """Finalise the call's WAV and queue its MP3; True when a recording was made (``is_record``).
+
+        When the media side lost the recording (its worker died, the writer failed), what reached the WAV is
+        kept if ``salvage``: its header is patched to the data there and it is encoded as usual."""
+        from vpbx.media.recorder import repair_wav
+
         active = self._active.pop(session, None)
         if active is None:
             return False
@@ -136,11 +143,19 @@ class CallRecordings:
         except MediaError as e:
             log.error("recording.stop_failed", session_id=session, error=str(e))
             result = None
-        if result is None:
+        duration = result.duration_s if result is not None else 0.0
+        if result is None and salvage:
+            try:
+                duration = await asyncio.to_thread(repair_wav, self.store.wav_path(active.name)) / 8000
+            except RecordingFailed:
+                duration = 0.0
+            if duration > 0:
+                log.warning("recording.salvaged", session_id=session, duration_s=round(duration, 1))
+        if result is None and duration <= 0:
             await self._set(active.row_id, status="failed")
-            self.store.delete(active.name)
+            await asyncio.to_thread(self.store.delete, active.name)
             return False
-        await self._set(active.row_id, status="encoding", duration_s=round(result.duration_s, 2))
+        await self._set(active.row_id, status="encoding", duration_s=round(duration, 2))
         task = asyncio.create_task(self._encode(session, active), name=f"recording-encode-{session}")
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
@@ -179,26 +194,40 @@ class CallRecordings:
         if jobs:
             await asyncio.wait(jobs, timeout=timeout_s)
 
-    async def recover(self) -> int:
-        """Rows a crash left ``recording`` or ``encoding``: marked ``failed``, their WAVs removed."""
-        async with self.sessions() as s, s.begin():
+    async def recover(self) -> tuple[int, int]:
+        """Rows a crash (or a stop) left ``recording`` or ``encoding``: a WAV that is there is given its true
+        length and encoded as usual; the others are marked ``failed``. Returns (encoding, failed)."""
+        from vpbx.media.recorder import repair_wav
+
+        async with self.sessions() as s:
             rows = (
                 await s.execute(
-                    select(Recording.id, Recording.path).where(
+                    select(Recording.id, Recording.path, Recording.session_id).where(
                         Recording.status.in_(("recording", "encoding"))
                     )
                 )
             ).all()
-            if rows:
-                await s.execute(
-                    update(Recording).where(Recording.id.in_([r.id for r in rows])).values(status="failed")
-                )
+        encoding = failed = 0
         for r in rows:
-            with contextlib.suppress(ValueError, OSError):
-                await asyncio.to_thread(self.store.delete, r.path)
+            try:
+                frames = await asyncio.to_thread(repair_wav, self.store.wav_path(r.path))
+            except (RecordingFailed, ValueError) as e:
+                log.warning("recording.not_recovered", session_id=r.session_id, error=str(e))
+                await self._set(r.id, status="failed")
+                with contextlib.suppress(ValueError, OSError):
+                    await asyncio.to_thread(self.store.delete, r.path)
+                failed += 1
+                continue
+            await self._set(r.id, status="encoding", duration_s=round(frames / 8000, 2))
+            task = asyncio.create_task(
+                self._encode(r.session_id, _Active(r.id, r.path)), name=f"recording-recover-{r.session_id}"
+            )
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+            encoding += 1
         if rows:
-            log.warning("recording.recovered_as_failed", count=len(rows))
-        return len(rows)
+            log.warning("recording.recovered", encoding=encoding, failed=failed)
+        return encoding, failed
 
 
 class RetentionSweep:

@@ -156,6 +156,31 @@ async def test_a_recording_whose_file_is_lost_is_marked_failed(pbx: Pbx, core: C
     assert [r.status for r in await rows(core)] == ["failed"]
 
 
+async def test_what_reached_the_wav_is_kept_when_the_media_side_lost_the_recording(
+    pbx: Pbx, core: Core
+) -> None:
+    await set_flags(core, domain=True)
+    media = pbx.media
+    assert isinstance(media, RecordingMedia)
+    real_stop = media.record_stop
+
+    async def worker_died(session: SessionId) -> RecordingResult | None:
+        result = await real_stop(session)  # the file is there (2 s), but nobody answers for it
+        assert result is not None
+        data = bytearray(result.path.read_bytes())
+        data[40:44] = bytes(4)  # its header never patched
+        result.path.write_bytes(bytes(data))
+        return None
+
+    media.record_stop = worker_died  # type: ignore[method-assign]
+    await talk_and_hang_up(pbx)
+    assert pbx.bus.events[-1].is_record is True
+    assert pbx.b2bua.recordings is not None
+    await pbx.b2bua.recordings.drain(30.0)
+    (row,) = await rows(core)
+    assert row.status == "ready" and row.duration_s == pytest.approx(SECONDS)
+
+
 async def add_row(core: Core, store: LocalRecordingStore, domain_id: uuid.UUID, expires: dt.datetime) -> str:
     name = store.new_name(domain_id, uuid.uuid4().hex, expires)
     store.path(name).parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +216,31 @@ async def test_recover_marks_what_a_crash_left_half_way_as_failed(pbx: Pbx, core
     async with core.sessions() as s, s.begin():
         await s.execute(update(Recording).values(status="recording"))
     assert pbx.b2bua.recordings is not None
-    assert await pbx.b2bua.recordings.recover() == 1
+    assert await pbx.b2bua.recordings.recover() == (0, 1)
     assert [r.status for r in await rows(core)] == ["failed"]
     assert not store.wav_path(name).exists()
-    assert await pbx.b2bua.recordings.recover() == 0
+    assert await pbx.b2bua.recordings.recover() == (0, 0)
+
+
+async def test_recover_finishes_a_wav_its_writer_never_finalised(pbx: Pbx, core: Core) -> None:
+    store = core.recordings
+    name = await add_row(core, store, pbx.domain_id, dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    wav = store.wav_path(name)
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(4 * 8000 * 3))
+    data = bytearray(wav.read_bytes())
+    data[4:8] = data[40:44] = bytes(4)  # what a killed writer leaves: sizes never patched
+    wav.write_bytes(bytes(data) + b"\x01")  # and half a frame
+    store.path(name).unlink()
+    async with core.sessions() as s, s.begin():
+        await s.execute(update(Recording).values(status="recording"))
+    recordings = pbx.b2bua.recordings
+    assert recordings is not None
+    assert await recordings.recover() == (1, 0)
+    await recordings.drain(30.0)
+    (row,) = await rows(core)
+    assert row.status == "ready" and row.duration_s == pytest.approx(3.0)
+    assert store.path(name).stat().st_size == row.size_bytes and not wav.exists()
