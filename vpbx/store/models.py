@@ -485,6 +485,138 @@ class VoicemailMessage(Base):
     __table_args__ = (CheckConstraint("status in ('recording', 'ready', 'failed')", name="status"),)
 
 
+# --- Integration API (integration-api.md) -----------------------------------------------------------------
+
+
+class ApiSettings(Base):
+    """A domain's Integration API settings (§6.2): credentials, CRM address, allowlist, toggles."""
+
+    __tablename__ = "api_settings"
+    domain_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[str] = mapped_column(String(32), unique=True)  # X-Client-ID, 32 upper-case hex
+    sign_key_enc: Mapped[str] = mapped_column(Text)  # the signing key, sealed with the secret box
+    crm_url: Mapped[str] = mapped_column(String(500), default="")
+    allowlist: Mapped[str] = mapped_column(String(4000), default="")  # addresses and CIDRs, one per line
+    timeout_s: Mapped[int] = mapped_column(Integer, default=3)
+    tls_required: Mapped[bool] = mapped_column(Boolean, default=True)  # «режим шифрования трафика»
+    send_events: Mapped[bool] = mapped_column(Boolean, default=True)
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["incoming", "outbound", "internal"])
+    event_states: Mapped[list[str]] = mapped_column(
+        JSON, default=lambda: ["new", "calling", "connected", "disconnected", "end"]
+    )
+    send_autoinformer_events: Mapped[bool] = mapped_column(Boolean, default=True)
+    number_info: Mapped[bool] = mapped_column(Boolean, default=False)  # get_number_info
+    verify_crm_sign: Mapped[bool] = mapped_column(Boolean, default=False)
+    suspended_at: Mapped[dt.datetime | None] = mapped_column()  # sending suspended after sustained failure
+    events_since: Mapped[dt.datetime | None] = mapped_column()  # call events before this are not sent
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    __table_args__ = (CheckConstraint("timeout_s between 1 and 10", name="timeout_s"),)
+
+
+class ApiTrustedCert(Base):
+    """«Доверенные сертификаты»: a CRM server certificate or CA trusted for calls to the CRM (§2.5)."""
+
+    __tablename__ = "api_trusted_certs"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    pem: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(String(500))
+    not_after: Mapped[dt.datetime] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+class ApiLog(Base):
+    """«Лог запросов/ответов» (§6.4): one exchange in either direction, secrets masked."""
+
+    __tablename__ = "api_log"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    direction: Mapped[str] = mapped_column(String(8))  # "in" (CRM → PBX) or "out" (PBX → CRM)
+    method: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(1000), default="")
+    source_ip: Mapped[str] = mapped_column(String(64), default="")
+    request_headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    request_body: Mapped[str] = mapped_column(Text, default="")
+    request_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[str | None] = mapped_column(String(16))
+    response_body: Mapped[str] = mapped_column(Text, default="")
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(500), default="")
+    test: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (Index("ix_api_log_domain_at", "domain_id", "at"),)
+
+
+class ApiDelivery(Base):
+    """A PBX → CRM notification in the durable outbox (§5.1): the exact body bytes sent, its state and
+    attempts. One call's deliveries go out in ``seq`` order."""
+
+    __tablename__ = "api_deliveries"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(String(64))  # call_events, history_file_completed, …
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    seq: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    done_at: Mapped[dt.datetime | None] = mapped_column()
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    test: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (
+        Index("ix_api_deliveries_due", "status", "next_at"),
+        UniqueConstraint("method", "session_id", "seq"),
+        CheckConstraint("status in ('pending', 'delivered', 'failed', 'expired')", name="status"),
+    )
+
+
+class ApiHistoryOrder(Base):
+    """An order of ``domain_call_history`` (§4.5): built in the background, downloadable for 7 days."""
+
+    __tablename__ = "api_history_orders"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # order_id, 32 lower-case hex
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    path: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    ready_at: Mapped[dt.datetime | None] = mapped_column()
+    expires_at: Mapped[dt.datetime | None] = mapped_column()
+    __table_args__ = (CheckConstraint("status in ('pending', 'ready', 'failed')", name="status"),)
+
+
+class ApiRecordLink(Base):
+    """A one-time recording link of ``get_record`` (§4.2), bound to one IP address."""
+
+    __tablename__ = "api_record_links"
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    ip: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class ApiIdempotency(Base):
+    """The first answer to a request with an ``Idempotency-Key`` (§4.1), kept 10 minutes."""
+
+    __tablename__ = "api_idempotency"
+    domain_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    response: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
 # --- services management («Управление услугами») -------------------------------------------------------
 
 
