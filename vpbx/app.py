@@ -101,6 +101,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
+    from vpbx.pbx.history import SPOOL_FILE, SqlCallJournal, reconcile
     from vpbx.pbx.incoming import IncomingRouter
     from vpbx.pbx.ivr_plan import MenuPlans
     from vpbx.pbx.node import SipNode
@@ -113,9 +114,23 @@ async def serve(settings: Settings) -> None:
     if settings.debug_call_events_file:
         bus.subscribe("debug-call-events-file", JsonLinesEventLog(Path(settings.debug_call_events_file)))
     registry = core.calls
+    # the call history (telephony.md §3.7): a spool left by the last run is replayed, then the calls this
+    # node left open when it died are closed, all before the SIP node takes a call
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    journal = SqlCallJournal(
+        core.sessions,
+        node_id=settings.node_id,
+        spool_path=settings.data_dir / SPOOL_FILE,
+        commit_timeout_s=settings.history_commit_timeout_s,
+    )
+    await journal.start()
+    try:
+        await reconcile(core.sessions, node_id=settings.node_id, bus=bus)
+    except Exception:  # a database down at start-up: calls still go on; the orphans wait for the next start
+        log.exception("history.reconcile_failed")
     b2bua = B2bua(
         registry=registry,
-        events=CallEvents(bus, core.clock),
+        events=CallEvents(bus, core.clock, journal=journal),
         clock=core.clock,
         no_answer_s=settings.call_no_answer_s,
     )
@@ -189,6 +204,7 @@ async def serve(settings: Settings) -> None:
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
         await media.aclose()
+        await journal.stop()
         await bus.stop()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -85,6 +86,11 @@ class Settings(BaseSettings):
     # RTP relay (telephony.md §2): in worker processes, each with a share of rtp_ports, or on the main loop
     media_mode: Literal["inline", "workers"] = "workers"
     media_workers: int = Field(default_factory=lambda: default_media_workers(), ge=1, le=64)
+    # this node's name on its call records (telephony.md §9.3 rule 3); the start-up reconciler closes the
+    # records of this node only
+    node_id: str = Field(default_factory=lambda: default_node_id(), min_length=1, max_length=64)
+    # the call history: a commit slower than this spools its events to <data_dir>/call-history.spool.jsonl
+    history_commit_timeout_s: float = Field(default=5.0, gt=0, le=300)
     # tests only: append every call event to this file as a JSON line (empty: off)
     debug_call_events_file: str = ""
     public_url: str = ""
@@ -149,6 +155,11 @@ class Settings(BaseSettings):
     @property
     def sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def default_node_id() -> str:
+    """The machine's host name (one node per machine in v1)."""
+    return socket.gethostname()[:64] or "node"
 
 
 def default_media_workers() -> int:

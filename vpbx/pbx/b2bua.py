@@ -73,6 +73,7 @@ from vpbx.sip.dialog import (
 )
 from vpbx.sip.flow import Destination
 from vpbx.sip.message import (
+    REASON_PHRASES,
     URI,
     Address,
     Parameters,
@@ -125,6 +126,8 @@ NO_ACK = reason_header(408, "no ACK")  # RFC 3261 §13.3.1.4: our 2xx was never 
 SHUTDOWN = reason_header(503, "server shutting down")
 RETRY_AFTER_S = "5"
 
+# CallEvent.extra["end_reason"] of each outcome (vpbx.pbx.calls.EXTRA_KEYS)
+END_REASONS = {"answered": "normal", "unanswered": "no_answer"}
 CALLS = Counter("vpbx_calls_total", "Calls handled by the B2BUA, by outcome", ["outcome"])
 CALLS_ACTIVE = Gauge("vpbx_calls_active", "Live calls on this node")
 
@@ -247,6 +250,7 @@ class ALeg(Leg):
     offer: SessionDescription | None  # the caller's SDP offer; None: it wants ours in the 200
     record_route: tuple[str, ...] = ()
     final_sent: bool = False
+    final_code: int = 0  # the final response the caller got (the history's status of an unanswered call)
     ringing_sent: bool = False
     early_sent: bool = False
 
@@ -316,6 +320,7 @@ class _Ctx:
     trunks_held: set[uuid.UUID] = field(default_factory=set)  # trunks whose channels this call uses
     answered_by_pbx: bool = False  # our voice menu answered the caller (200 sent, no B-leg yet)
     ivr: _Ivr | None = None  # the voice menu the caller is in
+    end_reason: str = ""  # why the call ended, when not its outcome (media_lost, shutdown…), for the history
 
     @property
     def session_id(self) -> SessionId:
@@ -460,6 +465,15 @@ def _clean_display(name: str) -> str:
     return kept.strip()[:MAX_DISPLAY_NAME]
 
 
+def _end_extra(ctx: _Ctx, outcome: str) -> dict[str, str]:
+    """What ``end`` tells the call history: why the call ended and, unanswered, the caller's final answer."""
+    extra = {"end_reason": ctx.end_reason or END_REASONS.get(outcome, outcome)}
+    if ctx.call.answered_at is None and ctx.a.final_code >= 300:
+        extra["status_code"] = str(ctx.a.final_code)
+        extra["status_text"] = REASON_PHRASES.get(ctx.a.final_code, "")
+    return extra
+
+
 def _final_for_a(codes: list[int]) -> int:
     """A's final when no B-leg answered (telephony.md §4): busy wins, then a shared 404/480, else 480."""
     if any(c in BUSY_CODES for c in codes):
@@ -599,6 +613,7 @@ class B2bua:
             async with ctx.lock:
                 if ctx.ended:
                     continue
+                ctx.end_reason = "shutdown"
                 if ctx.call.phase is Phase.CONNECTED:
                     await self._hangup(ctx, by=None, reason=SHUTDOWN, outcome="answered")
                     for leg in (ctx.a, ctx.winner):  # no waiting for an ACK now
@@ -634,6 +649,7 @@ class B2bua:
             if ctx.ended:
                 return
             log.warning("call.media_lost", session_id=ctx.session_id, phase=ctx.call.phase.value)
+            ctx.end_reason = "media_lost"
             if ctx.call.phase is Phase.CONNECTED:
                 await self._hangup(ctx, by=None, reason=MEDIA_LOST, outcome="answered")
                 return
@@ -842,6 +858,7 @@ class B2bua:
             callee=line_party,
             type="incoming",
             started_at=self.clock.now(),
+            line=line_party.external,
         )
         ctx = self._admit(node, key, invite, flow, call, offer)
         if ctx is None:
@@ -1352,6 +1369,7 @@ class B2bua:
             callee=outside_party(decision.number, domain.name),
             type="outbound",
             started_at=self.clock.now(),
+            line=decision.caller_id.lstrip("+"),
         )
         ctx = self._admit(node, key, invite, flow, call, offer)
         if ctx is None:
@@ -1802,6 +1820,7 @@ class B2bua:
             if ctx.ended or ctx.call.phase is not Phase.CONNECTED or ctx.call.held:
                 return  # telephony.md §4: no media timeout while held
             log.info("call.media_timeout", session_id=ctx.session_id, leg=side, idle_s=round(idle_s, 1))
+            ctx.end_reason = "media_timeout"
             await self._hangup(ctx, by=None, reason=MEDIA_TIMEOUT, outcome="answered")
 
     # --- replies to A ---------------------------------------------------------------------------------------
@@ -1824,6 +1843,7 @@ class B2bua:
             extra.append(("Content-Type", SDP))
         if code >= 200:
             a.final_sent = True
+            a.final_code = code
         return self.node.respond(a.key, a.invite, code, headers=tuple(extra), to_tag=a.tag, body=body)
 
     def _start_unacked(self, ctx: _Ctx, leg: Leg, response: Response, cseq: int) -> None:
@@ -2094,7 +2114,7 @@ class B2bua:
             except Exception:
                 log.exception("call.media_release_failed", session_id=call.session_id)
         log.info("call.ended", session_id=call.session_id, outcome=outcome)
-        await self.events.publish(call, "end", is_record=False)
+        await self.events.publish(call, "end", is_record=False, extra=_end_extra(ctx, outcome))
         self._forget_if_done(ctx)
 
     def _forget_if_done(self, ctx: _Ctx) -> None:
