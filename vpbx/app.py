@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import signal
@@ -62,6 +63,7 @@ def build_core(settings: Settings, clock: Clock | None = None) -> Core:
     )
 
 
+RECONCILE_TIMEOUT_S = 60.0  # closing a crashed node's calls at start-up; past it the node starts anyway
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 
 
@@ -125,7 +127,8 @@ async def serve(settings: Settings) -> None:
     )
     await journal.start()
     try:
-        await reconcile(core.sessions, node_id=settings.node_id, bus=bus)
+        async with asyncio.timeout(RECONCILE_TIMEOUT_S):
+            await reconcile(core.sessions, node_id=settings.node_id, bus=bus)
     except Exception:  # a database down at start-up: calls still go on; the orphans wait for the next start
         log.exception("history.reconcile_failed")
     b2bua = B2bua(

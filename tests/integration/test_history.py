@@ -34,7 +34,7 @@ from tests.integration.test_calls import (
     rejected_scenario,
     running,
 )
-from vpbx.pbx.history import session_log_string
+from vpbx.pbx.history import SPOOL_FILE, session_log_string
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
 from vpbx.store.models import CallEventRow, CallRecord
@@ -246,3 +246,75 @@ class _Handle:
     def __init__(self, service: SipService, proc: PeerProcess) -> None:
         self.service = service
         self.proc = proc
+
+
+# --- the database goes away mid-service ---------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_calls_go_on_while_the_database_is_down_and_their_history_follows(
+    tmp_path: Path, database: str
+) -> None:
+    """PostgreSQL refuses connections mid-service: calls still connect and end, their events wait in the
+    spool, and once the database is back the spool is replayed into closed records."""
+    for program in ("sipsak", "sipp"):
+        require_binary(program)
+    workdir = tmp_path / "vpbx"
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    secret = secrets.token_urlsafe(40)
+    events_file = tmp_path / "events.jsonl"
+    extra = {"VPBX_DATABASE_URL": database, "VPBX_DEBUG_CALL_EVENTS_FILE": str(events_file)}
+    env = _env(data, DEFAULT_DOMAIN, secret, extra)
+    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=database)  # type: ignore[arg-type]
+    await provision(settings, DEFAULT_DOMAIN, USERS)
+    name = make_url(database).database
+    admin = create_async_engine(make_url(database).set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    async def allow_connections(allowed: bool) -> None:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+            if not allowed:
+                await conn.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                    {"n": name},
+                )
+
+    spool = data / SPOOL_FILE
+    try:
+        async with serve(workdir, data, env, "outage") as (service, proc):
+            server = Server(vpbx=_Handle(service, proc), events_file=events_file)  # type: ignore[arg-type]
+            async with SippProcess.running(callee_run("uas_answer", calls=3), tmp_path) as callee:
+                await bind(server, "102", callee)
+                await allow_connections(False)
+                caller = await run_sipp(
+                    caller_run(server, "uac_call", caller="101", callee="102", calls=3, rate=10), tmp_path
+                )
+                answered = await callee.wait()
+            assert caller.ok, caller.describe()
+            assert answered.ok, answered.describe()
+            await server.calls(ended=3)  # published although nothing could be committed
+            assert spool.exists()
+
+            await allow_connections(True)
+            await wait_until(
+                lambda: not spool.exists(), timeout_s=EVENTS_TIMEOUT_S, what="the spool replayed"
+            )
+            records, outbox = await read_history(database)
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait(timeout_s=15) == 0
+    finally:
+        await allow_connections(True)
+        await admin.dispose()
+
+    assert len(records) == 3
+    for r in records:
+        assert r.ended_at is not None and r.end_reason == "normal" and r.answered_at is not None
+        assert [row.state for row in outbox[r.session_id]] == [
+            "new",
+            "calling",
+            "connected",
+            "disconnected",
+            "end",
+        ]
