@@ -354,7 +354,7 @@ class SqlCallJournal:
         self._queue.clear()
 
     async def append(self, event: CallEvent) -> None:
-        if self._task is None:  # not started (one-off use, tests) or stopped: write inline
+        if self._task is None or self._task.done():  # not started (tests), stopped, or failed: inline
             await self._write([event])
             return
         if len(self._queue) >= self.max_pending:
@@ -384,7 +384,10 @@ class SqlCallJournal:
                     pass
                 if not self._queue:
                     if self.spool_pending and loop.time() >= self._next_replay:
-                        await self.replay()
+                        try:
+                            await self.replay()
+                        except Exception:  # the spool unreadable: logged, tried again later
+                            log.exception("history.replay_failed")
                     continue
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             try:
@@ -454,7 +457,11 @@ class SqlCallJournal:
         if not self.spool_pending:
             return True
         self._next_replay = asyncio.get_running_loop().time() + self.retry_s
-        events = await asyncio.to_thread(read_spool, self.spool_path)
+        try:
+            events = await asyncio.to_thread(read_spool, self.spool_path)
+        except OSError as e:
+            log.error("history.spool_unreadable", path=str(self.spool_path), error=repr(e)[:200])
+            return False
         try:
             for i in range(0, len(events), self.max_batch):
                 chunk = events[i : i + self.max_batch]
