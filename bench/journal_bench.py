@@ -8,9 +8,10 @@ M concurrent calls each append a call's five events one after the other (``new``
 ``disconnected``, ``end``), as ``CallEvents.publish`` does: every append waits for the commit of its batch.
 Each point runs twice: with group commit (``max_batch`` 256, the default) and with one event per transaction
 (``max_batch`` 1), the cost the engine would pay without it. Reported: events/s, transactions, events per
-transaction and the append latency a call waits for (p50, p99, max). The database is a fresh migrated SQLite
-file (WAL, ``synchronous=NORMAL``, as ``vpbx serve`` runs it) or a fresh PostgreSQL database on the server of
-``--pg-url`` (default ``$VPBX_TEST_POSTGRES_URL``).
+transaction, the append latency a call waits for (p50, p99, max) and this process's CPU per event (the event
+loop and the database driver's thread; PostgreSQL's own work is not in it). The database is a fresh migrated
+SQLite file (WAL, ``synchronous=NORMAL``, as ``vpbx serve`` runs it) or a fresh PostgreSQL database on the
+server of ``--pg-url`` (default ``$VPBX_TEST_POSTGRES_URL``).
 
 Results: the tables on stdout, also written to ``bench/results/journal-latest.txt``. Every run is bounded by
 ``--timeout`` seconds per point.
@@ -61,6 +62,7 @@ class Figure:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    cpu_us: float  # this process's CPU (all threads: the loop and the database driver's) per event
 
     @property
     def rate(self) -> float:
@@ -71,12 +73,13 @@ class Figure:
         return (
             f"{self.backend:<9}{self.mode:<13}{self.calls:>6}{self.events:>8}{self.rate:>11.0f}"
             f"{self.batches:>9}{per_batch:>9.1f}{self.p50_ms:>9.2f}{self.p99_ms:>9.2f}{self.max_ms:>9.2f}"
+            f"{self.cpu_us:>9.0f}"
         )
 
 
 HEADER = (
     f"{'backend':<9}{'mode':<13}{'calls':>6}{'events':>8}{'events/s':>11}"
-    f"{'commits':>9}{'ev/comm':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    f"{'commits':>9}{'ev/comm':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'CPU µs':>9}"
 )
 
 
@@ -147,12 +150,12 @@ async def point(backend: str, url: str, calls: int, max_batch: int, tmp: Path, t
                 await journal.append(event)
                 latencies.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*(one_call() for _ in range(calls)))
         finally:
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             await journal.stop()
         if journal.spooled:
             raise RuntimeError(f"{journal.spooled} events were spooled: the database failed under the load")
@@ -168,6 +171,7 @@ async def point(backend: str, url: str, calls: int, max_batch: int, tmp: Path, t
             p50_ms=statistics.median(ms),
             p99_ms=ms[min(len(ms) - 1, int(len(ms) * 0.99))],
             max_ms=ms[-1],
+            cpu_us=cpu / len(ms) * 1e6,
         )
     finally:
         await engine.dispose()

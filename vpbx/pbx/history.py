@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as dt
 import json
 import os
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol, cast, get_args
 
 from prometheus_client import Counter
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -46,6 +47,7 @@ MAX_BATCH = 256  # events per transaction
 COMMIT_TIMEOUT_S = 5.0  # a commit slower than this sends its batch to the spool
 SPOOL_WRITE_TIMEOUT_S = 5.0
 RETRY_S = 1.0  # replay attempts of the spool while the database is down
+MAX_LIVE_RECORDS = 200_000  # records of live calls kept by the journal (so a batch reads none)
 MAX_PENDING = 100_000  # events queued for the writer; beyond that they are dropped (and counted)
 SPOOL_FILE = "call-history.spool.jsonl"
 RECONCILE_CHUNK = 500  # open records closed per transaction at start-up
@@ -85,12 +87,75 @@ def log_party(pin: str | None, number: str) -> str:
     return user.lstrip("+")
 
 
-def open_record(event: CallEvent, node_id: str) -> CallRecord:
+@dataclass(slots=True, kw_only=True)
+class RecordState:
+    """A call record's columns as plain values (``CallRecord``'s names): what the projector changes and the
+    journal keeps for live calls, so a batch needs no read and no ORM unit of work."""
+
+    id: uuid.UUID
+    session_id: str
+    domain_id: uuid.UUID
+    node_id: str
+    call_type: str
+    call_kind: str
+    started_at: dt.datetime
+    answered_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    end_reason: str | None = None
+    duration_s: int = 0
+    caller_number: str = ""
+    caller_pin: str | None = None
+    caller_uri: str = ""
+    callee_number: str = ""
+    callee_pin: str | None = None
+    callee_uri: str = ""
+    line: str | None = None
+    answering_uri: str | None = None
+    answering_pin: str | None = None
+    status_code: int | None = None
+    status_text: str | None = None
+    is_record: bool = False
+    is_voicemail: bool = False
+    session_log: list[Any] = field(default_factory=list)
+    last_seq: int = 0
+
+    def columns(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _COLUMNS}
+
+
+_COLUMNS = tuple(f.name for f in dataclasses.fields(RecordState))
+# what the events change after the record is opened
+_CHANGING = (
+    "answered_at",
+    "ended_at",
+    "end_reason",
+    "duration_s",
+    "line",
+    "answering_uri",
+    "answering_pin",
+    "status_code",
+    "status_text",
+    "is_record",
+    "is_voicemail",
+    "session_log",
+    "last_seq",
+)
+_RECORDS = cast(Table, CallRecord.__table__)
+_INSERT_RECORD = insert(_RECORDS)
+_UPDATE_RECORD = (
+    update(_RECORDS)
+    .where(_RECORDS.c.session_id == bindparam("b_session_id"))
+    .values({name: bindparam(f"b_{name}") for name in _CHANGING})
+)
+_INSERT_EVENT = insert(cast(Table, CallEventRow.__table__))
+
+
+def open_record(event: CallEvent, node_id: str) -> RecordState:
     """A call's record as its first event (``new``) opens it."""
     line = event.line
     if not line and event.type == "incoming" and event.state == "new":
         line = log_party(None, event.request_number) or None  # an incoming `new` names the line
-    return CallRecord(
+    return RecordState(
         id=uuid.uuid4(),
         session_id=event.session_id,
         domain_id=event.domain_id,
@@ -98,10 +163,6 @@ def open_record(event: CallEvent, node_id: str) -> CallRecord:
         call_type=event.type,
         call_kind=event.call_kind,
         started_at=event.timestamp,
-        answered_at=None,
-        ended_at=None,
-        end_reason=None,
-        duration_s=0,
         caller_number=event.from_number,
         caller_pin=event.from_pin or None,
         caller_uri=event.from_uri,
@@ -109,27 +170,19 @@ def open_record(event: CallEvent, node_id: str) -> CallRecord:
         callee_pin=event.request_pin or None,
         callee_uri=event.request_uri,
         line=line or None,
-        answering_uri=None,
-        answering_pin=None,
-        status_code=None,
-        status_text=None,
-        is_record=False,
-        is_voicemail=False,
-        session_log=[],
-        last_seq=0,
     )
 
 
-def _offset_s(record: CallRecord, at: dt.datetime) -> int:
+def _offset_s(record: RecordState, at: dt.datetime) -> int:
     # seconds from start_call_date (Unix seconds), as in integration-api.md §4.4's example
     return max(0, int(at.timestamp()) - int(record.started_at.timestamp()))
 
 
-def project(record: CallRecord, event: CallEvent) -> None:
+def project(record: RecordState, event: CallEvent) -> None:
     """Fold one event into its call's record (the caller has checked ``event.seq > record.last_seq``)."""
     offset = _offset_s(record, event.timestamp)
     party = log_party(event.request_pin, event.request_number)
-    entries: list[Any] = list(record.session_log or [])
+    entries = record.session_log
     if event.state == "calling":
         entries.append([offset, LOG_CALLING, party])
     elif event.state == "connected":
@@ -159,39 +212,68 @@ def project(record: CallRecord, event: CallEvent) -> None:
             record.status_text = event.extra.get("status_text") or None
     if event.line and not record.line:
         record.line = event.line
-    record.session_log = entries
     record.last_seq = event.seq
 
 
-async def apply_events(s: AsyncSession, events: Sequence[CallEvent], node_id: str) -> int:
-    """Write ``events`` into the outbox and their records (in the caller's transaction); events already
-    applied are skipped. Returns how many were applied."""
-    sids = list({e.session_id for e in events})
-    found = await s.scalars(select(CallRecord).where(CallRecord.session_id.in_(sids)))
-    records = {r.session_id: r for r in found}
-    applied = 0
+async def apply_events(
+    s: AsyncSession,
+    events: Sequence[CallEvent],
+    node_id: str,
+    live: dict[str, RecordState] | None = None,
+) -> dict[str, RecordState]:
+    """Write ``events`` into the outbox and their records, in the caller's transaction; events already
+    applied are skipped. ``live`` holds records as last committed (those not in it are read); its records
+    are changed in place, so a caller whose transaction fails must drop them. Returns the records this
+    batch wrote, as they are now."""
+    live = live or {}
+    work: dict[str, RecordState] = {}
+    missing = [sid for sid in {e.session_id for e in events} if sid not in live]
+    if missing:
+        for row in await s.execute(select(_RECORDS).where(_RECORDS.c.session_id.in_(missing))):
+            values = dict(row._mapping)
+            values["session_log"] = list(values["session_log"] or [])
+            work[values["session_id"]] = RecordState(**values)
+    new: set[str] = set()
+    rows: list[dict[str, Any]] = []
     for event in events:
-        record = records.get(event.session_id)
+        record = work.get(event.session_id)
         if record is None:
-            record = open_record(event, node_id)
-            s.add(record)
-            records[event.session_id] = record
-        elif event.seq <= record.last_seq:
+            cached = live.get(event.session_id)
+            if cached is not None:
+                record = work[event.session_id] = cached
+            else:
+                record = work[event.session_id] = open_record(event, node_id)
+                new.add(event.session_id)
+        if event.seq <= record.last_seq:
             continue  # already written (a replayed spool, a retried batch)
         project(record, event)
-        s.add(
-            CallEventRow(
-                id=uuid.uuid4(),
-                session_id=event.session_id,
-                seq=event.seq,
-                domain_id=event.domain_id,
-                state=event.state,
-                at=event.timestamp,
-                payload=event_json(event),
-            )
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "session_id": event.session_id,
+                "seq": event.seq,
+                "domain_id": event.domain_id,
+                "state": event.state,
+                "at": event.timestamp,
+                "payload": event_json(event),
+            }
         )
-        applied += 1
-    return applied
+    if not rows:
+        return {}
+    touched = {r["session_id"] for r in rows}
+    # multi-row statements: a fraction of the ORM's cost per event (bench/journal_bench.py)
+    inserts = [work[sid].columns() for sid in touched if sid in new]
+    if inserts:
+        await s.execute(_INSERT_RECORD, inserts)
+    updates = [
+        {f"b_{name}": getattr(work[sid], name) for name in ("session_id", *_CHANGING)}
+        for sid in touched
+        if sid not in new
+    ]
+    if updates:
+        await s.execute(_UPDATE_RECORD, updates)
+    await s.execute(_INSERT_EVENT, rows)
+    return {sid: work[sid] for sid in touched}
 
 
 # --- the spool: events as JSON lines ------------------------------------------------------------------------
@@ -319,6 +401,7 @@ class SqlCallJournal:
         self._task: asyncio.Task[None] | None = None
         self._next_replay = 0.0
         self._stopping = False
+        self._live: dict[str, RecordState] = {}  # records of live calls as last committed
 
     @property
     def spool_pending(self) -> bool:
@@ -419,9 +502,20 @@ class SqlCallJournal:
             await self._spool(events)
 
     async def _commit(self, events: Sequence[CallEvent]) -> None:
-        async with asyncio.timeout(self.commit_timeout_s):
-            async with self.sessions() as s, s.begin():
-                await apply_events(s, events, self.node_id)
+        try:
+            async with asyncio.timeout(self.commit_timeout_s):
+                async with self.sessions() as s, s.begin():
+                    done = await apply_events(s, events, self.node_id, self._live)
+        except BaseException:
+            self._live.clear()  # it may have committed after all: read the records again next time
+            raise
+        for sid, record in done.items():
+            if record.ended_at is None:
+                self._live[sid] = record
+            else:
+                self._live.pop(sid, None)
+        if len(self._live) > MAX_LIVE_RECORDS:  # records of calls that never ended (a bug elsewhere)
+            self._live.clear()
         self.batches += 1
         HISTORY_BATCHES.inc()
         HISTORY_EVENTS.labels("committed").inc(len(events))
@@ -577,6 +671,7 @@ __all__ = [
     "END_RECOVERED",
     "SPOOL_FILE",
     "CallJournal",
+    "RecordState",
     "SqlCallJournal",
     "apply_events",
     "event_from_dict",

@@ -206,9 +206,11 @@ async def down() -> AsyncIterator[async_sessionmaker[AsyncSession]]:
 async def test_applying_events_twice_writes_them_once(core: Core, t1: Tenant) -> None:
     events = f_events(t1.id)
     async with core.sessions() as s, s.begin():
-        assert await apply_events(s, events[:3], NODE) == 3
+        assert (await apply_events(s, events[:3], NODE))[F_SESSION].last_seq == 3
     async with core.sessions() as s, s.begin():
-        assert await apply_events(s, events, NODE) == 2  # the first three are already there
+        assert (await apply_events(s, events, NODE))[F_SESSION].last_seq == 5  # 1-3 are already there
+    async with core.sessions() as s, s.begin():
+        assert await apply_events(s, events, NODE) == {}  # nothing left to write
 
     [record] = await records(core)
     assert record.ended_at == at(101.360) and record.duration_s == 95
@@ -272,6 +274,33 @@ async def test_a_dead_database_spools_and_the_spool_is_replayed_in_order(
     assert not spool.exists()
     [record] = await records(core)
     assert record.ended_at is not None and record.last_seq == 5
+    assert session_log_string(record.session_log) == "0:ct:501;6:cc:501;101:cd:501;"
+    assert [r.seq for r in await outbox(core, F_SESSION)] == [1, 2, 3, 4, 5]
+
+
+async def test_a_database_lost_mid_call_loses_nothing_of_the_call(
+    core: Core, t1: Tenant, tmp_path: Path, down: async_sessionmaker[AsyncSession]
+) -> None:
+    spool = tmp_path / SPOOL_FILE
+    journal = SqlCallJournal(core.sessions, node_id=NODE, spool_path=spool, retry_s=0.05)
+    await journal.start()
+    events = f_events(t1.id)
+    try:
+        async with asyncio.timeout(30):
+            for event in events[:2]:
+                await journal.append(event)  # committed; the journal keeps the live record
+            journal.sessions = down
+            await journal.append(events[2])  # `connected` goes to the spool
+            assert journal.spooled == 1
+            journal.sessions = core.sessions
+            for event in events[3:]:
+                await journal.append(event)
+    finally:
+        await journal.stop()
+
+    assert not spool.exists()
+    [record] = await records(core)
+    assert record.answered_at == at(6.002) and record.duration_s == 95 and record.last_seq == 5
     assert session_log_string(record.session_log) == "0:ct:501;6:cc:501;101:cd:501;"
     assert [r.seq for r in await outbox(core, F_SESSION)] == [1, 2, 3, 4, 5]
 
