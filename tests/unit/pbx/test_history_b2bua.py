@@ -133,3 +133,30 @@ async def test_a_user_without_phones_ends_with_480_and_no_calling(core: Core, pb
     assert [(e.seq, e.state) for e in pbx.bus.events] == [(1, "new"), (2, "end")]
     record = await the_record(core)
     assert record.status_code == 480 and record.session_log == []
+
+
+async def test_each_contact_rung_is_one_calling_and_one_ct(core: Core, pbx: Pbx, alice: Phone) -> None:
+    desk, soft = pbx.phone("102", B_HOST, name="desk"), pbx.phone("102", "192.0.2.21", name="soft")
+    await pbx.register(desk)
+    await pbx.register(soft)
+    out = await alice.call("102")
+    on_desk, on_soft = await desk.ringing(), await soft.ringing()
+    await on_desk.reply(180)  # a CANCEL waits for a provisional (RFC 3261 §9.1)
+    await on_soft.answer()
+    await desk.expect("CANCEL")
+    await desk.send(on_desk.response(487))
+    await out.answered()
+    await on_soft.send("BYE")
+    await alice.expect("BYE")
+
+    events = pbx.bus.events
+    assert [e.state for e in events] == ["new", "calling", "calling", "connected", "disconnected", "end"]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
+    record = await the_record(core)
+    assert [(c, p) for _o, c, p in record.session_log] == [
+        ("ct", "102"),
+        ("ct", "102"),
+        ("cc", "102"),
+        ("cd", "102"),
+    ]
+    assert record.answering_pin == "102" and record.end_reason == "normal" and record.status_code is None
