@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import signal
@@ -65,6 +66,7 @@ def build_core(settings: Settings, clock: Clock | None = None) -> Core:
     )
 
 
+RECONCILE_TIMEOUT_S = 60.0  # closing a crashed node's calls at start-up; past it the node starts anyway
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
 
 
@@ -105,6 +107,7 @@ async def serve(settings: Settings) -> None:
     from vpbx.pbx.b2bua import B2bua
     from vpbx.pbx.bus import InProcessBus
     from vpbx.pbx.calls import CallEvents, EngineDirectory, JsonLinesEventLog
+    from vpbx.pbx.history import SPOOL_FILE, SqlCallJournal, reconcile
     from vpbx.pbx.incoming import IncomingRouter
     from vpbx.pbx.ivr_plan import MenuPlans
     from vpbx.pbx.node import SipNode
@@ -119,9 +122,27 @@ async def serve(settings: Settings) -> None:
     if settings.debug_call_events_file:
         bus.subscribe("debug-call-events-file", JsonLinesEventLog(Path(settings.debug_call_events_file)))
     registry = core.calls
+    # the call history (telephony.md §3.7): a spool left by the last run is replayed, then the calls this
+    # node left open when it died are closed, all before the SIP node takes a call
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    journal = SqlCallJournal(
+        core.sessions,
+        node_id=settings.node_id,
+        spool_path=settings.data_dir / SPOOL_FILE,
+        commit_timeout_s=settings.history_commit_timeout_s,
+    )
+    await journal.start()
+    try:
+        if journal.spool_pending:  # events of those very calls may still be in it: close them next start
+            log.warning("history.reconcile_postponed", reason="spool not replayed")
+        else:
+            async with asyncio.timeout(RECONCILE_TIMEOUT_S):
+                await reconcile(core.sessions, node_id=settings.node_id, bus=bus)
+    except Exception:  # a database down at start-up: calls still go on; the orphans wait for the next start
+        log.exception("history.reconcile_failed")
     b2bua = B2bua(
         registry=registry,
-        events=CallEvents(bus, core.clock),
+        events=CallEvents(bus, core.clock, journal=journal),
         clock=core.clock,
         no_answer_s=settings.call_no_answer_s,
     )
@@ -224,6 +245,7 @@ async def serve(settings: Settings) -> None:
         await voicemail.stop()  # the messages of those calls are saved first
         await recordings.encoder.aclose()
         await media.aclose()
+        await journal.stop()
         await bus.stop()
 
 

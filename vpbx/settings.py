@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -92,6 +93,11 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None  # optional, so never refused as a placeholder; never logged
     smtp_from: str = "vpbx@localhost"
     smtp_starttls: bool = False
+    # this node's name on its call records (telephony.md §9.3 rule 3); the start-up reconciler closes the
+    # records of this node only
+    node_id: str = Field(default_factory=lambda: default_node_id(), min_length=1, max_length=64)
+    # the call history: a commit slower than this spools its events to <data_dir>/call-history.spool.jsonl
+    history_commit_timeout_s: float = Field(default=5.0, gt=0, le=300)
     # tests only: append every call event to this file as a JSON line (empty: off)
     debug_call_events_file: str = ""
     # debugging aid: ask this URL where calls on lines go (vpbx.pbx.routing_webhook; empty: off), and how long
@@ -160,6 +166,11 @@ class Settings(BaseSettings):
     @property
     def sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def default_node_id() -> str:
+    """The machine's host name (one node per machine in v1)."""
+    return socket.gethostname()[:64] or "node"
 
 
 def default_media_workers() -> int:

@@ -78,6 +78,7 @@ from vpbx.sip.dialog import (
 )
 from vpbx.sip.flow import Destination
 from vpbx.sip.message import (
+    REASON_PHRASES,
     URI,
     Address,
     Parameters,
@@ -133,6 +134,8 @@ NO_ACK = reason_header(408, "no ACK")  # RFC 3261 §13.3.1.4: our 2xx was never 
 SHUTDOWN = reason_header(503, "server shutting down")
 RETRY_AFTER_S = "5"
 
+# CallEvent.extra["end_reason"] of each outcome (vpbx.pbx.calls.EXTRA_KEYS)
+END_REASONS = {"answered": "normal", "unanswered": "no_answer"}
 CALLS = Counter("vpbx_calls_total", "Calls handled by the B2BUA, by outcome", ["outcome"])
 CALLS_ACTIVE = Gauge("vpbx_calls_active", "Live calls on this node")
 
@@ -273,6 +276,7 @@ class ALeg(Leg):
     offer: SessionDescription | None  # the caller's SDP offer; None: it wants ours in the 200
     record_route: tuple[str, ...] = ()
     final_sent: bool = False
+    final_code: int = 0  # the final response the caller got (the history's status of an unanswered call)
     ringing_sent: bool = False
     early_sent: bool = False
 
@@ -362,6 +366,7 @@ class _Ctx:
     transfer: Transfer | None = None  # a REFER being carried out
     moh: set[Side] = field(default_factory=set)  # sides hearing music on hold
     merged: bool = False  # a consultation call that an attended transfer merged into another call
+    end_reason: str = ""  # why the call ended, when not its outcome (media_lost, shutdown…), for the history
 
     @property
     def session_id(self) -> SessionId:
@@ -511,6 +516,15 @@ def _clean_display(name: str) -> str:
     return kept.strip()[:MAX_DISPLAY_NAME]
 
 
+def _end_extra(ctx: _Ctx, outcome: str) -> dict[str, str]:
+    """What ``end`` tells the call history: why the call ended and, unanswered, the caller's final answer."""
+    extra = {"end_reason": ctx.end_reason or END_REASONS.get(outcome, outcome)}
+    if ctx.call.answered_at is None and ctx.a.final_code >= 300:
+        extra["status_code"] = str(ctx.a.final_code)
+        extra["status_text"] = REASON_PHRASES.get(ctx.a.final_code, "")
+    return extra
+
+
 def _final_for_a(codes: list[int]) -> int:
     """A's final when no B-leg answered (telephony.md §4): busy wins, then a shared 404/480, else 480."""
     if any(c in BUSY_CODES for c in codes):
@@ -657,6 +671,7 @@ class B2bua:
             async with ctx.lock:
                 if ctx.ended:
                     continue
+                ctx.end_reason = "shutdown"
                 if ctx.call.phase is Phase.CONNECTED or ctx.answered_by_pbx:  # a menu or voicemail too
                     await self._hangup(ctx, by=None, reason=SHUTDOWN, outcome="answered")
                     for leg in self._pair(ctx):  # no waiting for an ACK now
@@ -692,6 +707,7 @@ class B2bua:
             if ctx.ended:
                 return
             log.warning("call.media_lost", session_id=ctx.session_id, phase=ctx.call.phase.value)
+            ctx.end_reason = "media_lost"
             if ctx.call.phase is Phase.CONNECTED:
                 await self._hangup(ctx, by=None, reason=MEDIA_LOST, outcome="answered")
                 return
@@ -903,6 +919,7 @@ class B2bua:
             callee=line_party,
             type="incoming",
             started_at=self.clock.now(),
+            line=line_party.external,
         )
         ctx = self._admit(node, key, invite, flow, call, offer)
         if ctx is None:
@@ -1613,6 +1630,7 @@ class B2bua:
             callee=outside_party(decision.number, domain.name),
             type="outbound",
             started_at=self.clock.now(),
+            line=decision.caller_id.lstrip("+"),
         )
         ctx = self._admit(node, key, invite, flow, call, offer)
         if ctx is None:
@@ -2104,6 +2122,7 @@ class B2bua:
             if ctx.ended or ctx.call.phase is not Phase.CONNECTED or ctx.call.held or ctx.transfer:
                 return  # telephony.md §4: no media timeout while held (or waiting for a transfer's target)
             log.info("call.media_timeout", session_id=ctx.session_id, leg=side, idle_s=round(idle_s, 1))
+            ctx.end_reason = "media_timeout"
             await self._hangup(ctx, by=None, reason=MEDIA_TIMEOUT, outcome="answered")
 
     # --- replies to A ---------------------------------------------------------------------------------------
@@ -2126,6 +2145,7 @@ class B2bua:
             extra.append(("Content-Type", SDP))
         if code >= 200:
             a.final_sent = True
+            a.final_code = code
         return self.node.respond(a.key, a.invite, code, headers=tuple(extra), to_tag=a.tag, body=body)
 
     def _start_unacked(self, ctx: _Ctx, leg: Leg, response: Response, cseq: int) -> None:
@@ -2430,7 +2450,9 @@ class B2bua:
             except Exception:
                 log.exception("call.media_release_failed", session_id=call.session_id)
         log.info("call.ended", session_id=call.session_id, outcome=outcome)
-        await self.events.publish(call, "end", is_record=is_record, extra=extra or None)
+        await self.events.publish(
+            call, "end", is_record=is_record, extra={**_end_extra(ctx, outcome), **extra}
+        )
         self._forget_if_done(ctx)
 
     def _forget_if_done(self, ctx: _Ctx) -> None:

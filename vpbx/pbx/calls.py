@@ -21,13 +21,16 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vpbx.clock import Clock
 from vpbx.logs import get_logger
 from vpbx.pbx.bus import CallEvent, CallState, CallType, EventBus, SequenceCounter, SessionId
 from vpbx.pbx.directory import DirectoryUser, DomainInfo, SipDirectory
 from vpbx.store.models import DomainId
+
+if TYPE_CHECKING:
+    from vpbx.pbx.history import CallJournal
 
 log = get_logger("vpbx.pbx.calls")
 
@@ -40,7 +43,8 @@ REASON_NORMAL = "5"  # a conversation ended normally
 
 # CallEvent.extra keys the call history reads (none of them goes on the wire of integration-api.md §5.2):
 #   end:          "status_code", "status_text" (the final SIP answer of an unanswered call),
-#                 "voicemail" = "true" (a message was left), "end_reason" (normal, media_lost, recovered …)
+#                 "voicemail" = "true" (a message was left), "end_reason": normal, no_answer, busy, cancelled,
+#                 failed, media_timeout, media_lost, shutdown; recovered (closed at start-up after a crash)
 #   disconnected: "transfer_to" (the PIN or digits the call was transferred to)
 #   connected:    "pickup" = "true" (answered by a pick-up, not by the rung phone)
 EXTRA_KEYS = ("status_code", "status_text", "voicemail", "end_reason", "transfer_to", "pickup")
@@ -115,6 +119,7 @@ class Call:
     answered_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
     held: bool = False
+    line: str = ""  # our line (E.164 digits): the DID of an incoming call, the caller id of an outbound one
 
     def snapshot(self) -> CallSnapshot:
         return CallSnapshot(
@@ -196,10 +201,14 @@ class MemoryCallRegistry:
 
 @dataclass
 class CallEvents:
-    """Publishes a call's events in order, with ``seq`` 1, 2, 3… per session (telephony.md §3.7)."""
+    """Publishes a call's events in order, with ``seq`` 1, 2, 3… per session (telephony.md §3.7).
+
+    With a ``journal`` (the call history), each event is made durable first, so a consumer that sees ``end``
+    on the bus finds the closed record."""
 
     bus: EventBus
     clock: Clock
+    journal: CallJournal | None = None
     _seq: SequenceCounter = field(default_factory=SequenceCounter)
 
     async def publish(
@@ -228,12 +237,18 @@ class CallEvents:
             request_number=call.callee.number,
             request_pin=call.callee.pin,
             request_uri=request_uri or call.callee.uri,
+            line=call.line or None,
             disconnect_reason=disconnect_reason if state == "disconnected" else None,
             is_record=is_record if state == "end" else None,
             extra=dict(extra) if extra else {},
         )
         if state == "end":
             self._seq.forget(call.session_id)
+        if self.journal is not None:
+            try:
+                await self.journal.append(event)
+            except Exception:  # the history must never take a call down either
+                log.exception("call.journal_failed", session_id=call.session_id, call_event=event.name)
         try:
             await self.bus.publish(event)
         except Exception:  # the bus must never take a call down

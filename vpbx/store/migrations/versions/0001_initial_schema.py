@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 19:57:40.074787
+Create Date: 2026-11-25 20:05:31.155360
 """
 
 from __future__ import annotations
@@ -63,6 +63,168 @@ def upgrade() -> None:
         sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_service_prices")),
     )
+    op.create_table(
+        "api_deliveries",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("method", sa.String(length=64), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=True),
+        sa.Column("seq", sa.Integer(), nullable=True),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("done_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(length=500), nullable=False),
+        sa.Column("test", sa.Boolean(), nullable=False),
+        sa.CheckConstraint(
+            "status in ('pending', 'delivered', 'failed', 'expired')", name=op.f("ck_api_deliveries_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_api_deliveries_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_deliveries")),
+        sa.UniqueConstraint(
+            "method", "session_id", "seq", name=op.f("uq_api_deliveries_method_session_id_seq")
+        ),
+    )
+    with op.batch_alter_table("api_deliveries", schema=None) as batch_op:
+        batch_op.create_index("ix_api_deliveries_due", ["status", "next_at"], unique=False)
+
+    op.create_table(
+        "api_history_orders",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("params", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("ready_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "status in ('pending', 'ready', 'failed')", name=op.f("ck_api_history_orders_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_api_history_orders_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_history_orders")),
+    )
+    with op.batch_alter_table("api_history_orders", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_history_orders_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
+        "api_idempotency",
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("method", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("response", sa.Text(), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_api_idempotency_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("domain_id", "key", name=op.f("pk_api_idempotency")),
+    )
+    op.create_table(
+        "api_log",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=True),
+        sa.Column("at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("direction", sa.String(length=8), nullable=False),
+        sa.Column("method", sa.String(length=64), nullable=False),
+        sa.Column("url", sa.String(length=1000), nullable=False),
+        sa.Column("source_ip", sa.String(length=64), nullable=False),
+        sa.Column("request_headers", sa.JSON(), nullable=False),
+        sa.Column("request_body", sa.Text(), nullable=False),
+        sa.Column("request_truncated", sa.Boolean(), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=True),
+        sa.Column("result", sa.String(length=16), nullable=True),
+        sa.Column("response_body", sa.Text(), nullable=False),
+        sa.Column("latency_ms", sa.Integer(), nullable=True),
+        sa.Column("attempt", sa.Integer(), nullable=True),
+        sa.Column("verdict", sa.String(length=500), nullable=False),
+        sa.Column("test", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_api_log_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_log")),
+    )
+    with op.batch_alter_table("api_log", schema=None) as batch_op:
+        batch_op.create_index("ix_api_log_domain_at", ["domain_id", "at"], unique=False)
+
+    op.create_table(
+        "api_record_links",
+        sa.Column("token", sa.String(length=32), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("ip", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_api_record_links_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("token", name=op.f("pk_api_record_links")),
+    )
+    with op.batch_alter_table("api_record_links", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_record_links_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
+        "api_settings",
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("client_id", sa.String(length=32), nullable=False),
+        sa.Column("sign_key_enc", sa.Text(), nullable=False),
+        sa.Column("crm_url", sa.String(length=500), nullable=False),
+        sa.Column("allowlist", sa.String(length=4000), nullable=False),
+        sa.Column("timeout_s", sa.Integer(), nullable=False),
+        sa.Column("tls_required", sa.Boolean(), nullable=False),
+        sa.Column("send_events", sa.Boolean(), nullable=False),
+        sa.Column("event_types", sa.JSON(), nullable=False),
+        sa.Column("event_states", sa.JSON(), nullable=False),
+        sa.Column("send_autoinformer_events", sa.Boolean(), nullable=False),
+        sa.Column("number_info", sa.Boolean(), nullable=False),
+        sa.Column("verify_crm_sign", sa.Boolean(), nullable=False),
+        sa.Column("suspended_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("events_since", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("timeout_s between 1 and 10", name=op.f("ck_api_settings_timeout_s")),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_api_settings_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("domain_id", name=op.f("pk_api_settings")),
+        sa.UniqueConstraint("client_id", name=op.f("uq_api_settings_client_id")),
+    )
+    op.create_table(
+        "api_trusted_certs",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("pem", sa.Text(), nullable=False),
+        sa.Column("subject", sa.String(length=500), nullable=False),
+        sa.Column("not_after", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_api_trusted_certs_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_trusted_certs")),
+    )
+    with op.batch_alter_table("api_trusted_certs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_trusted_certs_domain_id"), ["domain_id"], unique=False)
+
     op.create_table(
         "call_events",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -734,6 +896,28 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_call_events_domain_id"))
 
     op.drop_table("call_events")
+    with op.batch_alter_table("api_trusted_certs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_trusted_certs_domain_id"))
+
+    op.drop_table("api_trusted_certs")
+    op.drop_table("api_settings")
+    with op.batch_alter_table("api_record_links", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_record_links_domain_id"))
+
+    op.drop_table("api_record_links")
+    with op.batch_alter_table("api_log", schema=None) as batch_op:
+        batch_op.drop_index("ix_api_log_domain_at")
+
+    op.drop_table("api_log")
+    op.drop_table("api_idempotency")
+    with op.batch_alter_table("api_history_orders", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_history_orders_domain_id"))
+
+    op.drop_table("api_history_orders")
+    with op.batch_alter_table("api_deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_api_deliveries_due")
+
+    op.drop_table("api_deliveries")
     op.drop_table("service_prices")
     op.drop_table("operators")
     op.drop_table("login_throttle")
