@@ -175,6 +175,7 @@ async def serve(settings: Settings) -> None:
     b2bua.media = media
     app.state.bus = bus  # call events, for the features that subscribe
     app.state.calls = registry  # live calls, for the cabinet
+    app.state.b2bua = b2bua  # the call engine, for the features that place calls (call_back, autoinformer)
     node = SipNode(core, location=core.location, calls=b2bua)
     b2bua.attach(node, EngineDirectory(node.directory, default_domain=settings.sip_default_domain))
     await bus.start()

@@ -21,7 +21,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from vpbx.store.models import ApiLog
+from vpbx.crypto import SecretBox
+from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 OK_MESSAGE = "Операция выполнена успешно"
@@ -207,3 +208,40 @@ async def write_log(sessions: async_sessionmaker[AsyncSession], **row: Any) -> N
     async with sessions() as s:
         s.add(ApiLog(**row))
         await s.commit()
+
+
+# --- what the parts share at run time ----------------------------------------------------------------------
+
+
+async def api_settings(s: AsyncSession, domain_id: uuid.UUID) -> ApiSettings | None:
+    """The domain's Integration API settings; None until the service was first enabled."""
+    return await s.get(ApiSettings, domain_id)
+
+
+def sign_key(settings: ApiSettings, box: SecretBox) -> str:
+    """The domain's signing key in clear (it is sealed at rest)."""
+    return box.open(settings.sign_key_enc)
+
+
+def enqueue(
+    s: AsyncSession,
+    domain_id: uuid.UUID,
+    method: str,
+    payload: Mapping[str, object],
+    *,
+    session_id: str | None = None,
+    seq: int | None = None,
+    test: bool = False,
+) -> ApiDelivery:
+    """Put a PBX → CRM notification in the durable outbox, in the caller's transaction (§5.1); the
+    notifications' dispatcher signs and sends its exact ``body`` bytes."""
+    row = ApiDelivery(
+        domain_id=domain_id,
+        method=method,
+        session_id=session_id,
+        seq=seq,
+        body=dumps(payload).decode(),
+        test=test,
+    )
+    s.add(row)
+    return row
