@@ -16,12 +16,20 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.integration.peers.net import free_port_block
+from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, run_sipp
 from tests.integration.peers.vpbx import Setup
 from tests.integration.test_calls import bind, callee_run, caller_run, rejected_scenario, running
-from tests.integration.test_incoming_calls import CALLER, CARRIER_IP, LINE, carrier_run, refused
+from tests.integration.test_incoming_calls import (
+    CALLER,
+    CARRIER_IP,
+    LINE,
+    carrier_run,
+    menu_key_scenario,
+    refused,
+)
 from vpbx.app import Core
-from vpbx.pbx import groups, lines, routing, schedules, trunks
+from vpbx.pbx import groups, lines, menus, routing, schedules, trunks
 from vpbx.pbx.actions import ActionInput
 from vpbx.store.models import Domain, User
 
@@ -259,3 +267,71 @@ async def test_malformed_numbers_are_refused_both_ways(tmp_path: Path) -> None:
     assert inbound.ok, inbound.describe()
     assert outbound.ok, outbound.describe()
     assert server.events() == []
+
+
+def menu(*, keys: dict[str, str], timeout_to: str | None = None, repeat: int = 1) -> Target:
+    """A spoken menu greeted ``repeat`` times, 1 s for a key; keys and the timeout lead to users by PIN."""
+
+    async def target(s: AsyncSession, domain_id: uuid.UUID) -> ActionInput:
+        async def to(pin: str) -> ActionInput:
+            return ActionInput(action="user", user_id=await user_id(s, domain_id, pin))
+
+        m = await menus.create_menu(
+            s,
+            domain_id,
+            menus.MenuInput(
+                name="Main",
+                prompt_text="Здравствуйте.",
+                repeat_count=repeat,
+                digit_timeout_s=1,
+                keys=[menus.KeyInput(key=k, target=await to(pin)) for k, pin in keys.items()],
+                timeout=await to(timeout_to) if timeout_to else ActionInput(action="hangup"),
+            ),
+        )
+        return ActionInput(action="menu", menu_id=m.id)
+
+    return target
+
+
+async def test_an_invalid_key_is_said_so_and_the_next_key_still_counts(tmp_path: Path) -> None:
+    """SIPp presses 9 (no such key: «Неверный выбор», the greeting again), then 1, which rings 102."""
+    require_binary("espeak-ng")
+    scenario = menu_key_scenario(tmp_path, "9")
+    second = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")
+    text = scenario.read_text()
+    first_play = text.index("</nop>") + len("</nop>")
+    scenario.write_text(
+        text[:first_play]
+        + '\n  <pause milliseconds="2500"/>'
+        + f'\n  <nop><action><exec play_pcap_audio="{second}"/></action></nop>'
+        + text[first_play:]
+    )
+    async with (
+        running(tmp_path, setup=line(menu(keys={"1": "102"}, repeat=2))) as server,
+        SippProcess.running(callee_run("uas_answer"), tmp_path) as phone,
+    ):
+        await bind(server, "102", phone)
+        caller = await run_sipp(carrier_run(server, calls=1, scenario=scenario, duration_ms=1500), tmp_path)
+        answered = await phone.wait()
+        [events] = (await server.calls(ended=1)).values()
+
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()
+    assert rung(events)[1:3] == [("calling", "102"), ("connected", "102")]
+
+
+async def test_no_key_in_time_runs_the_menus_timeout_action(tmp_path: Path) -> None:
+    """The caller presses nothing: after the greeting and a second, the timeout action rings 103."""
+    require_binary("espeak-ng")
+    async with (
+        running(tmp_path, setup=line(menu(keys={"1": "102"}, timeout_to="103"))) as server,
+        SippProcess.running(callee_run("uas_answer"), tmp_path) as phone,
+    ):
+        await bind(server, "103", phone)
+        caller = await run_sipp(carrier_run(server, calls=1, duration_ms=6000), tmp_path)
+        answered = await phone.wait()
+        [events] = (await server.calls(ended=1)).values()
+
+    assert caller.ok, caller.describe()
+    assert answered.ok, answered.describe()
+    assert rung(events)[1:3] == [("calling", "103"), ("connected", "103")]

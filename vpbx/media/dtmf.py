@@ -21,6 +21,10 @@ END_BIT = 0x80  # RFC 4733 §2.3.2
 RESERVED_BIT = 0x40  # RFC 4733 §2.3.3: sent as 0, ignored on receipt
 VOLUME_MASK = 0x3F  # RFC 4733 §2.3.4: power level in -dBm0, 0–63
 MAX_DURATION = 0xFFFF  # RFC 4733 §2.3.5: timestamp units
+# an event packet this long after the last digit ended starts a new digit whatever its timestamp (see
+# ``_restarts``): senders that do not advance event timestamps (replayed recordings, some gateways) would
+# otherwise lose every later digit; an end packet's retransmissions come within tens of milliseconds
+RESTART_GAP_S = 0.5
 DTMF_EVENTS = "0123456789*#ABCD"  # RFC 4733 §3.2: event codes 0–15
 END_RETRANSMISSIONS = 3  # RFC 4733 §2.5.1.4: the final packet is sent three times
 DIGIT_TIMEOUT_S = 1.0  # telephony.md §3.8: a digit with no end is closed after this long without packets
@@ -137,7 +141,7 @@ class DtmfReceiver:
             closed = self._close(ended=False)
             self._ssrc = ssrc
             self._last_ts = -1
-        elif self._last_ts >= 0:
+        elif self._last_ts >= 0 and not self._restarts(ev, now):
             if timestamp == self._last_ts:
                 if not self._open:
                     return closed  # an end retransmission, or a late packet of a digit already closed
@@ -155,6 +159,13 @@ class DtmfReceiver:
         if ev.end:  # every packet before the end was lost
             closed += self._close(ended=True)
         return closed
+
+    def _restarts(self, ev: DtmfEvent, now: float) -> bool:
+        """A packet well after the last digit ended that begins an event (or names another digit) is a new
+        digit even if its timestamp says otherwise; a late end packet of the same digit is not."""
+        if self._open or now - self._last_at < RESTART_GAP_S:
+            return False
+        return not ev.end or ev.event != self._code
 
     def poll(self) -> Digit | None:
         """Close the open digit if no packet of it came for ``timeout_s``; call it periodically."""

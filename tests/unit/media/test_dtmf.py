@@ -153,3 +153,18 @@ def test_non_digit_events_are_ignored() -> None:
     f = Feed()
     assert f.rx.feed(bytes([16, 0x8A, 0, 160]), 1, 1) == ()
     assert f.rx.pending is None
+
+
+def test_a_sender_that_reuses_its_event_timestamp_still_gets_every_digit() -> None:
+    """Replayed recordings (SIPp's pcaps) and some gateways send each digit with the same RTP timestamp, or
+    an older one: a digit well after the last one ended is a new digit; an end packet straggling in for the
+    digit already reported is not."""
+    f = Feed()
+    f.send("9", 8000)
+    f.clock.advance(1.0)
+    f.send("1", 8000)
+    f.clock.advance(1.0)
+    f.send("1", 4000)  # an older timestamp, the same digit again
+    assert [d.digit for d in f.digits] == ["9", "1", "1"]
+    f.clock.advance(1.0)
+    assert f.rx.feed(build_event("1", end=True, duration=800), 4000, 1) == ()
