@@ -23,6 +23,8 @@ from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import run_sipp
 from tests.integration.test_calls import Server, caller_run, running
+from tests.integration.test_history import db_url, read_history
+from vpbx.pbx.history import session_log_string
 
 pytestmark = pytest.mark.peers
 
@@ -92,6 +94,7 @@ async def test_blind_transfer_by_the_callee_bridges_the_caller_to_the_target(tmp
         await p.alice.hangup()
         await p.carol.wait_event("CALL_CLOSED")
         [events] = (await p.server.calls(ended=1)).values()
+        url = db_url(p.server)
 
     assert before[0] == pytest.approx(BOB_HZ, rel=TOLERANCE)
     assert after_alice[0] == pytest.approx(CAROL_HZ, rel=TOLERANCE)  # alice now hears carol
@@ -108,6 +111,19 @@ async def test_blind_transfer_by_the_callee_bridges_the_caller_to_the_target(tmp
         ("end", "103", None),
     ]
     assert len({e["session_id"] for e in events}) == 1
+    # the call history's protocol: one record, the transfer in it, and the compact wire string
+    [record] = [r for r in (await read_history(url))[0] if r.session_id == events[0]["session_id"]]
+    assert [(code, party) for _, code, party in record.session_log] == [
+        ("ct", "102"),
+        ("cc", "102"),
+        ("cd", "102"),
+        ("tr", "103"),
+        ("ct", "103"),
+        ("cc", "103"),
+        ("cd", "103"),
+    ]
+    assert re.fullmatch(r"0:ct:102;\d+:cc:102;(\d+:\w\w:10[23];){5}", session_log_string(record.session_log))
+    assert record.ended_at is not None and record.answering_pin == "102"
 
 
 def dialog_from_trace(log: Path, callee: str) -> str:
@@ -151,6 +167,7 @@ async def test_attended_transfer_by_the_caller_merges_the_consultation_call(tmp_
         await p.bob.hangup()
         await p.carol.wait_event("CALL_CLOSED")
         calls = await p.server.calls(ended=2)
+        url = db_url(p.server)
 
     assert min(abs(music[0] - hz) / hz for hz in MOH_HZ) < TOLERANCE  # bob waited with music
     assert bob_hears[0] == pytest.approx(CAROL_HZ, rel=TOLERANCE)
@@ -165,6 +182,16 @@ async def test_attended_transfer_by_the_caller_merges_the_consultation_call(tmp_
         ("connected", "103", None),
         ("disconnected", "103", "5"),
         ("end", "103", None),
+    ]
+    records = {r.session_id: r for r in (await read_history(url))[0]}
+    protocol = [(code, party) for _, code, party in records[first[0]["session_id"]].session_log]
+    assert protocol == [
+        ("ct", "102"),
+        ("cc", "102"),
+        ("cd", "102"),
+        ("tr", "103"),
+        ("cc", "103"),
+        ("cd", "103"),
     ]
     assert [(e["state"], e.get("disconnect_reason")) for e in consultation] == [
         ("new", None),
