@@ -17,9 +17,10 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from tests.conftest import postgres_url
+from tests.helpers import Cabinet
 from tests.integration.peers.net import LOOPBACK, free_port_block, free_ports, wait_sip_ready, wait_until
 from tests.integration.peers.process import PeerProcess, require_binary
 from tests.integration.peers.service import SipService
@@ -34,6 +35,8 @@ from tests.integration.test_calls import (
     rejected_scenario,
     running,
 )
+from vpbx.app import Core
+from vpbx.pbx import users
 from vpbx.pbx.history import SPOOL_FILE, session_log_string
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
@@ -71,7 +74,7 @@ def db_url(server: Server) -> str:
 async def test_answered_busy_cancelled_and_unanswered_calls_leave_one_closed_record_each(
     tmp_path: Path,
 ) -> None:
-    async with running(tmp_path, {"VPBX_NODE_ID": NODE_ID}) as server:
+    async with running(tmp_path, {"VPBX_NODE_ID": NODE_ID}, setup=admin_setup) as server:
         async with SippProcess.running(callee_run("uas_answer"), tmp_path) as callee:
             await bind(server, "102", callee)
             answered = await run_sipp(
@@ -101,6 +104,12 @@ async def test_answered_busy_cancelled_and_unanswered_calls_leave_one_closed_rec
             assert result.ok, result.describe()
         await server.calls(ended=4)  # `end` is published after its record is committed
         records, outbox = await read_history(db_url(server))
+        async with httpx.AsyncClient(base_url=server.vpbx.http_url, timeout=5) as client:
+            cab = Cabinet(client)
+            assert (await cab.login(f"admin@{DEFAULT_DOMAIN}", ADMIN_PASSWORD)).status_code == 303
+            journal = (await cab.get("/history")).text
+            missed = (await cab.get("/history?state=missed")).text
+            card = (await cab.get(f"/history/{records[0].session_id}")).text
 
     assert len(records) == 4 and len({r.session_id for r in records}) == 4
     talk, engaged, gave_up, nobody = records
@@ -127,6 +136,25 @@ async def test_answered_busy_cancelled_and_unanswered_calls_leave_one_closed_rec
     assert nobody.callee_pin == "104" and nobody.session_log == []
     for r in (engaged, gave_up, nobody):
         assert r.answered_at is None and r.duration_s == 0 and r.answering_pin is None
+
+    # the cabinet shows what the engine wrote: all four listed, «missed» three, the card the protocol
+    assert all(r.session_id in journal for r in records)
+    assert talk.session_id not in missed and all(r.session_id in missed for r in (engaged, gave_up, nobody))
+    assert session_log_string(talk.session_log) in card
+
+
+ADMIN_PASSWORD = "history-admin-pass"
+
+
+async def admin_setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+    await users.create_user(
+        s,
+        domain_id,
+        users.UserInput(
+            name="admin", display_name="Admin", pin="900", role="admin", web_password=ADMIN_PASSWORD
+        ),
+        box=core.box,
+    )
 
 
 # --- kill -9 mid-call ---------------------------------------------------------------------------------------
