@@ -404,6 +404,32 @@ def _contact(token: str, advertised: tuple[str, int], transport: str) -> Address
     return Address(uri=URI(scheme="sip", user=token, host=host, port=port, parameters=params))
 
 
+def _incoming_leg(
+    node: SipNode,
+    side: Side,
+    key: TransactionKey,
+    invite: Request,
+    flow: Destination,
+    offer: SessionDescription | None,
+) -> ALeg:
+    """The leg of the party that sent us ``invite``: a new call's caller, or a phone taking a side with
+    Replaces (RFC 3891); our Contact, Via and SDP origin on it, no dialog yet."""
+    token = secrets.token_hex(8)
+    return ALeg(
+        side=side,
+        token=token,
+        flow=flow,
+        via=LocalVia(flow.transport.upper(), *node.advertised_for(flow.transport)),
+        contact=_contact(token, node.advertised_for(flow.transport), flow.transport),
+        origin=_origin(node.advertised[0]),
+        key=key,
+        invite=invite,
+        tag=new_tag(),
+        offer=offer,
+        record_route=tuple(invite.headers.getlist("Record-Route")),
+    )
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -957,17 +983,10 @@ class B2bua:
             self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
             await self._finish(ctx, "failed")
             return
-        body = await self._answer_a(ctx)
-        if body is None:
+        if not await self._pbx_answers(ctx):
             self._reply_a(ctx, 488)
             await self._finish(ctx, "failed")
             return
-        a = ctx.a
-        response = self._reply_a(ctx, 200, body=body)
-        assert a.dialog is not None
-        a.dialog.confirm()
-        self._start_unacked(ctx, a, response, a.invite.cseq.sequence)
-        ctx.answered_by_pbx = True
         await self._menu_enter(ctx, menu_id, 1)
 
     async def _menu_enter(self, ctx: _Ctx, menu_id: uuid.UUID, visited: int) -> None:
@@ -1205,16 +1224,8 @@ class B2bua:
                 ctx.ports = await media.allocate(ctx.session_id)
             except NoMediaPorts:
                 return False
-        if not ctx.answered_by_pbx:
-            body = await self._answer_a(ctx)
-            if body is None:
-                return False
-            a = ctx.a
-            response = self._reply_a(ctx, 200, body=body)
-            assert a.dialog is not None
-            a.dialog.confirm()
-            self._start_unacked(ctx, a, response, a.invite.cseq.sequence)
-            ctx.answered_by_pbx = True
+        if not ctx.answered_by_pbx and not await self._pbx_answers(ctx):
+            return False
         self._plan_stop(ctx)
         ctx.plan, ctx.fallthrough = None, None
         if ctx.no_answer is not None:
@@ -1420,20 +1431,7 @@ class B2bua:
             node.respond(key, invite, 503, headers=(("Retry-After", RETRY_AFTER_S),))
             return None
         CALLS_ACTIVE.inc()
-        token = secrets.token_hex(8)
-        a = ALeg(
-            side="a",
-            token=token,
-            flow=flow,
-            via=LocalVia(flow.transport.upper(), *node.advertised_for(flow.transport)),
-            contact=_contact(token, node.advertised_for(flow.transport), flow.transport),
-            origin=_origin(node.advertised[0]),
-            key=key,
-            invite=invite,
-            tag=new_tag(),
-            offer=offer,
-            record_route=tuple(invite.headers.getlist("Record-Route")),
-        )
+        a = _incoming_leg(node, "a", key, invite, flow, offer)
         a.dialog = Dialog.uas(invite, local_tag=a.tag, local_contact=a.contact)
         ctx = _Ctx(call=call, a=a)
         self._calls[call.session_id] = ctx
@@ -2126,6 +2124,20 @@ class B2bua:
             await self._hangup(ctx, by=None, reason=MEDIA_TIMEOUT, outcome="answered")
 
     # --- replies to A ---------------------------------------------------------------------------------------
+    async def _pbx_answers(self, ctx: _Ctx) -> bool:
+        """The PBX itself answers the caller (a menu, voicemail): 200 with our SDP answer, resent until the
+        ACK; False (nothing sent) when the caller's offer has no answer."""
+        body = await self._answer_a(ctx)
+        if body is None:
+            return False
+        a = ctx.a
+        response = self._reply_a(ctx, 200, body=body)
+        assert a.dialog is not None
+        a.dialog.confirm()
+        self._start_unacked(ctx, a, response, a.invite.cseq.sequence)
+        ctx.answered_by_pbx = True
+        return True
+
     def _reply_a(
         self,
         ctx: _Ctx,

@@ -171,14 +171,38 @@ async def owns_prompt(s: AsyncSession, domain_id: uuid.UUID, prompt_id: str) -> 
     return found is not None
 
 
-async def speak(s: AsyncSession, domain_id: uuid.UUID, prompts: PromptStore, text: str, voice: str) -> str:
-    """``text`` as this domain's prompt (synthesised once, then cached); ``ValidationFailed`` on bad text."""
+async def speak(
+    s: AsyncSession,
+    domain_id: uuid.UUID,
+    prompts: PromptStore,
+    text: str,
+    voice: str,
+    *,
+    field: str = "prompt_text",
+) -> str:
+    """``text`` as this domain's prompt (synthesised once, then cached); ``ValidationFailed`` on ``field``
+    for bad text."""
     v: Voice = "en" if voice == "en" else "ru"
     try:
         prompt = await prompts.tts(text, voice=v)
     except PromptError as e:
-        raise ValidationFailed([FieldError("prompt_text", e.msgid, dict(e.params))]) from None
+        raise ValidationFailed([FieldError(field, e.msgid, dict(e.params))]) from None
     await record_prompt(s, domain_id, prompt.id, "tts")
+    return prompt.id
+
+
+async def store_upload(
+    s: AsyncSession, domain_id: uuid.UUID, prompts: PromptStore | None, data: bytes
+) -> str:
+    """An uploaded WAV or MP3 greeting as this domain's prompt; a bad one (or no prompt store) raises
+    ``ValidationFailed`` on ``greeting_file`` and stores nothing."""
+    if prompts is None:
+        raise ValidationFailed.one("greeting_file", N_("Audio conversion is not available on the server"))
+    try:
+        prompt = await prompts.upload(data)
+    except PromptError as e:
+        raise ValidationFailed([FieldError("greeting_file", e.msgid, dict(e.params))]) from None
+    await record_prompt(s, domain_id, prompt.id, "upload")
     return prompt.id
 
 
@@ -188,16 +212,7 @@ async def _store_prompts(
     """Convert the upload or speak the texts into prompts; a bad upload stores nothing and names the field."""
     if d.greeting_source == "upload":
         if d.upload:
-            if prompts is None:
-                raise ValidationFailed.one(
-                    "greeting_file", N_("Audio conversion is not available on the server")
-                )
-            try:
-                prompt = await prompts.upload(d.upload)
-            except PromptError as e:
-                raise ValidationFailed([FieldError("greeting_file", e.msgid, dict(e.params))]) from None
-            await record_prompt(s, domain_id, prompt.id, "upload")
-            m.greeting_prompt_id = prompt.id
+            m.greeting_prompt_id = await store_upload(s, domain_id, prompts, d.upload)
             m.greeting_file_name = d.greeting_file_name or None
     else:
         m.greeting_file_name = None
@@ -206,12 +221,9 @@ async def _store_prompts(
             await speak(s, domain_id, prompts, d.prompt_text, d.greeting_voice) if prompts else None
         )
     if d.invalid_text and prompts is not None:
-        try:
-            m.invalid_prompt_id = await speak(s, domain_id, prompts, d.invalid_text, d.greeting_voice)
-        except ValidationFailed as e:
-            raise ValidationFailed(
-                [FieldError("invalid_text", x.msgid, x.params) for x in e.errors]
-            ) from None
+        m.invalid_prompt_id = await speak(
+            s, domain_id, prompts, d.invalid_text, d.greeting_voice, field="invalid_text"
+        )
     else:
         m.invalid_prompt_id = None
 

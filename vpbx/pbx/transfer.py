@@ -22,7 +22,6 @@ that stayed and ``call.callee`` the one that came (integration-api.md §5.2 name
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -34,15 +33,13 @@ from vpbx.pbx.b2bua import (
     ELSEWHERE,
     SDP,
     SUPPORTED_OPTIONS,
-    ALeg,
     BLeg,
     BState,
     Leg,
-    _contact,
     _Ctx,
+    _incoming_leg,
     _is_ip,
     _line_of,
-    _origin,
     _remote,
     _sdp_of,
     _to_tag,
@@ -50,7 +47,7 @@ from vpbx.pbx.b2bua import (
 from vpbx.pbx.calls import REASON_TRANSFER, Party, Phase, outside_party
 from vpbx.pbx.node import ALLOW, SUPPORTED
 from vpbx.pbx.registrar import aor_for
-from vpbx.sip.dialog import Dialog, DialogState, LocalVia, new_tag, reason_header
+from vpbx.sip.dialog import Dialog, DialogState, reason_header
 from vpbx.sip.message import Request, Response, serialize
 from vpbx.sip.refer import SIPFRAG, ReferTo, build_sipfrag, parse_refer_to, parse_replaces, refer_sub_wanted
 from vpbx.sip.sdp import SessionDescription, build_offer
@@ -704,20 +701,7 @@ class Transfers:
                 if flow is not None:
                     node.respond(key, invite, 488, headers=(("Accept", SDP),))
                 return
-            token = secrets.token_hex(8)
-            new = ALeg(
-                side=side,
-                token=token,
-                flow=flow,
-                via=LocalVia(flow.transport.upper(), *node.advertised_for(flow.transport)),
-                contact=_contact(token, node.advertised_for(flow.transport), flow.transport),
-                origin=_origin(node.advertised[0]),
-                key=key,
-                invite=invite,
-                tag=new_tag(),
-                offer=offer,
-                record_route=tuple(invite.headers.getlist("Record-Route")),
-            )
+            new = _incoming_leg(node, side, key, invite, flow, offer)
             local = ctx.ports.a if side == "a" else ctx.ports.b
             body = await b._offer_answer(ctx, new, offer, local)
             if isinstance(body, int):

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select
 
-from vpbx.errors import FieldError, MediaError, NotFound, ValidationFailed
+from vpbx.errors import MediaError, NotFound
 from vpbx.logs import get_logger
 from vpbx.media.prompts import PromptError, Voice
 from vpbx.media.recorder import encode_mp3
-from vpbx.pbx.menus import record_prompt
+from vpbx.pbx.menus import record_prompt, speak, store_upload
 from vpbx.pbx.validation import N_, Check
 from vpbx.store.models import CallGroup, Domain, DomainId, User, VoicemailBox, VoicemailMessage
 
@@ -178,12 +178,7 @@ async def speak_greeting(
 ) -> str:
     """``text`` (the default greeting when empty) as this domain's prompt; ``ValidationFailed`` if bad."""
     v = _voice(voice)
-    try:
-        prompt = await prompts.tts(text.strip() or DEFAULT_GREETING[v], voice=v)
-    except PromptError as e:
-        raise ValidationFailed([FieldError("greeting_text", e.msgid, dict(e.params))]) from None
-    await record_prompt(s, domain_id, prompt.id, "tts")
-    return prompt.id
+    return await speak(s, domain_id, prompts, text.strip() or DEFAULT_GREETING[v], v, field="greeting_text")
 
 
 async def _store_greeting(
@@ -192,16 +187,7 @@ async def _store_greeting(
     """Convert the upload or speak the text; a bad upload raises on ``greeting_file`` and stores nothing."""
     if d.greeting_source == "upload":
         if d.upload:
-            if prompts is None:
-                raise ValidationFailed.one(
-                    "greeting_file", N_("Audio conversion is not available on the server")
-                )
-            try:
-                prompt = await prompts.upload(d.upload)
-            except PromptError as e:
-                raise ValidationFailed([FieldError("greeting_file", e.msgid, dict(e.params))]) from None
-            await record_prompt(s, domain_id, prompt.id, "upload")
-            box.greeting_prompt_id = prompt.id
+            box.greeting_prompt_id = await store_upload(s, domain_id, prompts, d.upload)
             box.greeting_file_name = d.greeting_file_name or None
         return
     box.greeting_file_name = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
-__all__ = ["FormData", "checked", "lines", "optional_id", "page_number", "parse_id", "text"]
+__all__ = ["FormData", "checked", "lines", "optional_id", "page_number", "parse_id", "text", "upload"]
 
 from vpbx.errors import NotFound
 
@@ -20,6 +20,15 @@ def text(form: FormData, name: str, default: str = "") -> str:
 
 def checked(form: FormData, name: str) -> bool:
     return form.get(name) in ("on", "1", "true", "yes")
+
+
+async def upload(form: FormData, name: str, max_bytes: int) -> tuple[bytes | None, str]:
+    """A file field's bytes (None when empty) and file name; ``(None, "")`` when no file was chosen. Reads at
+    most one byte past ``max_bytes``: enough for validation to refuse a file that is too large."""
+    value = form.get(name)
+    if not isinstance(value, UploadFile) or not value.filename:
+        return None, ""
+    return await value.read(max_bytes + 1) or None, value.filename
 
 
 def lines(form: FormData, name: str) -> list[str]:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 import zoneinfo
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.app import Core
 from vpbx.errors import NotFound
+from vpbx.pbx import journal
 from vpbx.pbx.calls import CallSnapshot
-from vpbx.store.models import Domain, DomainId, User
+from vpbx.pbx.history_view import duration_text
+from vpbx.store.models import Domain, DomainId
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.render import Renderer
 
@@ -55,29 +55,11 @@ def started_text(when: dt.datetime, now: dt.datetime, lang: str, timezone: str) 
     return local.strftime("%d.%m.%Y %H:%M:%S" if lang == "ru" else "%Y-%m-%d %H:%M:%S")
 
 
-def duration_text(seconds: float) -> str:
-    s = max(0, int(seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-async def _names(s: AsyncSession, tenant: uuid.UUID, pins: Iterable[str]) -> dict[str, str]:
-    """Display names of the tenant's users with these extensions."""
-    wanted = {p for p in pins if p}
-    if not wanted:
-        return {}
-    rows = await s.execute(
-        select(User.pin, User.display_name).where(User.domain_id == tenant, User.pin.in_(wanted))
-    )
-    return dict(rows.all())
-
-
 async def live_calls(
     s: AsyncSession, core: Core, tenant: uuid.UUID, lang: str, timezone: str
 ) -> list[LiveCall]:
     snaps: list[CallSnapshot] = core.calls.snapshot(DomainId(tenant))
-    names = await _names(s, tenant, [p for c in snaps for p in (c.from_pin, c.to_pin)])
+    names = await journal.user_names(s, tenant, [p for c in snaps for p in (c.from_pin, c.to_pin)])
     now = core.clock.now()
     return [
         LiveCall(

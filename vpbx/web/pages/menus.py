@@ -9,15 +9,15 @@ removes one. A prompt is served (``/menus/prompts/<id>``) only to a domain that 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import UploadFile
 
 from vpbx.errors import NotFound, ValidationFailed
-from vpbx.media.prompts import PromptError
+from vpbx.media.prompts import PromptError, PromptStore
 from vpbx.pbx import groups, users
 from vpbx.pbx import menus as svc
 from vpbx.pbx.actions import ActionInput
@@ -25,12 +25,14 @@ from vpbx.store.models import VoiceMenu
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
 from vpbx.web.forms import FormData
+from vpbx.web.render import Renderer
 
 if TYPE_CHECKING:
     from vpbx.store.models import VoiceMenuKey
 
 router = APIRouter(prefix="/menus")
 FORM = "menus/form.html"
+PREVIEW = "_prompt_preview.html"
 MAX_ROWS = 50  # rows read from a form; more keys than 12 are refused anyway, as duplicates
 KEY_FIELDS = ("key", "key_action", "key_user_id", "key_group_id", "key_menu_id", "key_number")
 
@@ -63,18 +65,13 @@ def _keys(form: FormData) -> list[svc.KeyInput]:
 
 
 async def _input(form: FormData, max_bytes: int) -> svc.MenuInput:
-    upload = form.get("greeting_file")
-    data: bytes | None = None
-    file_name = ""
-    if isinstance(upload, UploadFile) and upload.filename:
-        data = await upload.read(max_bytes + 1)  # one byte past the limit is enough to refuse it
-        file_name = upload.filename
+    data, file_name = await forms.upload(form, "greeting_file", max_bytes)
     return svc.MenuInput(
         name=forms.text(form, "name"),
         greeting_source=forms.text(form, "greeting_source", "text"),
         prompt_text=forms.text(form, "prompt_text"),
         greeting_voice=forms.text(form, "greeting_voice", "ru"),
-        upload=data or None,
+        upload=data,
         greeting_file_name=file_name,
         invalid_text=forms.text(form, "invalid_text"),
         repeat_count=forms.text(form, "repeat_count", str(svc.DEFAULT_REPEAT)),
@@ -199,37 +196,50 @@ async def key_row(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Re
     return r.page(request, "menus/_key_row.html", {"k": row, "i": 0, **await _options(s, p.tenant)})
 
 
-@router.post("/preview")
-async def preview(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    """Speak the greeting's text now and answer a player for it (htmx swaps it in under the text)."""
-    form = await request.form()
+# --- a greeting's preview and audio (the voicemail section serves its greetings with these too) ----------
+async def spoken_preview(
+    request: Request, r: Renderer, s: AsyncSession, speaking: Awaitable[str], prompts_url: str, field: str
+) -> Response:
+    """A player for the prompt ``speaking`` stores (htmx swaps it in under the text), or the text's error
+    on ``field``; ``prompts_url`` is where the section serves its prompts."""
+    context = {"prompt_id": None, "prompts_url": prompts_url, "field": field}
     try:
-        prompt_id = await svc.speak(
-            s,
-            p.tenant,
-            core.prompts,
-            forms.text(form, "prompt_text"),
-            forms.text(form, "greeting_voice", "ru"),
-        )
+        context["prompt_id"] = await speaking
     except ValidationFailed as e:
         await s.rollback()
-        return r.page(request, "menus/_preview.html", {"prompt_id": None}, errors=e, status_code=422)
+        return r.page(request, PREVIEW, context, errors=e, status_code=422)
     await s.commit()
-    return r.page(request, "menus/_preview.html", {"prompt_id": prompt_id})
+    return r.page(request, PREVIEW, context)
 
 
-@router.get("/prompts/{prompt_id}")
-async def prompt_audio(prompt_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def prompt_file(
+    s: AsyncSession, domain_id: uuid.UUID, prompts: PromptStore, prompt_id: str
+) -> Response:
     """The stored 8 kHz WAV of a prompt this domain uploaded or synthesised; 404 for anyone else's."""
-    if len(prompt_id) != 64 or not await svc.owns_prompt(s, p.tenant, prompt_id):
+    if len(prompt_id) != 64 or not await svc.owns_prompt(s, domain_id, prompt_id):
         raise NotFound("prompt", prompt_id[:64])
     try:
-        prompt = core.prompts.get(prompt_id)
+        prompt = prompts.get(prompt_id)
     except (PromptError, ValueError):
         raise NotFound("prompt", prompt_id) from None
     return FileResponse(
         prompt.wav, media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"}
     )
+
+
+@router.post("/preview")
+async def preview(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """Speak the greeting's text now and answer a player for it."""
+    form = await request.form()
+    text, voice = forms.text(form, "prompt_text"), forms.text(form, "greeting_voice", "ru")
+    speaking = svc.speak(s, p.tenant, core.prompts, text, voice)
+    return await spoken_preview(request, r, s, speaking, "/menus/prompts", "prompt_text")
+
+
+@router.get("/prompts/{prompt_id}")
+async def prompt_audio(prompt_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """A prompt of the domain's menus; 404 for anyone else's."""
+    return await prompt_file(s, p.tenant, core.prompts, prompt_id)
 
 
 @router.post("")

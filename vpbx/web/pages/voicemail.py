@@ -18,17 +18,15 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import UploadFile
 
 from vpbx.app import Core
 from vpbx.errors import NotFound, ValidationFailed
-from vpbx.media.prompts import PromptError
 from vpbx.pbx import groups, users
 from vpbx.pbx import voicemail as svc
-from vpbx.pbx.menus import owns_prompt
 from vpbx.store.models import Domain, VoicemailBox
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, MemberDep, Principal, RendererDep
+from vpbx.web.pages.menus import prompt_file, spoken_preview
 from vpbx.web.render import Renderer
 
 router = APIRouter(prefix="/voicemail")
@@ -47,17 +45,12 @@ def root_of(core: Core) -> Path:
 async def _read_form(request: Request, max_bytes: int) -> svc.BoxInput:
     form = await request.form()
     try:
-        upload = form.get("greeting_file")
-        data: bytes | None = None
-        file_name = ""
-        if isinstance(upload, UploadFile) and upload.filename:
-            data = await upload.read(max_bytes + 1)  # one byte past the limit is enough to refuse it
-            file_name = upload.filename
+        data, file_name = await forms.upload(form, "greeting_file", max_bytes)
         return svc.BoxInput(
             greeting_source=forms.text(form, "greeting_source", "text"),
             greeting_text=forms.text(form, "greeting_text"),
             greeting_voice=forms.text(form, "greeting_voice", "ru"),
-            upload=data or None,
+            upload=data,
             greeting_file_name=file_name,
             max_message_s=forms.text(form, "max_message_s", str(svc.DEFAULT_MAX_MESSAGE_S)),
             notify_email=forms.text(form, "notify_email"),
@@ -193,35 +186,17 @@ def _own_user(p: Principal, user_id: str) -> uuid.UUID:
 
 @router.post("/preview")
 async def preview(request: Request, r: RendererDep, p: MemberDep, s: DbDep, core: CoreDep) -> Response:
-    """Speak the greeting's text now and answer a player for it (htmx swaps it in under the text)."""
+    """Speak the greeting's text now and answer a player for it."""
     form = await request.form()
-    try:
-        prompt_id = await svc.speak_greeting(
-            s,
-            p.tenant,
-            core.prompts,
-            forms.text(form, "greeting_text"),
-            forms.text(form, "greeting_voice", "ru"),
-        )
-    except ValidationFailed as e:
-        await s.rollback()
-        return r.page(request, "voicemail/_preview.html", {"prompt_id": None}, errors=e, status_code=422)
-    await s.commit()
-    return r.page(request, "voicemail/_preview.html", {"prompt_id": prompt_id})
+    text, voice = forms.text(form, "greeting_text"), forms.text(form, "greeting_voice", "ru")
+    speaking = svc.speak_greeting(s, p.tenant, core.prompts, text, voice)
+    return await spoken_preview(request, r, s, speaking, "/voicemail/prompts", "greeting_text")
 
 
 @router.get("/prompts/{prompt_id}")
 async def prompt_audio(prompt_id: str, p: MemberDep, s: DbDep, core: CoreDep) -> Response:
     """A greeting's 8 kHz WAV, to a domain that stored it; 404 for anyone else's."""
-    if len(prompt_id) != 64 or not await owns_prompt(s, p.tenant, prompt_id):
-        raise NotFound("prompt", prompt_id[:64])
-    try:
-        prompt = core.prompts.get(prompt_id)
-    except (PromptError, ValueError):
-        raise NotFound("prompt", prompt_id) from None
-    return FileResponse(
-        prompt.wav, media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    return await prompt_file(s, p.tenant, core.prompts, prompt_id)
 
 
 # --- the mailbox ---------------------------------------------------------------------------------------
