@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[3]
 # more rows for the provisioned domain, written in the same transaction (trunks, an admin for the cabinet)
 Setup = Callable[[AsyncSession, Core, uuid.UUID], Awaitable[None]]
 START_TIMEOUT_S = 30.0
+START_ATTEMPTS = 3
 
 
 def _env(data: Path, domain: str, secret: str, extra: Mapping[str, str]) -> dict[str, str]:
@@ -81,6 +82,29 @@ async def provision(
         await core.engine.dispose()
 
 
+class _PortTaken(Exception):
+    pass
+
+
+async def _wait_started(proc: PeerProcess, url: str, sip_port: int) -> None:
+    """Until vpbx answers /healthz and SIP; ``_PortTaken`` when it exited because a port was in use."""
+    async with httpx.AsyncClient(timeout=2) as client:
+
+        async def healthy() -> bool:
+            if not proc.running:
+                tail = proc.log_tail()
+                if "address already in use" in tail:
+                    raise _PortTaken
+                raise RuntimeError(f"vpbx exited:\n{tail}")
+            try:
+                return (await client.get(f"{url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(healthy, timeout_s=START_TIMEOUT_S, what="vpbx /healthz")
+    await wait_sip_ready(LOOPBACK, sip_port, timeout_s=START_TIMEOUT_S)
+
+
 class Vpbx:
     def __init__(self, service: SipService, proc: PeerProcess, http_url: str) -> None:
         self.service = service
@@ -111,36 +135,37 @@ class Vpbx:
             database_url=full_env["VPBX_DATABASE_URL"],
         )
         await provision(settings, domain, users, channel_limit=channel_limit, setup=setup)
-        sip_port = free_port_block(1)
-        http_port = free_ports(1)[0]
-        argv = [
-            *argv_prefix,
-            sys.executable,
-            "-m",
-            "vpbx",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--http-port",
-            str(http_port),
-            "--sip-port",
-            str(sip_port),
-        ]
-        proc = await PeerProcess.start("vpbx", argv, log_path=workdir / "vpbx.log", cwd=REPO, env=full_env)
-        url = f"http://{LOOPBACK}:{http_port}"
+        for attempt in range(START_ATTEMPTS):
+            # a port found free may be taken by another process before vpbx binds it: start again on others
+            sip_port = free_port_block(1)
+            http_port = free_ports(1)[0]
+            argv = [
+                *argv_prefix,
+                sys.executable,
+                "-m",
+                "vpbx",
+                "serve",
+                "--data-dir",
+                str(data),
+                "--http-port",
+                str(http_port),
+                "--sip-port",
+                str(sip_port),
+            ]
+            log_path = workdir / ("vpbx.log" if attempt == 0 else f"vpbx-{attempt}.log")
+            proc = await PeerProcess.start("vpbx", argv, log_path=log_path, cwd=REPO, env=full_env)
+            url = f"http://{LOOPBACK}:{http_port}"
+            try:
+                await _wait_started(proc, url, sip_port)
+                break
+            except _PortTaken:
+                await proc.stop()
+                if attempt == START_ATTEMPTS - 1:
+                    raise RuntimeError(f"vpbx found its ports taken {START_ATTEMPTS} times") from None
+            except BaseException:
+                await proc.stop()
+                raise
         try:
-            async with httpx.AsyncClient(timeout=2) as client:
-
-                async def healthy() -> bool:
-                    if not proc.running:
-                        raise RuntimeError(f"vpbx exited:\n{proc.log_tail()}")
-                    try:
-                        return (await client.get(f"{url}/healthz")).status_code == 200
-                    except httpx.TransportError:
-                        return False
-
-                await wait_until(healthy, timeout_s=START_TIMEOUT_S, what="vpbx /healthz")
-            await wait_sip_ready(LOOPBACK, sip_port, timeout_s=START_TIMEOUT_S)
             yield cls(SipService(host=LOOPBACK, port=sip_port, domain=domain, users=dict(users)), proc, url)
         finally:
             rc = await proc.stop()
