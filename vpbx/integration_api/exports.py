@@ -193,6 +193,13 @@ def _zip(csv: Path, target: Path, entry: str) -> None:
     csv.unlink(missing_ok=True)
 
 
+def _discard(target: Path, order_id: str) -> None:
+    """What a failed build left behind, if anything could be written at all."""
+    for p in (target, target.with_name(target.name + ".part"), target.with_name(f"{order_id}.csv.part")):
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)
+
+
 def read_csv(path: Path, order_id: str) -> bytes:
     """The CSV inside a finished export."""
     with zipfile.ZipFile(path) as zf:
@@ -281,7 +288,7 @@ class HistoryExporter:
             raise
         except Exception:
             log.exception("api_export.failed", order_id=order_id, domain_id=str(domain_id))
-            await asyncio.to_thread(target.unlink, missing_ok=True)
+            await asyncio.to_thread(_discard, target, order_id)
             return await self._finish(order_id, domain_id, ok=False, path="")
         return await self._finish(order_id, domain_id, ok=True, path=str(target))
 
