@@ -273,9 +273,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         title="vpbx", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.core = core
-    from vpbx.integration_api.records import download_routes
+    from vpbx.integration_api.gateway import mount_api
+    from vpbx.integration_api.records import LINK_PREFIX, download_app
 
-    for prefix in ("/api", "/api-test"):  # the recording links of get_record (integration-api.md §4.2)
-        app.router.routes.extend(download_routes(core, prefix))
+    # /api and /api-test, before the cabinet's routes; the recording links of get_record are plain GETs
+    mount_api(app, core, raw_routes=[(LINK_PREFIX, download_app(core))])
     mount_web(app, core)
     return app

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import re
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vpbx.clock import Clock
-from vpbx.integration_api.core import EXPORT_FAILED, MOSCOW, OK_MESSAGE, bad_field, enqueue
+from vpbx.integration_api.core import EXPORT_FAILED, OK_MESSAGE, bad_field, enqueue, parse_period
 from vpbx.logs import get_logger
 from vpbx.store.models import ApiHistoryOrder, CallRecord
 
@@ -32,7 +31,6 @@ log = get_logger("vpbx.integration_api.exports")
 
 EXPORT_DIR = "api-exports"  # under data_dir
 KEEP = dt.timedelta(days=7)  # §4.5: finished files are kept 7 days
-MAX_SPAN = dt.timedelta(days=31)
 MAX_PENDING = 3  # orders pending per domain (§2.6)
 PENDING_RETRY_AFTER_S = 60
 POLL_S = 30.0  # the builder also looks for orders this often (another node may have taken one)
@@ -45,33 +43,9 @@ CSV_HEADER = (
     "start_call_date;duration;is_voicemail;is_record;is_fax;status_code;status_string"
 )
 DIRECTIONS = {"incoming": 1, "outbound": 2, "internal": 3}
-_FILTER_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 
 
 # --- the order (§4.5) --------------------------------------------------------------------------------------
-
-
-def _instant(body: Mapping[str, Any], name: str) -> int:
-    """A filter time as Unix seconds: ``YYYY-MM-DD HH:MM:SS`` Moscow time, or Unix seconds (int or digits)."""
-    value = body.get(name)
-    if isinstance(value, bool):
-        raise bad_field(name)
-    if isinstance(value, int):
-        if value < 0:
-            raise bad_field(name)
-        return value
-    if not isinstance(value, str):
-        raise bad_field(name)
-    text = value.strip()
-    if text.isascii() and text.isdigit() and len(text) <= 12:
-        return int(text)
-    if not _FILTER_TIME.fullmatch(text):
-        raise bad_field(name)
-    try:
-        local = dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=MOSCOW)
-    except ValueError:
-        raise bad_field(name) from None
-    return int(local.timestamp())
 
 
 def _small_int(body: Mapping[str, Any], name: str, allowed: range) -> int:
@@ -87,12 +61,8 @@ def _small_int(body: Mapping[str, Any], name: str, allowed: range) -> int:
 
 def parse_order(body: Mapping[str, Any]) -> dict[str, Any]:
     """A ``domain_call_history`` body as the order's stored parameters; R11 (``ApiError``) when invalid."""
-    start = _instant(body, "date_start")
-    end = _instant(body, "date_end")
-    if end <= start:
-        raise bad_field("date_end")
-    if end - start > MAX_SPAN.total_seconds():
-        raise bad_field("date_end")
+    start_at, end_at = parse_period(body)
+    start, end = int(start_at.timestamp()), int(end_at.timestamp())
     direction = _small_int(body, "direction", range(4))
     state = _small_int(body, "state", range(3))
     phone = body.get("phone_number")

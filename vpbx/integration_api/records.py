@@ -3,7 +3,7 @@ call history export ``domain_call_history`` / ``download_call_history`` (§4.5, 
 ``exports``).
 
 The recording link ``{API}/records_new_scheme/record/download/<token>/<ip>`` is a plain GET with no auth
-headers, served by ``download_routes`` under both ``/api`` and ``/api-test``.
+headers, served by ``download_app`` (a raw route of the gateway) under both ``/api`` and ``/api-test``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from sqlalchemy import select, update
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vpbx.integration_api import exports
 from vpbx.integration_api.core import (
@@ -49,6 +50,7 @@ log = get_logger("vpbx.integration_api.records")
 
 LINK_TTL = dt.timedelta(minutes=30)  # §4.2: valid at most 30 minutes
 LINK_PATH = "/records_new_scheme/record/download"
+LINK_PREFIX = "records_new_scheme/"  # the gateway's raw route for the links
 SAMPLE_SECONDS = 3.0  # the sandbox's sample recording
 SAMPLE_HZ = 440.0
 TEST_PREFIX = "test-"
@@ -201,9 +203,9 @@ def _range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     return first, min(last, size - 1)
 
 
-def download_routes(core: Core, prefix: str = "") -> list[BaseRoute]:
-    """The recording download (plain GET, no auth headers) at ``<prefix>/records_new_scheme/…``; the app adds
-    it under /api and /api-test as full paths, so it does not shadow the gateway's mounts."""
+def download_app(core: Core) -> ASGIApp:
+    """The recording download (plain GET, no auth headers), which the gateway hands every path under
+    ``records_new_scheme/`` of /api and /api-test; anything else there is an empty 404."""
 
     async def download(request: Request) -> Response:
         token = request.path_params["token"]
@@ -248,7 +250,11 @@ def download_routes(core: Core, prefix: str = "") -> list[BaseRoute]:
         task = BackgroundTask(_use_up, core, token) if complete else None
         return Response(data[first : last + 1], status, headers, media_type="audio/mpeg", background=task)
 
-    return [Route(prefix + LINK_PATH + "/{token}/{ip}", download, methods=["GET"])]
+    return Router([Route(LINK_PATH + "/{token}/{ip}", download, methods=["GET"])], default=_empty_404)
+
+
+async def _empty_404(scope: Scope, receive: Receive, send: Send) -> None:
+    await Response(status_code=404)(scope, receive, send)
 
 
 async def _recording_bytes(core: Core, link: ApiRecordLink) -> bytes | None:
