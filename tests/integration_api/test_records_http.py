@@ -17,6 +17,7 @@ from tests.integration_api.test_records import MP3
 from vpbx.app import Core
 from vpbx.integration_api.core import sign
 from vpbx.integration_api.exports import CSV_HEADER, HistoryExporter
+from vpbx.media.recorder import mp3_duration
 from vpbx.store.models import ApiHistoryOrder, Recording
 
 GUIDE_ID = "000003C405E6525C64C184258C44EC99"
@@ -142,3 +143,17 @@ async def test_the_export_through_the_gateway(
     )
     bad = await post(crm, "download_call_history", body, key="0" * 32)
     assert (bad.status_code, bad.headers["content-type"].split(";")[0]) == (401, "application/json")
+
+
+async def test_the_sandbox_gives_test_calls_the_sample(
+    app: FastAPI, f: FixtureF, crm: httpx.AsyncClient
+) -> None:
+    body = b'{"session_id":"test-0b6b0e8e-7d1c-4a52-9d7e-1f7b2f0c9a11"}'
+    resp = await post(crm, "get_record", body, base="/api-test")
+    url: str = resp.json()["url"]
+    assert url.startswith("https://api.example/api-test/records_new_scheme/record/download/")
+    assert url.endswith("/203000113010")  # no ip_adress: the request's source
+    async with api_client(app, ip=CRM_IP) as same:
+        got = await same.get(url)
+    assert (got.status_code, got.headers["content-type"]) == (200, "audio/mpeg")
+    assert mp3_duration(got.content) > 2.5
