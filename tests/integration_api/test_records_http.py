@@ -83,6 +83,13 @@ async def test_get_record_refusals_through_the_gateway(
     }
     resp = await post(crm, "get_record", b'{"session_id":"x","ip_adress":"999.1.1.1"}')
     assert (resp.status_code, resp.json()["field"]) == (400, "ip_adress")
+    resp = await post(crm, "get_record", b'{"session_id":"x","domain":"other.vpbx.test"}')
+    assert resp.json() == {
+        "result": "-12",
+        "resultMessage": "Домен не соответствует X-Client-ID",
+        "error": "domain-mismatch",
+        "url": None,
+    }
     resp = await post(crm, "get_record", GET_RECORD, key="0" * 32)
     assert (resp.status_code, resp.json()["result"]) == (401, "-3")
     resp = await crm.post(

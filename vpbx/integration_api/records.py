@@ -374,8 +374,52 @@ async def download_call_history(ctx: ApiContext, body: dict[str, Any]) -> ApiRep
     )
 
 
+_PERIOD_TIME = {"type": ["string", "integer"], "description": "YYYY-MM-DD HH:MM:SS (Moscow) or Unix seconds"}
+
 METHODS: tuple[ApiMethod, ...] = (
-    ApiMethod(name="get_record", handler=get_record, limit=100, window_s=60),
-    ApiMethod(name="domain_call_history", handler=domain_call_history, limit=10, window_s=3600),
-    ApiMethod(name="download_call_history", handler=download_call_history, limit=60, window_s=60),
+    ApiMethod(
+        name="get_record",
+        handler=get_record,
+        limit=100,
+        window_s=60,
+        log_label="запрос записи разговоров",
+        error_payload={"url": None},
+        request_schema={
+            "type": "object",
+            "required": ["session_id"],
+            "properties": {
+                "session_id": {"type": "string", "maxLength": 64},
+                "ip_adress": {"type": "string", "description": "IPv4/IPv6 allowed to download"},
+                "ip_address": {"type": "string"},
+            },
+        },
+    ),
+    ApiMethod(
+        name="domain_call_history",
+        handler=domain_call_history,
+        limit=10,
+        window_s=3600,
+        request_schema={
+            "type": "object",
+            "required": ["date_start", "date_end"],
+            "properties": {
+                "date_start": _PERIOD_TIME,
+                "date_end": _PERIOD_TIME,
+                "direction": {"type": ["integer", "string"], "enum": [0, 1, 2, 3, "0", "1", "2", "3"]},
+                "state": {"type": ["integer", "string"], "enum": [0, 1, 2, "0", "1", "2"]},
+                "phone_number": {"type": "string"},
+            },
+        },
+    ),
+    ApiMethod(
+        name="download_call_history",
+        handler=download_call_history,
+        limit=60,
+        window_s=60,
+        request_schema={
+            "type": "object",
+            "required": ["order_id"],
+            "properties": {"order_id": {"type": "string"}},
+        },
+    ),
 )
