@@ -102,6 +102,7 @@ async def serve(settings: Settings) -> None:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
+    from vpbx.integration_api.exports import HistoryExporter
     from vpbx.media.backend import InlineMediaBackend, WorkerMediaBackend
     from vpbx.media.recorder import Mp3Encoder
     from vpbx.pbx.b2bua import B2bua
@@ -221,6 +222,9 @@ async def serve(settings: Settings) -> None:
         mail_from=settings.smtp_from,
     )
     b2bua.voicemail = voicemail  # routing's "voicemail", groups' fall-through, users' unanswered calls
+    history_exports = HistoryExporter(sessions=core.sessions, data_dir=settings.data_dir, clock=core.clock)
+    await history_exports.start()  # builds the pending orders of the last run first
+    app.state.history_exports = history_exports  # domain_call_history wakes it (integration-api.md §4.5)
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -242,6 +246,7 @@ async def serve(settings: Settings) -> None:
         if webhook is not None:
             await webhook.aclose()
         await retention.stop()
+        await history_exports.stop()
         await recordings.drain()  # the MP3s of the calls that just ended
         await voicemail.stop()  # the messages of those calls are saved first
         await recordings.encoder.aclose()
@@ -268,5 +273,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         title="vpbx", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.core = core
+    from vpbx.integration_api.gateway import mount_api
+    from vpbx.integration_api.records import LINK_PREFIX, download_app
+
+    # /api and /api-test, before the cabinet's routes; the recording links of get_record are plain GETs
+    mount_api(app, core, raw_routes=[(LINK_PREFIX, download_app(core))])
     mount_web(app, core)
     return app
