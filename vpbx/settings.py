@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     debug_routing_hook_url: str = ""
     routing_hook_deadline_s: float = Field(default=3.0, gt=0, le=3.0)
     public_url: str = ""
+    # Integration API (integration-api.md §1, §2.5): {API} and {API_TEST} as CRMs reach them (empty: this
+    # server's /api and /api-test), the PEM chain {API} serves (empty: no TLS), the PBX's egress addresses
+    api_url: str = ""
+    api_test_url: str = ""
+    api_tls_cert: str = ""
+    api_egress_ips: list[str] = Field(default_factory=list)
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cookie_secure: Literal["auto", "always", "never"] = "auto"
