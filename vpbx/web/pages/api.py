@@ -318,9 +318,11 @@ async def add_cert(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core
     form = await request.form()
     upload = form.get("pem_file")
     text = forms.text(form, "pem_text") if "pem_text" in form else ""
-    if isinstance(upload, UploadFile) and upload.filename:
+    if isinstance(upload, UploadFile):
         data = await upload.read(MAX_PEM + 1)
-        text = data.decode("ascii", errors="replace") if len(data) <= MAX_PEM else ""
+        await upload.close()
+        if upload.filename:
+            text = data.decode("ascii", errors="replace") if len(data) <= MAX_PEM else ""
     try:
         certs = parse_pem(text)
     except ValueError:
