@@ -454,3 +454,32 @@ async def test_log_retention_keeps_seven_days_and_at_most_ten_thousand_rows(core
         oldest = await s.scalar(select(func.min(ApiLog.at)).where(ApiLog.domain_id == t1.id))
     assert left == 10_000
     assert oldest is not None and oldest.replace(tzinfo=dt.UTC) == now - dt.timedelta(seconds=9_999)
+
+
+async def test_replay_sends_a_logged_request_again(
+    on1: Cabinet, admin2: Cabinet, core: Core, t1: Tenant, crm: Crm
+) -> None:
+    await on1.post("/integration-api", form(crm_url=f"http://127.0.0.1:{crm.port}", tls_required=None))
+    await on1.post("/integration-api/debug/send", {"choice": "call_events:end", "timeout_s": "2"})
+    async with core.sessions() as s:
+        first = await s.scalar(select(ApiLog).where(ApiLog.domain_id == t1.id))
+    assert first is not None
+    detail = await on1.get(f"/integration-api/log/{first.id}")
+    assert 'id="replay"' in detail.text and "Повторить" in detail.text
+    await on1.post("/integration-api/regenerate-key")
+    same = await on1.post(f"/integration-api/log/{first.id}/replay", {"mode": "original"})
+    assert same.status_code == 200 and 'id="send-result"' in same.text
+    assert crm.got[1][2] == crm.got[0][2]  # the same bytes
+    assert crm.got[1][1]["x-client-sign"] == crm.got[0][1]["x-client-sign"]  # the original signature
+    row = await settings_of(core, t1)
+    await on1.post(
+        f"/integration-api/log/{first.id}/replay",
+        {"mode": "resign", "url": f"http://127.0.0.1:{crm.port}/other"},
+    )
+    assert crm.got[2][0] == "/other"
+    assert crm.got[2][1]["x-client-sign"] == sign(row.client_id, crm.got[0][2], sign_key(row, core.box))
+    await enable_api(admin2)
+    assert (
+        await admin2.post(f"/integration-api/log/{first.id}/replay", {"mode": "original"})
+    ).status_code == 404
+    assert len(crm.got) == 3

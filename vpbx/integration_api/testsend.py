@@ -1,28 +1,23 @@
-"""Test sends API → CRM from the cabinet (integration-api.md §6.3 A).
+"""Test sends API → CRM from the cabinet (integration-api.md §6.3 A): the test payloads and the limit.
 
-A minimal sender written by the cabinet's helper until the notifications' ``send_now`` lands: it builds the
-chosen test payload (``session_id``/``order_id`` starting with ``test-``), signs it like live traffic,
-posts it once to the domain's CRM address with the given timeout, logs the exchange as a test row and
-returns what the result panel shows. Nothing is retried and nothing goes through the outbox.
+The cabinet builds the chosen test payload (``session_id``/``order_id`` starting with ``test-``) and hands it
+to the notifications' ``send_now``, which signs it like live traffic, posts it once and logs it as a test row.
+At most ``SENDS_PER_MINUTE`` test sends per domain and minute, counted from the log.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import ssl
-import time
+import json
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Any
 
-import httpx
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.crypto import SecretBox
-from vpbx.integration_api.core import dumps, loggable_body, moscow, sign, sign_key, write_log
-from vpbx.store.models import ApiLog, ApiSettings, ApiTrustedCert, Domain, IncomingNumber, User
+from vpbx.integration_api import notify
+from vpbx.integration_api.core import moscow
+from vpbx.store.models import ApiLog, Domain, IncomingNumber, User
 
 CALL_STATES = ("new", "calling", "connected", "disconnected", "end")
 TEST_METHODS = (
@@ -32,32 +27,10 @@ TEST_METHODS = (
 )
 DEFAULT_CALLER = "79161234567"
 SENDS_PER_MINUTE = 10  # per domain (§6.3 A)
-RESPONSE_LIMIT = 16 * 1024  # bytes of the CRM's answer read and shown
-
-
-@dataclass(frozen=True, slots=True)
-class TestSend:
-    """What the result panel shows about one test send."""
-
-    method: str
-    url: str
-    request_headers: Mapping[str, str]
-    request_body: str
-    signature: str
-    status: int | None = None
-    latency_ms: int | None = None
-    response_body: str = ""
-    error: str = ""
-    interpretation: str = ""
 
 
 class TooManySends(Exception):
     """More than ``SENDS_PER_MINUTE`` test sends of one domain in the last minute."""
-
-
-def crm_endpoint(crm_url: str, method: str) -> str:
-    """The CRM address + ``/`` + method; a trailing slash on the address is not doubled (§5.1)."""
-    return f"{crm_url.rstrip('/')}/{method}"
 
 
 def digits(number: str) -> str:
@@ -115,8 +88,6 @@ async def test_payload(
 
 def interpret_number_info(raw: bytes) -> str:
     """What the PBX makes of a ``get_number_info`` answer (§5.3): keys trimmed and case-insensitive."""
-    import json
-
     try:
         data = json.loads(raw)
     except ValueError:
@@ -133,15 +104,6 @@ def interpret_number_info(raw: bytes) -> str:
     if str(result).strip() != "0":
         return f"result {result!r}: routing rules decide, no name"
     return f"displayName {name!r}, PIN {pin!r}"
-
-
-def ssl_context(certs: list[str]) -> ssl.SSLContext:
-    """The system store plus the domain's trusted certificates; TLS 1.2 and 1.3 only (§2.5)."""
-    ctx = ssl.create_default_context()
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    for pem in certs:
-        ctx.load_verify_locations(cadata=pem)
-    return ctx
 
 
 async def recent_sends(s: AsyncSession, domain_id: uuid.UUID, now: dt.datetime) -> int:
@@ -161,84 +123,15 @@ async def recent_sends(s: AsyncSession, domain_id: uuid.UUID, now: dt.datetime) 
 
 
 async def send_now(
-    sessions: async_sessionmaker[AsyncSession],
-    box: SecretBox,
-    domain_id: uuid.UUID,
-    choice: str,
-    *,
-    timeout_s: int,
-    caller: str = DEFAULT_CALLER,
-    now: dt.datetime,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> TestSend:
-    """Send one test item to the domain's CRM now, log it as a test row and return the exchange."""
-    async with sessions() as s:
-        settings = await s.get(ApiSettings, domain_id)
+    core: Any, domain_id: uuid.UUID, choice: str, *, timeout_s: int, caller: str = DEFAULT_CALLER
+) -> notify.Exchange:
+    """Build the chosen test item and send it to the domain's CRM now through the notifications' sender."""
+    now = core.clock.now()
+    async with core.sessions() as s:
         domain = await s.get(Domain, domain_id)
-        if settings is None or domain is None or not settings.crm_url:
-            raise LookupError("no CRM address")
+        if domain is None:
+            raise LookupError(domain_id)
         if await recent_sends(s, domain_id, now) >= SENDS_PER_MINUTE:
             raise TooManySends
         method, payload = await test_payload(s, domain, choice, caller=caller, now=now)
-        certs = list(await s.scalars(select(ApiTrustedCert.pem).where(ApiTrustedCert.domain_id == domain_id)))
-        client_id, key = settings.client_id, sign_key(settings, box)
-        url = crm_endpoint(settings.crm_url, method)
-    raw = dumps(payload)
-    signature = sign(client_id, raw, key)
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        "X-Client-ID": client_id,
-        "X-Client-Sign": signature,
-    }
-    sent = TestSend(method, url, headers, raw.decode(), signature)
-    started = time.perf_counter()
-    status: int | None = None
-    body = b""
-    error = ""
-    try:
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(float(timeout_s)),
-            follow_redirects=False,
-            verify=ssl_context(certs) if url.startswith("https:") else True,
-            transport=transport,
-        ) as client:
-            async with client.stream("POST", url, content=raw, headers=headers) as resp:
-                status = resp.status_code
-                async for chunk in resp.aiter_bytes():
-                    body += chunk
-                    if len(body) > RESPONSE_LIMIT:
-                        break
-    except httpx.TimeoutException:
-        error = "timeout"
-    except (httpx.HTTPError, ssl.SSLError, OSError) as e:
-        error = f"{type(e).__name__}: {e}"[:300]
-    latency_ms = round((time.perf_counter() - started) * 1000)
-    shown, _cut = loggable_body(body) if body else ("", False)
-    interpretation = interpret_number_info(body) if method == "get_number_info" and status else ""
-    verdict = error or ("delivered" if status is not None and 200 <= status < 300 else "не доставлено")
-    if interpretation:
-        verdict = f"{verdict}; {interpretation}"
-    await write_log(
-        sessions,
-        domain_id=domain_id,
-        at=now,
-        direction="out",
-        method=method,
-        url=url,
-        request_headers=headers,
-        request_body=raw.decode(),
-        status=status,
-        response_body=shown,
-        latency_ms=latency_ms,
-        attempt=1,
-        verdict=verdict[:500],
-        test=True,
-    )
-    return dataclasses.replace(
-        sent,
-        status=status,
-        latency_ms=latency_ms,
-        response_body=shown,
-        error=error,
-        interpretation=interpretation,
-    )
+    return await notify.send_now(core, domain_id, method, payload, timeout_s=float(timeout_s), test=True)

@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from vpbx import billing
 from vpbx.app import Core
 from vpbx.errors import FieldError, NotFound, ValidationFailed
-from vpbx.integration_api import testsend
+from vpbx.integration_api import notify, testsend
 from vpbx.integration_api.core import dumps, moscow, sign, sign_key, sweep_log
 from vpbx.integration_api.settings import ensure_settings, regenerate_client_id, regenerate_key
 from vpbx.pbx.validation import N_
@@ -491,7 +491,8 @@ async def _debug_page(
     p: Principal,
     row: ApiSettings,
     *,
-    result: testsend.TestSend | None = None,
+    result: notify.Exchange | None = None,
+    interpretation: str = "",
     send_error: str = "",
     calc: dict[str, Any] | None = None,
     bench: dict[str, Any] | None = None,
@@ -534,6 +535,7 @@ async def _debug_page(
             "form": form
             or {"choice": "call_events:new", "timeout_s": row.timeout_s, "caller": testsend.DEFAULT_CALLER},
             "result": result,
+            "interpretation": interpretation,
             "send_error": send_error,
             "calc": calc,
             "bench": bench,
@@ -587,23 +589,22 @@ async def test_send(request: Request, r: RendererDep, p: AdminDep, s: DbDep, cor
         return await _debug_page(request, r, s, core, p, row, send_error=error, form=values, status_code=422)
     try:
         result = await testsend.send_now(
-            core.sessions,
-            core.box,
-            p.tenant,
-            choice,
-            timeout_s=timeout,
-            caller=caller or testsend.DEFAULT_CALLER,
-            now=core.clock.now(),
+            core, p.tenant, choice, timeout_s=timeout, caller=caller or testsend.DEFAULT_CALLER
         )
     except testsend.TooManySends:
         error = t.gettext(
             N_("At most {n} test requests a minute; try again shortly."), n=testsend.SENDS_PER_MINUTE
         )
         return await _debug_page(request, r, s, core, p, row, send_error=error, form=values, status_code=429)
+    interpretation = ""
+    if result.method == "get_number_info" and result.status is not None:
+        interpretation = testsend.interpret_number_info(result.response_raw)
     async with core.sessions() as s2:
         await sweep_log(s2, p.tenant, core.clock.now())
         await s2.commit()
-    return await _debug_page(request, r, s, core, p, row, result=result, form=values)
+    return await _debug_page(
+        request, r, s, core, p, row, result=result, interpretation=interpretation, form=values
+    )
 
 
 @router.post("/debug/sign")
@@ -708,6 +709,33 @@ async def log_row(log_id: str, request: Request, r: RendererDep, p: AdminDep, s:
             "headers": json.dumps(entry.request_headers, ensure_ascii=False, indent=2),
         },
     )
+
+
+@router.post("/log/{log_id}/replay")
+async def replay(
+    log_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    """«Повторить» (§6.4): a logged PBX → CRM request again, to the same or another URL, byte for byte with
+    its original signature or re-signed with the current key; the replay is a new log row."""
+    lid = forms.parse_id(log_id, "log")
+    entry = await s.scalar(select(ApiLog).where(ApiLog.domain_id == p.tenant, ApiLog.id == lid))
+    if entry is None or entry.direction != "out":
+        raise NotFound("log", lid)
+    row = await _settings(s, p.tenant)
+    if row is None:
+        return _off(request, r)
+    form = await request.form()
+    url = forms.text(form, "url").strip()
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        t = r.translator(request)
+        error = t.gettext(N_("Enter an address starting with http:// or https://"))
+        return await _debug_page(request, r, s, core, p, row, send_error=error, status_code=422)
+    result = await notify.replay(
+        core, lid, url=url or None, resign=forms.text(form, "mode") != "original", domain_id=p.tenant
+    )
+    if result is None:
+        raise NotFound("log", lid)
+    return await _debug_page(request, r, s, core, p, row, result=result)
 
 
 async def activate(s: AsyncSession, core: Core, tenant: uuid.UUID) -> None:
