@@ -105,10 +105,15 @@ class Settings(BaseSettings):
     debug_routing_hook_url: str = ""
     routing_hook_deadline_s: float = Field(default=3.0, gt=0, le=3.0)
     public_url: str = ""
-    # Integration API (integration-api.md §1, §2.5): {API} and {API_TEST} as CRMs reach them (empty: this
-    # server's /api and /api-test), the PEM chain {API} serves (empty: no TLS), the PBX's egress addresses
+    # the Integration API's public base URLs ({API}, {API_TEST}: links we hand out, demo.json); empty:
+    # <public_url>/api and <public_url>/api-test (integration-api.md §1); served on the HTTP port either way
     api_url: str = ""
     api_test_url: str = ""
+    # platform proxies in front of the HTTP port (CIDRs): only their X-Forwarded-For / X-Forwarded-Proto count
+    # for the Integration API's source IP and HTTPS checks (§2.4, §2.5); from the environment a JSON list
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # the PEM chain {API} serves («Скачать сертификат API», §2.5; empty: no TLS) and the PBX's egress
+    # addresses shown to CRMs (§2.4)
     api_tls_cert: str = ""
     api_egress_ips: list[str] = Field(default_factory=list)
     log_json: bool = False

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import ipaddress
 import json
 import shlex
 import uuid
@@ -30,10 +29,17 @@ from starlette.datastructures import UploadFile
 
 from vpbx import billing
 from vpbx.app import Core
-from vpbx.errors import FieldError, NotFound, ValidationFailed
+from vpbx.errors import NotFound, ValidationFailed
 from vpbx.integration_api import notify, testsend
 from vpbx.integration_api.core import dumps, moscow, sign, sign_key, sweep_log
-from vpbx.integration_api.settings import ensure_settings, regenerate_client_id, regenerate_key
+from vpbx.integration_api.settings import (
+    EVENT_STATES,
+    EVENT_TYPES,
+    SettingsInput,
+    ensure_settings,
+    regenerate,
+    update_settings,
+)
 from vpbx.pbx.validation import N_
 from vpbx.store.models import ApiLog, ApiSettings, ApiTrustedCert, CallRecord, Domain, User
 from vpbx.web import forms
@@ -43,9 +49,6 @@ from vpbx.web.render import Renderer
 router = APIRouter(prefix="/integration-api")
 
 DOCS_URL = "https://github.com/vpbx/vpbx/blob/main/docs/integration-api.md"
-EVENT_TYPES = ("incoming", "outbound", "internal")
-EVENT_STATES = testsend.CALL_STATES
-MAX_ALLOWLIST = 50
 MAX_CERTS = 10
 MAX_PEM = 64 * 1024
 LOG_PAGE = 50
@@ -73,11 +76,6 @@ TEST_LABELS: dict[str, str] = {
     "get_number_info": N_("get_number_info: caller number information"),
     "history_file_completed": N_("history_file_completed: call history export ready"),
 }
-
-
-def amocrm_enabled() -> bool:
-    """Whether the domain's amoCRM integration is on (§6.5); a placeholder until that integration exists."""
-    return False
 
 
 async def _domain(s: AsyncSession, tenant: uuid.UUID) -> Domain:
@@ -126,6 +124,7 @@ def _values(row: ApiSettings) -> dict[str, Any]:
         "send_events": row.send_events,
         "event_types": list(row.event_types),
         "event_states": list(row.event_states),
+        "send_autoinformer_events": row.send_autoinformer_events,
         "number_info": row.number_info,
         "verify_crm_sign": row.verify_crm_sign,
     }
@@ -187,56 +186,20 @@ async def settings_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep,
     return await _settings_page(request, r, s, core, p, row)
 
 
-def validate(form: forms.FormData) -> tuple[dict[str, Any], list[FieldError]]:
-    """Every field of «Настройка параметров» checked; the values as the form holds them and the errors."""
-    errors: list[FieldError] = []
-    crm_url = forms.text(form, "crm_url").strip()
-    tls_required = forms.checked(form, "tls_required")
-    if crm_url:
-        parts = urlsplit(crm_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or len(crm_url) > 500:
-            errors.append(FieldError("crm_url", N_("Enter an address starting with http:// or https://")))
-        elif parts.query or parts.fragment:
-            errors.append(FieldError("crm_url", N_("The address may not have a query or a fragment")))
-        elif tls_required and parts.scheme != "https":
-            errors.append(
-                FieldError("crm_url", N_("With traffic encryption on, the address must start with https://"))
-            )
-    entries = forms.lines(form, "allowlist")
-    if len(entries) > MAX_ALLOWLIST:
-        errors.append(FieldError("allowlist", N_("At most {n} addresses"), {"n": MAX_ALLOWLIST}))
-    for entry in entries:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            errors.append(
-                FieldError("allowlist", N_("Not an IP address or network: {value}"), {"value": entry[:64]})
-            )
-            break
-    raw_timeout = forms.text(form, "timeout_s").strip()
-    timeout = int(raw_timeout) if raw_timeout.isdigit() and len(raw_timeout) <= 3 else 0
-    if not 1 <= timeout <= 10:
-        errors.append(FieldError("timeout_s", N_("From {min} to {max} seconds"), {"min": 1, "max": 10}))
-    number_info = forms.checked(form, "number_info")
-    if number_info and amocrm_enabled():
-        errors.append(
-            FieldError(
-                "number_info",
-                N_("The amoCRM integration cannot be on together with the API method number_info."),
-            )
-        )
-    values: dict[str, Any] = {
-        "crm_url": crm_url,
-        "allowlist": "\n".join(entries),
-        "timeout_s": timeout if timeout else raw_timeout,
-        "tls_required": tls_required,
-        "send_events": forms.checked(form, "send_events"),
-        "event_types": [t for t in EVENT_TYPES if forms.checked(form, f"type_{t}")],
-        "event_states": [st for st in EVENT_STATES if forms.checked(form, f"state_{st}")],
-        "number_info": number_info,
-        "verify_crm_sign": forms.checked(form, "verify_crm_sign"),
-    }
-    return values, errors
+def form_input(form: forms.FormData) -> SettingsInput:
+    """«Настройка параметров» as submitted; the settings service validates it."""
+    return SettingsInput(
+        crm_url=forms.text(form, "crm_url").strip(),
+        allowlist=forms.text(form, "allowlist"),
+        timeout_s=forms.text(form, "timeout_s").strip(),
+        tls_required=forms.checked(form, "tls_required"),
+        send_events=forms.checked(form, "send_events"),
+        event_types=[t for t in EVENT_TYPES if forms.checked(form, f"type_{t}")],
+        event_states=[st for st in EVENT_STATES if forms.checked(form, f"state_{st}")],
+        send_autoinformer_events=forms.checked(form, "send_autoinformer_events"),
+        number_info=forms.checked(form, "number_info"),
+        verify_crm_sign=forms.checked(form, "verify_crm_sign"),
+    )
 
 
 @router.post("")
@@ -244,13 +207,14 @@ async def save_settings(request: Request, r: RendererDep, p: AdminDep, s: DbDep,
     row = await _settings(s, p.tenant)
     if row is None:
         return _off(request, r)
-    values, errors = validate(await request.form())
-    if errors:
-        return await _settings_page(
-            request, r, s, core, p, row, values=values, errors=ValidationFailed(errors)
-        )
-    for name, value in values.items():
-        setattr(row, name, value)
+    data = form_input(await request.form())
+    try:
+        await update_settings(s, p.tenant, data)
+    except ValidationFailed as e:
+        await s.rollback()
+        row = await _settings(s, p.tenant)
+        assert row is not None
+        return await _settings_page(request, r, s, core, p, row, values=vars(data), errors=e)
     row.updated_at = core.clock.now()
     await s.commit()
     return RedirectResponse("/integration-api?notice=saved", status_code=303)
@@ -262,10 +226,8 @@ async def _regenerate(
     row = await _settings(s, p.tenant)
     if row is None:
         return _off(request, r)
-    if what == "client-id":
-        regenerate_client_id(row, core.clock.now())
-    else:
-        regenerate_key(row, core.box, core.clock.now())
+    await regenerate(s, p.tenant, core.box, "client_id" if what == "client-id" else "key")
+    row.updated_at = core.clock.now()
     await s.commit()
     return RedirectResponse(f"/integration-api?notice={what}", status_code=303)
 
