@@ -20,6 +20,7 @@ the customer's answer (``_connect``).
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ from vpbx.sip.flow import Destination
 from vpbx.sip.message import URI, Address, Parameters, Response, build_response, parse_address, parse_uri
 from vpbx.sip.sdp import SessionDescription
 from vpbx.sip.transaction import TransactionKey
+from vpbx.store.models import DomainId
 
 if TYPE_CHECKING:
     from vpbx.pbx.b2bua import B2bua, BLeg
@@ -73,13 +75,13 @@ class Originator:
     def __init__(self, b2bua: B2bua) -> None:
         self.b = b2bua
 
-    async def reachable(self, domain: DomainInfo, pin: str) -> bool:
+    async def reachable(self, domain_id: uuid.UUID, domain: str, pin: str) -> bool:
         """Whether ``pin`` has a live registered device (its contact numbers are the caller's business)."""
         node = self.b._node
         if node is None:
             return False
         now = self.b.timers.monotonic()
-        bindings = await node.location.lookup(domain.id, aor_for(pin, domain.name))
+        bindings = await node.location.lookup(DomainId(domain_id), aor_for(pin, domain))
         return any(b.expires_at > now for b in bindings)
 
     async def originate(
