@@ -268,5 +268,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         title="vpbx", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.core = core
+    from vpbx.integration_api.gateway import mount_api
+
+    mount_api(app, core)  # /api and /api-test, before the cabinet's routes
     mount_web(app, core)
     return app

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     debug_routing_hook_url: str = ""
     routing_hook_deadline_s: float = Field(default=3.0, gt=0, le=3.0)
     public_url: str = ""
+    # the Integration API's public base URLs ({API}, {API_TEST}: links we hand out, demo.json); empty:
+    # <public_url>/api and <public_url>/api-test (integration-api.md §1); served on the HTTP port either way
+    api_url: str = ""
+    api_test_url: str = ""
+    # platform proxies in front of the HTTP port (CIDRs): only their X-Forwarded-For / X-Forwarded-Proto count
+    # for the Integration API's source IP and HTTPS checks (§2.4, §2.5); from the environment a JSON list
+    trusted_proxies: list[str] = Field(default_factory=list)
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cookie_secure: Literal["auto", "always", "never"] = "auto"

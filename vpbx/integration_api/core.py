@@ -55,7 +55,7 @@ def dumps(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-# --- §1, §3: time, envelope, result codes ------------------------------------------------------------------
+# --- §1, §3: time, envelope, result codes -------------------------------------------------------------------
 
 
 def moscow(at: dt.datetime, *, millis: bool = True) -> str:
@@ -121,13 +121,46 @@ TLS_REQUIRED = ApiError(403, "-5", "Требуется HTTPS", "tls-required")
 BAD_SIGNATURE = ApiError(401, "-3", "Неверная подпись запроса", "bad-signature")
 BAD_JSON = ApiError(400, "-1", "Некорректный JSON", "bad-request")
 INTERNAL = ApiError(500, "-500", "Внутренняя ошибка", "internal-error")
+USER_NOT_FOUND = ApiError(200, "-10", "Пользователь не найден", "user-not-found")
 SESSION_NOT_FOUND = ApiError(200, "-11", "Сессия не найдена", "session-not-found")
 DOMAIN_MISMATCH = ApiError(200, "-12", "Домен не соответствует X-Client-ID", "domain-mismatch")
 RECORD_NOT_FOUND = ApiError(200, "-13", "Запись разговора отсутствует", "record-not-found")
 RECORD_NOT_READY = ApiError(200, "-14", "Запись разговора ещё обрабатывается", "record-not-ready")
 CALL_IN_PROGRESS = ApiError(200, "-15", "Вызов ещё не завершён", "call-in-progress")
+RESTRICTED_BY_DOMAIN = ApiError(
+    200, "-19", "Ограничение домена не позволяет выдать это право", "restricted-by-domain"
+)
 ORDER_NOT_FOUND = ApiError(200, "-17", "Заказ не найден", "order-not-found")
 EXPORT_FAILED = ApiError(200, "-18", "Не удалось сформировать выгрузку", "export-failed")
+
+
+MAX_PERIOD = dt.timedelta(days=31)  # the longest date_start..date_end span (§4.5, §4.7)
+
+
+def parse_filter_time(value: object, name: str) -> dt.datetime:
+    """A filter time (§1, §4.5): ``YYYY-MM-DD HH:MM:SS`` Moscow time, or Unix seconds (an int or a digit
+    string, tolerated); R11 naming the field otherwise. Returns an aware UTC datetime."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**36:
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit() and len(text) <= 11:
+            return dt.datetime.fromtimestamp(int(text), dt.UTC)
+        try:
+            local = dt.datetime.strptime(text + " +0300", "%Y-%m-%d %H:%M:%S %z")  # Moscow: UTC+3, no DST
+        except ValueError:
+            raise bad_field(name) from None
+        return local.astimezone(dt.UTC)
+    raise bad_field(name)
+
+
+def parse_period(data: Mapping[str, object]) -> tuple[dt.datetime, dt.datetime]:
+    """``date_start`` and ``date_end`` (both required): the end after the start, at most 31 days apart."""
+    start = parse_filter_time(data.get("date_start"), "date_start")
+    end = parse_filter_time(data.get("date_end"), "date_end")
+    if end <= start or end - start > MAX_PERIOD:
+        raise bad_field("date_end")
+    return start, end
 
 
 def ip_not_allowed(ip: str) -> ApiError:
@@ -144,7 +177,7 @@ def rate_limited(retry_after_s: int) -> ApiError:
     )
 
 
-# --- the method table (CRM → PBX) --------------------------------------------------------------------------
+# --- the method table (CRM → PBX) ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,9 +218,13 @@ class ApiMethod:
     limit: int = 60  # requests per window per domain
     window_s: int = 60
     log_label: str = ""  # the log filter's wording (§6.4), when the method has one
+    # the null fields of the method's refusals that the gateway raises itself (-12), e.g. {"info": None}
+    error_payload: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    # the request body's JSON Schema for {API}/openapi.json (None: any object)
+    request_schema: Mapping[str, object] | None = None
 
 
-# --- §6.4: the request/response log ------------------------------------------------------------------------
+# --- §6.4: the request/response log -------------------------------------------------------------------------
 
 
 def loggable_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -210,7 +247,7 @@ async def write_log(sessions: async_sessionmaker[AsyncSession], **row: Any) -> N
         await s.commit()
 
 
-# --- what the parts share at run time ----------------------------------------------------------------------
+# --- what the parts share at run time -----------------------------------------------------------------------
 
 
 async def api_settings(s: AsyncSession, domain_id: uuid.UUID) -> ApiSettings | None:
