@@ -244,11 +244,13 @@ async def _place(
             log.info("call_back.simulated", domain=ctx.domain, session_id=session_id)
             return envelope(session_id=session_id), None
         domain_row = await s.get(Domain, ctx.domain_id)
-    b2bua: B2bua | None = getattr(ctx.services, "b2bua", None)
-    if domain_row is None or b2bua is None or b2bua.directory is None:
+    if domain_row is None:
         raise CALL_BACK_FAILED.with_payload()
+    b2bua: B2bua | None = getattr(ctx.services, "b2bua", None)  # None: no engine runs, nothing registered
     # 1. a registered device or a contact number
-    reachable = await b2bua.originator.reachable(domain_row.id, domain_row.name, employee.pin)
+    reachable = b2bua is not None and await b2bua.originator.reachable(
+        domain_row.id, domain_row.name, employee.pin
+    )
     if not employee.contact_numbers and not reachable:
         raise USER_UNAVAILABLE.with_payload()
     # 2. the employee's rights allow the destination
@@ -258,6 +260,8 @@ async def _place(
     # 3. no block on the domain
     if domain_row.status == "blocked":
         raise DOMAIN_BLOCKED.with_payload()
+    if b2bua is None or b2bua.directory is None:
+        raise CALL_BACK_FAILED.with_payload()
     info = await b2bua.directory.domain(domain_row.name)
     party = await b2bua.directory.user_by_pin(info, employee.pin) if info is not None else None
     if info is None or party is None:
@@ -297,7 +301,11 @@ async def _originate(
 
 
 METHODS: tuple[ApiMethod, ...] = (
-    ApiMethod(name=METHOD, handler=call_back, limit=60, window_s=60, log_label="call_back"),
+    ApiMethod(
+        name=METHOD,
+        handler=call_back,
+        log_label="запрос на совершение исходящего вызова",  # the log filter (§6.4)
+    ),
 )
 
 
