@@ -24,7 +24,7 @@ from tests.helpers import Cabinet, Tenant
 from vpbx import billing
 from vpbx.app import Core
 from vpbx.integration_api.core import sign, sign_key, sweep_log
-from vpbx.store.models import ApiLog, ApiSettings, ApiTrustedCert, IncomingNumber
+from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings, ApiTrustedCert, IncomingNumber
 
 WAIT_S = 5.0
 
@@ -483,3 +483,22 @@ async def test_replay_sends_a_logged_request_again(
         await admin2.post(f"/integration-api/log/{first.id}/replay", {"mode": "original"})
     ).status_code == 404
     assert len(crm.got) == 3
+
+
+async def test_simulate_call_queues_the_signed_events_of_a_test_call(
+    on1: Cabinet, core: Core, t1: Tenant
+) -> None:
+    resp = await on1.post("/integration-api/debug/simulate", {"scenario": "missed"})
+    assert resp.status_code == 303
+    session_id = resp.headers["location"].split("simulated=")[1]
+    assert session_id.startswith("test-")
+    async with core.sessions() as s:
+        rows = list(
+            await s.scalars(
+                select(ApiDelivery).where(ApiDelivery.domain_id == t1.id).order_by(ApiDelivery.seq)
+            )
+        )
+    assert rows and all(r.test and r.session_id == session_id for r in rows)
+    states = [json.loads(r.body)["state"] for r in rows]
+    assert states[0] == "new" and states[-1] == "end" and "connected" not in states
+    assert (await on1.post("/integration-api/debug/simulate", {"scenario": "bogus"})).status_code == 404

@@ -16,7 +16,7 @@ import shlex
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -31,6 +31,7 @@ from vpbx import billing
 from vpbx.app import Core
 from vpbx.errors import NotFound, ValidationFailed
 from vpbx.integration_api import notify, testsend
+from vpbx.integration_api.callback import Scenario, simulate_call
 from vpbx.integration_api.core import dumps, moscow, sign, sign_key, sweep_log
 from vpbx.integration_api.settings import (
     EVENT_STATES,
@@ -62,6 +63,11 @@ METHOD_FILTERS: tuple[tuple[str, str], ...] = (
     ("call_info", N_("call information request")),
     ("get_number_info", N_("caller number information request")),
 )
+SCENARIOS: dict[str, str] = {
+    "answered": N_("answered"),
+    "transferred": N_("answered and transferred"),
+    "missed": N_("missed"),
+}
 DIRECTION_FILTERS: tuple[tuple[str, str], ...] = (
     ("", N_("all requests")),
     ("out", N_("requests to the CRM")),
@@ -511,6 +517,7 @@ async def _debug_page(
             "f_direction": direction,
             "when": _log_time,
             "docs_url": DOCS_URL,
+            "scenarios": SCENARIOS,
         },
         status_code=status_code,
     )
@@ -620,6 +627,20 @@ async def workbench(request: Request, r: RendererDep, p: AdminDep, s: DbDep, cor
         "cause": "" if ok else likely_cause(row.client_id, raw, key, received),
     }
     return await _debug_page(request, r, s, core, p, row, bench=bench)
+
+
+@router.post("/debug/simulate")
+async def simulate(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """«Смоделировать вызов» (§6.3): the signed events of an incoming test call (answered, transferred or
+    missed) go to the CRM through the outbox, without a carrier."""
+    row = await _settings(s, p.tenant)
+    if row is None:
+        return _off(request, r)
+    scenario = forms.text(await request.form(), "scenario")
+    if scenario not in SCENARIOS:
+        raise NotFound("scenario", scenario[:32])
+    session_id = await simulate_call(core, p.tenant, cast(Scenario, scenario))
+    return RedirectResponse(f"/integration-api/debug?simulated={session_id}", status_code=303)
 
 
 @router.post("/debug/ssl")
