@@ -49,7 +49,6 @@ from vpbx.web.render import Renderer
 
 router = APIRouter(prefix="/integration-api")
 
-DOCS_URL = "https://github.com/vpbx/vpbx/blob/main/docs/integration-api.md"
 MAX_CERTS = 10
 MAX_PEM = 64 * 1024
 LOG_PAGE = 50
@@ -171,7 +170,7 @@ async def _settings_page(
             "api_test_url": api_test,
             "event_types": EVENT_TYPES,
             "event_states": EVENT_STATES,
-            "docs_url": DOCS_URL,
+            "docs_url": f"{api}/openapi.json",
             "allowlist_empty": not row.allowlist.strip(),
             "when": _when,
         },
@@ -516,7 +515,7 @@ async def _debug_page(
             "f_method": method,
             "f_direction": direction,
             "when": _log_time,
-            "docs_url": DOCS_URL,
+            "docs_url": f"{api}/openapi.json",
             "scenarios": SCENARIOS,
         },
         status_code=status_code,
