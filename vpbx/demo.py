@@ -15,6 +15,8 @@ from vpbx import billing
 from vpbx.app import Core, build_core
 from vpbx.crypto import hash_password, random_password
 from vpbx.errors import ValidationFailed
+from vpbx.integration_api.core import api_settings, sign_key
+from vpbx.integration_api.settings import ensure_settings
 from vpbx.pbx import domains, groups, lines, menus, routing, schedules, users
 from vpbx.pbx.actions import ActionInput
 from vpbx.settings import Settings
@@ -77,6 +79,8 @@ async def ensure_demo(settings: Settings) -> dict[str, Any]:
                 )
             if existing is None:
                 info.update(await _directory(core, s, d.id))
+                await _integration_api(core, s, d.id)
+            info.update(await _api_info(core, s, d.id))
             info["admin_login"] = f"admin@{DEMO_DOMAIN}"
             info["admin_password"] = admin_password
             operator_password = random_password(12)
@@ -152,6 +156,37 @@ async def _directory(core: Core, s: AsyncSession, domain_id: uuid.UUID) -> dict[
     )
     await billing.enable(s, domain_id, "call_recording", core.clock.now())
     return {"line": DEMO_LINE, "group_pin": DEMO_GROUP_PIN}
+
+
+async def _integration_api(core: Core, s: AsyncSession, domain_id: uuid.UUID) -> None:
+    """The Integration API on, encryption mode off, an empty allowlist, get_number_info off (§6.1)."""
+    await billing.enable(s, domain_id, billing.INTEGRATION_API, core.clock.now())
+    row = await ensure_settings(s, domain_id, core.box)
+    row.tls_required = False
+    row.allowlist = ""
+    row.number_info = False
+
+
+def api_base_urls(settings: Settings) -> tuple[str, str]:
+    """{API} and {API_TEST} as a CRM reaches this server (integration-api.md §1)."""
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    base = (settings.public_url or f"http://{host}:{settings.http_port}").rstrip("/")
+    return settings.api_url.rstrip("/") or f"{base}/api", settings.api_test_url.rstrip(
+        "/"
+    ) or f"{base}/api-test"
+
+
+async def _api_info(core: Core, s: AsyncSession, domain_id: uuid.UUID) -> dict[str, Any]:
+    row = await api_settings(s, domain_id)
+    if row is None:
+        return {}
+    api, api_test = api_base_urls(core.settings)
+    return {
+        "api_url": api,
+        "api_test_url": api_test,
+        "api_client_id": row.client_id,
+        "api_sign_key": sign_key(row, core.box),
+    }
 
 
 def _write_private(path: Path, info: dict[str, Any]) -> None:

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     # platform proxies in front of the HTTP port (CIDRs): only their X-Forwarded-For / X-Forwarded-Proto count
     # for the Integration API's source IP and HTTPS checks (§2.4, §2.5); from the environment a JSON list
     trusted_proxies: list[str] = Field(default_factory=list)
+    # the PEM chain {API} serves («Скачать сертификат API», §2.5; empty: no TLS) and the PBX's egress
+    # addresses shown to CRMs (§2.4)
+    api_tls_cert: str = ""
+    api_egress_ips: list[str] = Field(default_factory=list)
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cookie_secure: Literal["auto", "always", "never"] = "auto"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,11 @@ def test_demo_writes_demo_json_once_and_reuses_it(tmp_path: Path) -> None:
     assert info["admin_login"] in first.output
     assert "http://127.0.0.1:8080/" in first.output
     assert list((data / "prompts").glob("*.wav"))  # the demo menu's greeting, spoken once and stored
+    # the Integration API (integration-api.md §6.1): on, its base URLs and credentials in demo.json
+    assert info["api_url"] == "http://127.0.0.1:8080/api"
+    assert info["api_test_url"] == "http://127.0.0.1:8080/api-test"
+    assert re.fullmatch(r"[0-9A-F]{32}", info["api_client_id"])
+    assert re.fullmatch(r"[0-9A-F]{32}", info["api_sign_key"])
 
     second = CliRunner().invoke(app, ["demo", "--data-dir", str(data)])
     assert second.exit_code == 0, second.output

@@ -32,6 +32,8 @@ ID_KINDS: dict[str, type[Any]] = {
     "session_id": m.CallRecord,  # a call's session id (text, not a UUID): its card and its recording
     "box_id": m.VoicemailBox,
     "message_id": m.VoicemailMessage,
+    "log_id": m.ApiLog,  # the Integration API's request/response log
+    "cert_id": m.ApiTrustedCert,  # the Integration API's trusted certificates
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -89,6 +91,16 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
         core.recordings.path(recording).parent.mkdir(parents=True, exist_ok=True)
         core.recordings.path(recording).write_bytes(b"ID3 not really an mp3")
         s.add(m.Recording(domain_id=t.id, session_id=session_id, status="ready", path=recording))
+        log = m.ApiLog(
+            domain_id=t.id, direction="out", method="call_events", url="http://crm.test/call_events"
+        )
+        cert = m.ApiTrustedCert(
+            domain_id=t.id,
+            pem="-----BEGIN CERTIFICATE-----",
+            subject="CN=crm",
+            not_after=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        )
+        s.add_all([log, cert])
         await s.commit()
         return {
             "session_id": session_id,
@@ -103,6 +115,8 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             "prompt_id": prompt.id,
             "box_id": box.id,
             "message_id": message.id,
+            "log_id": log.id,
+            "cert_id": cert.id,
         }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vpbx.crypto import SecretBox
@@ -27,6 +28,8 @@ from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings
 MOSCOW = ZoneInfo("Europe/Moscow")
 OK_MESSAGE = "Операция выполнена успешно"
 LOG_BODY_LIMIT = 16 * 1024  # bytes of a body kept in the log (§6.4)
+LOG_RETENTION = dt.timedelta(days=7)  # the log keeps 7 days or 10 000 rows per domain (§6.4)
+LOG_MAX_ROWS = 10_000
 SECRET_HEADERS = frozenset(
     {"authorization", "cookie", "set-cookie"}
 )  # never logged; the key is never a header
@@ -245,6 +248,25 @@ async def write_log(sessions: async_sessionmaker[AsyncSession], **row: Any) -> N
     async with sessions() as s:
         s.add(ApiLog(**row))
         await s.commit()
+
+
+async def sweep_log(s: AsyncSession, domain_id: uuid.UUID, now: dt.datetime) -> int:
+    """The log's retention for one domain: rows older than 7 days, and beyond the newest 10 000, go."""
+    gone = await s.execute(
+        delete(ApiLog).where(ApiLog.domain_id == domain_id, ApiLog.at < now - LOG_RETENTION)
+    )
+    cutoff = await s.scalar(
+        select(ApiLog.at)
+        .where(ApiLog.domain_id == domain_id)
+        .order_by(ApiLog.at.desc())
+        .offset(LOG_MAX_ROWS - 1)
+        .limit(1)
+    )
+    count: int = getattr(gone, "rowcount", 0) or 0
+    if cutoff is not None:
+        extra = await s.execute(delete(ApiLog).where(ApiLog.domain_id == domain_id, ApiLog.at < cutoff))
+        count += getattr(extra, "rowcount", 0) or 0
+    return count
 
 
 # --- what the parts share at run time -----------------------------------------------------------------------

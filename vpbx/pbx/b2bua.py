@@ -45,7 +45,7 @@ from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, SystemPhrase, Tone, Voice
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
-from vpbx.pbx.bus import SessionId, new_session_id
+from vpbx.pbx.bus import CallKind, SessionId, new_session_id
 from vpbx.pbx.callplan import Plan, Rotation, external_plan, group_plan, user_plan
 from vpbx.pbx.calls import (
     REASON_HELD_OR_TRANSFER_HANGUP,
@@ -106,6 +106,7 @@ if TYPE_CHECKING:
     from vpbx.pbx.incoming import Decision, RoutingAnswer
     from vpbx.pbx.ivr_plan import MenuAction, MenuPlan
     from vpbx.pbx.node import SipNode
+    from vpbx.pbx.originate import Originate
     from vpbx.pbx.outbound import OutboundDecision
     from vpbx.pbx.recording import CallRecordings
     from vpbx.pbx.transfer import Transfer
@@ -367,6 +368,7 @@ class _Ctx:
     moh: set[Side] = field(default_factory=set)  # sides hearing music on hold
     merged: bool = False  # a consultation call that an attended transfer merged into another call
     end_reason: str = ""  # why the call ended, when not its outcome (media_lost, shutdown…), for the history
+    originate: Originate | None = None  # a call we placed (call_back): A is no caller, side a the employee
 
     @property
     def session_id(self) -> SessionId:
@@ -608,6 +610,9 @@ class B2bua:
         from vpbx.pbx.transfer import Transfers
 
         self.transfers = Transfers(self)  # hold music, REFER, Replaces
+        from vpbx.pbx.originate import Originator
+
+        self.originator = Originator(self)  # calls we place: call_back (integration-api.md §4.1)
 
     # --- introspection (tests, the cabinet through the registry) ---
     def __len__(self) -> int:
@@ -624,6 +629,29 @@ class B2bua:
         self._node = node
         if directory is not None:
             self.directory = directory
+
+    async def originate(
+        self,
+        domain: DomainInfo,
+        employee: Party,
+        number: str,
+        *,
+        session_id: SessionId,
+        caller_id: str = "",
+        kind: CallKind = "callback",
+        contact_numbers: tuple[str, ...] = (),
+    ) -> bool:
+        """Place a call: ring ``employee`` first, then dial ``number`` (E.164) and bridge them
+        (``vpbx.pbx.originate``). False when the call could not start at all (the channel limit)."""
+        return await self.originator.originate(
+            domain,
+            employee,
+            number,
+            session_id=session_id,
+            caller_id=caller_id,
+            kind=kind,
+            contact_numbers=contact_numbers,
+        )
 
     def indexes(self) -> dict[str, int]:
         """Sizes of the internal tables: all zero again once every call and leg is over."""
@@ -1969,6 +1997,9 @@ class B2bua:
             return
         self._index(ctx, leg)
         sdp = _sdp_of(response)
+        if ctx.originate is not None and leg.side == "a":
+            await self.originator.employee_answered(ctx, leg, sdp)
+            return
         if not isinstance(sdp, SessionDescription) or not await self._bridge_b(ctx, leg, sdp):
             self._bye(leg, reason_header(488, "no usable SDP answer"))
             self._unindex(leg)
@@ -1992,7 +2023,8 @@ class B2bua:
     async def _after_failure(self, ctx: _Ctx) -> None:
         if ctx.ended or ctx.winner is not None or _a_closed(ctx) or ctx.vm is not None:
             return
-        if any(leg.state is not BState.FAILED for leg in ctx.b):
+        employee = ctx.sides.get("a") if ctx.originate is not None else None  # answered, waiting
+        if any(leg.state is not BState.FAILED for leg in ctx.b if leg is not employee):
             return
         if ctx.plan is not None and await self._plan_skip(ctx):
             return  # everyone rung so far failed: the next stage starts now
@@ -2015,7 +2047,7 @@ class B2bua:
             a.awaiting_answer = True
         if body is None:  # cannot happen: the offer was checked at setup
             raise SipError("No answer for the caller's offer")
-        if ctx.answered_by_pbx:  # our menu answered the caller already: bridge, no second 200
+        if ctx.answered_by_pbx or ctx.originate is not None:  # A has its 200 already, or is no caller
             await self._connected(ctx)
             return
         response = self._reply_a(ctx, 200, body=body)
@@ -2028,7 +2060,7 @@ class B2bua:
         """Audio flows between the caller and the winner: the call's connected state and event."""
         if ctx.no_answer is not None:
             ctx.no_answer.cancel()
-        if ctx.answered_by_pbx and self.media is not None:
+        if (ctx.answered_by_pbx or ctx.originate is not None) and self.media is not None:
             await self.media.stop_play(LegRef(ctx.session_id, "a"))  # a menu prompt still playing
         call = ctx.call
         call.phase = Phase.CONNECTED
@@ -2147,6 +2179,8 @@ class B2bua:
         headers: tuple[tuple[str, str], ...] = (),
     ) -> Response:
         a = ctx.a
+        if ctx.originate is not None:  # nobody called us: the answer goes nowhere, the employee is hung up
+            return self.originator.final(ctx, code)
         extra: list[tuple[str, str]] = list(headers)
         if code < 300 and code != 100:
             extra += [("Record-Route", rr) for rr in a.record_route]  # RFC 3261 §12.1.1
@@ -2260,7 +2294,8 @@ class B2bua:
                 return  # a transferor leaving: the call goes on
             if ctx.call.phase is Phase.CONNECTED:
                 await self._hangup(ctx, by=leg, reason=None, outcome="answered")
-            elif leg is ctx.a:  # a BYE on the early dialog: as good as a CANCEL
+            elif leg is ctx.a or (ctx.originate is not None and leg is ctx.sides.get("a")):
+                # a BYE on the early dialog, or the employee of a call_back hanging up: as good as a CANCEL
                 if not ctx.a.final_sent:
                     self._reply_a(ctx, 487)
                 self._cancel_all(ctx, None)

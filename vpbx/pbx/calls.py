@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from vpbx.clock import Clock
 from vpbx.logs import get_logger
-from vpbx.pbx.bus import CallEvent, CallState, CallType, EventBus, SequenceCounter, SessionId
+from vpbx.pbx.bus import CallEvent, CallKind, CallState, CallType, EventBus, SequenceCounter, SessionId
 from vpbx.pbx.directory import DirectoryUser, DomainInfo, SipDirectory
 from vpbx.store.models import DomainId
 
@@ -120,6 +120,7 @@ class Call:
     ended_at: dt.datetime | None = None
     held: bool = False
     line: str = ""  # our line (E.164 digits): the DID of an incoming call, the caller id of an outbound one
+    kind: CallKind = "normal"  # callback: placed by call_back (integration-api.md §4.1)
 
     def snapshot(self) -> CallSnapshot:
         return CallSnapshot(
@@ -228,6 +229,7 @@ class CallEvents:
             seq=self._seq.next(call.session_id),
             state=state,
             type=call.type,
+            call_kind=call.kind,
             domain_id=call.domain.id,
             domain=call.domain.name,
             timestamp=self.clock.now(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from vpbx.web.pages import (
+    api,
     calls,
     desktop,
     devices,
@@ -40,4 +41,5 @@ ROUTERS: list[APIRouter] = [
     stats.router,
     voicemail.router,
     recordings.router,
+    api.router,
 ]

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
 from vpbx.errors import NotFound
+from vpbx.integration_api.settings import ensure_settings
 from vpbx.store.models import Domain
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
@@ -142,6 +143,8 @@ async def enable(
         # charge only what the admin saw; a new price or a new day means a new confirmation
         return await _confirm(request, r, s, p.tenant, core, code, "enable", changed=True)
     await billing.enable(s, p.tenant, code, now)
+    if code == billing.INTEGRATION_API:
+        await ensure_settings(s, p.tenant, core.box)  # the section's settings and credentials (§6.1)
     await s.commit()
     return RedirectResponse("/services", status_code=303)
 

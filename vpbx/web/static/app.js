@@ -4,4 +4,10 @@ document.addEventListener("DOMContentLoaded", () => {
   document.body.addEventListener("htmx:configRequest", (e) => {
     if (token) e.detail.headers["X-CSRF-Token"] = token;
   });
+  // copy buttons: data-copy names the element whose text goes to the clipboard
+  document.body.addEventListener("click", (e) => {
+    const button = e.target.closest("[data-copy]");
+    const source = button && document.getElementById(button.dataset.copy);
+    if (source && navigator.clipboard) navigator.clipboard.writeText(source.textContent.trim());
+  });
 });

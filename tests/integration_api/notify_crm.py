@@ -1,0 +1,132 @@
+"""A CRM on loopback for the PBX → CRM tests: a real HTTP server (uvicorn) in the test process that records
+every request (path, headers, the raw body) and answers as the test scripts it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from vpbx import billing
+from vpbx.integration_api.core import new_credential
+from vpbx.store.models import ApiSettings
+
+F_CLIENT_ID = "000003C405E6525C64C184258C44EC99"
+F_KEY = "00000716ABDA6D4DFF10F82BCBBFC532"
+WAIT_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int = 200
+    body: bytes = b""
+    delay_s: float = 0.0
+    content_type: str = "application/json"
+
+
+Script = Callable[["Crm", Seen], Answer]
+
+
+@dataclass
+class Crm:
+    """``script(crm, request)`` decides each answer; ``seen`` keeps every request in arrival order."""
+
+    script: Script = field(default=lambda _crm, _req: Answer())
+    seen: list[Seen] = field(default_factory=list)
+    url: str = ""
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            msg = await receive()
+            raw += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        req = Seen(
+            path=scope["path"],
+            headers={k.decode().lower(): v.decode() for k, v in scope["headers"]},
+            raw=raw,
+        )
+        async with self.arrived:
+            self.seen.append(req)
+            self.arrived.notify_all()
+        answer = self.script(self, req)
+        if answer.delay_s:
+            await asyncio.sleep(answer.delay_s)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [(b"content-type", answer.content_type.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def wait_for(self, count: int, timeout_s: float = WAIT_S) -> list[Seen]:
+        async with asyncio.timeout(timeout_s), self.arrived:
+            await self.arrived.wait_for(lambda: len(self.seen) >= count)
+        return list(self.seen)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Crm]:
+        server = uvicorn.Server(
+            uvicorn.Config(self, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        )
+        task = asyncio.create_task(server.serve())
+        async with asyncio.timeout(WAIT_S):
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/rt"
+        try:
+            yield self
+        finally:
+            server.should_exit = True
+            async with asyncio.timeout(WAIT_S):
+                await task
+
+
+async def activate(
+    core: Any,
+    domain_id: uuid.UUID,
+    crm_url: str,
+    *,
+    client_id: str | None = None,
+    key: str | None = None,
+    **fields: Any,
+) -> None:
+    """The service on and the domain's settings saved (what the cabinet's activation does), for the tests."""
+    now = core.clock.now()
+    async with core.sessions() as s:
+        await billing.enable(s, domain_id, billing.INTEGRATION_API, now)
+        s.add(
+            ApiSettings(
+                domain_id=domain_id,
+                client_id=client_id or new_credential(),
+                sign_key_enc=core.box.seal(key or new_credential()),
+                crm_url=crm_url,
+                tls_required=False,
+                **fields,
+            )
+        )
+        await s.commit()
