@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,13 +48,17 @@ def trunk_and_api(port: int) -> Setup:
     return setup
 
 
-async def call_back(server: Server, body: bytes) -> dict[str, str]:
+async def post(server: Server, method: str, body: bytes) -> dict[str, Any]:
     headers = {"X-Client-ID": CLIENT_ID, "X-Client-Sign": sign(CLIENT_ID, body, KEY)}
     async with httpx.AsyncClient(base_url=server.vpbx.http_url, timeout=5) as client:
-        resp = await client.post("/api/call_back", content=body, headers=headers)
+        resp = await client.post(f"/api/{method}", content=body, headers=headers)
     assert resp.status_code == 200, resp.text
-    answer: dict[str, str] = resp.json()
+    answer: dict[str, Any] = resp.json()
     return answer
+
+
+async def call_back(server: Server, body: bytes) -> dict[str, Any]:
+    return await post(server, "call_back", body)
 
 
 async def record(tmp_path: Path, session_id: str) -> CallRecord:
@@ -83,6 +88,7 @@ async def test_employee_answers_then_the_carrier_gets_the_customer_with_our_line
         sid = answer["session_id"]
         desk = await employee.wait()
         sessions = await server.calls(ended=1)
+        info = await post(server, "call_info", f'{{"session_id":"{sid}"}}'.encode())
 
     assert desk.ok, desk.describe()  # rung, answered, talked, hung up (its BYE answered)
     log = (carrier.workdir / "messages.log").read_text(errors="replace")
@@ -99,6 +105,8 @@ async def test_employee_answers_then_the_carrier_gets_the_customer_with_our_line
     rec = await record(tmp_path, sid)
     assert (rec.call_kind, rec.call_type) == ("callback", "outbound")
     assert rec.answered_at is not None and rec.ended_at is not None
+    assert info["result"] == "0"
+    assert (info["info"]["call_type"], info["info"]["direction"]) == (3, 2)  # §4.1 item 6
 
 
 async def test_a_busy_employee_ends_the_call_without_dialling_the_customer(tmp_path: Path) -> None:
