@@ -381,3 +381,19 @@ async def test_simulate_call(pbx: Pbx, core: Core, scenario: callback.Scenario, 
         assert events[3]["disconnect_reason"] == "0" and events[5]["request_pin"] == "102"
     if scenario == "missed":
         assert events[-1]["request_number"] == f"sip:74951234567@{TENANT}"
+
+
+async def test_expired_keys_are_purged(pbx: Pbx, ivanov: Phone, core: Core) -> None:
+    body = {"request_number": "+79161234567", "from_pin": "101"}
+    await call_back(context(pbx, key="a"), body)
+    async with core.sessions() as s:
+        row = await s.get(ApiIdempotency, (pbx.domain_id, "a"))
+        assert row is not None
+        row.created_at = row.created_at - callback.IDEMPOTENCY_WINDOW
+        await s.commit()
+    await call_back(context(pbx, key="b"), body)
+    async with core.sessions() as s:
+        keys = set(
+            await s.scalars(select(ApiIdempotency.key).where(ApiIdempotency.domain_id == pbx.domain_id))
+        )
+    assert keys == {"b"}

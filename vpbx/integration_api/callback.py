@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -167,6 +167,13 @@ async def _claim(
     """Record the answer under the key before anything rings; the earlier answer when another request
     with the same key got there first (None: this one is the first)."""
     async with ctx.sessions() as s:
+        await s.execute(  # keys past their window are of no use: the table holds ten minutes per domain
+            delete(ApiIdempotency).where(
+                ApiIdempotency.domain_id == ctx.domain_id,
+                ApiIdempotency.created_at < now - IDEMPOTENCY_WINDOW,
+                ApiIdempotency.key != key,
+            )
+        )
         stale = await s.get(ApiIdempotency, (ctx.domain_id, key))
         if stale is not None and (
             stale.method != METHOD or now - _aware(stale.created_at) >= IDEMPOTENCY_WINDOW

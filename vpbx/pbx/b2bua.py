@@ -2037,6 +2037,9 @@ class B2bua:
 
     # --- connecting -----------------------------------------------------------------------------------------
     async def _connect(self, ctx: _Ctx) -> None:
+        if ctx.originate is not None:  # a call we placed: A is no caller, nothing to answer
+            await self._connected(ctx)
+            return
         a = ctx.a
         if a.offer is not None:
             body = await self._answer_a(ctx)
@@ -2047,7 +2050,7 @@ class B2bua:
             a.awaiting_answer = True
         if body is None:  # cannot happen: the offer was checked at setup
             raise SipError("No answer for the caller's offer")
-        if ctx.answered_by_pbx or ctx.originate is not None:  # A has its 200 already, or is no caller
+        if ctx.answered_by_pbx:  # our menu answered the caller already: bridge, no second 200
             await self._connected(ctx)
             return
         response = self._reply_a(ctx, 200, body=body)
