@@ -170,13 +170,15 @@ async def test_a_line_forwarded_to_an_outside_number_goes_out_through_the_trunk(
     async with (
         running(tmp_path, setup=line(outside, trunk_port=port)) as server,
         SippProcess.running(
-            callee_run("uas_answer", local_ip=CARRIER_IP, local_port=port, trace_msg=True), tmp_path
+            # the trunk's OPTIONS reach the carrier too: uas_trunk answers them beside the call
+            callee_run("uas_trunk", calls=100_000, local_ip=CARRIER_IP, local_port=port, trace_msg=True),
+            tmp_path,
         ) as far_end,
     ):
         await far_end.wait_listening()
         caller = await run_sipp(carrier_run(server, calls=1, duration_ms=300), tmp_path)
-        answered = await far_end.wait()
         [events] = (await server.calls(ended=1)).values()
+        answered = await far_end.stop()
 
     assert caller.ok, caller.describe()
     assert answered.ok, answered.describe()

@@ -55,7 +55,9 @@ async def test_an_outside_call_reaches_the_carrier_in_its_format(tmp_path: Path)
     async with (
         running(tmp_path, setup=carrier_trunk(port)) as server,
         SippProcess.running(
-            callee_run("uas_answer", local_ip=CARRIER_IP, local_port=port, trace_msg=True), tmp_path
+            # the trunk's OPTIONS reach the carrier too: uas_trunk answers them beside the call
+            callee_run("uas_trunk", calls=100_000, local_ip=CARRIER_IP, local_port=port, trace_msg=True),
+            tmp_path,
         ) as carrier,
     ):
         await carrier.wait_listening()
@@ -63,8 +65,8 @@ async def test_an_outside_call_reaches_the_carrier_in_its_format(tmp_path: Path)
             caller_run(server, "uac_call", caller="101", callee="84957654321", calls=1, duration_ms=300),
             tmp_path,
         )
-        answered = await carrier.wait()
         [events] = (await server.calls(ended=1)).values()
+        answered = await carrier.stop()
 
     assert caller.ok, caller.describe()
     assert answered.ok, answered.describe()
