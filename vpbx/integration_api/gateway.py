@@ -504,7 +504,9 @@ def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = (
     from vpbx.integration_api.registry import all_methods
 
     methods = all_methods()
-    guard = MemoryAbuseGuard()  # one per address, whichever base URL the failures came to
+    # one window per domain and method, and one guard per address, whichever base URL the requests came to
+    limiter = MemoryRateLimiter()
+    guard = MemoryAbuseGuard()
     for prefix, sandbox in (("/api-test", True), ("/api", False)):
         gateway = ApiGateway(
             settings=core.settings,
@@ -514,6 +516,7 @@ def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = (
             services=app.state,
             methods=methods,
             sandbox=sandbox,
+            limiter=limiter,
             guard=guard,
             raw_routes=raw_routes,
         )
