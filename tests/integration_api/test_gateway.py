@@ -452,3 +452,11 @@ async def test_raw_routes_of_records_bypass_the_method_table(
     finally:
         await application.state.core.engine.dispose()
     assert (resp.status_code, resp.text) == (200, "GET 195.49.187.78 Core")
+
+
+def test_trusted_proxies_must_be_addresses(settings: Settings) -> None:
+    from pydantic import ValidationError
+
+    assert Settings(**{**settings.model_dump(), "trusted_proxies": ["10.0.0.0/8", "::1"]}).trusted_proxies
+    with pytest.raises(ValidationError, match="not an IP address or CIDR"):
+        Settings(**{**settings.model_dump(), "trusted_proxies": ["proxy.example"]})
