@@ -6,6 +6,7 @@ Priority, highest first: CLI options, environment, ``VPBX_CONFIG_FILE``, ``<data
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
@@ -152,6 +153,16 @@ class Settings(BaseSettings):
         lo, hi = v
         if not (1024 <= lo < hi <= 65535) or (hi - lo) < 1:
             raise ValueError("RTP port range must be A-B with 1024 <= A < B <= 65535")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {entry!r}") from None
         return v
 
     @field_validator("sip_tls_key")

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from starlette.applications import Starlette
@@ -423,3 +424,39 @@ async def test_two_tenants_see_only_their_own(app: FastAPI, core: Core, f: Fixtu
         logged = (await s.execute(select(ApiLog.domain_id, ApiLog.status))).all()
     assert {(row.domain_id, row.status) for row in logged} == {(d.id, 200), (d.id, 401)}
     assert all(row.domain_id != f.domain_id for row in logged)
+
+
+async def test_raw_routes_of_records_bypass_the_method_table(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """records.RAW_ROUTES (the recording download, §4.2) are served under /api with their own rules; they
+    find the Core on the app and the source IP through the gateway's rule."""
+    from starlette.types import Receive, Scope, Send
+
+    from vpbx.integration_api import records
+    from vpbx.integration_api.gateway import client_ip
+
+    async def download(scope: Scope, receive: Receive, send: Send) -> None:
+        core = scope["app"].state.core
+        text = f"{scope['method']} {client_ip(scope, [])} {type(core).__name__}".encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": text})
+
+    monkeypatch.setattr(records, "RAW_ROUTES", (("records_new_scheme/", download),), raising=False)
+    application = create_app(settings)
+    try:
+        async with api_client(application, ip="195.49.187.78") as client:
+            resp = await client.get("/api/records_new_scheme/record/download/" + "a" * 32 + "/195049187078")
+    finally:
+        await application.state.core.engine.dispose()
+    assert (resp.status_code, resp.text) == (200, "GET 195.49.187.78 Core")
+
+
+def test_trusted_proxies_must_be_addresses(settings: Settings) -> None:
+    from pydantic import ValidationError
+
+    assert Settings(**{**settings.model_dump(), "trusted_proxies": ["10.0.0.0/8", "::1"]}).trusted_proxies
+    with pytest.raises(ValidationError, match="not an IP address or CIDR"):
+        Settings(**{**settings.model_dump(), "trusted_proxies": ["proxy.example"]})

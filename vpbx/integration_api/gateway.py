@@ -110,6 +110,40 @@ def ip_in(ip: str, networks: Sequence[IpNetwork]) -> bool:
     return any(addr in net for net in networks)
 
 
+def _from_proxy(scope: Scope, proxies: Sequence[IpNetwork]) -> bool:
+    client = scope.get("client")
+    return bool(client and proxies and ip_in(client[0], proxies))
+
+
+def client_ip(scope: Scope, proxies: Sequence[IpNetwork], headers: Mapping[str, str] | None = None) -> str:
+    """The request's source IP (§2.4): the TCP peer, or, when the peer is a trusted proxy, the rightmost
+    ``X-Forwarded-For`` address that is not one. For the gateway and the routes under it (downloads)."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else ""
+    if not _from_proxy(scope, proxies):
+        return peer
+    hops = (headers if headers is not None else _headers(scope)).get("x-forwarded-for", "")
+    for hop in reversed(hops.split(",")):
+        hop = hop.strip()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer
+        if not ip_in(hop, proxies):
+            return hop
+    return peer
+
+
+def is_https(scope: Scope, proxies: Sequence[IpNetwork], headers: Mapping[str, str] | None = None) -> bool:
+    """Whether the client used HTTPS (§2.5): the request's scheme, or a trusted proxy's X-Forwarded-Proto."""
+    if scope.get("scheme") == "https":
+        return True
+    if _from_proxy(scope, proxies):
+        proto = (headers if headers is not None else _headers(scope)).get("x-forwarded-proto", "")
+        return proto.split(",")[-1].strip().lower() == "https"
+    return False
+
+
 def openapi_document(methods: Mapping[str, ApiMethod], server_url: str) -> dict[str, object]:
     """An OpenAPI 3.1 description of the methods, built from the method table (§1)."""
     envelope = {
@@ -370,32 +404,11 @@ class ApiGateway:
 
     # --- addresses ------------------------------------------------------------------------------------------
 
-    def _from_proxy(self, scope: Scope) -> bool:
-        client = scope.get("client")
-        return bool(client and self.proxies and ip_in(client[0], self.proxies))
-
     def _source_ip(self, scope: Scope, headers: Mapping[str, str]) -> str:
-        client = scope.get("client")
-        peer = client[0] if client else ""
-        if not self._from_proxy(scope):
-            return peer
-        for hop in reversed(headers.get("x-forwarded-for", "").split(",")):
-            hop = hop.strip()
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                return peer
-            if not ip_in(hop, self.proxies):
-                return hop
-        return peer
+        return client_ip(scope, self.proxies, headers)
 
     def _https(self, scope: Scope, headers: Mapping[str, str]) -> bool:
-        if scope.get("scheme") == "https":
-            return True
-        if self._from_proxy(scope):
-            proto = headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
-            return proto == "https"
-        return False
+        return is_https(scope, self.proxies, headers)
 
     def _base_url(self, scope: Scope) -> str:
         explicit = self.settings.api_test_url if self.sandbox else self.settings.api_url
@@ -500,11 +513,15 @@ async def _send(send: Send, status: int, body: bytes, content_type: str, headers
 
 def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = ()) -> None:
     """Mount ``{API}`` at ``/api`` and the sandbox ``{API_TEST}`` at ``/api-test`` on the HTTP port (§1).
-    ``app`` is the FastAPI app (its ``state`` is the methods' ``ApiContext.services``), ``core`` its Core."""
-    from vpbx.integration_api.registry import all_methods
+    ``app`` is the FastAPI app (its ``state`` is the methods' ``ApiContext.services``), ``core`` its Core;
+    ``raw_routes`` add to the registry's routes outside the method table (e.g. the recording links)."""
+    from vpbx.integration_api import registry
 
-    methods = all_methods()
-    guard = MemoryAbuseGuard()  # one per address, whichever base URL the failures came to
+    methods = registry.all_methods()
+    extra_routes = (*registry.raw_routes(), *raw_routes)
+    # one window per domain and method, and one guard per address, whichever base URL the requests came to
+    limiter = MemoryRateLimiter()
+    guard = MemoryAbuseGuard()
     for prefix, sandbox in (("/api-test", True), ("/api", False)):
         gateway = ApiGateway(
             settings=core.settings,
@@ -514,7 +531,8 @@ def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = (
             services=app.state,
             methods=methods,
             sandbox=sandbox,
+            limiter=limiter,
             guard=guard,
-            raw_routes=raw_routes,
+            raw_routes=extra_routes,
         )
         app.mount(prefix, gateway)
