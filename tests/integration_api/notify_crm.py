@@ -39,6 +39,7 @@ class Answer:
     body: bytes = b""
     delay_s: float = 0.0
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Script = Callable[["Crm", Seen], Answer]
@@ -77,7 +78,10 @@ class Crm:
             {
                 "type": "http.response.start",
                 "status": answer.status,
-                "headers": [(b"content-type", answer.content_type.encode())],
+                "headers": [
+                    (b"content-type", answer.content_type.encode()),
+                    *((k.encode(), v.encode()) for k, v in answer.headers),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": answer.body})

@@ -330,3 +330,26 @@ async def resume(core: Any, domain_id: uuid.UUID, *, newer_than: dt.datetime | N
         )
     log.info("api.sending_resumed", domain_id=str(domain_id), skipped=skipped)
     return skipped
+
+
+class Notifications:
+    """What ``vpbx serve`` runs for PBX → CRM notifications: the ``call_events`` pump and the dispatcher."""
+
+    def __init__(self, core: Any, *, lease: Lease | None = None) -> None:
+        from vpbx.integration_api.events import EventPump
+
+        self.pump = EventPump(core)
+        self.dispatcher = Dispatcher(core, lease=lease)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.pump.run(on_made=self.dispatcher.wake.set), name="api-event-pump"),
+            asyncio.create_task(self.dispatcher.run(), name="api-dispatcher"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
