@@ -7,16 +7,21 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import email
+import email.policy
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import make_tenant, postgres_url
 from tests.helpers import Tenant
+from tests.integration.peers.net import free_ports
 from tests.integration_api.notify_crm import F_CLIENT_ID, F_KEY, Answer, Crm, Seen, activate
 from tests.unit.pbx.test_history import F_START, f_events
 from vpbx.app import Core, create_app
@@ -25,9 +30,10 @@ from vpbx.integration_api import dispatcher as dispatch
 from vpbx.integration_api.events import EventPump
 from vpbx.pbx.bus import CallEvent
 from vpbx.pbx.history import apply_events
+from vpbx.pbx.voicemail import SmtpConfig, SmtpMailer
 from vpbx.settings import Settings
 from vpbx.store.migrate import upgrade_async
-from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings
+from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings, User
 
 F_BODIES = [
     b'{"state":"new","type":"incoming","session_id":"534dbe28-7e58-4705-89a4-26a308405464","timestamp":"2025-06-12 11:00:00.120","from_number":"sip:79161234567@demo.vpbx.example","request_number":"sip:74951234567@demo.vpbx.example","domain":"demo.vpbx.example"}',  # noqa: E501
@@ -101,6 +107,17 @@ async def deliveries(core: Core) -> list[ApiDelivery]:
 async def out_log(core: Core) -> list[ApiLog]:
     async with core.sessions() as s:
         return list(await s.scalars(select(ApiLog).order_by(ApiLog.at, ApiLog.id)))
+
+
+class Sink:
+    """aiosmtpd's handler: every message received, as bytes."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 OK"
 
 
 async def until(done: Callable[[list[ApiDelivery]], bool], core: Core) -> None:
@@ -234,6 +251,15 @@ async def test_sustained_failure_suspends_and_resume_sends_in_order(db: Core) ->
             settings = await s.get(ApiSettings, t1.id)
             return settings is not None and settings.suspended_at is not None
 
+    async with core.sessions() as s:
+        admin = await s.scalar(select(User).where(User.domain_id == t1.id, User.role == "admin"))
+        assert admin is not None
+        admin.email = "admin@acme.example"
+        await s.commit()
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_ports(1)[0])
+    await asyncio.to_thread(controller.start)
+    mailer = SmtpMailer(SmtpConfig(host="127.0.0.1", port=controller.port))
     async with Crm(script).running() as crm:
         await activate(core, t1.id, crm.url)
         events = recent(t1.id, "s-down")
@@ -241,7 +267,7 @@ async def test_sustained_failure_suspends_and_resume_sends_in_order(db: Core) ->
         pump = EventPump(core)
         await pump.pump_once()
         runner = dispatch.Dispatcher(
-            core, retry_delays_s=(0.2, 0.2, 0.2), suspend_after=dt.timedelta(seconds=1.5)
+            core, retry_delays_s=(0.2, 0.2, 0.2), suspend_after=dt.timedelta(seconds=1.5), mailer=mailer
         )
         async with running(runner.run()):
             async with asyncio.timeout(WAIT_S):
@@ -256,6 +282,10 @@ async def test_sustained_failure_suspends_and_resume_sends_in_order(db: Core) ->
             assert await dispatch.resume(core, t1.id) == 0
             runner.wake.set()
             await until(lambda ds: len(ds) == 5 and all(d.status != "pending" for d in ds), core)
+    await asyncio.to_thread(controller.stop)
+    (mail,) = sink.messages
+    parsed = email.message_from_bytes(mail, policy=email.policy.default)
+    assert parsed["To"] == "admin@acme.example" and "приостановлена" in str(parsed["Subject"])
     after = states(crm.seen[tried:])  # what was still pending (an event not yet given up, the new ones)
     assert after == [s for s in ("new", "calling", "connected", "disconnected", "end") if s in after]
     assert after[-3:] == ["connected", "disconnected", "end"]
@@ -297,3 +327,24 @@ async def test_a_delivery_past_the_retention_expires_with_a_log_row(core: Core, 
     assert [d.status for d in await deliveries(core)] == ["expired"]
     (row,) = await out_log(core)
     assert row.verdict == dispatch.EXPIRED and row.request_body == '{"state":"new"}'
+
+
+async def test_an_answer_later_than_the_timeout_is_retried(core: Core, t1: Tenant) -> None:
+    slow: set[str] = set()
+
+    def script(_crm: Crm, req: Seen) -> Answer:
+        if req.json["state"] == "new" and not slow:
+            slow.add("once")
+            return Answer(200, delay_s=2.5)
+        return Answer(200)
+
+    async with Crm(script).running() as crm:
+        await activate(core, t1.id, crm.url, timeout_s=1)
+        await write_events(core, recent(t1.id, "s-slow"))
+        await EventPump(core).pump_once()
+        async with running(dispatch.Dispatcher(core).run()):
+            await until(lambda ds: all(d.status == "delivered" for d in ds), core)
+    assert states(crm.seen)[:2] == ["new", "new"]
+    first = [r for r in await out_log(core) if '"new"' in r.request_body]
+    assert [(r.attempt, r.status) for r in first] == [(1, None), (2, 200)]
+    assert "Нет ответа за 1 с" in first[0].verdict

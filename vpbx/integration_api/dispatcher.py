@@ -18,15 +18,16 @@ import datetime as dt
 import functools
 import uuid
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any, Protocol
 
 from sqlalchemy import and_, func, select, update
 
 from vpbx.billing import INTEGRATION_API, is_enabled
-from vpbx.integration_api.core import api_settings, sign, write_log
+from vpbx.integration_api.core import api_settings, moscow, sign, write_log
 from vpbx.integration_api.notify import Exchange, crm_url, log_exchange, post, target, verdict_of
 from vpbx.logs import get_logger
-from vpbx.store.models import ApiDelivery, ApiSettings
+from vpbx.store.models import ApiDelivery, ApiSettings, Domain, User
 
 log = get_logger("vpbx.integration_api.dispatcher")
 
@@ -41,6 +42,10 @@ class Lease(Protocol):
     """The right to be the one dispatcher; v1 runs one node, so it is always held."""
 
     def held(self) -> bool: ...
+
+
+class Mailer(Protocol):
+    async def send(self, message: EmailMessage) -> None: ...
 
 
 class AlwaysHeld:
@@ -67,9 +72,13 @@ class Dispatcher:
         retention: dt.timedelta = RETENTION,
         interval_s: float = 0.25,
         clock: Any = None,
+        mailer: Mailer | None = None,
+        mail_from: str = "",
     ) -> None:
         self.core = core
         self.clock = clock or core.clock
+        self.mailer = mailer
+        self.mail_from = mail_from
         self.lease = lease or AlwaysHeld()
         self.parallel = parallel
         self.retry_delays_s = retry_delays_s
@@ -239,7 +248,38 @@ class Dispatcher:
                     url=ex.url[:1000],
                     verdict=f"Отправка приостановлена: все попытки не удались с {since:%Y-%m-%d %H:%M} UTC",
                 )
+                await self._tell_admins(domain_id, since)
         self._failing_since.pop(domain_id, None)
+
+    async def _tell_admins(self, domain_id: uuid.UUID, since: dt.datetime) -> None:
+        """The domain's admins get an e-mail that sending was suspended (§5.1); a failure is only logged."""
+        if self.mailer is None:
+            return
+        async with self.core.sessions() as s:
+            domain = await s.get(Domain, domain_id)
+            emails = [
+                e
+                for e in await s.scalars(
+                    select(User.email).where(User.domain_id == domain_id, User.role == "admin")
+                )
+                if e
+            ]
+        if domain is None or not emails:
+            return
+        message = EmailMessage()
+        message["From"] = self.mail_from or f"vpbx@{domain.name}"
+        message["To"] = ", ".join(emails)
+        message["Subject"] = f"Интеграционный API: отправка уведомлений в CRM приостановлена ({domain.name})"
+        message.set_content(
+            f"Все попытки отправить уведомления в CRM домена {domain.name} не удавались "
+            f"с {moscow(since, millis=False)} (МСК), поэтому отправка приостановлена.\n"
+            "Новые уведомления сохраняются и будут отправлены после возобновления.\n"
+            "Возобновить отправку: «Интеграционный API» → «Настройка параметров» → «Возобновить отправку».\n"
+        )
+        try:
+            await self.mailer.send(message)
+        except Exception:
+            log.exception("api.suspension_mail_failed", domain_id=str(domain_id))
 
     async def expire_once(self) -> int:
         """Deliveries pending past the retention expire, each with a log row (never silently)."""
@@ -335,11 +375,13 @@ async def resume(core: Any, domain_id: uuid.UUID, *, newer_than: dt.datetime | N
 class Notifications:
     """What ``vpbx serve`` runs for PBX → CRM notifications: the ``call_events`` pump and the dispatcher."""
 
-    def __init__(self, core: Any, *, lease: Lease | None = None) -> None:
+    def __init__(
+        self, core: Any, *, lease: Lease | None = None, mailer: Mailer | None = None, mail_from: str = ""
+    ) -> None:
         from vpbx.integration_api.events import EventPump
 
         self.pump = EventPump(core)
-        self.dispatcher = Dispatcher(core, lease=lease)
+        self.dispatcher = Dispatcher(core, lease=lease, mailer=mailer, mail_from=mail_from)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
