@@ -25,6 +25,7 @@ from sqlalchemy import and_, func, select, update
 
 from vpbx.billing import INTEGRATION_API, is_enabled
 from vpbx.integration_api.core import api_settings, moscow, sign, write_log
+from vpbx.integration_api.events import EventPump, backoff
 from vpbx.integration_api.notify import Exchange, crm_url, log_exchange, post, target, verdict_of
 from vpbx.logs import get_logger
 from vpbx.store.models import ApiDelivery, ApiSettings, Domain, User
@@ -278,8 +279,8 @@ class Dispatcher:
         )
         try:
             await self.mailer.send(message)
-        except Exception:
-            log.exception("api.suspension_mail_failed", domain_id=str(domain_id))
+        except Exception as exc:
+            log.warning("api.suspension_mail_failed", domain_id=str(domain_id), error=repr(exc)[:300])
 
     async def expire_once(self) -> int:
         """Deliveries pending past the retention expire, each with a log row (never silently)."""
@@ -315,6 +316,7 @@ class Dispatcher:
     async def run(self) -> None:
         last_expiry = -1e9
         loop = asyncio.get_running_loop()
+        failures = 0
         try:
             while True:
                 try:
@@ -322,11 +324,17 @@ class Dispatcher:
                         last_expiry = loop.time()
                         await self.expire_once()
                     await self.dispatch_once()
-                except Exception:
-                    log.exception("api.dispatch_failed")
+                except Exception as exc:  # the database away: one line per outage, and back off
+                    if not failures:
+                        log.warning("api.dispatch_failed", error=repr(exc)[:300])
+                    failures += 1
+                else:
+                    if failures:
+                        log.info("api.dispatch_recovered", failures=failures)
+                    failures = 0
                 self.wake.clear()
                 try:
-                    async with asyncio.timeout(self.interval_s):
+                    async with asyncio.timeout(backoff(self.interval_s, failures)):
                         await self.wake.wait()
                 except TimeoutError:
                     pass
@@ -378,7 +386,6 @@ class Notifications:
     def __init__(
         self, core: Any, *, lease: Lease | None = None, mailer: Mailer | None = None, mail_from: str = ""
     ) -> None:
-        from vpbx.integration_api.events import EventPump
 
         self.pump = EventPump(core)
         self.dispatcher = Dispatcher(core, lease=lease, mailer=mailer, mail_from=mail_from)

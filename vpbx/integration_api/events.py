@@ -70,6 +70,14 @@ def wanted(settings: ApiSettings, state: str, call_type: str, call_kind: str | N
     return not (call_kind == "autoinformer" and not settings.send_autoinformer_events)
 
 
+MAX_BACKOFF_S = 5.0
+
+
+def backoff(interval_s: float, failures: int) -> float:
+    """The wait before the next pass: the interval, doubled per consecutive failure up to 5 s."""
+    return min(MAX_BACKOFF_S, interval_s * float(2 ** min(failures, 16)))
+
+
 class EventPump:
     """Call events into ``call_events`` deliveries: one pass with ``pump_once``, forever with ``run``."""
 
@@ -154,19 +162,26 @@ class EventPump:
         return made
 
     async def run(self, on_made: Any = None) -> None:
+        failures = 0
         while True:
             try:
                 made = await self.pump_once()
-            except Exception:
-                log.exception("api.event_pump_failed")
+            except Exception as exc:  # the database away: one line per outage, and back off
+                if not failures:
+                    log.warning("api.event_pump_failed", error=repr(exc)[:300])
+                failures += 1
                 made = 0
+            else:
+                if failures:
+                    log.info("api.event_pump_recovered", failures=failures)
+                failures = 0
             if made and on_made is not None:
                 on_made()
             if made:
                 continue
             self.wake.clear()
             try:
-                async with asyncio.timeout(self.interval_s):
+                async with asyncio.timeout(backoff(self.interval_s, failures)):
                     await self.wake.wait()
             except TimeoutError:
                 pass
