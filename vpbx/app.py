@@ -206,6 +206,14 @@ async def serve(settings: Settings) -> None:
 
         webhook = HttpRoutingHook(settings.debug_routing_hook_url, timeout_s=settings.routing_hook_deadline_s)
         b2bua.routing_hooks.append(("debug-webhook", webhook))
+    # the Integration API's PBX → CRM side (integration-api.md §5): get_number_info, call_events' delivery
+    from vpbx.integration_api.dispatcher import Notifications
+    from vpbx.integration_api.numberinfo import NumberInfoHook
+
+    number_info = NumberInfoHook(core, cap_s=settings.routing_hook_deadline_s)
+    b2bua.routing_hooks.append(("get_number_info", number_info))
+    notifications = Notifications(core, mailer=smtp_mailer(settings), mail_from=settings.smtp_from)
+    await notifications.start()
     recordings = CallRecordings(
         media=media, store=core.recordings, sessions=core.sessions, clock=core.clock, encoder=Mp3Encoder()
     )
@@ -252,6 +260,8 @@ async def serve(settings: Settings) -> None:
         await recordings.encoder.aclose()
         await media.aclose()
         await journal.stop()
+        await notifications.stop()
+        await number_info.aclose()
         await bus.stop()
 
 

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -39,6 +40,7 @@ class Answer:
     body: bytes = b""
     delay_s: float = 0.0
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Script = Callable[["Crm", Seen], Answer]
@@ -77,7 +79,10 @@ class Crm:
             {
                 "type": "http.response.start",
                 "status": answer.status,
-                "headers": [(b"content-type", answer.content_type.encode())],
+                "headers": [
+                    (b"content-type", answer.content_type.encode()),
+                    *((k.encode(), v.encode()) for k, v in answer.headers),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": answer.body})
@@ -88,16 +93,25 @@ class Crm:
         return list(self.seen)
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Crm]:
+    async def running(self, tls: tuple[Path, Path] | None = None) -> AsyncIterator[Crm]:
+        """Serving on loopback; with ``tls`` (certificate, key files) over HTTPS."""
         server = uvicorn.Server(
-            uvicorn.Config(self, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+            uvicorn.Config(
+                self,
+                host="127.0.0.1",
+                port=0,
+                log_level="warning",
+                lifespan="off",
+                ssl_certfile=str(tls[0]) if tls else None,
+                ssl_keyfile=str(tls[1]) if tls else None,
+            )
         )
         task = asyncio.create_task(server.serve())
         async with asyncio.timeout(WAIT_S):
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
                 await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/rt"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/rt"
         try:
             yield self
         finally:
@@ -125,8 +139,44 @@ async def activate(
                 client_id=client_id or new_credential(),
                 sign_key_enc=core.box.seal(key or new_credential()),
                 crm_url=crm_url,
-                tls_required=False,
-                **fields,
+                **{"tls_required": False, **fields},
             )
         )
         await s.commit()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path, str]:
+    """A CRM's self-signed server certificate for 127.0.0.1: (certificate file, key file, PEM)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crm.test")])
+    now = dt.datetime.now(dt.UTC)
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(san, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    cert_file, key_file = directory / "crm.pem", directory / "crm.key"
+    cert_file.write_text(pem)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file, pem

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 from sqlalchemy import select
 
 from tests.helpers import Tenant
-from tests.integration_api.notify_crm import F_CLIENT_ID, F_KEY, Answer, Crm, activate
+from tests.integration_api.notify_crm import F_CLIENT_ID, F_KEY, Answer, Crm, activate, self_signed
 from vpbx.app import Core
 from vpbx.integration_api import notify
 from vpbx.integration_api.core import sign
-from vpbx.store.models import ApiLog, ApiSettings
+from vpbx.store.models import ApiLog, ApiSettings, ApiTrustedCert
 
 F_NEW = (
     b'{"state":"new","type":"incoming","session_id":"534dbe28-7e58-4705-89a4-26a308405464",'
@@ -133,3 +136,24 @@ async def test_a_successful_test_send_resumes_a_suspended_domain(core: Core, t1:
     async with core.sessions() as s:
         settings = await s.get(ApiSettings, t1.id)
         assert settings is not None and settings.suspended_at is None
+
+
+async def test_https_is_verified_against_the_domains_trusted_certificates(
+    core: Core, t1: Tenant, tmp_path: Path
+) -> None:
+    cert, key, pem = self_signed(tmp_path)
+    async with Crm().running(tls=(cert, key)) as crm:
+        await activate(core, t1.id, crm.url, tls_required=True)
+        untrusted = await notify.send_now(core, t1.id, "call_events", {"x": 1}, timeout_s=3, test=True)
+        assert crm.seen == []  # the handshake failed before any request
+        async with core.sessions() as s:
+            s.add(
+                ApiTrustedCert(
+                    domain_id=t1.id, pem=pem, subject="CN=crm.test", not_after=dt.datetime.now(dt.UTC)
+                )
+            )
+            await s.commit()
+        trusted = await notify.send_now(core, t1.id, "call_events", {"x": 1}, timeout_s=3, test=True)
+        (seen,) = await crm.wait_for(1)
+    assert untrusted.status is None and untrusted.error.startswith("Ошибка TLS") and untrusted.retryable
+    assert trusted.delivered and seen.raw == b'{"x":1}'

@@ -1,0 +1,187 @@
+"""``call_events`` (integration-api.md §5.2): the pump that turns the call history's events outbox
+(``CallEventRow``, written with the call's state by vpbx/pbx/history.py) into ``ApiDelivery`` rows.
+
+Durable without a cursor table: an event is pending for the API while no delivery ``(call_events, session_id,
+seq)`` exists (the outbox's unique key), so a restart re-reads what it had not turned yet and never makes one
+twice. Only domains with the service on, «Отправлять уведомления о вызовах» on, the event's type and state
+toggled on and the event not older than the settings' ``events_since`` (enabling the service does not send old
+calls) get a delivery; the others' events are passed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.exc import IntegrityError
+
+from vpbx.billing import INTEGRATION_API, is_enabled
+from vpbx.integration_api.core import enqueue, moscow
+from vpbx.logs import get_logger
+from vpbx.store.models import ApiDelivery, ApiSettings, CallEventRow, CallRecord
+
+log = get_logger("vpbx.integration_api.events")
+
+METHOD = "call_events"
+STATES = ("new", "calling", "connected", "disconnected", "end")
+TYPES = ("incoming", "outbound", "internal")
+RETENTION = dt.timedelta(days=7)  # older events are past the outbox's retention: never turned
+SLACK = dt.timedelta(seconds=60)  # events commit in groups, not strictly in ``at`` order
+
+
+def body(payload: Mapping[str, Any], at: dt.datetime | None = None) -> dict[str, str]:
+    """The wire body of one event (§5.2): the example's key order, Moscow time, keys that do not apply
+    left out, ``is_record`` as a string, nothing else (no ``seq``, no URIs, no extras)."""
+    stamp = payload.get("timestamp")
+    when = dt.datetime.fromisoformat(stamp) if isinstance(stamp, str) else at
+    if when is None:
+        raise ValueError("an event without a time")
+    out: dict[str, str] = {
+        "state": str(payload["state"]).strip(),
+        "type": str(payload["type"]),
+        "session_id": str(payload["session_id"]),
+        "timestamp": moscow(when),
+        "from_number": str(payload.get("from_number", "")),
+    }
+    if payload.get("from_pin"):
+        out["from_pin"] = str(payload["from_pin"])
+    out["request_number"] = str(payload.get("request_number", ""))
+    if payload.get("request_pin"):
+        out["request_pin"] = str(payload["request_pin"])
+    if out["state"] == "disconnected" and payload.get("disconnect_reason") is not None:
+        out["disconnect_reason"] = str(payload["disconnect_reason"])
+    if out["state"] == "end" and payload.get("is_record") is not None:
+        record = payload["is_record"]
+        out["is_record"] = record if isinstance(record, str) else "true" if record else "false"
+    out["domain"] = str(payload.get("domain", ""))
+    return out
+
+
+def wanted(settings: ApiSettings, state: str, call_type: str, call_kind: str | None) -> bool:
+    """The domain's toggles (§5.2): all notifications, the type, the state, autoinformer calls."""
+    if not settings.send_events:
+        return False
+    if call_type not in (settings.event_types or []) or state not in (settings.event_states or []):
+        return False
+    return not (call_kind == "autoinformer" and not settings.send_autoinformer_events)
+
+
+MAX_BACKOFF_S = 5.0
+
+
+def backoff(interval_s: float, failures: int) -> float:
+    """The wait before the next pass: the interval, doubled per consecutive failure up to 5 s."""
+    return min(MAX_BACKOFF_S, interval_s * float(2 ** min(failures, 16)))
+
+
+class EventPump:
+    """Call events into ``call_events`` deliveries: one pass with ``pump_once``, forever with ``run``."""
+
+    def __init__(self, core: Any, *, batch: int = 500, interval_s: float = 0.5, clock: Any = None) -> None:
+        self.core = core
+        self.clock = clock or core.clock
+        self.batch = batch
+        self.interval_s = interval_s
+        self._cursor: dt.datetime | None = (
+            None  # events older than this minus SLACK were seen in this process
+        )
+        self._passed: dict[tuple[str, int], dt.datetime] = {}  # events passed over, within the slack window
+        self.wake = asyncio.Event()
+
+    def _since(self, now: dt.datetime) -> dt.datetime:
+        floor = now - RETENTION
+        return floor if self._cursor is None else max(floor, self._cursor - SLACK)
+
+    async def pump_once(self) -> int:
+        """One pass: up to ``batch`` events turned or passed over; the number of deliveries made."""
+        now: dt.datetime = self.clock.now()
+        since = self._since(now)
+        made = 0
+        async with self.core.sessions() as s:
+            query = (
+                select(CallEventRow, CallRecord.call_kind)
+                .join(ApiSettings, ApiSettings.domain_id == CallEventRow.domain_id)
+                .outerjoin(CallRecord, CallRecord.session_id == CallEventRow.session_id)
+                .outerjoin(
+                    ApiDelivery,
+                    and_(
+                        ApiDelivery.method == METHOD,
+                        ApiDelivery.session_id == CallEventRow.session_id,
+                        ApiDelivery.seq == CallEventRow.seq,
+                    ),
+                )
+                .where(
+                    ApiDelivery.id.is_(None),
+                    CallEventRow.at >= since,
+                    (ApiSettings.events_since.is_(None)) | (CallEventRow.at >= ApiSettings.events_since),
+                )
+                .order_by(CallEventRow.at, CallEventRow.session_id, CallEventRow.seq)
+                .limit(self.batch + len(self._passed))
+            )
+            rows = (await s.execute(query)).all()
+            settings: dict[uuid.UUID, ApiSettings | None] = {}
+            latest = self._cursor
+            for event, call_kind in rows:
+                key = (event.session_id, event.seq)
+                if key in self._passed:
+                    continue
+                if event.domain_id not in settings:
+                    on = await is_enabled(s, event.domain_id, INTEGRATION_API)
+                    settings[event.domain_id] = await s.get(ApiSettings, event.domain_id) if on else None
+                cfg = settings[event.domain_id]
+                payload = event.payload or {}
+                if cfg is None or not wanted(cfg, event.state, str(payload.get("type", "")), call_kind):
+                    self._passed[key] = event.at
+                else:
+                    try:
+                        wire = body(payload, event.at)
+                    except (KeyError, ValueError, TypeError):
+                        log.warning("api.event_unreadable", session_id=event.session_id, seq=event.seq)
+                        self._passed[key] = event.at
+                    else:
+                        delivery = enqueue(
+                            s, event.domain_id, METHOD, wire, session_id=event.session_id, seq=event.seq
+                        )
+                        delivery.created_at = event.at
+                        delivery.next_at = now
+                        made += 1
+                latest = event.at if latest is None else max(latest, event.at)
+            try:
+                await s.commit()
+            except IntegrityError:  # another writer made one of them: the next pass sees it
+                await s.rollback()
+                return 0
+        if latest is not None and len(rows) < self.batch:
+            self._cursor = latest
+        horizon = self._since(now)
+        self._passed = {k: at for k, at in self._passed.items() if at >= horizon}
+        return made
+
+    async def run(self, on_made: Any = None) -> None:
+        failures = 0
+        while True:
+            try:
+                made = await self.pump_once()
+            except Exception as exc:  # the database away: one line per outage, and back off
+                if not failures:
+                    log.warning("api.event_pump_failed", error=repr(exc)[:300])
+                failures += 1
+                made = 0
+            else:
+                if failures:
+                    log.info("api.event_pump_recovered", failures=failures)
+                failures = 0
+            if made and on_made is not None:
+                on_made()
+            if made:
+                continue
+            self.wake.clear()
+            try:
+                async with asyncio.timeout(backoff(self.interval_s, failures)):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
