@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from tests.helpers import Cabinet, Tenant
 from vpbx import billing
 from vpbx.app import Core
-from vpbx.integration_api.core import sign, sign_key, sweep_log
+from vpbx.integration_api.core import MOSCOW, sign, sign_key, sweep_log
 from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings, ApiTrustedCert, IncomingNumber
 
 WAIT_S = 5.0
@@ -505,3 +505,54 @@ async def test_simulate_call_queues_the_signed_events_of_a_test_call(
     states = [json.loads(r.body)["state"] for r in rows]
     assert states[0] == "new" and states[-1] == "end" and "connected" not in states
     assert (await on1.post("/integration-api/debug/simulate", {"scenario": "bogus"})).status_code == 404
+
+
+async def _suspend(core: Core, t: Tenant, *, old_at: dt.datetime, new_at: dt.datetime) -> None:
+    """What the dispatcher leaves after 30 minutes of failures: the flag and pending notifications."""
+    async with core.sessions() as s:
+        row = await s.get(ApiSettings, t.id)
+        assert row is not None
+        row.suspended_at = core.clock.now()
+        for at in (old_at, new_at):
+            s.add(
+                ApiDelivery(
+                    domain_id=t.id,
+                    session_id=f"s-{at:%H%M}",
+                    method="call_events",
+                    body="{}",
+                    status="pending",
+                    created_at=at,
+                    next_at=at,
+                )
+            )
+        await s.commit()
+
+
+async def test_suspension_alert_on_both_tabs_and_resume_only_newer(
+    on1: Cabinet, admin2: Cabinet, core: Core, t1: Tenant, t2: Tenant
+) -> None:
+    for path in ("/integration-api", "/integration-api/debug"):
+        assert 'id="api-suspended"' not in (await on1.get(path)).text
+    now = core.clock.now()
+    await _suspend(core, t1, old_at=now - dt.timedelta(hours=2), new_at=now - dt.timedelta(minutes=5))
+    for path in ("/integration-api", "/integration-api/debug"):
+        page = await on1.get(path)
+        assert 'id="api-suspended"' in page.text and "Отправка уведомлений приостановлена" in page.text
+        assert "Возобновить отправку" in page.text
+    # another tenant sees no alert and its resume does not touch this one
+    await enable_api(admin2)
+    assert 'id="api-suspended"' not in (await admin2.get("/integration-api")).text
+    assert (await admin2.post("/integration-api/resume", {})).status_code == 303
+    assert (await settings_of(core, t1)).suspended_at is not None
+    # without the CSRF token: refused
+    assert (await on1.post("/integration-api/resume", {}, csrf=False)).status_code == 403
+    assert (await settings_of(core, t1)).suspended_at is not None
+    cut = (now - dt.timedelta(hours=1)).astimezone(MOSCOW).strftime("%Y-%m-%dT%H:%M")
+    resp = await on1.post("/integration-api/resume", {"newer_than": cut, "back": "debug"})
+    assert resp.status_code == 303 and resp.headers["location"] == "/integration-api/debug?notice=resumed"
+    assert (await settings_of(core, t1)).suspended_at is None
+    async with core.sessions() as s:
+        rows = list(await s.scalars(select(ApiDelivery).where(ApiDelivery.domain_id == t1.id)))
+    assert [r.status for r in sorted(rows, key=lambda r: r.created_at)] == ["failed", "pending"]
+    page = await on1.get("/integration-api/debug?notice=resumed")
+    assert 'id="api-suspended"' not in page.text and "Отправка уведомлений возобновлена." in page.text

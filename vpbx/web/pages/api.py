@@ -32,7 +32,8 @@ from vpbx.app import Core
 from vpbx.errors import NotFound, ValidationFailed
 from vpbx.integration_api import notify, testsend
 from vpbx.integration_api.callback import Scenario, simulate_call
-from vpbx.integration_api.core import dumps, moscow, sign, sign_key, sweep_log
+from vpbx.integration_api.core import MOSCOW, dumps, moscow, sign, sign_key, sweep_log
+from vpbx.integration_api.dispatcher import resume
 from vpbx.integration_api.settings import (
     EVENT_STATES,
     EVENT_TYPES,
@@ -718,6 +719,32 @@ async def replay(
     if result is None:
         raise NotFound("log", lid)
     return await _debug_page(request, r, s, core, p, row, result=result)
+
+
+def parse_newer_than(text: str) -> dt.datetime | None:
+    """«Только новее» of «Возобновить отправку»: a ``datetime-local`` value in Moscow time, empty for all."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        local = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (local if local.tzinfo else local.replace(tzinfo=MOSCOW)).astimezone(dt.UTC)
+
+
+@router.post("/resume")
+async def resume_sending(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """«Возобновить отправку» (§5.1) after a sustained-failure suspension; with «только новее», the older
+    pending notifications are given up. Back to the tab the admin was on."""
+    row = await _settings(s, p.tenant)
+    if row is None:
+        return _off(request, r)
+    form = await request.form()
+    await s.commit()
+    await resume(core, p.tenant, newer_than=parse_newer_than(forms.text(form, "newer_than")))
+    back = "/integration-api/debug" if forms.text(form, "back") == "debug" else "/integration-api"
+    return RedirectResponse(f"{back}?notice=resumed", status_code=303)
 
 
 async def activate(s: AsyncSession, core: Core, tenant: uuid.UUID) -> None:
