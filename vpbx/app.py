@@ -103,6 +103,7 @@ async def serve(settings: Settings) -> None:
                     signal.signal(sig, handler)
 
     from vpbx.integration_api.exports import HistoryExporter
+    from vpbx.integration_api.logsweep import LogSweep
     from vpbx.media.backend import InlineMediaBackend, WorkerMediaBackend
     from vpbx.media.recorder import Mp3Encoder
     from vpbx.pbx.b2bua import B2bua
@@ -232,6 +233,8 @@ async def serve(settings: Settings) -> None:
     b2bua.voicemail = voicemail  # routing's "voicemail", groups' fall-through, users' unanswered calls
     history_exports = HistoryExporter(sessions=core.sessions, data_dir=settings.data_dir, clock=core.clock)
     await history_exports.start()  # builds the pending orders of the last run first
+    api_log_sweep = LogSweep(sessions=core.sessions, clock=core.clock)
+    await api_log_sweep.start()  # the API log keeps 7 days / 10 000 rows per domain (integration-api.md §6.4)
     app.state.history_exports = history_exports  # domain_call_history wakes it (integration-api.md §4.5)
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
@@ -255,6 +258,7 @@ async def serve(settings: Settings) -> None:
             await webhook.aclose()
         await retention.stop()
         await history_exports.stop()
+        await api_log_sweep.stop()
         await recordings.drain()  # the MP3s of the calls that just ended
         await voicemail.stop()  # the messages of those calls are saved first
         await recordings.encoder.aclose()

@@ -23,7 +23,9 @@ from sqlalchemy import func, select
 from tests.helpers import Cabinet, Tenant
 from vpbx import billing
 from vpbx.app import Core
+from vpbx.clock import FakeClock
 from vpbx.integration_api.core import MOSCOW, sign, sign_key, sweep_log
+from vpbx.integration_api.logsweep import LogSweep
 from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings, ApiTrustedCert, IncomingNumber
 
 WAIT_S = 5.0
@@ -556,3 +558,28 @@ async def test_suspension_alert_on_both_tabs_and_resume_only_newer(
     assert [r.status for r in sorted(rows, key=lambda r: r.created_at)] == ["failed", "pending"]
     page = await on1.get("/integration-api/debug?notice=resumed")
     assert 'id="api-suspended"' not in page.text and "Отправка уведомлений возобновлена." in page.text
+
+
+async def test_log_sweep_task_keeps_seven_days_for_every_domain(core: Core, t1: Tenant, t2: Tenant) -> None:
+    """What ``vpbx serve`` runs hourly: a first round at start, each domain swept by the fake clock's time."""
+    clock = FakeClock(dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC))
+    now = clock.now()
+    async with core.sessions() as s:
+        for t in (t1, t2):
+            s.add(ApiLog(domain_id=t.id, at=now - dt.timedelta(days=8), direction="in", method="old"))
+            s.add(ApiLog(domain_id=t.id, at=now - dt.timedelta(days=6), direction="in", method="kept"))
+        await s.commit()
+    sweep = LogSweep(sessions=core.sessions, clock=clock, interval_s=3600)
+    await sweep.start()
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                async with core.sessions() as s:
+                    methods = sorted(await s.scalars(select(ApiLog.method)))
+                if methods == ["kept", "kept"]:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await sweep.stop()
+    clock.advance(2 * 86400)  # the rows kept are now older than 7 days
+    assert await sweep.sweep() == 2

@@ -1,0 +1,67 @@
+"""The log's retention in ``vpbx serve`` (integration-api.md §6.4): every hour, every domain's «Лог
+запросов/ответов» keeps its last 7 days and at most 10 000 rows (``core.sweep_log``). Writing a row does not
+sweep, so a busy domain may briefly hold more until the next round."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from vpbx.clock import Clock
+from vpbx.integration_api.core import sweep_log
+from vpbx.logs import get_logger
+from vpbx.store.models import ApiLog
+
+log = get_logger("vpbx.integration_api.logsweep")
+
+SWEEP_INTERVAL_S = 3600.0  # hourly, like the recordings' retention
+
+
+class LogSweep:
+    """Sweeps the Integration API log of every domain every ``interval_s``; ``sweep`` is one round."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        interval_s: float = SWEEP_INTERVAL_S,
+    ) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> int:
+        """One round over the domains that have log rows; how many rows went."""
+        now = self.clock.now()
+        async with self.sessions() as s:
+            domains = list(await s.scalars(select(ApiLog.domain_id).distinct()))
+        total = 0
+        for domain_id in domains:
+            async with self.sessions() as s, s.begin():
+                total += await sweep_log(s, domain_id, now)
+        if total:
+            log.info("api.log_swept", rows=total, domains=len(domains))
+        return total
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="api-log-retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("api.log_sweep_failed")
+            await asyncio.sleep(self.interval_s)
