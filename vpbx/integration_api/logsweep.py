@@ -38,7 +38,7 @@ class LogSweep:
         """One round over the domains that have log rows; how many rows went."""
         now = self.clock.now()
         async with self.sessions() as s:
-            domains = list(await s.scalars(select(ApiLog.domain_id).distinct()))
+            domains = [d for d in await s.scalars(select(ApiLog.domain_id).distinct()) if d is not None]
         total = 0
         for domain_id in domains:
             async with self.sessions() as s, s.begin():
