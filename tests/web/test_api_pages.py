@@ -583,3 +583,12 @@ async def test_log_sweep_task_keeps_seven_days_for_every_domain(core: Core, t1: 
         await sweep.stop()
     clock.advance(2 * 86400)  # the rows kept are now older than 7 days
     assert await sweep.sweep() == 2
+
+
+async def test_desktop_tile_appears_once_the_service_is_on(admin1: Cabinet, admin2: Cabinet) -> None:
+    assert 'id="tile-api"' not in (await admin1.get("/")).text
+    await enable_api(admin1)
+    page = await admin1.get("/")
+    assert 'id="tile-api"' in page.text and 'href="/integration-api"' in page.text
+    assert "Интеграционный API" in page.text and "Связь с CRM-системой" in page.text
+    assert 'id="tile-api"' not in (await admin2.get("/")).text

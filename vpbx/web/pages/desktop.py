@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx import billing
 from vpbx.app import Core
 from vpbx.errors import ValidationFailed
 from vpbx.pbx import users as users_svc
@@ -43,12 +44,19 @@ SECTIONS: list[Section] = [
     Section("/history", N_("Call journal"), N_("Every call with its protocol and recording"), "journal"),
     Section("/stats", N_("Call statistics"), N_("Calls per hour, day and user"), "chart"),
 ]
+# shown only while the «Интеграционный API» service is on
+API_SECTION = Section(
+    "/integration-api", N_("Integration API"), N_("CRM connection, notifications and the request log"), "api"
+)
 
 
 @router.get("/")
 async def desktop(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
     domain = await s.get(Domain, p.tenant)
-    return r.page(request, "desktop.html", {"sections": SECTIONS, "domain": domain})
+    sections = SECTIONS
+    if await billing.is_enabled(s, p.tenant, billing.INTEGRATION_API):
+        sections = [*SECTIONS, API_SECTION]
+    return r.page(request, "desktop.html", {"sections": sections, "domain": domain})
 
 
 @router.get("/me")
