@@ -96,7 +96,12 @@ async def test_section_says_where_to_enable_until_the_service_is_on(
         assert text in page.text
     assert 'id="settings-integration_api"' in (await admin1.get("/services")).text
     docs = re.search(r'<a href="([^"]+)" id="api-docs"', page.text)
-    assert docs and docs.group(1) == "http://testserver/api/openapi.json"
+    assert docs and docs.group(1) == "/integration-api/contract"
+    contract = await admin1.get(docs.group(1))
+    assert (
+        contract.status_code == 200 and "1 s, 5 s and 30 s" in contract.text and "30 минут" in contract.text
+    )
+    assert 'href="http://testserver/api/openapi.json" id="api-openapi"' in contract.text
     assert (await admin1.client.get("/api/openapi.json")).json()["openapi"].startswith("3.1")
     # switching off and on again keeps the credentials (§6.1)
     await admin1.post("/services/integration_api/disable")

@@ -171,7 +171,7 @@ async def _settings_page(
             "api_test_url": api_test,
             "event_types": EVENT_TYPES,
             "event_states": EVENT_STATES,
-            "docs_url": f"{api}/openapi.json",
+            "docs_url": "/integration-api/contract",
             "allowlist_empty": not row.allowlist.strip(),
             "when": _when,
         },
@@ -342,6 +342,20 @@ async def api_cert(request: Request, r: RendererDep, _p: AdminDep, core: CoreDep
     if path is None or not path.is_file():
         return r.page(request, "api/no_cert.html", {"tab": "settings"})
     return FileResponse(path, media_type="application/x-pem-file", filename="vpbx-api.pem")
+
+
+CONTRACT = Path(__file__).resolve().parents[3] / "docs" / "integration-api.md"
+
+
+@router.get("/contract")
+async def contract(request: Request, r: RendererDep, _p: AdminDep, core: CoreDep) -> Response:
+    """«Документация»: the published PBX → CRM delivery contract (docs/integration-api.md) and the methods'
+    OpenAPI description."""
+    if not CONTRACT.is_file():
+        raise NotFound("document", "integration-api.md")
+    api, _api_test = api_urls(core, request)
+    text = CONTRACT.read_text(encoding="utf-8")
+    return r.page(request, "api/contract.html", {"text": text, "openapi_url": f"{api}/openapi.json"})
 
 
 # --- «Отладка взаимодействия» --------------------------------------------------------------------------
@@ -516,7 +530,7 @@ async def _debug_page(
             "f_method": method,
             "f_direction": direction,
             "when": _log_time,
-            "docs_url": f"{api}/openapi.json",
+            "docs_url": "/integration-api/contract",
             "scenarios": SCENARIOS,
         },
         status_code=status_code,
