@@ -11,7 +11,10 @@ uvicorn setup. The load generator is httpx in this process: ``--clients`` concur
 switched off in the child, or it would be measured instead of the gateway; signature check, allowlist,
 the API log row and the method itself are all in. Ratio = ours / bare.
 
-Not measured here yet: call_events delivery latency through the pump and dispatcher (issue 7, item 2).
+Then call_events delivery latency: ``--calls`` concurrent calls of five events each are appended through
+``SqlCallJournal`` (as ``CallEvents.publish`` does) on the same kind of SQLite file, while the real pump and
+dispatcher (``Notifications``, as ``vpbx serve`` runs them) deliver them to a CRM receiver on loopback;
+latency = CRM receipt - the moment the append was called, p50/p99 over all events.
 Results: stdout, also ``bench/results/api-latest.txt``.
 """
 
@@ -201,11 +204,87 @@ async def run(clients: int, total: int, req_timeout: float) -> list[str]:
     return lines
 
 
+async def run_events(calls: int) -> list[str]:
+    import datetime as dt
+    import uuid
+
+    from tests.integration_api.notify_crm import Answer, Crm, Seen, activate
+    from vpbx import store
+    from vpbx.app import create_app
+    from vpbx.integration_api.dispatcher import Notifications
+    from vpbx.pbx import domains
+    from vpbx.pbx.bus import CallEvent, CallState
+    from vpbx.pbx.history import SqlCallJournal
+
+    states: tuple[CallState, ...] = ("new", "calling", "connected", "disconnected", "end")
+    sent: dict[tuple[str, str], float] = {}
+    got: dict[tuple[str, str], float] = {}
+
+    def script(_crm: Crm, req: Seen) -> Answer:
+        data = req.json
+        got.setdefault((data["session_id"], data["state"]), time.perf_counter())
+        return Answer(body=b'{"result":"0"}')
+
+    with tempfile.TemporaryDirectory(prefix="api-bench-ev-") as tmp:
+        data = Path(tmp)
+        await store.upgrade_async(f"sqlite+aiosqlite:///{data / 'vpbx.sqlite3'}")
+        app = create_app(_settings(data))
+        core = app.state.core
+        crm = Crm(script=script)
+        async with crm.running():
+            async with core.sessions() as s:
+                d = await domains.create_domain(s, domains.DomainInput(name="bench.vpbx.example"))
+                await s.commit()
+            await activate(core, d.id, crm.url)
+            journal = SqlCallJournal(core.sessions, node_id="bench", spool_path=data / "spool.jsonl")
+            await journal.start()
+            notifications = Notifications(core)
+            await notifications.start()
+
+            async def call(i: int) -> None:
+                sid = str(uuid.uuid4())
+                for seq, state in enumerate(states, 1):
+                    sent[(sid, state)] = time.perf_counter()
+                    await journal.append(
+                        CallEvent(
+                            session_id=sid,  # type: ignore[arg-type]
+                            seq=seq,
+                            state=state,
+                            type="incoming",
+                            domain_id=d.id,
+                            domain="bench.vpbx.example",
+                            timestamp=dt.datetime.now(dt.UTC),
+                            line="74951234567",
+                            from_number=f"sip:7916{i:07d}@bench.vpbx.example",
+                            request_number="sip:74951234567@bench.vpbx.example",
+                        )
+                    )
+                    await asyncio.sleep(0.05)
+
+            try:
+                await asyncio.gather(*(call(i) for i in range(calls)))
+                async with asyncio.timeout(60):
+                    while len(got) < len(sent):  # noqa: ASYNC110 - bounded by the timeout
+                        await asyncio.sleep(0.05)
+            finally:
+                await notifications.stop()
+                await journal.stop()
+                await core.engine.dispose()
+    lat = [(got[k] - sent[k]) for k in sent if k in got]
+    return [
+        f"# call_events delivery: {calls} concurrent calls x 5 events, SQLite, pump + dispatcher as in serve",
+        f"delivered {len(lat)}/{len(sent)}  p50 {_p(lat, 50):.0f} ms  p99 {_p(lat, 99):.0f} ms"
+        f"  max {max(lat) * 1000:.0f} ms",
+        "(the pump polls every 0.5 s unless woken; the journal does not wake it)",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--serve", choices=("ours", "bare"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -215,6 +294,7 @@ def main() -> None:
         _serve(args.serve, args.data, args.port)
         return
     lines = asyncio.run(asyncio.wait_for(run(args.clients, args.requests, args.timeout), timeout=300))
+    lines += asyncio.run(asyncio.wait_for(run_events(args.calls), timeout=120))
     out = "\n".join(lines) + "\n"
     print(out, end="")  # noqa: T201
     if not args.no_write:
