@@ -4,14 +4,13 @@ sweep, so a busy domain may briefly hold more until the next round."""
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vpbx.clock import Clock
 from vpbx.integration_api.core import sweep_log
 from vpbx.logs import get_logger
+from vpbx.periodic import PeriodicSweep
 from vpbx.store.models import ApiLog
 
 log = get_logger("vpbx.integration_api.logsweep")
@@ -19,8 +18,11 @@ log = get_logger("vpbx.integration_api.logsweep")
 SWEEP_INTERVAL_S = 3600.0  # hourly, like the recordings' retention
 
 
-class LogSweep:
+class LogSweep(PeriodicSweep):
     """Sweeps the Integration API log of every domain every ``interval_s``; ``sweep`` is one round."""
+
+    task_name = "api-log-retention"
+    failure_event = "api.log_sweep_failed"
 
     def __init__(
         self,
@@ -32,7 +34,6 @@ class LogSweep:
         self.sessions = sessions
         self.clock = clock
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> int:
         """One round over the domains that have log rows; how many rows went."""
@@ -46,22 +47,3 @@ class LogSweep:
         if total:
             log.info("api.log_swept", rows=total, domains=len(domains))
         return total
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="api-log-retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("api.log_sweep_failed")
-            await asyncio.sleep(self.interval_s)

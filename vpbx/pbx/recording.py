@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vpbx.errors import MediaError, RecordingFailed
 from vpbx.logs import get_logger
+from vpbx.periodic import PeriodicSweep
 from vpbx.store.models import Recording
 
 if TYPE_CHECKING:
@@ -230,8 +231,11 @@ class CallRecordings:
         return encoding, failed
 
 
-class RetentionSweep:
+class RetentionSweep(PeriodicSweep):
     """Deletes expired recordings (files, then rows) every ``interval_s``; ``sweep`` is one round."""
+
+    task_name = "recording-retention"
+    failure_event = "recording.sweep_failed"
 
     def __init__(
         self,
@@ -245,7 +249,6 @@ class RetentionSweep:
         self.sessions = sessions
         self.clock = clock
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> int:
         """Delete every recording expired by now; how many went."""
@@ -274,22 +277,3 @@ class RetentionSweep:
                 await s.execute(delete(Recording).where(Recording.id.in_([r.id for r in rows])))
             total += len(rows)
             log.info("recording.expired", count=len(rows))
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="recording-retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("recording.sweep_failed")
-            await asyncio.sleep(self.interval_s)
