@@ -79,6 +79,8 @@ class Domain(Timestamped, Base):
     recording_retention_days: Mapped[int] = mapped_column(Integer, default=90)
     # music on hold: a stored prompt of the domain; NULL = the platform's tone
     moh_prompt_id: Mapped[str | None] = mapped_column(String(64))
+    # «Резерв линий для обычных вызовов»: channels the autoinformer leaves free (autoinformer.md §3.4)
+    ai_line_reserve: Mapped[int] = mapped_column(Integer, default=1)
     __table_args__ = (
         CheckConstraint("status in ('active', 'blocked')", name="status"),
         CheckConstraint("recording_retention_days between 1 and 3650", name="recording_retention_days"),
@@ -506,7 +508,8 @@ class ApiSettings(Base):
     event_states: Mapped[list[str]] = mapped_column(
         JSON, default=lambda: ["new", "calling", "connected", "disconnected", "end"]
     )
-    send_autoinformer_events: Mapped[bool] = mapped_column(Boolean, default=True)
+    send_autoinformer_events: Mapped[bool] = mapped_column(Boolean, default=True)  # call_events of its calls
+    send_ai_notifications: Mapped[bool] = mapped_column(Boolean, default=True)  # autoinformer_events (§10)
     number_info: Mapped[bool] = mapped_column(Boolean, default=False)  # get_number_info
     verify_crm_sign: Mapped[bool] = mapped_column(Boolean, default=False)
     suspended_at: Mapped[dt.datetime | None] = mapped_column()  # sending suspended after sustained failure
@@ -615,6 +618,226 @@ class ApiIdempotency(Base):
     status: Mapped[int] = mapped_column(Integer)
     response: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+# --- platform settings, numbering table, audit log -----------------------------------------------
+
+
+class PlatformSetting(Base):
+    """An operator-set platform value overriding the shipped default (e.g. the autoinformer's quiet hours and
+    frequency caps, autoinformer.md §3.3): ``key`` → JSON ``value``."""
+
+    __tablename__ = "platform_settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+class NumberingRange(Base):
+    """One range of the national numbering plan (the regulator's ABC/DEF tables): ``first``..``last`` are full
+    11-digit numbers (``7`` + code + subscriber part), the region and its IANA time zone."""
+
+    __tablename__ = "numbering_ranges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    first: Mapped[str] = mapped_column(String(15), index=True)
+    last: Mapped[str] = mapped_column(String(15))
+    operator: Mapped[str] = mapped_column(String(255), default="")
+    region: Mapped[str] = mapped_column(String(255), default="")
+    timezone: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """The domain's audit log: who did what to which object in the cabinet or through the API."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    actor: Mapped[str] = mapped_column(String(128))  # "user:<name>", "api", "operator:<login>", "system"
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "autoinformer.campaign.start"
+    object_id: Mapped[str] = mapped_column(String(64), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    __table_args__ = (Index("ix_audit_log_domain_at", "domain_id", "at"),)
+
+
+# --- autoinformer (autoinformer.md) ------------------------------------------------------------------------
+
+AI_CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "stopped", "error")
+AI_CONTACT_STATUSES = (
+    "pending",
+    "in_progress",
+    "waiting_retry",
+    "succeeded",
+    "not_succeeded",
+    "attempts_exhausted",
+    "invalid_number",
+    "opted_out",
+    "excluded",
+    "error",
+    "cancelled",
+    "expired",
+)
+AI_OUTCOMES = (
+    "success",
+    "answered_incomplete",
+    "opted_out",
+    "machine",
+    "busy",
+    "no_answer",
+    "rejected",
+    "invalid_number",
+    "failed",
+)
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+class AiAudioFile(Base):
+    """A file of the domain's audio library (§2): the upload as received and its 8 kHz mono prompt."""
+
+    __tablename__ = "ai_audio_files"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)  # file_id = id.hex
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    original_format: Mapped[str] = mapped_column(String(16))  # wav, mp3
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    prompt_id: Mapped[str] = mapped_column(String(64))  # the converted prompt in the PromptStore
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+class AiCampaign(Base):
+    """A campaign («Рассылка», §2): its validated settings (``settings``, the API's campaign object without
+    the top-level fields kept as columns), status and the dispatcher's lease (§7.3)."""
+
+    __tablename__ = "ai_campaigns"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)  # campaign_id = id.hex
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    error_reason: Mapped[str | None] = mapped_column(String(32))
+    caller_id: Mapped[str] = mapped_column(String(16))  # digits, one of the domain's lines
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column()
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+    first_attempt_at: Mapped[dt.datetime | None] = mapped_column()  # message and caller ID frozen from here
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None] = mapped_column()
+    __table_args__ = (
+        UniqueConstraint("domain_id", "external_id"),
+        Index("ix_ai_campaigns_status", "status"),
+        CheckConstraint(f"status in ({_in(AI_CAMPAIGN_STATUSES)})", name="status"),
+    )
+
+
+class AiContact(Base):
+    """A person of a campaign's list (§3.2): 1–5 numbers rung one after another in a round, the list's
+    variables and where the contact stands (§4.2)."""
+
+    __tablename__ = "ai_contacts"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("ai_campaigns.id", ondelete="CASCADE"))
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    row_no: Mapped[int] = mapped_column(Integer, default=0)  # the row of the import (1 = first data row)
+    phones: Mapped[list[str]] = mapped_column(JSON)  # normalised digits, column order
+    dropped: Mapped[list[int]] = mapped_column(JSON, default=list)  # indices out of later rounds
+    external_id: Mapped[str | None] = mapped_column(String(128))
+    variables: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    timezone: Mapped[str | None] = mapped_column(String(64))  # the recipient's, None = the domain's
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    detail: Mapped[str | None] = mapped_column(String(32))  # e.g. tts_failed, frequency_cap
+    attempts_made: Mapped[int] = mapped_column(Integer, default=0)  # rounds started
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column()
+    last_outcome: Mapped[str | None] = mapped_column(String(24))
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column()
+    best_listen_s: Mapped[float | None] = mapped_column(Float)
+    digits: Mapped[str] = mapped_column(String(64), default="")
+    succeeded_at: Mapped[dt.datetime | None] = mapped_column()
+    last_session_id: Mapped[str | None] = mapped_column(String(64))
+    render_hash: Mapped[str | None] = mapped_column(String(64))
+    render_failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    __table_args__ = (
+        Index("ix_ai_contacts_due", "campaign_id", "status", "next_attempt_at"),
+        CheckConstraint(f"status in ({_in(AI_CONTACT_STATUSES)})", name="status"),
+    )
+
+
+class AiContactPhone(Base):
+    """Each number of a campaign once (§3.2 ``duplicate``): which contact has it."""
+
+    __tablename__ = "ai_contact_phones"
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ai_campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    phone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    contact_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ai_contacts.id", ondelete="CASCADE"), index=True
+    )
+
+
+class AiAttempt(Base):
+    """One dial of one number of one contact (§5). The dispatch key is unique (§7.1): the row is inserted as
+    ``dialing`` and committed before the INVITE leaves; its ``session_id`` and Call-ID derive from the key."""
+
+    __tablename__ = "ai_attempts"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("ai_campaigns.id", ondelete="CASCADE"))
+    contact_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ai_contacts.id", ondelete="CASCADE"), index=True
+    )
+    attempt_no: Mapped[int] = mapped_column(Integer)  # the round, from 1
+    number_index: Mapped[int] = mapped_column(Integer)  # index into the contact's phones
+    dispatch_key: Mapped[str] = mapped_column(String(160), unique=True)
+    phone: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="dialing")  # dialing, in_call, done
+    scheduled_at: Mapped[dt.datetime | None] = mapped_column()
+    started_at: Mapped[dt.datetime | None] = mapped_column()
+    answered_at: Mapped[dt.datetime | None] = mapped_column()
+    ended_at: Mapped[dt.datetime | None] = mapped_column()
+    sip_code: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str | None] = mapped_column(String(24))
+    criterion_met: Mapped[bool] = mapped_column(Boolean, default=False)
+    listen_s: Mapped[float] = mapped_column(Float, default=0.0)
+    played_full: Mapped[bool] = mapped_column(Boolean, default=False)
+    digits: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str | None] = mapped_column(String(16))
+    operator_target: Mapped[str | None] = mapped_column(String(64))
+    operator_answered: Mapped[bool | None] = mapped_column(Boolean)
+    amd_result: Mapped[str | None] = mapped_column(String(16))
+    session_id: Mapped[str] = mapped_column(String(64), unique=True)
+    call_id: Mapped[str] = mapped_column(String(128))
+    cost: Mapped[Decimal | None] = mapped_column()
+    detail: Mapped[str | None] = mapped_column(String(32))
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "contact_id", "attempt_no", "number_index"),
+        Index("ix_ai_attempts_campaign", "campaign_id", "started_at"),
+        Index("ix_ai_attempts_phone", "domain_id", "phone", "answered_at"),  # frequency caps (§3.3)
+        CheckConstraint("state in ('dialing', 'in_call', 'done')", name="state"),
+        CheckConstraint(f"outcome is null or outcome in ({_in(AI_OUTCOMES)})", name="outcome"),
+    )
+
+
+class AiStopEntry(Base):
+    """The domain's stop list («Стоп-лист», §3.2): numbers no campaign of the domain calls."""
+
+    __tablename__ = "ai_stop_list"
+    domain_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("domains.id", ondelete="CASCADE"), primary_key=True
+    )
+    phone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    campaign_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ai_campaigns.id", ondelete="SET NULL"))
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    __table_args__ = (CheckConstraint("source in ('opt_out', 'manual', 'import')", name="source"),)
 
 
 # --- services management («Управление услугами») -------------------------------------------------------

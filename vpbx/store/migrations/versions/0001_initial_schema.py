@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 20:05:31.155360
+Create Date: 2026-11-25 22:04:00.594987
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("record_calls", sa.Boolean(), nullable=False),
         sa.Column("recording_retention_days", sa.Integer(), nullable=False),
         sa.Column("moh_prompt_id", sa.String(length=64), nullable=True),
+        sa.Column("ai_line_reserve", sa.Integer(), nullable=False),
         sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.CheckConstraint("status in ('active', 'blocked')", name=op.f("ck_domains_status")),
         sa.CheckConstraint(
@@ -48,6 +49,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key", name=op.f("pk_login_throttle")),
     )
     op.create_table(
+        "numbering_ranges",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("first", sa.String(length=15), nullable=False),
+        sa.Column("last", sa.String(length=15), nullable=False),
+        sa.Column("operator", sa.String(length=255), nullable=False),
+        sa.Column("region", sa.String(length=255), nullable=False),
+        sa.Column("timezone", sa.String(length=64), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_numbering_ranges")),
+    )
+    with op.batch_alter_table("numbering_ranges", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_numbering_ranges_first"), ["first"], unique=False)
+
+    op.create_table(
         "operators",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("login", sa.String(length=64), nullable=False),
@@ -57,12 +71,71 @@ def upgrade() -> None:
         sa.UniqueConstraint("login", name=op.f("uq_operators_login")),
     )
     op.create_table(
+        "platform_settings",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.JSON(), nullable=False),
+        sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_platform_settings")),
+    )
+    op.create_table(
         "service_prices",
         sa.Column("code", sa.String(length=32), nullable=False),
         sa.Column("monthly_fee", vpbx.store.types.Money(), nullable=False),
         sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_service_prices")),
     )
+    op.create_table(
+        "ai_audio_files",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("duration_ms", sa.Integer(), nullable=False),
+        sa.Column("original_format", sa.String(length=16), nullable=False),
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["domain_id"],
+            ["domains.id"],
+            name=op.f("fk_ai_audio_files_domain_id_domains"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ai_audio_files")),
+    )
+    with op.batch_alter_table("ai_audio_files", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_ai_audio_files_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
+        "ai_campaigns",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("external_id", sa.String(length=128), nullable=True),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("error_reason", sa.String(length=32), nullable=True),
+        sa.Column("caller_id", sa.String(length=16), nullable=False),
+        sa.Column("settings", sa.JSON(), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("first_attempt_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_until", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "status in ('draft', 'scheduled', 'running', 'paused', 'completed', 'stopped', 'error')",
+            name=op.f("ck_ai_campaigns_status"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_ai_campaigns_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ai_campaigns")),
+        sa.UniqueConstraint("domain_id", "external_id", name=op.f("uq_ai_campaigns_domain_id_external_id")),
+    )
+    with op.batch_alter_table("ai_campaigns", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_ai_campaigns_domain_id"), ["domain_id"], unique=False)
+        batch_op.create_index("ix_ai_campaigns_status", ["status"], unique=False)
+
     op.create_table(
         "api_deliveries",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -194,6 +267,7 @@ def upgrade() -> None:
         sa.Column("event_types", sa.JSON(), nullable=False),
         sa.Column("event_states", sa.JSON(), nullable=False),
         sa.Column("send_autoinformer_events", sa.Boolean(), nullable=False),
+        sa.Column("send_ai_notifications", sa.Boolean(), nullable=False),
         sa.Column("number_info", sa.Boolean(), nullable=False),
         sa.Column("verify_crm_sign", sa.Boolean(), nullable=False),
         sa.Column("suspended_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
@@ -224,6 +298,23 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("api_trusted_certs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_api_trusted_certs_domain_id"), ["domain_id"], unique=False)
+
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("actor", sa.String(length=128), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("object_id", sa.String(length=64), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_audit_log_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
+    )
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.create_index("ix_audit_log_domain_at", ["domain_id", "at"], unique=False)
 
     op.create_table(
         "call_events",
@@ -485,6 +576,71 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_voice_menus_domain_id"), ["domain_id"], unique=False)
 
     op.create_table(
+        "ai_contacts",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("campaign_id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("row_no", sa.Integer(), nullable=False),
+        sa.Column("phones", sa.JSON(), nullable=False),
+        sa.Column("dropped", sa.JSON(), nullable=False),
+        sa.Column("external_id", sa.String(length=128), nullable=True),
+        sa.Column("variables", sa.JSON(), nullable=False),
+        sa.Column("timezone", sa.String(length=64), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("detail", sa.String(length=32), nullable=True),
+        sa.Column("attempts_made", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("last_outcome", sa.String(length=24), nullable=True),
+        sa.Column("last_attempt_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("best_listen_s", sa.Float(), nullable=True),
+        sa.Column("digits", sa.String(length=64), nullable=False),
+        sa.Column("succeeded_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("last_session_id", sa.String(length=64), nullable=True),
+        sa.Column("render_hash", sa.String(length=64), nullable=True),
+        sa.Column("render_failures", sa.Integer(), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "status in ('pending', 'in_progress', 'waiting_retry', 'succeeded', 'not_succeeded', 'attempts_exhausted', 'invalid_number', 'opted_out', 'excluded', 'error', 'cancelled', 'expired')",
+            name=op.f("ck_ai_contacts_status"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["campaign_id"],
+            ["ai_campaigns.id"],
+            name=op.f("fk_ai_contacts_campaign_id_ai_campaigns"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_ai_contacts_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ai_contacts")),
+    )
+    with op.batch_alter_table("ai_contacts", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_ai_contacts_due", ["campaign_id", "status", "next_attempt_at"], unique=False
+        )
+
+    op.create_table(
+        "ai_stop_list",
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("phone", sa.String(length=16), nullable=False),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("campaign_id", sa.Uuid(), nullable=True),
+        sa.Column("author", sa.String(length=128), nullable=False),
+        sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("source in ('opt_out', 'manual', 'import')", name=op.f("ck_ai_stop_list_source")),
+        sa.ForeignKeyConstraint(
+            ["campaign_id"],
+            ["ai_campaigns.id"],
+            name=op.f("fk_ai_stop_list_campaign_id_ai_campaigns"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_ai_stop_list_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("domain_id", "phone", name=op.f("pk_ai_stop_list")),
+    )
+    op.create_table(
         "call_groups",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("domain_id", sa.Uuid(), nullable=False),
@@ -625,6 +781,93 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_web_sessions")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_web_sessions_token_hash")),
     )
+    op.create_table(
+        "ai_attempts",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("domain_id", sa.Uuid(), nullable=False),
+        sa.Column("campaign_id", sa.Uuid(), nullable=False),
+        sa.Column("contact_id", sa.Uuid(), nullable=False),
+        sa.Column("attempt_no", sa.Integer(), nullable=False),
+        sa.Column("number_index", sa.Integer(), nullable=False),
+        sa.Column("dispatch_key", sa.String(length=160), nullable=False),
+        sa.Column("phone", sa.String(length=16), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("scheduled_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("answered_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("sip_code", sa.Integer(), nullable=True),
+        sa.Column("outcome", sa.String(length=24), nullable=True),
+        sa.Column("criterion_met", sa.Boolean(), nullable=False),
+        sa.Column("listen_s", sa.Float(), nullable=False),
+        sa.Column("played_full", sa.Boolean(), nullable=False),
+        sa.Column("digits", sa.String(length=64), nullable=False),
+        sa.Column("action", sa.String(length=16), nullable=True),
+        sa.Column("operator_target", sa.String(length=64), nullable=True),
+        sa.Column("operator_answered", sa.Boolean(), nullable=True),
+        sa.Column("amd_result", sa.String(length=16), nullable=True),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("call_id", sa.String(length=128), nullable=False),
+        sa.Column("cost", vpbx.store.types.Money(), nullable=True),
+        sa.Column("detail", sa.String(length=32), nullable=True),
+        sa.CheckConstraint(
+            "outcome is null or outcome in ('success', 'answered_incomplete', 'opted_out', 'machine', 'busy', 'no_answer', 'rejected', 'invalid_number', 'failed')",
+            name=op.f("ck_ai_attempts_outcome"),
+        ),
+        sa.CheckConstraint("state in ('dialing', 'in_call', 'done')", name=op.f("ck_ai_attempts_state")),
+        sa.ForeignKeyConstraint(
+            ["campaign_id"],
+            ["ai_campaigns.id"],
+            name=op.f("fk_ai_attempts_campaign_id_ai_campaigns"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["contact_id"],
+            ["ai_contacts.id"],
+            name=op.f("fk_ai_attempts_contact_id_ai_contacts"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["domain_id"], ["domains.id"], name=op.f("fk_ai_attempts_domain_id_domains"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ai_attempts")),
+        sa.UniqueConstraint(
+            "campaign_id",
+            "contact_id",
+            "attempt_no",
+            "number_index",
+            name=op.f("uq_ai_attempts_campaign_id_contact_id_attempt_no_number_index"),
+        ),
+        sa.UniqueConstraint("dispatch_key", name=op.f("uq_ai_attempts_dispatch_key")),
+        sa.UniqueConstraint("session_id", name=op.f("uq_ai_attempts_session_id")),
+    )
+    with op.batch_alter_table("ai_attempts", schema=None) as batch_op:
+        batch_op.create_index("ix_ai_attempts_campaign", ["campaign_id", "started_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_ai_attempts_contact_id"), ["contact_id"], unique=False)
+        batch_op.create_index("ix_ai_attempts_phone", ["domain_id", "phone", "answered_at"], unique=False)
+
+    op.create_table(
+        "ai_contact_phones",
+        sa.Column("campaign_id", sa.Uuid(), nullable=False),
+        sa.Column("phone", sa.String(length=16), nullable=False),
+        sa.Column("contact_id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["campaign_id"],
+            ["ai_campaigns.id"],
+            name=op.f("fk_ai_contact_phones_campaign_id_ai_campaigns"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["contact_id"],
+            ["ai_contacts.id"],
+            name=op.f("fk_ai_contact_phones_contact_id_ai_contacts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("campaign_id", "phone", name=op.f("pk_ai_contact_phones")),
+    )
+    with op.batch_alter_table("ai_contact_phones", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_ai_contact_phones_contact_id"), ["contact_id"], unique=False)
+
     op.create_table(
         "call_group_members",
         sa.Column("group_id", sa.Uuid(), nullable=False),
@@ -835,6 +1078,16 @@ def downgrade() -> None:
 
     op.drop_table("routing_rules")
     op.drop_table("call_group_members")
+    with op.batch_alter_table("ai_contact_phones", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_ai_contact_phones_contact_id"))
+
+    op.drop_table("ai_contact_phones")
+    with op.batch_alter_table("ai_attempts", schema=None) as batch_op:
+        batch_op.drop_index("ix_ai_attempts_phone")
+        batch_op.drop_index(batch_op.f("ix_ai_attempts_contact_id"))
+        batch_op.drop_index("ix_ai_attempts_campaign")
+
+    op.drop_table("ai_attempts")
     op.drop_table("web_sessions")
     with op.batch_alter_table("user_contact_numbers", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_user_contact_numbers_user_id"))
@@ -856,6 +1109,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_call_groups_domain_id"))
 
     op.drop_table("call_groups")
+    op.drop_table("ai_stop_list")
+    with op.batch_alter_table("ai_contacts", schema=None) as batch_op:
+        batch_op.drop_index("ix_ai_contacts_due")
+
+    op.drop_table("ai_contacts")
     with op.batch_alter_table("voice_menus", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_voice_menus_domain_id"))
 
@@ -896,6 +1154,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_call_events_domain_id"))
 
     op.drop_table("call_events")
+    with op.batch_alter_table("audit_log", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_log_domain_at")
+
+    op.drop_table("audit_log")
     with op.batch_alter_table("api_trusted_certs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_trusted_certs_domain_id"))
 
@@ -918,8 +1180,22 @@ def downgrade() -> None:
         batch_op.drop_index("ix_api_deliveries_due")
 
     op.drop_table("api_deliveries")
+    with op.batch_alter_table("ai_campaigns", schema=None) as batch_op:
+        batch_op.drop_index("ix_ai_campaigns_status")
+        batch_op.drop_index(batch_op.f("ix_ai_campaigns_domain_id"))
+
+    op.drop_table("ai_campaigns")
+    with op.batch_alter_table("ai_audio_files", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_ai_audio_files_domain_id"))
+
+    op.drop_table("ai_audio_files")
     op.drop_table("service_prices")
+    op.drop_table("platform_settings")
     op.drop_table("operators")
+    with op.batch_alter_table("numbering_ranges", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_numbering_ranges_first"))
+
+    op.drop_table("numbering_ranges")
     op.drop_table("login_throttle")
     op.drop_table("domains")
     # ### end Alembic commands ###
