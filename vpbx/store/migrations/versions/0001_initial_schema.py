@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 22:04:00.594987
+Create Date: 2026-11-25 22:05:48.877985
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def upgrade() -> None:
         sa.Column("duration_ms", sa.Integer(), nullable=False),
         sa.Column("original_format", sa.String(length=16), nullable=False),
         sa.Column("size_bytes", sa.Integer(), nullable=False),
-        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("prompt_id", sa.String(length=64), nullable=False),
         sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["domain_id"],
