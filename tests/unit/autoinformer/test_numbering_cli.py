@@ -28,7 +28,7 @@ SAMPLE = (
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A migrated data directory; the CLI's logging set-up is undone afterwards (as in tests/unit/test_cli.py)."""
+    """A migrated data directory; the CLI's logging set-up is undone afterwards (as in test_cli.py)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     config = structlog.get_config()
