@@ -393,6 +393,23 @@ async def test_numbering_table_loads_the_regulators_file_and_gives_zones(
         assert await tz.recipient_zone(s, "73832123456") == "Asia/Novosibirsk"  # ABC: phonenumbers
         assert await tz.recipient_zone(s, "442071234567") == "Europe/London"
         assert await tz.recipient_zone(s, "14155552671") == "America/Los_Angeles"
+        # one lookup for a whole list remembers ranges and the gaps between them
+        lookup = tz.ZoneLookup(s)
+        for number, zone in [
+            ("79141999999", None),
+            ("79142500000", "Asia/Yakutsk"),
+            ("79141000000", None),  # the same gap, from memory
+            ("79130000000", "Asia/Novosibirsk"),
+            ("79150000000", None),
+            ("79239999999", None),
+            ("79240000001", "Asia/Vladivostok"),
+            ("79999999999", None),
+            ("79991235000", "Europe/Moscow"),
+            ("79991239999", "Europe/Moscow"),
+            ("79991240000", None),
+            ("73832123456", "Asia/Novosibirsk"),
+        ]:
+            assert await lookup.zone(number) == zone, number
         # loading a newer file of the same codes replaces their ranges, UTF-8 works as well
         newer = "АВС/ DEF;От;До;Емкость;Оператор;Регион\n913;0000000;4999999;5000000;X;Томская обл.\n"
         await tz.load_numbering(s, newer.encode())
