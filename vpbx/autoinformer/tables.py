@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,6 +27,10 @@ MAX_COLUMNS = 64  # 5 phones, external_id and the variables; wider sheets are cu
 MAX_CELL_CHARS = 1000
 DELIMITERS = (";", ",", "\t")
 XLSX_MAGIC = b"PK\x03\x04"
+# a cell starting like a formula is run by spreadsheets (CSV injection); phone numbers such as +7 495 … are
+# data, anything else gets a leading apostrophe (the journal's rule, vpbx.web.pages.history)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PHONE_RE = re.compile(r"[+]?[0-9 ()\-]+")
 
 Kind = Literal["csv", "xlsx"]
 
@@ -57,6 +62,13 @@ class Grid:
     kind: Kind
     rows: list[list[str]]
     delimiter: str = ";"  # the CSV's, for writing a report back in the same shape
+
+
+def safe_cell(value: str) -> str:
+    """A cell for a CSV we hand out: a spreadsheet shows it instead of running it as a formula."""
+    if value.startswith(FORMULA_START) and not PHONE_RE.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def sniff_kind(data: bytes) -> Kind:

@@ -102,7 +102,7 @@ def bad_rows_csv() -> bytes:
         "Телефон;Телефон2;Name;Sum;external_id",
         "8 (916) 123-45-67;;Иван;100;c-1",
         "абвгд;;Буквы;1;c-2",  # letters
-        "12345;;Короткий;1;c-3",  # a short number
+        "12345;;=2+2;1;c-3",  # a short number (and a formula for a name)
         "+7 916 123-45-67;;Дубль;1;c-4",  # the first row's number
         "",  # an empty line
         "79161234568;12345;Пётр;2;c-5",  # a good number and a bad one: imported, the bad one reported
@@ -159,6 +159,8 @@ async def test_csv_with_bad_rows_imports_the_good_ones_and_lists_every_bad_one(
         "missing_variable",
     ]
     assert report[1][:5] == ["абвгд", "", "Буквы", "1", "c-2"]
+    assert report[2][2] == "'=2+2"  # shown as text by spreadsheets, never run
+    assert report[3][0] == "+7 916 123-45-67"  # a phone number stays as it is
     async with sessions() as s:
         rows = (
             await s.scalars(select(AiContact).where(AiContact.campaign_id == cid).order_by(AiContact.row_no))
