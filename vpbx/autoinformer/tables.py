@@ -22,6 +22,7 @@ from typing import Literal
 from vpbx.errors import StoreError
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # 20 MB (§3.2)
+MAX_XLSX_UNPACKED = 256 * 1024 * 1024  # the workbook's XML once unzipped
 MAX_ROWS = 200_000  # rows read from one file: twice the contact limit, so row_limit can still be reported
 MAX_COLUMNS = 64  # 5 phones, external_id and the variables; wider sheets are cut here
 MAX_CELL_CHARS = 1000
@@ -202,6 +203,17 @@ def _trim(rows: list[list[str]]) -> list[list[str]]:
 def read_xlsx(data: bytes) -> Grid:
     from openpyxl import load_workbook  # a large import, needed only for spreadsheets
 
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise TableError(
+            "xlsx", N_("The file is not a readable XLSX workbook ({error})"), error=str(e)[:200]
+        ) from None
+    if unpacked > MAX_XLSX_UNPACKED:  # a zip bomb: openpyxl keeps the shared strings in memory
+        raise TableError(
+            "too-large", N_("The file is too large (at most {mb} MB)"), mb=MAX_XLSX_UNPACKED // (1024 * 1024)
+        )
     try:
         wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError) as e:
