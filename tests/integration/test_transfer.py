@@ -22,6 +22,7 @@ from tests.integration.peers.audio import dominant_frequency, make_silence, make
 from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import run_sipp
+from tests.integration.peers.vpbx import Setup
 from tests.integration.test_calls import Server, caller_run, running
 from tests.integration.test_history import db_url, read_history
 from vpbx.pbx.history import session_log_string
@@ -44,7 +45,9 @@ class Phones:
 
 
 @contextlib.asynccontextmanager
-async def phones(tmp_path: Path, *, tones: bool = True, trace_alice: bool = False) -> AsyncIterator[Phones]:
+async def phones(
+    tmp_path: Path, *, tones: bool = True, trace_alice: bool = False, setup: Setup | None = None
+) -> AsyncIterator[Phones]:
     require_binary("baresip")
     require_binary("sox")
     sources = []
@@ -52,7 +55,7 @@ async def phones(tmp_path: Path, *, tones: bool = True, trace_alice: bool = Fals
         path = tmp_path / f"{name}.wav"
         sources.append(await make_tone(path, hz, TONE_S) if tones else await make_silence(path, TONE_S))
     async with (
-        running(tmp_path) as server,
+        running(tmp_path, setup=setup) as server,
         Baresip.start(tmp_path, name="alice", audio_source=sources[0], sip_trace=trace_alice) as alice,
         Baresip.start(tmp_path, name="bob", audio_source=sources[1]) as bob,
         Baresip.start(tmp_path, name="carol", audio_source=sources[2]) as carol,

@@ -1,0 +1,168 @@
+"""call_events of transferred calls with real phones (integration-api.md §5.2): baresips around ``vpbx serve``
+with the Integration API on, transferring as tests/integration/test_transfer.py drives them (blind REFER by
+the callee; attended REFER with Replaces by the caller), and a CRM (a real HTTP server in the test process)
+verifying every signature. On the wire a transfer is a repeated conversation within one ``session_id``: the
+released leg's ``disconnected`` carries ``disconnect_reason`` "0", the target's ``calling`` (blind only: the
+attended target already talks) and ``connected`` follow, and ``end`` names the last connected employee."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.integration.test_api_events import CLIENT_ID, KEY, events_of, with_api
+from tests.integration.test_transfer import dialog_from_trace, phones
+from tests.integration_api.notify_crm import Crm, Seen
+from vpbx.app import Core
+from vpbx.integration_api.core import verify
+from vpbx.integration_api.events import body
+
+pytestmark = pytest.mark.peers
+
+KEYS = [  # §5.2's key order; keys that do not apply are left out
+    "state",
+    "type",
+    "session_id",
+    "timestamp",
+    "from_number",
+    "from_pin",
+    "request_number",
+    "request_pin",
+    "disconnect_reason",
+    "is_record",
+    "domain",
+]
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}")
+
+
+async def nothing(_s: AsyncSession, _core: Core, _domain_id: uuid.UUID) -> None:
+    """No rows beyond the users: internal calls between the three phones."""
+
+
+def expected(domain: str, steps: list[tuple[str, str, str, str | None]]) -> list[dict[str, str]]:
+    """The bodies of an internal call by (state, caller, callee, disconnect_reason), minus the time: after
+    a transfer the caller is the party that stayed, the callee the one that came (vpbx/pbx/transfer.py)."""
+    out = []
+    for state, caller, callee, reason in steps:
+        event = {"state": state, "type": "internal", "from_number": f"user{caller}@{domain}"}
+        event |= {"from_pin": caller, "request_number": f"user{callee}@{domain}", "request_pin": callee}
+        if reason is not None:
+            event["disconnect_reason"] = reason
+        if state == "end":
+            event["is_record"] = "false"
+        out.append(event | {"domain": domain})
+    return out
+
+
+def checked(sent: list[Seen], engine: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, str]]]:
+    """Every request signed with the domain's credentials; each session's bodies exactly the engine's events
+    as §5.2 renders them, in order, keys in the wire order; the bodies by session, without ``timestamp``."""
+    by_session: dict[str, list[dict[str, str]]] = {}
+    for r in sent:
+        assert r.headers["x-client-id"] == CLIENT_ID
+        assert verify(CLIENT_ID, r.raw, KEY, r.headers["x-client-sign"]), r.raw
+        assert r.headers["content-type"] == "application/json; charset=utf-8"
+        wire: dict[str, str] = r.json
+        assert list(wire) == [k for k in KEYS if k in wire], wire
+        assert TIMESTAMP.fullmatch(wire["timestamp"]), wire
+        by_session.setdefault(wire["session_id"], []).append(wire)
+    assert set(by_session) == set(engine)
+    for session_id, bodies in by_session.items():
+        assert bodies == [body(e) for e in engine[session_id]]
+        stamps = [dt.datetime.fromisoformat(b["timestamp"]) for b in bodies]
+        assert stamps == sorted(stamps)
+    return {
+        sid: [{k: v for k, v in b.items() if k not in ("timestamp", "session_id")} for b in bodies]
+        for sid, bodies in by_session.items()
+    }
+
+
+async def test_a_blind_transfer_reaches_the_crm_as_one_session(tmp_path: Path) -> None:
+    async with (
+        Crm().running() as crm,
+        phones(tmp_path, tones=False, setup=with_api(nothing, crm)) as p,
+    ):
+        domain = p.server.service.domain
+        await p.alice.dial("102")
+        await p.alice.wait_event("CALL_ESTABLISHED")
+        await p.bob.wait_event("CALL_ESTABLISHED")
+        await p.bob.command("transfer", f"sip:103@{domain}")
+        await p.carol.wait_event("CALL_ESTABLISHED")
+        await p.bob.wait_event("CALL_CLOSED")
+        await p.alice.hangup()
+        await p.carol.wait_event("CALL_CLOSED")
+        engine = await p.server.calls(ended=1)
+        await crm.wait_for(sum(map(len, engine.values())))
+
+    [bodies] = checked(events_of(crm), engine).values()
+    assert bodies == expected(
+        domain,
+        [
+            ("new", "101", "102", None),
+            ("calling", "101", "102", None),
+            ("connected", "101", "102", None),
+            ("disconnected", "101", "102", "0"),  # bob's leg released by the transfer
+            ("calling", "101", "103", None),
+            ("connected", "101", "103", None),
+            ("disconnected", "101", "103", "5"),
+            ("end", "101", "103", None),  # the last connected employee
+        ],
+    )
+
+
+async def test_an_attended_transfer_reaches_the_crm_as_two_sessions(tmp_path: Path) -> None:
+    async with (
+        Crm().running() as crm,
+        phones(tmp_path, tones=False, trace_alice=True, setup=with_api(nothing, crm)) as p,
+    ):
+        domain = p.server.service.domain
+        await p.alice.dial("102")
+        await p.alice.wait_event("CALL_ESTABLISHED")
+        await p.bob.wait_event("CALL_ESTABLISHED")
+        await p.alice.command("hold")
+        await p.alice.dial("103")
+        await p.alice.wait_event("CALL_ESTABLISHED")
+        await p.carol.wait_event("CALL_ESTABLISHED")
+        replaces = dialog_from_trace(p.alice.workdir / "baresip.log", "103")
+        await p.alice.command("line", "1")  # back to bob's call, which is the one transferred
+        await p.alice.command("transfer", f"sip:103@{domain}?Replaces={quote(replaces, safe='@')}")
+        await p.alice.wait_event("CALL_CLOSED")
+        await p.alice.wait_event("CALL_CLOSED")
+        await p.bob.hangup()
+        await p.carol.wait_event("CALL_CLOSED")
+        engine = await p.server.calls(ended=2)
+        await crm.wait_for(sum(map(len, engine.values())))
+
+    sessions = checked(events_of(crm), engine)
+    first, consultation = (
+        sessions[sid] for sid in sorted(engine, key=lambda sid: engine[sid][0]["timestamp"])
+    )
+    assert first == expected(
+        domain,
+        [
+            ("new", "101", "102", None),
+            ("calling", "101", "102", None),
+            ("connected", "101", "102", None),
+            ("disconnected", "101", "102", "0"),
+            ("connected", "102", "103", None),  # no calling: carol was talking already
+            ("disconnected", "102", "103", "5"),
+            ("end", "102", "103", None),  # bob stayed (now the caller), carol came
+        ],
+    )
+    assert consultation == expected(
+        domain,
+        [
+            ("new", "101", "103", None),
+            ("calling", "101", "103", None),
+            ("connected", "101", "103", None),
+            ("disconnected", "101", "103", "0"),  # merged into the first call
+            ("end", "101", "103", None),
+        ],
+    )
