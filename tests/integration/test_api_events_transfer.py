@@ -17,7 +17,9 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.integration.peers.sipp import SippProcess
 from tests.integration.test_api_events import CLIENT_ID, KEY, events_of, with_api
+from tests.integration.test_incoming_calls import CALLER, LINE, carrier_run, line_to
 from tests.integration.test_transfer import dialog_from_trace, phones
 from tests.integration_api.notify_crm import Crm, Seen
 from vpbx.app import Core
@@ -117,6 +119,60 @@ async def test_a_blind_transfer_reaches_the_crm_as_one_session(tmp_path: Path) -
     )
 
 
+async def test_a_customers_call_transferred_blind_keeps_its_session_and_the_line(tmp_path: Path) -> None:
+    """A SIPp carrier calls the line, which rings bob (102); bob transfers the customer to carol (103) by
+    REFER; carol hangs up. The CRM's bodies: the customer's number throughout, the line in ``new``, then
+    the employee rung or connected, the transfer's "0" and carol's normal end."""
+    async with (
+        Crm().running() as crm,
+        phones(tmp_path, tones=False, setup=with_api(line_to("user"), crm)) as p,
+    ):
+        domain = p.server.service.domain
+        async with SippProcess.running(
+            carrier_run(p.server, scenario="uac_call_wait_bye", calls=1), tmp_path
+        ) as customer:
+            await p.bob.wait_event("CALL_ESTABLISHED")
+            await p.bob.command("transfer", f"sip:103@{domain}")
+            await p.carol.wait_event("CALL_ESTABLISHED")
+            await p.bob.wait_event("CALL_CLOSED")
+            await p.carol.hangup()
+            await p.carol.wait_event("CALL_CLOSED")
+            hung_up = await customer.wait()
+        engine = await p.server.calls(ended=1)
+        await crm.wait_for(sum(map(len, engine.values())))
+
+    assert hung_up.ok, hung_up.describe()  # answered, then our BYE when carol left
+    [bodies] = checked(events_of(crm), engine).values()
+    customer_number = {"type": "incoming", "from_number": f"sip:{CALLER}@{domain}"}
+    line = {"request_number": f"sip:{LINE}@{domain}"}
+
+    def employee(pin: str) -> dict[str, str]:
+        return {"request_number": f"user{pin}@{domain}", "request_pin": pin}
+
+    assert bodies == [
+        {"state": "new", **customer_number, **line, "domain": domain},
+        {"state": "calling", **customer_number, **employee("102"), "domain": domain},
+        {"state": "connected", **customer_number, **employee("102"), "domain": domain},
+        {
+            "state": "disconnected",
+            **customer_number,
+            **employee("102"),
+            "disconnect_reason": "0",
+            "domain": domain,
+        },
+        {"state": "calling", **customer_number, **employee("103"), "domain": domain},
+        {"state": "connected", **customer_number, **employee("103"), "domain": domain},
+        {
+            "state": "disconnected",
+            **customer_number,
+            **employee("103"),
+            "disconnect_reason": "5",
+            "domain": domain,
+        },
+        {"state": "end", **customer_number, **employee("103"), "is_record": "false", "domain": domain},
+    ]
+
+
 async def test_an_attended_transfer_reaches_the_crm_as_two_sessions(tmp_path: Path) -> None:
     async with (
         Crm().running() as crm,
@@ -164,5 +220,36 @@ async def test_an_attended_transfer_reaches_the_crm_as_two_sessions(tmp_path: Pa
             ("connected", "101", "103", None),
             ("disconnected", "101", "103", "0"),  # merged into the first call
             ("end", "101", "103", None),
+        ],
+    )
+
+
+async def test_a_call_hung_up_on_hold_says_so(tmp_path: Path) -> None:
+    """alice holds bob, who hangs up while listening to the music: ``disconnected`` carries "4"."""
+    async with (
+        Crm().running() as crm,
+        phones(tmp_path, tones=False, setup=with_api(nothing, crm)) as p,
+    ):
+        domain = p.server.service.domain
+        await p.alice.dial("102")
+        await p.alice.wait_event("CALL_ESTABLISHED")
+        await p.bob.wait_event("CALL_ESTABLISHED")
+        await p.alice.command("hold")
+        # the re-INVITE's answer: the hold took effect before bob hangs up
+        await p.alice.wait_event("CALL_REMOTE_SDP", where=lambda e: e.get("param") == "answer")
+        await p.bob.hangup()
+        await p.alice.wait_event("CALL_CLOSED")
+        engine = await p.server.calls(ended=1)
+        await crm.wait_for(sum(map(len, engine.values())))
+
+    [bodies] = checked(events_of(crm), engine).values()
+    assert bodies == expected(
+        domain,
+        [
+            ("new", "101", "102", None),
+            ("calling", "101", "102", None),
+            ("connected", "101", "102", None),
+            ("disconnected", "101", "102", "4"),
+            ("end", "101", "102", None),
         ],
     )
