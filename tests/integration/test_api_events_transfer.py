@@ -11,8 +11,6 @@ import datetime as dt
 import re
 import uuid
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,27 +18,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.integration.peers.sipp import SippProcess
 from tests.integration.test_api_events import CLIENT_ID, KEY, events_of, with_api
 from tests.integration.test_incoming_calls import CALLER, LINE, carrier_run, line_to
-from tests.integration.test_transfer import dialog_from_trace, phones
-from tests.integration_api.notify_crm import Crm, Seen
+from tests.integration.test_transfer import (
+    Phones,
+    alice_calls_bob,
+    alice_consults_carol,
+    alice_merges,
+    bob_transfers_blind_to_carol,
+    phones,
+)
+from tests.integration_api.notify_crm import Crm
 from vpbx.app import Core
 from vpbx.integration_api.core import verify
 from vpbx.integration_api.events import body
 
 pytestmark = pytest.mark.peers
 
-KEYS = [  # §5.2's key order; keys that do not apply are left out
-    "state",
-    "type",
-    "session_id",
-    "timestamp",
-    "from_number",
-    "from_pin",
-    "request_number",
-    "request_pin",
-    "disconnect_reason",
-    "is_record",
-    "domain",
-]
+# §5.2's key order; keys that do not apply are left out
+KEYS = "state type session_id timestamp from_number from_pin request_number request_pin disconnect_reason"
+KEYS += " is_record domain"
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}")
 
 
@@ -63,16 +58,19 @@ def expected(domain: str, steps: list[tuple[str, str, str, str | None]]) -> list
     return out
 
 
-def checked(sent: list[Seen], engine: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, str]]]:
-    """Every request signed with the domain's credentials; each session's bodies exactly the engine's events
-    as §5.2 renders them, in order, keys in the wire order; the bodies by session, without ``timestamp``."""
+async def received(p: Phones, crm: Crm, ended: int) -> list[list[dict[str, str]]]:
+    """Once ``ended`` calls ended and the CRM got all their events: every request signed with the domain's
+    credentials; each session's bodies exactly the engine's events as §5.2 renders them, in order, keys in
+    the wire order. The bodies of each call (oldest first), without ``timestamp`` and ``session_id``."""
+    engine = await p.server.calls(ended=ended)
+    await crm.wait_for(sum(map(len, engine.values())))
     by_session: dict[str, list[dict[str, str]]] = {}
-    for r in sent:
+    for r in events_of(crm):
         assert r.headers["x-client-id"] == CLIENT_ID
         assert verify(CLIENT_ID, r.raw, KEY, r.headers["x-client-sign"]), r.raw
         assert r.headers["content-type"] == "application/json; charset=utf-8"
         wire: dict[str, str] = r.json
-        assert list(wire) == [k for k in KEYS if k in wire], wire
+        assert list(wire) == [k for k in KEYS.split() if k in wire], wire
         assert TIMESTAMP.fullmatch(wire["timestamp"]), wire
         by_session.setdefault(wire["session_id"], []).append(wire)
     assert set(by_session) == set(engine)
@@ -80,10 +78,10 @@ def checked(sent: list[Seen], engine: dict[str, list[dict[str, Any]]]) -> dict[s
         assert bodies == [body(e) for e in engine[session_id]]
         stamps = [dt.datetime.fromisoformat(b["timestamp"]) for b in bodies]
         assert stamps == sorted(stamps)
-    return {
-        sid: [{k: v for k, v in b.items() if k not in ("timestamp", "session_id")} for b in bodies]
-        for sid, bodies in by_session.items()
-    }
+    return [
+        [{k: v for k, v in b.items() if k not in ("timestamp", "session_id")} for b in by_session[sid]]
+        for sid in sorted(engine, key=lambda sid: engine[sid][0]["timestamp"])
+    ]
 
 
 async def test_a_blind_transfer_reaches_the_crm_as_one_session(tmp_path: Path) -> None:
@@ -92,18 +90,12 @@ async def test_a_blind_transfer_reaches_the_crm_as_one_session(tmp_path: Path) -
         phones(tmp_path, tones=False, setup=with_api(nothing, crm)) as p,
     ):
         domain = p.server.service.domain
-        await p.alice.dial("102")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_ESTABLISHED")
-        await p.bob.command("transfer", f"sip:103@{domain}")
-        await p.carol.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_CLOSED")
+        await alice_calls_bob(p)
+        await bob_transfers_blind_to_carol(p)
         await p.alice.hangup()
         await p.carol.wait_event("CALL_CLOSED")
-        engine = await p.server.calls(ended=1)
-        await crm.wait_for(sum(map(len, engine.values())))
+        [bodies] = await received(p, crm, 1)
 
-    [bodies] = checked(events_of(crm), engine).values()
     assert bodies == expected(
         domain,
         [
@@ -132,17 +124,13 @@ async def test_a_customers_call_transferred_blind_keeps_its_session_and_the_line
             carrier_run(p.server, scenario="uac_call_wait_bye", calls=1), tmp_path
         ) as customer:
             await p.bob.wait_event("CALL_ESTABLISHED")
-            await p.bob.command("transfer", f"sip:103@{domain}")
-            await p.carol.wait_event("CALL_ESTABLISHED")
-            await p.bob.wait_event("CALL_CLOSED")
+            await bob_transfers_blind_to_carol(p)
             await p.carol.hangup()
             await p.carol.wait_event("CALL_CLOSED")
             hung_up = await customer.wait()
-        engine = await p.server.calls(ended=1)
-        await crm.wait_for(sum(map(len, engine.values())))
+        [bodies] = await received(p, crm, 1)
 
     assert hung_up.ok, hung_up.describe()  # answered, then our BYE when carol left
-    [bodies] = checked(events_of(crm), engine).values()
     customer_number = {"type": "incoming", "from_number": f"sip:{CALLER}@{domain}"}
     line = {"request_number": f"sip:{LINE}@{domain}"}
 
@@ -179,27 +167,12 @@ async def test_an_attended_transfer_reaches_the_crm_as_two_sessions(tmp_path: Pa
         phones(tmp_path, tones=False, trace_alice=True, setup=with_api(nothing, crm)) as p,
     ):
         domain = p.server.service.domain
-        await p.alice.dial("102")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_ESTABLISHED")
-        await p.alice.command("hold")
-        await p.alice.dial("103")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.carol.wait_event("CALL_ESTABLISHED")
-        replaces = dialog_from_trace(p.alice.workdir / "baresip.log", "103")
-        await p.alice.command("line", "1")  # back to bob's call, which is the one transferred
-        await p.alice.command("transfer", f"sip:103@{domain}?Replaces={quote(replaces, safe='@')}")
-        await p.alice.wait_event("CALL_CLOSED")
-        await p.alice.wait_event("CALL_CLOSED")
+        await alice_calls_bob(p)
+        await alice_merges(p, await alice_consults_carol(p))
         await p.bob.hangup()
         await p.carol.wait_event("CALL_CLOSED")
-        engine = await p.server.calls(ended=2)
-        await crm.wait_for(sum(map(len, engine.values())))
+        first, consultation = await received(p, crm, 2)
 
-    sessions = checked(events_of(crm), engine)
-    first, consultation = (
-        sessions[sid] for sid in sorted(engine, key=lambda sid: engine[sid][0]["timestamp"])
-    )
     assert first == expected(
         domain,
         [
@@ -231,18 +204,14 @@ async def test_a_call_hung_up_on_hold_says_so(tmp_path: Path) -> None:
         phones(tmp_path, tones=False, setup=with_api(nothing, crm)) as p,
     ):
         domain = p.server.service.domain
-        await p.alice.dial("102")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_ESTABLISHED")
+        await alice_calls_bob(p)
         await p.alice.command("hold")
         # the re-INVITE's answer: the hold took effect before bob hangs up
         await p.alice.wait_event("CALL_REMOTE_SDP", where=lambda e: e.get("param") == "answer")
         await p.bob.hangup()
         await p.alice.wait_event("CALL_CLOSED")
-        engine = await p.server.calls(ended=1)
-        await crm.wait_for(sum(map(len, engine.values())))
+        [bodies] = await received(p, crm, 1)
 
-    [bodies] = checked(events_of(crm), engine).values()
     assert bodies == expected(
         domain,
         [
