@@ -14,14 +14,19 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.net import free_port_block
+from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess
 from tests.integration.peers.vpbx import Setup
 from tests.integration.test_calls import Server, bind, callee_run, running
 from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
+from tests.integration_api.notify_crm import Crm
+from tests.integration_api.test_crm_client import CrmClient, envelope, php_json_encode
 from vpbx.app import Core
 from vpbx.billing import INTEGRATION_API, enable
-from vpbx.integration_api.core import sign
+from vpbx.integration_api.core import sign, verify
+from vpbx.integration_api.events import body
 from vpbx.integration_api.settings import ensure_settings
 from vpbx.store.models import CallRecord
 
@@ -34,7 +39,8 @@ BODY = b'{"request_number":"+7 916 123-45-67","from_pin":"101"}'
 TALK_MS = 3000  # the employee's talk before hanging up: long enough for the carrier to answer on a busy box
 
 
-def trunk_and_api(port: int) -> Setup:
+def trunk_and_api(port: int, crm_url: str = "") -> Setup:
+    """The carrier's trunk and the Integration API on with F's credentials (and, given, the CRM's address)."""
     trunk = carrier_trunk(port)
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
@@ -44,6 +50,7 @@ def trunk_and_api(port: int) -> Setup:
         row.client_id = CLIENT_ID
         row.sign_key_enc = core.box.seal(KEY)
         row.tls_required = False
+        row.crm_url = crm_url
 
     return setup
 
@@ -136,3 +143,71 @@ async def test_an_unregistered_employee_is_refused_at_once(tmp_path: Path) -> No
         "error": "user-unavailable",
     }
     assert server.events() == []
+
+
+async def test_call_back_from_a_public_style_client_reaches_the_customer_as_one_session(
+    tmp_path: Path,
+) -> None:
+    """End to end through /api: a PHP-style client posts call_back over vpbx serve's HTTP port; the employee's
+    baresip rings and answers, then the carrier gets the customer; the CRM receives the call's events, all
+    signed, all with the reply's session_id, and call_info of that session_id describes the callback."""
+    require_binary("baresip")
+    port = free_port_block(1)
+    async with (
+        Crm().running() as crm,
+        running(tmp_path, setup=trunk_and_api(port, crm.url)) as server,
+        Baresip.start(tmp_path, name="employee") as phone,
+        SippProcess.running(
+            callee_run("uas_trunk", calls=100_000, local_ip=CARRIER_IP, local_port=port, trace_msg=True),
+            tmp_path,
+        ) as carrier,
+        httpx.AsyncClient(base_url=server.vpbx.http_url, timeout=10) as http,
+    ):
+        await carrier.wait_listening()
+        await phone.register(Account.on(server.service, "101", answermode="auto"))
+        client = CrmClient(http, php_json_encode)
+        reply = envelope(
+            await client.call("call_back", {"request_number": "+7 (916) 123-45-67", "from_pin": "101"})
+        )
+        sid = reply["session_id"]
+        rung = await phone.wait_event("CALL_ESTABLISHED")
+        # the customer answered: the conversation's ``connected`` reached the CRM
+        await crm.wait_for(3)
+        await phone.hangup()
+        await phone.wait_event("CALL_CLOSED")
+        engine = await server.calls(ended=1)
+        await crm.wait_for(len(engine[sid]))
+        info = envelope(await client.call("call_info", {"session_id": sid}))
+
+    assert list(engine) == [sid]
+    assert rung["direction"] == "incoming"  # the employee's phone was rung first
+    log = (carrier.workdir / "messages.log").read_text(errors="replace")
+    assert f"INVITE sip:89161234567@{CARRIER_IP}" in log and "BYE sip:" in log
+    sent = [r for r in crm.seen if r.path.endswith("/call_events")]
+    for r in sent:
+        assert verify(CLIENT_ID, r.raw, KEY, r.headers["x-client-sign"]), r.raw
+    assert [r.json for r in sent] == [body(e) for e in engine[sid]]
+    domain = server.service.domain
+    common = {"type": "outbound", "session_id": sid, "from_number": f"user101@{domain}", "from_pin": "101"}
+    assert [{k: v for k, v in r.json.items() if k != "timestamp"} for r in sent] == [
+        {"state": "new", **common, "request_number": f"sip:79161234567@{domain}", "domain": domain},
+        {"state": "calling", **common, "request_number": f"sip:79161234567@{domain}", "domain": domain},
+        {"state": "connected", **common, "request_number": f"sip:79161234567@{domain}", "domain": domain},
+        {
+            "state": "disconnected",
+            **common,
+            "request_number": f"sip:79161234567@{domain}",
+            "disconnect_reason": "5",
+            "domain": domain,
+        },
+        {
+            "state": "end",
+            **common,
+            "request_number": f"sip:79161234567@{domain}",
+            "is_record": "false",
+            "domain": domain,
+        },
+    ]
+    call = info["info"]
+    assert (call["call_type"], call["direction"], call["state"], call["orig_pin"]) == (3, 2, 1, "101")
+    assert call["dest_number"] == f"sip:79161234567@{domain}"

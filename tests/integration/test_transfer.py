@@ -22,6 +22,7 @@ from tests.integration.peers.audio import dominant_frequency, make_silence, make
 from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import run_sipp
+from tests.integration.peers.vpbx import Setup
 from tests.integration.test_calls import Server, caller_run, running
 from tests.integration.test_history import db_url, read_history
 from vpbx.pbx.history import session_log_string
@@ -44,7 +45,9 @@ class Phones:
 
 
 @contextlib.asynccontextmanager
-async def phones(tmp_path: Path, *, tones: bool = True, trace_alice: bool = False) -> AsyncIterator[Phones]:
+async def phones(
+    tmp_path: Path, *, tones: bool = True, trace_alice: bool = False, setup: Setup | None = None
+) -> AsyncIterator[Phones]:
     require_binary("baresip")
     require_binary("sox")
     sources = []
@@ -52,7 +55,7 @@ async def phones(tmp_path: Path, *, tones: bool = True, trace_alice: bool = Fals
         path = tmp_path / f"{name}.wav"
         sources.append(await make_tone(path, hz, TONE_S) if tones else await make_silence(path, TONE_S))
     async with (
-        running(tmp_path) as server,
+        running(tmp_path, setup=setup) as server,
         Baresip.start(tmp_path, name="alice", audio_source=sources[0], sip_trace=trace_alice) as alice,
         Baresip.start(tmp_path, name="bob", audio_source=sources[1]) as bob,
         Baresip.start(tmp_path, name="carol", audio_source=sources[2]) as carol,
@@ -77,16 +80,43 @@ def tail(path: Path, seconds: float) -> tuple[float, float]:
     return dominant_frequency(window), rms(window.samples)
 
 
+async def alice_calls_bob(p: Phones) -> None:
+    await p.alice.dial("102")
+    await p.alice.wait_event("CALL_ESTABLISHED")
+    await p.bob.wait_event("CALL_ESTABLISHED")
+
+
+async def bob_transfers_blind_to_carol(p: Phones) -> None:
+    """bob REFERs his caller to 103: carol answers, bob's call closes."""
+    await p.bob.command("transfer", f"sip:103@{p.server.service.domain}")
+    await p.carol.wait_event("CALL_ESTABLISHED")
+    await p.bob.wait_event("CALL_CLOSED")
+
+
+async def alice_consults_carol(p: Phones) -> str:
+    """alice holds bob and calls carol (alice's SIP trace on); the Replaces of the consultation dialog."""
+    await p.alice.command("hold")
+    await p.alice.dial("103")
+    await p.alice.wait_event("CALL_ESTABLISHED")
+    await p.carol.wait_event("CALL_ESTABLISHED")
+    return dialog_from_trace(p.alice.workdir / "baresip.log", "103")
+
+
+async def alice_merges(p: Phones, replaces: str) -> None:
+    """alice REFERs bob's call to carol with Replaces: both of alice's calls close."""
+    await p.alice.command("line", "1")  # back to bob's call, which is the one transferred
+    domain = p.server.service.domain
+    await p.alice.command("transfer", f"sip:103@{domain}?Replaces={quote(replaces, safe='@')}")
+    await p.alice.wait_event("CALL_CLOSED")
+    await p.alice.wait_event("CALL_CLOSED")
+
+
 async def test_blind_transfer_by_the_callee_bridges_the_caller_to_the_target(tmp_path: Path) -> None:
     async with phones(tmp_path) as p:
-        await p.alice.dial("102")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_ESTABLISHED")
+        await alice_calls_bob(p)
         before = tail(await heard_next(p.alice, 1.0), 0.5)
 
-        await p.bob.command("transfer", f"sip:103@{p.server.service.domain}")
-        await p.carol.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_CLOSED")
+        await bob_transfers_blind_to_carol(p)
         after_alice = tail(await heard_next(p.alice, 1.5), 0.5)
         after_carol = tail(await heard_next(p.carol, 1.0), 0.5)
         calls_at_alice = len(p.alice.recorded("dec"))
@@ -145,21 +175,11 @@ async def test_attended_transfer_by_the_caller_merges_the_consultation_call(tmp_
     """alice (baresip, with its SIP trace) calls bob, holds him, consults carol, then REFERs bob's call with
     Replaces naming the consultation dialog: bob hears carol on the same call, carol is re-INVITEd once."""
     async with phones(tmp_path, trace_alice=True) as p:
-        domain = p.server.service.domain
-        await p.alice.dial("102")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_ESTABLISHED")
-        await p.alice.command("hold")
-        music = tail(await heard_next(p.bob, 1.5), 1.0)
-        await p.alice.dial("103")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.carol.wait_event("CALL_ESTABLISHED")
-        replaces = dialog_from_trace(p.alice.workdir / "baresip.log", "103")
+        await alice_calls_bob(p)
+        replaces = await alice_consults_carol(p)
+        music = tail(await heard_next(p.bob, 1.5), 1.0)  # bob, held all along
 
-        await p.alice.command("line", "1")  # back to bob's call, which is the one transferred
-        await p.alice.command("transfer", f"sip:103@{domain}?Replaces={quote(replaces, safe='@')}")
-        await p.alice.wait_event("CALL_CLOSED")
-        await p.alice.wait_event("CALL_CLOSED")
+        await alice_merges(p, replaces)
         bob_hears = tail(await heard_next(p.bob, 1.5), 0.5)
         carol_hears = tail(await heard_next(p.carol, 1.5), 0.5)
         bob_calls = len(p.bob.recorded("dec"))
@@ -222,9 +242,7 @@ async def test_a_refused_transfer_keeps_the_call(tmp_path: Path, target: str) ->
 
 async def test_the_held_party_hears_music_and_resume_brings_the_other_back(tmp_path: Path) -> None:
     async with phones(tmp_path, tones=False) as p:  # silent microphones: whatever bob hears is ours
-        await p.alice.dial("102")
-        await p.alice.wait_event("CALL_ESTABLISHED")
-        await p.bob.wait_event("CALL_ESTABLISHED")
+        await alice_calls_bob(p)
         quiet = tail(await heard_next(p.bob, 1.0), 0.5)
 
         await p.alice.command("hold")

@@ -93,13 +93,14 @@ class Crm:
         return list(self.seen)
 
     @contextlib.asynccontextmanager
-    async def running(self, tls: tuple[Path, Path] | None = None) -> AsyncIterator[Crm]:
-        """Serving on loopback; with ``tls`` (certificate, key files) over HTTPS."""
+    async def running(self, tls: tuple[Path, Path] | None = None, port: int = 0) -> AsyncIterator[Crm]:
+        """Serving on loopback (on ``port``, else any free one); with ``tls`` (certificate, key files) over
+        HTTPS."""
         server = uvicorn.Server(
             uvicorn.Config(
                 self,
                 host="127.0.0.1",
-                port=0,
+                port=port,
                 log_level="warning",
                 lifespan="off",
                 ssl_certfile=str(tls[0]) if tls else None,

@@ -426,15 +426,13 @@ async def test_two_tenants_see_only_their_own(app: FastAPI, core: Core, f: Fixtu
     assert all(row.domain_id != f.domain_id for row in logged)
 
 
-async def test_raw_routes_of_records_bypass_the_method_table(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """records.RAW_ROUTES (the recording download, §4.2) are served under /api with their own rules; they
-    find the Core on the app and the source IP through the gateway's rule."""
+async def test_raw_routes_bypass_the_method_table(settings: Settings) -> None:
+    """``mount_api(..., raw_routes=...)`` (the recording download, §4.2) serves them under /api and /api-test
+    with their own rules; they find the Core on the app and the source IP through the gateway's rule."""
     from starlette.types import Receive, Scope, Send
 
-    from vpbx.integration_api import records
-    from vpbx.integration_api.gateway import client_ip
+    from vpbx.app import build_core
+    from vpbx.integration_api.gateway import client_ip, mount_api
 
     async def download(scope: Scope, receive: Receive, send: Send) -> None:
         core = scope["app"].state.core
@@ -444,14 +442,20 @@ async def test_raw_routes_of_records_bypass_the_method_table(
         )
         await send({"type": "http.response.body", "body": text})
 
-    monkeypatch.setattr(records, "RAW_ROUTES", (("records_new_scheme/", download),), raising=False)
-    application = create_app(settings)
+    application = FastAPI()
+    application.state.core = core = build_core(settings, None)
+    mount_api(application, core, raw_routes=[("records_new_scheme/", download)])
     try:
         async with api_client(application, ip="195.49.187.78") as client:
-            resp = await client.get("/api/records_new_scheme/record/download/" + "a" * 32 + "/195049187078")
+            link = "records_new_scheme/record/download/" + "a" * 32 + "/195049187078"
+            resp = await client.get(f"/api/{link}")
+            sandbox = await client.get(f"/api-test/{link}")
+            method = await client.get("/api/users_info")  # the method table is still the gateway's
     finally:
-        await application.state.core.engine.dispose()
+        await core.engine.dispose()
     assert (resp.status_code, resp.text) == (200, "GET 195.49.187.78 Core")
+    assert (sandbox.status_code, sandbox.text) == (200, "GET 195.49.187.78 Core")
+    assert method.status_code == 405 and body_of(method)["error"] == "method-not-allowed"  # type: ignore[index]
 
 
 def test_trusted_proxies_must_be_addresses(settings: Settings) -> None:

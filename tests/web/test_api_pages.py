@@ -111,6 +111,44 @@ async def test_section_says_where_to_enable_until_the_service_is_on(
     assert again.client_id == row.client_id and sign_key(again, core.box) == sign_key(row, core.box)
 
 
+OFF_ROUTES = [  # every page and action of the section that needs the service on (§6.1)
+    ("GET", "/integration-api"),
+    ("POST", "/integration-api"),
+    ("POST", "/integration-api/regenerate-client-id"),
+    ("POST", "/integration-api/regenerate-key"),
+    ("POST", "/integration-api/key"),
+    ("POST", "/integration-api/certs"),
+    ("GET", "/integration-api/debug"),
+    ("POST", "/integration-api/debug/send"),
+    ("POST", "/integration-api/debug/sign"),
+    ("POST", "/integration-api/debug/check"),
+    ("POST", "/integration-api/debug/simulate"),
+    ("POST", "/integration-api/debug/ssl"),
+    ("GET", "/integration-api/log/clear"),
+    ("POST", "/integration-api/log/clear"),
+    ("POST", "/integration-api/resume"),
+]
+
+
+async def test_every_action_says_where_to_enable_while_the_service_is_off(
+    admin1: Cabinet, core: Core, t1: Tenant
+) -> None:
+    await enable_api(admin1)
+    before = await settings_of(core, t1)
+    await admin1.post("/services/integration_api/disable")
+    for verb, path in OFF_ROUTES:
+        page = await (
+            admin1.get(path) if verb == "GET" else admin1.post(path, form(crm_url="https://x.example"))
+        )
+        assert (page.status_code, 'id="api-off"' in page.text) == (200, True), (verb, path)
+    after = await settings_of(core, t1)  # nothing changed: no regenerated credentials, no saved form
+    assert (after.client_id, after.sign_key_enc, after.crm_url) == (
+        before.client_id,
+        before.sign_key_enc,
+        before.crm_url,
+    )
+
+
 async def test_key_is_masked_until_revealed_by_post(on1: Cabinet, core: Core, t1: Tenant) -> None:
     row = await settings_of(core, t1)
     key = sign_key(row, core.box)

@@ -514,11 +514,12 @@ async def _send(send: Send, status: int, body: bytes, content_type: str, headers
 def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = ()) -> None:
     """Mount ``{API}`` at ``/api`` and the sandbox ``{API_TEST}`` at ``/api-test`` on the HTTP port (§1).
     ``app`` is the FastAPI app (its ``state`` is the methods' ``ApiContext.services``), ``core`` its Core;
-    ``raw_routes`` add to the registry's routes outside the method table (e.g. the recording links)."""
+    ``raw_routes`` are the routes outside the method table and its R1–R11 (e.g. the recording links):
+    ``(path prefix, ASGI app)`` pairs; such an app finds the Core at ``scope["app"].state.core`` and the
+    source IP with ``client_ip``."""
     from vpbx.integration_api import registry
 
     methods = registry.all_methods()
-    extra_routes = (*registry.raw_routes(), *raw_routes)
     # one window per domain and method, and one guard per address, whichever base URL the requests came to
     limiter = MemoryRateLimiter()
     guard = MemoryAbuseGuard()
@@ -533,6 +534,6 @@ def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = (
             sandbox=sandbox,
             limiter=limiter,
             guard=guard,
-            raw_routes=extra_routes,
+            raw_routes=raw_routes,
         )
         app.mount(prefix, gateway)

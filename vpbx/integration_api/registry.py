@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vpbx.integration_api import callback, read, records
 from vpbx.integration_api.core import ApiMethod
-
-if TYPE_CHECKING:
-    from starlette.types import ASGIApp
 
 
 def all_methods() -> dict[str, ApiMethod]:
@@ -20,11 +15,3 @@ def all_methods() -> dict[str, ApiMethod]:
             raise ValueError(f"Integration API method {method.name} defined twice")
         table[method.name] = method
     return table
-
-
-def raw_routes() -> tuple[tuple[str, ASGIApp], ...]:
-    """Routes under ``{API}`` outside the method table and its R1–R11 (e.g. the one-time recording download
-    ``records_new_scheme/record/download/…``, §4.2): ``(path prefix, ASGI app)`` pairs that ``records`` may
-    declare as ``RAW_ROUTES``. Such an app finds the Core at ``scope["app"].state.core`` and the source IP
-    with ``gateway.client_ip``."""
-    return tuple(getattr(records, "RAW_ROUTES", ()))

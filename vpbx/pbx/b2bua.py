@@ -45,7 +45,7 @@ from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, SystemPhrase, Tone, Voice
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
-from vpbx.pbx.bus import CallKind, SessionId, new_session_id
+from vpbx.pbx.bus import SessionId, new_session_id
 from vpbx.pbx.callplan import Plan, Rotation, external_plan, group_plan, user_plan
 from vpbx.pbx.calls import (
     REASON_HELD_OR_TRANSFER_HANGUP,
@@ -613,6 +613,9 @@ class B2bua:
         from vpbx.pbx.originate import Originator
 
         self.originator = Originator(self)  # calls we place: call_back (integration-api.md §4.1)
+        # place a call: ring the employee first, then dial the number (E.164) and bridge them; False when
+        # the call could not start at all (the channel limit)
+        self.originate = self.originator.originate
 
     # --- introspection (tests, the cabinet through the registry) ---
     def __len__(self) -> int:
@@ -629,29 +632,6 @@ class B2bua:
         self._node = node
         if directory is not None:
             self.directory = directory
-
-    async def originate(
-        self,
-        domain: DomainInfo,
-        employee: Party,
-        number: str,
-        *,
-        session_id: SessionId,
-        caller_id: str = "",
-        kind: CallKind = "callback",
-        contact_numbers: tuple[str, ...] = (),
-    ) -> bool:
-        """Place a call: ring ``employee`` first, then dial ``number`` (E.164) and bridge them
-        (``vpbx.pbx.originate``). False when the call could not start at all (the channel limit)."""
-        return await self.originator.originate(
-            domain,
-            employee,
-            number,
-            session_id=session_id,
-            caller_id=caller_id,
-            kind=kind,
-            contact_numbers=contact_numbers,
-        )
 
     def indexes(self) -> dict[str, int]:
         """Sizes of the internal tables: all zero again once every call and leg is over."""
@@ -1003,13 +983,7 @@ class B2bua:
         call = ctx.call
         log.info("call.new", session_id=call.session_id, domain=call.domain.name, menu=str(menu_id))
         await self.events.publish(call, "new")
-        if self.media is None:
-            raise SipError("The B2BUA has no media backend")
-        try:
-            ctx.ports = await self.media.allocate(call.session_id)
-        except NoMediaPorts:
-            self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
-            await self._finish(ctx, "failed")
+        if not await self._media_ports(ctx):
             return
         if not await self._pbx_answers(ctx):
             self._reply_a(ctx, 488)
@@ -1473,14 +1447,7 @@ class B2bua:
         await self.events.publish(call, "new")
         if ctx.ended:
             return
-        if self.media is None:
-            raise SipError("The B2BUA has no media backend")
-        try:
-            ctx.ports = await self.media.allocate(call.session_id)
-        except NoMediaPorts:
-            log.warning("call.no_media_ports", session_id=call.session_id)
-            self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
-            await self._finish(ctx, "failed")
+        if not await self._media_ports(ctx):
             return
         ctx.plan = plan
         ctx.plan_people = parties
@@ -1665,13 +1632,7 @@ class B2bua:
             try:
                 log.info("call.new", session_id=call.session_id, domain=domain.name, caller=caller.pin)
                 await self.events.publish(call, "new")
-                if self.media is None:
-                    raise SipError("The B2BUA has no media backend")
-                try:
-                    ctx.ports = await self.media.allocate(call.session_id)
-                except NoMediaPorts:
-                    self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
-                    await self._finish(ctx, "failed")
+                if not await self._media_ports(ctx):
                     return
                 ctx.caller_id = decision.caller_id
                 await self._ring_trunk(
@@ -1828,14 +1789,7 @@ class B2bua:
             self._reply_a(ctx, 480)
             await self._finish(ctx, "unanswered")
             return
-        if self.media is None:
-            raise SipError("The B2BUA has no media backend")
-        try:
-            ctx.ports = await self.media.allocate(call.session_id)
-        except NoMediaPorts:
-            log.warning("call.no_media_ports", session_id=call.session_id)
-            self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
-            await self._finish(ctx, "failed")
+        if not await self._media_ports(ctx):
             return
         for binding in bindings:
             await self._ring(node, ctx, binding, display)
@@ -1856,7 +1810,11 @@ class B2bua:
         *,
         side: Side = "b",
         headers: tuple[tuple[str, str], ...] = (),
+        from_user: str | None = None,
+        to_user: str | None = None,
     ) -> BLeg | None:
+        """Ring one registered device of ``party`` (default: the callee) on ``side``: From the caller (or
+        ``from_user``) named ``display``, To the party's PIN (or ``to_user``). None for a bad binding."""
         call = ctx.call
         try:
             target = parse_uri(binding.contact)
@@ -1865,14 +1823,14 @@ class B2bua:
             log.warning("call.bad_binding", session_id=call.session_id, contact=binding.contact[:80])
             return None
         domain = call.domain.name
-        callee = party or call.callee
-        caller_user = f"+{call.caller.external}" if call.caller.external else call.caller.pin
+        if from_user is None:
+            from_user = f"+{call.caller.external}" if call.caller.external else call.caller.pin
         from_ = Address(
-            uri=URI(scheme="sip", user=caller_user, host=domain),
+            uri=URI(scheme="sip", user=from_user, host=domain),
             name=display,
             parameters=Parameters(tag=new_tag()),
         )
-        to = Address(uri=URI(scheme="sip", user=callee.pin, host=domain))
+        to = Address(uri=URI(scheme="sip", user=to_user or (party or call.callee).pin, host=domain))
         leg = self._new_b_leg(
             node,
             ctx,
@@ -1884,6 +1842,19 @@ class B2bua:
         )
         await self._invite_b(node, ctx, leg, from_, to, route, calling=True, headers=headers)
         return leg
+
+    async def _media_ports(self, ctx: _Ctx) -> bool:
+        """The call's worker ports; with none free the caller gets 503 and the call ends (False)."""
+        if self.media is None:
+            raise SipError("The B2BUA has no media backend")
+        try:
+            ctx.ports = await self.media.allocate(ctx.session_id)
+        except NoMediaPorts:
+            log.warning("call.no_media_ports", session_id=ctx.session_id)
+            self._reply_a(ctx, 503, headers=(("Retry-After", RETRY_AFTER_S),))
+            await self._finish(ctx, "failed")
+            return False
+        return True
 
     def _new_b_leg(
         self,

@@ -24,7 +24,6 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vpbx.errors import NoMediaPorts, SipError, SipParseError
 from vpbx.logs import get_logger
 from vpbx.pbx.b2bua import (
     CALLS,
@@ -35,13 +34,12 @@ from vpbx.pbx.b2bua import (
     _Ctx,
     _origin,
     _remote,
-    binding_destination,
 )
 from vpbx.pbx.calls import Call, Party, outside_party
 from vpbx.pbx.registrar import aor_for
 from vpbx.sip.dialog import LocalVia, build_initial_request, new_call_id, new_tag, reason_header
 from vpbx.sip.flow import Destination
-from vpbx.sip.message import URI, Address, Parameters, Response, build_response, parse_address, parse_uri
+from vpbx.sip.message import URI, Address, Parameters, Response, build_response
 from vpbx.sip.sdp import SessionDescription
 from vpbx.sip.transaction import TransactionKey
 from vpbx.store.models import DomainId
@@ -171,14 +169,7 @@ class Originator:
         call = ctx.call
         o = ctx.originate
         assert o is not None
-        if b.media is None:
-            raise SipError("The B2BUA has no media backend")
-        try:
-            ctx.ports = await b.media.allocate(call.session_id)
-        except NoMediaPorts:
-            log.warning("call.no_media_ports", session_id=call.session_id)
-            b._reply_a(ctx, 503)
-            await b._finish(ctx, "failed")
+        if not await b._media_ports(ctx):
             return
         now = b.timers.monotonic()
         bindings = [
@@ -206,24 +197,10 @@ class Originator:
     async def _ring_device(self, ctx: _Ctx, binding: Binding, customer: str) -> None:
         """One of the employee's phones: the customer's number as the caller, so the phone shows whom it is
         about to call."""
-        b = self.b
-        contact = binding.contact
-        call = ctx.call
-        try:
-            target = parse_uri(contact)
-            route = [parse_address(p) for p in binding.path]
-        except SipParseError:
-            log.warning("call.bad_binding", session_id=call.session_id, contact=contact[:80])
-            return
-        employee = call.caller
-        from_ = Address(
-            uri=URI(scheme="sip", user=customer, host=call.domain.name),
-            name=f"+{customer}",
-            parameters=Parameters(tag=new_tag()),
+        employee = ctx.call.caller
+        await self.b._ring(
+            self.b.node, ctx, binding, f"+{customer}", side="a", from_user=customer, to_user=employee.pin
         )
-        to = Address(uri=URI(scheme="sip", user=employee.pin, host=call.domain.name))
-        leg = b._new_b_leg(b.node, ctx, binding_destination(binding), target, contact_uri=contact, side="a")
-        await b._invite_b(b.node, ctx, leg, from_, to, route, calling=True)
 
     # --- hooks of the B2BUA ---------------------------------------------------------------------------
     async def employee_answered(self, ctx: _Ctx, leg: BLeg, sdp: SessionDescription | str | None) -> None:

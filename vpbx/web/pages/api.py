@@ -14,15 +14,17 @@ import hashlib
 import json
 import shlex
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
@@ -48,7 +50,27 @@ from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.render import Renderer
 
-router = APIRouter(prefix="/integration-api")
+
+class ServiceOff(Exception):
+    """The Integration API is off for the session's domain: its pages say where to switch it on."""
+
+
+class _Route(APIRoute):
+    """A route of the section: ``ServiceOff`` (raised by ``SettingsDep``) answers with the «off» page."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except ServiceOff:
+                return _off(request, request.app.state.renderer)
+
+        return route
+
+
+router = APIRouter(prefix="/integration-api", route_class=_Route)
 
 MAX_CERTS = 10
 MAX_PEM = 64 * 1024
@@ -96,6 +118,17 @@ async def _settings(s: AsyncSession, tenant: uuid.UUID) -> ApiSettings | None:
     if not await billing.is_enabled(s, tenant, billing.INTEGRATION_API):
         return None
     return await s.get(ApiSettings, tenant)
+
+
+async def _settings_on(p: AdminDep, s: DbDep) -> ApiSettings:
+    """The domain's settings, in the route's own session; ``ServiceOff`` while the service is off."""
+    row = await _settings(s, p.tenant)
+    if row is None:
+        raise ServiceOff
+    return row
+
+
+SettingsDep = Annotated[ApiSettings, Depends(_settings_on)]
 
 
 def api_urls(core: Core, request: Request) -> tuple[str, str]:
@@ -185,10 +218,9 @@ def _when(at: dt.datetime) -> str:
 
 
 @router.get("")
-async def settings_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
+async def settings_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     return await _settings_page(request, r, s, core, p, row)
 
 
@@ -209,29 +241,22 @@ def form_input(form: forms.FormData) -> SettingsInput:
 
 
 @router.post("")
-async def save_settings(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
+async def save_settings(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     data = form_input(await request.form())
     try:
         await update_settings(s, p.tenant, data)
     except ValidationFailed as e:
         await s.rollback()
-        row = await _settings(s, p.tenant)
-        assert row is not None
+        await s.refresh(row)  # the rollback expired it
         return await _settings_page(request, r, s, core, p, row, values=vars(data), errors=e)
     row.updated_at = core.clock.now()
     await s.commit()
     return RedirectResponse("/integration-api?notice=saved", status_code=303)
 
 
-async def _regenerate(
-    request: Request, r: Renderer, s: AsyncSession, core: Core, p: Principal, what: str
-) -> Response:
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
+async def _regenerate(s: AsyncSession, core: Core, p: Principal, row: ApiSettings, what: str) -> Response:
     await regenerate(s, p.tenant, core.box, "client_id" if what == "client-id" else "key")
     row.updated_at = core.clock.now()
     await s.commit()
@@ -239,27 +264,22 @@ async def _regenerate(
 
 
 @router.post("/regenerate-client-id")
-async def regenerate_client(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
+async def regenerate_client(p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep) -> Response:
     """«Сгенерировать заново» for X-Client-ID: the old one is refused from now on (§2.1)."""
-    return await _regenerate(request, r, s, core, p, "client-id")
+    return await _regenerate(s, core, p, row, "client-id")
 
 
 @router.post("/regenerate-key")
-async def regenerate_sign_key(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
+async def regenerate_sign_key(p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep) -> Response:
     """«Сгенерировать заново» for the signing key: the old one is refused from now on (§2.1)."""
-    return await _regenerate(request, r, s, core, p, "key")
+    return await _regenerate(s, core, p, row, "key")
 
 
 @router.post("/key")
-async def reveal_key(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def reveal_key(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     """The key in clear, to the admin who asked: a fragment for htmx, else the page with it shown."""
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
     key = sign_key(row, core.box)
     resp: Response
     if request.headers.get("hx-request"):
@@ -278,10 +298,9 @@ def parse_pem(text: str) -> list[x509.Certificate]:
 
 
 @router.post("/certs")
-async def add_cert(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
+async def add_cert(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     t = r.translator(request)
     form = await request.form()
     upload = form.get("pem_file")
@@ -542,18 +561,16 @@ def _log_time(at: dt.datetime) -> str:
 
 
 @router.get("/debug")
-async def debug_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
+async def debug_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     return await _debug_page(request, r, s, core, p, row)
 
 
 @router.post("/debug/send")
-async def test_send(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
+async def test_send(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     t = r.translator(request)
     form = await request.form()
     choice = forms.text(form, "choice")
@@ -591,11 +608,10 @@ async def test_send(request: Request, r: RendererDep, p: AdminDep, s: DbDep, cor
 
 
 @router.post("/debug/sign")
-async def calculator(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def calculator(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     """The signature calculator: a pasted body → its X-Client-Sign and a curl that sends it byte for byte."""
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
     form = await request.form()
     body = forms.text(form, "body")
     raw = hashed_bytes(body)
@@ -618,11 +634,10 @@ async def calculator(request: Request, r: RendererDep, p: AdminDep, s: DbDep, co
 
 
 @router.post("/debug/check")
-async def workbench(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def workbench(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     """The signature workbench: a body and the sign received with it → the expected sign, the likely cause."""
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
     form = await request.form()
     body = forms.text(form, "body")
     received = forms.text(form, "received").strip().lower()
@@ -644,12 +659,9 @@ async def workbench(request: Request, r: RendererDep, p: AdminDep, s: DbDep, cor
 
 
 @router.post("/debug/simulate")
-async def simulate(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def simulate(request: Request, p: AdminDep, core: CoreDep, _row: SettingsDep) -> Response:
     """«Смоделировать вызов» (§6.3): the signed events of an incoming test call (answered, transferred or
     missed) go to the CRM through the outbox, without a carrier."""
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
     scenario = forms.text(await request.form(), "scenario")
     if scenario not in SCENARIOS:
         raise NotFound("scenario", scenario[:32])
@@ -658,11 +670,10 @@ async def simulate(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core
 
 
 @router.post("/debug/ssl")
-async def ssl_switch(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def ssl_switch(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: SettingsDep
+) -> Response:
     """«режим шифрования трафика», applied with «Сохранить» (§6.3 C)."""
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
     on = forms.checked(await request.form(), "tls_required")
     if on and row.crm_url.startswith("http://"):
         t = r.translator(request)
@@ -675,16 +686,12 @@ async def ssl_switch(request: Request, r: RendererDep, p: AdminDep, s: DbDep, co
 
 
 @router.get("/log/clear")
-async def confirm_clear(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if await _settings(s, p.tenant) is None:
-        return _off(request, r)
+async def confirm_clear(request: Request, r: RendererDep, _row: SettingsDep) -> Response:
     return r.page(request, "api/clear.html", {"tab": "debug"})
 
 
 @router.post("/log/clear")
-async def clear_log(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if await _settings(s, p.tenant) is None:
-        return _off(request, r)
+async def clear_log(p: AdminDep, s: DbDep, _row: SettingsDep) -> Response:
     await s.execute(delete(ApiLog).where(ApiLog.domain_id == p.tenant))
     await s.commit()
     return RedirectResponse("/integration-api/debug?notice=cleared#log", status_code=303)
@@ -717,10 +724,8 @@ async def replay(
     lid = forms.parse_id(log_id, "log")
     entry = await s.scalar(select(ApiLog).where(ApiLog.domain_id == p.tenant, ApiLog.id == lid))
     if entry is None or entry.direction != "out":
-        raise NotFound("log", lid)
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
+        raise NotFound("log", lid)  # before the service's state: another domain's row is not found
+    row = await _settings_on(p, s)
     form = await request.form()
     url = forms.text(form, "url").strip()
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
@@ -748,12 +753,11 @@ def parse_newer_than(text: str) -> dt.datetime | None:
 
 
 @router.post("/resume")
-async def resume_sending(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def resume_sending(
+    request: Request, p: AdminDep, s: DbDep, core: CoreDep, _row: SettingsDep
+) -> Response:
     """«Возобновить отправку» (§5.1) after a sustained-failure suspension; with «только новее», the older
     pending notifications are given up. Back to the tab the admin was on."""
-    row = await _settings(s, p.tenant)
-    if row is None:
-        return _off(request, r)
     form = await request.form()
     await s.commit()
     await resume(core, p.tenant, newer_than=parse_newer_than(forms.text(form, "newer_than")))
