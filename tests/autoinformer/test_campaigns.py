@@ -287,12 +287,17 @@ async def test_start_validates_the_variables_and_the_list(
     async with sessions.begin() as s:
         with pytest.raises(CampaignInvalid) as e:
             await svc.start_campaign(s, t1.id, c.id, actor=ACTOR, now=NOW)
-    assert e.value.field == "contacts"
+    assert e.value.field == "message.segments[1].text"  # no contact, so no column
     await add_contact(sessions, c, "79161234567")
     async with sessions.begin() as s:
         with pytest.raises(CampaignInvalid) as e:
             await svc.start_campaign(s, t1.id, c.id, actor=ACTOR, now=NOW)
     assert (e.value.field, e.value.params) == ("message.segments[1].text", {"name": "debt"})
+    bare, _ = await create(sessions, t1, external_id=None, message={"segments": texts[:1]})
+    async with sessions.begin() as s:
+        with pytest.raises(CampaignInvalid) as e:
+            await svc.start_campaign(s, t1.id, bare.id, actor=ACTOR, now=NOW)
+    assert e.value.field == "contacts"
     assert await status_of(sessions, c) == "draft"
 
 
