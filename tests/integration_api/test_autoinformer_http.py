@@ -601,3 +601,13 @@ async def test_transitions_are_audited_and_notified(
     ) in statuses
     assert ("number_finished", None, "cancelled") in statuses
     assert all(e["campaign_id"] == cid and e["campaign_external_id"] == "crm-campaign-42" for e in events)
+
+
+async def test_sixty_a_minute_per_method(crm: httpx.AsyncClient, file_id: str) -> None:
+    """§9: 60 requests/min per method per domain; another method keeps its own count."""
+    cid = (await call(crm, "autoinformer_create", campaign_body(file_id)))["campaign_id"]
+    for _ in range(60):
+        assert (await call(crm, "autoinformer_status", {"campaign_id": cid}))["result"] == "0"
+    over = await post(crm, "autoinformer_status", enc({"campaign_id": cid}))
+    assert (over.status_code, of(over)["result"], "retry-after" in over.headers) == (429, "-429", True)
+    assert (await call(crm, "autoinformer_report", {"campaign_id": cid}))["result"] == "0"
