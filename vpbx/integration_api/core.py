@@ -225,6 +225,8 @@ class ApiMethod:
     error_payload: Mapping[str, object] = dataclasses.field(default_factory=dict)
     # the request body's JSON Schema for {API}/openapi.json (None: any object)
     request_schema: Mapping[str, object] | None = None
+    # ours, beyond the «Интеграционный API» (e.g. autoinformer_*): marked in {API}/openapi.json
+    extension: bool = False
 
 
 # --- §6.4: the request/response log -------------------------------------------------------------------------

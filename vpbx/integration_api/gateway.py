@@ -163,6 +163,7 @@ def openapi_document(methods: Mapping[str, ApiMethod], server_url: str) -> dict[
             "post": {
                 "operationId": m.name,
                 "summary": m.log_label or m.name,
+                **({"tags": ["extension"], "x-vpbx-extension": True} if m.extension else {}),
                 "description": (
                     f"Body at most {m.max_body} bytes; "
                     f"at most {m.limit} requests per {m.window_s} s per domain."
