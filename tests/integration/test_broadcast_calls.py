@@ -1,0 +1,293 @@
+"""Autoinformer calls with real peers (autoinformer.md §3.4, §3.5, §5; vpbx.pbx.broadcaster).
+
+``vpbx serve`` runs with ``VPBX_DEBUG_BROADCAST_TOKEN``, so the test places each call through the engine's
+``BroadcastDialer`` with ``POST /debug/broadcast`` and reads back its ``BroadcastResult``. The recipients'
+carrier is SIPp on 127.0.0.2 behind an IP trunk (answering the trunk's OPTIONS too): it answers, refuses,
+rings until cancelled, or presses keys (SIPp's RFC 4733 recordings, or SIP INFO). The message is a sox tone
+uploaded as a prompt. Operators are SIPp phones bound to extensions with sipsak.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.integration.peers.audio import make_tone
+from tests.integration.peers.net import free_port_block
+from tests.integration.peers.process import require_binary
+from tests.integration.peers.sipp import SippProcess, scenario_path
+from tests.integration.test_call_back import record
+from tests.integration.test_calls import Server, bind, callee_run, running
+from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
+from vpbx.app import Core
+from vpbx.pbx.broadcast import broadcast_ids
+
+pytestmark = pytest.mark.peers
+
+DOMAIN = "peers.vpbx.test"
+NUMBER = "79161234567"
+LINE = "74951234567"
+TONE_HZ = 1000
+MESSAGE_S = 1.5
+TOKEN = secrets.token_hex(16)
+HTTP_TIMEOUT_S = 40.0  # a dial returns when the call has ended: ring, message, keys, operator
+
+
+class Campaign:
+    """The server with its carrier trunk and the message prompt (its id once uploaded)."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.tmp_path = tmp_path
+        self.port = port
+        self.prompt_id = ""
+
+    async def setup(self, s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        await carrier_trunk(self.port)(s, core, domain_id)
+        wav = await make_tone(self.tmp_path / "message.wav", TONE_HZ, MESSAGE_S)
+        self.prompt_id = (await core.prompts.upload(wav.read_bytes())).id
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port_block(1)
+
+
+async def dial(server: Server, key: str, **kw: Any) -> dict[str, Any]:
+    sid, call_id = broadcast_ids(key)
+    body: dict[str, Any] = {
+        "domain": DOMAIN,
+        "session_id": sid,
+        "call_id": call_id,
+        "number": NUMBER,
+        "caller_id": LINE,
+        "ring_timeout_s": 10,
+        "dtmf_wait_s": 1.0,
+    }
+    body.update(kw)
+    async with httpx.AsyncClient(base_url=server.vpbx.http_url, timeout=HTTP_TIMEOUT_S) as client:
+        resp = await client.post("/debug/broadcast", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status_code == 200, resp.text
+    result: dict[str, Any] = resp.json()
+    return result
+
+
+def carrier(scenario: str | Path, port: int) -> Any:
+    return callee_run(scenario, calls=100_000, local_ip=CARRIER_IP, local_port=port, trace_msg=True)
+
+
+def keyed(tmp_path: Path, keys: str) -> Path:
+    path = tmp_path / "uas_trunk_keys.xml"
+    path.write_text(scenario_path("uas_trunk_keys").read_text().replace("KEYS", keys))
+    return path
+
+
+def rfc4733(digit: str) -> str:
+    pcap = Path(f"/usr/share/sip-tester/dtmf_2833_{digit}.pcap")
+    if not pcap.exists():
+        pytest.fail(f"{pcap} is missing: the sip-tester package ships it")
+    return f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n  <pause milliseconds="1000"/>'
+
+
+def sip_info(digit: str) -> str:
+    body = f"Signal={digit}\r\nDuration=160\r\n"
+    return f"""<send retrans="500"><![CDATA[
+    INFO [next_url] SIP/2.0
+    Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+    [routes]
+    From: [$callee];tag=[pid]u[call_number]
+    To: [$caller]
+    Call-ID: [call_id]
+    CSeq: 1 INFO
+    Contact: <sip:uas@[local_ip]:[local_port]>
+    Max-Forwards: 70
+    Content-Type: application/dtmf-relay
+    Content-Length: {len(body)}
+
+    {body.replace(chr(13) + chr(10), chr(10) + "    ").rstrip()}
+
+  ]]></send>
+  <recv response="200" timeout="5000"/>"""
+
+
+@pytest.fixture
+async def env(tmp_path: Path, port: int) -> AsyncIterator[tuple[Server, Campaign]]:
+    require_binary("sox")
+    campaign = Campaign(tmp_path, port)
+    async with running(tmp_path, env={"VPBX_DEBUG_BROADCAST_TOKEN": TOKEN}, setup=campaign.setup) as server:
+        yield server, campaign
+
+
+def messages(sipp: Any) -> str:
+    return (sipp.workdir / "messages.log").read_text(errors="replace")
+
+
+async def test_an_answered_call_plays_the_message_and_is_an_outgoing_call_in_the_history(
+    env: tuple[Server, Campaign], tmp_path: Path, port: int
+) -> None:
+    server, campaign = env
+    async with SippProcess.running(carrier("uas_trunk", port), tmp_path) as far_end:
+        await far_end.wait_listening()
+        result = await dial(server, "answered", message_prompt_id=campaign.prompt_id, repeat=2)
+        again = await dial(server, "answered", message_prompt_id=campaign.prompt_id)  # the same key
+        [events] = (await server.calls(ended=1)).values()
+        answered = await far_end.stop()
+
+    assert answered.ok, answered.describe()
+    log = messages(answered)
+    sid, call_id = broadcast_ids("answered")
+    assert log.count(f"INVITE sip:89161234567@{CARRIER_IP}") == 1  # the carrier's format; the twin refused
+    assert f"Call-ID: {call_id}" in log
+    assert "From: <sip:84951234567@" in log  # the campaign's line
+    assert "BYE sip:" in log  # the PBX hung up after the plays and the wait
+    assert result["sip_code"] == 200 and result["played_full"] is True
+    assert result["listen_s"] == pytest.approx(2 * MESSAGE_S, abs=0.3)
+    assert result["answered_at"] and result["ended_at"] and result["detail"] == ""
+    assert (again["sip_code"], again["detail"]) == (None, "duplicate")
+    assert [e["state"] for e in events] == ["new", "connected", "disconnected", "end"]
+    assert events[0]["session_id"] == sid and events[0]["type"] == "outbound"
+    assert events[0]["from_number"] == f"sip:{LINE}@{DOMAIN}"
+    assert events[0]["request_number"] == f"sip:{NUMBER}@{DOMAIN}"
+    rec = await record(tmp_path, sid)
+    assert (rec.call_type, rec.call_kind, rec.is_record) == ("outbound", "autoinformer", False)
+    assert rec.answered_at is not None and rec.line == LINE
+
+
+@pytest.mark.parametrize("code", [486, 404, 603])
+async def test_a_refusal_passes_the_carriers_code(
+    env: tuple[Server, Campaign], tmp_path: Path, port: int, code: int
+) -> None:
+    server, campaign = env
+    scenario = tmp_path / "uas_trunk_final.xml"
+    scenario.write_text(scenario_path("uas_trunk_final").read_text().replace("FINAL_CODE", str(code)))
+    async with SippProcess.running(carrier(scenario, port), tmp_path) as far_end:
+        await far_end.wait_listening()
+        result = await dial(server, f"refused-{code}", message_prompt_id=campaign.prompt_id)
+        [events] = (await server.calls(ended=1)).values()
+        refusing = await far_end.stop()
+
+    assert refusing.ok, refusing.describe()
+    assert (result["sip_code"], result["answered_at"], result["listen_s"]) == (code, None, 0.0)
+    assert [e["state"] for e in events] == ["new", "end"]
+    rec = await record(tmp_path, broadcast_ids(f"refused-{code}")[0])
+    assert rec.status_code == code and rec.answered_at is None
+
+
+async def test_no_answer_is_cancelled_at_the_ring_timeout(
+    env: tuple[Server, Campaign], tmp_path: Path, port: int
+) -> None:
+    server, campaign = env
+    async with SippProcess.running(carrier("uas_trunk_ring", port), tmp_path) as far_end:
+        await far_end.wait_listening()
+        result = await dial(server, "silent", message_prompt_id=campaign.prompt_id, ring_timeout_s=2)
+        await server.calls(ended=1)
+        ringing = await far_end.stop()
+
+    assert ringing.ok, ringing.describe()  # 180, then our CANCEL, 487, ACK
+    assert "CANCEL sip:" in messages(ringing)
+    assert (result["sip_code"], result["detail"], result["answered_at"]) == (408, "ring_timeout", None)
+
+
+@pytest.mark.parametrize("how", ["rfc4733", "info"])
+async def test_a_key_decides_opt_out(
+    env: tuple[Server, Campaign], tmp_path: Path, port: int, how: str
+) -> None:
+    server, campaign = env
+    scenario = keyed(tmp_path, rfc4733("9") if how == "rfc4733" else sip_info("9"))
+    actions = {"9": {"action": "opt_out"}, "1": {"action": "confirm"}}
+    async with SippProcess.running(carrier(scenario, port), tmp_path) as far_end:
+        await far_end.wait_listening()
+        result = await dial(
+            server, f"key-{how}", message_prompt_id=campaign.prompt_id, repeat=3, actions=actions
+        )
+        await server.calls(ended=1)
+        pressing = await far_end.stop()
+
+    assert pressing.ok, pressing.describe()
+    assert (result["digits"], result["action"]) == ("9", "opt_out")
+    assert result["sip_code"] == 200
+    assert result["listen_s"] < 3 * MESSAGE_S  # the key cut the plays short
+
+
+async def test_connect_rings_the_operator_within_the_same_call(
+    env: tuple[Server, Campaign], tmp_path: Path, port: int
+) -> None:
+    server, campaign = env
+    scenario = keyed(tmp_path, rfc4733("1"))
+    actions = {"1": {"action": "connect", "target_type": "user", "target": "102"}}
+    async with (
+        SippProcess.running(carrier(scenario, port), tmp_path) as far_end,
+        SippProcess.running(callee_run("uas_answer_bye", duration_ms=1000), tmp_path) as operator,
+    ):
+        await far_end.wait_listening()
+        await bind(server, "102", operator)
+        result = await dial(
+            server,
+            "connect",
+            message_prompt_id=campaign.prompt_id,
+            repeat=3,
+            actions=actions,
+            operator_display="Автоинформатор: Долги",
+        )
+        [events] = (await server.calls(ended=1)).values()
+        desk = await operator.wait()
+        pressing = await far_end.stop()
+
+    assert desk.ok, desk.describe()  # rung, answered, talked, hung up
+    assert pressing.ok, pressing.describe()
+    assert (result["action"], result["operator_target"], result["operator_answered"]) == (
+        "connect",
+        "102",
+        True,
+    )
+    sid = broadcast_ids("connect")[0]
+    assert {e["session_id"] for e in events} == {sid}
+    assert [(e["state"], e.get("request_pin")) for e in events] == [
+        ("new", None),
+        ("connected", None),
+        ("disconnected", None),
+        ("calling", "102"),
+        ("connected", "102"),
+        ("disconnected", "102"),
+        ("end", "102"),
+    ]
+    assert events[2]["disconnect_reason"] == "0"
+    rec = await record(tmp_path, sid)
+    assert rec.call_kind == "autoinformer"
+    assert [entry[1] for entry in rec.session_log] == ["cc", "cd", "tr", "ct", "cc", "cd"]
+    assert rec.session_log[2][2] == "102"
+
+
+async def test_an_operator_who_does_not_answer_ends_the_call(
+    env: tuple[Server, Campaign], tmp_path: Path, port: int
+) -> None:
+    server, campaign = env
+    scenario = keyed(tmp_path, rfc4733("1"))
+    actions = {"1": {"action": "connect", "target_type": "user", "target": "103"}}
+    async with (
+        SippProcess.running(carrier(scenario, port), tmp_path) as far_end,
+        SippProcess.running(callee_run("uas_ring"), tmp_path) as operator,
+    ):
+        await far_end.wait_listening()
+        await bind(server, "103", operator)
+        result = await dial(
+            server,
+            "nobody",
+            message_prompt_id=campaign.prompt_id,
+            repeat=3,
+            actions=actions,
+            operator_timeout_s=2.0,
+        )
+        await server.calls(ended=1)
+        desk = await operator.wait()
+        pressing = await far_end.stop()
+
+    assert desk.ok, desk.describe()  # rung, then cancelled
+    assert pressing.ok, pressing.describe()
+    assert (result["action"], result["operator_answered"]) == ("connect", False)
