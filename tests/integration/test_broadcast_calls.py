@@ -82,9 +82,17 @@ def carrier(scenario: str | Path, port: int) -> Any:
     return callee_run(scenario, calls=100_000, local_ip=CARRIER_IP, local_port=port, trace_msg=True)
 
 
+CAPTURE = """<action>
+      <ereg regexp="[^ ].*" search_in="hdr" header="From:" assign_to="caller"/>
+      <ereg regexp="[^ ].*" search_in="hdr" header="To:" assign_to="callee"/>
+    </action>"""
+
+
 def keyed(tmp_path: Path, keys: str) -> Path:
+    """uas_trunk_keys.xml with ``keys`` after the answer (and the INVITE's From/To captured for an INFO)."""
     path = tmp_path / "uas_trunk_keys.xml"
-    path.write_text(scenario_path("uas_trunk_keys").read_text().replace("KEYS", keys))
+    text = scenario_path("uas_trunk_keys").read_text().replace("KEYS", keys)
+    path.write_text(text.replace("CAPTURE", CAPTURE if "[$caller]" in keys else ""))
     return path
 
 
@@ -92,7 +100,7 @@ def rfc4733(digit: str) -> str:
     pcap = Path(f"/usr/share/sip-tester/dtmf_2833_{digit}.pcap")
     if not pcap.exists():
         pytest.fail(f"{pcap} is missing: the sip-tester package ships it")
-    return f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n  <pause milliseconds="1000"/>'
+    return f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>'
 
 
 def sip_info(digit: str) -> str:
