@@ -19,14 +19,16 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.integration.peers.audio import make_tone
-from tests.integration.peers.net import free_port_block
+from tests.integration.peers.audio import TONE_TOLERANCE, dominant_frequency, make_tone, read_wav, rms
+from tests.integration.peers.baresip import Account, Baresip
+from tests.integration.peers.net import LOOPBACK, free_port_block
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, scenario_path
 from tests.integration.test_call_back import record
 from tests.integration.test_calls import Server, bind, callee_run, running
 from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
 from vpbx.app import Core
+from vpbx.pbx import trunks
 from vpbx.pbx.broadcast import broadcast_ids
 
 pytestmark = pytest.mark.peers
@@ -299,3 +301,49 @@ async def test_an_operator_who_does_not_answer_ends_the_call(
     assert desk.ok, desk.describe()  # rung, then cancelled
     assert pressing.ok, pressing.describe()
     assert (result["action"], result["operator_answered"]) == ("connect", False)
+
+
+async def test_the_message_reaches_a_baresip_recipient_as_the_tone_and_the_call_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """baresip answers for the carrier (auto-answer, no registration; its account is the number in the trunk's
+    national format, which it must match): what it receives is the message's tone, by frequency; the
+    campaign asked for a recording, so the call has one."""
+    require_binary("baresip")
+    require_binary("sox")
+    async with Baresip.start(tmp_path, name="recipient") as phone:
+        national = "8" + NUMBER[1:]  # the number as the trunk dials it: baresip's contact user must match it
+        account = Account(
+            user=national, domain=LOOPBACK, password="unused-secret", regint_s=0, answermode="auto"
+        )
+        await phone.command("uanew", f"{account.line()};cuser={national}")
+        campaign = Campaign(tmp_path, phone.sip_port)
+
+        async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+            await trunks.create_trunk(
+                s,
+                domain_id,
+                trunks.TrunkInput(
+                    name="Carrier",
+                    kind="ip",
+                    host=LOOPBACK,
+                    port=phone.sip_port,
+                    allowed_networks=[f"{LOOPBACK}/32"],
+                    number_format="national",
+                ),
+                box=core.box,
+            )
+            wav = await make_tone(tmp_path / "message.wav", TONE_HZ, 3.0)
+            campaign.prompt_id = (await core.prompts.upload(wav.read_bytes())).id
+
+        async with running(tmp_path, env={"VPBX_DEBUG_BROADCAST_TOKEN": TOKEN}, setup=setup) as server:
+            result = await dial(server, "heard", message_prompt_id=campaign.prompt_id, record=True)
+            await server.calls(ended=1)
+            heard = read_wav(phone.recorded("dec")[-1])
+
+    assert result["sip_code"] == 200 and result["played_full"] is True
+    middle = heard.window(0.5, 2.0)
+    assert rms(middle.samples) > 0.05  # a tone, not silence
+    assert dominant_frequency(middle) == pytest.approx(TONE_HZ, rel=TONE_TOLERANCE)
+    rec = await record(tmp_path, broadcast_ids("heard")[0])
+    assert rec.is_record is True
