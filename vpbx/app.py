@@ -159,6 +159,7 @@ async def serve(settings: Settings) -> None:
             on_session_lost=b2bua.on_media_lost,
             on_dtmf=b2bua.on_dtmf,
             on_play_done=b2bua.on_play_done,
+            on_amd=b2bua.on_amd,
             loop=settings.event_loop,
             log_level=settings.log_level,
             log_json=settings.log_json,
@@ -173,6 +174,7 @@ async def serve(settings: Settings) -> None:
             on_media_timeout=b2bua.on_media_timeout,
             on_dtmf=b2bua.on_dtmf,
             on_play_done=b2bua.on_play_done,
+            on_amd=b2bua.on_amd,
         )
     b2bua.media = media
     app.state.bus = bus  # call events, for the features that subscribe

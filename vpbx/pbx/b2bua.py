@@ -1086,6 +1086,12 @@ class B2bua:
                 return
             self._menu_wait(ctx)
 
+    def on_amd(self, leg: LegRef, event: str) -> None:
+        """The media backend's hook: answering-machine detection decided on ``leg`` (``vpbx.media.amd``)."""
+        ctx = self._calls.get(leg.session)
+        if ctx is not None and ctx.broadcast is not None and self._node is not None:
+            self._spawn(self.broadcaster.amd(ctx, leg.side, event), "broadcast-amd")
+
     def on_dtmf(self, leg: LegRef, digit: Digit) -> None:
         """The media backend's hook: a key pressed on ``leg`` (RFC 4733)."""
         ctx = self._calls.get(leg.session)

@@ -35,9 +35,11 @@ from sqlalchemy import select
 
 from vpbx.errors import MediaError, NoMediaPorts, NotFound
 from vpbx.logs import get_logger
+from vpbx.media.amd import GREETING_WAIT_S
+from vpbx.media.backend import AmdParams
 from vpbx.media.relay import LegRef
 from vpbx.pbx.b2bua import CALLS, CALLS_ACTIVE, ELSEWHERE, BState, _Ctx, _remote, _ringable, _to_tag
-from vpbx.pbx.broadcast import ActionName, BroadcastRequest, BroadcastResult, KeyAction
+from vpbx.pbx.broadcast import ActionName, AmdResult, BroadcastRequest, BroadcastResult, KeyAction
 from vpbx.pbx.bus import SessionId
 from vpbx.pbx.callplan import external_plan
 from vpbx.pbx.calls import REASON_TRANSFER, Call, Party, Phase, outside_party
@@ -61,10 +63,12 @@ log = get_logger("vpbx.pbx.broadcaster")
 GAP_S = 1.0  # autoinformer.md §3.1: the message's plays are 1 s apart
 MAX_CALL_S = 4 * 3600.0  # telephony.md §3.7: a call's maximum duration; dial() never waits longer
 END_WAIT_S = 10.0  # after forcing a call over the maximum, its end comes within this
+AMD_GRACE_S = 1.0  # the detector reports within its analysis time; this long after it, "unknown"
 SEEN_MAX = 200_000  # session and Call-IDs remembered in memory (the call history remembers the rest)
 _KEYS = frozenset("0123456789*#")
+_AMD_RESULTS: dict[str, AmdResult] = {"human": "human", "machine": "machine"}
 
-Stage = Literal["ringing", "message", "gap", "wait", "closing", "operator", "bridged"]
+Stage = Literal["ringing", "amd", "greeting", "message", "gap", "wait", "closing", "operator", "bridged"]
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -98,6 +102,7 @@ class Broadcast:
     before: tuple[Party, Party] | None = None  # caller, callee before the operator was rung
     legs_seen: list[int] = field(default_factory=list)  # the recipient legs' final codes, in order
     no_response: bool = False  # the last recipient leg's final came from our transaction layer
+    amd_result: AmdResult | None = None
 
 
 class Broadcaster:
@@ -347,7 +352,73 @@ class Broadcaster:
             await b.recordings.start(call)
         if ctx.ended:
             return
+        if bc.request.amd is not None and await self._amd_start(ctx):
+            return
         await self._next_play(ctx)
+
+    # --- answering-machine detection -------------------------------------------------------------------
+    async def _amd_start(self, ctx: _Ctx) -> bool:
+        """Classify the first seconds after the answer before the message plays; False when the media
+        cannot (the message then plays at once, ``amd_result`` stays None)."""
+        b = self.b
+        bc = ctx.broadcast
+        assert bc is not None and bc.request.amd is not None and b.media is not None
+        amd = bc.request.amd
+        params = AmdParams(
+            analysis_s=amd.analysis_s,
+            initial_silence_s=amd.initial_silence_s,
+            greeting_s=amd.greeting_s,
+            after_greeting_silence_s=amd.after_greeting_silence_s,
+            until_greeting_end=amd.on_machine == "leave_message",
+        )
+        try:
+            await b.media.amd_start(LegRef(ctx.session_id, "a"), params)
+        except (ValueError, MediaError) as e:
+            log.warning("broadcast.amd_failed", session_id=ctx.session_id, error=type(e).__name__)
+            return False
+        bc.stage = "amd"
+        bc.timer = b.timers.call_later(  # the media decides by analysis_s; this only guards against silence
+            amd.analysis_s + AMD_GRACE_S, lambda: b._spawn(self.amd(ctx, "a", "unknown"), "broadcast-amd")
+        )
+        return True
+
+    async def amd(self, ctx: _Ctx, side: Side, event: str) -> None:
+        """The detector's verdict (or the guard's ``unknown``); with ``leave_message``, the greeting's end."""
+        b = self.b
+        async with ctx.lock:
+            bc = ctx.broadcast
+            if bc is None or ctx.ended or side != "a" or bc.request.amd is None:
+                return
+            if bc.stage == "amd" and event in ("human", "machine", "unknown"):
+                self._cancel_timer(bc)
+                bc.amd_result = (
+                    "human" if event == "human" else "machine" if event == "machine" else "unknown"
+                )
+                log.info("broadcast.amd", session_id=ctx.session_id, result=event)
+                if event != "machine":
+                    await self._amd_stop(ctx)
+                    await self._next_play(ctx)
+                elif bc.request.amd.on_machine == "hangup":
+                    await self._amd_stop(ctx)
+                    await self._end(ctx)
+                else:  # leave the message once the greeting is over
+                    bc.stage = "greeting"
+                    bc.timer = b.timers.call_later(
+                        GREETING_WAIT_S + AMD_GRACE_S,
+                        lambda: b._spawn(self.amd(ctx, "a", "greeting_end"), "broadcast-amd"),
+                    )
+            elif bc.stage == "greeting" and event == "greeting_end":
+                self._cancel_timer(bc)
+                await self._amd_stop(ctx)
+                await self._next_play(ctx)
+
+    async def _amd_stop(self, ctx: _Ctx) -> None:
+        media = self.b.media
+        if media is not None:
+            try:
+                await media.amd_stop(LegRef(ctx.session_id, "a"))
+            except MediaError:
+                pass  # the session is gone
 
     # --- the message -----------------------------------------------------------------------------------
     async def _next_play(self, ctx: _Ctx) -> None:
@@ -634,7 +705,7 @@ class Broadcaster:
             action=bc.action or ("repeat" if bc.repeated else None),
             operator_target=bc.operator_target,
             operator_answered=(ctx.winner is not None) if bc.connect else None,
-            amd_result=None,
+            amd_result=bc.amd_result,
             detail=detail,
         )
         log.info(

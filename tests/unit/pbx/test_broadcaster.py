@@ -19,7 +19,7 @@ from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, PromptError, PromptId, SystemPhrase, Tone, Voice
 from vpbx.media.relay import LegRef
 from vpbx.pbx import groups, lines
-from vpbx.pbx.broadcast import BroadcastRequest, BroadcastResult, KeyAction, broadcast_ids
+from vpbx.pbx.broadcast import AmdSettings, BroadcastRequest, BroadcastResult, KeyAction, broadcast_ids
 from vpbx.pbx.bus import SessionId
 from vpbx.pbx.calls import Call, outside_party
 from vpbx.pbx.directory import DomainInfo
@@ -132,9 +132,13 @@ def plays(pbx: Pbx) -> list[str]:
 
 
 async def answered_call(
-    pbx: Pbx, actions: Mapping[str, KeyAction] | None = None, **kw: object
+    pbx: Pbx, actions: Mapping[str, KeyAction] | str | None = None, **kw: object
 ) -> tuple[BroadcastRequest, asyncio.Task[BroadcastResult], IncomingCall]:
-    req = request(pbx, actions=actions or {}, **kw)
+    """A dial the recipient answers; ``actions`` may be the dispatch key instead (no actions then)."""
+    if isinstance(actions, str):
+        req = request(pbx, actions, **kw)
+    else:
+        req = request(pbx, actions=actions or {}, **kw)
     carrier = carrier_of(pbx)
     task = asyncio.create_task(pbx.b2bua.broadcaster.dial(req))
     recipient = await ringing(pbx, carrier)
@@ -417,3 +421,53 @@ async def test_a_missing_message_prompt_refuses_before_dialling(pbx: Pbx) -> Non
 async def test_a_domain_of_another_id_is_refused(pbx: Pbx) -> None:
     result = await pbx.b2bua.broadcaster.dial(request(pbx, domain_id=uuid.uuid4()))
     assert result.detail == "domain_unavailable"
+
+
+async def amd_event(pbx: Pbx, sid: str, event: str) -> None:
+    pbx.b2bua.on_amd(LegRef(SessionId(sid), "a"), event)
+    await pbx.settle()
+
+
+async def test_amd_machine_with_hangup_ends_the_call_before_the_message(pbx: Pbx) -> None:
+    req, task, recipient = await answered_call(pbx, amd=AmdSettings(on_machine="hangup"))
+    sid = req.session_id
+    assert plays(pbx) == []  # the first seconds are listened to, not talked over
+    (leg, params), *_ = pbx.media.amd
+    assert leg.side == "a" and params is not None and params.analysis_s == 3.5
+    assert params.until_greeting_end is False
+    await amd_event(pbx, sid, "machine")
+    bye: Request = await recipient.phone.expect("BYE")
+    await recipient.answer_request(bye)
+    result = await result_of(pbx, task)
+    assert (result.sip_code, result.amd_result, result.listen_s) == (200, "machine", 0.0)
+    assert plays(pbx) == []
+
+
+async def test_amd_machine_with_leave_message_plays_after_the_greeting(pbx: Pbx) -> None:
+    req, task, recipient = await answered_call(pbx, amd=AmdSettings(on_machine="leave_message"))
+    sid = req.session_id
+    assert pbx.media.amd[0][1] is not None and pbx.media.amd[0][1].until_greeting_end is True
+    await amd_event(pbx, sid, "machine")
+    assert plays(pbx) == []
+    await amd_event(pbx, sid, "greeting_end")
+    assert plays(pbx) == ["message"]
+    await pbx.advance(MESSAGE_S)
+    await played(pbx, sid)
+    await pbx.advance(5.0)
+    bye: Request = await recipient.phone.expect("BYE")
+    await recipient.answer_request(bye)
+    result = await result_of(pbx, task)
+    assert (result.amd_result, result.played_full) == ("machine", True)
+
+
+async def test_amd_human_or_no_verdict_plays_the_message(pbx: Pbx) -> None:
+    req, _task, _recipient = await answered_call(pbx, "k1", amd=AmdSettings())
+    await amd_event(pbx, req.session_id, "human")
+    assert plays(pbx) == ["message"]
+    assert (pbx.media.amd[-1][1]) is None  # the detector stopped
+    _, second, answered = await answered_call(pbx, "k2", amd=AmdSettings(analysis_s=2.0))
+    await pbx.advance(2.0 + 1.0)  # the media never answered: "unknown" after the grace
+    assert plays(pbx) == ["message", "message"]
+    await answered.send("BYE")
+    result = await result_of(pbx, second)
+    assert result.amd_result == "unknown"
