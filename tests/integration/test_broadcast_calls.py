@@ -10,8 +10,11 @@ uploaded as a prompt. Operators are SIPp phones bound to extensions with sipsak.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
+import struct
 import uuid
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -359,3 +362,70 @@ async def test_the_message_reaches_a_baresip_recipient_as_the_tone_and_the_call_
     assert dominant_frequency(middle) == pytest.approx(TONE_HZ, rel=TONE_TOLERANCE)
     rec = await record(tmp_path, broadcast_ids("heard")[0])
     assert rec.is_record is True
+
+
+def write_voice(path: Path, spans: list[tuple[float, float]]) -> Path:
+    """A mono 8 kHz 16-bit WAV of (Hz, seconds) spans: 0 Hz is silence; 440 Hz stands for a voice."""
+    frames = bytearray()
+    for hz, seconds in spans:
+        for i in range(int(seconds * 8000)):
+            value = round(12000 * math.sin(2 * math.pi * hz * i / 8000)) if hz else 0
+            frames += struct.pack("<h", value)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(frames))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("voice", "on_machine", "verdict", "played"),
+    [
+        ([(440, 0.6), (0, 20.0)], "hangup", "human", True),  # «Алло?», then waiting
+        ([(440, 6.0), (0, 20.0)], "hangup", "machine", False),  # a long greeting: hung up on
+        ([(440, 3.0), (0, 20.0)], "leave_message", "machine", True),  # the message after the greeting
+    ],
+)
+async def test_answering_machine_detection_on_what_a_baresip_recipient_says(
+    tmp_path: Path, voice: list[tuple[float, float]], on_machine: str, verdict: str, played: bool
+) -> None:
+    """The media worker classifies the first seconds baresip sends after answering (a WAV as its
+    microphone): a short hello is a human, a long greeting a machine; hang up, or leave the message."""
+    require_binary("baresip")
+    require_binary("sox")
+    source = write_voice(tmp_path / "voice.wav", voice)
+    async with Baresip.start(tmp_path, name="recipient", audio_source=source) as phone:
+        national = "8" + NUMBER[1:]
+        account = Account(
+            user=national, domain=LOOPBACK, password="unused-secret", regint_s=0, answermode="auto"
+        )
+        await phone.command("uanew", f"{account.line()};cuser={national}")
+        campaign = Campaign(tmp_path, phone.sip_port)
+
+        async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+            await trunks.create_trunk(
+                s,
+                domain_id,
+                trunks.TrunkInput(
+                    name="Carrier",
+                    kind="ip",
+                    host=LOOPBACK,
+                    port=phone.sip_port,
+                    allowed_networks=[f"{LOOPBACK}/32"],
+                    number_format="national",
+                ),
+                box=core.box,
+            )
+            wav = await make_tone(tmp_path / "message.wav", TONE_HZ, MESSAGE_S)
+            campaign.prompt_id = (await core.prompts.upload(wav.read_bytes())).id
+
+        async with running(tmp_path, env={"VPBX_DEBUG_BROADCAST_TOKEN": TOKEN}, setup=setup) as server:
+            result = await dial(
+                server, "amd", message_prompt_id=campaign.prompt_id, amd={"on_machine": on_machine}
+            )
+
+    assert result["sip_code"] == 200
+    assert result["amd_result"] == verdict
+    assert result["played_full"] is played
+    assert (result["listen_s"] > 0) is played
