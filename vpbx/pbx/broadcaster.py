@@ -44,7 +44,6 @@ from vpbx.pbx.bus import SessionId
 from vpbx.pbx.callplan import external_plan
 from vpbx.pbx.calls import REASON_TRANSFER, Call, Party, Phase, outside_party
 from vpbx.pbx.numbering import to_e164
-from vpbx.pbx.originate import Originator
 from vpbx.sip.dialog import reason_header
 from vpbx.sip.message import Response, build_response
 from vpbx.sip.sdp import SessionDescription
@@ -165,7 +164,7 @@ class Broadcaster:
                 regular_left=max(1, request.repeat),
                 extra_left=max(0, request.max_extra_repeats),
             )
-            ctx = _Ctx(call=call, a=Originator(b)._stand_in(b.node.advertised), broadcast=bc)
+            ctx = _Ctx(call=call, a=b.originator._stand_in(b.node.advertised), broadcast=bc)
             ctx.caller_id = "+" + request.caller_id.lstrip("+")
             b._calls[call.session_id] = ctx
             await self._start(ctx, trunks, number)
@@ -177,7 +176,13 @@ class Broadcaster:
     async def _checks(self, request: BroadcastRequest) -> tuple[DomainInfo, str, Prompt] | str:
         """The domain, the number (E.164) and the message, or why the call cannot be placed."""
         b = self.b
-        if self.sessions is None or b.directory is None or b.media is None or b.prompts is None:
+        if (
+            self.sessions is None
+            or b.directory is None
+            or b.media is None
+            or b.prompts is None
+            or b._node is None
+        ):
             return "no_engine"
         try:
             async with self.sessions() as s:
@@ -191,12 +196,13 @@ class Broadcaster:
         domain = await b.directory.domain(name) if name is not None else None
         if domain is None:
             return "domain_unavailable"
-        number: str | None = "+" + request.number.lstrip("+")
+        dialled = "+" + request.number.lstrip("+")  # E.164 digits: never read as a national number
+        number: str | None
         if b.outbound is not None:
-            decision = await b.outbound.decide(domain.id, None, request.number)
+            decision = await b.outbound.decide(domain.id, None, dialled)
             number = decision.number if decision is not None else None
         else:
-            number = to_e164(request.number)
+            number = to_e164(dialled)
         if number is None or not request.caller_id.lstrip("+").isdigit():
             return "bad_number"
         try:

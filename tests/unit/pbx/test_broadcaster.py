@@ -471,3 +471,40 @@ async def test_amd_human_or_no_verdict_plays_the_message(pbx: Pbx) -> None:
     await answered.send("BYE")
     result = await result_of(pbx, second)
     assert result.amd_result == "unknown"
+
+
+async def test_connect_to_an_outside_number_rings_it_through_the_trunk_with_our_line(pbx: Pbx) -> None:
+    actions = {"0": KeyAction(action="connect", target_type="number", target="+74957654321")}
+    req, task, recipient = await answered_call(pbx, actions)
+    await key(pbx, req.session_id, "0")
+    invite: Request = await recipient.phone.expect("INVITE")  # the same carrier, a second leg
+    assert invite.uri.user == "84957654321" and invite.call_id != req.call_id
+    assert invite.from_address.uri.user == "84951234567"  # our line, not the recipient's number
+    operator = IncomingCall(recipient.phone, invite, new_tag())
+    await operator.answer()
+    await operator.send("BYE")
+    bye: Request = await recipient.phone.expect("BYE")
+    await recipient.answer_request(bye)
+    result = await result_of(pbx, task)
+    assert (result.operator_target, result.operator_answered) == ("+74957654321", True)
+    assert pbx.bus.events[-1].request_number == f"sip:74957654321@{TENANT}"
+
+
+async def test_a_failing_carrier_fails_over_to_the_next_trunk_on_the_recipients_side(pbx: Pbx) -> None:
+    backup = "198.51.100.61"
+    pbx.b2bua.trunks = FakeTrunks(
+        trunk(pbx.domain_id, "Main", CARRIER, priority=1), trunk(pbx.domain_id, "Backup", backup, priority=2)
+    )
+    req = request(pbx)
+    task = asyncio.create_task(pbx.b2bua.broadcaster.dial(req))
+    first = await ringing(pbx, carrier_of(pbx))
+    second_carrier = Phone(pbx, "backup", backup, 5060, name="backup")
+    pbx.phones[(backup, 5060)] = second_carrier
+    await first.reply(503)
+    invite: Request = await second_carrier.expect("INVITE")
+    again = IncomingCall(second_carrier, invite, new_tag())
+    await again.answer()
+    assert plays(pbx) == ["message"]  # the message plays to the recipient on the backup trunk
+    await again.send("BYE")
+    result = await result_of(pbx, task)
+    assert result.sip_code == 200
