@@ -28,7 +28,7 @@ import asyncio
 import collections
 import datetime as dt
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select
@@ -99,7 +99,6 @@ class Broadcast:
     operator_target: str | None = None
     unavailable_prompt: str | None = None  # «оператор недоступен» of the connect key
     before: tuple[Party, Party] | None = None  # caller, callee before the operator was rung
-    legs_seen: list[int] = field(default_factory=list)  # the recipient legs' final codes, in order
     no_response: bool = False  # the last recipient leg's final came from our transaction layer
     amd_result: AmdResult | None = None
 
@@ -246,6 +245,8 @@ class Broadcaster:
                 log.exception("broadcast.start_failed", session_id=call.session_id)
                 bc.detail = bc.detail or "failed"
                 await b._abort(ctx, "broadcast")
+                if not bc.done.done():  # the abort could not finish the call: dial() still returns
+                    self.ended(ctx)
 
     async def _wait(self, ctx: _Ctx, bc: Broadcast) -> BroadcastResult:
         try:
