@@ -275,11 +275,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     core = build_core(settings, clock)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("app.started", version=__version__, env=settings.env)
+        api_log = app.state.api_log  # the Integration API's log rows, in batches (vpbx/integration_api)
+        await api_log.start()
         try:
             yield
         finally:
+            await api_log.stop()
             await core.engine.dispose()
             log.info("app.stopped")
 
