@@ -214,6 +214,7 @@ async def serve(settings: Settings) -> None:
     number_info = NumberInfoHook(core, cap_s=settings.routing_hook_deadline_s)
     b2bua.routing_hooks.append(("get_number_info", number_info))
     notifications = Notifications(core, mailer=smtp_mailer(settings), mail_from=settings.smtp_from)
+    journal.on_commit.append(notifications.wake)  # call_events leave as soon as their events commit
     await notifications.start()
     recordings = CallRecordings(
         media=media, store=core.recordings, sessions=core.sessions, clock=core.clock, encoder=Mp3Encoder()
