@@ -527,6 +527,7 @@ class Dispatcher:
         self._outcomes.start()
         try:
             while True:
+                self.wake.clear()  # before the pass: an attempt ending during it (busy in it) runs another
                 try:
                     if loop.time() - last_expiry > 60:
                         last_expiry = loop.time()
@@ -541,7 +542,6 @@ class Dispatcher:
                     if failures:
                         log.info("api.dispatch_recovered", failures=failures)
                     failures = 0
-                self.wake.clear()
                 try:
                     async with asyncio.timeout(backoff(self.interval_s, failures)):
                         await self.wake.wait()
