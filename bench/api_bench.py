@@ -336,6 +336,7 @@ def main() -> None:
         _serve(args.serve, args.data, args.port)
         return
     lines: list[str] = []
+    load_before = os.getloadavg()
     if args.part in ("all", "requests"):
         lines += asyncio.run(asyncio.wait_for(run(args.clients, args.requests, args.timeout), timeout=300))
     if args.part in ("all", "events"):
@@ -344,6 +345,10 @@ def main() -> None:
         # on the event loop vpbx serve runs (uvloop when installed)
         with asyncio.Runner(loop_factory=event_loop_factory("auto")) as runner:
             lines += runner.run(asyncio.wait_for(run_events(args.calls), timeout=120))
+    before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg()))
+    lines.append(
+        f"# machine load (1/5/15-min load average, {os.cpu_count()} CPUs): before {before}, after {after}"
+    )
     out = "\n".join(lines) + "\n"
     print(out, end="")  # noqa: T201
     if not args.no_write:
