@@ -147,3 +147,23 @@ async def test_a_regenerated_key_signs_the_next_notification(core: Core, t1: Ten
     assert all(verify(client_id, r.raw, old_key, r.headers["x-client-sign"]) for r in before)
     assert all(verify(client_id, r.raw, new_key, r.headers["x-client-sign"]) for r in after)
     assert not any(verify(client_id, r.raw, old_key, r.headers["x-client-sign"]) for r in after)
+
+
+async def test_a_domain_with_a_long_queue_does_not_hold_up_another(
+    core: Core, t1: Tenant, tmp_path: Path
+) -> None:
+    """Few attempts in all (parallel 4, 2 per domain) and a slow CRM with a long queue: the other domain's
+    call still goes out as the slots free, not after the whole queue."""
+    t2 = await make_tenant(core, "other.vpbx.test")
+    async with Crm(lambda _c, _r: Answer(200, delay_s=0.2)).running() as slow, Crm().running() as fast:
+        await activate(core, t1.id, slow.url)
+        await activate(core, t2.id, fast.url)
+        async with serving(core, tmp_path, per_domain=2, parallel=4) as journal:
+            await asyncio.gather(*(call(journal, t1.id, f"s-queue-{i}") for i in range(6)))
+            await call(journal, t2.id, "s-other")  # its events are the newest of all
+            await fast.wait_for(5, WAIT_S)
+            behind = 30 - len(slow.seen)  # the slow domain's notifications not sent yet
+            await slow.wait_for(30, WAIT_S)
+    assert behind > 0
+    assert by_session(fast.seen) == {"s-other": STATES}
+    assert by_session(slow.seen) == {f"s-queue-{i}": STATES for i in range(6)}

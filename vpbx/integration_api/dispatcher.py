@@ -23,7 +23,7 @@ from email.message import EmailMessage
 from typing import Any, Protocol, cast
 
 import httpx
-from sqlalchemy import Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, select, union_all, update
 
 from vpbx.billing import INTEGRATION_API
 from vpbx.billing.service import service
@@ -223,6 +223,7 @@ class Dispatcher:
         self._busy: set[str | uuid.UUID] = set()  # sessions (or lone deliveries) with an attempt in flight
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: collections.Counter[uuid.UUID] = collections.Counter()  # POSTs in flight per domain
+        self._busy_by_domain: collections.Counter[uuid.UUID] = collections.Counter()  # attempts per domain
         self._failing_since: dict[uuid.UUID, dt.datetime] = {}  # first failure since the last success
         self._keys: dict[str, str] = {}  # sealed signing key -> the key (a regenerated key is a new entry)
         # idle keep-alive clients per domain (and its trusted certificates), with when each was last used
@@ -302,37 +303,34 @@ class Dispatcher:
             ApiDelivery.body,
             ApiDelivery.test,
             ApiDelivery.attempts,
+            ApiDelivery.next_at,
         )
         due_now = and_(
             ApiDelivery.status == "pending", ApiDelivery.next_at <= now, ApiDelivery.domain_id.in_(live)
         )
+        due = union_all(
+            select(*columns)
+            .join(heads, and_(ApiDelivery.session_id == heads.c.session_id, ApiDelivery.seq == heads.c.seq))
+            .where(due_now),
+            select(*columns).where(due_now, ApiDelivery.session_id.is_(None)),
+        ).subquery()
+        # per domain fairness: each domain's earliest first, then each one's second, …; a domain gets at most
+        # as many rows as it could start, so one with a long queue never hides the others' due deliveries
+        rank = func.row_number().over(partition_by=due.c.domain_id, order_by=due.c.next_at).label("rank")
+        ranked = select(*due.c, rank).subquery()
         # a call with an attempt in flight when the reading starts may finish during it: what was read of it
         # can be older than its outcome, so it waits for the next pass (its end wakes one)
         busy = set(self._busy)
+        window = self.per_domain + max(self._busy_by_domain.values(), default=0)
         async with self.core.sessions() as s:
             rows = [
-                *(
-                    await s.execute(
-                        select(*columns)
-                        .join(
-                            heads,
-                            and_(
-                                ApiDelivery.session_id == heads.c.session_id, ApiDelivery.seq == heads.c.seq
-                            ),
-                        )
-                        .where(due_now)
-                        .order_by(ApiDelivery.next_at)
-                        .limit(limit + len(busy))
-                    )
-                ).all(),
-                *(
-                    await s.execute(
-                        select(*columns)
-                        .where(due_now, ApiDelivery.session_id.is_(None))
-                        .order_by(ApiDelivery.next_at)
-                        .limit(limit + len(busy))
-                    )
-                ).all(),
+                r[:7]
+                for r in await s.execute(
+                    select(*ranked.c)
+                    .where(ranked.c.rank <= window)
+                    .order_by(ranked.c.rank, ranked.c.next_at)
+                    .limit(limit + len(busy))
+                )
             ]
             targets = await self._targets(s, {r[1] for r in rows})
             sending = collections.Counter(self._sending)
@@ -361,15 +359,19 @@ class Dispatcher:
         for d in due:
             key: str | uuid.UUID = d.session_id or d.id
             self._busy.add(key)
+            self._busy_by_domain[d.domain_id] += 1
             self._sending[d.domain_id] += 1
             task = asyncio.create_task(self._attempt(d))
             self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._done, key=key))
+            task.add_done_callback(functools.partial(self._done, key=key, domain_id=d.domain_id))
         return len(due)
 
-    def _done(self, task: asyncio.Task[None], key: str | uuid.UUID) -> None:
+    def _done(self, task: asyncio.Task[None], key: str | uuid.UUID, domain_id: uuid.UUID) -> None:
         self._tasks.discard(task)
         self._busy.discard(key)
+        self._busy_by_domain[domain_id] -= 1
+        if self._busy_by_domain[domain_id] <= 0:
+            del self._busy_by_domain[domain_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("api.delivery_failed", error=repr(task.exception()))
         self.wake.set()
@@ -555,6 +557,7 @@ class Dispatcher:
             await self._outcomes.stop()
             self._sending.clear()
             self._busy.clear()
+            self._busy_by_domain.clear()
             clients, self._clients = self._clients, {}
             for idle in clients.values():
                 for client, _used in idle:
