@@ -223,6 +223,7 @@ async def serve(settings: Settings) -> None:
     number_info = NumberInfoHook(core, cap_s=settings.routing_hook_deadline_s)
     b2bua.routing_hooks.append(("get_number_info", number_info))
     notifications = Notifications(core, mailer=smtp_mailer(settings), mail_from=settings.smtp_from)
+    journal.on_commit.append(notifications.wake)  # call_events leave as soon as their events commit
     await notifications.start()
     recordings = CallRecordings(
         media=media, store=core.recordings, sessions=core.sessions, clock=core.clock, encoder=Mp3Encoder()
@@ -284,11 +285,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     core = build_core(settings, clock)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("app.started", version=__version__, env=settings.env)
+        api_log = app.state.api_log  # the Integration API's log rows, in batches (vpbx/integration_api)
+        await api_log.start()
         try:
             yield
         finally:
+            await api_log.stop()
             await core.engine.dispose()
             log.info("app.stopped")
 

@@ -28,6 +28,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     raw: bytes
+    peer: tuple[str, int] | None = None  # the PBX's address and port: one port per TCP connection
 
     @property
     def json(self) -> Any:
@@ -54,6 +55,8 @@ class Crm:
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    in_flight: int = 0  # requests being answered now
+    most_in_flight: int = 0  # the most at once
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,7 +71,16 @@ class Crm:
             path=scope["path"],
             headers={k.decode().lower(): v.decode() for k, v in scope["headers"]},
             raw=raw,
+            peer=tuple(scope["client"]) if scope.get("client") else None,  # type: ignore[arg-type]
         )
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self._answer(req, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, req: Seen, send: Any) -> None:
         async with self.arrived:
             self.seen.append(req)
             self.arrived.notify_all()

@@ -27,11 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vpbx import __version__
-from vpbx.billing import INTEGRATION_API, is_enabled
+from vpbx.billing import INTEGRATION_API
+from vpbx.billing.service import service
 from vpbx.integration_api.core import (
     BAD_JSON,
     BAD_SIGNATURE,
@@ -53,13 +54,12 @@ from vpbx.integration_api.core import (
     loggable_body,
     loggable_headers,
     rate_limited,
-    sign_key,
     verify,
-    write_log,
 )
+from vpbx.integration_api.logwriter import ApiLogWriter
 from vpbx.integration_api.ratelimit import AbuseGuard, MemoryAbuseGuard, MemoryRateLimiter, RateLimiter
 from vpbx.logs import get_logger
-from vpbx.store.models import ApiSettings, Domain
+from vpbx.store.models import ApiSettings, Domain, DomainService
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -227,11 +227,40 @@ class _Exchange:
     verdict: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Caller:
-    settings: ApiSettings
-    domain: Domain
+    """What R4–R8 need of the caller, read in one query per request (so a change applies to the next one)."""
+
+    domain_id: uuid.UUID
+    domain: str  # the domain's name
+    domain_status: str
     enabled: bool
+    client_id: str
+    sign_key_enc: str  # sealed; opened (and cached by this value) only once R7 passed
+    allowlist: str
+    tls_required: bool
+
+
+_CALLER_QUERY = (
+    select(
+        ApiSettings.domain_id,
+        Domain.name,
+        Domain.status,
+        DomainService.enabled,
+        DomainService.counter,
+        ApiSettings.client_id,
+        ApiSettings.sign_key_enc,
+        ApiSettings.allowlist,
+        ApiSettings.tls_required,
+    )
+    .join(Domain, Domain.id == ApiSettings.domain_id)
+    .outerjoin(
+        DomainService,
+        and_(DomainService.domain_id == ApiSettings.domain_id, DomainService.code == INTEGRATION_API),
+    )
+)
+_COUNTED = service(INTEGRATION_API).counted  # as billing.is_enabled reads the row
+CACHE_MAX = 10_000  # opened keys and parsed allowlists kept, each (cleared when full)
 
 
 class ApiGateway:
@@ -250,6 +279,7 @@ class ApiGateway:
         limiter: RateLimiter | None = None,
         guard: AbuseGuard | None = None,
         raw_routes: Sequence[tuple[str, ASGIApp]] = (),
+        log_writer: ApiLogWriter | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -262,6 +292,11 @@ class ApiGateway:
         self.guard = guard or MemoryAbuseGuard()
         self.raw_routes = tuple(raw_routes)  # e.g. the recording downloads (GET, own rules, §4.2)
         self.proxies = parse_networks(settings.trusted_proxies)
+        self.log_writer = log_writer or ApiLogWriter(sessions)  # not started: rows are written inline
+        # keyed by the stored values themselves, which every request reads afresh: a regenerated key or a
+        # saved allowlist is a new key here, so a change applies to the very next request, in any process
+        self._keys: dict[str, str] = {}  # sealed signing key -> the key
+        self._networks: dict[str, list[IpNetwork]] = {}  # allowlist text -> its networks
 
     # --- ASGI ---------------------------------------------------------------------------------------------
 
@@ -318,26 +353,23 @@ class ApiGateway:
         if caller is None:  # R4
             self.guard.failure(x.source_ip, now)
             raise UNKNOWN_CLIENT.with_payload()
-        x.domain_id = caller.domain.id
-        if not caller.enabled or caller.domain.status != "active":  # R5
+        x.domain_id = caller.domain_id
+        if not caller.enabled or caller.domain_status != "active":  # R5
             raise SERVICE_DISABLED.with_payload()
-        if caller.settings.tls_required and not self._https(scope, x.headers):  # R6
+        if caller.tls_required and not self._https(scope, x.headers):  # R6
             raise TLS_REQUIRED.with_payload()
-        try:
-            allow = parse_networks(caller.settings.allowlist)
-        except ValueError:  # saved lists are validated; a broken one fails closed
-            allow = [ipaddress.ip_network("0.0.0.0/32")]
+        allow = self._allowlist(caller.allowlist)
         if allow and not ip_in(x.source_ip, allow):  # R7
             x.verdict.append("IP denied")
             raise ip_not_allowed(x.source_ip)
         x.verdict.append("IP allowed")
-        key = sign_key(caller.settings, self.box)
-        if not verify(caller.settings.client_id, x.body, key, x.headers.get("x-client-sign")):  # R8
+        key = self._key(caller.sign_key_enc)
+        if not verify(caller.client_id, x.body, key, x.headers.get("x-client-sign")):  # R8
             x.verdict.append("signature FAIL")
             self.guard.failure(x.source_ip, now)
             raise BAD_SIGNATURE.with_payload()
         x.verdict.append("signature OK")
-        wait = self.limiter.hit(f"{caller.domain.id}:{method.name}", method.limit, method.window_s, now)
+        wait = self.limiter.hit(f"{caller.domain_id}:{method.name}", method.limit, method.window_s, now)
         if wait is not None:  # R9
             raise rate_limited(wait)
         data = _parse_json(x.body)  # R10
@@ -345,12 +377,12 @@ class ApiGateway:
             given = data["domain"]
             if not isinstance(given, str):
                 raise bad_field("domain")
-            if given.strip().lower() != caller.domain.name.lower():
+            if given.strip().lower() != caller.domain.lower():
                 raise DOMAIN_MISMATCH.with_payload(**method.error_payload)
         ctx = ApiContext(
-            domain_id=caller.domain.id,
-            domain=caller.domain.name,
-            client_id=caller.settings.client_id,
+            domain_id=caller.domain_id,
+            domain=caller.domain,
+            client_id=caller.client_id,
             source_ip=x.source_ip,
             sandbox=self.sandbox,
             base_url=self._base_url(scope),
@@ -391,17 +423,33 @@ class ApiGateway:
         if len(client_id) != 32:
             return None
         async with self.sessions() as s:
-            row = (
-                await s.execute(
-                    select(ApiSettings, Domain)
-                    .join(Domain, Domain.id == ApiSettings.domain_id)
-                    .where(ApiSettings.client_id == client_id)
-                )
-            ).first()
-            if row is None:
-                return None
-            settings, domain = row
-            return _Caller(settings, domain, await is_enabled(s, domain.id, INTEGRATION_API))
+            row = (await s.execute(_CALLER_QUERY.where(ApiSettings.client_id == client_id))).first()
+        if row is None:
+            return None
+        domain_id, name, status, enabled, counter, cid, key_enc, allowlist, tls = row
+        on = (counter or 0) > 0 if _COUNTED else bool(enabled)
+        return _Caller(domain_id, name, status, on, cid, key_enc, allowlist, tls)
+
+    def _key(self, sealed: str) -> str:
+        key = self._keys.get(sealed)
+        if key is None:
+            key = self.box.open(sealed)
+            if len(self._keys) >= CACHE_MAX:
+                self._keys.clear()
+            self._keys[sealed] = key
+        return key
+
+    def _allowlist(self, text: str) -> list[IpNetwork]:
+        networks = self._networks.get(text)
+        if networks is None:
+            try:
+                networks = parse_networks(text)
+            except ValueError:  # saved lists are validated; a broken one fails closed
+                networks = [ipaddress.ip_network("0.0.0.0/32")]
+            if len(self._networks) >= CACHE_MAX:
+                self._networks.clear()
+            self._networks[text] = networks
+        return networks
 
     # --- addresses ------------------------------------------------------------------------------------------
 
@@ -428,7 +476,7 @@ class ApiGateway:
         result = _result_of(body) if content_type.startswith("application/json") else None
         if x.domain_id is None and x.method and status in (405, 413):
             caller = await self._caller(x.headers.get("x-client-id", ""))
-            x.domain_id = caller.domain.id if caller else None
+            x.domain_id = caller.domain_id if caller else None
         if x.domain_id is None:
             log.warning(
                 "api.rejected",
@@ -443,8 +491,7 @@ class ApiGateway:
         request_body, cut = loggable_body(x.body, x.headers.get("content-type", "application/json"))
         response_body, _ = loggable_body(body, content_type)
         try:
-            await write_log(
-                self.sessions,
+            await self.log_writer.write(
                 domain_id=x.domain_id,
                 at=self.clock.now(),
                 direction="in",
@@ -524,6 +571,9 @@ def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = (
     # one window per domain and method, and one guard per address, whichever base URL the requests came to
     limiter = MemoryRateLimiter()
     guard = MemoryAbuseGuard()
+    # the log rows of both, in batches off the request path once the app's lifespan starts it
+    log_writer = ApiLogWriter(core.sessions)
+    app.state.api_log = log_writer
     for prefix, sandbox in (("/api-test", True), ("/api", False)):
         gateway = ApiGateway(
             settings=core.settings,
@@ -536,5 +586,6 @@ def mount_api(app: Any, core: Any, raw_routes: Sequence[tuple[str, ASGIApp]] = (
             limiter=limiter,
             guard=guard,
             raw_routes=raw_routes,
+            log_writer=log_writer,
         )
         app.mount(prefix, gateway)

@@ -9,6 +9,7 @@ are the same everywhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import ssl
@@ -160,8 +161,12 @@ async def post(
     timeout_s: float,
     tls_required: bool,
     pems: tuple[str, ...] = (),
+    client: httpx.AsyncClient | None = None,
 ) -> Exchange:
-    """POST these exact bytes; no redirects; connect and answer within ``timeout_s``; never raises."""
+    """POST these exact bytes; no redirects; connect and answer within ``timeout_s``; never raises.
+
+    ``client``: a keep-alive client made by ``keepalive_client(pems)`` (the dispatcher keeps one per domain);
+    without it the exchange opens and closes its own connection."""
     headers = {
         "Content-Type": CONTENT_TYPE,
         "X-Client-ID": client_id,
@@ -183,13 +188,17 @@ async def post(
         return ex
     started = time.monotonic()
     try:
-        async with (
-            asyncio.timeout(timeout_s),
-            httpx.AsyncClient(
-                verify=tls_context(pems), follow_redirects=False, timeout=timeout_s, trust_env=False
-            ) as client,
-            client.stream("POST", url, content=raw, headers=headers) as response,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None:
+                client = await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        verify=tls_context(pems), follow_redirects=False, timeout=timeout_s, trust_env=False
+                    )
+                )
+            await stack.enter_async_context(asyncio.timeout(timeout_s))
+            response = await stack.enter_async_context(
+                client.stream("POST", url, content=raw, headers=headers, timeout=timeout_s)
+            )
             ex.status = response.status_code
             ex.response_headers = {k.lower(): v for k, v in response.headers.items()}
             body = bytearray()
@@ -222,6 +231,42 @@ async def post(
     return ex
 
 
+def keepalive_client(pems: tuple[str, ...], connections: int) -> httpx.AsyncClient:
+    """A client that keeps up to ``connections`` connections open to a CRM between exchanges (§2.5's TLS
+    rules; no redirects; the timeout is given per exchange)."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(
+        verify=tls_context(pems), follow_redirects=False, trust_env=False, limits=limits, timeout=None
+    )
+
+
+def log_row(
+    core: Any, domain_id: uuid.UUID, ex: Exchange, *, test: bool, verdict: str, attempt: int | None = None
+) -> dict[str, Any]:
+    """The log row of one outgoing exchange (§6.4), as ``ApiLog``'s fields: headers with X-Client-Sign,
+    bodies, status, verdict."""
+    body, cut = loggable_body(ex.request_body.encode())
+    return {
+        "id": uuid.uuid4(),
+        "domain_id": domain_id,
+        "at": now_utc(core),
+        "direction": "out",
+        "method": ex.method,
+        "url": ex.url[:1000],
+        "source_ip": "",
+        "request_headers": loggable_headers(ex.request_headers),
+        "request_body": body,
+        "request_truncated": cut,
+        "status": ex.status,
+        "result": ex.result,
+        "response_body": ex.response_body,
+        "latency_ms": ex.latency_ms,
+        "attempt": attempt,
+        "verdict": verdict[:500],
+        "test": test,
+    }
+
+
 async def log_exchange(
     core: Any,
     domain_id: uuid.UUID,
@@ -231,30 +276,11 @@ async def log_exchange(
     verdict: str,
     attempt: int | None = None,
 ) -> None:
-    """The log row of one outgoing exchange (§6.4): headers with X-Client-Sign, bodies, status, verdict."""
-    body, cut = loggable_body(ex.request_body.encode())
-    row_id = uuid.uuid4()
+    """Write the log row of one outgoing exchange (``log_row``); its id goes to ``ex.log_id``."""
+    row = log_row(core, domain_id, ex, test=test, verdict=verdict, attempt=attempt)
     try:
-        await write_log(
-            core.sessions,
-            id=row_id,
-            domain_id=domain_id,
-            at=now_utc(core),
-            direction="out",
-            method=ex.method,
-            url=ex.url[:1000],
-            request_headers=loggable_headers(ex.request_headers),
-            request_body=body,
-            request_truncated=cut,
-            status=ex.status,
-            result=ex.result,
-            response_body=ex.response_body,
-            latency_ms=ex.latency_ms,
-            attempt=attempt,
-            verdict=verdict[:500],
-            test=test,
-        )
-        ex.log_id = row_id
+        await write_log(core.sessions, **row)
+        ex.log_id = row["id"]
     except Exception as exc:  # a failure to log never fails the exchange
         log.warning("api.log_failed", method=ex.method, error=repr(exc)[:300])
 

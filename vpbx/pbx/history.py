@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast, get_args
@@ -402,6 +402,9 @@ class SqlCallJournal:
         self._next_replay = 0.0
         self._stopping = False
         self._live: dict[str, RecordState] = {}  # records of live calls as last committed
+        # called after every commit of events (no arguments, must not block): e.g. the Integration API's
+        # call_events pump, woken at once instead of at its next poll
+        self.on_commit: list[Callable[[], None]] = []
 
     @property
     def spool_pending(self) -> bool:
@@ -519,6 +522,11 @@ class SqlCallJournal:
         self.batches += 1
         HISTORY_BATCHES.inc()
         HISTORY_EVENTS.labels("committed").inc(len(events))
+        for listener in self.on_commit:
+            try:
+                listener()
+            except Exception:  # a listener's bug never fails the journal
+                log.exception("history.listener_failed")
 
     async def _commit_each(self, events: Sequence[CallEvent]) -> None:
         """A batch the database refused as data: one transaction per event, the refused ones dropped."""

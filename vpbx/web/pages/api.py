@@ -36,6 +36,7 @@ from vpbx.integration_api import notify, testsend
 from vpbx.integration_api.callback import Scenario, simulate_call
 from vpbx.integration_api.core import MOSCOW, dumps, moscow, sign, sign_key, sweep_log
 from vpbx.integration_api.dispatcher import resume
+from vpbx.integration_api.logwriter import flush_of
 from vpbx.integration_api.settings import (
     EVENT_STATES,
     EVENT_TYPES,
@@ -507,6 +508,7 @@ async def _debug_page(
     method = q.get("method", "") if q.get("method", "") in dict(METHOD_FILTERS) else ""
     direction = q.get("direction", "") if q.get("direction", "") in dict(DIRECTION_FILTERS) else ""
     page = forms.page_number(q.get("page"))
+    await flush_of(request.app.state)  # the gateway's rows still queued (integration_api/logwriter.py)
     where = [ApiLog.domain_id == p.tenant]
     if method:
         where.append(ApiLog.method == method)
@@ -691,7 +693,8 @@ async def confirm_clear(request: Request, r: RendererDep, _row: SettingsDep) -> 
 
 
 @router.post("/log/clear")
-async def clear_log(p: AdminDep, s: DbDep, _row: SettingsDep) -> Response:
+async def clear_log(request: Request, p: AdminDep, s: DbDep, _row: SettingsDep) -> Response:
+    await flush_of(request.app.state)  # rows still queued go too
     await s.execute(delete(ApiLog).where(ApiLog.domain_id == p.tenant))
     await s.commit()
     return RedirectResponse("/integration-api/debug?notice=cleared#log", status_code=303)
