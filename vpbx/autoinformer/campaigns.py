@@ -253,8 +253,8 @@ def variable_fields(spec: CampaignSpec) -> dict[str, str]:
 
 
 async def check_contacts(s: AsyncSession, campaign: AiCampaign, spec: CampaignSpec) -> None:
-    """At least one contact, and every variable the texts use is a column of every contact (-1 naming the
-    first segment that uses a missing one)."""
+    """Every variable the texts use is a column of every contact (-1 naming the first segment that uses a
+    missing one; with no contact there is no column), and there is at least one contact."""
     needed = variable_fields(spec)
     missing: set[str] = set()
     count = 0
@@ -267,11 +267,11 @@ async def check_contacts(s: AsyncSession, campaign: AiCampaign, spec: CampaignSp
         count += 1
         if needed:
             missing |= {name for name in needed if name not in (variables or {})}
+    for name, path in needed.items():
+        if name in missing or count == 0:  # no contact: no column either
+            raise CampaignInvalid(N_("The contact list has no column «{name}»"), field=path, name=name)
     if count == 0:
         raise CampaignInvalid(N_("Add at least one contact"), field="contacts")
-    for name, path in needed.items():
-        if name in missing:
-            raise CampaignInvalid(N_("The contact list has no column «{name}»"), field=path, name=name)
 
 
 async def _check_active_limit(s: AsyncSession, domain_id: uuid.UUID, campaign: AiCampaign) -> None:
