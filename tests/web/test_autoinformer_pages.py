@@ -5,17 +5,19 @@ with two tenants."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
 import uuid
 from typing import Any
 
 import pytest
+from openpyxl import load_workbook
 from sqlalchemy import func, select
 
 from tests.helpers import Cabinet, Tenant
 from vpbx.app import Core
-from vpbx.store.models import AiCampaign, AiContact, AuditEntry, Domain, IncomingNumber
+from vpbx.store.models import AiAttempt, AiCampaign, AiContact, AuditEntry, Domain, IncomingNumber
 
 LINE = {"acme.vpbx.test": "+74951112233", "other.vpbx.test": "+74951112244"}
 
@@ -335,3 +337,244 @@ async def test_line_reserve_setting(core: Core, t1: Tenant, ready: str, admin1: 
     async with core.sessions() as s:
         domain = await s.get(Domain, t1.id)
         assert domain is not None and domain.ai_line_reserve == 3
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
+    """A real PCM WAV (a 440 Hz tone), written by the standard library."""
+    import math
+    import struct
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        n = int(seconds * rate)
+        w.writeframes(
+            b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate))) for i in range(n))
+        )
+    return buf.getvalue()
+
+
+async def test_audio_library_upload_reasons_play_and_delete(
+    core: Core, t1: Tenant, ready: str, admin1: Cabinet
+) -> None:
+    async def send(body: bytes, name: str) -> Any:
+        return await admin1.client.post(
+            "/autoinformer/audio", data={"csrf_token": admin1.csrf}, files={"file": (name, body, "audio/wav")}
+        )
+
+    resp = await send(b"this is not audio at all", "notes.wav")
+    assert resp.status_code == 422 and "Неподдерживаемый формат" in resp.text
+    resp = await send(b"RIFF\x00\x00\x00\x00WAVE", "broken.wav")
+    assert resp.status_code == 422 and "повреждён" in resp.text
+    resp = await send(wav_bytes(), "Приветствие.wav")
+    assert resp.status_code == 303
+    page = await admin1.get("/autoinformer/audio")
+    m = re.search(r'id="audio-([0-9a-f]{32})"', page.text)
+    assert m and "Приветствие" in page.text
+    file_id = m[1]
+    played = await admin1.get(f"/autoinformer/audio/{file_id}/play")
+    assert played.status_code == 200 and played.content[:4] == b"RIFF"
+    # a campaign using the file keeps it
+    cid = await create(admin1, ready, seg0_type="file", seg0_file_id=file_id, seg0_text="")
+    resp = await admin1.post(f"/autoinformer/audio/{file_id}/delete")
+    assert resp.status_code == 409 and 'id="audio-in-use"' in resp.text
+    assert (await admin1.post(f"/autoinformer/campaigns/{cid}/delete")).status_code == 303
+    assert (await admin1.post(f"/autoinformer/audio/{file_id}/delete")).status_code == 303
+    assert (await admin1.get(f"/autoinformer/audio/{file_id}/play")).status_code == 404
+
+
+async def test_tts_preview_speaks_sample_values_and_contact_player(
+    core: Core, t1: Tenant, ready: str, admin1: Cabinet
+) -> None:
+    cid = await create(admin1, ready)
+    await admin1.get(f"/autoinformer/campaigns/{cid}")
+    resp = await admin1.post(
+        f"/autoinformer/campaigns/{cid}/preview",
+        {
+            "prefix": "seg0_",
+            "seg0_type": "tts",
+            "seg0_text": "{name}, ваша задолженность {sum:money}.",
+            "seg0_voice": "female_1",
+            "seg0_rate": "1.2",
+            "sample": "name=Иван\nsum=1500.50",
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    m = re.search(r'src="(/autoinformer/prompts/[0-9a-f]{64})"', resp.text)
+    assert m
+    wav = await admin1.get(m[1])
+    assert wav.status_code == 200 and wav.content[:4] == b"RIFF" and len(wav.content) > 8000
+    empty = await admin1.post(
+        f"/autoinformer/campaigns/{cid}/preview", {"prefix": "seg1_", "seg1_type": "tts"}
+    )
+    assert empty.status_code == 422 and "ai-player-error" in empty.text
+    # a contact's own message
+    await upload(admin1, cid, CSV_LIST.encode())
+    report = await admin1.get(f"/autoinformer/campaigns/{cid}/report")
+    m = re.search(
+        r'hx-get="(/autoinformer/campaigns/[0-9a-f]{32}/contacts/[0-9a-f]{32}/player)"', report.text
+    )
+    assert m
+    player = await admin1.get(m[1])
+    assert player.status_code == 200 and "/autoinformer/prompts/" in player.text
+
+
+async def test_stop_list_add_search_remove_with_confirmation_import_export(
+    core: Core, t1: Tenant, t2: Tenant, ready: str, admin1: Cabinet, admin2: Cabinet
+) -> None:
+    from vpbx.autoinformer import stoplist
+
+    assert (
+        await admin1.post("/autoinformer/stop-list/add", {"phone": "8 (916) 123-45-67"})
+    ).status_code == 303
+    resp = await admin1.post("/autoinformer/stop-list/add", {"phone": "12"})
+    assert resp.status_code == 422 and 'id="err-phone"' in resp.text
+    async with core.sessions() as s:
+        await stoplist.add_many(s, t1.id, ["79990001122"], source="opt_out")
+        await s.commit()
+    page = await admin1.get("/autoinformer/stop-list?q=916")
+    assert 'id="stop-79161234567"' in page.text and 'id="stop-79990001122"' not in page.text
+    # an opt-out needs a confirmation, then it goes and is audited
+    resp = await admin1.post("/autoinformer/stop-list/remove", {"phone": "79990001122"})
+    assert resp.status_code == 409 and 'id="confirm-remove"' in resp.text
+    assert 'id="stop-79990001122"' in (await admin1.get("/autoinformer/stop-list")).text
+    resp = await admin1.post("/autoinformer/stop-list/remove", {"phone": "79990001122", "confirm": "1"})
+    assert resp.status_code == 303
+    assert (await admin1.post("/autoinformer/stop-list/remove", {"phone": "79161234567"})).status_code == 303
+    async with core.sessions() as s:
+        actions = set(await s.scalars(select(AuditEntry.action).where(AuditEntry.domain_id == t1.id)))
+    assert {"autoinformer.stop_list.remove_opt_out", "autoinformer.stop_list.remove"} <= actions
+    # import and export
+    resp = await admin1.client.post(
+        "/autoinformer/stop-list/import",
+        data={"csrf_token": admin1.csrf},
+        files={"file": ("stop.csv", "телефон\n+7 916 000-11-22\nabc\n79160001122\n".encode(), "text/csv")},
+    )
+    assert resp.status_code == 200 and "Добавлено: 1" in resp.text and "Отклонено: 2" in resp.text
+    export = await admin1.get("/autoinformer/stop-list/export.csv")
+    rows = list(csv.reader(io.StringIO(export.content.decode("utf-8-sig")), delimiter=";"))
+    assert rows[0][0] == "phone" and [r[0] for r in rows[1:]] == ["79160001122"]
+    # the other domain's list is its own
+    await enable(admin2)
+    assert 'id="stop-empty"' in (await admin2.get("/autoinformer/stop-list")).text
+    assert (await admin2.post("/autoinformer/stop-list/remove", {"phone": "79160001122"})).status_code == 404
+
+
+async def seed_results(core: Core, campaign_id: str) -> None:
+    """Attempts as the dispatcher would have recorded them: an answered success, a busy one, a no-answer."""
+    async with core.sessions() as s:
+        contacts = list(
+            await s.scalars(
+                select(AiContact)
+                .where(AiContact.campaign_id == uuid.UUID(campaign_id))
+                .order_by(AiContact.row_no)
+            )
+        )
+        at = dt.datetime(2030, 6, 16, 7, 5, tzinfo=dt.UTC)
+        plan = [("success", 200, "succeeded", "1"), ("busy", 486, "waiting_retry", "")]
+        for i, (contact, (outcome, code, status, digits)) in enumerate(zip(contacts, plan, strict=False)):
+            answered = at + dt.timedelta(seconds=5) if code == 200 else None
+            s.add(
+                AiAttempt(
+                    domain_id=contact.domain_id,
+                    campaign_id=contact.campaign_id,
+                    contact_id=contact.id,
+                    attempt_no=1,
+                    number_index=0,
+                    dispatch_key=f"{campaign_id}:{contact.id.hex}:1:0",
+                    phone=contact.phones[0],
+                    state="done",
+                    started_at=at + dt.timedelta(minutes=20 * i),
+                    answered_at=answered,
+                    ended_at=at + dt.timedelta(minutes=20 * i, seconds=30),
+                    sip_code=code,
+                    outcome=outcome,
+                    criterion_met=code == 200,
+                    listen_s=22.0 if code == 200 else 0.0,
+                    digits=digits,
+                    action="confirm" if digits else None,
+                    session_id=str(uuid.uuid4()),
+                    call_id=f"ai-{i}@test",
+                )
+            )
+            contact.status = status
+            contact.attempts_made = 1
+            contact.last_outcome = outcome
+            contact.last_attempt_at = at + dt.timedelta(minutes=20 * i)
+            contact.digits = digits
+        await s.commit()
+
+
+async def test_report_summary_tables_filters_and_exports(
+    core: Core, t1: Tenant, ready: str, admin1: Cabinet
+) -> None:
+    cid = await create(admin1, ready)
+    await upload(admin1, cid, CSV_LIST.encode())
+    assert (await admin1.post(f"/autoinformer/campaigns/{cid}/start")).status_code == 303
+    await seed_results(core, cid)
+    page = await admin1.get(f"/autoinformer/campaigns/{cid}/report")
+    assert page.status_code == 200
+    assert 'hx-trigger="every 5s"' in page.text  # live: refreshed by htmx
+    assert re.search(r'id="sum-success-rate">50\.0%<', page.text)
+    assert re.search(r'id="sum-reach-rate">50\.0%<', page.text)
+    assert re.search(r'id="sum-avg-listen">22\.0 с<', page.text)
+    assert re.search(r'id="state-succeeded"><td>[^<]+</td><td class="count">1<', page.text)
+    data = re.search(r'<script type="application/json" id="ai-chart-data">(.*?)</script>', page.text, re.S)
+    assert data
+    import json
+
+    chart = json.loads(data[1])
+    assert chart["labels"] == ["10:00", "10:15"]  # Moscow time, 15-minute buckets
+    assert chart["series"] == {"success": [1, 0], "busy": [0, 1]}
+    part = await admin1.get(f"/autoinformer/campaigns/{cid}/summary")
+    assert part.status_code == 200 and part.text.lstrip().startswith('<section id="ai-summary"')
+    # filters
+    filtered = await admin1.get(f"/autoinformer/campaigns/{cid}/report?status=succeeded")
+    assert filtered.text.count('class="number-row"') == 1
+    filtered = await admin1.get(f"/autoinformer/campaigns/{cid}/report?digit=1&phone=9161234")
+    assert filtered.text.count('class="number-row"') == 1
+    filtered = await admin1.get(f"/autoinformer/campaigns/{cid}/report?table=attempts&outcome=busy")
+    assert filtered.text.count('class="attempt-row"') == 1
+    filtered = await admin1.get(f"/autoinformer/campaigns/{cid}/report?from=2030-06-17")
+    assert 'id="no-numbers"' in filtered.text
+    # exports: CSV with BOM and ';', XLSX with phones as text
+    csv_resp = await admin1.get(f"/autoinformer/campaigns/{cid}/export?table=numbers&fmt=csv")
+    assert csv_resp.content.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(csv_resp.content.decode("utf-8-sig")), delimiter=";"))
+    assert rows[0][:5] == ["phone", "phones", "external_id", "variables", "status"]
+    assert {r[0] for r in rows[1:]} == {"79161234567", "79162223344"}
+    xlsx = await admin1.get(f"/autoinformer/campaigns/{cid}/export?table=attempts&fmt=xlsx&outcome=success")
+    ws = load_workbook(io.BytesIO(xlsx.content)).active
+    assert ws is not None
+    table = [[c.value for c in row] for row in ws.iter_rows()]
+    assert table[0][0] == "attempt_id" and len(table) == 2
+    assert table[1][table[0].index("phone")] == "79161234567"
+    assert table[1][table[0].index("outcome")] == "success"
+
+
+async def test_another_domains_campaign_is_not_found(
+    core: Core, t1: Tenant, t2: Tenant, ready: str, admin1: Cabinet, admin2: Cabinet
+) -> None:
+    cid = await create(admin1, ready)
+    await enable(admin2)
+    await add_line(core, t2)
+    for url in (
+        f"/autoinformer/campaigns/{cid}",
+        f"/autoinformer/campaigns/{cid}/report",
+        f"/autoinformer/campaigns/{cid}/summary",
+        f"/autoinformer/campaigns/{cid}/export?table=numbers&fmt=csv",
+        f"/autoinformer/campaigns/{cid}/rejected.csv",
+    ):
+        assert (await admin2.get(url)).status_code == 404, url
+    for action in ("start", "pause", "stop", "copy", "delete", "message", "contacts/manual"):
+        resp = await admin2.post(
+            f"/autoinformer/campaigns/{cid}/{action}", {"name": "x", "manual": "79160000000"}
+        )
+        assert resp.status_code == 404, action
+    assert 'class="campaign-row"' not in (await admin2.get("/autoinformer")).text
+    async with core.sessions() as s:
+        row = await s.get(AiCampaign, uuid.UUID(cid))
+        assert row is not None and row.status == "draft" and row.name == "Напоминание о задолженности"

@@ -124,7 +124,7 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             size_bytes=1,
             prompt_id=prompt.id,
         )
-        s.add_all([campaign, audio])
+        s.add_all([campaign, audio, m.DomainService(domain_id=t.id, code="autoinformer", enabled=True)])
         await s.flush()
         contact = m.AiContact(campaign_id=campaign.id, domain_id=t.id, phones=["79161234567"])
         s.add(contact)

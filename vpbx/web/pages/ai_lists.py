@@ -1,8 +1,12 @@
-"""The autoinformer's domain lists in the cabinet: «Стоп-лист» (autoinformer.md §3.2) and «Аудиофайлы» (§3.1).
+"""The autoinformer's domain lists in the cabinet: «Стоп-лист» (autoinformer.md §3.2) and «Аудиофайлы»
+(§3.1).
 
 The stop list is the domain's: listed, searched, added to and removed from by hand (an ``opt_out`` entry only
 after a confirmation: the person asked not to be called), imported from and exported to CSV. Every lookup
 filters by the session's domain; every change is in the domain's audit log.
+
+The audio library takes WAV or MP3 uploads (converted at once to 8 kHz mono), shows why a file was refused
+(format, size, length, decoding), plays a file and deletes one that no live campaign uses.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.autoinformer import stoplist
+from vpbx.autoinformer import audio, stoplist
 from vpbx.autoinformer.tables import TableError
 from vpbx.errors import NotFound, ValidationFailed
+from vpbx.media.prompts import PromptError
 from vpbx.pbx.validation import N_
 from vpbx.store.models import AiStopEntry, AuditEntry
 from vpbx.store.paging import Page
@@ -186,3 +191,126 @@ async def stop_list_export(request: Request, r: RendererDep, p: AdminDep, s: DbD
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="stop-list.csv"'},
     )
+
+
+# --- «Аудиофайлы» ------------------------------------------------------------------------------------------
+
+AUDIO_REASON: dict[str, str] = {
+    "unsupported_format": N_("Unsupported format: upload a WAV (PCM, A-law, µ-law) or MP3 file"),
+    "too_large": N_("The file is larger than 20 MB"),
+    "too_long": N_("The recording is longer than 10 minutes"),
+    "decode_failed": N_("The file is damaged and cannot be decoded"),
+}
+
+
+async def _audio_page(
+    request: Request,
+    r: Renderer,
+    s: AsyncSession,
+    p: Principal,
+    *,
+    errors: ValidationFailed | None = None,
+    in_use: list[str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    domain = await section.domain_of(s, p.tenant)
+    return r.page(
+        request,
+        "autoinformer/audio.html",
+        {
+            "settings_tab": "autoinformer",
+            "files": await audio.list_files(s, p.tenant),
+            "when": section.local_time(domain.timezone),
+            "domain": domain,
+            "in_use": in_use,
+            "notice": request.query_params.get("notice", ""),
+        },
+        errors=errors,
+        status_code=422 if errors and status_code == 200 else status_code,
+    )
+
+
+@router.get("/audio")
+async def audio_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
+    if not await section.service_on(s, p.tenant):
+        return section.off_page(request, r)
+    return await _audio_page(request, r, s, p)
+
+
+@router.post("/audio")
+async def audio_upload(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """Add a WAV/MP3 to the library; a refused upload names its reason (§3.1)."""
+    if not await section.service_on(s, p.tenant):
+        return section.off_page(request, r)
+    form = await request.form()
+    name = forms.text(form, "name").strip()
+    value = form.get("file")
+    filename = getattr(value, "filename", "") or ""
+    data = await section.read_upload(form, "file", audio.MAX_BYTES["cabinet"])
+    try:
+        if data is None:
+            raise ValidationFailed.one("file", N_("Choose a WAV or MP3 file"))
+        row = await audio.upload(s, core.prompts, p.tenant, name or filename.rsplit(".", 1)[0], data)
+    except ValidationFailed as e:
+        await s.rollback()
+        return await _audio_page(request, r, s, p, errors=e)
+    except audio.AudioRejected as e:
+        await s.rollback()
+        errors = ValidationFailed.one("file", AUDIO_REASON[e.reason])
+        return await _audio_page(request, r, s, p, errors=errors)
+    s.add(
+        AuditEntry(
+            domain_id=p.tenant,
+            at=core.clock.now(),
+            actor=section.actor_of(p),
+            action="autoinformer.audio.upload",
+            object_id=row.id.hex,
+            details={"name": row.name, "duration_ms": row.duration_ms},
+        )
+    )
+    await s.commit()
+    return RedirectResponse("/autoinformer/audio?notice=uploaded", status_code=303)
+
+
+@router.get("/audio/{file_id}/play")
+async def audio_play(
+    file_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    """The library file's converted 8 kHz WAV, for the page's player."""
+    row = await audio.get_file(s, p.tenant, file_id)  # another domain's: 404
+    if not await section.service_on(s, p.tenant):
+        return section.off_page(request, r)
+    try:
+        prompt = core.prompts.get(row.prompt_id)
+    except (PromptError, ValueError):
+        raise NotFound("audio file", file_id) from None
+    return FileResponse(
+        prompt.wav, media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+@router.post("/audio/{file_id}/delete")
+async def audio_delete(
+    file_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    row = await audio.get_file(s, p.tenant, file_id)
+    if not await section.service_on(s, p.tenant):
+        return section.off_page(request, r)
+    name = row.name
+    try:
+        await audio.delete_file(s, p.tenant, row.id.hex)
+    except audio.AudioInUse as e:
+        await s.rollback()
+        return await _audio_page(request, r, s, p, in_use=e.campaigns, status_code=409)
+    s.add(
+        AuditEntry(
+            domain_id=p.tenant,
+            at=core.clock.now(),
+            actor=section.actor_of(p),
+            action="autoinformer.audio.delete",
+            object_id=file_id,
+            details={"name": name},
+        )
+    )
+    await s.commit()
+    return RedirectResponse("/autoinformer/audio?notice=deleted", status_code=303)

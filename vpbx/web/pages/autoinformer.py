@@ -26,11 +26,14 @@ from vpbx import billing
 from vpbx.app import Core
 from vpbx.autoinformer import campaigns as svc
 from vpbx.autoinformer import contacts as contacts_svc
+from vpbx.autoinformer import render
 from vpbx.autoinformer.errors import AutoinformerError
-from vpbx.autoinformer.schemas import MOSCOW, VOICES, CampaignSpec
+from vpbx.autoinformer.schemas import MAX_VALUE_CHARS, MOSCOW, VOICES, CampaignSpec
 from vpbx.autoinformer.status import InvalidTransition
 from vpbx.autoinformer.tables import TableError
 from vpbx.errors import FieldError, NotFound, ValidationFailed
+from vpbx.media.prompts import PromptError
+from vpbx.pbx.menus import record_prompt
 from vpbx.pbx.validation import N_
 from vpbx.store.models import (
     AI_CONTACT_STATUSES,
@@ -48,6 +51,7 @@ from vpbx.store.models import (
 from vpbx.store.paging import paginate
 from vpbx.web import aiforms, forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
+from vpbx.web.pages.menus import prompt_file
 from vpbx.web.render import Renderer
 
 router = APIRouter(prefix="/autoinformer")
@@ -903,3 +907,110 @@ async def remove_contacts(
         )
         await s.commit()
     return RedirectResponse(f"{BASE}/campaigns/{row.id.hex}/contacts?notice=saved", status_code=303)
+
+
+# --- «Прослушать»: a TTS part with sample values, a contact's rendered message ----------------------------
+
+PREVIEW_FAILED = N_("The text could not be spoken: {detail}")
+
+
+def sample_of(raw: str) -> dict[str, str]:
+    """``name=value`` lines of the «sample values» box."""
+    out: dict[str, str] = {}
+    for line in raw.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            out[contacts_svc.variable_name(key.strip())] = value.strip()[:MAX_VALUE_CHARS]
+    return out
+
+
+def _player(
+    request: Request, r: Renderer, src: str = "", error: str = "", status_code: int = 200
+) -> Response:
+    return r.page(request, "autoinformer/_player.html", {"src": src, "error": error}, status_code=status_code)
+
+
+@router.post("/campaigns/{campaign_id}/preview")
+async def preview_part(
+    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    """«Прослушать» under a message part: a TTS text spoken with the sample values (or the first contact's),
+    a library file as it is. htmx swaps the player in."""
+    row = await get_campaign(s, p.tenant, campaign_id)
+    if not await service_on(s, p.tenant):
+        return off_page(request, r)
+    form = await request.form()
+    prefix = forms.text(form, "prefix")
+    if not prefix.startswith(("seg", "key")) or len(prefix) > 16:
+        prefix = "seg0_"
+    t = r.translator(request)
+    seg = aiforms.segment(form, prefix)
+    if seg is None:
+        return _player(
+            request, r, error=t.gettext(N_("Enter a text or choose a file first")), status_code=422
+        )
+    if seg["type"] == "file":
+        found = await audio_files(s, p.tenant)
+        if not any(f.id.hex == seg["file_id"] for f in found):
+            raise NotFound("audio file", seg["file_id"])
+        return _player(request, r, src=f"{BASE}/audio/{seg['file_id']}/play")
+    values = sample_of(forms.text(form, "sample"))
+    if not values:
+        first = await s.scalar(
+            select(AiContact).where(AiContact.campaign_id == row.id).order_by(AiContact.row_no).limit(1)
+        )
+        values = dict(first.variables) if first is not None else {}
+    try:
+        rate = float(seg["rate"])
+        prompt_id = await render.preview(
+            s, core.prompts, p.tenant, seg["text"], voice=seg["voice"], rate=rate, values=values
+        )
+        await record_prompt(s, p.tenant, prompt_id, "tts")
+    except (ValueError, ValidationError, PromptError, render.RenderError) as e:
+        await s.rollback()
+        detail = getattr(e, "message", "") or type(e).__name__
+        return _player(request, r, error=t.gettext(PREVIEW_FAILED, detail=str(detail)[:200]), status_code=422)
+    await s.commit()
+    return _player(request, r, src=f"{BASE}/prompts/{prompt_id}")
+
+
+@router.get("/prompts/{prompt_id}")
+async def prompt_audio(prompt_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """A prompt this domain had spoken for a preview or a contact's message; 404 for anyone else's."""
+    return await prompt_file(s, p.tenant, core.prompts, prompt_id)
+
+
+@router.get("/campaigns/{campaign_id}/contacts/{contact_id}/player")
+async def contact_player(
+    campaign_id: str, contact_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
+    """The message of one contact as the campaign renders it for the call (§3.1), to play in the report."""
+    row = await get_campaign(s, p.tenant, campaign_id)
+    cid = forms.parse_id(contact_id, "contact")
+    contact = await s.scalar(
+        select(AiContact).where(
+            AiContact.id == cid, AiContact.campaign_id == row.id, AiContact.domain_id == p.tenant
+        )
+    )
+    if contact is None:
+        raise NotFound("contact", contact_id[:64])
+    if not await service_on(s, p.tenant):
+        return off_page(request, r)
+    t = r.translator(request)
+    try:
+        spec = CampaignSpec.model_validate(current_object(row))
+        prompt_id, _key = await render.render_segments(
+            s,
+            core.prompts,
+            p.tenant,
+            spec.message.segments,
+            contact.variables,
+            phone=contact.phones[0] if contact.phones else "",
+        )
+        await record_prompt(s, p.tenant, prompt_id, "tts")
+    except (ValidationError, PromptError, render.RenderError, render.AudioUnavailable) as e:
+        await s.rollback()
+        detail = getattr(e, "message", "") or type(e).__name__
+        return _player(request, r, error=t.gettext(PREVIEW_FAILED, detail=str(detail)[:200]), status_code=422)
+    await s.commit()
+    return _player(request, r, src=f"{BASE}/prompts/{prompt_id}")
