@@ -140,6 +140,7 @@ async def test_campaign_tabs_save_and_show_the_settings(
         {
             "start_at": "2030-06-16T09:00",
             "end_at": "2030-06-20T21:00",
+            "days_shown": "1",
             "day1": "on",
             "day2": "on",
             "day3": "on",
@@ -162,6 +163,8 @@ async def test_campaign_tabs_save_and_show_the_settings(
             "ring_timeout_s": "25",
             "concurrency": "7",
             "caller_id": ready,
+            "options_shown": "1",
+            "auto_complete_shown": "1",
             "record": "on",
             "criterion": "confirmed",
             "confirm_digit": "1",
@@ -216,12 +219,18 @@ async def test_campaign_tabs_save_and_show_the_settings(
     assert resp.status_code == 422 and 'id="err-attempts_max"' in resp.text
     resp = await admin1.post(
         f"/autoinformer/campaigns/{cid}/keys",
-        {"key0_action": "connect", "key0_target_type": "group", "key0_target": "999"},
+        {"wait_s": "5", "key0_action": "connect", "key0_target_type": "group", "key0_target": "999"},
     )
     assert resp.status_code == 422 and 'id="err-keys"' in resp.text
     resp = await admin1.post(
         f"/autoinformer/campaigns/{cid}/schedule",
-        {"start_at": "2030-06-16T09:00", "day1": "on", "win0_from": "13:00", "win0_to": "10:00"},
+        {
+            "start_at": "2030-06-16T09:00",
+            "days_shown": "1",
+            "day1": "on",
+            "win0_from": "13:00",
+            "win0_to": "10:00",
+        },
     )
     assert resp.status_code == 422 and 'id="err-windows"' in resp.text
     async with core.sessions() as s:
@@ -578,3 +587,36 @@ async def test_another_domains_campaign_is_not_found(
     async with core.sessions() as s:
         row = await s.get(AiCampaign, uuid.UUID(cid))
         assert row is not None and row.status == "draft" and row.name == "Напоминание о задолженности"
+
+
+async def test_a_running_campaign_changes_only_concurrency_and_end(
+    core: Core, t1: Tenant, ready: str, admin1: Cabinet
+) -> None:
+    cid = await create(admin1, ready)
+    async with core.sessions() as s:
+        row = await s.get(AiCampaign, uuid.UUID(cid))
+        assert row is not None
+        row.status = "running"
+        row.first_attempt_at = dt.datetime.now(dt.UTC)
+        await s.commit()
+    lines = await admin1.get(f"/autoinformer/campaigns/{cid}/lines")
+    # only the concurrency's fieldset is open
+    assert lines.text.count("<fieldset disabled>") == 6
+    assert (
+        await admin1.post(f"/autoinformer/campaigns/{cid}/lines", {"concurrency": "9"})
+    ).status_code == 303  # what a browser sends: the disabled fieldsets stay out
+    resp = await admin1.post(f"/autoinformer/campaigns/{cid}/schedule", {"end_at": "2030-07-01T18:00"})
+    assert resp.status_code == 303, resp.text[-1500:]
+    # the message is frozen after the first attempt: the service refuses even a hand-made post
+    resp = await admin1.post(
+        f"/autoinformer/campaigns/{cid}/message", {"repeat": "2", "seg0_type": "tts", "seg0_text": "Другое"}
+    )
+    assert resp.status_code == 422 and "нельзя менять после первой попытки" in resp.text
+    page = await admin1.get(f"/autoinformer/campaigns/{cid}")
+    assert 'id="message-frozen"' in page.text
+    async with core.sessions() as s:
+        row = await s.get(AiCampaign, uuid.UUID(cid))
+        assert row is not None
+    assert row.settings["concurrency"] == 9 and row.settings["schedule"]["end_at"] == "2030-07-01 18:00:00"
+    assert row.settings["schedule"]["start_at"] == "2030-06-16 09:00:00"
+    assert row.settings["message"]["repeat"] == 1

@@ -85,67 +85,91 @@ def segment(form: forms.FormData, prefix: str) -> dict[str, Any] | None:
     return None
 
 
+def shown(form: forms.FormData, name: str) -> bool:
+    """Whether the form sent ``name`` at all: the fields of a part the status does not let the admin change
+    sit in a disabled fieldset, which the browser leaves out, and that part keeps its stored value."""
+    return name in form
+
+
 def message(form: forms.FormData) -> dict[str, Any]:
     """«Сообщение»: the name, the segments in order (empty rows skipped) and the repeat count."""
-    segments = [seg for i in range(MAX_SEGMENTS) if (seg := segment(form, f"seg{i}_")) is not None]
-    return {
-        "name": forms.text(form, "name").strip(),
-        "message": {"repeat": _int(form, "repeat", 1), "segments": segments},
-    }
+    part: dict[str, Any] = {}
+    if shown(form, "name"):
+        part["name"] = forms.text(form, "name").strip()
+    if shown(form, "repeat"):
+        segments = [seg for i in range(MAX_SEGMENTS) if (seg := segment(form, f"seg{i}_")) is not None]
+        part["message"] = {"repeat": _int(form, "repeat", 1), "segments": segments}
+    return part
 
 
 def schedule(form: forms.FormData, timezone: str) -> dict[str, Any]:
     """«Расписание»: start/end on the domain's clock, weekdays, up to 4 windows, time basis, and the
-    compliance profile."""
-    out: dict[str, Any] = {
-        "start_at": to_moscow(forms.text(form, "start_at"), timezone) or "",
-        "days": [d for d in range(1, 8) if forms.checked(form, f"day{d}")],
-        "time_basis": forms.text(form, "time_basis") or "recipient",
-    }
-    try:
-        out["end_at"] = to_moscow(forms.text(form, "end_at"), timezone)
-    except ValidationFailed:
-        raise ValidationFailed.one("end_at", BAD_TIME) from None
-    windows = []
-    for i in range(MAX_WINDOWS):
-        start, end = forms.text(form, f"win{i}_from").strip(), forms.text(form, f"win{i}_to").strip()
-        if start or end:
-            windows.append({"from": start[:5], "to": end[:5]})
-    out["windows"] = windows
-    return {"schedule": out, "compliance_profile": forms.text(form, "compliance_profile") or "standard"}
+    compliance profile. A running campaign sends only ``end_at``."""
+    out: dict[str, Any] = {}
+    if shown(form, "start_at"):
+        out["start_at"] = to_moscow(forms.text(form, "start_at"), timezone) or ""
+    if shown(form, "days_shown"):
+        out["days"] = [d for d in range(1, 8) if forms.checked(form, f"day{d}")]
+    if shown(form, "time_basis"):
+        out["time_basis"] = forms.text(form, "time_basis") or "recipient"
+    if shown(form, "end_at"):
+        try:
+            out["end_at"] = to_moscow(forms.text(form, "end_at"), timezone)
+        except ValidationFailed:
+            raise ValidationFailed.one("end_at", BAD_TIME) from None
+    if shown(form, "win0_from"):
+        windows = []
+        for i in range(MAX_WINDOWS):
+            start, end = forms.text(form, f"win{i}_from").strip(), forms.text(form, f"win{i}_to").strip()
+            if start or end:
+                windows.append({"from": start[:5], "to": end[:5]})
+        out["windows"] = windows
+    part: dict[str, Any] = {"schedule": out}
+    if shown(form, "compliance_profile"):
+        part["compliance_profile"] = forms.text(form, "compliance_profile") or "standard"
+    return part
 
 
 def lines(form: forms.FormData) -> dict[str, Any]:
     """«Попытки и линии»: attempts, ring timeout, concurrency, caller ID and the call options."""
-    criterion = forms.text(form, "criterion") or "listened_full"
-    success: dict[str, Any] = {"criterion": criterion}
-    if criterion == "listened_min":
-        success["min_listen_s"] = _int(form, "min_listen_s", 10)
-    if criterion == "confirmed":
-        success["confirm_digit"] = forms.text(form, "confirm_digit").strip() or "1"
-    return {
-        "caller_id": forms.text(form, "caller_id").strip(),
-        "attempts": {
+    part: dict[str, Any] = {}
+    if shown(form, "caller_id"):
+        part["caller_id"] = forms.text(form, "caller_id").strip()
+    if shown(form, "attempts_max"):
+        part["attempts"] = {
             "max": _int(form, "attempts_max", 3),
             "interval_min": _int(form, "interval_min", 30),
             "retry_on": [o for o in RETRY_OUTCOMES if forms.checked(form, f"retry_{o}")],
-        },
-        "ring_timeout_s": _int(form, "ring_timeout_s", 30),
-        "concurrency": _int(form, "concurrency", 5),
-        "record": forms.checked(form, "record"),
-        "allow_international": forms.checked(form, "allow_international"),
-        "auto_complete": forms.checked(form, "auto_complete"),
-        "success": success,
-        "amd": {
+        }
+        part["ring_timeout_s"] = _int(form, "ring_timeout_s", 30)
+    if shown(form, "concurrency"):
+        part["concurrency"] = _int(form, "concurrency", 5)
+    if shown(form, "options_shown"):
+        part["record"] = forms.checked(form, "record")
+        part["allow_international"] = forms.checked(form, "allow_international")
+    if shown(form, "auto_complete_shown"):
+        part["auto_complete"] = forms.checked(form, "auto_complete")
+    if shown(form, "criterion"):
+        criterion = forms.text(form, "criterion") or "listened_full"
+        success: dict[str, Any] = {"criterion": criterion}
+        if criterion == "listened_min":
+            success["min_listen_s"] = _int(form, "min_listen_s", 10)
+        if criterion == "confirmed":
+            success["confirm_digit"] = forms.text(form, "confirm_digit").strip() or "1"
+        part["success"] = success
+    if shown(form, "amd_on_machine"):
+        part["amd"] = {
             "enabled": forms.checked(form, "amd_enabled"),
             "analysis_s": _float(form, "amd_analysis_s", 3.5),
             "on_machine": forms.text(form, "amd_on_machine") or "hangup",
-        },
-    }
+        }
+    return part
 
 
 def keys(form: forms.FormData) -> dict[str, Any]:
     """«Реакции на нажатия»: digit → action (with a target for «connect», an optional segment to play)."""
+    if not shown(form, "wait_s"):
+        return {}
     actions: dict[str, Any] = {}
     for i, key in enumerate(KEYS):
         action = forms.text(form, f"key{i}_action")
@@ -164,11 +188,12 @@ def keys(form: forms.FormData) -> dict[str, Any]:
 
 
 def merge(current: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    """``current`` (the whole campaign object) with one tab's ``part``; the forms show only some AMD
-    fields, so the rest of ``amd`` is kept."""
+    """``current`` (the whole campaign object) with one tab's ``part``. ``schedule``, ``attempts`` and
+    ``amd`` merge field by field: a tab may send only some of their fields."""
     out = {**current, **part}
-    if "amd" in part and isinstance(current.get("amd"), dict):
-        out["amd"] = {**current["amd"], **part["amd"]}
+    for key in ("schedule", "attempts", "amd"):
+        if key in part and isinstance(current.get(key), dict):
+            out[key] = {**current[key], **part[key]}
     return out
 
 

@@ -359,8 +359,13 @@ def values_of(row: AiCampaign | None, timezone: str, now: dt.datetime) -> dict[s
     }
 
 
+LIVE_EDITABLE = frozenset(
+    {"name", "schedule", "end_at", "attempts", "concurrency", "dtmf", "auto_complete", "contacts"}
+)
+
+
 def editable(row: AiCampaign, part: str) -> bool:
-    """What the status lets the admin change (§4.1 «Editing»)."""
+    """What the status lets the admin change (§4.1 «Editing»); the campaign service has the last word."""
     st = row.status
     if st == "draft":
         return True
@@ -370,7 +375,7 @@ def editable(row: AiCampaign, part: str) -> bool:
         return st in ("scheduled", "paused", "error") and row.first_attempt_at is None
     if st == "running":
         return part in ("concurrency", "end_at", "contacts")
-    return True
+    return part in LIVE_EDITABLE
 
 
 async def campaign_context(
@@ -609,7 +614,8 @@ async def _save(
     except REFUSALS as e:
         await s.rollback()
         row = await get_campaign(s, p.tenant, campaign_id)
-        return await _tab(request, r, s, p, row, tab, now, values={**part, **shown}, errors=as_form_errors(e))
+        values = {**aiforms.merge(current_object(row), part), **shown}  # what the admin sent, over the rest
+        return await _tab(request, r, s, p, row, tab, now, values=values, errors=as_form_errors(e))
     await s.commit()
     suffix = "" if tab == "message" else f"/{tab}"
     return RedirectResponse(f"{BASE}/campaigns/{row.id.hex}{suffix}?notice=saved", status_code=303)
