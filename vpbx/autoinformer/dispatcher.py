@@ -51,6 +51,7 @@ from vpbx.autoinformer.schedule import (
 from vpbx.autoinformer.schemas import FINAL_CONTACT, MOSCOW, CampaignSpec, spec_of
 from vpbx.billing import AUTOINFORMER, is_enabled
 from vpbx.clock import Clock
+from vpbx.errors import VpbxError
 from vpbx.logs import get_logger
 from vpbx.pbx.broadcast import (
     AmdSettings,
@@ -80,6 +81,7 @@ TICK_S = 0.5
 CAMPAIGN_CPS = 2  # new attempts per second per campaign (§3.4)
 CANDIDATES = 20  # due contacts looked at per claim round
 LIMITS_KEY = "autoinformer.limits"
+AUDIO_UNAVAILABLE = "audio-unavailable"  # the renderer's error code for a library file gone
 DUE = ("pending", "waiting_retry")
 LIVE = ("scheduled", "running", "paused", "error")
 ACTOR = "system"
@@ -213,11 +215,15 @@ class Dispatcher:
         await self.reconcile()
         self._task = asyncio.create_task(self._run(), name="autoinformer-dispatch")
 
-    async def stop(self) -> None:
+    async def halt(self) -> None:
+        """Stop claiming; dials in progress go on and are recorded."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+    async def stop(self) -> None:
+        await self.halt()
         if self._dials:
             _, pending = await asyncio.wait(list(self._dials.values()), timeout=STOP_DRAIN_S)
             for task in pending:  # their attempts stay open: the next start reconciles them
@@ -516,7 +522,18 @@ class Dispatcher:
                 if opens != now:
                     await self._defer(s, contact, opens, now)
                     continue
-                prompt_id = await self.render(s, campaign, contact)
+                try:
+                    prompt_id = await self.render(s, campaign, contact)
+                except VpbxError as e:
+                    await s.rollback()
+                    if e.code != AUDIO_UNAVAILABLE:
+                        log.exception("autoinformer.render_error", contact_id=contact.id.hex)
+                        continue
+                    # a library file is gone: the campaign's problem, not the contact's
+                    await self._move(
+                        campaign.id, "running", "error", domain, now, error_reason="audio_unavailable"
+                    )
+                    return False
                 if contact.status == "error":  # the renderer gave up on it (tts_failed)
                     await events.number_finished(
                         s, domain=domain.name, campaign=campaign, contact=contact, at=now
