@@ -44,6 +44,7 @@ from vpbx.autoinformer.schedule import (
     QUIET_HOURS_KEY,
     Plan,
     PlatformRules,
+    can_start,
     next_open,
     zone_of,
     zones,
@@ -79,6 +80,7 @@ LEASE_S = 15.0
 RENEW_S = 5.0
 TICK_S = 0.5
 CAMPAIGN_CPS = 2  # new attempts per second per campaign (§3.4)
+ZONES_CHECKED = 200  # distinct recipient zones looked at by in_window
 CANDIDATES = 20  # due contacts looked at per claim round
 LIMITS_KEY = "autoinformer.limits"
 AUDIO_UNAVAILABLE = "audio-unavailable"  # the renderer's error code for a library file gone
@@ -162,6 +164,25 @@ async def error_cause(
         if (found or 0) < len(ids):
             return "audio_unavailable"
     return None
+
+
+async def in_window(s: AsyncSession, campaign: AiCampaign, domain: Domain, now: dt.datetime) -> bool:
+    """§9's ``in_window``: the start rule holds now for at least one time zone among the campaign's
+    contacts not yet final (the domain's when there are none); ``running`` with it false is idle."""
+    plan = Plan.of(spec_of(campaign))
+    rules = PlatformRules.from_settings(await platform_settings(s))
+    found = (
+        await s.scalars(
+            select(AiContact.timezone)
+            .where(AiContact.campaign_id == campaign.id, AiContact.status.not_in(tuple(FINAL_CONTACT)))
+            .distinct()
+            .limit(ZONES_CHECKED)
+        )
+    ).all()
+    return any(
+        can_start(plan, rules, recipient_tz=zone, domain_tz=domain.timezone, at=now)
+        for zone in (found or [None])
+    )
 
 
 def _is_pg(s: AsyncSession) -> bool:

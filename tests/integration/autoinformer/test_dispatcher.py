@@ -534,3 +534,19 @@ async def test_start_runs_ticks_and_stop_records_the_calls_and_releases_the_leas
     assert c.status == "succeeded"
     camp = await world.campaign_row(cid)
     assert camp.lease_owner is None
+
+
+async def test_in_window_follows_the_contacts_zones(world: World) -> None:
+    from vpbx.autoinformer.dispatcher import in_window
+
+    cid = await world.campaign(
+        schedule={"start_at": "2026-06-16 01:00:00", "windows": [{"from": "10:00", "to": "13:00"}]}
+    )
+    async with world.sessions() as s:
+        camp, dom = await s.get(AiCampaign, cid), await s.get(Domain, world.domain_id)
+        assert camp is not None and dom is not None
+        six_msk = dt.datetime(2026, 6, 16, 3, 0, tzinfo=dt.UTC)
+        assert not await in_window(s, camp, dom, six_msk)  # no contacts: the domain's zone, 06:00 there
+        await world.contacts(cid, "73832000001", tz="Asia/Novosibirsk")
+        assert await in_window(s, camp, dom, six_msk)  # 10:00 for the Novosibirsk recipient
+        assert not await in_window(s, camp, dom, six_msk - MINUTE)
