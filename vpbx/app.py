@@ -159,6 +159,7 @@ async def serve(settings: Settings) -> None:
             on_session_lost=b2bua.on_media_lost,
             on_dtmf=b2bua.on_dtmf,
             on_play_done=b2bua.on_play_done,
+            on_amd=b2bua.on_amd,
             loop=settings.event_loop,
             log_level=settings.log_level,
             log_json=settings.log_json,
@@ -173,6 +174,7 @@ async def serve(settings: Settings) -> None:
             on_media_timeout=b2bua.on_media_timeout,
             on_dtmf=b2bua.on_dtmf,
             on_play_done=b2bua.on_play_done,
+            on_amd=b2bua.on_amd,
         )
     b2bua.media = media
     app.state.bus = bus  # call events, for the features that subscribe
@@ -200,6 +202,13 @@ async def serve(settings: Settings) -> None:
     b2bua.outbound = OutboundRouter(core.sessions)
     b2bua.prompts = core.prompts  # the phrase a refused call hears, the menus' greetings
     b2bua.menus = MenuPlans(core.sessions, core.prompts)
+    b2bua.broadcaster.sessions = core.sessions  # the call history: a dispatch key dialled before is refused
+    app.state.broadcaster = b2bua.broadcaster  # the autoinformer's BroadcastDialer (vpbx.pbx.broadcast)
+    if settings.debug_broadcast_token is not None:
+        from vpbx.pbx.broadcast_debug import broadcast_route
+
+        token = settings.debug_broadcast_token.get_secret_value()
+        app.router.routes.insert(0, broadcast_route(b2bua.broadcaster, core.sessions, token))
     b2bua.routing_hook_deadline_s = settings.routing_hook_deadline_s
     webhook = None
     if settings.debug_routing_hook_url:
