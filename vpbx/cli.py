@@ -20,9 +20,11 @@ app = typer.Typer(help="vpbx: open-source cloud PBX", no_args_is_help=True, add_
 domain_app = typer.Typer(help="Domains (tenants)", no_args_is_help=True)
 user_app = typer.Typer(help="Users of a domain", no_args_is_help=True)
 operator_app = typer.Typer(help="Platform operators", no_args_is_help=True)
+numbering_app = typer.Typer(help="The numbering table (recipients' time zones)", no_args_is_help=True)
 app.add_typer(domain_app, name="domain")
 app.add_typer(user_app, name="user")
 app.add_typer(operator_app, name="operator")
+app.add_typer(numbering_app, name="numbering")
 log = get_logger("vpbx.cli")
 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory [VPBX_DATA_DIR]")]
@@ -193,6 +195,23 @@ def operator_create(
     except ValidationFailed as e:
         raise _fail(e) from e
     typer.echo(f"operator {login} created")
+
+
+@numbering_app.command("load")
+def numbering_load(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Load a regulator's numbering file (Rossvyaz ABC-3xx/4xx/8xx, DEF-9xx CSV) into the numbering table."""
+    from vpbx.autoinformer.tz import NumberingFileError
+    from vpbx.cli_ops import load_numbering
+
+    settings = _settings(data_dir)
+    try:
+        typer.echo(asyncio.run(load_numbering(settings, file)))
+    except NumberingFileError as e:
+        typer.echo(f"vpbx: {file}: {e}", err=True)
+        raise typer.Exit(1) from e
 
 
 def main() -> None:

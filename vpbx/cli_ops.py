@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from sqlalchemy import select
 
 from vpbx.app import build_core
@@ -90,3 +93,21 @@ async def create_operator(settings: Settings, login: str, password: str) -> None
             await s.commit()
     finally:
         await core.engine.dispose()
+
+
+async def load_numbering(settings: Settings, path: Path) -> str:
+    """Load one of the regulator's numbering files (ABC-3xx/4xx/8xx, DEF-9xx) into the numbering table."""
+    from vpbx.autoinformer.tz import load_numbering as load
+
+    data = await asyncio.to_thread(path.read_bytes)
+    core = build_core(settings)
+    try:
+        async with core.sessions() as s:
+            result = await load(s, data)
+            await s.commit()
+    finally:
+        await core.engine.dispose()
+    lines = [f"{result.ranges} ranges of {len(result.codes)} codes loaded"]
+    for region, n in sorted(result.unmatched_regions.items()):
+        lines.append(f"no time zone for region {region!r} ({n} ranges): the domain's zone applies")
+    return "\n".join(lines)

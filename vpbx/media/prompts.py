@@ -12,7 +12,9 @@ exists is complete). The same audio uploaded twice is one prompt. A bad upload r
 stable ``reason`` and an English ``msgid`` the cabinet translates, and stores nothing.
 
 Text-to-speech runs ``espeak-ng`` (Russian or English voice) and stores its output the same way; the prompt id
-is remembered under ``tts/<sha256(voice, rate, text)>``, so the same phrase is synthesised once.
+is remembered under ``tts/<sha256(voice, rate, text)>``, so the same phrase is synthesised once. Callers that
+build audio of their own (the autoinformer's per-contact messages) store PCM with ``store_pcm`` under a key
+of theirs and find it again with ``lookup``.
 ``system_phrase`` does that for the fixed phrases the call engine speaks (operators busy, call not allowed…).
 """
 
@@ -54,8 +56,11 @@ MAX_JOBS = 2  # conversions and syntheses at once (the box has few cores and cal
 NORMALISE_DB = -3.0  # peak level of stored prompts, dBFS
 STDERR_LOG_CHARS = 500
 TTS_VOICES: dict[Voice, str] = {"ru": "ru", "en": "en-us"}  # espeak-ng voice names
+# espeak-ng voices callers may also name directly (the autoinformer's voice list, vpbx.autoinformer.schemas)
+ESPEAK_VOICES = frozenset({"ru", "ru+f3", "ru+f4", "ru+m3", "en-us", "en-us+f3"})
 PROMPT_DIR = "prompts"
 TTS_DIR = "tts"
+REF_DIR = "ref"
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _FRAME_BYTES = FRAME_SAMPLES * SAMPLE_WIDTH
@@ -377,11 +382,19 @@ class PromptStore:
 
     # --- text-to-speech -------------------------------------------------------------------------------
     @staticmethod
-    def tts_key(text: str, voice: Voice, rate_wpm: int) -> str:
+    def tts_key(text: str, voice: Voice | str, rate_wpm: int) -> str:
         return hashlib.sha256(f"{voice}\0{rate_wpm}\0{text}".encode()).hexdigest()
 
-    async def tts(self, text: str, *, voice: Voice = "ru", rate_wpm: int = TTS_RATE_WPM) -> Prompt:
-        """``text`` spoken by espeak-ng as a stored prompt; synthesised once per (voice, rate, text)."""
+    async def tts(
+        self, text: str, *, voice: Voice | str = "ru", rate_wpm: int = TTS_RATE_WPM, rate: float | None = None
+    ) -> Prompt:
+        """``text`` spoken by espeak-ng as a stored prompt; synthesised once per (voice, rate, text).
+
+        ``voice`` is ``ru``/``en`` or an espeak-ng voice of ``ESPEAK_VOICES`` (``ru+f3``…); ``rate``, when
+        given, is a factor of the default speed (0.5–2.0, clamped to what espeak-ng accepts) and wins over
+        ``rate_wpm``."""
+        if rate is not None:
+            rate_wpm = min(max(round(TTS_RATE_WPM * rate), TTS_RATE_RANGE[0]), TTS_RATE_RANGE[1])
         text = " ".join(text.split())
         if not text:
             raise PromptError("tts-empty", N_("Enter the text to speak"))
@@ -389,7 +402,7 @@ class PromptStore:
             raise PromptError(
                 "tts-too-long", N_("The text is too long (at most {n} characters)"), n=MAX_TTS_CHARS
             )
-        if voice not in TTS_VOICES:
+        if voice not in TTS_VOICES and voice not in ESPEAK_VOICES:
             raise PromptError("tts-voice", N_("Unknown voice"))
         if not TTS_RATE_RANGE[0] <= rate_wpm <= TTS_RATE_RANGE[1]:
             raise PromptError(
@@ -432,6 +445,40 @@ class PromptStore:
         prompt = self._tones[kind] = await self._store(pcm)
         return prompt
 
+    # --- audio built by callers --------------------------------------------------------------------------
+    async def read_pcm(self, prompt_id: str) -> bytes:
+        """A stored prompt's 8 kHz mono s16le PCM."""
+        prompt = self.get(prompt_id)
+        return await asyncio.to_thread(_wav_frames, prompt.wav)
+
+    async def store_pcm(self, pcm: bytes, *, key: str | None = None) -> Prompt:
+        """Store 8 kHz mono s16le PCM as a prompt (padded to whole frames); remembered under ``key`` (a
+        SHA-256 hex digest of the caller's inputs) when given, for ``lookup``."""
+        if key is not None and not _ID_RE.fullmatch(key):
+            raise ValueError(f"not a key: {key!r}")
+        if len(pcm) // SAMPLE_WIDTH > _MAX_SAMPLES:
+            raise PromptError(
+                "prompt-too-long",
+                N_("The recording is too long (at most {minutes} min)"),
+                minutes=round(self.max_duration_s / 60),
+            )
+        prompt = await self._store(pcm[: len(pcm) - len(pcm) % SAMPLE_WIDTH])
+        if key is not None:
+            await asyncio.to_thread(_write_ref, self.root / REF_DIR / key, prompt.id)
+        return prompt
+
+    async def lookup(self, key: str) -> Prompt | None:
+        """The prompt stored under ``key`` by ``store_pcm``, if it is still complete."""
+        if not _ID_RE.fullmatch(key):
+            raise ValueError(f"not a key: {key!r}")
+        return await asyncio.to_thread(self._cached_ref, self.root / REF_DIR / key)
+
+    def _cached_ref(self, ref: Path) -> Prompt | None:
+        try:
+            return self.get(ref.read_text().strip())
+        except (OSError, ValueError, PromptError):
+            return None
+
     def _cached_tts(self, key: str) -> Prompt | None:
         ref = self.root / TTS_DIR / key
         try:
@@ -440,8 +487,9 @@ class PromptStore:
         except (OSError, ValueError, PromptError):
             return None
 
-    async def _synthesise(self, text: str, voice: Voice, rate_wpm: int, key: str) -> Prompt:
-        argv = [self.espeak, "-v", TTS_VOICES[voice], "-s", str(rate_wpm), "-b", "1", "--stdin", "--stdout"]
+    async def _synthesise(self, text: str, voice: Voice | str, rate_wpm: int, key: str) -> Prompt:
+        espeak_voice = TTS_VOICES[voice] if voice in TTS_VOICES else voice
+        argv = [self.espeak, "-v", espeak_voice, "-s", str(rate_wpm), "-b", "1", "--stdin", "--stdout"]
         async with self._jobs:
             rc, wav, err = await _run(argv, text.encode(), self.tts_timeout_s)
         if rc != 0 or sniff_format(wav) != "wav":
@@ -452,6 +500,11 @@ class PromptStore:
         ref = self.root / TTS_DIR / key
         await asyncio.to_thread(_write_ref, ref, prompt.id)
         return prompt
+
+
+def _wav_frames(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as w:
+        return w.readframes(w.getnframes())
 
 
 def _write_ref(ref: Path, prompt_id: str) -> None:

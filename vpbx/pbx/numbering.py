@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import phonenumbers
 
+from vpbx.crm.phone import normalised_digits
+
 DEFAULT_REGION = "RU"
 
 
@@ -36,20 +38,7 @@ def display(e164: str) -> str:
     return str(phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
 
 
-_DIALLED_PUNCTUATION = str.maketrans("", "", " -()")
-MIN_DIALLED, MAX_DIALLED = 11, 15  # digits of a number a CRM asks us to call (integration-api.md §4.1)
-
-
 def dialled_digits(raw: str) -> str | None:
     """A number to call as a CRM spells it (``+7 (916) 123-45-67``, ``8916…``, ``916…``) as its E.164 digits
-    without ``+``; None unless that makes 11–15 digits. Spaces, ``-``, ``(``, ``)`` and one leading ``+`` are
-    dropped; 11 digits starting with ``8`` become ``7…``; 10 digits get ``7`` in front (amocrm.md §2.4)."""
-    text = raw.strip().translate(_DIALLED_PUNCTUATION)
-    text = text.removeprefix("+")
-    if not text.isascii() or not text.isdigit():
-        return None
-    if len(text) == 11 and text.startswith("8"):
-        text = "7" + text[1:]
-    elif len(text) == 10:
-        text = "7" + text
-    return text if MIN_DIALLED <= len(text) <= MAX_DIALLED else None
+    without ``+``; None unless the shared normaliser (amocrm.md §2.4, ``vpbx.crm.phone``) accepts it."""
+    return normalised_digits(raw)
