@@ -36,7 +36,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from vpbx.autoinformer import events, status
+from vpbx.autoinformer import events, status, stoplist
 from vpbx.autoinformer.caps import CAPS_KEY, Caps, answered_times, next_allowed
 from vpbx.autoinformer.outcome import DROPS, next_number, next_state, outcome_of
 from vpbx.autoinformer.schedule import (
@@ -880,7 +880,9 @@ class Dispatcher:
                 contact.succeeded_at = ended
             contact.updated_at = now
             if outcome == "opted_out":
-                await _stop_list(s, domain.id, contact.phones, campaign.id, now)
+                await stoplist.add_many(
+                    s, domain.id, contact.phones, source="opt_out", campaign_id=campaign.id, author=ACTOR
+                )
             await s.flush()
             await events.attempt_finished(
                 s, domain=domain.name, campaign=campaign, contact=contact, attempt=attempt, at=now
@@ -938,33 +940,6 @@ class Dispatcher:
                 closed += 1
                 log.warning("autoinformer.attempt_reconciled", session_id=session_id, detail=detail)
         return closed
-
-
-async def _stop_list(
-    s: AsyncSession, domain_id: uuid.UUID, phones: list[str], campaign_id: uuid.UUID, now: dt.datetime
-) -> None:
-    """An opt-out puts every number of the contact on the domain's stop list (§3.5)."""
-    have = set(
-        (
-            await s.scalars(
-                select(AiStopEntry.phone).where(
-                    AiStopEntry.domain_id == domain_id, AiStopEntry.phone.in_(phones)
-                )
-            )
-        ).all()
-    )
-    for phone in dict.fromkeys(phones):
-        if phone not in have:
-            s.add(
-                AiStopEntry(
-                    domain_id=domain_id,
-                    phone=phone,
-                    source="opt_out",
-                    campaign_id=campaign_id,
-                    author=ACTOR,
-                    created_at=now,
-                )
-            )
 
 
 def _amd(spec: CampaignSpec) -> AmdSettings | None:
