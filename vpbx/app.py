@@ -159,6 +159,7 @@ async def serve(settings: Settings) -> None:
             on_session_lost=b2bua.on_media_lost,
             on_dtmf=b2bua.on_dtmf,
             on_play_done=b2bua.on_play_done,
+            on_amd=b2bua.on_amd,
             loop=settings.event_loop,
             log_level=settings.log_level,
             log_json=settings.log_json,
@@ -173,6 +174,7 @@ async def serve(settings: Settings) -> None:
             on_media_timeout=b2bua.on_media_timeout,
             on_dtmf=b2bua.on_dtmf,
             on_play_done=b2bua.on_play_done,
+            on_amd=b2bua.on_amd,
         )
     b2bua.media = media
     app.state.bus = bus  # call events, for the features that subscribe
@@ -200,6 +202,13 @@ async def serve(settings: Settings) -> None:
     b2bua.outbound = OutboundRouter(core.sessions)
     b2bua.prompts = core.prompts  # the phrase a refused call hears, the menus' greetings
     b2bua.menus = MenuPlans(core.sessions, core.prompts)
+    b2bua.broadcaster.sessions = core.sessions  # the call history: a dispatch key dialled before is refused
+    app.state.broadcaster = b2bua.broadcaster  # the autoinformer's BroadcastDialer (vpbx.pbx.broadcast)
+    if settings.debug_broadcast_token is not None:
+        from vpbx.pbx.broadcast_debug import broadcast_route
+
+        token = settings.debug_broadcast_token.get_secret_value()
+        app.router.routes.insert(0, broadcast_route(b2bua.broadcaster, core.sessions, token))
     b2bua.routing_hook_deadline_s = settings.routing_hook_deadline_s
     webhook = None
     if settings.debug_routing_hook_url:
@@ -236,6 +245,11 @@ async def serve(settings: Settings) -> None:
     api_log_sweep = LogSweep(sessions=core.sessions, clock=core.clock)
     await api_log_sweep.start()  # the API log keeps 7 days / 10 000 rows per domain (integration-api.md §6.4)
     app.state.history_exports = history_exports  # domain_call_history wakes it (integration-api.md §4.5)
+    from vpbx.autoinformer.wiring import build_dispatcher
+
+    # the autoinformer's dispatcher (autoinformer.md §7); it closes what the last run left open first (§7.2)
+    ai_dispatcher = build_dispatcher(core, b2bua.broadcaster, registry)
+    await ai_dispatcher.start()
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -252,8 +266,10 @@ async def serve(settings: Settings) -> None:
     try:
         await _GracefulServer(config).serve()
     finally:
+        await ai_dispatcher.halt()  # no new autoinformer calls
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
+        await ai_dispatcher.stop()  # records the results of the calls that just ended
         if webhook is not None:
             await webhook.aclose()
         await retention.stop()

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # debugging aid: ask this URL where calls on lines go (vpbx.pbx.routing_webhook; empty: off), and how long
     # any routing hook may take before the domain's rules route the call (platform cap 3 s, telephony.md §3.7)
     debug_routing_hook_url: str = ""
+    # tests only: POST /debug/broadcast with this bearer token places an autoinformer call and answers its
+    # result (vpbx.pbx.broadcast_debug; unset: no such route)
+    debug_broadcast_token: SecretStr | None = None
     routing_hook_deadline_s: float = Field(default=3.0, gt=0, le=3.0)
     public_url: str = ""
     # the Integration API's public base URLs ({API}, {API_TEST}: links we hand out, demo.json); empty:

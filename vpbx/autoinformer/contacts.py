@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.autoinformer.schemas import MAX_CONTACTS, MAX_VALUE_CHARS, spec_of
 from vpbx.autoinformer.stoplist import is_stopped
-from vpbx.autoinformer.tables import MAX_COLUMNS, N_, Grid, TableError, read_csv, read_table
+from vpbx.autoinformer.tables import MAX_COLUMNS, N_, Grid, TableError, read_csv, read_table, safe_cell
 from vpbx.autoinformer.tz import ZoneLookup
 from vpbx.crm.phone import normalise
 from vpbx.errors import NotFound
@@ -113,11 +113,11 @@ class ImportResult:
         """The rows not imported, as read, with a ``reason`` column (UTF-8 with BOM, ``;``)."""
         buf = io.StringIO()
         w = csv.writer(buf, delimiter=";", lineterminator="\r\n")
-        w.writerow([*self.header, "reason"])
+        w.writerow([*(safe_cell(c) for c in self.header), "reason"])
         width = len(self.header)
         for cells, reasons in self._rejected_cells:
             padded = [*cells, *[""] * (width - len(cells))] if len(cells) < width else cells
-            w.writerow([*padded, ",".join(dict.fromkeys(reasons))])
+            w.writerow([*(safe_cell(c) for c in padded), ",".join(dict.fromkeys(reasons))])
         return "\ufeff".encode() + buf.getvalue().encode()
 
     def api_rejected(self) -> list[dict[str, Any]]:

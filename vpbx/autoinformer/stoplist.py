@@ -19,7 +19,7 @@ from typing import Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.autoinformer.tables import N_, read_table
+from vpbx.autoinformer.tables import N_, read_table, safe_cell
 from vpbx.crm.phone import normalise
 from vpbx.errors import Conflict, NotFound, ValidationFailed
 from vpbx.store.models import AiCampaign, AiStopEntry, AuditEntry
@@ -239,7 +239,7 @@ async def export_csv(s: AsyncSession, domain_id: uuid.UUID) -> bytes:
                 e.phone,
                 e.source,
                 e.campaign_id.hex if e.campaign_id else "",
-                e.author,
+                safe_cell(e.author),
                 e.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             ]
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,11 +22,16 @@ from typing import Literal
 from vpbx.errors import StoreError
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # 20 MB (§3.2)
+MAX_XLSX_UNPACKED = 256 * 1024 * 1024  # the workbook's XML once unzipped
 MAX_ROWS = 200_000  # rows read from one file: twice the contact limit, so row_limit can still be reported
 MAX_COLUMNS = 64  # 5 phones, external_id and the variables; wider sheets are cut here
 MAX_CELL_CHARS = 1000
 DELIMITERS = (";", ",", "\t")
 XLSX_MAGIC = b"PK\x03\x04"
+# a cell starting like a formula is run by spreadsheets (CSV injection); phone numbers such as +7 495 … are
+# data, anything else gets a leading apostrophe (the journal's rule, vpbx.web.pages.history)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PHONE_RE = re.compile(r"[+]?[0-9 ()\-]+")
 
 Kind = Literal["csv", "xlsx"]
 
@@ -57,6 +63,13 @@ class Grid:
     kind: Kind
     rows: list[list[str]]
     delimiter: str = ";"  # the CSV's, for writing a report back in the same shape
+
+
+def safe_cell(value: str) -> str:
+    """A cell for a CSV we hand out: a spreadsheet shows it instead of running it as a formula."""
+    if value.startswith(FORMULA_START) and not PHONE_RE.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def sniff_kind(data: bytes) -> Kind:
@@ -190,6 +203,17 @@ def _trim(rows: list[list[str]]) -> list[list[str]]:
 def read_xlsx(data: bytes) -> Grid:
     from openpyxl import load_workbook  # a large import, needed only for spreadsheets
 
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise TableError(
+            "xlsx", N_("The file is not a readable XLSX workbook ({error})"), error=str(e)[:200]
+        ) from None
+    if unpacked > MAX_XLSX_UNPACKED:  # a zip bomb: openpyxl keeps the shared strings in memory
+        raise TableError(
+            "too-large", N_("The file is too large (at most {mb} MB)"), mb=MAX_XLSX_UNPACKED // (1024 * 1024)
+        )
     try:
         wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError) as e:

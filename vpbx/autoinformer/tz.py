@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
-from sqlalchemy import and_, delete, insert, or_, select
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.store.models import NumberingRange
@@ -33,6 +33,7 @@ SUBSCRIBER_DIGITS = 7
 INSERT_BATCH = 5000
 MAX_FILE_BYTES = 200 * 1024 * 1024  # the largest regulator's file (ABC-4xx) is about 40 MB
 UNKNOWN_ZONE = "Etc/Unknown"
+PN_PREFIX = 9  # phonenumbers.tzdata.TIMEZONE_LONGEST_PREFIX
 
 # Region name stem → IANA zone, checked in order: the first stem found in the (lower-cased, ё → е,
 # punctuation → space) region name wins, so more specific stems come before the ones they contain
@@ -186,30 +187,32 @@ def phonenumbers_zone(digits: str) -> str | None:
 
 
 class ZoneLookup:
-    """Recipient zones for many numbers in one session: each range found is remembered, so a list of
-    100 000 numbers from a few ranges costs a few queries."""
+    """Recipient zones for many numbers in one session: every range found, and every gap between ranges,
+    is remembered, so a list of 100 000 numbers from a few ranges costs a few queries. phonenumbers'
+    answers are remembered per prefix of its longest zone prefix (9 digits) and length."""
 
     def __init__(self, s: AsyncSession) -> None:
         self._s = s
-        self._firsts: list[str] = []
-        self._ranges: list[tuple[str, str, str | None]] = []  # (first, last, zone), sorted by first
-        self._misses: set[str] = set()
+        self._starts: list[str] = []
+        self._spans: list[tuple[str, str, str | None, bool]] = []  # (first, last, zone, in the table)
+        self._pn: dict[tuple[str, int], str | None] = {}
 
     async def zone(self, digits: str) -> str | None:
         """The IANA zone of a normalised number, None = the domain's zone."""
         if len(digits) == RU_LENGTH and digits.startswith("7"):
-            found, zone = await self._table(digits)
-            if found and zone:
+            zone = await self._table(digits)
+            if zone:
                 return zone
-        return phonenumbers_zone(digits)
+        key = (digits[:PN_PREFIX], len(digits))
+        if key not in self._pn:
+            self._pn[key] = phonenumbers_zone(digits)
+        return self._pn[key]
 
-    async def _table(self, digits: str) -> tuple[bool, str | None]:
-        i = bisect.bisect_right(self._firsts, digits) - 1
-        if i >= 0 and self._ranges[i][0] <= digits <= self._ranges[i][1]:
-            return True, self._ranges[i][2]
-        if digits in self._misses:
-            return False, None
-        row = (
+    async def _table(self, digits: str) -> str | None:
+        i = bisect.bisect_right(self._starts, digits) - 1
+        if i >= 0 and self._spans[i][0] <= digits <= self._spans[i][1]:
+            return self._spans[i][2]
+        before = (
             await self._s.execute(
                 select(NumberingRange.first, NumberingRange.last, NumberingRange.timezone)
                 .where(NumberingRange.first <= digits)
@@ -217,13 +220,30 @@ class ZoneLookup:
                 .limit(1)
             )
         ).first()
-        if row is None or row.last < digits:
-            self._misses.add(digits)
-            return False, None
-        j = bisect.bisect_left(self._firsts, row.first)
-        self._firsts.insert(j, row.first)
-        self._ranges.insert(j, (row.first, row.last, row.timezone))
-        return True, row.timezone
+        if before is not None and digits <= before.last:
+            zone: str | None = before.timezone
+            self._remember(before.first, before.last, zone, True)
+            return zone
+        after = await self._s.scalar(
+            select(func.min(NumberingRange.first)).where(NumberingRange.first > digits)
+        )
+        low = _next(before.last) if before is not None else "7" + "0" * (RU_LENGTH - 1)
+        high = _prev(after) if after is not None else "7" + "9" * (RU_LENGTH - 1)
+        self._remember(max(low, "7" + "0" * (RU_LENGTH - 1)), high, None, False)
+        return None
+
+    def _remember(self, first: str, last: str, zone: str | None, listed: bool) -> None:
+        j = bisect.bisect_left(self._starts, first)
+        self._starts.insert(j, first)
+        self._spans.insert(j, (first, last, zone, listed))
+
+
+def _next(number: str) -> str:
+    return str(int(number) + 1).zfill(len(number))
+
+
+def _prev(number: str) -> str:
+    return str(int(number) - 1).zfill(len(number))
 
 
 async def recipient_zone(s: AsyncSession, digits: str) -> str | None:

@@ -17,6 +17,7 @@ Nothing here keeps module-level state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from vpbx.clock import Clock, SystemClock
 from vpbx.errors import NoMediaPorts, NoMediaSession, RecordingFailed, WorkerUnavailable
 from vpbx.logs import get_logger
+from vpbx.media.amd import AmdDetector
 from vpbx.media.capture import Channels, RecordingResult
 from vpbx.media.dtmf import Digit
 from vpbx.media.player import AudioCache
 from vpbx.media.relay import (
     MEDIA_TIMEOUT_S,
     Address,
+    AmdHook,
     DigitHook,
     LegRef,
     PlayDoneHook,
@@ -54,6 +57,26 @@ MediaTimeoutHook = Callable[[LegRef, float], None]
 """Called with the silent leg and for how long; the owner BYEs the call unless the leg is on hold."""
 SessionLostHook = Callable[[SessionId], None]
 """Called for each session whose media worker died: its RTP is gone, whatever the call's state."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AmdParams:
+    """The thresholds of answering-machine detection (``vpbx.media.amd.AmdDetector``), in seconds."""
+
+    analysis_s: float
+    initial_silence_s: float
+    greeting_s: float
+    after_greeting_silence_s: float
+    until_greeting_end: bool = False
+
+    def detector(self) -> AmdDetector:
+        return AmdDetector(
+            analysis_s=self.analysis_s,
+            initial_silence_s=self.initial_silence_s,
+            greeting_s=self.greeting_s,
+            after_greeting_silence_s=self.after_greeting_silence_s,
+            until_greeting_end=self.until_greeting_end,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +162,13 @@ class MediaBackend(Protocol):
         """Where the RTP stream this leg sends to its phone stands (SSRC, seq, timestamp, age)."""
         ...
 
+    async def amd_start(self, leg: LegRef, params: AmdParams) -> None:
+        """Answering-machine detection on what the leg's phone sends, from now (``vpbx.media.amd``):
+        ``on_amd(leg, event)`` gets the verdict and, when asked, the end of a machine's greeting."""
+        ...
+
+    async def amd_stop(self, leg: LegRef) -> None: ...
+
     async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
         """Continue another leg's stream on this one (an attended transfer moved its phone here)."""
         ...
@@ -195,8 +225,10 @@ class InlineMediaBackend:
         on_media_timeout: MediaTimeoutHook | None = None,
         on_dtmf: DigitHook | None = None,
         on_play_done: PlayDoneHook | None = None,
+        on_amd: AmdHook | None = None,
     ) -> None:
         self.allocator = PortAllocator(ports[0], ports[1], host=bind_host)
+        self.on_amd = on_amd
         self.advertise_host = advertise_host
         self.clock: Clock = clock or SystemClock()
         self.media_timeout_s = media_timeout_s
@@ -215,7 +247,12 @@ class InlineMediaBackend:
             loop = asyncio.get_running_loop()
             hook = self._dtmf if self.on_dtmf is not None else None
             self._relay = Relay(
-                self.allocator, clock=self.clock, loop=loop, on_dtmf=hook, on_play_done=self._play_done
+                self.allocator,
+                clock=self.clock,
+                loop=loop,
+                on_dtmf=hook,
+                on_play_done=self._play_done,
+                on_amd=self._amd,
             )
             self._timer = loop.call_later(self.check_interval_s, self._tick)
         return self._relay
@@ -281,6 +318,17 @@ class InlineMediaBackend:
     async def adopt_stream(self, leg: LegRef, state: StreamState) -> None:
         self.relay.adopt_stream(leg, state)
 
+    async def amd_start(self, leg: LegRef, params: AmdParams) -> None:
+        self.relay.amd_start(leg, params.detector())
+
+    async def amd_stop(self, leg: LegRef) -> None:
+        if self._relay is not None:
+            self._relay.amd_stop(leg)
+
+    def _amd(self, leg: LegRef, event: str) -> None:
+        if self.on_amd is not None:
+            self.on_amd(leg, event)
+
     def _play_done(self, leg: LegRef) -> None:
         if self.on_play_done is not None:
             self.on_play_done(leg)  # the relay logs a failing hook
@@ -301,6 +349,7 @@ class InlineMediaBackend:
                 except Exception:
                     log.exception("media.timeout_hook_failed", session_id=leg.ref.session, leg=leg.ref.side)
         self._relay.poll_dtmf()
+        self._relay.poll_amd(now)
         self._relay.tick_recordings()
         return fired
 
@@ -386,6 +435,7 @@ class WorkerMediaBackend:
         on_dtmf: DigitHook | None = None,
         on_play_done: PlayDoneHook | None = None,
         on_session_lost: SessionLostHook | None = None,
+        on_amd: AmdHook | None = None,
         loop: str = "auto",
         log_level: str = "info",
         log_json: bool = False,
@@ -397,6 +447,7 @@ class WorkerMediaBackend:
         self.on_dtmf = on_dtmf
         self.on_play_done = on_play_done
         self.on_session_lost = on_session_lost
+        self.on_amd = on_amd
         configs = [
             WorkerConfig(
                 ports=slice_,
@@ -513,6 +564,16 @@ class WorkerMediaBackend:
             "adopt_stream", session=leg.session, side=leg.side, **state._asdict()
         )
 
+    async def amd_start(self, leg: LegRef, params: AmdParams) -> None:
+        await self._worker(leg.session).request(
+            "amd_start", session=leg.session, side=leg.side, **dataclasses.asdict(params)
+        )
+
+    async def amd_stop(self, leg: LegRef) -> None:
+        worker = self._where.get(leg.session)
+        if worker is not None:
+            await worker.request("amd_stop", session=leg.session, side=leg.side)
+
     async def release(self, session: SessionId) -> None:
         self._forget_plays({session})
         worker = self._where.pop(session, None)
@@ -559,6 +620,8 @@ class WorkerMediaBackend:
                 ended=bool(message["ended"]),
             )
             self.on_dtmf(leg, digit)
+        elif kind == "amd" and self.on_amd is not None:
+            self.on_amd(leg, str(message.get("result", "")))
         elif kind == "play_done":
             if self._plays.get(leg) != message.get("play_id"):
                 return  # a newer play or a stop_play of this leg crossed it

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from vpbx.errors import MediaParseError, NoMediaPorts, NoMediaSession
 from vpbx.logs import get_logger
+from vpbx.media.amd import AmdDetector, AmdEvent, frame_rms
 from vpbx.media.capture import Capture, Channels, RecordingResult, WavWriter
 from vpbx.media.dtmf import Digit, DtmfReceiver
 from vpbx.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
@@ -164,6 +165,8 @@ class RelayLeg:
     """One leg's sockets, negotiated payload types, latching state, rewriter and counters."""
 
     __slots__ = (
+        "amd",
+        "amd_at",
         "armed_at",
         "candidate",
         "candidate_count",
@@ -223,6 +226,8 @@ class RelayLeg:
         self.playback: Playback | None = None  # a prompt playing to this leg's phone
         self.play_timer: asyncio.TimerHandle | None = None
         self.capture: Capture | None = None  # the session's recording, shared by both legs
+        self.amd: AmdDetector | None = None  # answering-machine detection on what this leg's phone sends
+        self.amd_at = now  # when the detector last heard of this leg (a packet, or the watchdog)
         self.watched = False  # armed for the media timeout once the leg has a negotiated remote
         self.armed_at = now
         self.last_rx_at = now
@@ -272,6 +277,10 @@ class RelaySession:
 
 DigitHook = Callable[[LegRef, Digit], None]
 PlayDoneHook = Callable[[LegRef], None]
+AmdHook = Callable[[LegRef, str], None]
+"""Called with the leg and what answering-machine detection found on it (``vpbx.media.amd.AmdEvent``)."""
+AMD_RATE = 8000  # G.711: one byte per sample
+AMD_IDLE_S = 0.1  # a gap in a leg's packets longer than this counts as silence for its detector
 
 
 class Relay:
@@ -290,8 +299,10 @@ class Relay:
         loop: asyncio.AbstractEventLoop | None = None,
         on_dtmf: DigitHook | None = None,
         on_play_done: PlayDoneHook | None = None,
+        on_amd: AmdHook | None = None,
     ) -> None:
         self.allocator = allocator
+        self.on_amd = on_amd
         self._clock = clock
         self._loop = loop or asyncio.get_running_loop()
         self._on_dtmf = on_dtmf
@@ -516,6 +527,52 @@ class Relay:
             if leg.watched and leg.idle_for(now) >= timeout_s
         ]
 
+    def amd_start(self, leg_ref: LegRef, detector: AmdDetector) -> None:
+        """Classify what the leg's phone sends from now (``on_amd`` gets the verdicts)."""
+        leg = self.get(leg_ref.session).leg(leg_ref.side)
+        leg.amd = detector
+        leg.amd_at = self._clock.monotonic()
+
+    def amd_stop(self, leg_ref: LegRef) -> bool:
+        rs = self._sessions.get(leg_ref.session)
+        if rs is None:
+            return False
+        leg = rs.leg(leg_ref.side)
+        running, leg.amd = leg.amd is not None, None
+        return running
+
+    def poll_amd(self, now: float) -> None:
+        """Missing packets are silence for the detectors (call about every 100 ms–1 s)."""
+        for rs in list(self._sessions.values()):
+            for leg in rs:
+                if leg.amd is not None and now - leg.amd_at > AMD_IDLE_S:
+                    events = leg.amd.idle(now - leg.amd_at)
+                    leg.amd_at = now
+                    self._report_amd(leg, events)
+
+    def _feed_amd(self, leg: RelayLeg, n: int, pt: int, now: float) -> None:
+        detector = leg.amd
+        bounds = payload_bounds(self._buf, n)
+        if detector is None or bounds is None:
+            return
+        rms = frame_rms(self._mv[bounds[0] : bounds[1]], pt)
+        if rms is None:
+            return
+        if now - leg.amd_at > AMD_IDLE_S:  # packets stopped for a while before this one
+            self._report_amd(leg, detector.idle(now - leg.amd_at))
+        leg.amd_at = now
+        self._report_amd(leg, detector.frame(rms, (bounds[1] - bounds[0]) / AMD_RATE))
+
+    def _report_amd(self, leg: RelayLeg, events: list[AmdEvent]) -> None:
+        if leg.amd is not None and leg.amd.done:
+            leg.amd = None
+        for event in events:
+            if self.on_amd is not None:
+                try:
+                    self.on_amd(leg.ref, event)
+                except Exception:  # a failing subscriber must not stall the drain loop
+                    log.exception("media.amd_hook_failed", session_id=leg.ref.session, leg=leg.ref.side)
+
     def poll_dtmf(self) -> None:
         """Close digits whose end never came (call about every 100 ms–1 s)."""
         if self._on_dtmf is None:
@@ -617,6 +674,9 @@ class Relay:
                     writer = self.writer
                     for chunk in capture.take_chunks():
                         writer.write(self._sessions[leg.ref.session].rec_handle, chunk)
+
+        if leg.amd is not None and not event:
+            self._feed_amd(leg, n, pt, now)
 
         peer = leg.peer
         if event and leg.dtmf is not None:

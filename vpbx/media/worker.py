@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vpbx.logs import configure_logging, get_logger
-from vpbx.media.backend import CHECK_INTERVAL_S, InlineMediaBackend
+from vpbx.media.backend import CHECK_INTERVAL_S, AmdParams, InlineMediaBackend
 from vpbx.media.control import ControlProtocolError, Message, encode_frame, error_reply, read_messages
 from vpbx.media.dtmf import Digit
 from vpbx.media.prompts import Prompt, PromptId
@@ -46,6 +46,7 @@ class Worker:
         if backend.on_dtmf is not None:
             backend.on_dtmf = self._dtmf
         backend.on_play_done = self._play_done
+        backend.on_amd = self._amd
         self._plays: dict[LegRef, object] = {}  # the signalling side's play id, echoed in play_done
         self._ops: dict[str, Callable[[Message], object]] = {
             "allocate": self._allocate,
@@ -58,6 +59,8 @@ class Worker:
             "record_stop": self._record_stop,
             "stream": self._stream,
             "adopt_stream": self._adopt_stream,
+            "amd_start": self._amd_start,
+            "amd_stop": self._amd_stop,
             "info": self._info,
             "shutdown": self._shutdown,
         }
@@ -113,6 +116,23 @@ class Worker:
         play_id = args.get("play_id")
         await self.backend.play(leg, prompt, loop=bool(args.get("loop", False)))
         self._plays[leg] = play_id  # after the await: a failed play keeps the previous one's id
+
+    async def _amd_start(self, args: Message) -> None:
+        leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))
+        params = AmdParams(
+            analysis_s=float(args["analysis_s"]),
+            initial_silence_s=float(args["initial_silence_s"]),
+            greeting_s=float(args["greeting_s"]),
+            after_greeting_silence_s=float(args["after_greeting_silence_s"]),
+            until_greeting_end=bool(args.get("until_greeting_end", False)),
+        )
+        await self.backend.amd_start(leg, params)
+
+    async def _amd_stop(self, args: Message) -> None:
+        await self.backend.amd_stop(LegRef(SessionId(str(args["session"])), _side(args["side"])))
+
+    def _amd(self, leg: LegRef, result: str) -> None:
+        self.send({"event": "amd", "session": leg.session, "side": leg.side, "result": result})
 
     async def _stop_play(self, args: Message) -> Message:
         leg = LegRef(SessionId(str(args["session"])), _side(args["side"]))

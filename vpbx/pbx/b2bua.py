@@ -102,6 +102,7 @@ from vpbx.sip.transaction import T1, T2, TIMEOUT_FACTOR, TransactionKey
 if TYPE_CHECKING:
     import datetime as dt
 
+    from vpbx.pbx.broadcaster import Broadcast
     from vpbx.pbx.directory import DomainInfo
     from vpbx.pbx.incoming import Decision, RoutingAnswer
     from vpbx.pbx.ivr_plan import MenuAction, MenuPlan
@@ -369,6 +370,7 @@ class _Ctx:
     merged: bool = False  # a consultation call that an attended transfer merged into another call
     end_reason: str = ""  # why the call ended, when not its outcome (media_lost, shutdown…), for the history
     originate: Originate | None = None  # a call we placed (call_back): A is no caller, side a the employee
+    broadcast: Broadcast | None = None  # an autoinformer call (vpbx.pbx.broadcaster): side a the recipient
 
     @property
     def session_id(self) -> SessionId:
@@ -613,6 +615,9 @@ class B2bua:
         from vpbx.pbx.originate import Originator
 
         self.originator = Originator(self)  # calls we place: call_back (integration-api.md §4.1)
+        from vpbx.pbx.broadcaster import Broadcaster
+
+        self.broadcaster = Broadcaster(self)  # autoinformer calls (the BroadcastDialer of vpbx.pbx.broadcast)
 
     # --- introspection (tests, the cabinet through the registry) ---
     def __len__(self) -> int:
@@ -708,6 +713,8 @@ class B2bua:
                 elif leg.spare_trunks and response.code in FAILOVER_CODES and await self._fail_over(ctx, leg):
                     pass  # the next trunk rings instead
                 else:
+                    if ctx.broadcast is not None:
+                        self.broadcaster.note_final(ctx, leg, response)
                     await self._b_failed(ctx, leg, response.code)
             except Exception:
                 await self._abort(ctx, "response")
@@ -1061,6 +1068,8 @@ class B2bua:
     def on_play_done(self, leg: LegRef) -> None:
         """The media backend's hook: a prompt has played to the end on ``leg``."""
         ctx = self._calls.get(leg.session)
+        if ctx is not None and ctx.broadcast is not None and self.broadcaster.takes_play_done(ctx, leg):
+            return
         if ctx is not None and ctx.ivr is not None and leg.side == "a" and self._node is not None:
             self._spawn(self._menu_played(ctx), "call-menu-played")
         elif ctx is not None and ctx.vm is not None and leg.side == "a" and self._node is not None:
@@ -1077,9 +1086,21 @@ class B2bua:
                 return
             self._menu_wait(ctx)
 
+    def on_amd(self, leg: LegRef, event: str) -> None:
+        """The media backend's hook: answering-machine detection decided on ``leg`` (``vpbx.media.amd``)."""
+        ctx = self._calls.get(leg.session)
+        if ctx is not None and ctx.broadcast is not None and self._node is not None:
+            self._spawn(self.broadcaster.amd(ctx, leg.side, event), "broadcast-amd")
+
     def on_dtmf(self, leg: LegRef, digit: Digit) -> None:
         """The media backend's hook: a key pressed on ``leg`` (RFC 4733)."""
         ctx = self._calls.get(leg.session)
+        if (
+            ctx is not None
+            and ctx.broadcast is not None
+            and self.broadcaster.takes_key(ctx, leg.side, digit.digit)
+        ):
+            return
         if ctx is not None and _in_menu(ctx) and leg.side == "a" and self._node is not None:
             self._spawn(self._menu_key(ctx, digit.digit), "call-menu-key")
         elif ctx is not None and ctx.vm is not None and leg.side == "a" and self._node is not None:
@@ -1545,7 +1566,7 @@ class B2bua:
         owner = next(iter(ctx.plan_people.values()), None)  # a user plan's contact numbers are its user's
         for number in numbers if usable else ():
             leg = await self._ring_trunk(
-                node, ctx, usable[0], tuple(usable[1:]), number, _line_of(ctx), owner
+                node, ctx, usable[0], tuple(usable[1:]), number, ctx.caller_id or _line_of(ctx), owner
             )
             leg.stage = index
             legs.append(leg)
@@ -1586,6 +1607,9 @@ class B2bua:
             ctx.stage_legs = {}
             ctx.plan_t0, ctx.plan_skipped = self.timers.monotonic(), 0.0
             await self._plan_tick(ctx)
+            return
+        if ctx.broadcast is not None:  # the operator of an autoinformer call did not answer
+            await self.broadcaster.operator_missed(ctx)
             return
         codes = [leg.final for leg in ctx.b if leg.final is not None and leg.final not in (487,)]
         code = _final_for_a(codes) if codes else 480
@@ -1740,8 +1764,10 @@ class B2bua:
         *,
         side: Side = "b",
         headers: tuple[tuple[str, str], ...] = (),
+        call_id: str = "",
     ) -> BLeg:
-        """An INVITE to ``number`` through ``trunk``: its number format, its From, our caller ID."""
+        """An INVITE to ``number`` through ``trunk``: its number format, its From, our caller ID;
+        ``call_id``: the INVITE's Call-ID (default: a new one)."""
         dialled = trunk.format_number(number)
         target = parse_uri(f"sip:{dialled}@{trunk.uri_host}")
         if trunk.caller_id_mode == "fixed" and trunk.caller_id_number:
@@ -1768,7 +1794,15 @@ class B2bua:
         self._hold_trunk(ctx, trunk)
         # ringing a user's mobile is «начало дозвона на контактный номер сотрудника»; an outside call is not
         await self._invite_b(
-            node, ctx, leg, from_, to, trunk.route(), calling=party is not None, headers=headers
+            node,
+            ctx,
+            leg,
+            from_,
+            to,
+            trunk.route(),
+            calling=party is not None,
+            headers=headers,
+            call_id=call_id,
         )
         return leg
 
@@ -1803,7 +1837,9 @@ class B2bua:
         nxt, rest = leg.spare_trunks[0], leg.spare_trunks[1:]
         failed = leg.trunk.name if leg.trunk else ""
         log.info("call.trunk_failover", session_id=ctx.session_id, failed=failed, next=nxt.name)
-        await self._ring_trunk(self._node, ctx, nxt, rest, leg.dialled, ctx.caller_id, leg.party)
+        await self._ring_trunk(
+            self._node, ctx, nxt, rest, leg.dialled, ctx.caller_id, leg.party, side=leg.side
+        )
         return True
 
     async def _route(self, node: SipNode, ctx: _Ctx, display: str) -> None:
@@ -1923,6 +1959,7 @@ class B2bua:
         *,
         calling: bool,
         headers: tuple[tuple[str, str], ...] = (),
+        call_id: str = "",
     ) -> None:
         """Our offer on ``leg``, its INVITE sent; ``calling``: the event for the party it rings."""
         assert ctx.ports is not None
@@ -1934,7 +1971,7 @@ class B2bua:
             via=leg.via,
             from_=from_,
             to=to,
-            call_id=new_call_id(),
+            call_id=call_id or new_call_id(),
             cseq=1,
             contact=leg.contact,
             route=route,
@@ -2000,6 +2037,9 @@ class B2bua:
         if ctx.originate is not None and leg.side == "a":
             await self.originator.employee_answered(ctx, leg, sdp)
             return
+        if ctx.broadcast is not None and leg.side == "a" and "a" not in ctx.sides:
+            await self.broadcaster.answered(ctx, leg, sdp)
+            return
         if not isinstance(sdp, SessionDescription) or not await self._bridge_b(ctx, leg, sdp):
             self._bye(leg, reason_header(488, "no usable SDP answer"))
             self._unindex(leg)
@@ -2026,6 +2066,12 @@ class B2bua:
         employee = ctx.sides.get("a") if ctx.originate is not None else None  # answered, waiting
         if any(leg.state is not BState.FAILED for leg in ctx.b if leg is not employee):
             return
+        if ctx.broadcast is not None:  # an autoinformer call: the recipient's legs, or its operator's
+            if "a" not in ctx.sides:
+                await self.broadcaster.not_answered(ctx)
+            elif ctx.plan is not None:
+                await self._plan_skip(ctx)
+            return
         if ctx.plan is not None and await self._plan_skip(ctx):
             return  # everyone rung so far failed: the next stage starts now
         codes = [leg.final for leg in ctx.b if leg.final is not None]
@@ -2037,7 +2083,7 @@ class B2bua:
 
     # --- connecting -----------------------------------------------------------------------------------------
     async def _connect(self, ctx: _Ctx) -> None:
-        if ctx.originate is not None:  # a call we placed: A is no caller, nothing to answer
+        if ctx.originate is not None or ctx.broadcast is not None:  # a call we placed: nothing to answer
             await self._connected(ctx)
             return
         a = ctx.a
@@ -2063,11 +2109,13 @@ class B2bua:
         """Audio flows between the caller and the winner: the call's connected state and event."""
         if ctx.no_answer is not None:
             ctx.no_answer.cancel()
-        if (ctx.answered_by_pbx or ctx.originate is not None) and self.media is not None:
+        placed = ctx.originate is not None or ctx.broadcast is not None
+        if (ctx.answered_by_pbx or placed) and self.media is not None:
             await self.media.stop_play(LegRef(ctx.session_id, "a"))  # a menu prompt still playing
         call = ctx.call
         call.phase = Phase.CONNECTED
-        call.answered_at = self.clock.now()
+        if call.answered_at is None:  # an autoinformer's recipient answered before its operator
+            call.answered_at = self.clock.now()
         winner = ctx.winner
         if winner is not None and winner.party is not None:
             call.callee = winner.party
@@ -2076,7 +2124,9 @@ class B2bua:
             "call.connected", session_id=call.session_id, contact=winner.contact_uri[:80] if winner else ""
         )
         await self.events.publish(call, "connected", request_uri=winner.contact_uri if winner else "")
-        if self.recordings is not None and await wants_recording(call, self.directory):
+        if ctx.broadcast is not None:  # recorded (or not) from the recipient's answer, as the campaign says
+            self.broadcaster.operator_answered(ctx)
+        elif self.recordings is not None and await wants_recording(call, self.directory):
             await self.recordings.start(call)
 
     # --- SDP and media --------------------------------------------------------------------------------------
@@ -2184,6 +2234,8 @@ class B2bua:
         a = ctx.a
         if ctx.originate is not None:  # nobody called us: the answer goes nowhere, the employee is hung up
             return self.originator.final(ctx, code)
+        if ctx.broadcast is not None:
+            return self.broadcaster.final(ctx, code)
         extra: list[tuple[str, str]] = list(headers)
         if code < 300 and code != 100:
             extra += [("Record-Route", rr) for rr in a.record_route]  # RFC 3261 §12.1.1
@@ -2317,7 +2369,13 @@ class B2bua:
         elif method == "INFO":
             node.respond(key, request, 200)  # DTMF over INFO is acknowledged (telephony.md §3.8)
             digit = _info_digit(request)
-            if digit is not None and leg is ctx.a and _in_menu(ctx):
+            if (
+                digit is not None
+                and ctx.broadcast is not None
+                and self.broadcaster.takes_key(ctx, leg.side, digit)
+            ):
+                pass
+            elif digit is not None and leg is ctx.a and _in_menu(ctx):
                 self._spawn(self._menu_key(ctx, digit), "call-menu-key")
             elif digit is not None and leg is ctx.a and ctx.vm is not None:
                 self._spawn(self._vm_key(ctx, digit), "call-voicemail-key")
@@ -2473,6 +2531,8 @@ class B2bua:
             return
         ctx.ended = True
         call = ctx.call
+        if ctx.broadcast is not None:
+            await self.broadcaster.ending(ctx)
         extra = await self._vm_close(ctx)
         if extra:
             outcome = "voicemail"
@@ -2503,6 +2563,8 @@ class B2bua:
         await self.events.publish(
             call, "end", is_record=is_record, extra={**_end_extra(ctx, outcome), **extra}
         )
+        if ctx.broadcast is not None:
+            self.broadcaster.ended(ctx)
         self._forget_if_done(ctx)
 
     def _forget_if_done(self, ctx: _Ctx) -> None:

@@ -102,7 +102,7 @@ def bad_rows_csv() -> bytes:
         "Телефон;Телефон2;Name;Sum;external_id",
         "8 (916) 123-45-67;;Иван;100;c-1",
         "абвгд;;Буквы;1;c-2",  # letters
-        "12345;;Короткий;1;c-3",  # a short number
+        "12345;;=2+2;1;c-3",  # a short number (and a formula for a name)
         "+7 916 123-45-67;;Дубль;1;c-4",  # the first row's number
         "",  # an empty line
         "79161234568;12345;Пётр;2;c-5",  # a good number and a bad one: imported, the bad one reported
@@ -159,6 +159,8 @@ async def test_csv_with_bad_rows_imports_the_good_ones_and_lists_every_bad_one(
         "missing_variable",
     ]
     assert report[1][:5] == ["абвгд", "", "Буквы", "1", "c-2"]
+    assert report[2][2] == "'=2+2"  # shown as text by spreadsheets, never run
+    assert report[3][0] == "+7 916 123-45-67"  # a phone number stays as it is
     async with sessions() as s:
         rows = (
             await s.scalars(select(AiContact).where(AiContact.campaign_id == cid).order_by(AiContact.row_no))
@@ -393,6 +395,23 @@ async def test_numbering_table_loads_the_regulators_file_and_gives_zones(
         assert await tz.recipient_zone(s, "73832123456") == "Asia/Novosibirsk"  # ABC: phonenumbers
         assert await tz.recipient_zone(s, "442071234567") == "Europe/London"
         assert await tz.recipient_zone(s, "14155552671") == "America/Los_Angeles"
+        # one lookup for a whole list remembers ranges and the gaps between them
+        lookup = tz.ZoneLookup(s)
+        for number, zone in [
+            ("79141999999", None),
+            ("79142500000", "Asia/Yakutsk"),
+            ("79141000000", None),  # the same gap, from memory
+            ("79130000000", "Asia/Novosibirsk"),
+            ("79150000000", None),
+            ("79239999999", None),
+            ("79240000001", "Asia/Vladivostok"),
+            ("79999999999", None),
+            ("79991235000", "Europe/Moscow"),
+            ("79991239999", "Europe/Moscow"),
+            ("79991240000", None),
+            ("73832123456", "Asia/Novosibirsk"),
+        ]:
+            assert await lookup.zone(number) == zone, number
         # loading a newer file of the same codes replaces their ranges, UTF-8 works as well
         newer = "АВС/ DEF;От;До;Емкость;Оператор;Регион\n913;0000000;4999999;5000000;X;Томская обл.\n"
         await tz.load_numbering(s, newer.encode())

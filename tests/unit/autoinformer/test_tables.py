@@ -128,6 +128,16 @@ def test_display_text_of_values() -> None:
     assert display_text(True) == "TRUE" and display_text(None) == ""
 
 
+def test_an_xlsx_that_unpacks_to_too_much_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpbx.autoinformer import tables
+
+    data = xlsx([["phone"], [79161234567]])
+    monkeypatch.setattr(tables, "MAX_XLSX_UNPACKED", 1000)
+    with pytest.raises(TableError) as e:
+        read_table(data)
+    assert e.value.reason == "too-large"
+
+
 def test_a_broken_xlsx_is_refused() -> None:
     data = xlsx([["phone"], [79161234567]])
     with pytest.raises(TableError) as e:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpbx.app import Core
-from vpbx.media.backend import MediaPorts, SessionStats
+from vpbx.media.backend import AmdParams, MediaPorts, SessionStats
 from vpbx.media.prompts import Prompt
 from vpbx.media.relay import Address as MediaAddress
 from vpbx.media.relay import LegRef
@@ -140,6 +140,7 @@ class FakeMedia:
     played: list[tuple[LegRef, str]] = field(default_factory=list)
     stops: int = 0
     adopted: list[tuple[LegRef, StreamState]] = field(default_factory=list)
+    amd: list[tuple[LegRef, AmdParams | None]] = field(default_factory=list)  # starts, and stops (None)
 
     async def allocate(self, session: SessionId) -> MediaPorts:
         self.allocated.append(session)
@@ -168,6 +169,12 @@ class FakeMedia:
 
     async def stats(self, session: SessionId) -> SessionStats:
         raise NotImplementedError
+
+    async def amd_start(self, leg: LegRef, params: AmdParams) -> None:
+        self.amd.append((leg, params))
+
+    async def amd_stop(self, leg: LegRef) -> None:
+        self.amd.append((leg, None))
 
     def last(self, side: str) -> tuple[MediaAddress | None, int, int | None]:
         _leg, remote, codec, te = next(u for u in reversed(self.updates) if u[0].side == side)
