@@ -25,8 +25,9 @@ from fastapi.responses import Response
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx.autoinformer import dispatcher
 from vpbx.autoinformer import status as ai_status
-from vpbx.store.models import AI_OUTCOMES, AiAttempt, AiCampaign, AiContact, AiContactPhone
+from vpbx.store.models import AI_OUTCOMES, AiAttempt, AiCampaign, AiContact, AiContactPhone, Domain
 from vpbx.store.paging import Page, like_pattern, paginate
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
@@ -300,9 +301,10 @@ def _live(row: AiCampaign) -> bool:
 
 
 async def _report_context(
-    request: Request, s: AsyncSession, row: AiCampaign, timezone: str
+    request: Request, s: AsyncSession, row: AiCampaign, domain: Domain, now: dt.datetime
 ) -> dict[str, Any]:
     t = request.app.state.renderer.translator(request)
+    timezone = domain.timezone
     data = await chart(s, row.id, timezone)
     names = {**section.OUTCOME, "in_progress": section.CONTACT_STATUS["in_progress"]}
     data["names"] = {k: t.gettext(names[k]) for k in data["series"]}
@@ -311,6 +313,8 @@ async def _report_context(
         "sm": await summary(s, row.id),
         "chart_json": json.dumps(data, ensure_ascii=False).replace("</", "<\\/"),
         "poll_s": POLL_S if _live(row) else 0,
+        # running and inside a calling window for some contact (dialling) or not (idle until one opens)
+        "in_window": row.status == "running" and await dispatcher.in_window(s, row, domain, now),
         "action_label": section.ACTION_LABEL,
         **section.labels(),
     }
@@ -334,7 +338,7 @@ async def report_tab(
     else:
         attempts = await paginate(s, attempts_query(row.id, f, domain.timezone), page, PER_PAGE)
     extra = {
-        **await _report_context(request, s, row, domain.timezone),
+        **await _report_context(request, s, row, domain, core.clock.now()),
         "table": table,
         "numbers": numbers,
         "attempts": attempts,
@@ -349,7 +353,9 @@ async def report_tab(
 
 
 @router.get("/campaigns/{campaign_id}/summary")
-async def summary_part(campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
+async def summary_part(
+    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+) -> Response:
     """The summary block alone: what htmx fetches every 5 s while the campaign is live."""
     row = await section.get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
     if not await section.service_on(s, p.tenant):
@@ -358,7 +364,7 @@ async def summary_part(campaign_id: str, request: Request, r: RendererDep, p: Ad
     ctx = {
         "c": row,
         "status_label": section.CAMPAIGN_STATUS,
-        **await _report_context(request, s, row, domain.timezone),
+        **await _report_context(request, s, row, domain, core.clock.now()),
     }
     return r.page(request, "autoinformer/_summary.html", ctx)
 
