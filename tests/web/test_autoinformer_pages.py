@@ -620,3 +620,35 @@ async def test_a_running_campaign_changes_only_concurrency_and_end(
     assert row.settings["concurrency"] == 9 and row.settings["schedule"]["end_at"] == "2030-07-01 18:00:00"
     assert row.settings["schedule"]["start_at"] == "2030-06-16 09:00:00"
     assert row.settings["message"]["repeat"] == 1
+
+
+async def test_integration_api_toggle_for_autoinformer_events(
+    core: Core, t1: Tenant, admin1: Cabinet
+) -> None:
+    """«Отправлять autoinformer_events» sits next to «call_events для вызовов автоинформатора» and is saved
+    on its own."""
+    from vpbx.store.models import ApiSettings
+
+    await enable(admin1, "integration_api")
+    page = await admin1.get("/integration-api")
+    assert 'name="send_ai_notifications"' in page.text and "Отправлять autoinformer_events" in page.text
+    assert re.search(
+        r'id="f-send_ai_notifications" name="send_ai_notifications" type="checkbox" checked', page.text
+    )
+    base = {
+        "crm_url": "https://crm.example/rt",
+        "timeout_s": "3",
+        "tls_required": "on",
+        "send_events": "on",
+        "type_outbound": "on",
+        "state_end": "on",
+        "send_autoinformer_events": "on",
+    }
+    assert (await admin1.post("/integration-api", base)).status_code == 303
+    async with core.sessions() as s:
+        row = await s.get(ApiSettings, t1.id)
+        assert row is not None and row.send_ai_notifications is False and row.send_autoinformer_events is True
+    assert (await admin1.post("/integration-api", {**base, "send_ai_notifications": "on"})).status_code == 303
+    async with core.sessions() as s:
+        row = await s.get(ApiSettings, t1.id)
+        assert row is not None and row.send_ai_notifications is True
