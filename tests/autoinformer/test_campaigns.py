@@ -29,6 +29,7 @@ from vpbx.autoinformer.errors import (
 )
 from vpbx.autoinformer.schemas import CampaignSpec
 from vpbx.autoinformer.status import InvalidTransition
+from vpbx.billing import AUTOINFORMER, disable, enable
 from vpbx.crypto import SecretBox
 from vpbx.pbx import domains, groups, lines, users
 from vpbx.store.models import (
@@ -38,6 +39,7 @@ from vpbx.store.models import (
     AiContact,
     AiContactPhone,
     AuditEntry,
+    Domain,
     VoiceMenu,
 )
 
@@ -61,6 +63,7 @@ async def sessions(engine: AsyncEngine) -> AsyncIterator[async_sessionmaker[Asyn
 async def make_tenant(sessions: async_sessionmaker[AsyncSession], name: str, line: str) -> Tenant:
     async with sessions.begin() as s:
         d = await domains.create_domain(s, domains.DomainInput(name=name))
+        await enable(s, d.id, AUTOINFORMER, NOW)
         await users.create_user(
             s, d.id, users.UserInput(name="ivanov", display_name="Иванов", pin="501"), box=BOX
         )
@@ -577,4 +580,56 @@ async def test_another_domains_campaign_is_not_found(
                 s, t2.id, c.id, spec(t2.file_id, caller_id="74957654321"), actor=ACTOR, now=NOW
             )
         assert [x.campaign.id for x in (await svc.list_campaigns(s, t2.id)).items] == [theirs.id]
+    assert await status_of(sessions, c) == "draft"
+
+
+async def test_in_window_follows_the_waiting_recipients_zones(
+    sessions: async_sessionmaker[AsyncSession], t1: Tenant
+) -> None:
+    """Monday 12:00 Moscow, windows 10–13 and 14–19: open in Moscow, closed at 19:00 in Vladivostok."""
+    windows = [{"from": "10:00", "to": "13:00"}, {"from": "14:00", "to": "19:00"}]
+    c, _ = await create(
+        sessions,
+        t1,
+        schedule={"start_at": msk(NOW - dt.timedelta(hours=1)), "days": [1, 2, 3, 4, 5], "windows": windows},
+    )
+    far = await add_contact(sessions, c, "79241234567", timezone="Asia/Vladivostok")
+    async with sessions.begin() as s:
+        assert (await svc.status_object(s, t1.id, c.id, now=NOW))["in_window"] is False  # a draft never is
+        await svc.start_campaign(s, t1.id, c.id, actor=ACTOR, now=NOW)
+    async with sessions() as s:
+        assert (await svc.status_object(s, t1.id, c.id, now=NOW))["in_window"] is False
+        novosibirsk = NOW + dt.timedelta(hours=0, minutes=30)  # 16:30 there, 19:30 in Vladivostok
+        assert await svc.in_window(s, c, novosibirsk) is False
+    await add_contact(sessions, c, "79131234567", timezone="Asia/Novosibirsk")
+    async with sessions() as s:
+        assert (await svc.status_object(s, t1.id, c.id, now=NOW))["in_window"] is True
+        assert await svc.in_window(s, c, NOW + dt.timedelta(hours=12)) is False  # midnight in Moscow
+    async with sessions.begin() as s:
+        row = await s.get(AiContact, far.id)
+        assert row is not None
+        row.status = "succeeded"
+    async with sessions() as s:
+        friday_night = dt.datetime(2026, 6, 19, 16, 0, tzinfo=dt.UTC)  # 23:00 in Novosibirsk
+        assert await svc.in_window(s, c, friday_night) is False
+
+
+async def test_a_blocked_domain_or_the_service_off_starts_nothing(
+    sessions: async_sessionmaker[AsyncSession], t1: Tenant
+) -> None:
+    c, _ = await create(sessions, t1)
+    await add_contact(sessions, c, "79161234567")
+    async with sessions.begin() as s:
+        await disable(s, t1.id, AUTOINFORMER, NOW)
+    async with sessions.begin() as s:
+        with pytest.raises(InvalidTransition):
+            await svc.start_campaign(s, t1.id, c.id, actor=ACTOR, now=NOW)
+    async with sessions.begin() as s:
+        await enable(s, t1.id, AUTOINFORMER, NOW)
+        domain = await s.get(Domain, t1.id)
+        assert domain is not None
+        domain.status = "blocked"
+    async with sessions.begin() as s:
+        with pytest.raises(InvalidTransition):
+            await svc.start_campaign(s, t1.id, c.id, actor=ACTOR, now=NOW)
     assert await status_of(sessions, c) == "draft"

@@ -34,7 +34,16 @@ from vpbx.app import Core
 from vpbx.billing import AUTOINFORMER, disable, enable
 from vpbx.integration_api.core import sign
 from vpbx.pbx import domains, lines
-from vpbx.store.models import AiAudioFile, AiCampaign, AiContact, AiStopEntry, ApiLog
+from vpbx.store.models import (
+    AiAudioFile,
+    AiCampaign,
+    AiContact,
+    AiStopEntry,
+    ApiDelivery,
+    ApiLog,
+    ApiSettings,
+    AuditEntry,
+)
 
 OK = "Операция выполнена успешно"
 MSK = dt.timezone(dt.timedelta(hours=3))
@@ -545,3 +554,60 @@ async def test_openapi_marks_the_extension(crm: httpx.AsyncClient) -> None:
         "schema"
     ]
     assert "caller_id" in schema["required"]
+
+
+async def test_transitions_are_audited_and_notified(
+    crm: httpx.AsyncClient, core: Core, ai: FixtureF, file_id: str
+) -> None:
+    """Every action is an audit row by ``api``; each status move queues a ``campaign_status`` event (§10)."""
+    async with core.sessions.begin() as s:
+        settings = await s.get(ApiSettings, ai.domain_id)
+        assert settings is not None
+        settings.crm_url = "https://crm.example/hook"
+    cid = (await call(crm, "autoinformer_create", campaign_body(file_id)))["campaign_id"]
+    contact = {"phone": "79161234567", "vars": {"name": "Анна", "sum": "1", "due": "01.07.2026"}}
+    await call(crm, "autoinformer_add_numbers", {"campaign_id": cid, "contacts": [contact]})
+    assert (await call(crm, "autoinformer_start", {"campaign_id": cid}))["status"] == "scheduled"
+    assert (await call(crm, "autoinformer_stop", {"campaign_id": cid}))["status"] == "stopped"
+    async with core.sessions() as s:
+        audit = (
+            await s.execute(
+                select(AuditEntry.actor, AuditEntry.action)
+                .where(AuditEntry.domain_id == ai.domain_id)
+                .order_by(AuditEntry.at)
+            )
+        ).all()
+        sent = (
+            await s.scalars(
+                select(ApiDelivery.body)
+                .where(ApiDelivery.method == "autoinformer_events")
+                .order_by(ApiDelivery.seq)
+            )
+        ).all()
+    assert {actor for actor, _ in audit} == {"api"}
+    assert {action for _, action in audit} == {
+        "autoinformer.audio.upload",
+        "autoinformer.campaign.create",
+        "autoinformer.contacts.add",
+        "autoinformer.campaign.scheduled",
+        "autoinformer.campaign.stopped",
+    }
+    events = [json.loads(b) for b in sent]
+    statuses = [(e["event"], e.get("status"), e.get("number_status")) for e in events]
+    assert ("campaign_status", "scheduled", None) in statuses and (
+        "campaign_status",
+        "stopped",
+        None,
+    ) in statuses
+    assert ("number_finished", None, "cancelled") in statuses
+    assert all(e["campaign_id"] == cid and e["campaign_external_id"] == "crm-campaign-42" for e in events)
+
+
+async def test_sixty_a_minute_per_method(crm: httpx.AsyncClient, file_id: str) -> None:
+    """§9: 60 requests/min per method per domain; another method keeps its own count."""
+    cid = (await call(crm, "autoinformer_create", campaign_body(file_id)))["campaign_id"]
+    for _ in range(60):
+        assert (await call(crm, "autoinformer_status", {"campaign_id": cid}))["result"] == "0"
+    over = await post(crm, "autoinformer_status", enc({"campaign_id": cid}))
+    assert (over.status_code, of(over)["result"], "retry-after" in over.headers) == (429, "-429", True)
+    assert (await call(crm, "autoinformer_report", {"campaign_id": cid}))["result"] == "0"

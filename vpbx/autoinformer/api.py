@@ -28,11 +28,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.autoinformer import campaigns
+from vpbx.autoinformer import audio, campaigns, contacts
 from vpbx.autoinformer.errors import (
     N_,
     AudioInvalid,
@@ -44,7 +43,7 @@ from vpbx.autoinformer.errors import (
     NotEditable,
     TargetNotFound,
 )
-from vpbx.autoinformer.schemas import MAX_CONTACTS, MAX_VALUE_CHARS, CampaignSpec, spec_of
+from vpbx.autoinformer.schemas import MAX_CONTACTS, CampaignSpec
 from vpbx.autoinformer.status import InvalidTransition
 from vpbx.billing import AUTOINFORMER, is_enabled
 from vpbx.integration_api.core import (
@@ -57,16 +56,9 @@ from vpbx.integration_api.core import (
     moscow,
 )
 from vpbx.logs import get_logger
-from vpbx.media.prompts import PromptError, PromptStore, sniff_format
-from vpbx.pbx.numbering import dialled_digits
 from vpbx.store.models import (
     AI_CONTACT_STATUSES,
     AiAttempt,
-    AiAudioFile,
-    AiCampaign,
-    AiContact,
-    AiContactPhone,
-    AiStopEntry,
     AuditEntry,
 )
 
@@ -332,105 +324,11 @@ def _contact_items(data: Mapping[str, Any]) -> list[dict[str, Any]]:
         variables = item.get("vars", {})
         if not isinstance(variables, dict):
             raise bad_field(f"{where}.vars")
-        clean: dict[str, str] = {}
         for key, value in variables.items():
             if isinstance(value, bool) or (not isinstance(value, str | int | float) and value is not None):
                 raise bad_field(f"{where}.vars.{key}")
-            clean[str(key).strip().lower().replace(" ", "_")] = "" if value is None else str(value)
-        out.append(
-            {
-                "phones": ["" if p is None else str(p) for p in phones],
-                "external_id": external_id,
-                "vars": clean,
-            }
-        )
+        out.append(item)
     return out
-
-
-async def import_contacts(
-    s: AsyncSession, domain_id: uuid.UUID, campaign: AiCampaign, items: list[dict[str, Any]], now: dt.datetime
-) -> tuple[int, list[dict[str, object]]]:
-    """A thin stand-in for "aiimport"'s contacts import of the API's list (§3.2 reasons ``empty_phone``,
-    ``invalid_format``, ``duplicate``, ``stop_list``, ``destination_restricted``, ``missing_variable``,
-    ``row_limit``); returns (accepted, rejected rows).
-
-    TODO(lead): swap for vpbx.autoinformer.contacts' import once "aiimport" lands (it adds time zones and the
-    domain's outbound restrictions)."""
-    spec = spec_of(campaign)
-    needed = set(campaigns.variable_fields(spec))
-    taken = set(
-        (await s.scalars(select(AiContactPhone.phone).where(AiContactPhone.campaign_id == campaign.id))).all()
-    )
-    stats = await s.execute(
-        select(func.count(), func.max(AiContact.row_no)).where(AiContact.campaign_id == campaign.id)
-    )
-    count, last_row = stats.one()
-    count, last_row = int(count or 0), int(last_row or 0)
-    candidates = {d for item in items for p in item["phones"] if (d := dialled_digits(p)) is not None}
-    stopped = set(
-        (
-            await s.scalars(
-                select(AiStopEntry.phone).where(
-                    AiStopEntry.domain_id == domain_id, AiStopEntry.phone.in_(candidates)
-                )
-            )
-        ).all()
-        if candidates
-        else []
-    )
-    accepted = 0
-    rejected: list[dict[str, object]] = []
-    for row_no, item in enumerate(items, start=1):
-        phones: list[str] = item["phones"]
-        variables: dict[str, str] = item["vars"]
-        if any(not variables.get(n, "").strip() or len(variables[n]) > MAX_VALUE_CHARS for n in needed):
-            rejected.append({"row": row_no, "phone": phones[0], "reason": "missing_variable"})
-            continue
-        good: list[str] = []
-        for raw in phones:
-            digits = dialled_digits(raw)
-            reason = None
-            if not raw.strip():
-                reason = "empty_phone"
-            elif digits is None:
-                reason = "invalid_format"
-            elif digits.startswith(campaigns.PREMIUM_PREFIX) or (
-                not digits.startswith("7") and not spec.allow_international
-            ):
-                reason = "destination_restricted"
-            elif digits in taken or digits in good:
-                reason = "duplicate"
-            elif digits in stopped:
-                reason = "stop_list"
-            if reason is None and digits is not None:
-                good.append(digits)
-            else:
-                rejected.append({"row": row_no, "phone": raw, "reason": reason})
-        if not good:
-            continue
-        if count + 1 > MAX_CONTACTS:
-            rejected.append({"row": row_no, "phone": phones[0], "reason": "row_limit"})
-            continue
-        count += 1
-        accepted += 1
-        contact = AiContact(
-            campaign_id=campaign.id,
-            domain_id=domain_id,
-            row_no=last_row + row_no,
-            phones=good,
-            dropped=[],
-            external_id=item["external_id"],
-            variables=variables,
-            status="pending",
-            created_at=now,
-            updated_at=now,
-        )
-        s.add(contact)
-        await s.flush()
-        s.add_all(AiContactPhone(campaign_id=campaign.id, phone=p, contact_id=contact.id) for p in good)
-        taken.update(good)
-    await s.flush()
-    return accepted, rejected
 
 
 async def _add_numbers(
@@ -441,7 +339,9 @@ async def _add_numbers(
     row = await campaigns.get_campaign(s, ctx.domain_id, cid, lock=True)
     if row.status in campaigns.FINAL:
         raise NotEditable(N_("This cannot change in the campaign's current status"), field="contacts")
-    accepted, rejected = await import_contacts(s, ctx.domain_id, row, items, now)
+    result = await contacts.add_numbers(s, ctx.domain_id, row.id, items)
+    accepted = result.accepted
+    rejected = [{"row": r.row, "phone": r.phone, "reason": r.reason} for r in result.rejected]
     s.add(
         AuditEntry(
             domain_id=ctx.domain_id,
@@ -457,27 +357,6 @@ async def _add_numbers(
 
 # --- autoinformer_upload_audio ------------------------------------------------------------------------------
 
-_PROMPT_REASONS = {
-    "prompt-too-large": "too_large",
-    "prompt-unsupported": "unsupported_format",
-    "prompt-too-long": "too_long",
-}
-
-
-async def store_audio(prompts: PromptStore, data: bytes) -> tuple[str, int, str]:
-    """Decode and store an upload: (prompt id, duration in ms, original format); ``AudioInvalid`` with §3.1's
-    reason otherwise.
-
-    TODO(lead): swap for "aiimport"'s audio library (vpbx.autoinformer.audio) once it lands."""
-    if len(data) > MAX_UPLOAD_DECODED:
-        raise AudioInvalid("too_large", field="data_base64")
-    kind = sniff_format(data)
-    try:
-        prompt = await prompts.upload(data)
-    except PromptError as e:
-        raise AudioInvalid(_PROMPT_REASONS.get(e.reason, "decode_failed"), field="data_base64") from None
-    return prompt.id, round(prompt.duration_s * 1000), kind or "wav"
-
 
 async def upload_audio(ctx: ApiContext, body: dict[str, Any]) -> ApiReply:
     await _service_on(ctx)
@@ -491,35 +370,27 @@ async def upload_audio(ctx: ApiContext, body: dict[str, Any]) -> ApiReply:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise bad_field("data_base64") from None
-    try:  # decoding takes seconds: outside any transaction
-        prompt_id, duration_ms, kind = await store_audio(ctx.services.core.prompts, data)
-    except AudioInvalid as e:
-        raise api_error(e) from None
     now = _now(ctx)
-    row = AiAudioFile(
-        id=uuid.uuid4(),
-        domain_id=ctx.domain_id,
-        name=name.strip(),
-        duration_ms=duration_ms,
-        original_format=kind,
-        size_bytes=len(data),
-        prompt_id=prompt_id,
-        created_at=now,
-    )
-    if not ctx.sandbox:
-        async with ctx.sessions.begin() as s:
-            s.add(row)
-            s.add(
-                AuditEntry(
-                    domain_id=ctx.domain_id,
-                    at=now,
-                    actor=ACTOR,
-                    action="autoinformer.audio.upload",
-                    object_id=row.id.hex,
-                    details={"name": row.name, "duration_ms": duration_ms},
-                )
+    async with ctx.sessions() as s:  # the conversion runs before the first statement: no transaction held
+        try:
+            row = await audio.upload(s, ctx.services.core.prompts, ctx.domain_id, name, data, channel="api")
+        except audio.AudioRejected as e:
+            raise api_error(AudioInvalid(e.reason, field="data_base64")) from None
+        s.add(
+            AuditEntry(
+                domain_id=ctx.domain_id,
+                at=now,
+                actor=ACTOR,
+                action="autoinformer.audio.upload",
+                object_id=row.id.hex,
+                details={"name": row.name, "duration_ms": row.duration_ms},
             )
-    return ApiReply(envelope(file_id=row.id.hex, duration_ms=duration_ms))
+        )
+        if ctx.sandbox:
+            await s.rollback()
+        else:
+            await s.commit()
+    return ApiReply(envelope(file_id=row.id.hex, duration_ms=row.duration_ms))
 
 
 # --- the method table ---------------------------------------------------------------------------------------

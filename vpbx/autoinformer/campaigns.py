@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx.autoinformer import dispatcher, schedule
 from vpbx.autoinformer import status as transitions
 from vpbx.autoinformer.errors import (
     N_,
@@ -50,6 +51,7 @@ from vpbx.autoinformer.errors import (
     TargetNotFound,
 )
 from vpbx.autoinformer.schemas import MOSCOW, CampaignSpec, Segment, spec_of
+from vpbx.billing import AUTOINFORMER, is_enabled
 from vpbx.pbx.numbering import dialled_digits
 from vpbx.store.models import (
     AiAttempt,
@@ -72,6 +74,7 @@ MAX_REPORT_LIMIT = 1000
 ACTIVE = ("scheduled", "running")
 DELETABLE = ("draft", "completed", "stopped")
 FINAL = ("completed", "stopped")
+WAITING = ("pending", "waiting_retry")  # contacts a window opening would dial
 # what §4.1 lets an admin change per status (top-level keys of the campaign object)
 EDITABLE_LIVE = frozenset(
     {
@@ -116,8 +119,17 @@ async def get_campaign(
     if cid is None:
         raise CampaignNotFound()
     query = select(AiCampaign).where(AiCampaign.domain_id == domain_id, AiCampaign.id == cid)
-    if lock:
+    if lock and s.get_bind().dialect.name == "sqlite":
+        # SQLite has no row locks: take the database's write lock now (a no-op write), so a dispatcher's
+        # commit cannot slip in between this read and our write
+        await s.execute(
+            update(AiCampaign)
+            .where(AiCampaign.domain_id == domain_id, AiCampaign.id == cid)
+            .values(updated_at=AiCampaign.updated_at)
+        )
+    elif lock:
         query = query.with_for_update()
+    query = query.execution_options(populate_existing=True)
     row = await s.scalar(query)
     if row is None:
         raise CampaignNotFound()
@@ -272,6 +284,13 @@ async def check_contacts(s: AsyncSession, campaign: AiCampaign, spec: CampaignSp
             raise CampaignInvalid(N_("The contact list has no column «{name}»"), field=path, name=name)
     if count == 0:
         raise CampaignInvalid(N_("Add at least one contact"), field="contacts")
+
+
+async def _check_can_run(s: AsyncSession, domain_id: uuid.UUID, campaign: AiCampaign) -> None:
+    """A blocked domain, or one with the service off, starts and resumes nothing (-41)."""
+    domain = await _domain(s, domain_id)
+    if domain.status == "blocked" or not await is_enabled(s, domain_id, AUTOINFORMER):
+        raise transitions.InvalidTransition(campaign.status, "running")
 
 
 async def _check_active_limit(s: AsyncSession, domain_id: uuid.UUID, campaign: AiCampaign) -> None:
@@ -455,6 +474,7 @@ async def start_campaign(
     if spec.schedule.end_at is not None and moscow_time(spec.schedule.end_at) <= now:
         raise CampaignInvalid(N_("The end of the campaign has already passed"), field="schedule.end_at")
     await check_contacts(s, row, spec)
+    await _check_can_run(s, domain_id, row)
     await _check_active_limit(s, domain_id, row)
     target = "running" if moscow_time(spec.schedule.start_at) <= now else "scheduled"
     domain = await _domain(s, domain_id)
@@ -476,6 +496,7 @@ async def _resume(
     if (row.status, "running") not in transitions.ADMIN_MOVES:
         raise transitions.InvalidTransition(row.status, "running")
     await check_settings(s, domain_id, spec_of(row))
+    await _check_can_run(s, domain_id, row)
     await _check_active_limit(s, domain_id, row)
     domain = await _domain(s, domain_id)
     await transitions.set_status(s, row, "running", domain=domain.name, actor=actor, now=now)
@@ -516,12 +537,27 @@ async def _move(
 # --- status object, report, list ----------------------------------------------------------------------------
 
 
-def in_window(campaign: AiCampaign, now: dt.datetime) -> bool:  # noqa: ARG001
-    """Whether a running campaign may dial now (§4.1's ``in_window``).
-
-    TODO(lead): ask "aidial"'s schedule module (the start rule of §3.3 in the domain's zone) once it lands;
-    until then a campaign never claims to be dialling."""
-    return False
+async def in_window(s: AsyncSession, campaign: AiCampaign, now: dt.datetime) -> bool:
+    """§4.1's ``in_window`` of a running campaign: the start rule (§3.3: days ∩ windows ∩ quiet hours, ring
+    timeout left) holds now for at least one waiting contact's time zone (the domain's when none waits)."""
+    if campaign.status != "running":
+        return False
+    domain = await _domain(s, campaign.domain_id)
+    spec = spec_of(campaign)
+    rules = schedule.PlatformRules.from_settings(await dispatcher.platform_settings(s))
+    plan = schedule.Plan.of(spec)
+    zones: set[str | None] = set(
+        (
+            await s.scalars(
+                select(AiContact.timezone)
+                .where(AiContact.campaign_id == campaign.id, AiContact.status.in_(WAITING))
+                .distinct()
+            )
+        ).all()
+    ) or {None}
+    return any(
+        schedule.can_start(plan, rules, recipient_tz=tz, domain_tz=domain.timezone, at=now) for tz in zones
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,7 +613,7 @@ async def status_object(
         "campaign_id": row.id.hex,
         "external_id": row.external_id,
         "status": row.status,
-        "in_window": row.status == "running" and in_window(row, now),
+        "in_window": await in_window(s, row, now),
         "error_reason": row.error_reason,
         "counters": stats.counters,
         "attempts_made": stats.attempts_made,
