@@ -25,7 +25,7 @@ from fastapi.responses import Response
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.autoinformer import dispatcher
+from vpbx.autoinformer import campaigns
 from vpbx.autoinformer import status as ai_status
 from vpbx.store.models import AI_OUTCOMES, AiAttempt, AiCampaign, AiContact, AiContactPhone, Domain
 from vpbx.store.paging import Page, like_pattern, paginate
@@ -314,7 +314,7 @@ async def _report_context(
         "chart_json": json.dumps(data, ensure_ascii=False).replace("</", "<\\/"),
         "poll_s": POLL_S if _live(row) else 0,
         # running and inside a calling window for some contact (dialling) or not (idle until one opens)
-        "in_window": row.status == "running" and await dispatcher.in_window(s, row, domain, now),
+        "in_window": row.status == "running" and await campaigns.in_window(s, row, now),
         "action_label": section.ACTION_LABEL,
         **section.labels(),
     }
