@@ -246,6 +246,11 @@ async def serve(settings: Settings) -> None:
     api_log_sweep = LogSweep(sessions=core.sessions, clock=core.clock)
     await api_log_sweep.start()  # the API log keeps 7 days / 10 000 rows per domain (integration-api.md §6.4)
     app.state.history_exports = history_exports  # domain_call_history wakes it (integration-api.md §4.5)
+    from vpbx.autoinformer.wiring import build_dispatcher
+
+    # the autoinformer's dispatcher (autoinformer.md §7); it closes what the last run left open first (§7.2)
+    ai_dispatcher = build_dispatcher(core, b2bua.broadcaster, registry)
+    await ai_dispatcher.start()
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -262,8 +267,10 @@ async def serve(settings: Settings) -> None:
     try:
         await _GracefulServer(config).serve()
     finally:
+        await ai_dispatcher.halt()  # no new autoinformer calls
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
+        await ai_dispatcher.stop()  # records the results of the calls that just ended
         if webhook is not None:
             await webhook.aclose()
         await retention.stop()

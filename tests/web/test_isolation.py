@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from tests.helpers import Cabinet, Tenant
 from vpbx.app import Core
+from vpbx.autoinformer.schemas import CampaignSpec, Message, Schedule, Segment
 from vpbx.store import models as m
 from vpbx.web import auth
 from vpbx.web.pages import ROUTERS
@@ -34,6 +35,9 @@ ID_KINDS: dict[str, type[Any]] = {
     "message_id": m.VoicemailMessage,
     "log_id": m.ApiLog,  # the Integration API's request/response log
     "cert_id": m.ApiTrustedCert,  # the Integration API's trusted certificates
+    "campaign_id": m.AiCampaign,  # the autoinformer's campaigns
+    "contact_id": m.AiContact,  # a campaign's contacts (their rendered message)
+    "file_id": m.AiAudioFile,  # the autoinformer's audio library
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -101,6 +105,29 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             not_after=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
         )
         s.add_all([log, cert])
+        campaign = m.AiCampaign(
+            domain_id=t.id,
+            name="Reminder",
+            caller_id=number.number.lstrip("+"),
+            settings=CampaignSpec(
+                name="Reminder",
+                caller_id=number.number.lstrip("+"),
+                message=Message(segments=[Segment(type="tts", text="Hello")]),
+                schedule=Schedule(start_at="2030-01-01 10:00:00"),
+            ).settings_json(),
+        )
+        audio = m.AiAudioFile(
+            domain_id=t.id,
+            name="hello.wav",
+            duration_ms=1000,
+            original_format="wav",
+            size_bytes=1,
+            prompt_id=prompt.id,
+        )
+        s.add_all([campaign, audio, m.DomainService(domain_id=t.id, code="autoinformer", enabled=True)])
+        await s.flush()
+        contact = m.AiContact(campaign_id=campaign.id, domain_id=t.id, phones=["79161234567"])
+        s.add(contact)
         await s.commit()
         return {
             "session_id": session_id,
@@ -117,6 +144,9 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             "message_id": message.id,
             "log_id": log.id,
             "cert_id": cert.id,
+            "campaign_id": campaign.id.hex,
+            "contact_id": contact.id.hex,
+            "file_id": audio.id.hex,
         }
 
 

@@ -36,7 +36,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from vpbx.autoinformer import events, status
+from vpbx.autoinformer import events, status, stoplist
 from vpbx.autoinformer.caps import CAPS_KEY, Caps, answered_times, next_allowed
 from vpbx.autoinformer.outcome import DROPS, next_number, next_state, outcome_of
 from vpbx.autoinformer.schedule import (
@@ -44,6 +44,7 @@ from vpbx.autoinformer.schedule import (
     QUIET_HOURS_KEY,
     Plan,
     PlatformRules,
+    can_start,
     next_open,
     zone_of,
     zones,
@@ -51,6 +52,7 @@ from vpbx.autoinformer.schedule import (
 from vpbx.autoinformer.schemas import FINAL_CONTACT, MOSCOW, CampaignSpec, spec_of
 from vpbx.billing import AUTOINFORMER, is_enabled
 from vpbx.clock import Clock
+from vpbx.errors import VpbxError
 from vpbx.logs import get_logger
 from vpbx.pbx.broadcast import (
     AmdSettings,
@@ -78,8 +80,10 @@ LEASE_S = 15.0
 RENEW_S = 5.0
 TICK_S = 0.5
 CAMPAIGN_CPS = 2  # new attempts per second per campaign (§3.4)
+ZONES_CHECKED = 200  # distinct recipient zones looked at by in_window
 CANDIDATES = 20  # due contacts looked at per claim round
 LIMITS_KEY = "autoinformer.limits"
+AUDIO_UNAVAILABLE = "audio-unavailable"  # the renderer's error code for a library file gone
 DUE = ("pending", "waiting_retry")
 LIVE = ("scheduled", "running", "paused", "error")
 ACTOR = "system"
@@ -162,6 +166,25 @@ async def error_cause(
     return None
 
 
+async def in_window(s: AsyncSession, campaign: AiCampaign, domain: Domain, now: dt.datetime) -> bool:
+    """§9's ``in_window``: the start rule holds now for at least one time zone among the campaign's
+    contacts not yet final (the domain's when there are none); ``running`` with it false is idle."""
+    plan = Plan.of(spec_of(campaign))
+    rules = PlatformRules.from_settings(await platform_settings(s))
+    found = (
+        await s.scalars(
+            select(AiContact.timezone)
+            .where(AiContact.campaign_id == campaign.id, AiContact.status.not_in(tuple(FINAL_CONTACT)))
+            .distinct()
+            .limit(ZONES_CHECKED)
+        )
+    ).all()
+    return any(
+        can_start(plan, rules, recipient_tz=zone, domain_tz=domain.timezone, at=now)
+        for zone in (found or [None])
+    )
+
+
 def _is_pg(s: AsyncSession) -> bool:
     return s.get_bind().dialect.name == "postgresql"
 
@@ -213,11 +236,15 @@ class Dispatcher:
         await self.reconcile()
         self._task = asyncio.create_task(self._run(), name="autoinformer-dispatch")
 
-    async def stop(self) -> None:
+    async def halt(self) -> None:
+        """Stop claiming; dials in progress go on and are recorded."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+    async def stop(self) -> None:
+        await self.halt()
         if self._dials:
             _, pending = await asyncio.wait(list(self._dials.values()), timeout=STOP_DRAIN_S)
             for task in pending:  # their attempts stay open: the next start reconciles them
@@ -516,7 +543,18 @@ class Dispatcher:
                 if opens != now:
                     await self._defer(s, contact, opens, now)
                     continue
-                prompt_id = await self.render(s, campaign, contact)
+                try:
+                    prompt_id = await self.render(s, campaign, contact)
+                except VpbxError as e:
+                    await s.rollback()
+                    if e.code != AUDIO_UNAVAILABLE:
+                        log.exception("autoinformer.render_error", contact_id=contact.id.hex)
+                        continue
+                    # a library file is gone: the campaign's problem, not the contact's
+                    await self._move(
+                        campaign.id, "running", "error", domain, now, error_reason="audio_unavailable"
+                    )
+                    return False
                 if contact.status == "error":  # the renderer gave up on it (tts_failed)
                     await events.number_finished(
                         s, domain=domain.name, campaign=campaign, contact=contact, at=now
@@ -842,7 +880,9 @@ class Dispatcher:
                 contact.succeeded_at = ended
             contact.updated_at = now
             if outcome == "opted_out":
-                await _stop_list(s, domain.id, contact.phones, campaign.id, now)
+                await stoplist.add_many(
+                    s, domain.id, contact.phones, source="opt_out", campaign_id=campaign.id, author=ACTOR
+                )
             await s.flush()
             await events.attempt_finished(
                 s, domain=domain.name, campaign=campaign, contact=contact, attempt=attempt, at=now
@@ -900,33 +940,6 @@ class Dispatcher:
                 closed += 1
                 log.warning("autoinformer.attempt_reconciled", session_id=session_id, detail=detail)
         return closed
-
-
-async def _stop_list(
-    s: AsyncSession, domain_id: uuid.UUID, phones: list[str], campaign_id: uuid.UUID, now: dt.datetime
-) -> None:
-    """An opt-out puts every number of the contact on the domain's stop list (§3.5)."""
-    have = set(
-        (
-            await s.scalars(
-                select(AiStopEntry.phone).where(
-                    AiStopEntry.domain_id == domain_id, AiStopEntry.phone.in_(phones)
-                )
-            )
-        ).all()
-    )
-    for phone in dict.fromkeys(phones):
-        if phone not in have:
-            s.add(
-                AiStopEntry(
-                    domain_id=domain_id,
-                    phone=phone,
-                    source="opt_out",
-                    campaign_id=campaign_id,
-                    author=ACTOR,
-                    created_at=now,
-                )
-            )
 
 
 def _amd(spec: CampaignSpec) -> AmdSettings | None:

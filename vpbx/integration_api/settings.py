@@ -89,6 +89,7 @@ class SettingsInput:
     event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
     event_states: list[str] = field(default_factory=lambda: list(EVENT_STATES))
     send_autoinformer_events: bool = True
+    send_ai_notifications: bool = True  # autoinformer_events (autoinformer.md §10)
     number_info: bool = False
     verify_crm_sign: bool = False
 
@@ -163,6 +164,7 @@ async def update_settings(s: AsyncSession, domain_id: uuid.UUID, data: SettingsI
     row.event_types = [t for t in EVENT_TYPES if t in data.event_types]
     row.event_states = [t for t in EVENT_STATES if t in data.event_states]
     row.send_autoinformer_events = data.send_autoinformer_events
+    row.send_ai_notifications = data.send_ai_notifications
     row.number_info = data.number_info
     row.verify_crm_sign = data.verify_crm_sign
     await s.flush()

@@ -481,3 +481,72 @@ async def test_the_other_domain_is_untouched(world: World) -> None:
         await s.commit()
     d = world.dispatcher()
     assert await run_ticks(world, d, 1) == 1  # another domain's stop list never affects this one
+
+
+async def test_a_library_file_gone_while_rendering_is_the_campaigns_error(world: World) -> None:
+    from vpbx.errors import VpbxError
+
+    class AudioGone(VpbxError):
+        code = "audio-unavailable"
+
+    async def render(s: object, campaign: AiCampaign, contact: AiContact) -> str:
+        raise AudioGone("Audio file unavailable")
+
+    cid = await world.campaign()
+    [contact] = await world.contacts(cid, "79161110001")
+    d = world.dispatcher(render=render)
+    assert await d.tick() == 0
+    camp = await world.campaign_row(cid)
+    assert (camp.status, camp.error_reason) == ("error", "audio_unavailable")
+    c = await world.contact(contact)
+    assert (c.status, c.render_failures) == ("pending", 0)
+
+
+async def test_a_contact_the_renderer_gives_up_on_ends_as_error(world: World) -> None:
+    async def render(s: object, campaign: AiCampaign, contact: AiContact) -> str | None:
+        contact.render_failures += 1
+        if contact.render_failures >= 3:
+            contact.status, contact.detail = "error", "tts_failed"
+        return None
+
+    cid = await world.campaign()
+    [contact] = await world.contacts(cid, "79161110001")
+    d = world.dispatcher(render=render)
+    assert await run_ticks(world, d, 4) == 0
+    c = await world.contact(contact)
+    assert (c.status, c.detail, c.attempts_made) == ("error", "tts_failed", 0)
+    assert world.dialer.requests == []
+
+
+async def test_start_runs_ticks_and_stop_records_the_calls_and_releases_the_lease(world: World) -> None:
+    cid = await world.campaign()
+    [contact] = await world.contacts(cid, "79161110001")
+    gate = world.dialer.gates["79161110001"] = asyncio.Event()
+    d = world.dispatcher()
+    await d.start()
+    try:
+        async with asyncio.timeout(10):
+            await world.dialer.started.wait()
+    finally:
+        gate.set()
+        await d.stop()
+    c = await world.contact(contact)
+    assert c.status == "succeeded"
+    camp = await world.campaign_row(cid)
+    assert camp.lease_owner is None
+
+
+async def test_in_window_follows_the_contacts_zones(world: World) -> None:
+    from vpbx.autoinformer.dispatcher import in_window
+
+    cid = await world.campaign(
+        schedule={"start_at": "2026-06-16 01:00:00", "windows": [{"from": "10:00", "to": "13:00"}]}
+    )
+    async with world.sessions() as s:
+        camp, dom = await s.get(AiCampaign, cid), await s.get(Domain, world.domain_id)
+        assert camp is not None and dom is not None
+        six_msk = dt.datetime(2026, 6, 16, 3, 0, tzinfo=dt.UTC)
+        assert not await in_window(s, camp, dom, six_msk)  # no contacts: the domain's zone, 06:00 there
+        await world.contacts(cid, "73832000001", tz="Asia/Novosibirsk")
+        assert await in_window(s, camp, dom, six_msk)  # 10:00 for the Novosibirsk recipient
+        assert not await in_window(s, camp, dom, six_msk - MINUTE)

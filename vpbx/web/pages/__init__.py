@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from vpbx.web.pages import (
+    ai_lists,
+    ai_report,
     api,
+    autoinformer,
     calls,
     desktop,
     devices,
@@ -42,4 +45,7 @@ ROUTERS: list[APIRouter] = [
     voicemail.router,
     recordings.router,
     api.router,
+    autoinformer.router,
+    ai_report.router,
+    ai_lists.router,
 ]

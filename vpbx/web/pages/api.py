@@ -165,6 +165,7 @@ def _values(row: ApiSettings) -> dict[str, Any]:
         "event_types": list(row.event_types),
         "event_states": list(row.event_states),
         "send_autoinformer_events": row.send_autoinformer_events,
+        "send_ai_notifications": row.send_ai_notifications,
         "number_info": row.number_info,
         "verify_crm_sign": row.verify_crm_sign,
     }
@@ -236,6 +237,7 @@ def form_input(form: forms.FormData) -> SettingsInput:
         event_types=[t for t in EVENT_TYPES if forms.checked(form, f"type_{t}")],
         event_states=[st for st in EVENT_STATES if forms.checked(form, f"state_{st}")],
         send_autoinformer_events=forms.checked(form, "send_autoinformer_events"),
+        send_ai_notifications=forms.checked(form, "send_ai_notifications"),
         number_info=forms.checked(form, "number_info"),
         verify_crm_sign=forms.checked(form, "verify_crm_sign"),
     )

@@ -39,6 +39,7 @@ SECTIONS: list[Section] = [
     Section("/menus", N_("Voice menus"), N_("Greetings and key choices"), "menu"),
     Section("/voicemail", N_("Voicemail"), N_("Mailboxes, greetings and messages"), "voicemail"),
     Section("/services", N_("Services management"), N_("Services, fees and charges"), "services"),
+    Section("/autoinformer", N_("Autoinformer"), N_("Voice messages to many people"), "autoinformer"),
     Section("/calls/live", N_("Live calls"), N_("Calls in progress and busy channels"), "calls"),
     Section("/devices", N_("Devices"), N_("Registered phones and softphones"), "devices"),
     Section("/history", N_("Call journal"), N_("Every call with its protocol and recording"), "journal"),
