@@ -14,10 +14,11 @@ Each ``tick``:
   cps cap.
 
 A claim (§7.1) is one transaction: lock the contact (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite a
-conditional write first, which takes the database's write lock), re-read the campaign (``FOR SHARE``, so a
-pause committed first is seen and one committed later waits), re-check status, lease, stop list, start rule
-and frequency caps, insert the ``AiAttempt`` as ``dialing`` under its unique dispatch key and mark the
-contact ``in_progress``. The INVITE leaves only after the commit, with a Call-ID derived from the key. A
+conditional write first, which takes the database's write lock), re-read the campaign locked (``FOR NO KEY
+UPDATE``: a pause committed first is seen, one committed later waits; claims of one campaign take turns, so
+two never deadlock upgrading a shared lock to set ``first_attempt_at``), re-check status, lease, stop list,
+start rule and frequency caps, insert the ``AiAttempt`` as ``dialing`` under its unique dispatch key and mark
+the contact ``in_progress``. The INVITE leaves only after the commit, with a Call-ID derived from the key. A
 restart closes attempts left without a result from the call history or as ``failed``/``dispatcher_restart``
 (§7.2).
 """
@@ -189,10 +190,11 @@ def _is_pg(s: AsyncSession) -> bool:
     return s.get_bind().dialect.name == "postgresql"
 
 
-async def _lock_campaign(s: AsyncSession, campaign_id: uuid.UUID, *, share: bool) -> AiCampaign | None:
-    """The campaign row, locked for this transaction (SQLite: the write lock, taken by a no-op write)."""
+async def _lock_campaign(s: AsyncSession, campaign_id: uuid.UUID) -> AiCampaign | None:
+    """The campaign row, locked for this transaction (PostgreSQL: ``FOR NO KEY UPDATE``, which rows
+    referencing it can still be inserted under; SQLite: the write lock, taken by a no-op write)."""
     if _is_pg(s):
-        q = select(AiCampaign).where(AiCampaign.id == campaign_id).with_for_update(read=share)
+        q = select(AiCampaign).where(AiCampaign.id == campaign_id).with_for_update(key_share=True)
         return await s.scalar(q.execution_options(populate_existing=True))
     await s.execute(
         update(AiCampaign).where(AiCampaign.id == campaign_id).values(updated_at=AiCampaign.updated_at)
@@ -412,7 +414,7 @@ class Dispatcher:
         error_reason: str | None = None,
     ) -> str:
         async with self.sessions() as s:
-            campaign = await _lock_campaign(s, campaign_id, share=False)
+            campaign = await _lock_campaign(s, campaign_id)
             if campaign is None:
                 await s.rollback()
                 return "gone"
@@ -596,7 +598,7 @@ class Dispatcher:
         try:
             async with self.sessions() as s:
                 if _is_pg(s):
-                    campaign = await _lock_campaign(s, campaign_id, share=True)
+                    campaign = await _lock_campaign(s, campaign_id)
                     contact = await s.scalar(
                         select(AiContact)
                         .where(AiContact.id == contact_id, AiContact.status.in_(DUE), due)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from tests.conftest import postgres_url
 from vpbx import store
@@ -57,10 +58,26 @@ async def sessions(
             yield store.session_factory(engine)
         finally:
             await engine.dispose()
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await drop_database(admin, name)
     finally:
         await admin.dispose()
+
+
+DROP_TRIES = 20
+
+
+async def drop_database(admin: AsyncEngine, name: str) -> None:
+    """DROP … WITH (FORCE), again while an autovacuum worker (another role's backend, which FORCE may not
+    end) is still busy in the fresh database."""
+    for attempt in range(DROP_TRIES):
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            if attempt == DROP_TRIES - 1:
+                raise
+            await asyncio.sleep(0.5)  # the worker's own run: nothing to wait on from here
 
 
 def result_of(kind: str, req: BroadcastRequest, now: dt.datetime) -> BroadcastResult:

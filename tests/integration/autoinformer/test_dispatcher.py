@@ -62,19 +62,23 @@ async def test_auto_complete_off_stays_running(world: World) -> None:
 
 
 async def test_two_dispatchers_racing_never_insert_two_attempts_for_one_key(world: World) -> None:
-    cid = await world.campaign(concurrency=100)
-    phones = [f"7916222{i:04d}" for i in range(12)]
-    await world.contacts(cid, *phones)
+    # several fresh campaigns: the first claims of each also race to set its first_attempt_at
+    campaigns = [await world.campaign(concurrency=100) for _ in range(6)]
+    phones = [f"7916222{i:04d}" for i in range(18)]
+    for k, cid in enumerate(campaigns):
+        await world.contacts(cid, *phones[k * 3 : k * 3 + 3])
     a, b = world.dispatcher("node-a"), world.dispatcher("node-a")  # two workers of one node: same lease
     for _ in range(10):
         await asyncio.gather(a.tick(), b.tick())
         await asyncio.gather(a.drain(), b.drain())
         world.clock.advance(0.5)
-    attempts = await world.attempts(cid)
+    attempts = await world.attempts()
     keys = [x.dispatch_key for x in attempts]
     assert len(keys) == len(set(keys)) == len(phones)
     assert world.dialer.duplicates == 0
     assert sorted(world.dialer.numbers()) == sorted(phones)
+    for cid in campaigns:
+        assert (await world.campaign_row(cid)).first_attempt_at == START
 
 
 async def test_lease_keeps_a_second_node_away_until_it_expires(world: World) -> None:
