@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
 from vpbx.app import Core, build_core
+from vpbx.autoinformer import campaigns, contacts
+from vpbx.autoinformer.schemas import CampaignSpec
 from vpbx.crypto import hash_password, random_password
 from vpbx.errors import ValidationFailed
-from vpbx.integration_api.core import api_settings, sign_key
+from vpbx.integration_api.core import api_settings, moscow, sign_key
 from vpbx.integration_api.settings import ensure_settings
 from vpbx.pbx import domains, groups, lines, menus, routing, schedules, users
 from vpbx.pbx.actions import ActionInput
@@ -80,6 +82,7 @@ async def ensure_demo(settings: Settings) -> dict[str, Any]:
             if existing is None:
                 info.update(await _directory(core, s, d.id))
                 await _integration_api(core, s, d.id)
+                await _autoinformer(core, s, d.id)
             info.update(await _api_info(core, s, d.id))
             info["admin_login"] = f"admin@{DEMO_DOMAIN}"
             info["admin_password"] = admin_password
@@ -165,6 +168,44 @@ async def _integration_api(core: Core, s: AsyncSession, domain_id: uuid.UUID) ->
     row.tls_required = False
     row.allowlist = ""
     row.number_info = False
+
+
+async def _autoinformer(core: Core, s: AsyncSession, domain_id: uuid.UUID) -> None:
+    """The autoinformer on, with one draft campaign to look at (a draft never dials anyone): a debt
+    reminder spoken by TTS with the list's variables, and two contacts."""
+    now = core.clock.now()
+    await billing.enable(s, domain_id, billing.AUTOINFORMER, now)
+    spec = CampaignSpec.model_validate(
+        {
+            "name": "Напоминание о задолженности (пример)",
+            "caller_id": DEMO_LINE,
+            "message": {
+                "segments": [
+                    {
+                        "type": "tts",
+                        "text": "Здравствуйте, {name}! Ваша задолженность составляет {sum:money}. "
+                        "Оплатите, пожалуйста, до {due:date}. Нажмите 1, чтобы поговорить с оператором, "
+                        "9 — чтобы больше не получать звонков.",
+                    }
+                ]
+            },
+            "schedule": {"start_at": moscow(now, millis=False)},
+            "success": {"criterion": "listened_full"},
+            "dtmf": {
+                "actions": {
+                    "1": {"action": "connect", "target": {"type": "group", "pin": DEMO_GROUP_PIN}},
+                    "9": {"action": "opt_out"},
+                }
+            },
+        }
+    )
+    campaign, _ = await campaigns.create_campaign(s, domain_id, spec, actor="system", now=now)
+    await contacts.import_manual(
+        s,
+        domain_id,
+        campaign.id,
+        "phone;name;sum;due\n79161234567;Иван Петрович;1500.50;20.12.2026\n79169876543;Мария;320;25.12.2026",
+    )
 
 
 def api_base_urls(settings: Settings) -> tuple[str, str]:

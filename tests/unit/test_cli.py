@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +134,12 @@ def test_demo_writes_demo_json_once_and_reuses_it(tmp_path: Path) -> None:
     assert info["api_test_url"] == "http://127.0.0.1:8080/api-test"
     assert re.fullmatch(r"[0-9A-F]{32}", info["api_client_id"])
     assert re.fullmatch(r"[0-9A-F]{32}", info["api_sign_key"])
+    # the autoinformer: on, one draft campaign (never dials) with two contacts and their variables
+    with sqlite3.connect(data / "vpbx.sqlite3") as db:
+        assert db.execute("select status from ai_campaigns").fetchall() == [("draft",)]
+        rows = db.execute("select phones, variables from ai_contacts order by row_no").fetchall()
+    assert [json.loads(p) for p, _ in rows] == [["79161234567"], ["79169876543"]]
+    assert json.loads(rows[0][1])["sum"] == "1500.50"
 
     second = CliRunner().invoke(app, ["demo", "--data-dir", str(data)])
     assert second.exit_code == 0, second.output
