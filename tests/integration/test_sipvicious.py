@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.peers.net import wait_sip_ready
+from tests.integration.peers.net import free_ports, wait_sip_ready
 from tests.integration.peers.process import require_binary, run_command
 from tests.integration.peers.service import SipService
 from tests.integration.peers.vpbx import Vpbx
@@ -49,9 +49,11 @@ async def test_svwar_finds_no_real_extension(vpbx: SipService, tmp_path: Path, f
 
 
 async def test_svcrack_is_banned_and_cracks_nothing(vpbx: SipService, tmp_path: Path) -> None:
-    out = await run(
-        "svcrack", "-u101", "-r", "1-9999", "-z", "4", "-p", str(vpbx.port), vpbx.host, cwd=tmp_path
-    )
+    # its own source port: by default svcrack binds 5060, where anything else on the machine sending SIP
+    # (another PBX's OPTIONS) keeps it from noticing the ban's silence
+    local = str(free_ports(1)[0])
+    argv = ["svcrack", "-u101", "-r", "1-9999", "-z", "4", "-P", local, "-p", str(vpbx.port), vpbx.host]
+    out = await run(*argv, cwd=tmp_path)
     assert USERS["101"] not in out, out
     assert "101" not in [row for row in table_rows(out) if row != "Extension"], out
     # the scanner's address now gets silence, even for a harmless OPTIONS
