@@ -30,7 +30,7 @@ from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.pages import autoinformer as section
 from vpbx.web.render import Renderer
 
-router = APIRouter(prefix="/autoinformer")
+router = APIRouter(prefix="/autoinformer", route_class=section.SectionRoute)
 
 STOP_PAGE = 50
 MAX_STOP_FILE = 20 * 1024 * 1024
@@ -100,16 +100,16 @@ async def _stop_page(
 
 
 @router.get("/stop-list")
-async def stop_list_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def stop_list_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, _on: section.ServiceOnDep
+) -> Response:
     return await _stop_page(request, r, s, p)
 
 
 @router.post("/stop-list/add")
-async def stop_list_add(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def stop_list_add(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
+) -> Response:
     raw = forms.text(await request.form(), "phone").strip()
     try:
         entry, created = await stoplist.add(s, p.tenant, raw, source="manual", author=section.actor_of(p))
@@ -126,11 +126,9 @@ async def stop_list_add(request: Request, r: RendererDep, p: AdminDep, s: DbDep,
 
 @router.post("/stop-list/remove")
 async def stop_list_remove(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
 ) -> Response:
     """Take a number off the list; an ``opt_out`` entry first shows a confirmation (§3.2)."""
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     form = await request.form()
     raw = forms.text(form, "phone").strip()
     confirmed = forms.checked(form, "confirm")
@@ -153,10 +151,8 @@ async def stop_list_remove(
 
 @router.post("/stop-list/import")
 async def stop_list_import(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
 ) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     form = await request.form()
     data = await section.read_upload(form, "file", MAX_STOP_FILE)
     try:
@@ -182,9 +178,7 @@ async def stop_list_import(
 
 
 @router.get("/stop-list/export.csv")
-async def stop_list_export(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def stop_list_export(p: AdminDep, s: DbDep, _on: section.ServiceOnDep) -> Response:
     body = await stoplist.export_csv(s, p.tenant)
     return Response(
         body,
@@ -231,17 +225,17 @@ async def _audio_page(
 
 
 @router.get("/audio")
-async def audio_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def audio_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, _on: section.ServiceOnDep
+) -> Response:
     return await _audio_page(request, r, s, p)
 
 
 @router.post("/audio")
-async def audio_upload(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def audio_upload(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
+) -> Response:
     """Add a WAV/MP3 to the library; a refused upload names its reason (§3.1)."""
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     form = await request.form()
     name = forms.text(form, "name").strip()
     value = form.get("file")
@@ -273,13 +267,10 @@ async def audio_upload(request: Request, r: RendererDep, p: AdminDep, s: DbDep, 
 
 
 @router.get("/audio/{file_id}/play")
-async def audio_play(
-    file_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
+async def audio_play(file_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
     """The library file's converted 8 kHz WAV, for the page's player."""
-    row = await audio.get_file(s, p.tenant, file_id)  # another domain's: 404
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+    row = await audio.get_file(s, p.tenant, file_id)  # another domain's: 404, service or not
+    await section.require_on(s, p.tenant)
     try:
         prompt = core.prompts.get(row.prompt_id)
     except (PromptError, ValueError):
@@ -293,9 +284,8 @@ async def audio_play(
 async def audio_delete(
     file_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
 ) -> Response:
-    row = await audio.get_file(s, p.tenant, file_id)
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+    row = await audio.get_file(s, p.tenant, file_id)  # another domain's: 404, service or not
+    await section.require_on(s, p.tenant)
     name = row.name
     try:
         await audio.delete_file(s, p.tenant, row.id.hex)

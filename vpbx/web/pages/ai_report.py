@@ -33,7 +33,7 @@ from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
 from vpbx.web.pages import autoinformer as section
 
-router = APIRouter(prefix="/autoinformer")
+router = APIRouter(prefix="/autoinformer", route_class=section.SectionRoute)
 
 POLL_S = 5
 BUCKET = dt.timedelta(minutes=15)
@@ -322,11 +322,8 @@ async def _report_context(
 
 @router.get("/campaigns/{campaign_id}/report")
 async def report_tab(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: section.CampaignDep
 ) -> Response:
-    row = await section.get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     domain = await section.domain_of(s, p.tenant)
     f = Filters.of(request.query_params)
     table = "attempts" if request.query_params.get("table") == "attempts" else "numbers"
@@ -354,12 +351,9 @@ async def report_tab(
 
 @router.get("/campaigns/{campaign_id}/summary")
 async def summary_part(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: section.CampaignDep
 ) -> Response:
     """The summary block alone: what htmx fetches every 5 s while the campaign is live."""
-    row = await section.get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     domain = await section.domain_of(s, p.tenant)
     ctx = {
         "c": row,
@@ -445,11 +439,8 @@ Table = Literal["numbers", "attempts"]
 
 
 @router.get("/campaigns/{campaign_id}/export")
-async def export(campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
+async def export(request: Request, p: AdminDep, s: DbDep, row: section.CampaignDep) -> Response:
     """``?table=numbers|attempts&fmt=csv|xlsx`` plus the page's filters."""
-    row = await section.get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     domain = await section.domain_of(s, p.tenant)
     tz = zoneinfo.ZoneInfo(domain.timezone)
     f = Filters.of(request.query_params)
