@@ -484,34 +484,6 @@ async def _tab(
     return r.page(request, f"autoinformer/tab_{tab}.html", ctx, errors=errors, status_code=status_code)
 
 
-@router.get("/campaigns/{campaign_id}")
-async def message_tab(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _tab(request, r, s, p, row, "message", core.clock.now())
-
-
-@router.get("/campaigns/{campaign_id}/schedule")
-async def schedule_tab(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _tab(request, r, s, p, row, "schedule", core.clock.now())
-
-
-@router.get("/campaigns/{campaign_id}/lines")
-async def lines_tab(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _tab(request, r, s, p, row, "lines", core.clock.now())
-
-
-@router.get("/campaigns/{campaign_id}/keys")
-async def keys_tab(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _tab(request, r, s, p, row, "keys", core.clock.now())
-
-
 def labels() -> dict[str, Any]:
     return {
         "contact_status": CONTACT_STATUS,
@@ -653,32 +625,33 @@ async def _save(
     return RedirectResponse(f"{BASE}/campaigns/{row.id.hex}{suffix}?notice=saved", status_code=303)
 
 
-@router.post("/campaigns/{campaign_id}/message")
-async def save_message(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, row, "message")
+def _tab_routes(tab: str) -> None:
+    """A form tab's page (GET) and its save (POST); the «Сообщение» tab is the campaign's own address."""
+
+    async def show(
+        request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
+    ) -> Response:
+        return await _tab(request, r, s, p, row, tab, core.clock.now())
+
+    async def save(
+        campaign_id: str,
+        request: Request,
+        r: RendererDep,
+        p: AdminDep,
+        s: DbDep,
+        core: CoreDep,
+        row: CampaignDep,
+    ) -> Response:
+        return await _save(request, r, s, p, core.clock.now(), campaign_id, row, tab)
+
+    show.__name__, save.__name__ = f"{tab}_tab", f"save_{tab}"
+    path = "/campaigns/{campaign_id}"
+    router.add_api_route(path if tab == "message" else f"{path}/{tab}", show, methods=["GET"])
+    router.add_api_route(f"{path}/{tab}", save, methods=["POST"])
 
 
-@router.post("/campaigns/{campaign_id}/schedule")
-async def save_schedule(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, row, "schedule")
-
-
-@router.post("/campaigns/{campaign_id}/lines")
-async def save_lines(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, row, "lines")
-
-
-@router.post("/campaigns/{campaign_id}/keys")
-async def save_keys(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, row, "keys")
+for _tab_name in ("message", "schedule", "lines", "keys"):
+    _tab_routes(_tab_name)
 
 
 async def _action(
