@@ -71,25 +71,43 @@ async def _stop_page(
     phone: str = "",
     status_code: int = 200,
 ) -> Response:
-    domain = await section.domain_of(s, p.tenant)
     q = (request.query_params.get("q") or "")[:32]
     page_no = forms.page_number(request.query_params.get("page"))
     found = await stoplist.list_entries(
         s, p.tenant, query=q, offset=(page_no - 1) * STOP_PAGE, limit=STOP_PAGE
     )
     page = Page(items=found.entries, total=found.total, page=page_no, per_page=STOP_PAGE)
+    ctx = {
+        "entries": page,
+        "q": q,
+        "confirm": confirm,
+        "result": result,
+        "phone": phone,
+        "source_label": SOURCE_LABEL,
+        "reason_label": STOP_REASON,
+    }
+    return await _list_page(request, r, s, p, "stop_list", ctx, errors, status_code)
+
+
+async def _list_page(
+    request: Request,
+    r: Renderer,
+    s: AsyncSession,
+    p: Principal,
+    name: str,
+    ctx: dict[str, Any],
+    errors: ValidationFailed | None,
+    status_code: int,
+) -> Response:
+    """One of the domain's lists (stop list, audio library) with what both pages show: the domain, its
+    wall clock, the notice; 422 with errors unless the caller chose another status."""
+    domain = await section.domain_of(s, p.tenant)
     return r.page(
         request,
-        "autoinformer/stop_list.html",
+        f"autoinformer/{name}.html",
         {
             "settings_tab": "autoinformer",
-            "entries": page,
-            "q": q,
-            "confirm": confirm,
-            "result": result,
-            "phone": phone,
-            "source_label": SOURCE_LABEL,
-            "reason_label": STOP_REASON,
+            **ctx,
             "when": section.local_time(domain.timezone),
             "domain": domain,
             "notice": request.query_params.get("notice", ""),
@@ -207,21 +225,8 @@ async def _audio_page(
     in_use: list[str] | None = None,
     status_code: int = 200,
 ) -> Response:
-    domain = await section.domain_of(s, p.tenant)
-    return r.page(
-        request,
-        "autoinformer/audio.html",
-        {
-            "settings_tab": "autoinformer",
-            "files": await audio.list_files(s, p.tenant),
-            "when": section.local_time(domain.timezone),
-            "domain": domain,
-            "in_use": in_use,
-            "notice": request.query_params.get("notice", ""),
-        },
-        errors=errors,
-        status_code=422 if errors and status_code == 200 else status_code,
-    )
+    ctx = {"files": await audio.list_files(s, p.tenant), "in_use": in_use}
+    return await _list_page(request, r, s, p, "audio", ctx, errors, status_code)
 
 
 @router.get("/audio")
