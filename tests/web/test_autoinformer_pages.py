@@ -15,6 +15,7 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import func, select
 
+from tests.autoinformer.campaign_kit import tone_wav
 from tests.helpers import Cabinet, Tenant
 from vpbx.app import Core
 from vpbx.store.models import AiAttempt, AiCampaign, AiContact, AuditEntry, Domain, IncomingNumber
@@ -348,24 +349,6 @@ async def test_line_reserve_setting(core: Core, t1: Tenant, ready: str, admin1: 
         assert domain is not None and domain.ai_line_reserve == 3
 
 
-def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    """A real PCM WAV (a 440 Hz tone), written by the standard library."""
-    import math
-    import struct
-    import wave
-
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        n = int(seconds * rate)
-        w.writeframes(
-            b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate))) for i in range(n))
-        )
-    return buf.getvalue()
-
-
 async def test_audio_library_upload_reasons_play_and_delete(
     core: Core, t1: Tenant, ready: str, admin1: Cabinet
 ) -> None:
@@ -378,7 +361,7 @@ async def test_audio_library_upload_reasons_play_and_delete(
     assert resp.status_code == 422 and "Неподдерживаемый формат" in resp.text
     resp = await send(b"RIFF\x00\x00\x00\x00WAVE", "broken.wav")
     assert resp.status_code == 422 and "повреждён" in resp.text
-    resp = await send(wav_bytes(), "Приветствие.wav")
+    resp = await send(tone_wav(0.5), "Приветствие.wav")
     assert resp.status_code == 303
     page = await admin1.get("/autoinformer/audio")
     m = re.search(r'id="audio-([0-9a-f]{32})"', page.text)
