@@ -29,8 +29,9 @@ from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.pages import autoinformer as section
 from vpbx.web.render import Renderer
+from vpbx.web.sections import SectionRoute
 
-router = APIRouter(prefix="/autoinformer", route_class=section.SectionRoute)
+router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
 
 STOP_PAGE = 50
 MAX_STOP_FILE = 20 * 1024 * 1024

@@ -33,8 +33,9 @@ from vpbx.store.paging import Page, like_pattern, paginate
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
 from vpbx.web.pages import autoinformer as section
+from vpbx.web.sections import SectionRoute
 
-router = APIRouter(prefix="/autoinformer", route_class=section.SectionRoute)
+router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
 
 _Row = TypeVar("_Row")
 

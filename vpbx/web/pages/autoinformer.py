@@ -12,13 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 import zoneinfo
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,27 +53,7 @@ from vpbx.web import aiforms, forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.pages.menus import prompt_file
 from vpbx.web.render import Renderer
-
-
-class ServiceOff(Exception):
-    """«Автоинформатор» is off for the session's domain: the section's pages show the activation prompt."""
-
-
-class SectionRoute(APIRoute):
-    """A route of the section (this module, ``ai_report``, ``ai_lists``): ``ServiceOff`` (raised by
-    ``ServiceOnDep``, ``CampaignDep`` or ``require_on``) answers with the «off» page."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except ServiceOff:
-                return off_page(request, request.app.state.renderer)
-
-        return route
-
+from vpbx.web.sections import SectionRoute, ServiceOff
 
 router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
 
@@ -192,9 +171,9 @@ def off_page(request: Request, r: Renderer) -> Response:
 
 
 async def require_on(s: AsyncSession, tenant: uuid.UUID) -> None:
-    """``ServiceOff`` (the «off» page, see ``SectionRoute``) while the service is off."""
+    """``ServiceOff`` (the «off» page, see ``vpbx.web.sections``) while the service is off."""
     if not await service_on(s, tenant):
-        raise ServiceOff
+        raise ServiceOff(off_page)
 
 
 async def _service_on(p: AdminDep, s: DbDep) -> None:
