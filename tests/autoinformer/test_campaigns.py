@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tests.autoinformer.campaign_kit import campaign_body, msk
 from tests.integration.store.conftest import empty_url, engine, migrated_url  # noqa: F401
 from vpbx import store
 from vpbx.autoinformer import campaigns as svc
@@ -93,51 +94,9 @@ async def t2(sessions: async_sessionmaker[AsyncSession]) -> Tenant:
     return await make_tenant(sessions, "other.vpbx.test", "74957654321")
 
 
-def msk(at: dt.datetime) -> str:
-    return at.astimezone(dt.timezone(dt.timedelta(hours=3))).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def body(file_id: str, **over: Any) -> dict[str, Any]:
     """§9's campaign object, starting tomorrow."""
-    data: dict[str, Any] = {
-        "external_id": "crm-campaign-42",
-        "name": "Напоминание о задолженности, июнь",
-        "caller_id": LINE,
-        "message": {
-            "repeat": 2,
-            "segments": [
-                {"type": "file", "file_id": file_id},
-                {
-                    "type": "tts",
-                    "text": "{name}, ваша задолженность составляет {sum:money}. Оплатите до {due:date}.",
-                    "voice": "female_1",
-                    "rate": 1.0,
-                },
-            ],
-        },
-        "schedule": {
-            "start_at": msk(NOW + dt.timedelta(days=1)),
-            "end_at": msk(NOW + dt.timedelta(days=5)),
-            "days": [1, 2, 3, 4, 5],
-            "windows": [{"from": "10:00", "to": "13:00"}, {"from": "14:00", "to": "19:00"}],
-            "time_basis": "recipient",
-        },
-        "attempts": {"max": 3, "interval_min": 60, "retry_on": ["busy", "no_answer", "failed"]},
-        "ring_timeout_s": 30,
-        "concurrency": 5,
-        "compliance_profile": "collections",
-        "success": {"criterion": "listened_full"},
-        "dtmf": {
-            "wait_s": 5,
-            "actions": {
-                "1": {"action": "connect", "target": {"type": "group", "pin": "600"}},
-                "2": {"action": "repeat"},
-                "9": {"action": "opt_out"},
-            },
-        },
-    }
-    data.update(over)
-    return data
+    return campaign_body(file_id, LINE, NOW, **over)
 
 
 def spec(file_id: str, **over: Any) -> CampaignSpec:

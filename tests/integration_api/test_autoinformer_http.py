@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import io
 import json
-import math
-import struct
 import uuid
-import wave
 from typing import Any
 
 import httpx
@@ -19,6 +15,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from tests.autoinformer import campaign_kit as kit
+from tests.autoinformer.campaign_kit import tone_wav
 from tests.integration_api.fixture_f import (
     CLIENT_ID,
     KEY,
@@ -46,72 +44,13 @@ from vpbx.store.models import (
 )
 
 OK = "Операция выполнена успешно"
-MSK = dt.timezone(dt.timedelta(hours=3))
 OTHER_DOMAIN = "other.vpbx.test"
-
-
-def tone_wav(seconds: float = 1.0, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        n = int(seconds * rate)
-        w.writeframes(
-            b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate))) for i in range(n))
-        )
-    return buf.getvalue()
-
-
-def msk(at: dt.datetime) -> str:
-    return at.astimezone(MSK).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def campaign_body(file_id: str, **over: Any) -> dict[str, Any]:
     """§9's campaign object, its schedule moved to start tomorrow (the spec's dates have passed)."""
-    now = dt.datetime.now(dt.UTC)
-    data: dict[str, Any] = {
-        "external_id": "crm-campaign-42",
-        "name": "Напоминание о задолженности, июнь",
-        "caller_id": LINE,
-        "message": {
-            "repeat": 2,
-            "segments": [
-                {"type": "file", "file_id": file_id},
-                {
-                    "type": "tts",
-                    "text": "{name}, ваша задолженность составляет {sum:money}. Оплатите до {due:date}.",
-                    "voice": "female_1",
-                    "rate": 1.0,
-                },
-            ],
-        },
-        "schedule": {
-            "start_at": msk(now + dt.timedelta(days=1)),
-            "end_at": msk(now + dt.timedelta(days=5)),
-            "days": [1, 2, 3, 4, 5],
-            "windows": [{"from": "10:00", "to": "13:00"}, {"from": "14:00", "to": "19:00"}],
-            "time_basis": "recipient",
-        },
-        "attempts": {"max": 3, "interval_min": 60, "retry_on": ["busy", "no_answer", "failed"]},
-        "ring_timeout_s": 30,
-        "concurrency": 5,
-        "allow_international": False,
-        "auto_complete": True,
-        "compliance_profile": "collections",
-        "success": {"criterion": "listened_full"},
-        "amd": {"enabled": False},
-        "dtmf": {
-            "wait_s": 5,
-            "actions": {
-                "1": {"action": "connect", "target": {"type": "group", "pin": "600"}},
-                "2": {"action": "repeat"},
-                "9": {"action": "opt_out"},
-            },
-        },
-    }
-    data.update(over)
-    return data
+    extra = {"allow_international": False, "auto_complete": True, "amd": {"enabled": False}}
+    return kit.campaign_body(file_id, LINE, dt.datetime.now(dt.UTC), **{**extra, **over})
 
 
 def enc(obj: Any) -> bytes:

@@ -15,6 +15,7 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import func, select
 
+from tests.autoinformer.campaign_kit import tone_wav
 from tests.helpers import Cabinet, Tenant
 from vpbx.app import Core
 from vpbx.store.models import AiAttempt, AiCampaign, AiContact, AuditEntry, Domain, IncomingNumber
@@ -348,24 +349,6 @@ async def test_line_reserve_setting(core: Core, t1: Tenant, ready: str, admin1: 
         assert domain is not None and domain.ai_line_reserve == 3
 
 
-def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    """A real PCM WAV (a 440 Hz tone), written by the standard library."""
-    import math
-    import struct
-    import wave
-
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        n = int(seconds * rate)
-        w.writeframes(
-            b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate))) for i in range(n))
-        )
-    return buf.getvalue()
-
-
 async def test_audio_library_upload_reasons_play_and_delete(
     core: Core, t1: Tenant, ready: str, admin1: Cabinet
 ) -> None:
@@ -378,7 +361,7 @@ async def test_audio_library_upload_reasons_play_and_delete(
     assert resp.status_code == 422 and "Неподдерживаемый формат" in resp.text
     resp = await send(b"RIFF\x00\x00\x00\x00WAVE", "broken.wav")
     assert resp.status_code == 422 and "повреждён" in resp.text
-    resp = await send(wav_bytes(), "Приветствие.wav")
+    resp = await send(tone_wav(0.5), "Приветствие.wav")
     assert resp.status_code == 303
     page = await admin1.get("/autoinformer/audio")
     m = re.search(r'id="audio-([0-9a-f]{32})"', page.text)
@@ -587,6 +570,54 @@ async def test_another_domains_campaign_is_not_found(
     async with core.sessions() as s:
         row = await s.get(AiCampaign, uuid.UUID(cid))
         assert row is not None and row.status == "draft" and row.name == "Напоминание о задолженности"
+
+
+CAMPAIGN_GETS = ("", "/schedule", "/lines", "/keys", "/contacts", "/report", "/summary", "/rejected.csv")
+CAMPAIGN_POSTS = (
+    "/message",
+    "/schedule",
+    "/lines",
+    "/keys",
+    "/start",
+    "/copy",
+    "/contacts/manual",
+    "/preview",
+)
+
+
+async def test_campaign_pages_say_404_for_another_domain_before_the_off_page(
+    core: Core, t1: Tenant, t2: Tenant, ready: str, admin1: Cabinet, admin2: Cabinet
+) -> None:
+    """Every campaign route: another domain's id is 404 while the service is off; the domain's own campaign
+    shows the activation prompt once the service is switched off, and nothing changes."""
+    from vpbx import billing
+
+    cid = await create(admin1, ready)
+    base = f"/autoinformer/campaigns/{cid}"
+    for suffix in CAMPAIGN_GETS:
+        assert (await admin2.get(base + suffix)).status_code == 404, suffix
+    for suffix in CAMPAIGN_POSTS:
+        assert (await admin2.post(base + suffix, {"manual": "79160000000"})).status_code == 404, suffix
+    async with core.sessions() as s:
+        assert await billing.disable(s, t1.id, "autoinformer", dt.datetime.now(dt.UTC))
+        await s.commit()
+    for suffix in CAMPAIGN_GETS:
+        page = await admin1.get(base + suffix)
+        assert page.status_code == 200 and 'id="ai-off"' in page.text, suffix
+    for suffix in CAMPAIGN_POSTS:
+        page = await admin1.post(base + suffix, {"manual": "79160000000", "name": "x"})
+        assert page.status_code == 200 and 'id="ai-off"' in page.text, suffix
+    for url in ("/autoinformer/stop-list", "/autoinformer/audio", "/autoinformer/stop-list/export.csv"):
+        assert 'id="ai-off"' in (await admin1.get(url)).text, url
+    assert 'id="ai-off"' in (await admin1.post("/autoinformer/settings", {"ai_line_reserve": "2"})).text
+    assert (await admin1.get(f"/autoinformer/audio/{uuid.uuid4().hex}/play")).status_code == 404
+    async with core.sessions() as s:
+        row = await s.get(AiCampaign, uuid.UUID(cid))
+        domain = await s.get(Domain, t1.id)
+        assert row is not None and domain is not None
+        assert row.status == "draft" and domain.ai_line_reserve != 2
+        assert await s.scalar(select(func.count()).select_from(AiContact)) == 0
+        assert await s.scalar(select(func.count()).select_from(AiCampaign)) == 1
 
 
 async def test_a_running_campaign_changes_only_concurrency_and_end(

@@ -25,7 +25,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +59,7 @@ from vpbx.logs import get_logger
 from vpbx.store.models import (
     AI_CONTACT_STATUSES,
     AiAttempt,
+    AiCampaign,
     AuditEntry,
 )
 
@@ -195,25 +196,33 @@ async def _create(
 # --- start, pause, stop, status, report ---------------------------------------------------------------------
 
 
-async def _start(
-    ctx: ApiContext, s: AsyncSession, data: dict[str, Any], now: dt.datetime
-) -> dict[str, object]:
-    row = await campaigns.start_campaign(s, ctx.domain_id, _campaign_id(data), actor=ACTOR, now=now)
-    return {"status": row.status}
+class Transition(Protocol):
+    def __call__(
+        self,
+        s: AsyncSession,
+        domain_id: uuid.UUID,
+        campaign_id: uuid.UUID | str,
+        *,
+        actor: str,
+        now: dt.datetime,
+    ) -> Awaitable[AiCampaign]: ...
 
 
-async def _pause(
-    ctx: ApiContext, s: AsyncSession, data: dict[str, Any], now: dt.datetime
-) -> dict[str, object]:
-    row = await campaigns.pause_campaign(s, ctx.domain_id, _campaign_id(data), actor=ACTOR, now=now)
-    return {"status": row.status}
+def _transition(step: Transition) -> Work:
+    """``autoinformer_start``/``_pause``/``_stop``: the campaign service's step; replies the new status."""
+
+    async def work(
+        ctx: ApiContext, s: AsyncSession, data: dict[str, Any], now: dt.datetime
+    ) -> dict[str, object]:
+        row = await step(s, ctx.domain_id, _campaign_id(data), actor=ACTOR, now=now)
+        return {"status": row.status}
+
+    return work
 
 
-async def _stop(
-    ctx: ApiContext, s: AsyncSession, data: dict[str, Any], now: dt.datetime
-) -> dict[str, object]:
-    row = await campaigns.stop_campaign(s, ctx.domain_id, _campaign_id(data), actor=ACTOR, now=now)
-    return {"status": row.status}
+_start = _transition(campaigns.start_campaign)
+_pause = _transition(campaigns.pause_campaign)
+_stop = _transition(campaigns.stop_campaign)
 
 
 async def _status(

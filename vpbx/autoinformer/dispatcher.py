@@ -623,8 +623,22 @@ class Dispatcher:
                     await s.rollback()
                     return None
                 position = await self._position(s, contact)
-                if position is None or position[0] > spec.attempts.max:
-                    contact.status = "not_succeeded" if position is None else "attempts_exhausted"
+                stopped = None
+                if position is not None and position[0] <= spec.attempts.max:
+                    stopped = await s.scalar(
+                        select(AiStopEntry.phone).where(
+                            AiStopEntry.domain_id == domain.id,
+                            AiStopEntry.phone == contact.phones[position[1]],
+                        )
+                    )
+                if position is None or position[0] > spec.attempts.max or stopped is not None:
+                    contact.status = (
+                        "not_succeeded"
+                        if position is None
+                        else "attempts_exhausted"
+                        if position[0] > spec.attempts.max
+                        else "excluded"
+                    )
                     contact.next_attempt_at = None
                     contact.updated_at = now
                     await s.flush()
@@ -635,21 +649,6 @@ class Dispatcher:
                     return None
                 attempt_no, index = position
                 phone = contact.phones[index]
-                stopped = await s.scalar(
-                    select(AiStopEntry.phone).where(
-                        AiStopEntry.domain_id == domain.id, AiStopEntry.phone == phone
-                    )
-                )
-                if stopped is not None:
-                    contact.status = "excluded"
-                    contact.next_attempt_at = None
-                    contact.updated_at = now
-                    await s.flush()
-                    await events.number_finished(
-                        s, domain=domain.name, campaign=campaign, contact=contact, at=now
-                    )
-                    await s.commit()
-                    return None
                 opens = next_open(
                     plan, platform.rules, recipient_tz=contact.timezone, domain_tz=domain.timezone, after=now
                 )

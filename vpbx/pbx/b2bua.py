@@ -2124,6 +2124,22 @@ class B2bua:
             return False
         return True
 
+    async def _take_answer_a(self, ctx: _Ctx, leg: BLeg, sdp: SessionDescription | str | None) -> bool:
+        """Point the relay's A side at a leg we dialled there (an originated call's employee, a broadcast's
+        recipient). An answer without usable audio: BYE 488, the leg failed, False."""
+        audio = sdp.audio if isinstance(sdp, SessionDescription) else None
+        if (
+            isinstance(sdp, SessionDescription)
+            and audio is not None
+            and await self._update_media(ctx, "a", _remote(sdp, audio), audio)
+        ):
+            return True
+        self._bye(leg, reason_header(488, "no usable SDP answer"))
+        self._unindex(leg)
+        leg.state = BState.FAILED
+        leg.final = 488
+        return False
+
     async def _bridge_b(self, ctx: _Ctx, leg: BLeg, answer: SessionDescription) -> bool:
         """Point the relay's B side at this leg (its answer to our offer: its address, codec, events)."""
         audio = answer.audio

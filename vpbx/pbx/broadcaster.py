@@ -38,7 +38,7 @@ from vpbx.logs import get_logger
 from vpbx.media.amd import GREETING_WAIT_S
 from vpbx.media.backend import AmdParams
 from vpbx.media.relay import LegRef
-from vpbx.pbx.b2bua import CALLS, CALLS_ACTIVE, ELSEWHERE, BState, _Ctx, _remote, _ringable, _to_tag
+from vpbx.pbx.b2bua import CALLS, CALLS_ACTIVE, ELSEWHERE, _Ctx, _ringable, _to_tag
 from vpbx.pbx.broadcast import ActionName, AmdResult, BroadcastRequest, BroadcastResult, KeyAction
 from vpbx.pbx.bus import SessionId
 from vpbx.pbx.callplan import external_plan
@@ -330,16 +330,7 @@ class Broadcaster:
             ctx.no_answer.cancel()
             ctx.no_answer = None
         bc.sip_code = 200
-        audio = sdp.audio if isinstance(sdp, SessionDescription) else None
-        if (
-            not isinstance(sdp, SessionDescription)
-            or audio is None
-            or not await b._update_media(ctx, "a", _remote(sdp, audio), audio)
-        ):
-            b._bye(leg, reason_header(488, "no usable SDP answer"))
-            b._unindex(leg)
-            leg.state = BState.FAILED
-            leg.final = 488
+        if not await b._take_answer_a(ctx, leg, sdp):
             bc.detail = "bad_sdp"
             ctx.end_reason = "failed"
             b._reply_a(ctx, 488)

@@ -33,7 +33,6 @@ from vpbx.pbx.b2bua import (
     BState,
     _Ctx,
     _origin,
-    _remote,
 )
 from vpbx.pbx.calls import Call, Party, outside_party
 from vpbx.pbx.registrar import aor_for
@@ -208,16 +207,7 @@ class Originator:
         b = self.b
         o = ctx.originate
         assert o is not None
-        audio = sdp.audio if isinstance(sdp, SessionDescription) else None
-        if (
-            not isinstance(sdp, SessionDescription)
-            or audio is None
-            or not await b._update_media(ctx, "a", _remote(sdp, audio), audio)
-        ):
-            b._bye(leg, reason_header(488, "no usable SDP answer"))
-            b._unindex(leg)
-            leg.state = BState.FAILED
-            leg.final = 488
+        if not await b._take_answer_a(ctx, leg, sdp):
             await b._after_failure(ctx)
             return
         ctx.sides["a"] = leg

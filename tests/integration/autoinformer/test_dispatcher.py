@@ -554,3 +554,38 @@ async def test_in_window_follows_the_contacts_zones(world: World) -> None:
         await world.contacts(cid, "73832000001", tz="Asia/Novosibirsk")
         assert await in_window(s, camp, dom, six_msk)  # 10:00 for the Novosibirsk recipient
         assert not await in_window(s, camp, dom, six_msk - MINUTE)
+
+
+async def test_a_contact_whose_rounds_are_used_up_is_finished_without_a_call(world: World) -> None:
+    cid = await world.campaign(attempts={"max": 1, "interval_min": 60, "retry_on": ["busy"]})
+    [contact] = await world.contacts(cid, "79161110001")
+    key = dispatch_key(cid, contact, 1, 0)
+    sid, call_id = broadcast_ids(key)
+    async with world.sessions() as s:  # the only round was dialled; the contact still waits for a retry
+        s.add(
+            AiAttempt(
+                domain_id=world.domain_id,
+                campaign_id=cid,
+                contact_id=contact,
+                attempt_no=1,
+                number_index=0,
+                dispatch_key=key,
+                phone="79161110001",
+                state="done",
+                outcome="busy",
+                started_at=START,
+                ended_at=START,
+                session_id=sid,
+                call_id=call_id,
+            )
+        )
+        c = await s.get(AiContact, contact)
+        assert c is not None
+        c.status, c.attempts_made, c.next_attempt_at = "waiting_retry", 1, world.clock.now()
+        await s.commit()
+    d = world.dispatcher()
+    assert await run_ticks(world, d, 2) == 0
+    c = await world.contact(contact)
+    assert (c.status, c.next_attempt_at) == ("attempts_exhausted", None)
+    assert [a.attempt_no for a in await world.attempts(cid)] == [1]
+    assert world.dialer.requests == []

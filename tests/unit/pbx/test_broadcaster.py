@@ -508,3 +508,19 @@ async def test_a_failing_carrier_fails_over_to_the_next_trunk_on_the_recipients_
     await again.send("BYE")
     result = await result_of(pbx, task)
     assert result.sip_code == 200
+
+
+async def test_an_answer_without_usable_sdp_is_hung_up_as_failed(pbx: Pbx) -> None:
+    req = request(pbx)
+    carrier = carrier_of(pbx)
+    task = asyncio.create_task(pbx.b2bua.broadcaster.dial(req))
+    recipient = await ringing(pbx, carrier)
+    await recipient.answer(body=b"")  # a 200 with no SDP: nothing to send the message to
+    bye: Request = await carrier.expect("BYE")
+    assert "488" in (bye.headers.get("Reason") or "")
+    await recipient.answer_request(bye)
+    result = await result_of(pbx, task)
+    assert (result.sip_code, result.detail, result.listen_s) == (200, "bad_sdp", 0.0)
+    assert plays(pbx) == []
+    assert pbx.registry.active(pbx.domain_id) == 0
+    assert pbx.b2bua.indexes()["calls"] == 0

@@ -123,6 +123,20 @@ async def test_employee_does_not_answer_the_call_ends_without_connected(pbx: Pbx
     assert pbx.registry.active(pbx.domain_id) == 0
 
 
+async def test_an_employee_answer_without_usable_sdp_ends_the_call(pbx: Pbx) -> None:
+    sid, alice, carrier = await _start(pbx)
+    ring = await alice.ringing()
+    await ring.answer(body=b"")  # a 200 with no SDP: no media to ring back on
+    bye: Request = await alice.expect("BYE")
+    assert "488" in (bye.headers.get("Reason") or "")
+    await ring.answer_request(bye)
+    await pbx.settle()
+    assert carrier.unread() == []  # the customer is not dialled
+    assert pbx.bus.states(sid)[-1] == "end" and "connected" not in pbx.bus.states(sid)
+    assert pbx.registry.active(pbx.domain_id) == 0
+    assert pbx.b2bua.indexes()["calls"] == 0
+
+
 async def test_customer_busy_hangs_up_the_employee(pbx: Pbx) -> None:
     sid, alice, carrier = await _start(pbx)
     ring = await alice.ringing()

@@ -29,8 +29,9 @@ from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.pages import autoinformer as section
 from vpbx.web.render import Renderer
+from vpbx.web.sections import SectionRoute
 
-router = APIRouter(prefix="/autoinformer")
+router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
 
 STOP_PAGE = 50
 MAX_STOP_FILE = 20 * 1024 * 1024
@@ -71,25 +72,43 @@ async def _stop_page(
     phone: str = "",
     status_code: int = 200,
 ) -> Response:
-    domain = await section.domain_of(s, p.tenant)
     q = (request.query_params.get("q") or "")[:32]
     page_no = forms.page_number(request.query_params.get("page"))
     found = await stoplist.list_entries(
         s, p.tenant, query=q, offset=(page_no - 1) * STOP_PAGE, limit=STOP_PAGE
     )
     page = Page(items=found.entries, total=found.total, page=page_no, per_page=STOP_PAGE)
+    ctx = {
+        "entries": page,
+        "q": q,
+        "confirm": confirm,
+        "result": result,
+        "phone": phone,
+        "source_label": SOURCE_LABEL,
+        "reason_label": STOP_REASON,
+    }
+    return await _list_page(request, r, s, p, "stop_list", ctx, errors, status_code)
+
+
+async def _list_page(
+    request: Request,
+    r: Renderer,
+    s: AsyncSession,
+    p: Principal,
+    name: str,
+    ctx: dict[str, Any],
+    errors: ValidationFailed | None,
+    status_code: int,
+) -> Response:
+    """One of the domain's lists (stop list, audio library) with what both pages show: the domain, its
+    wall clock, the notice; 422 with errors unless the caller chose another status."""
+    domain = await section.domain_of(s, p.tenant)
     return r.page(
         request,
-        "autoinformer/stop_list.html",
+        f"autoinformer/{name}.html",
         {
             "settings_tab": "autoinformer",
-            "entries": page,
-            "q": q,
-            "confirm": confirm,
-            "result": result,
-            "phone": phone,
-            "source_label": SOURCE_LABEL,
-            "reason_label": STOP_REASON,
+            **ctx,
             "when": section.local_time(domain.timezone),
             "domain": domain,
             "notice": request.query_params.get("notice", ""),
@@ -100,16 +119,16 @@ async def _stop_page(
 
 
 @router.get("/stop-list")
-async def stop_list_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def stop_list_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, _on: section.ServiceOnDep
+) -> Response:
     return await _stop_page(request, r, s, p)
 
 
 @router.post("/stop-list/add")
-async def stop_list_add(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def stop_list_add(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
+) -> Response:
     raw = forms.text(await request.form(), "phone").strip()
     try:
         entry, created = await stoplist.add(s, p.tenant, raw, source="manual", author=section.actor_of(p))
@@ -126,11 +145,9 @@ async def stop_list_add(request: Request, r: RendererDep, p: AdminDep, s: DbDep,
 
 @router.post("/stop-list/remove")
 async def stop_list_remove(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
 ) -> Response:
     """Take a number off the list; an ``opt_out`` entry first shows a confirmation (§3.2)."""
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     form = await request.form()
     raw = forms.text(form, "phone").strip()
     confirmed = forms.checked(form, "confirm")
@@ -153,10 +170,8 @@ async def stop_list_remove(
 
 @router.post("/stop-list/import")
 async def stop_list_import(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
 ) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     form = await request.form()
     data = await section.read_upload(form, "file", MAX_STOP_FILE)
     try:
@@ -182,9 +197,7 @@ async def stop_list_import(
 
 
 @router.get("/stop-list/export.csv")
-async def stop_list_export(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def stop_list_export(p: AdminDep, s: DbDep, _on: section.ServiceOnDep) -> Response:
     body = await stoplist.export_csv(s, p.tenant)
     return Response(
         body,
@@ -213,35 +226,22 @@ async def _audio_page(
     in_use: list[str] | None = None,
     status_code: int = 200,
 ) -> Response:
-    domain = await section.domain_of(s, p.tenant)
-    return r.page(
-        request,
-        "autoinformer/audio.html",
-        {
-            "settings_tab": "autoinformer",
-            "files": await audio.list_files(s, p.tenant),
-            "when": section.local_time(domain.timezone),
-            "domain": domain,
-            "in_use": in_use,
-            "notice": request.query_params.get("notice", ""),
-        },
-        errors=errors,
-        status_code=422 if errors and status_code == 200 else status_code,
-    )
+    ctx = {"files": await audio.list_files(s, p.tenant), "in_use": in_use}
+    return await _list_page(request, r, s, p, "audio", ctx, errors, status_code)
 
 
 @router.get("/audio")
-async def audio_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+async def audio_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, _on: section.ServiceOnDep
+) -> Response:
     return await _audio_page(request, r, s, p)
 
 
 @router.post("/audio")
-async def audio_upload(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def audio_upload(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: section.ServiceOnDep
+) -> Response:
     """Add a WAV/MP3 to the library; a refused upload names its reason (§3.1)."""
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     form = await request.form()
     name = forms.text(form, "name").strip()
     value = form.get("file")
@@ -273,13 +273,10 @@ async def audio_upload(request: Request, r: RendererDep, p: AdminDep, s: DbDep, 
 
 
 @router.get("/audio/{file_id}/play")
-async def audio_play(
-    file_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
+async def audio_play(file_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
     """The library file's converted 8 kHz WAV, for the page's player."""
-    row = await audio.get_file(s, p.tenant, file_id)  # another domain's: 404
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+    row = await audio.get_file(s, p.tenant, file_id)  # another domain's: 404, service or not
+    await section.require_on(s, p.tenant)
     try:
         prompt = core.prompts.get(row.prompt_id)
     except (PromptError, ValueError):
@@ -293,9 +290,8 @@ async def audio_play(
 async def audio_delete(
     file_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
 ) -> Response:
-    row = await audio.get_file(s, p.tenant, file_id)
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
+    row = await audio.get_file(s, p.tenant, file_id)  # another domain's: 404, service or not
+    await section.require_on(s, p.tenant)
     name = row.name
     try:
         await audio.delete_file(s, p.tenant, row.id.hex)

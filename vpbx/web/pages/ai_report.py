@@ -18,12 +18,13 @@ import zoneinfo
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
 
 from vpbx.autoinformer import campaigns
 from vpbx.autoinformer import status as ai_status
@@ -32,8 +33,11 @@ from vpbx.store.paging import Page, like_pattern, paginate
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
 from vpbx.web.pages import autoinformer as section
+from vpbx.web.sections import SectionRoute
 
-router = APIRouter(prefix="/autoinformer")
+router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
+
+_Row = TypeVar("_Row")
 
 POLL_S = 5
 BUCKET = dt.timedelta(minutes=15)
@@ -132,19 +136,40 @@ class Filters:
         return (lo.astimezone(dt.UTC) if lo else None, hi.astimezone(dt.UTC) if hi else None)
 
 
+def _narrowed(
+    stmt: Select[_Row],
+    f: Filters,
+    timezone: str,
+    *,
+    outcome: QueryableAttribute[Any],
+    digits: QueryableAttribute[Any],
+    at: QueryableAttribute[Any],
+) -> Select[_Row]:
+    """The filters both tables share: the outcome, a pressed key, the local dates (on ``at``)."""
+    if f.outcome:
+        stmt = stmt.where(outcome == f.outcome)
+    if f.digit:
+        stmt = stmt.where(digits.like(like_pattern(f.digit), escape="\\"))
+    lo, hi = f.bounds(timezone)
+    if lo:
+        stmt = stmt.where(at >= lo)
+    if hi:
+        stmt = stmt.where(at < hi)
+    return stmt
+
+
 def numbers_query(campaign_id: uuid.UUID, f: Filters, timezone: str) -> Select[AiContact]:
     stmt = select(AiContact).where(AiContact.campaign_id == campaign_id)
     if f.status:
         stmt = stmt.where(AiContact.status == f.status)
-    if f.outcome:
-        stmt = stmt.where(AiContact.last_outcome == f.outcome)
-    if f.digit:
-        stmt = stmt.where(AiContact.digits.like(like_pattern(f.digit), escape="\\"))
-    lo, hi = f.bounds(timezone)
-    if lo:
-        stmt = stmt.where(AiContact.last_attempt_at >= lo)
-    if hi:
-        stmt = stmt.where(AiContact.last_attempt_at < hi)
+    stmt = _narrowed(
+        stmt,
+        f,
+        timezone,
+        outcome=AiContact.last_outcome,
+        digits=AiContact.digits,
+        at=AiContact.last_attempt_at,
+    )
     if f.phone:
         stmt = stmt.where(
             AiContact.id.in_(
@@ -165,15 +190,9 @@ def attempts_query(campaign_id: uuid.UUID, f: Filters, timezone: str) -> Select[
                 select(AiContact.id).where(AiContact.campaign_id == campaign_id, AiContact.status == f.status)
             )
         )
-    if f.outcome:
-        stmt = stmt.where(AiAttempt.outcome == f.outcome)
-    if f.digit:
-        stmt = stmt.where(AiAttempt.digits.like(like_pattern(f.digit), escape="\\"))
-    lo, hi = f.bounds(timezone)
-    if lo:
-        stmt = stmt.where(AiAttempt.started_at >= lo)
-    if hi:
-        stmt = stmt.where(AiAttempt.started_at < hi)
+    stmt = _narrowed(
+        stmt, f, timezone, outcome=AiAttempt.outcome, digits=AiAttempt.digits, at=AiAttempt.started_at
+    )
     if f.phone:
         stmt = stmt.where(AiAttempt.phone.like(like_pattern(f.phone), escape="\\"))
     return stmt.order_by(AiAttempt.started_at.desc(), AiAttempt.id)
@@ -322,11 +341,8 @@ async def _report_context(
 
 @router.get("/campaigns/{campaign_id}/report")
 async def report_tab(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: section.CampaignDep
 ) -> Response:
-    row = await section.get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     domain = await section.domain_of(s, p.tenant)
     f = Filters.of(request.query_params)
     table = "attempts" if request.query_params.get("table") == "attempts" else "numbers"
@@ -354,12 +370,9 @@ async def report_tab(
 
 @router.get("/campaigns/{campaign_id}/summary")
 async def summary_part(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: section.CampaignDep
 ) -> Response:
     """The summary block alone: what htmx fetches every 5 s while the campaign is live."""
-    row = await section.get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     domain = await section.domain_of(s, p.tenant)
     ctx = {
         "c": row,
@@ -445,11 +458,8 @@ Table = Literal["numbers", "attempts"]
 
 
 @router.get("/campaigns/{campaign_id}/export")
-async def export(campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
+async def export(request: Request, p: AdminDep, s: DbDep, row: section.CampaignDep) -> Response:
     """``?table=numbers|attempts&fmt=csv|xlsx`` plus the page's filters."""
-    row = await section.get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await section.service_on(s, p.tenant):
-        return section.off_page(request, r)
     domain = await section.domain_of(s, p.tenant)
     tz = zoneinfo.ZoneInfo(domain.timezone)
     f = Filters.of(request.query_params)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import shlex
 import uuid
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -24,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from fastapi.routing import APIRoute
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
@@ -50,28 +48,9 @@ from vpbx.store.models import ApiLog, ApiSettings, ApiTrustedCert, CallRecord, D
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.render import Renderer
+from vpbx.web.sections import SectionRoute, ServiceOff
 
-
-class ServiceOff(Exception):
-    """The Integration API is off for the session's domain: its pages say where to switch it on."""
-
-
-class _Route(APIRoute):
-    """A route of the section: ``ServiceOff`` (raised by ``SettingsDep``) answers with the «off» page."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except ServiceOff:
-                return _off(request, request.app.state.renderer)
-
-        return route
-
-
-router = APIRouter(prefix="/integration-api", route_class=_Route)
+router = APIRouter(prefix="/integration-api", route_class=SectionRoute)
 
 MAX_CERTS = 10
 MAX_PEM = 64 * 1024
@@ -125,7 +104,7 @@ async def _settings_on(p: AdminDep, s: DbDep) -> ApiSettings:
     """The domain's settings, in the route's own session; ``ServiceOff`` while the service is off."""
     row = await _settings(s, p.tenant)
     if row is None:
-        raise ServiceOff
+        raise ServiceOff(_off)
     return row
 
 

@@ -14,9 +14,9 @@ import uuid
 import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -53,8 +53,9 @@ from vpbx.web import aiforms, forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.pages.menus import prompt_file
 from vpbx.web.render import Renderer
+from vpbx.web.sections import SectionRoute, ServiceOff
 
-router = APIRouter(prefix="/autoinformer")
+router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
 
 BASE = "/autoinformer"
 MAX_RESERVE = 1000
@@ -169,6 +170,19 @@ def off_page(request: Request, r: Renderer) -> Response:
     return r.page(request, "autoinformer/off.html", {"settings_tab": "autoinformer"})
 
 
+async def require_on(s: AsyncSession, tenant: uuid.UUID) -> None:
+    """``ServiceOff`` (the «off» page, see ``vpbx.web.sections``) while the service is off."""
+    if not await service_on(s, tenant):
+        raise ServiceOff(off_page)
+
+
+async def _service_on(p: AdminDep, s: DbDep) -> None:
+    await require_on(s, p.tenant)
+
+
+ServiceOnDep = Annotated[None, Depends(_service_on)]
+
+
 def local_time(timezone: str) -> Callable[[dt.datetime | None], str]:
     """A stored UTC time as the domain's wall clock (``—`` when unset)."""
     tz = zoneinfo.ZoneInfo(timezone)
@@ -203,6 +217,17 @@ async def get_campaign(s: AsyncSession, tenant: uuid.UUID, campaign_id: str) -> 
     return row
 
 
+async def _campaign_on(campaign_id: str, p: AdminDep, s: DbDep) -> AiCampaign:
+    """The path's campaign, in the route's own session: another domain's id is 404 whether the service is
+    on or not, then ``ServiceOff`` while it is off."""
+    row = await get_campaign(s, p.tenant, campaign_id)
+    await require_on(s, p.tenant)
+    return row
+
+
+CampaignDep = Annotated[AiCampaign, Depends(_campaign_on)]
+
+
 def progress(counters: dict[str, int]) -> int:
     """% of the campaign's contacts that are final (the list's progress bar)."""
     total = counters["total"]
@@ -211,9 +236,9 @@ def progress(counters: dict[str, int]) -> int:
 
 
 @router.get("")
-async def campaigns_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep) -> Response:
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
+async def campaigns_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, _on: ServiceOnDep
+) -> Response:
     return await _list(request, r, s, p)
 
 
@@ -266,10 +291,10 @@ def _rate(part: int, whole: int) -> str:
 
 
 @router.post("/settings")
-async def save_reserve(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def save_reserve(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: ServiceOnDep
+) -> Response:
     """«Резерв линий для обычных вызовов» (§3.4): channels the campaigns leave to ordinary calls."""
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     form = await request.form()
     raw = forms.text(form, "ai_line_reserve").strip()
     domain = await domain_of(s, p.tenant)
@@ -438,46 +463,6 @@ async def _tab(
     return r.page(request, f"autoinformer/tab_{tab}.html", ctx, errors=errors, status_code=status_code)
 
 
-@router.get("/campaigns/{campaign_id}")
-async def message_tab(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
-    return await _tab(request, r, s, p, row, "message", core.clock.now())
-
-
-@router.get("/campaigns/{campaign_id}/schedule")
-async def schedule_tab(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
-    return await _tab(request, r, s, p, row, "schedule", core.clock.now())
-
-
-@router.get("/campaigns/{campaign_id}/lines")
-async def lines_tab(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
-    return await _tab(request, r, s, p, row, "lines", core.clock.now())
-
-
-@router.get("/campaigns/{campaign_id}/keys")
-async def keys_tab(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
-    return await _tab(request, r, s, p, row, "keys", core.clock.now())
-
-
 def labels() -> dict[str, Any]:
     return {
         "contact_status": CONTACT_STATUS,
@@ -516,9 +501,9 @@ def current_object(row: AiCampaign) -> dict[str, Any]:
 
 
 @router.get("/new")
-async def new_page(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
+async def new_page(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: ServiceOnDep
+) -> Response:
     return await _new(request, r, s, p, core.clock.now())
 
 
@@ -552,10 +537,10 @@ async def _new(
 
 
 @router.post("/new")
-async def create(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+async def create(
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, _on: ServiceOnDep
+) -> Response:
     """«Создать рассылку»: a draft with a name, a caller ID, a start and the first part of the message."""
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     form = await request.form()
     now = core.clock.now()
     domain = await domain_of(s, p.tenant)
@@ -589,12 +574,10 @@ async def _save(
     p: Principal,
     now: dt.datetime,
     campaign_id: str,
+    row: AiCampaign,
     tab: str,
 ) -> Response:
     """One tab's form → that part of the campaign object → the campaign service's update."""
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     domain = await domain_of(s, p.tenant)
     form = await request.form()
     part: dict[str, Any] = {}
@@ -621,32 +604,33 @@ async def _save(
     return RedirectResponse(f"{BASE}/campaigns/{row.id.hex}{suffix}?notice=saved", status_code=303)
 
 
-@router.post("/campaigns/{campaign_id}/message")
-async def save_message(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, "message")
+def _tab_routes(tab: str) -> None:
+    """A form tab's page (GET) and its save (POST); the «Сообщение» tab is the campaign's own address."""
+
+    async def show(
+        request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
+    ) -> Response:
+        return await _tab(request, r, s, p, row, tab, core.clock.now())
+
+    async def save(
+        campaign_id: str,
+        request: Request,
+        r: RendererDep,
+        p: AdminDep,
+        s: DbDep,
+        core: CoreDep,
+        row: CampaignDep,
+    ) -> Response:
+        return await _save(request, r, s, p, core.clock.now(), campaign_id, row, tab)
+
+    show.__name__, save.__name__ = f"{tab}_tab", f"save_{tab}"
+    path = "/campaigns/{campaign_id}"
+    router.add_api_route(path if tab == "message" else f"{path}/{tab}", show, methods=["GET"])
+    router.add_api_route(f"{path}/{tab}", save, methods=["POST"])
 
 
-@router.post("/campaigns/{campaign_id}/schedule")
-async def save_schedule(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, "schedule")
-
-
-@router.post("/campaigns/{campaign_id}/lines")
-async def save_lines(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, "lines")
-
-
-@router.post("/campaigns/{campaign_id}/keys")
-async def save_keys(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
-    return await _save(request, r, s, p, core.clock.now(), campaign_id, "keys")
+for _tab_name in ("message", "schedule", "lines", "keys"):
+    _tab_routes(_tab_name)
 
 
 async def _action(
@@ -656,13 +640,11 @@ async def _action(
     p: Principal,
     now: dt.datetime,
     campaign_id: str,
+    row: AiCampaign,
     action: str,
 ) -> Response:
     """«Запустить», «Приостановить», «Продолжить», «Остановить», «Копировать», «Удалить» (§4.1); a refusal is
     shown on the campaign's page, in the admin's language."""
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     actor = actor_of(p)
     target = f"{BASE}/campaigns/{row.id.hex}"
     try:
@@ -697,9 +679,15 @@ async def _action(
 
 def _action_route(action: str) -> None:
     async def endpoint(
-        campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+        campaign_id: str,
+        request: Request,
+        r: RendererDep,
+        p: AdminDep,
+        s: DbDep,
+        core: CoreDep,
+        row: CampaignDep,
     ) -> Response:
-        return await _action(request, r, s, p, core.clock.now(), campaign_id, action)
+        return await _action(request, r, s, p, core.clock.now(), campaign_id, row, action)
 
     endpoint.__name__ = f"campaign_{action}"
     router.add_api_route(f"/campaigns/{{campaign_id}}/{action}", endpoint, methods=["POST"])
@@ -778,20 +766,21 @@ async def _contacts(
 
 @router.get("/campaigns/{campaign_id}/contacts")
 async def contacts_tab(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
 ) -> Response:
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     return await _contacts(request, r, s, p, row, core.clock.now())
 
 
 async def _import(
-    request: Request, r: Renderer, s: AsyncSession, p: Principal, core: Core, campaign_id: str, kind: str
+    request: Request,
+    r: Renderer,
+    s: AsyncSession,
+    p: Principal,
+    core: Core,
+    campaign_id: str,
+    row: AiCampaign,
+    kind: str,
 ) -> Response:
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     now = core.clock.now()
     form = await request.form()
     name = "list" if kind == "upload" else "manual"
@@ -860,26 +849,21 @@ async def _import(
 
 @router.post("/campaigns/{campaign_id}/contacts/upload")
 async def upload_contacts(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
 ) -> Response:
-    return await _import(request, r, s, p, core, campaign_id, "upload")
+    return await _import(request, r, s, p, core, campaign_id, row, "upload")
 
 
 @router.post("/campaigns/{campaign_id}/contacts/manual")
 async def manual_contacts(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
 ) -> Response:
-    return await _import(request, r, s, p, core, campaign_id, "manual")
+    return await _import(request, r, s, p, core, campaign_id, row, "manual")
 
 
 @router.get("/campaigns/{campaign_id}/rejected.csv")
-async def rejected_csv(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
-) -> Response:
+async def rejected_csv(p: AdminDep, core: CoreDep, row: CampaignDep) -> Response:
     """The last import's rejected rows as read, with a ``reason`` column (UTF-8 with BOM, ``;``)."""
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     path = rejected_path(core.settings.data_dir, p.tenant, row.id)
     body = path.read_bytes() if path.exists() else "\ufeffreason\r\n".encode()  # nothing imported yet
     return Response(
@@ -891,12 +875,9 @@ async def rejected_csv(
 
 @router.post("/campaigns/{campaign_id}/contacts/remove")
 async def remove_contacts(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
 ) -> Response:
     """Remove the selected contacts that are still ``pending`` (others are kept, §3.2)."""
-    row = await get_campaign(s, p.tenant, campaign_id)  # another domain's: 404, service or not
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     form = await request.form()
     ids = [cid for v in form.getlist("contact") if isinstance(v, str) and (cid := forms.optional_id(v))]
     if ids and row.status not in ("completed", "stopped"):
@@ -938,13 +919,10 @@ def _player(
 
 @router.post("/campaigns/{campaign_id}/preview")
 async def preview_part(
-    campaign_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
+    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: CampaignDep
 ) -> Response:
     """«Прослушать» under a message part: a TTS text spoken with the sample values (or the first contact's),
     a library file as it is. htmx swaps the player in."""
-    row = await get_campaign(s, p.tenant, campaign_id)
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
     form = await request.form()
     prefix = forms.text(form, "prefix")
     if not prefix.startswith(("seg", "key")) or len(prefix) > 16:
@@ -1000,8 +978,7 @@ async def contact_player(
     )
     if contact is None:
         raise NotFound("contact", contact_id[:64])
-    if not await service_on(s, p.tenant):
-        return off_page(request, r)
+    await require_on(s, p.tenant)
     t = r.translator(request)
     try:
         spec = CampaignSpec.model_validate(current_object(row))
