@@ -749,7 +749,7 @@ class AiContact(Base):
     external_id: Mapped[str | None] = mapped_column(String(128))
     variables: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     timezone: Mapped[str | None] = mapped_column(String(64))  # the recipient's, None = the domain's
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(24), default="pending")
     detail: Mapped[str | None] = mapped_column(String(32))  # e.g. tts_failed, frequency_cap
     attempts_made: Mapped[int] = mapped_column(Integer, default=0)  # rounds started
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column()

@@ -586,7 +586,7 @@ def upgrade() -> None:
         sa.Column("external_id", sa.String(length=128), nullable=True),
         sa.Column("variables", sa.JSON(), nullable=False),
         sa.Column("timezone", sa.String(length=64), nullable=True),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=24), nullable=False),
         sa.Column("detail", sa.String(length=32), nullable=True),
         sa.Column("attempts_made", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
