@@ -1,0 +1,376 @@
+"""A campaign end to end through ``vpbx serve`` with a SIPp carrier (issue 9's "Acceptance (real peers)",
+autoinformer.md §3.3–§3.5, §4, §7, §12): the dispatcher claims, the engine dials through the trunk, and the
+results become attempts and contact states.
+
+The carrier answers by the dialled number (the trunk's national format): …0001 answers and listens, …0002
+is busy (486), …0003 rings until our CANCEL at the ring timeout, …0004 answers and presses 9 (SIPp's RFC 4733
+recording), the campaign's opt-out key. Retries are 5 minutes apart: the test checks the stored
+``next_attempt_at``, then moves it to now in the database (standing in for the clock) and sees the second
+round dialled."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.integration.peers.net import free_port_block, wait_until
+from tests.integration.peers.process import require_binary
+from tests.integration.peers.sipp import SippProcess, SippRun
+from tests.integration.peers.vpbx import DEFAULT_DOMAIN, _env, provision
+from tests.integration.test_autoinformer_crash import daytime_zone
+from tests.integration.test_calls import USERS
+from tests.integration.test_history import serve
+from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
+from vpbx import store
+from vpbx.app import Core
+from vpbx.autoinformer import contacts as contact_import
+from vpbx.autoinformer.schemas import CampaignSpec
+from vpbx.billing import AUTOINFORMER
+from vpbx.settings import Settings
+from vpbx.store.models import (
+    AiAttempt,
+    AiCampaign,
+    AiContact,
+    AiStopEntry,
+    CallRecord,
+    Domain,
+    DomainService,
+)
+
+pytestmark = pytest.mark.peers
+
+LINE = "74951234567"
+ANSWERS, BUSY, SILENT, OPTS_OUT = "79167770001", "79167770002", "79167770003", "79167770004"
+INTERVAL_MIN = 5
+RING_TIMEOUT_S = 10
+ROUND_TIMEOUT_S = 90.0  # four calls at 2 new a second: the longest rings 10 s, a message plays ~1–2 s
+CARRIER_TIMEOUT_S = 600.0
+CARRIER_STOP_S = 60.0
+PCAP_9 = Path("/usr/share/sip-tester/dtmf_2833_9.pcap")
+
+T = TypeVar("T")
+
+_OK_SDP = """  <send retrans="500"><![CDATA[
+    SIP/2.0 200 OK
+    [last_Via:]
+    [last_Record-Route:]
+    [last_From:]
+    [last_To:];tag=[pid]u[call_number]
+    [last_Call-ID:]
+    [last_CSeq:]
+    Contact: <sip:uas@[local_ip]:[local_port]>
+    Content-Type: application/sdp
+    Content-Length: [len]
+
+    v=0
+    o=- [pid][call_number] 1 IN IP4 [media_ip]
+    s=-
+    c=IN IP4 [media_ip]
+    t=0 0
+    m=audio [media_port] RTP/AVP 8 101
+    a=rtpmap:8 PCMA/8000
+    a=rtpmap:101 telephone-event/8000
+    a=fmtp:101 0-15
+    a=ptime:20
+    a=sendrecv
+
+  ]]></send>
+"""
+
+_BYE_OK = """  <recv request="BYE" timeout="60000"/>
+  <send next="done"><![CDATA[
+    SIP/2.0 200 OK
+    [last_Via:]
+    [last_From:]
+    [last_To:]
+    [last_Call-ID:]
+    [last_CSeq:]
+    Content-Length: 0
+
+  ]]></send>
+"""
+
+
+def require_pcap() -> None:
+    if not PCAP_9.exists():
+        pytest.fail(f"{PCAP_9} is missing: the sip-tester package ships it")
+
+
+def national(number: str) -> str:
+    return "8" + number[1:]
+
+
+def carrier_scenario() -> str:
+    """One carrier for every recipient: the INVITE's request URI picks the branch."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<scenario name="campaign carrier">
+  <recv request="OPTIONS" optional="true" next="options"/>
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action>
+      <ereg regexp="INVITE sip:{national(BUSY)}@" search_in="msg" check_it="false" assign_to="busy"/>
+      <ereg regexp="INVITE sip:{national(SILENT)}@" search_in="msg" check_it="false" assign_to="silent"/>
+      <ereg regexp="INVITE sip:{national(OPTS_OUT)}@" search_in="msg" check_it="false" assign_to="keys"/>
+    </action>
+  </recv>
+  <nop test="busy" next="busy"/>
+  <send><![CDATA[
+    SIP/2.0 180 Ringing
+    [last_Via:]
+    [last_Record-Route:]
+    [last_From:]
+    [last_To:];tag=[pid]u[call_number]
+    [last_Call-ID:]
+    [last_CSeq:]
+    Contact: <sip:uas@[local_ip]:[local_port]>
+    Content-Length: 0
+
+  ]]></send>
+  <nop test="silent" next="silent"/>
+{_OK_SDP}  <recv request="ACK" timeout="10000"/>
+  <nop test="keys" next="keys"/>
+{_BYE_OK}  <label id="keys"/>
+  <pause milliseconds="700"/>
+  <nop><action><exec play_pcap_audio="{PCAP_9}"/></action></nop>
+{_BYE_OK}  <label id="busy"/>
+  <send retrans="500"><![CDATA[
+    SIP/2.0 486 Busy Here
+    [last_Via:]
+    [last_From:]
+    [last_To:];tag=[pid]u[call_number]
+    [last_Call-ID:]
+    [last_CSeq:]
+    Content-Length: 0
+
+  ]]></send>
+  <recv request="ACK" timeout="10000" next="done"/>
+  <label id="silent"/>
+  <recv request="CANCEL" timeout="120000"/>
+  <send><![CDATA[
+    SIP/2.0 200 OK
+    [last_Via:]
+    [last_From:]
+    [last_To:]
+    [last_Call-ID:]
+    [last_CSeq:]
+    Content-Length: 0
+
+  ]]></send>
+  <send retrans="500"><![CDATA[
+    SIP/2.0 487 Request Terminated
+    [last_Via:]
+    [last_From:]
+    [last_To:];tag=[pid]u[call_number]
+    [last_Call-ID:]
+    CSeq: [last_cseq_number] INVITE
+    Content-Length: 0
+
+  ]]></send>
+  <recv request="ACK" timeout="10000" next="done"/>
+  <label id="options"/>
+  <send><![CDATA[
+    SIP/2.0 200 OK
+    [last_Via:]
+    [last_From:]
+    [last_To:];tag=[pid]o[call_number]
+    [last_Call-ID:]
+    [last_CSeq:]
+    Content-Length: 0
+
+  ]]></send>
+  <label id="done"/>
+</scenario>
+"""
+
+
+def campaign_setup(port: int, ids: dict[str, uuid.UUID]) -> Callable[..., Awaitable[None]]:
+    trunk = carrier_trunk(port)
+
+    async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        await trunk(s, core, domain_id)
+        domain = await s.get(Domain, domain_id)
+        assert domain is not None
+        domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
+        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
+        spec = CampaignSpec.model_validate(
+            {
+                "name": "Acceptance",
+                "caller_id": LINE,
+                "message": {"segments": [{"type": "tts", "text": "Проверка"}]},
+                "schedule": {
+                    "start_at": "2020-01-01 00:00:00",
+                    "windows": [{"from": "00:00", "to": "23:59"}],
+                },
+                "attempts": {"max": 2, "interval_min": INTERVAL_MIN, "retry_on": ["busy", "no_answer"]},
+                "ring_timeout_s": RING_TIMEOUT_S,
+                "success": {"criterion": "answered"},
+                "concurrency": 4,
+                "dtmf": {"wait_s": 3, "actions": {"9": {"action": "opt_out"}}},
+            }
+        )
+        campaign = AiCampaign(
+            domain_id=domain_id,
+            name=spec.name,
+            caller_id=LINE,
+            settings=spec.settings_json(),
+            status="running",
+        )
+        other = AiCampaign(
+            domain_id=domain_id, name="Later", caller_id=LINE, settings=spec.settings_json(), status="draft"
+        )
+        s.add_all([campaign, other])
+        await s.flush()
+        ids["campaign"], ids["other"], ids["domain"] = campaign.id, other.id, domain_id
+        for row, phone in enumerate((ANSWERS, BUSY, SILENT, OPTS_OUT), start=1):
+            s.add(AiContact(campaign_id=campaign.id, domain_id=domain_id, row_no=row, phones=[phone]))
+
+    return setup
+
+
+async def in_db(settings: Settings, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    engine = store.create_engine(settings.database_url)
+    try:
+        async with store.session_factory(engine)() as s:
+            out = await fn(s)
+            await s.commit()
+            return out
+    finally:
+        await engine.dispose()
+
+
+async def contacts_of(settings: Settings, campaign_id: uuid.UUID) -> dict[str, AiContact]:
+    async def q(s: AsyncSession) -> dict[str, AiContact]:
+        rows = (await s.scalars(select(AiContact).where(AiContact.campaign_id == campaign_id))).all()
+        return {c.phones[0]: c for c in rows}
+
+    return await in_db(settings, q)
+
+
+async def attempts_of(settings: Settings, campaign_id: uuid.UUID) -> list[AiAttempt]:
+    async def q(s: AsyncSession) -> list[AiAttempt]:
+        stmt = select(AiAttempt).where(AiAttempt.campaign_id == campaign_id)
+        return list((await s.scalars(stmt.order_by(AiAttempt.phone, AiAttempt.attempt_no))).all())
+
+    return await in_db(settings, q)
+
+
+def utc(value: dt.datetime | None) -> dt.datetime:
+    assert value is not None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+async def test_a_campaign_answers_busy_no_answer_and_opt_out_with_retries_at_the_interval(
+    tmp_path: Path,
+) -> None:
+    for program in ("sipp", "espeak-ng"):
+        require_binary(program)
+    require_pcap()
+    port = free_port_block(1)
+    workdir = tmp_path / "vpbx"
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    secret = secrets.token_urlsafe(40)
+    env = _env(data, DEFAULT_DOMAIN, secret, {})
+    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    ids: dict[str, uuid.UUID] = {}
+    await provision(settings, DEFAULT_DOMAIN, USERS, setup=campaign_setup(port, ids))  # type: ignore[arg-type]
+    scenario = tmp_path / "campaign_carrier.xml"
+    scenario.write_text(carrier_scenario())
+    carrier = SippRun(
+        scenario=scenario,
+        calls=100_000,
+        timeout_s=CARRIER_TIMEOUT_S,
+        local_ip=CARRIER_IP,
+        local_port=port,
+        trace_msg=True,
+    )
+    cid = ids["campaign"]
+    async with SippProcess.running(carrier, tmp_path) as far_end:
+        await far_end.wait_listening()
+        async with serve(workdir, data, env, "campaign"):
+
+            async def round_one() -> bool:
+                cs = await contacts_of(settings, cid)
+                return all(c.status not in ("pending", "in_progress") for c in cs.values())
+
+            await wait_until(round_one, timeout_s=ROUND_TIMEOUT_S, what="the first round dialled")
+            first = await contacts_of(settings, cid)
+            first_attempts = await attempts_of(settings, cid)
+
+            # the clock's stand-in: the retries are due now
+            async def due_now(s: AsyncSession) -> None:
+                await s.execute(
+                    update(AiContact)
+                    .where(AiContact.campaign_id == cid, AiContact.status == "waiting_retry")
+                    .values(next_attempt_at=dt.datetime.now(dt.UTC))
+                )
+
+            await in_db(settings, due_now)
+
+            async def completed() -> bool:
+                camp = await in_db(settings, lambda s: s.get(AiCampaign, cid))
+                return camp is not None and camp.status == "completed"
+
+            await wait_until(completed, timeout_s=ROUND_TIMEOUT_S, what="the second round and completion")
+            last = await contacts_of(settings, cid)
+            attempts = await attempts_of(settings, cid)
+
+            async def records(s: AsyncSession) -> dict[str, CallRecord]:
+                rows = (await s.scalars(select(CallRecord))).all()
+                return {r.session_id: r for r in rows}
+
+            history = await in_db(settings, records)
+
+            async def stop_entries(s: AsyncSession) -> list[AiStopEntry]:
+                return list((await s.scalars(select(AiStopEntry))).all())
+
+            stopped = await in_db(settings, stop_entries)
+
+            async def later_import(s: AsyncSession) -> Any:
+                return await contact_import.import_manual(s, ids["domain"], ids["other"], f"{OPTS_OUT}\n")
+
+            rejected = await in_db(settings, later_import)
+        await far_end.proc.stop(timeout_s=CARRIER_STOP_S)
+
+    # round one
+    assert first[ANSWERS].status == "succeeded" and first[OPTS_OUT].status == "opted_out"
+    by_phone = {a.phone: a for a in first_attempts}
+    for phone in (BUSY, SILENT):
+        c = first[phone]
+        assert (c.status, c.attempts_made) == ("waiting_retry", 1), (phone, c.status, c.detail)
+        ended = utc(by_phone[phone].ended_at)
+        assert utc(c.next_attempt_at) >= ended + dt.timedelta(minutes=INTERVAL_MIN)
+    # the end: the retried numbers exhausted after round two, the others as they were
+    assert {p: c.status for p, c in last.items()} == {
+        ANSWERS: "succeeded",
+        BUSY: "attempts_exhausted",
+        SILENT: "attempts_exhausted",
+        OPTS_OUT: "opted_out",
+    }
+    got = [(a.phone, a.attempt_no, a.sip_code, a.outcome) for a in attempts]
+    assert got == [
+        (ANSWERS, 1, 200, "success"),
+        (BUSY, 1, 486, "busy"),
+        (BUSY, 2, 486, "busy"),
+        (SILENT, 1, 408, "no_answer"),
+        (SILENT, 2, 408, "no_answer"),
+        (OPTS_OUT, 1, 200, "opted_out"),
+    ], got
+    for a in attempts:
+        assert a.state == "done" and a.ended_at is not None
+        rec = history.get(a.session_id or "")
+        assert rec is not None, a.phone
+        assert (rec.call_kind, rec.call_type) == ("autoinformer", "outbound")
+    keyed = next(a for a in attempts if a.phone == OPTS_OUT)
+    assert (keyed.digits, keyed.action) == ("9", "opt_out")
+    assert next(a for a in attempts if a.phone == SILENT).detail in (None, "", "ring_timeout")
+    # the opt-out: on the domain's stop list from this campaign, and a later import refuses it
+    assert [(e.phone, e.source, e.campaign_id) for e in stopped] == [(OPTS_OUT, "opt_out", cid)]
+    assert [r.reason for r in rejected.rejected] == ["stop_list"]
