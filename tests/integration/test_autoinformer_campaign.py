@@ -25,15 +25,18 @@ from tests.integration.peers.net import free_port_block, wait_until
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, SippRun
 from tests.integration.peers.vpbx import DEFAULT_DOMAIN, _env, provision
+from tests.integration.test_api_events import CLIENT_ID, KEY, with_api
 from tests.integration.test_autoinformer_crash import daytime_zone
 from tests.integration.test_calls import USERS
 from tests.integration.test_history import serve
 from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
+from tests.integration_api.notify_crm import Crm
 from vpbx import store
 from vpbx.app import Core
 from vpbx.autoinformer import contacts as contact_import
 from vpbx.autoinformer.schemas import CampaignSpec
 from vpbx.billing import AUTOINFORMER
+from vpbx.integration_api.core import verify
 from vpbx.settings import Settings
 from vpbx.store.models import (
     AiAttempt,
@@ -54,6 +57,7 @@ RING_TIMEOUT_S = 10
 ROUND_TIMEOUT_S = 90.0  # four calls at 2 new a second: the longest rings 10 s, a message plays ~1–2 s
 CARRIER_TIMEOUT_S = 600.0
 CARRIER_STOP_S = 60.0
+EVENTS = 12  # campaign_status running, 6 attempt_finished, 4 number_finished, campaign_status completed
 PCAP_9 = Path("/usr/share/sip-tester/dtmf_2833_9.pcap")
 
 T = TypeVar("T")
@@ -190,8 +194,8 @@ def carrier_scenario() -> str:
 """
 
 
-def campaign_setup(port: int, ids: dict[str, uuid.UUID]) -> Callable[..., Awaitable[None]]:
-    trunk = carrier_trunk(port)
+def campaign_setup(port: int, ids: dict[str, uuid.UUID], crm: Crm) -> Callable[..., Awaitable[None]]:
+    trunk = with_api(carrier_trunk(port), crm)  # autoinformer_events on (the default) to the CRM
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
         await trunk(s, core, domain_id)
@@ -220,7 +224,7 @@ def campaign_setup(port: int, ids: dict[str, uuid.UUID]) -> Callable[..., Awaita
             name=spec.name,
             caller_id=LINE,
             settings=spec.settings_json(),
-            status="running",
+            status="scheduled",  # its start_at has passed: the dispatcher starts it (campaign_status)
         )
         other = AiCampaign(
             domain_id=domain_id, name="Later", caller_id=LINE, settings=spec.settings_json(), status="draft"
@@ -280,7 +284,22 @@ async def test_a_campaign_answers_busy_no_answer_and_opt_out_with_retries_at_the
     env = _env(data, DEFAULT_DOMAIN, secret, {})
     settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
     ids: dict[str, uuid.UUID] = {}
-    await provision(settings, DEFAULT_DOMAIN, USERS, setup=campaign_setup(port, ids))  # type: ignore[arg-type]
+    crm = Crm()
+    async with crm.running():
+        await provision(settings, DEFAULT_DOMAIN, USERS, setup=campaign_setup(port, ids, crm))  # type: ignore[arg-type]
+        await run_campaign(tmp_path, port, workdir, data, env, settings, ids, crm)
+
+
+async def run_campaign(
+    tmp_path: Path,
+    port: int,
+    workdir: Path,
+    data: Path,
+    env: dict[str, str],
+    settings: Settings,
+    ids: dict[str, uuid.UUID],
+    crm: Crm,
+) -> None:
     scenario = tmp_path / "campaign_carrier.xml"
     scenario.write_text(carrier_scenario())
     carrier = SippRun(
@@ -337,6 +356,7 @@ async def test_a_campaign_answers_busy_no_answer_and_opt_out_with_retries_at_the
                 return await contact_import.import_manual(s, ids["domain"], ids["other"], f"{OPTS_OUT}\n")
 
             rejected = await in_db(settings, later_import)
+            await crm.wait_for(EVENTS, timeout_s=ROUND_TIMEOUT_S)
         await far_end.proc.stop(timeout_s=CARRIER_STOP_S)
 
     # round one
@@ -374,3 +394,36 @@ async def test_a_campaign_answers_busy_no_answer_and_opt_out_with_retries_at_the
     # the opt-out: on the domain's stop list from this campaign, and a later import refuses it
     assert [(e.phone, e.source, e.campaign_id) for e in stopped] == [(OPTS_OUT, "opt_out", cid)]
     assert [r.reason for r in rejected.rejected] == ["stop_list"]
+
+    # autoinformer_events at the CRM: signed, per contact in order, the campaign's start and completion
+    sent = [r for r in crm.seen if r.path.endswith("/autoinformer_events")]
+    for r in sent:
+        assert r.headers["x-client-id"] == CLIENT_ID
+        assert verify(CLIENT_ID, r.raw, KEY, r.headers["x-client-sign"]), r.raw
+        assert r.json["campaign_id"] == cid.hex
+    statuses = [r.json["status"] for r in sent if r.json["event"] == "campaign_status"]
+    assert statuses == ["running", "completed"]
+    per_phone: dict[str, list[tuple[str, Any, Any]]] = {}
+    for r in sent:
+        body = r.json
+        if body["event"] != "campaign_status":
+            per_phone.setdefault(body["phone"], []).append(
+                (body["event"], body.get("attempt"), body["number_status"])
+            )
+    assert per_phone == {
+        ANSWERS: [("attempt_finished", 1, "succeeded"), ("number_finished", None, "succeeded")],
+        BUSY: [
+            ("attempt_finished", 1, "waiting_retry"),
+            ("attempt_finished", 2, "attempts_exhausted"),
+            ("number_finished", None, "attempts_exhausted"),
+        ],
+        SILENT: [
+            ("attempt_finished", 1, "waiting_retry"),
+            ("attempt_finished", 2, "attempts_exhausted"),
+            ("number_finished", None, "attempts_exhausted"),
+        ],
+        OPTS_OUT: [("attempt_finished", 1, "opted_out"), ("number_finished", None, "opted_out")],
+    }, per_phone
+    sessions = {r.json["session_id"] for r in sent if r.json["event"] == "attempt_finished"}
+    assert sessions == {a.session_id for a in attempts}
+    assert sent[-1].json["event"] == "campaign_status"
