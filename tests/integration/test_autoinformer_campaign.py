@@ -10,6 +10,7 @@ round dialled."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import secrets
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.net import free_port_block, wait_until
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, SippRun
@@ -59,6 +61,7 @@ CARRIER_TIMEOUT_S = 600.0
 CARRIER_STOP_S = 60.0
 EVENTS = 12  # campaign_status running, 6 attempt_finished, 4 number_finished, campaign_status completed
 PCAP_9 = Path("/usr/share/sip-tester/dtmf_2833_9.pcap")
+PCAP_1 = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")
 
 T = TypeVar("T")
 
@@ -104,15 +107,16 @@ _BYE_OK = """  <recv request="BYE" timeout="60000"/>
 
 
 def require_pcap() -> None:
-    if not PCAP_9.exists():
-        pytest.fail(f"{PCAP_9} is missing: the sip-tester package ships it")
+    for pcap in (PCAP_9, PCAP_1):
+        if not pcap.exists():
+            pytest.fail(f"{pcap} is missing: the sip-tester package ships it")
 
 
 def national(number: str) -> str:
     return "8" + number[1:]
 
 
-def carrier_scenario() -> str:
+def carrier_scenario(pcap: Path = PCAP_9) -> str:
     """One carrier for every recipient: the INVITE's request URI picks the branch."""
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <scenario name="campaign carrier">
@@ -142,7 +146,7 @@ def carrier_scenario() -> str:
   <nop test="keys" next="keys"/>
 {_BYE_OK}  <label id="keys"/>
   <pause milliseconds="700"/>
-  <nop><action><exec play_pcap_audio="{PCAP_9}"/></action></nop>
+  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>
 {_BYE_OK}  <label id="busy"/>
   <send retrans="500"><![CDATA[
     SIP/2.0 486 Busy Here
@@ -427,3 +431,116 @@ async def run_campaign(
     sessions = {r.json["session_id"] for r in sent if r.json["event"] == "attempt_finished"}
     assert sessions == {a.session_id for a in attempts}
     assert sent[-1].json["event"] == "campaign_status"
+
+
+def operator_setup(port: int, ids: dict[str, uuid.UUID]) -> Callable[..., Awaitable[None]]:
+    trunk = carrier_trunk(port)
+
+    async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        await trunk(s, core, domain_id)
+        domain = await s.get(Domain, domain_id)
+        assert domain is not None
+        domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
+        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
+        spec = CampaignSpec.model_validate(
+            {
+                "name": "Operator",
+                "caller_id": LINE,
+                "message": {"segments": [{"type": "tts", "text": "Проверка"}]},
+                "schedule": {
+                    "start_at": "2020-01-01 00:00:00",
+                    "windows": [{"from": "00:00", "to": "23:59"}],
+                },
+                "attempts": {"max": 1},
+                "ring_timeout_s": RING_TIMEOUT_S,
+                "success": {"criterion": "answered"},
+                "dtmf": {
+                    "wait_s": 5,
+                    "actions": {"1": {"action": "connect", "target": {"type": "user", "pin": "102"}}},
+                },
+            }
+        )
+        campaign = AiCampaign(
+            domain_id=domain_id,
+            name=spec.name,
+            caller_id=LINE,
+            settings=spec.settings_json(),
+            status="running",
+        )
+        s.add(campaign)
+        await s.flush()
+        ids["campaign"] = campaign.id
+        s.add(AiContact(campaign_id=campaign.id, domain_id=domain_id, row_no=1, phones=[OPTS_OUT]))
+
+    return setup
+
+
+async def test_connect_to_operator_rings_a_baresip_user_within_the_attempts_session(tmp_path: Path) -> None:
+    """The recipient presses 1 (RFC 4733): extension 102, a baresip phone, rings and answers; the attempt
+    records the connection, its session is the call record's (one call, kind autoinformer)."""
+    for program in ("sipp", "espeak-ng", "baresip"):
+        require_binary(program)
+    require_pcap()
+    port = free_port_block(1)
+    workdir = tmp_path / "vpbx"
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    secret = secrets.token_urlsafe(40)
+    env = _env(data, DEFAULT_DOMAIN, secret, {})
+    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    ids: dict[str, uuid.UUID] = {}
+    scenario = tmp_path / "campaign_carrier.xml"
+    scenario.write_text(carrier_scenario(PCAP_1))
+    carrier = SippRun(
+        scenario=scenario,
+        calls=100_000,
+        timeout_s=CARRIER_TIMEOUT_S,
+        local_ip=CARRIER_IP,
+        local_port=port,
+        trace_msg=True,
+    )
+    async with (
+        SippProcess.running(carrier, tmp_path) as far_end,
+        Baresip.start(tmp_path, name="operator") as desk,
+    ):
+        await far_end.wait_listening()
+        # paused until the operator's phone is registered: the dispatcher would dial at once
+        setup = operator_setup(port, ids)
+
+        async def paused(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+            await setup(s, core, domain_id)
+            await s.flush()
+            await s.execute(update(AiCampaign).values(status="paused"))
+
+        await provision(settings, DEFAULT_DOMAIN, USERS, setup=paused)  # type: ignore[arg-type]
+        cid = ids["campaign"]
+        async with serve(workdir, data, env, "operator") as (service, _proc):
+            await desk.register(Account.on(service, "102", answermode="auto"))
+
+            async def resume(s: AsyncSession) -> None:
+                await s.execute(update(AiCampaign).where(AiCampaign.id == cid).values(status="running"))
+
+            await in_db(settings, resume)
+            incoming = await desk.wait_event("CALL_ESTABLISHED", timeout_s=ROUND_TIMEOUT_S)
+            await asyncio.sleep(0.5)  # a moment's talk
+            await desk.hangup()
+
+            async def recorded() -> bool:
+                return all(a.state == "done" for a in await attempts_of(settings, cid)) and bool(
+                    await attempts_of(settings, cid)
+                )
+
+            await wait_until(recorded, timeout_s=ROUND_TIMEOUT_S, what="the attempt recorded")
+            [attempt] = await attempts_of(settings, cid)
+
+            async def record_of(s: AsyncSession) -> CallRecord | None:
+                return await s.scalar(select(CallRecord).where(CallRecord.session_id == attempt.session_id))
+
+            rec = await in_db(settings, record_of)
+        await far_end.proc.stop(timeout_s=CARRIER_STOP_S)
+
+    assert f"+{OPTS_OUT}" in str(incoming.get("peeruri", ""))  # the recipient's number on the phone
+    assert (attempt.digits, attempt.action, attempt.operator_target) == ("1", "connect", "102")
+    assert attempt.operator_answered is True
+    assert (attempt.sip_code, attempt.outcome) == (200, "success")
+    assert rec is not None and (rec.call_kind, rec.call_type) == ("autoinformer", "outbound")
