@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import secrets
 import uuid
+import zoneinfo
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +37,9 @@ from tests.integration_api.notify_crm import Crm
 from vpbx import store
 from vpbx.app import Core
 from vpbx.autoinformer import contacts as contact_import
+from vpbx.autoinformer.schedule import QUIET_HOURS_KEY
 from vpbx.autoinformer.schemas import CampaignSpec
+from vpbx.autoinformer.tz import load_numbering, region_zone
 from vpbx.billing import AUTOINFORMER
 from vpbx.integration_api.core import verify
 from vpbx.settings import Settings
@@ -48,6 +51,7 @@ from vpbx.store.models import (
     CallRecord,
     Domain,
     DomainService,
+    PlatformSetting,
 )
 
 pytestmark = pytest.mark.peers
@@ -544,3 +548,145 @@ async def test_connect_to_operator_rings_a_baresip_user_within_the_attempts_sess
     assert attempt.operator_answered is True
     assert (attempt.sip_code, attempt.outcome) == (200, "success")
     assert rec is not None and (rec.call_kind, rec.call_type) == ("autoinformer", "outbound")
+
+
+OFFSET_REGIONS = (  # one region of each Russian zone, as the regulator's files name them
+    "Калининградская обл.",
+    "г. Москва",
+    "Самарская обл.",
+    "Свердловская обл.",
+    "Омская обл.",
+    "Красноярский край",
+    "Иркутская обл.",
+    "Республика Саха /Якутия/",
+    "Приморский край",
+    "Магаданская обл.",
+    "Камчатский край",
+)
+ELSEWHERE = "79167779000"  # the numbering table's row puts it in a zone where it is not yet its window
+QUIET = {"from": "08:00", "to": "21:00"}
+WINDOW_TIMEOUT_S = 240.0  # the window opens within two minutes
+
+
+def waiting_region(now: dt.datetime) -> tuple[str, str]:
+    """(region, zone) of a Russian zone whose local time is before 11:00 or after 21:00 now: outside the
+    quiet hours' 08–21 or before the campaign's window (which opens at about noon in the domain's zone).
+    Eleven consecutive zones always hold one."""
+    for region in OFFSET_REGIONS:
+        zone = region_zone(region)
+        assert zone is not None, region
+        hour = now.astimezone(zoneinfo.ZoneInfo(zone)).hour
+        if hour < 11 or hour >= 21:
+            return region, zone
+    raise AssertionError("no Russian zone outside 11–21 now")
+
+
+def window_setup(
+    port: int, ids: dict[str, uuid.UUID], opening: dt.datetime, zone: str, region: str
+) -> Callable[..., Awaitable[None]]:
+    trunk = carrier_trunk(port)
+
+    async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        await trunk(s, core, domain_id)
+        domain = await s.get(Domain, domain_id)
+        assert domain is not None
+        domain.timezone = zone
+        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
+        s.add(PlatformSetting(key=QUIET_HOURS_KEY, value={"workday": QUIET, "dayoff": QUIET}))
+        table = (
+            f"АВС/ DEF;От;До;Емкость;Оператор;Регион\n916;{ELSEWHERE[4:]};{ELSEWHERE[4:]};1;Тест;{region}\n"
+        )
+        await load_numbering(s, table.encode())
+        local = opening.astimezone(zoneinfo.ZoneInfo(zone))
+        spec = CampaignSpec.model_validate(
+            {
+                "name": "Window",
+                "caller_id": LINE,
+                "message": {"segments": [{"type": "tts", "text": "Проверка"}]},
+                "schedule": {
+                    "start_at": "2020-01-01 00:00:00",
+                    "windows": [{"from": local.strftime("%H:%M"), "to": "23:59"}],
+                },
+                "attempts": {"max": 1},
+                "ring_timeout_s": RING_TIMEOUT_S,
+                "success": {"criterion": "answered"},
+                "dtmf": {"wait_s": 1},
+            }
+        )
+        campaign = AiCampaign(
+            domain_id=domain_id,
+            name=spec.name,
+            caller_id=LINE,
+            settings=spec.settings_json(),
+            status="running",
+        )
+        s.add(campaign)
+        await s.flush()
+        ids["campaign"] = campaign.id
+        result = await contact_import.import_manual(s, domain_id, campaign.id, f"{ANSWERS}\n{ELSEWHERE}\n")
+        assert not result.rejected, result.api_rejected()
+
+    return setup
+
+
+async def test_a_window_opening_starts_its_numbers_and_another_zone_waits_for_its_own(tmp_path: Path) -> None:
+    """The window opens at the next minute boundary of the domain's zone (noon there): nobody is dialled
+    before it (the contact waits with next_attempt_at = the opening) and the domain-zone number is dialled
+    once it opens; a number whose numbering-table row puts it in a zone outside its hours now is not."""
+    for program in ("sipp", "espeak-ng"):
+        require_binary(program)
+    now = dt.datetime.now(dt.UTC)
+    zone = daytime_zone(now)
+    minute = now.replace(second=0, microsecond=0)
+    opening = minute + dt.timedelta(minutes=1 if now.second < 40 else 2)
+    region, elsewhere_zone = waiting_region(now)
+    port = free_port_block(1)
+    workdir = tmp_path / "vpbx"
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    secret = secrets.token_urlsafe(40)
+    env = _env(data, DEFAULT_DOMAIN, secret, {})
+    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    ids: dict[str, uuid.UUID] = {}
+    setup = window_setup(port, ids, opening, zone, region)
+    await provision(settings, DEFAULT_DOMAIN, USERS, setup=setup)  # type: ignore[arg-type]
+    cid = ids["campaign"]
+    scenario = tmp_path / "campaign_carrier.xml"
+    scenario.write_text(carrier_scenario())
+    carrier = SippRun(
+        scenario=scenario,
+        calls=100_000,
+        timeout_s=CARRIER_TIMEOUT_S,
+        local_ip=CARRIER_IP,
+        local_port=port,
+        trace_msg=True,
+    )
+    async with SippProcess.running(carrier, tmp_path) as far_end:
+        await far_end.wait_listening()
+        async with serve(workdir, data, env, "window"):
+
+            async def deferred() -> bool:
+                cs = await contacts_of(settings, cid)
+                return all(c.next_attempt_at is not None for c in cs.values()) or bool(
+                    await attempts_of(settings, cid)
+                )
+
+            await wait_until(deferred, timeout_s=ROUND_TIMEOUT_S, what="both contacts deferred")
+            waiting = await contacts_of(settings, cid)
+
+            async def dialled() -> bool:
+                cs = await contacts_of(settings, cid)
+                return cs[ANSWERS].status == "succeeded"
+
+            await wait_until(dialled, timeout_s=WINDOW_TIMEOUT_S, what="the window opening")
+            last = await contacts_of(settings, cid)
+            attempts = await attempts_of(settings, cid)
+        await far_end.proc.stop(timeout_s=CARRIER_STOP_S)
+
+    assert utc(waiting[ANSWERS].next_attempt_at) == opening  # waited for its window, no attempt used
+    [attempt] = attempts
+    assert attempt.phone == ANSWERS and utc(attempt.started_at) >= opening
+    other = last[ELSEWHERE]
+    assert other.timezone == elsewhere_zone
+    assert (other.status, other.attempts_made) == ("pending", 0)
+    assert utc(other.next_attempt_at) > opening
