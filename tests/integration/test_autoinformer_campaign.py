@@ -23,8 +23,9 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.integration.peers.audio import TONE_TOLERANCE, dominant_frequency, make_tone, read_wav, rms
 from tests.integration.peers.baresip import Account, Baresip
-from tests.integration.peers.net import free_port_block, wait_until
+from tests.integration.peers.net import LOOPBACK, free_port_block, wait_until
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, SippRun
 from tests.integration.peers.vpbx import DEFAULT_DOMAIN, _env, provision
@@ -42,9 +43,11 @@ from vpbx.autoinformer.schemas import CampaignSpec
 from vpbx.autoinformer.tz import load_numbering, region_zone
 from vpbx.billing import AUTOINFORMER
 from vpbx.integration_api.core import verify
+from vpbx.pbx import lines, trunks
 from vpbx.settings import Settings
 from vpbx.store.models import (
     AiAttempt,
+    AiAudioFile,
     AiCampaign,
     AiContact,
     AiStopEntry,
@@ -690,3 +693,99 @@ async def test_a_window_opening_starts_its_numbers_and_another_zone_waits_for_it
     assert other.timezone == elsewhere_zone
     assert (other.status, other.attempts_made) == ("pending", 0)
     assert utc(other.next_attempt_at) > opening
+
+
+TONE_HZ = 1000
+TONE_S = 2.0
+
+
+async def test_the_campaigns_library_message_reaches_a_baresip_recipient_as_its_tone(tmp_path: Path) -> None:
+    """baresip answers for the carrier (auto-answer; its account is the number in the trunk's national
+    format): the campaign's message, a sox tone in the domain's audio library, is what it receives."""
+    for program in ("baresip", "sox", "espeak-ng"):
+        require_binary(program)
+    workdir = tmp_path / "vpbx"
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    secret = secrets.token_urlsafe(40)
+    env = _env(data, DEFAULT_DOMAIN, secret, {})
+    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    ids: dict[str, uuid.UUID] = {}
+    async with Baresip.start(tmp_path, name="recipient") as phone:
+        account = Account(
+            user=national(ANSWERS), domain=LOOPBACK, password="unused-secret", regint_s=0, answermode="auto"
+        )
+        await phone.command("uanew", f"{account.line()};cuser={national(ANSWERS)}")
+
+        async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+            await trunks.create_trunk(
+                s,
+                domain_id,
+                trunks.TrunkInput(
+                    name="Carrier",
+                    kind="ip",
+                    host=LOOPBACK,
+                    port=phone.sip_port,
+                    allowed_networks=[f"{LOOPBACK}/32"],
+                    number_format="national",
+                ),
+                box=core.box,
+            )
+            await lines.create_number(s, domain_id, lines.NumberInput(number=LINE))
+            domain = await s.get(Domain, domain_id)
+            assert domain is not None
+            domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
+            s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
+            wav = await make_tone(tmp_path / "message.wav", TONE_HZ, TONE_S)
+            prompt = await core.prompts.upload(wav.read_bytes())
+            audio = AiAudioFile(
+                domain_id=domain_id,
+                name="tone.wav",
+                duration_ms=int(TONE_S * 1000),
+                original_format="wav",
+                size_bytes=wav.stat().st_size,
+                prompt_id=prompt.id,
+            )
+            s.add(audio)
+            await s.flush()
+            spec = CampaignSpec.model_validate(
+                {
+                    "name": "Heard",
+                    "caller_id": LINE,
+                    "message": {"segments": [{"type": "file", "file_id": audio.id.hex}]},
+                    "schedule": {
+                        "start_at": "2020-01-01 00:00:00",
+                        "windows": [{"from": "00:00", "to": "23:59"}],
+                    },
+                    "attempts": {"max": 1},
+                    "ring_timeout_s": RING_TIMEOUT_S,
+                    "dtmf": {"wait_s": 1},
+                }
+            )
+            campaign = AiCampaign(
+                domain_id=domain_id,
+                name=spec.name,
+                caller_id=LINE,
+                settings=spec.settings_json(),
+                status="running",
+            )
+            s.add(campaign)
+            await s.flush()
+            ids["campaign"] = campaign.id
+            s.add(AiContact(campaign_id=campaign.id, domain_id=domain_id, row_no=1, phones=[ANSWERS]))
+
+        await provision(settings, DEFAULT_DOMAIN, USERS, setup=setup)  # type: ignore[arg-type]
+        cid = ids["campaign"]
+        async with serve(workdir, data, env, "heard"):
+
+            async def done() -> bool:
+                return (await contacts_of(settings, cid))[ANSWERS].status not in ("pending", "in_progress")
+
+            await wait_until(done, timeout_s=ROUND_TIMEOUT_S, what="the message played")
+            [attempt] = await attempts_of(settings, cid)
+        heard = read_wav(phone.recorded("dec")[-1])
+
+    assert (attempt.sip_code, attempt.outcome, attempt.played_full) == (200, "success", True)
+    middle = heard.window(0.5, 1.5)
+    assert rms(middle.samples) > 0.05  # a tone, not silence
+    assert dominant_frequency(middle) == pytest.approx(TONE_HZ, rel=TONE_TOLERANCE)
