@@ -437,7 +437,7 @@ async def run_campaign(
     }, per_phone
     sessions = {r.json["session_id"] for r in sent if r.json["event"] == "attempt_finished"}
     assert sessions == {a.session_id for a in attempts}
-    assert sent[-1].json["event"] == "campaign_status"
+    # (the outbox orders each contact's events and the campaign's own, not one stream against another)
 
 
 def operator_setup(port: int, ids: dict[str, uuid.UUID]) -> Callable[..., Awaitable[None]]:
