@@ -6,7 +6,11 @@ The carrier answers by the dialled number (the trunk's national format): …0001
 is busy (486), …0003 rings until our CANCEL at the ring timeout, …0004 answers and presses 9 (SIPp's RFC 4733
 recording), the campaign's opt-out key. Retries are 5 minutes apart: the test checks the stored
 ``next_attempt_at``, then moves it to now in the database (standing in for the clock) and sees the second
-round dialled."""
+round dialled. The same run's autoinformer_events reach a CRM (a real HTTP server in the test process).
+
+Also: the connect key ringing a baresip operator, a window opening at the next minute (and a number in
+another zone, from the numbering table, waiting for its own hours), and the library message heard by a
+baresip recipient."""
 
 from __future__ import annotations
 
