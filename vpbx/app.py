@@ -27,6 +27,7 @@ from vpbx.pbx.trunkmon import TrunkStatusBoard
 from vpbx.settings import Settings
 from vpbx.store import create_engine, session_factory
 from vpbx.store.changes import ConfigVersion, tracked_session_class
+from vpbx.store.models import DomainId
 
 log = get_logger("vpbx.app")
 
@@ -249,7 +250,9 @@ async def serve(settings: Settings) -> None:
     from vpbx.autoinformer.wiring import build_dispatcher
 
     # the autoinformer's dispatcher (autoinformer.md §7); it closes what the last run left open first (§7.2)
-    ai_dispatcher = build_dispatcher(core, b2bua.broadcaster, registry)
+    ai_dispatcher = build_dispatcher(
+        core, b2bua.broadcaster, registry, trunk_room=lambda d: b2bua.trunk_room(DomainId(d))
+    )
     await ai_dispatcher.start()
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at

@@ -73,6 +73,7 @@ from vpbx.store.models import (
     Domain,
     IncomingNumber,
     PlatformSetting,
+    VoiceMenu,
 )
 
 log = get_logger("vpbx.autoinformer.dispatcher")
@@ -90,9 +91,13 @@ LIVE = ("scheduled", "running", "paused", "error")
 ACTOR = "system"
 STOP_DRAIN_S = 10.0  # stop() lets calls in progress report this long before cancelling them
 _MSK_FORMAT = "%Y-%m-%d %H:%M:%S"
+# the engine's refusals that mean no INVITE left and no call record was written: they spend no attempt
+NOT_SENT = frozenset({"no_trunk", "channels", "no_engine", "history_unavailable", "domain_unavailable"})
+REFUSED_BACKOFF = dt.timedelta(seconds=30)
 
 RenderFn = Callable[[AsyncSession, AiCampaign, AiContact], Awaitable[str | None]]
 BusyFn = Callable[[uuid.UUID], int]
+RoomFn = Callable[[uuid.UUID], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +218,12 @@ class Dispatcher:
         busy_channels: BusyFn,
         *,
         tick_s: float = TICK_S,
+        trunk_room: RoomFn | None = None,
     ) -> None:
         """``render(s, campaign, contact)``: the contact's message as one stored prompt, or None when it
         could not be rendered now (it counts the failure itself). ``busy_channels(domain_id)``: the domain's
-        calls in progress other than this dispatcher's own."""
+        calls in progress other than this dispatcher's own. ``trunk_room(domain_id)``: the free channels of
+        the domain's usable trunks (``max_calls`` minus their calls in progress), when known."""
         self.sessions = sessions
         self.dialer = dialer
         self.render = render
@@ -224,6 +231,7 @@ class Dispatcher:
         self.node_id = node_id
         self.busy_channels = busy_channels
         self.tick_s = tick_s
+        self.trunk_room = trunk_room
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dials: dict[str, asyncio.Task[None]] = {}  # session_id → the dial's task
@@ -465,6 +473,8 @@ class Dispatcher:
         mine = self.in_flight(domain_id=domain.id)
         free = domain.channel_limit - self.busy_channels(domain.id) - domain.ai_line_reserve - mine
         budget = min(free, platform.limits.domain_concurrency - mine)
+        if self.trunk_room is not None:  # a campaign above the trunks' capacity waits for free channels
+            budget = min(budget, self.trunk_room(domain.id))
         if budget <= 0:
             return 0
         left_today = platform.limits.daily_attempts - await self._attempts_today(domain, now)
@@ -740,10 +750,13 @@ class Dispatcher:
                     )
                 )
             target = act.target
+            name = (target.number if target.type == "number" else target.pin) if target else None
+            if target is not None and target.type == "menu" and name:
+                name = await _menu_id(s, domain_id, name) or name  # a menu gone: the engine says unknown
             out[digit] = KeyAction(
                 action=act.action,
                 target_type=target.type if target else None,
-                target=(target.number if target.type == "number" else target.pin) if target else None,
+                target=name,
                 prompt_id=prompt_id,
             )
         return out
@@ -806,6 +819,11 @@ class Dispatcher:
             campaign = await s.get(AiCampaign, attempt.campaign_id, populate_existing=True)
             domain = await s.get(Domain, attempt.domain_id)
             assert contact is not None and campaign is not None and domain is not None
+            if result.sip_code is None and result.detail in NOT_SENT:
+                back = await self._give_back(s, attempt, contact, campaign, domain, result.detail, now)
+                await s.commit()
+                log.info("autoinformer.dial_refused", session_id=session_id, detail=result.detail)
+                return back
             spec = spec_of(campaign)
             outcome, met = outcome_of(result, spec.success)
             ended = result.ended_at or now
@@ -898,6 +916,44 @@ class Dispatcher:
         )
         return new_status
 
+    async def _give_back(
+        self,
+        s: AsyncSession,
+        attempt: AiAttempt,
+        contact: AiContact,
+        campaign: AiCampaign,
+        domain: Domain,
+        detail: str,
+        now: dt.datetime,
+    ) -> str:
+        """The engine refused the dial before any INVITE left: the attempt never happened. Its row goes (the
+        dispatch key is free again), the contact is due again after a short back-off, as it was before."""
+        await s.delete(attempt)
+        await s.flush()
+        prev = (
+            await s.execute(
+                select(AiAttempt.attempt_no, AiAttempt.session_id, AiAttempt.started_at)
+                .where(AiAttempt.contact_id == contact.id)
+                .order_by(AiAttempt.attempt_no.desc(), AiAttempt.number_index.desc())
+                .limit(1)
+            )
+        ).first()
+        contact.attempts_made = prev.attempt_no if prev is not None else 0
+        contact.last_session_id = prev.session_id if prev is not None else None
+        contact.last_attempt_at = prev.started_at if prev is not None else None
+        contact.updated_at = now
+        if campaign.status in ("stopped", "completed"):
+            contact.status = "cancelled" if campaign.status == "stopped" else "expired"
+            contact.next_attempt_at = None
+            contact.detail = None
+            await s.flush()
+            await events.number_finished(s, domain=domain.name, campaign=campaign, contact=contact, at=now)
+            return contact.status
+        contact.status = "waiting_retry" if prev is not None else "pending"
+        contact.detail = detail
+        contact.next_attempt_at = now + REFUSED_BACKOFF
+        return contact.status
+
     # --- restart (§7.2) ---
     async def reconcile(self) -> int:
         """Close the attempts a previous run left without a result; returns how many."""
@@ -941,6 +997,20 @@ class Dispatcher:
                 closed += 1
                 log.warning("autoinformer.attempt_reconciled", session_id=session_id, detail=detail)
         return closed
+
+
+async def _menu_id(s: AsyncSession, domain_id: uuid.UUID, name: str) -> str | None:
+    """The id of the domain's voice menu a campaign names by its name or its ``id.hex`` (the engine wants
+    the id), or None."""
+    cond = VoiceMenu.name == name
+    try:
+        cond = cond | (VoiceMenu.id == uuid.UUID(name))
+    except ValueError:
+        pass
+    found = await s.scalar(
+        select(VoiceMenu.id).where(VoiceMenu.domain_id == domain_id, cond).order_by(VoiceMenu.id).limit(1)
+    )
+    return str(found) if found is not None else None
 
 
 def _amd(spec: CampaignSpec) -> AmdSettings | None:

@@ -13,13 +13,19 @@ from vpbx.store.models import AiCampaign, AiContact, DomainId
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Callable
 
     from vpbx.app import Core
     from vpbx.pbx.broadcast import BroadcastDialer
     from vpbx.pbx.calls import CallRegistry
 
 
-def build_dispatcher(core: Core, dialer: BroadcastDialer, calls: CallRegistry) -> Dispatcher:
+def build_dispatcher(
+    core: Core,
+    dialer: BroadcastDialer,
+    calls: CallRegistry,
+    trunk_room: Callable[[uuid.UUID], int] | None = None,
+) -> Dispatcher:
     holder: list[Dispatcher] = []
 
     async def render(s: AsyncSession, campaign: AiCampaign, contact: AiContact) -> str | None:
@@ -31,6 +37,14 @@ def build_dispatcher(core: Core, dialer: BroadcastDialer, calls: CallRegistry) -
         own = holder[0].sessions_in_flight if holder else frozenset()
         return sum(1 for c in calls.snapshot(DomainId(domain_id)) if c.session_id not in own)
 
-    dispatcher = Dispatcher(core.sessions, dialer, render, core.clock, core.settings.node_id, busy_channels)
+    dispatcher = Dispatcher(
+        core.sessions,
+        dialer,
+        render,
+        core.clock,
+        core.settings.node_id,
+        busy_channels,
+        trunk_room=trunk_room,
+    )
     holder.append(dispatcher)
     return dispatcher

@@ -1363,6 +1363,13 @@ class B2bua:
         )
         return {"voicemail": "true"}
 
+    def trunk_room(self, domain_id: DomainId) -> int:
+        """Free channels of the domain's usable outbound trunks (``max_calls`` minus their calls)."""
+        if self.trunks is None:
+            return 0
+        trunks = self.trunks.outbound_trunks(domain_id)
+        return sum(max(0, t.max_calls - self._trunk_load.get(t.id, 0)) for t in trunks)
+
     def _free_trunks(self, domain_id: DomainId) -> list[TrunkInfo]:
         """The domain's usable trunks in failover order, those at their channel limit left out."""
         if self.trunks is None:
