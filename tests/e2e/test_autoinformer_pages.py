@@ -47,6 +47,12 @@ async def test_campaign_from_upload_and_tts_to_report_and_export(
     page: Page, server: Server, tmp_path: Path
 ) -> None:
     await login(page, server)
+    # the demo domain has the autoinformer on: switch it off in «Управление услугами» first
+    await page.goto(server.url.rstrip("/") + "/services")
+    await page.click("#disable-autoinformer")
+    await page.click("#confirm")
+    await expect(page.locator("#enable-autoinformer")).to_be_visible()
+    await page.goto(server.url.rstrip("/") + "/")
     # «Управление услугами» → «Автоинформатор» on; until then the section asks for it
     await page.click("#tile-autoinformer")
     await expect(page.locator("#ai-off")).to_be_visible()
