@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -402,14 +402,22 @@ class Dispatcher:
         return current
 
     async def _all_final(self, campaign_id: uuid.UUID) -> bool:
+        """Every contact final and none of the campaign's calls up. Runs every pass of a running campaign:
+        a call in flight answers without the database, then one query looks for any contact and any open one
+        (two EXISTS probes, not counts over the whole list)."""
+        if self.in_flight(campaign_id=campaign_id):
+            return False
+        of_campaign = AiContact.campaign_id == campaign_id
         async with self.sessions() as s:
-            total = await s.scalar(select(func.count()).where(AiContact.campaign_id == campaign_id))
-            open_ = await s.scalar(
-                select(func.count()).where(
-                    AiContact.campaign_id == campaign_id, AiContact.status.not_in(tuple(FINAL_CONTACT))
+            row = (
+                await s.execute(
+                    select(
+                        exists().where(of_campaign),
+                        exists().where(of_campaign, AiContact.status.not_in(tuple(FINAL_CONTACT))),
+                    )
                 )
-            )
-        return bool(total) and not open_ and not self.in_flight(campaign_id=campaign_id)
+            ).one()
+        return bool(row[0]) and not row[1]
 
     async def _move(
         self,
