@@ -254,6 +254,10 @@ async def serve(settings: Settings) -> None:
         core, b2bua.broadcaster, registry, trunk_room=lambda d: b2bua.trunk_room(DomainId(d))
     )
     await ai_dispatcher.start()
+    from vpbx.amocrm.wiring import AmoRuntime
+
+    amocrm = AmoRuntime(core, app=app, b2bua=b2bua)  # the ИМК routing hook, call events → amoCRM jobs
+    await amocrm.start()
     tune_gc()
     media.advertise_host = node.advertised[0]  # SDP c= names the address phones reach us at
     if media.advertise_host in ("0.0.0.0", "::"):
@@ -274,6 +278,7 @@ async def serve(settings: Settings) -> None:
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
         await ai_dispatcher.stop()  # records the results of the calls that just ended
+        await amocrm.stop()
         if webhook is not None:
             await webhook.aclose()
         await retention.stop()
@@ -315,5 +320,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
 
     # /api and /api-test, before the cabinet's routes; the recording links of get_record are plain GETs
     mount_api(app, core, raw_routes=[(LINK_PREFIX, download_app(core))])
+    from vpbx.amocrm.wiring import PREFIX as AMO_PREFIX
+    from vpbx.amocrm.wiring import amo_app
+
+    app.mount(AMO_PREFIX, amo_app(core))  # amoCRM's OAuth, hooks and the widget API (JSON, own CORS)
     mount_web(app, core)
     return app

@@ -46,6 +46,24 @@ class LoginPolicy(BaseSettings):
     lockout_s: int = Field(default=900, ge=10)
 
 
+class AmoSettings(BaseSettings):
+    """The amoCRM integration (amocrm.md §2.1–2.2, §2.5): our registered public integration and the client's
+    limits. Without ``client_id`` and ``client_secret`` the integration is off (the cabinet says so)."""
+
+    client_id: str = ""  # the integration's UUID from amoCRM
+    client_secret: SecretStr | None = None  # signs the widget's tokens and the disconnect hook; never logged
+    # where an account's API lives; tests and the demo point it at the emulator
+    api_url_template: str = "https://{base_domain}"
+    # base domains accepted besides *.amocrm.ru / *.amocrm.com / *.kommo.com (the emulator's test hosts)
+    extra_hosts: list[str] = Field(default_factory=list)
+    # origins allowed to call the widget API besides https://*.amocrm.ru|com, *.kommo.com (the harness)
+    widget_origins: list[str] = Field(default_factory=list)
+    order_url: str = ""  # «Создать»: the PBX order page
+    rps: float = Field(default=5.0, gt=0, le=7)  # per account, below amoCRM's 7 rps
+    lookup_timeout_ms: int = Field(default=1500, ge=300, le=3000)  # the ИМК's realtime budget
+    source_name: str = "Виртуальная АТС"  # params.source of call notes
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VPBX_", env_nested_delimiter="__", extra="ignore")
 
@@ -127,6 +145,7 @@ class Settings(BaseSettings):
     login: LoginPolicy = LoginPolicy()
     default_language: Literal["ru", "en"] = "ru"
     demo: bool = False
+    amocrm: AmoSettings = AmoSettings()
 
     @classmethod
     def settings_customise_sources(

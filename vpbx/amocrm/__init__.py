@@ -1,1 +1,1 @@
-"""Arrives in a later issue; see DEVELOPERS.md."""
+"""The amoCRM integration (amocrm.md): client, OAuth, widget, scenarios, ИМК routing, jobs, emulator."""

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, NewType
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Date,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -841,6 +843,224 @@ class AiStopEntry(Base):
 
 
 # --- services management («Управление услугами») -------------------------------------------------------
+
+
+# --- CRM integrations: amoCRM first (amocrm.md §5.10) -------------------------------------------------------
+
+CRM_BINDING_STATUSES = ("active", "disabled")
+CRM_JOB_STATES = ("pending", "running", "done", "dead", "dropped", "held")
+AMO_STEP_STATES = ("pending", "in_flight", "done", "skipped", "failed")
+
+
+class AmoInstall(Base):
+    """An amoCRM account that installed our widget (§2.2): its tokens, not yet tied to any domain.
+
+    Tokens are sealed with the secret box and never logged. ``token_version`` grows by one with every stored
+    pair: a refresh is a compare-and-swap on it, so of two racing refreshes one stores and the other re-reads.
+    """
+
+    __tablename__ = "amo_installs"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    amo_account_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    base_domain: Mapped[str] = mapped_column(String(255))  # e.g. demo.amocrm.ru (the OAuth referer)
+    client_id: Mapped[str] = mapped_column(String(64))  # the integration (UUID) the tokens belong to
+    account_name: Mapped[str] = mapped_column(String(255), default="")
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/Moscow")
+    auth_type: Mapped[str] = mapped_column(String(16), default="oauth")  # oauth, long_lived
+    access_token_enc: Mapped[str] = mapped_column(Text, default="")
+    refresh_token_enc: Mapped[str] = mapped_column(Text, default="")
+    expires_at: Mapped[dt.datetime | None] = mapped_column()
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
+    token_state: Mapped[str] = mapped_column(String(16), default="ok")  # ok, needs_reauth
+    token_error: Mapped[str] = mapped_column(String(500), default="")
+    installed_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    __table_args__ = (
+        CheckConstraint("auth_type in ('oauth', 'long_lived')", name="auth_type"),
+        CheckConstraint("token_state in ('ok', 'needs_reauth')", name="token_state"),
+    )
+
+
+class CrmBinding(Base):
+    """The link domain ↔ CRM account (F2–F4, F15). At most one *active* binding per domain and per external
+    account (partial unique indexes); disabled rows stay as history and for re-linking."""
+
+    __tablename__ = "crm_bindings"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    crm_kind: Mapped[str] = mapped_column(String(16), default="amocrm")
+    external_account_id: Mapped[int] = mapped_column(BigInteger)  # amoCRM account id
+    base_domain: Mapped[str] = mapped_column(String(255), default="")  # card links, texts
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    fallback_user_id: Mapped[int | None] = mapped_column(BigInteger)  # F7 «для нештатных ситуаций»
+    hook_secret: Mapped[str] = mapped_column(String(64))  # /amo/hooks/{hook_secret} (E17/E18)
+    webhook_id: Mapped[str] = mapped_column(String(64), default="")
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # vpbx.amocrm.options
+    health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # last success/failure, 429s, circuit
+    connected_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column()
+    disabled_reason: Mapped[str] = mapped_column(String(64), default="")  # cabinet, widget, uninstall
+    __table_args__ = (
+        Index(
+            "uq_crm_bindings_active_domain",
+            "domain_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+        Index(
+            "uq_crm_bindings_active_account",
+            "crm_kind",
+            "external_account_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+        CheckConstraint(f"status in ({_in(CRM_BINDING_STATUSES)})", name="status"),
+    )
+
+
+class AmoConnectTicket(Base):
+    """A single-use ticket from the widget's «Подключить» to the cabinet (F2, 10 min); stored hashed."""
+
+    __tablename__ = "amo_connect_tickets"
+    ticket_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amo_account_id: Mapped[int] = mapped_column(BigInteger)
+    amo_user_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class CrmUserMap(Base):
+    """A CRM manager ↔ an extension of the binding's domain (F7); both sides unique per binding."""
+
+    __tablename__ = "crm_user_map"
+    binding_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("crm_bindings.id", ondelete="CASCADE"), primary_key=True
+    )
+    crm_user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    extension: Mapped[str] = mapped_column(String(6))
+    __table_args__ = (UniqueConstraint("binding_id", "extension"),)
+
+
+class AmoScenario(Base):
+    """A call-processing scenario (F6, §3.4): the validated document (``vpbx.amocrm.scenario``) as JSON, its
+    lines in ``AmoScenarioLine``. An integer id, as the widget shows it."""
+
+    __tablename__ = "amo_scenarios"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    binding_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("crm_bindings.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # smart_routing + events
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    __table_args__ = (UniqueConstraint("binding_id", "name"),)
+
+
+class AmoScenarioLine(Base):
+    """A line (E.164 digits, as ``IncomingNumber.number``) of a scenario (F8); one active scenario per line is
+    checked on save and on activation."""
+
+    __tablename__ = "amo_scenario_lines"
+    scenario_id: Mapped[int] = mapped_column(
+        ForeignKey("amo_scenarios.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class AmoPhoneCache(Base):
+    """phone key → the matched contact (§5.3 lookup): kept fresh by amoCRM's webhooks; ``negative`` rows
+    (nobody has the number) live 60 s."""
+
+    __tablename__ = "amo_phone_cache"
+    binding_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("crm_bindings.id", ondelete="CASCADE"), primary_key=True
+    )
+    phone_key: Mapped[str] = mapped_column(String(16), primary_key=True)  # vpbx.crm.phone.match_key
+    contact_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    negative: Mapped[bool] = mapped_column(Boolean, default=False)
+    cached_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+
+
+class AmoCall(Base):
+    """The per-call context and step ledger (§5.2, §5.6), unique per (binding, session): a duplicate ``end``
+    can never make a second job, a re-run job skips its ``done`` steps.
+
+    ``steps`` maps a step name (contact, lead, task, responsible, note) to
+    ``{"state": pending|in_flight|done|skipped|failed, "id": int|None, "attempts": int, "last_error": str}``.
+    ``route`` says which step decided an incoming call's routing (responsible, fallback, rules) and why.
+    """
+
+    __tablename__ = "amo_calls"
+    binding_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("crm_bindings.id", ondelete="CASCADE"), primary_key=True
+    )
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scenario_id: Mapped[int | None] = mapped_column(Integer)
+    direction: Mapped[str] = mapped_column(String(16), default="")  # incoming, outgoing (engine: outbound)
+    call_kind: Mapped[str] = mapped_column(String(16), default="normal")
+    client_e164: Mapped[str] = mapped_column(String(16), default="")  # digits, no "+"
+    line: Mapped[str] = mapped_column(String(16), default="")
+    manager_pin: Mapped[str | None] = mapped_column(String(6))  # outgoing: the caller's extension
+    lookup: Mapped[str] = mapped_column(String(8), default="unknown")  # hit, miss, unknown
+    contact_id: Mapped[int | None] = mapped_column(BigInteger)
+    contact_name: Mapped[str] = mapped_column(String(255), default="")
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    nearest_lead_id: Mapped[int | None] = mapped_column(BigInteger)
+    rung_pins: Mapped[list[str]] = mapped_column(JSON, default=list)
+    answered_pins: Mapped[list[str]] = mapped_column(JSON, default=list)
+    card_hint: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # click-to-call: {"type","id"}
+    route: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"step","why","pin"}
+    processed_seqs: Mapped[list[int]] = mapped_column(JSON, default=list)
+    steps: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    classification: Mapped[str] = mapped_column(String(32), default="")  # e.g. incoming.new, ignored
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class CrmJob(Base):
+    """The durable outbox of CRM writes (§5.6–5.7): one row per (binding, key), so a duplicate enqueue is a
+    no-op; leased by one worker at a time, retried on a schedule, survives ``kill -9``."""
+
+    __tablename__ = "crm_jobs"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    binding_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("crm_bindings.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # amo.finish, amo.refresh_contact, amo.ai_result, …
+    key: Mapped[str] = mapped_column(String(128))  # e.g. the session_id for amo.finish
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    lease_until: Mapped[dt.datetime | None] = mapped_column()
+    lease_owner: Mapped[str] = mapped_column(String(64), default="")
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    done_at: Mapped[dt.datetime | None] = mapped_column()
+    __table_args__ = (
+        UniqueConstraint("binding_id", "kind", "key"),
+        Index("ix_crm_jobs_due", "state", "run_after"),
+        CheckConstraint(f"state in ({_in(CRM_JOB_STATES)})", name="state"),
+    )
+
+
+class AmoRecordingLink(Base):
+    """A stable recording link for amoCRM notes (§5.5): ``/rec/amo/{token}.mp3``; a stored random token, so
+    rotating a key breaks no link; revocable and reissuable."""
+
+    __tablename__ = "amo_recording_links"
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    binding_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("crm_bindings.id", ondelete="CASCADE"), index=True
+    )
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()
 
 
 class ServicePrice(Base):

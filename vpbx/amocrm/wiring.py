@@ -1,0 +1,93 @@
+"""How the amoCRM integration plugs into the app (amocrm.md): its HTTP side and its background side.
+
+- ``amo_app(core)``: the ASGI app mounted at ``/amo`` (OAuth callback, disconnect hook, amoCRM webhooks, the
+  widget API ``/amo/widget/v1`` with its CORS rules and JSON errors). JSON errors are ``{"error": code}``: the
+  cabinet's HTML error pages never answer the widget.
+- ``AmoRuntime``: started by ``vpbx serve`` once the engine exists: the routing hook (ИМК), the call-event
+  consumer, the job runner. Each part has ``start()``/``stop()``; they stop in reverse order.
+
+Parts are added here, one line each, by the feature modules (``oauth``, ``widget_api``, ``popups``, ``hooks``,
+``routing``, ``jobs``, …).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.middleware.cors import CORSMiddleware
+
+from vpbx.amocrm.widget_auth import verifier_for
+from vpbx.logs import get_logger
+
+if TYPE_CHECKING:
+    from vpbx.app import Core
+
+log = get_logger("vpbx.amocrm")
+
+PREFIX = "/amo"
+WIDGET_PREFIX = "/widget/v1"  # under PREFIX: /amo/widget/v1
+AMO_ORIGINS = r"https://[a-z0-9-]+\.(amocrm\.ru|amocrm\.com|kommo\.com)"
+
+
+class Part(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def _origin_regex(extra: list[str]) -> str:
+    alternatives = [AMO_ORIGINS, *(re.escape(o.rstrip("/")) for o in extra)]
+    return "^(" + "|".join(alternatives) + ")$"
+
+
+def amo_app(core: Core) -> FastAPI:
+    """The ``/amo`` sub-application."""
+    sub = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    sub.state.core = core
+    sub.state.amo_widget_verifier = verifier_for(core.settings)
+    sub.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=_origin_regex(core.settings.amocrm.widget_origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=["X-Auth-Token", "Content-Type", "Idempotency-Key"],
+        max_age=600,
+    )
+
+    @sub.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> Response:
+        detail: Any = exc.detail
+        body = detail if isinstance(detail, dict) else {"error": str(detail).lower().replace(" ", "-")}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @sub.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"path": ".".join(str(p) for p in e["loc"][1:]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"error": "invalid-request", "errors": errors[:50]}, status_code=422)
+
+    # feature routers (each an APIRouter with its own paths under /amo)
+    return sub
+
+
+class AmoRuntime:
+    """The integration's background parts for one ``vpbx serve`` process."""
+
+    def __init__(self, core: Core, *, app: Any, b2bua: Any) -> None:
+        self.core = core
+        self.app = app
+        self.b2bua = b2bua
+        self.parts: list[Part] = []
+
+    async def start(self) -> None:
+        # parts are appended here by the feature modules
+        for part in self.parts:
+            await part.start()
+
+    async def stop(self) -> None:
+        for part in reversed(self.parts):
+            try:
+                await part.stop()
+            except Exception as e:  # one part failing to stop must not keep the others running
+                log.warning("amocrm.stop_failed", part=type(part).__name__, error=type(e).__name__)
