@@ -160,7 +160,7 @@ async def test_login_keeps_the_ticket(anon: Cabinet, core: Core, t1: Tenant, ins
 async def test_second_account_modal_cancel_then_replace(
     admin1: Cabinet, core: Core, t1: Tenant, clock: FakeClock, installs: None
 ) -> None:
-    """§6 example 10 over ASGI (the browser run is in tests/amocrm/test_cabinet_e2e.py)."""
+    """§6 example 10 over ASGI (the browser run is in tests/amocrm/binding_e2e/)."""
     await bind(core, t1.id, DEMO_ACCOUNT)
     raw = await _ticket(core, OTHER_ACCOUNT)
     page = await admin1.get(f"/integrations/amocrm/connect?ticket={raw}")
