@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 import shutil
 import socket
@@ -43,6 +44,20 @@ OTHER_ACCOUNT = 30000002
 OTHER_HOST = "other.amocrm.ru"
 CLIENT_ID = "6f1c2a7e-0000-4000-8000-000000000001"
 CLIENT_SECRET = "emu-secret"
+# The §4.1 fixture with a 32-byte client secret: PyJWT warns about HMAC keys under 32 bytes (RFC 7518 §3.2),
+# and pytest's ``-W error`` turns the demo fixture's "emu-secret" into a failure of every widget token.
+LONG_SECRET = "emu-secret-long-enough-for-hs256-0123456789"
+
+
+def emu_fixture() -> dict[str, Any]:
+    """The demo fixture with ``LONG_SECRET``, for ``emulator(fixture=emu_fixture())``."""
+    from tests.amocrm.emu_kit import DEMO_FIXTURE
+
+    doc = copy.deepcopy(DEMO_FIXTURE)
+    doc["integrations"][0]["client_secret"] = LONG_SECRET
+    return doc
+
+
 ACCOUNTS = {DEMO_HOST: DEMO_ACCOUNT, OTHER_HOST: OTHER_ACCOUNT}
 WAIT_S = 15.0
 

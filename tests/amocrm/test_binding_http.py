@@ -20,6 +20,7 @@ from tests.amocrm.kit import (
     OTHER_HOST,
     Pbx,
     bind,
+    emu_fixture,
     install,
     install_and_bind,
     pbx_for,
@@ -32,7 +33,7 @@ from vpbx.store.models import AmoConnectTicket, AmoInstall, CrmBinding
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emu]:
-    async with emulator() as e:
+    async with emulator(fixture=emu_fixture()) as e:
         yield e
 
 

@@ -23,6 +23,7 @@ from babel.numbers import format_decimal
 from playwright.async_api import Page, expect
 
 from tests.amocrm.emu_kit import DEMO, OTHER, Emu, emulator
+from tests.amocrm.kit import emu_fixture
 from tests.e2e.conftest import REPO, free_port
 from vpbx import billing, store
 from vpbx.crypto import SecretBox
@@ -85,7 +86,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     db = f"sqlite+aiosqlite:///{tmp_path / 'vpbx.sqlite3'}"
     await _prepare_db(db, secret)
     async with emulator(
-        redirect_uri=f"{url}/amo/oauth/callback", disconnect_hook=f"{url}/amo/oauth/disconnect"
+        fixture=emu_fixture(),
+        redirect_uri=f"{url}/amo/oauth/callback",
+        disconnect_hook=f"{url}/amo/oauth/disconnect",
     ) as emu:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VPBX_")}
         env |= {
