@@ -610,11 +610,27 @@ async def status_for(s: AsyncSession, account_id: int) -> AccountState:
         return AccountState(status, None, None, "ok")
     domain = await s.get(Domain, binding.domain_id)
     needs_reauth = install is None or install.token_state == "needs_reauth"
-    raw_health = (binding.health or {}).get("status", "ok")
-    health: Health = raw_health if raw_health in HEALTH_STATES else "ok"
     return AccountState(
         "needs_reauth" if needs_reauth else "active",
         domain.name if domain else None,
         binding.connected_at,
-        health,
+        health_of(binding.health or {}),
     )
+
+
+def health_of(health: dict[str, Any]) -> Health:
+    """The widget's health word from ``CrmBinding.health``: an explicit ``status``, else the client's record
+    (``health["client"]``, vpbx.amocrm.client): amoCRM is unreachable while its last failure, later than its
+    last success, was no answer, a 5xx, a 403 block or a 429 storm (a refused write is not an outage)."""
+    explicit = health.get("status")
+    if explicit in HEALTH_STATES:
+        return explicit  # type: ignore[no-any-return]
+    client = health.get("client")
+    if not isinstance(client, dict):
+        return "ok"
+    failed, succeeded = client.get("last_failure_at"), client.get("last_success_at")
+    if not isinstance(failed, str) or (isinstance(succeeded, str) and succeeded >= failed):
+        return "ok"
+    status = client.get("last_status")
+    outage = status is None or (isinstance(status, int) and (status >= 500 or status in (403, 429)))
+    return "amo_unreachable" if outage else "ok"

@@ -96,6 +96,17 @@ async def _counter(s: AsyncSession, domain_id: uuid.UUID) -> int:
     return await billing.counter(s, domain_id, billing.EXTERNAL_INTEGRATIONS)
 
 
+def test_health_word() -> None:
+    assert amo.health_of({}) == "ok"
+    assert amo.health_of({"status": "pbx_unreachable"}) == "pbx_unreachable"
+    down = {"last_failure_at": "2025-06-21T10:00:00+00:00", "last_success_at": "2025-06-21T09:00:00+00:00"}
+    assert amo.health_of({"client": {**down, "last_status": None}}) == "amo_unreachable"
+    assert amo.health_of({"client": {**down, "last_status": 503}}) == "amo_unreachable"
+    assert amo.health_of({"client": {**down, "last_status": 400}}) == "ok"  # a refused write
+    recovered = {**down, "last_success_at": "2025-06-21T10:00:01+00:00", "last_status": 503}
+    assert amo.health_of({"client": recovered}) == "ok"
+
+
 def test_host_allow_list() -> None:
     assert amo.host_allowed("demo.amocrm.ru", [])
     assert amo.host_allowed("Demo.AmoCRM.com", [])
