@@ -21,7 +21,7 @@ from tests.amocrm.client_kit import ShiftedClock, amo_settings, install_tokens
 from tests.amocrm.emu_kit import DEMO, DEMO_FIXTURE, OTHER, Emu, emulator
 from tests.conftest import make_tenant
 from vpbx.amocrm import oauth
-from vpbx.amocrm.client import AmoClient, AmoClientPool
+from vpbx.amocrm.client import AmoClient, AmoClientPool, close_shared_pool, shared_pool
 from vpbx.amocrm.errors import (
     AmoEntityNotFound,
     AmoReauthRequired,
@@ -378,6 +378,16 @@ async def test_health_reaches_the_binding(r: Rig) -> None:
         assert binding is not None
         assert binding.health["client"]["last_success_at"]
         assert binding.health["client"]["circuit"] == "closed"
+
+
+async def test_shared_pool_is_one_per_core(r: Rig) -> None:
+    pool = shared_pool(r.core)
+    assert shared_pool(r.core) is pool
+    assert (await pool.for_account(DEMO_ID).account())["id"] == DEMO_ID
+    await close_shared_pool(r.core)
+    again = shared_pool(r.core)
+    assert again is not pool
+    await close_shared_pool(r.core)
 
 
 def test_reprs_hide_tokens() -> None:

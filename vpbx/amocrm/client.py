@@ -408,6 +408,15 @@ class AmoClient:
         except AmoError as e:
             self.health.failure(self._clock.now(), e)
             self._health_changed()
+            log.warning(
+                "amocrm.request_failed",
+                account_id=self.account_id,
+                method=method,
+                path=path,
+                error=type(e).__name__,
+                status=e.status,
+                request_id=e.request_id,
+            )
             raise
 
     async def _attempts(
@@ -604,3 +613,36 @@ class AmoClientPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._own_http:
             await self._http.aclose()
+
+
+# One pool per process and core: every feature (routing lookups, widget API, jobs) shares the account's
+# limiter, so its whole traffic stays under the budget (§2.5). Keyed by id() with the core kept beside it
+# (``Core`` is an unhashable dataclass).
+_SHARED: dict[int, tuple[Core, AmoClientPool]] = {}
+
+
+def shared_pool(core: Core) -> AmoClientPool:
+    """The process's ``AmoClientPool`` for ``core`` (made on first use; closed by ``close_shared_pool``)."""
+    entry = _SHARED.get(id(core))
+    if entry is None or entry[0] is not core:
+        entry = _SHARED[id(core)] = (core, AmoClientPool(core))
+    return entry[1]
+
+
+async def close_shared_pool(core: Core) -> None:
+    entry = _SHARED.pop(id(core), None)
+    if entry is not None and entry[0] is core:
+        await entry[1].aclose()
+
+
+class ClientPoolPart:
+    """The runtime part that closes the shared pool (its HTTP connections, pending health copies) on stop."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await close_shared_pool(self.core)
