@@ -160,6 +160,8 @@ class EmulatorASGI:
             if acc is not None:
                 self._record(scope, acc, method, path, bytes(body), cap, started, dropped)
             self._deliver_hooks()
+        if dropped:
+            await asyncio.sleep(0.01)  # let uvicorn see the connection lost, so it does not try to answer
 
     async def _dispatch(
         self,
@@ -187,7 +189,7 @@ class EmulatorASGI:
             if action.get("delay_ms"):
                 await asyncio.sleep(float(action["delay_ms"]) / 1000)
             if action.get("reset_connection"):
-                await _drop(raw_send)
+                _drop(raw_send)
                 return True
             if action.get("status") is not None:
                 status = int(action["status"])
@@ -201,7 +203,7 @@ class EmulatorASGI:
                 return False
             if action.get("apply_then_drop"):
                 await self.inner(scope, receive, _swallow)
-                await _drop(raw_send)
+                _drop(raw_send)
                 return True
         if acc is not None and path.startswith("/api/"):
             client = str((scope.get("client") or ("?", 0))[0])
@@ -335,10 +337,9 @@ async def _swallow(_message: Message) -> None:
     return None
 
 
-async def _drop(send: Send) -> None:
+def _drop(send: Send) -> None:
     """Close the client's connection without a status line (uvicorn's transport, reached via ``send``)."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is None:
         raise ConnectionAbortedError("no transport to drop")  # not under uvicorn: the server answers 500
     transport.abort()
-    await asyncio.sleep(0.01)  # let uvicorn see the connection lost, so it does not try to answer

@@ -40,9 +40,12 @@ def world_of(request: Request) -> World:
 
 
 def host_account(request: Request) -> Account:
+    w = world_of(request)
     host = getattr(request.state, "emu_host", None)
-    acc = world_of(request).account_for_host(host) if host else None
+    acc = w.account_for_host(host) if host else None
     if acc is None:
+        if host in w.moved:  # the account lives elsewhere now: its old host refuses every token
+            raise Problem(401, "Account has been moved")
         raise Problem(404, "Unknown account")
     return acc
 
