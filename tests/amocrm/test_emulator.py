@@ -480,6 +480,7 @@ async def test_the_disconnect_hook_is_signed_and_tokens_are_revoked(emu: Emu) ->
     async with receiver() as rx:
         await emu.set_integration(disconnect_hook=f"{rx.url}/amo/oauth/disconnect")
         pair = await emu.token_pair()
+        assert [i["client_id"] for i in (await emu.state())["installs"]] == [emu.client_id]
         out = await emu.uninstall()
         assert out["status"] == 200
         (hook,) = await rx.wait_for(1)
@@ -490,6 +491,7 @@ async def test_the_disconnect_hook_is_signed_and_tokens_are_revoked(emu: Emu) ->
         async with emu.api(token=pair["access_token"]) as api:
             assert (await api.get("/api/v4/account")).status_code == 401
         assert (await refresh(emu, pair["refresh_token"])).json()["hint"] == "Token has been revoked"
+        assert (await emu.state())["installs"] == []
 
         await emu.token_pair()
         await emu.uninstall(bad_signature=True)

@@ -113,7 +113,10 @@ class EmulatorASGI:
                     send_with_id, 403, _problem(403, "The control API is loopback only", "Forbidden")
                 )
                 return
-            await self.inner(scope, receive, send_with_id)
+            try:
+                await self.inner(scope, receive, send_with_id)
+            finally:
+                self._deliver_hooks()  # a user's edit through the control API fires webhooks too
             return
         await self._exchange(scope, receive, send, send_with_id, host, path)
 
@@ -205,9 +208,9 @@ class EmulatorASGI:
                 await self.inner(scope, receive, _swallow)
                 _drop(raw_send)
                 return True
-        if acc is not None and path.startswith("/api/"):
+        if acc is not None:
             client = str((scope.get("client") or ("?", 0))[0])
-            refusal = self._limit(acc, client)
+            refusal = self._limit(acc, client, api=path.startswith("/api/"))
             if refusal is not None:
                 status, payload, ctype, extra = refusal
                 await _answer(send, status, payload, ctype, extra)
@@ -216,9 +219,10 @@ class EmulatorASGI:
         return False
 
     def _limit(
-        self, acc: Account, client: str
+        self, acc: Account, client: str, *, api: bool
     ) -> tuple[int, bytes, str | None, list[tuple[bytes, bytes]]] | None:
-        """The IP block (403) and the sliding 1 s window (429), on the real monotonic clock (§4.3)."""
+        """The IP block (403, every route of an account host) and the sliding 1 s window (429, API routes),
+        on the real monotonic clock (§4.3)."""
         w = self.world
         sw = w.switches
         now = time.monotonic()
@@ -229,6 +233,8 @@ class EmulatorASGI:
                 "application/problem+json",
                 [],
             )
+        if not api:
+            return None
         window = acc.window
         while window and window[0] <= now - 1.0:
             window.popleft()

@@ -652,7 +652,7 @@ async def list_webhooks(request: Request) -> Response:
 async def post_webhook(request: Request) -> Response:
     acc, rec = authed(request)
     hook = ent.subscribe(world_of(request), acc, await json_body(request), rec["user_id"])
-    return hal(_hook(acc, hook), status=201)
+    return hal(_hook(acc, hook))
 
 
 @router.delete("/api/v4/webhooks")
