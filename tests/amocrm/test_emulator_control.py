@@ -447,3 +447,40 @@ async def test_the_cli_serves_the_emulator(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+async def test_answer_variants_are_switches() -> None:
+    async with (
+        emulator(
+            rate_limit_rps=1000,
+            enum_key="enum",
+            notes_echo_entity_id=False,
+            events_v2_status=204,
+            strict_limit=True,
+        ) as emu,
+        emu.api(token=await bearer(emu)) as api,
+    ):
+        anna = (await api.get(f"/api/v4/contacts/{ANNA}")).json()
+        value = anna["custom_fields_values"][0]["values"][0]
+        assert value["enum"] == "WORK" and "enum_code" not in value
+        note = {"note_type": "call_in", "params": {"source": "vpbx", "duration": 1, "phone": "+79161234567"}}
+        row = (await api.post(f"/api/v4/contacts/{ANNA}/notes", json=[note])).json()["_embedded"]["notes"][0]
+        assert "entity_id" not in row
+        event = await api.post(
+            "/api/v2/events", json={"add": [{"type": "phone_call", "phone_number": "+7916"}]}
+        )
+        assert event.status_code == 204 and event.content == b""
+        assert (await api.get("/api/v4/contacts", params={"limit": 251})).status_code == 400
+        await emu.set_switches(strict_limit=False)
+        assert (await api.get("/api/v4/contacts", params={"limit": 251})).status_code == 200
+
+
+async def test_the_fixture_and_the_toml_carry_switches_and_id_bases(tmp_path: Path) -> None:
+    fixture = {**DEMO_FIXTURE, "switches": {"id_bases": {"contacts": 500}, "rate_limit_rps": 1000}}
+    async with emulator(fixture) as emu, emu.api(token=await bearer(emu)) as api:
+        made = await api.post("/api/v4/contacts", json=[{"name": "a"}])
+        assert made.json()["_embedded"]["contacts"][0]["id"] == 500
+    config = tmp_path / "emulator.toml"
+    config.write_text("rate_limit_rps = 3\n")
+    world = make_world(DEMO_FIXTURE, config=config)
+    assert world.switches.rate_limit_rps == 3
