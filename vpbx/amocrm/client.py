@@ -116,7 +116,8 @@ def _has_next(data: Any) -> bool:
     return isinstance(data, dict) and bool((data.get("_links") or {}).get("next"))
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
+def retry_after(resp: httpx.Response) -> float | None:
+    """A 429's ``Retry-After`` in seconds (a number or an HTTP date), None when absent or unreadable."""
     value = resp.headers.get("retry-after", "").strip()
     if not value:
         return None
@@ -188,7 +189,7 @@ def error_for(resp: httpx.Response) -> AmoError:
     if status == 403:
         return AmoForbidden(detail or "forbidden", status=403, request_id=rid)
     if status == 429:
-        return AmoRateLimited(detail or "rate limited", retry_after_s=_retry_after(resp), request_id=rid)
+        return AmoRateLimited(detail or "rate limited", retry_after_s=retry_after(resp), request_id=rid)
     if status >= 500:
         return AmoServerError(detail or f"amoCRM {status}", status=status, request_id=rid)
     return AmoError(detail or f"amoCRM {status}", status=status, request_id=rid)
@@ -454,7 +455,7 @@ class AmoClient:
                 raise AmoUnreachable(f"{method} {path}: {type(e).__name__}") from None
             status = resp.status_code
             if status == 429:
-                self.limiter.on_429(permit, _retry_after(resp))
+                self.limiter.on_429(permit, retry_after(resp))
                 self._health_changed()
                 requeues += 1
                 if requeues > MAX_REQUEUES:
