@@ -236,3 +236,16 @@ async def test_long_lived_token_never_refreshes(emu: Emu, db_url: str, tmp_path:
             await tokens.after_unauthorized(DEMO_ID, used)
         assert await refreshes_sent(emu) == 0
         assert (await row_of(core)).token_state == "needs_reauth"
+
+
+async def test_forced_refresh_probes_the_grant(emu: Emu, db_url: str, tmp_path: Path) -> None:
+    async with process(emu, db_url, tmp_path) as (core, tokens, _):
+        await install_tokens(core, emu)
+        before = await tokens.credentials(DEMO_ID)
+        after = await tokens.force_refresh(DEMO_ID)  # granted: rotated and stored
+        assert after.version == before.version + 1 and await refreshes_sent(emu) == 1
+        await emu.uninstall(call_hook=False)
+        with pytest.raises(AmoReauthRequired) as e:
+            await tokens.force_refresh(DEMO_ID)
+        assert e.value.status == 401  # revoked
+        assert (await row_of(core)).token_state == "needs_reauth"
