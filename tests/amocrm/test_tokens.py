@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.amocrm.client_kit import ACCOUNT_IDS, amo_settings, install_tokens
 from tests.amocrm.emu_kit import DEMO, Emu, emulator
@@ -52,10 +53,25 @@ async def db_url(
         try:
             yield url
         finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await drop_database(admin, name)
     finally:
         await admin.dispose()
+
+
+DROP_TRIES = 20
+
+
+async def drop_database(admin: AsyncEngine, name: str) -> None:
+    """DROP … WITH (FORCE), again while an autovacuum worker (which FORCE may not end) is still in it."""
+    for attempt in range(DROP_TRIES):
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            if attempt == DROP_TRIES - 1:
+                raise
+            await asyncio.sleep(0.5)  # the worker's own run: nothing to wait on from here
 
 
 class Sleeps:
