@@ -6,8 +6,10 @@ Offers: ``emulator(fixture=DEMO_FIXTURE, redirect_uri=…, disconnect_hook=…, 
 path, json=…)``, ``state``, ``log``, ``stats``, ``disposable_token``, ``install``, ``uninstall``,
 ``token_pair`` (a code exchanged at the token endpoint), ``api(account, token)`` (an httpx client on the
 account's host), ``advance``, ``fault``, ``clear_faults``, ``down``, ``set_switches``, ``set_integration``,
-``flags``, ``wait_deliveries``; ``receiver()`` (a loopback endpoint keeping what arrives: OAuth redirects,
-disconnect hooks, webhooks); ``DEMO_FIXTURE`` (§4.1's fixture as a dict; copy before changing it).
+``flags``, ``user_edit``/``user_create``/``user_delete_contact`` (changes made in amoCRM's UI: webhooks
+fire, the PBX's log and stats stay clean), ``wait_deliveries``; ``receiver()`` (a loopback endpoint keeping
+what arrives: OAuth redirects, disconnect hooks, webhooks); ``DEMO_FIXTURE`` (§4.1's fixture as a dict).
+The default rate limit is amoCRM's 7 requests/s: pass ``rate_limit_rps=1000`` to drive the API by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from vpbx.amocrm.emulator import World, build_app, make_world, read_fixture
+from vpbx.amocrm.emulator import EmulatorServer, World, make_world, read_fixture
 
 DEMO_FIXTURE: dict[str, Any] = read_fixture()
 DEMO = "demo.amocrm.ru"
@@ -158,6 +160,23 @@ class Emu:
     async def flags(self, account: str = DEMO, **flags: bool) -> None:
         await self.control("POST", f"/__emu__/accounts/{account}/flags", json=flags)
 
+    async def user_edit(
+        self, entity: str, entity_id: int, account: str = DEMO, **fields: Any
+    ) -> dict[str, Any]:
+        """A user changes an entity in amoCRM's UI (fires webhooks; not in the PBX's log or stats)."""
+        out: dict[str, Any] = await self.control(
+            "PATCH", f"/__emu__/accounts/{account}/{entity}/{entity_id}", json=fields
+        )
+        return out
+
+    async def user_create(self, entity: str, items: list[dict[str, Any]], account: str = DEMO) -> list[int]:
+        """A user creates entities in amoCRM's UI; answers their ids."""
+        out = await self.control("POST", f"/__emu__/accounts/{account}/{entity}", json=items)
+        return [row["id"] for row in out["items"]]
+
+    async def user_delete_contact(self, contact_id: int, account: str = DEMO) -> None:
+        await self.control("DELETE", f"/__emu__/accounts/{account}/contacts/{contact_id}")
+
     async def wait_deliveries(
         self, account: str = DEMO, count: int = 1, timeout_s: float = WAIT_S
     ) -> list[Any]:
@@ -185,30 +204,13 @@ async def emulator(
             integ["redirect_uri"] = redirect_uri
         if disconnect_hook is not None:
             integ["disconnect_hook"] = disconnect_hook
-    world = make_world(doc, switches=switches)
-    app = build_app(world)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
-        )
-    )
-    task = asyncio.create_task(server.serve(), name="amo-emulator")
+    server = EmulatorServer(make_world(doc, switches=switches), port=port)
     try:
-        async with asyncio.timeout(WAIT_S):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
+        await server.start()
         async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            yield Emu(url=f"http://127.0.0.1:{bound}", world=world, http=http)
+            yield Emu(url=server.url, world=server.world, http=http)
     finally:
-        server.should_exit = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(WAIT_S):
-                await asyncio.gather(task, return_exceptions=True)
-        task.cancel()
-        await app.aclose()
+        await server.stop()
 
 
 @dataclass(frozen=True, slots=True)

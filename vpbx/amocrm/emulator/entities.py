@@ -455,8 +455,25 @@ def create_tasks(world: World, acc: Account, body: Any, user_id: int) -> list[Js
             "complete_till": int(item["complete_till"]),
             "account_id": acc.id,
         }
+        touch_closest_task(acc, acc.tasks[tid])
         out.append({"id": tid, "request_id": rid_of(item, n)})
     return out
+
+
+def touch_closest_task(acc: Account, task: Json) -> None:
+    """Keep the entity's ``closest_task_at`` (E6 reads it): the earliest deadline of its open tasks."""
+    etype, eid = task.get("entity_type"), task.get("entity_id")
+    if etype not in ("contacts", "leads") or eid is None:
+        return
+    entity = getattr(acc, etype).get(eid)
+    if entity is None:
+        return
+    open_tasks = [
+        t["complete_till"]
+        for t in acc.tasks.values()
+        if t["entity_type"] == etype and t["entity_id"] == eid and not t["is_completed"]
+    ]
+    entity["closest_task_at"] = min(open_tasks) if open_tasks else None
 
 
 def patch_tasks(world: World, acc: Account, items: list[Json], user_id: int) -> list[Json]:
@@ -487,6 +504,7 @@ def patch_tasks(world: World, acc: Account, items: list[Json], user_id: int) -> 
             t["result"] = item["result"]
         t["updated_at"] = world.now()
         t["updated_by"] = user_id
+        touch_closest_task(acc, t)
         out.append({"id": t["id"], "updated_at": t["updated_at"], "request_id": rid_of(item, n)})
     return out
 
@@ -494,7 +512,10 @@ def patch_tasks(world: World, acc: Account, items: list[Json], user_id: int) -> 
 # --- notes ------------------------------------------------------------------------------------------------
 
 
-def check_call_params(ck: Checker, rid: str, params: Any, prefix: str = "params.") -> None:
+def check_call_params(
+    ck: Checker, rid: str, params: Any, prefix: str = "params.", *, phone: bool = False
+) -> None:
+    """A call note's ``params`` (or a call of E15, ``prefix=""``, where ``phone`` finds the card)."""
     if not isinstance(params, dict):
         ck.add(rid, "FieldMissing", prefix.rstrip("."))
         return
@@ -506,7 +527,7 @@ def check_call_params(ck: Checker, rid: str, params: Any, prefix: str = "params.
         ck.add(rid, "InvalidType", f"{prefix}duration")
     if params.get("call_status") is not None and _int(params["call_status"]) not in CALL_STATUSES:
         ck.add(rid, "NotSupportedChoice", f"{prefix}call_status")
-    if params.get("phone") is None or not str(params.get("phone")).strip():
+    if phone and not str(params.get("phone") or "").strip():
         ck.add(rid, "NotBlank", f"{prefix}phone")
 
 
@@ -806,7 +827,7 @@ def add_calls(world: World, acc: Account, body: Any, user_id: int) -> tuple[list
         rid = rid_of(item, n)
         if item.get("direction") not in ("inbound", "outbound"):
             ck.add(rid, "NotSupportedChoice" if "direction" in item else "FieldMissing", "direction")
-        check_call_params(ck, rid, item, prefix="")
+        check_call_params(ck, rid, item, prefix="", phone=True)
         check_user(acc, ck, rid, item, "responsible_user_id")
     ck.raise_if_any()
     done: list[Json] = []
