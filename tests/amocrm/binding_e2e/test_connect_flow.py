@@ -205,10 +205,11 @@ async def test_connect_second_account_switch_off_and_number_info(page: Page, sta
     # §6 example 13: get_number_info on → the connect page refuses; amoCRM on → get_number_info is refused
     await page.goto(f"{base}/services/integration_api/enable")
     await page.click("#confirm")
+    await expect(page.locator("#disable-integration_api")).to_be_visible()
     await page.goto(f"{base}/integration-api")
     await page.check("#f-number_info")
     await page.click("#save-api")
-    await expect(page.locator("#f-number_info")).to_be_checked()
+    await expect(page.locator("#api-saved")).to_be_visible()
     await page.goto(await stack.ticket_url(OTHER, 6001))
     await expect(page.locator("#connect-refused")).to_contain_text(
         "Интеграция с amoCRM не может быть включена одновременно с методом API number_info."
@@ -218,6 +219,7 @@ async def test_connect_second_account_switch_off_and_number_info(page: Page, sta
     await page.goto(f"{base}/integration-api")
     await page.uncheck("#f-number_info")
     await page.click("#save-api")
+    await expect(page.locator("#api-saved")).to_be_visible()
     await page.goto(await stack.ticket_url(OTHER, 6001))
     await page.click("#connect")
     await expect(page.locator("#amocrm-host")).to_have_text("other.amocrm.ru")
