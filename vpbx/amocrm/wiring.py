@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware
 
+from vpbx.amocrm import widget_api
 from vpbx.amocrm.widget_auth import verifier_for
 from vpbx.logs import get_logger
 
@@ -68,6 +69,7 @@ def amo_app(core: Core) -> FastAPI:
         return JSONResponse({"error": "invalid-request", "errors": errors[:50]}, status_code=422)
 
     # feature routers (each an APIRouter with its own paths under /amo)
+    sub.include_router(widget_api.router)
     return sub
 
 
@@ -82,6 +84,7 @@ class AmoRuntime:
 
     async def start(self) -> None:
         # parts are appended here by the feature modules
+        self.parts.append(widget_api.EngineLink(self))
         for part in self.parts:
             await part.start()
 

@@ -1,0 +1,162 @@
+"""The widget API's world: two domains, each bound to its own amoCRM account (rows inserted directly), the
+app's settings carrying the emulator fixture's integration, and tokens as amoCRM's widget sends them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from jwt.warnings import InsecureKeyLengthWarning
+from pydantic import SecretStr
+
+from vpbx.app import Core
+from vpbx.pbx import domains, lines, users
+from vpbx.settings import AmoSettings, Settings
+from vpbx.store.models import AmoInstall, CrmBinding
+
+CLIENT_ID = "6f1c2a7e-0000-4000-8000-000000000001"  # the emulator fixture's integration (amocrm.md §4.1)
+CLIENT_SECRET = "emu-secret"
+AUDIENCE = "http://127.0.0.1:8080"  # public_origin() of the test settings
+ACCOUNT_A, ACCOUNT_B = 30000001, 30000002
+LINE_A, LINE_A2 = "+74951234567", "+74951234568"
+LINE_B = "+74997654321"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    amo = AmoSettings(client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET))
+    return settings.model_copy(update={"amocrm": amo})
+
+
+def mint(
+    account_id: int,
+    user_id: int,
+    *,
+    is_admin: bool = True,
+    aud: str = AUDIENCE,
+    ttl: int = 300,
+    secret: str = CLIENT_SECRET,
+    jti: str | None = None,
+) -> str:
+    """A disposable widget token (§3.3) as amoCRM signs it."""
+    now = int(time.time())
+    sub = "demo" if account_id == ACCOUNT_A else "other"
+    claims = {
+        "iss": f"https://{sub}.amocrm.ru",
+        "aud": aud,
+        "jti": jti or str(uuid.uuid4()),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "account_id": account_id,
+        "subdomain": sub,
+        "client_uuid": CLIENT_ID,
+        "user_id": user_id,
+        "is_admin": is_admin,
+    }
+    with warnings.catch_warnings():  # the emulator fixture's secret is short
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass
+class World:
+    core: Core
+    domain_a: uuid.UUID
+    domain_b: uuid.UUID
+    binding_a: uuid.UUID
+    binding_b: uuid.UUID
+
+
+async def bind(core: Core, domain_id: uuid.UUID, account_id: int, base_domain: str) -> uuid.UUID:
+    async with core.sessions() as s:
+        s.add(AmoInstall(amo_account_id=account_id, base_domain=base_domain, client_id=CLIENT_ID))
+        b = CrmBinding(
+            domain_id=domain_id,
+            external_account_id=account_id,
+            base_domain=base_domain,
+            hook_secret=uuid.uuid4().hex,
+        )
+        s.add(b)
+        await s.commit()
+        return b.id
+
+
+async def make_domain(core: Core, name: str, pins: dict[str, str], numbers: list[str]) -> uuid.UUID:
+    async with core.sessions() as s:
+        d = await domains.create_domain(s, domains.DomainInput(name=name))
+        for pin, display in pins.items():
+            await users.create_user(
+                s, d.id, users.UserInput(name=f"user{pin}", display_name=display, pin=pin), box=core.box
+            )
+        for n in numbers:
+            await lines.create_number(s, d.id, lines.NumberInput(number=n))
+        await s.commit()
+        return d.id
+
+
+@pytest.fixture
+async def world(core: Core) -> World:
+    a = await make_domain(
+        core, "demo.vpbx.test", {"101": "Иван", "102": "Мария", "103": "Пётр"}, [LINE_A, LINE_A2]
+    )
+    b = await make_domain(core, "b.vpbx.test", {"201": "Борис"}, [LINE_B])
+    return World(
+        core=core,
+        domain_a=a,
+        domain_b=b,
+        binding_a=await bind(core, a, ACCOUNT_A, "demo.amocrm.ru"),
+        binding_b=await bind(core, b, ACCOUNT_B, "other.amocrm.ru"),
+    )
+
+
+def amo_state(app: FastAPI) -> Any:
+    """The ``/amo`` sub-app's state (its clients, caches)."""
+    for route in app.routes:
+        if getattr(route, "path", None) == "/amo":
+            return route.app.state  # type: ignore[attr-defined]
+    raise AssertionError("no /amo mount")
+
+
+class Widget:
+    """The widget of one amoCRM user: every request with a fresh disposable token."""
+
+    def __init__(self, client: httpx.AsyncClient, account_id: int, user_id: int, is_admin: bool) -> None:
+        self.client = client
+        self.account_id = account_id
+        self.user_id = user_id
+        self.is_admin = is_admin
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}))
+        headers.setdefault("X-Auth-Token", mint(self.account_id, self.user_id, is_admin=self.is_admin))
+        return await self.client.request(method, f"/amo/widget/v1{path}", headers=headers, **kw)
+
+
+@pytest.fixture
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+def admin_a(http: httpx.AsyncClient, world: World) -> Widget:
+    return Widget(http, ACCOUNT_A, 5001, True)
+
+
+@pytest.fixture
+def user_a(http: httpx.AsyncClient, world: World) -> Widget:
+    return Widget(http, ACCOUNT_A, 5002, False)
+
+
+@pytest.fixture
+def admin_b(http: httpx.AsyncClient, world: World) -> Widget:
+    return Widget(http, ACCOUNT_B, 6001, True)
