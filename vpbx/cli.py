@@ -25,6 +25,8 @@ app.add_typer(domain_app, name="domain")
 app.add_typer(user_app, name="user")
 app.add_typer(operator_app, name="operator")
 app.add_typer(numbering_app, name="numbering")
+amocrm_app = typer.Typer(help="The amoCRM integration: its emulator and the widget", no_args_is_help=True)
+app.add_typer(amocrm_app, name="amocrm")
 log = get_logger("vpbx.cli")
 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory [VPBX_DATA_DIR]")]
@@ -212,6 +214,25 @@ def numbering_load(
     except NumberingFileError as e:
         typer.echo(f"vpbx: {file}: {e}", err=True)
         raise typer.Exit(1) from e
+
+
+@amocrm_app.command("widget-build")
+def amocrm_widget_build(
+    backend: Annotated[
+        str, typer.Option("--backend", help="Our public origin, e.g. https://pbx.example.org")
+    ],
+    name: Annotated[str, typer.Option("--name", help="The widget's name in amoCRM")] = "Виртуальная АТС",
+    out: Annotated[Path, typer.Option("--out", help="The zip to write")] = Path("dist/amocrm-widget.zip"),
+) -> None:
+    """Build the amoCRM widget's zip (amocrm.md §3.1) with the backend origin baked in."""
+    from vpbx.amocrm.bundle import BundleError, build
+
+    try:
+        path = build(backend, name, out)
+    except BundleError as e:
+        typer.echo(f"vpbx: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(str(path))
 
 
 def main() -> None:
