@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware
 
-from vpbx.amocrm import widget_api
+from vpbx.amocrm import binding_http, widget_api
 from vpbx.amocrm.widget_auth import verifier_for
 from vpbx.logs import get_logger
 
@@ -69,6 +69,9 @@ def amo_app(core: Core) -> FastAPI:
         return JSONResponse({"error": "invalid-request", "errors": errors[:50]}, status_code=422)
 
     # feature routers (each an APIRouter with its own paths under /amo)
+    sub.include_router(
+        binding_http.router
+    )  # OAuth callback, disconnect hook, /state, /connect-ticket, /disconnect
     sub.include_router(widget_api.router)
     return sub
 

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.crypto import SecretBox
 from vpbx.errors import NotFound
 from vpbx.integration_api.core import api_settings, new_credential
 from vpbx.pbx.validation import N_, Check
-from vpbx.store.models import ApiSettings, Domain
+from vpbx.store.models import ApiSettings, CrmBinding, Domain
 
 MAX_ALLOWLIST = 50  # entries (§2.4)
 TIMEOUT_RANGE_S = (1, 10)  # «Таймаут» (§6.2)
@@ -31,11 +32,11 @@ MAX_URL = 500
 
 
 async def amocrm_connected(s: AsyncSession, domain_id: uuid.UUID) -> bool:
-    """Whether the domain's amoCRM integration is on (§6.5).
-
-    TODO(issue 8): amoCRM arrives with issue 8; until then no domain has it, so nothing is refused."""
-    del s, domain_id
-    return False
+    """Whether the domain's amoCRM integration is on (§6.5): it has an active binding."""
+    found = await s.scalar(
+        select(CrmBinding.id).where(CrmBinding.domain_id == domain_id, CrmBinding.status == "active").limit(1)
+    )
+    return found is not None
 
 
 async def ensure_settings(s: AsyncSession, domain_id: uuid.UUID, box: SecretBox) -> ApiSettings:
@@ -153,7 +154,10 @@ async def update_settings(s: AsyncSession, domain_id: uuid.UUID, data: SettingsI
     if data.number_info and await amocrm_connected(s, domain_id):
         c.add(
             "number_info",
-            N_("The amoCRM integration cannot be on at the same time as the API method number_info."),
+            N_(
+                "The amoCRM integration cannot be on at the same time as the API method number_info. "
+                "Switch off the amoCRM integration."
+            ),
         )
     c.done()
     row.crm_url = crm_url

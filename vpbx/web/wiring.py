@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -99,7 +100,9 @@ def mount_web(app: FastAPI, core: Core) -> None:
         if request.headers.get("hx-request"):
             return Response(status_code=401, headers={"HX-Redirect": "/login"})
         target = request.url.path if request.method == "GET" else "/"
-        return RedirectResponse(f"/login?next={target}", status_code=303)
+        if request.method == "GET" and request.url.query:
+            target += "?" + request.url.query  # e.g. the amoCRM connect page's ticket (amocrm.md F2)
+        return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
     @app.exception_handler(auth.Forbidden)
     async def forbidden(request: Request, _exc: auth.Forbidden) -> Response:

@@ -14,6 +14,7 @@ from vpbx.web.pages import (
     devices,
     groups,
     history,
+    integrations,
     menus,
     numbers,
     operator,
@@ -48,4 +49,5 @@ ROUTERS: list[APIRouter] = [
     autoinformer.router,
     ai_report.router,
     ai_lists.router,
+    integrations.router,
 ]

@@ -39,6 +39,12 @@ SECTIONS: list[Section] = [
     Section("/menus", N_("Voice menus"), N_("Greetings and key choices"), "menu"),
     Section("/voicemail", N_("Voicemail"), N_("Mailboxes, greetings and messages"), "voicemail"),
     Section("/services", N_("Services management"), N_("Services, fees and charges"), "services"),
+    Section(
+        "/integrations",
+        N_("Integration with external systems"),
+        N_("Connect external systems such as amoCRM"),
+        "link",
+    ),
     Section("/autoinformer", N_("Autoinformer"), N_("Voice messages to many people"), "autoinformer"),
     Section("/calls/live", N_("Live calls"), N_("Calls in progress and busy channels"), "calls"),
     Section("/devices", N_("Devices"), N_("Registered phones and softphones"), "devices"),

@@ -10,4 +10,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const source = button && document.getElementById(button.dataset.copy);
     if (source && navigator.clipboard) navigator.clipboard.writeText(source.textContent.trim());
   });
+  // switches that ask for a confirmation: changing one submits its form (e.g. «Интеграция с системой amoCRM»)
+  document.body.addEventListener("change", (e) => {
+    if (e.target.matches("[data-submit-on-change]") && e.target.form) e.target.form.submit();
+  });
 });

@@ -1,0 +1,167 @@
+"""The ``/amo`` routes of connecting and disconnecting (amocrm.md §2.2, §3.2–3.4): the OAuth callback,
+the disconnect hook, and the widget's ``/state``, ``/connect-ticket`` and ``/disconnect``. Routes only: the
+work is ``vpbx.amocrm.binding``'s. The widget's routes take the account **only** from the verified token."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from vpbx.amocrm import binding as svc
+from vpbx.amocrm.widget_auth import WidgetCaller, public_origin, widget_admin, widget_caller
+from vpbx.logs import get_logger
+
+if TYPE_CHECKING:
+    from vpbx.app import Core
+
+log = get_logger("vpbx.amocrm.binding")
+security_log = get_logger("vpbx.security")
+
+router = APIRouter()
+
+CALLBACK_PATH = "/amo/oauth/callback"
+CONNECT_PATH = "/integrations/amocrm/connect"
+# the JSON status of each refusal (the widget and amoCRM's installer read the code)
+STATUS: dict[type[svc.BindError], int] = {
+    svc.NotConfigured: 503,
+    svc.ClientMismatch: 400,
+    svc.HostNotAllowed: 400,
+    svc.InstallFailed: 502,
+    svc.NotInstalled: 409,
+}
+
+
+def _core(request: Request) -> Core:
+    core: Core = request.app.state.core
+    return core
+
+
+def redirect_uri(core: Core) -> str:
+    """Our ``redirect_uri`` as registered in amoCRM (§2.2)."""
+    return public_origin(core.settings) + CALLBACK_PATH
+
+
+def _refused(e: svc.BindError) -> HTTPException:
+    return HTTPException(STATUS.get(type(e), 409), detail={"error": e.code, **e.details})
+
+
+@router.get("/oauth/callback")
+async def oauth_callback(
+    request: Request,
+    code: Annotated[str, Query(max_length=4096)] = "",
+    referer: Annotated[str, Query(max_length=255)] = "",
+    state: Annotated[str, Query(max_length=512)] = "",
+    client_id: Annotated[str, Query(max_length=64)] = "",
+    from_widget: Annotated[str, Query(max_length=8)] = "",
+) -> Response:
+    """F2.1: amoCRM delivers the code (widget install, or the consent page); exchanged here and now."""
+    del state  # we start no OAuth flow ourselves: amoCRM's install sends the code unasked
+    core = _core(request)
+    if not code or not referer:
+        raise HTTPException(400, detail={"error": "code-required"})
+    async with core.sessions() as s:
+        try:
+            install = await svc.record_install(
+                s,
+                core.box,
+                core.settings.amocrm,
+                code=code,
+                referer=referer,
+                client_id=client_id,
+                redirect_uri=redirect_uri(core),
+                now=core.clock.now(),
+            )
+        except svc.BindError as e:
+            log.warning("amocrm.install_refused", error=e.code, from_widget=bool(from_widget))
+            raise _refused(e) from None
+        await s.commit()
+        return JSONResponse({"status": "installed", "account_id": install.amo_account_id})
+
+
+def signature_ok(secret: str, client_uuid: str, account_id: str, signature: str) -> bool:
+    """§2.2: ``hex(HMAC-SHA256(client_secret, f"{client_uuid}|{account_id}"))``, compared in constant time."""
+    expected = hmac.new(secret.encode(), f"{client_uuid}|{account_id}".encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.strip().lower().encode())
+
+
+@router.get("/oauth/disconnect")
+async def disconnect_hook(
+    request: Request,
+    account_id: Annotated[str, Query(max_length=20)] = "",
+    client_uuid: Annotated[str, Query(max_length=64)] = "",
+    signature: Annotated[str, Query(max_length=128)] = "",
+) -> Response:
+    """The widget was uninstalled in amoCRM: disable the binding and delete the install and its tokens."""
+    core = _core(request)
+    amo = core.settings.amocrm
+    if not amo.client_id or amo.client_secret is None:
+        raise HTTPException(503, detail={"error": svc.NotConfigured.code})
+    if client_uuid != amo.client_id or not account_id.isdigit():
+        raise HTTPException(400, detail={"error": "invalid-request"})
+    account = int(account_id)
+    now = core.clock.now()
+    async with core.sessions() as s:
+        if not signature_ok(amo.client_secret.get_secret_value(), client_uuid, account_id, signature):
+            install = await svc.install_of(s, account)
+            revoked = install is not None and await svc.probe_revoked(
+                s, core.box, amo, install, redirect_uri=redirect_uri(core), now=now
+            )
+            if not revoked:
+                await s.commit()  # a refresh that succeeded rotated the pair: keep the new one
+                security_log.warning("amocrm.disconnect_bad_signature", account_id=account)
+                raise HTTPException(403, detail={"error": "signature-invalid"})
+            log.info("amocrm.disconnect_confirmed_by_probe", account_id=account)
+        await svc.uninstall(s, account, now=now)
+        await s.commit()
+    return Response(status_code=204)
+
+
+# --- the widget ---------------------------------------------------------------------------------------------
+
+CallerDep = Annotated[WidgetCaller, Depends(widget_caller)]
+AdminCallerDep = Annotated[WidgetCaller, Depends(widget_admin)]
+
+
+@router.get("/widget/v1/state")
+async def widget_state(request: Request, caller: CallerDep) -> Response:
+    core = _core(request)
+    async with core.sessions() as s:
+        st = await svc.status_for(s, caller.account_id)
+    return JSONResponse(
+        {
+            "status": st.status,
+            "pbx_domain": st.pbx_domain,
+            "connected_at": int(st.connected_at.timestamp()) if st.connected_at else None,
+            "is_admin": caller.is_admin,
+            "health": st.health,
+        }
+    )
+
+
+@router.post("/widget/v1/connect-ticket")
+async def connect_ticket(request: Request, caller: AdminCallerDep) -> Response:
+    """F2.2 «Подключить»: a single-use link to the cabinet's connect page (10 min)."""
+    core = _core(request)
+    async with core.sessions() as s:
+        try:
+            raw = await svc.issue_ticket(
+                s, account_id=caller.account_id, user_id=caller.user_id, now=core.clock.now()
+            )
+        except svc.BindError as e:
+            raise _refused(e) from None
+        await s.commit()
+    return JSONResponse({"url": f"{public_origin(core.settings)}{CONNECT_PATH}?ticket={raw}"})
+
+
+@router.post("/widget/v1/disconnect", status_code=204)
+async def widget_disconnect(request: Request, caller: AdminCallerDep) -> Response:
+    """F15 from amoCRM's side: «Отключить интеграцию» in the widget. Idempotent."""
+    core = _core(request)
+    async with core.sessions() as s:
+        await svc.disable_account(s, caller.account_id, reason="widget", now=core.clock.now())
+        await s.commit()
+    return Response(status_code=204)
