@@ -3,6 +3,9 @@ app's settings carrying the emulator fixture's integration, and tokens as amoCRM
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import time
 import uuid
 import warnings
@@ -13,6 +16,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from jwt.warnings import InsecureKeyLengthWarning
 from pydantic import SecretStr
@@ -28,6 +32,7 @@ AUDIENCE = "http://127.0.0.1:8080"  # public_origin() of the test settings
 ACCOUNT_A, ACCOUNT_B = 30000001, 30000002
 LINE_A, LINE_A2 = "+74951234567", "+74951234568"
 LINE_B = "+74997654321"
+WAIT_S = 10.0
 
 
 @pytest.fixture
@@ -160,3 +165,30 @@ def user_a(http: httpx.AsyncClient, world: World) -> Widget:
 @pytest.fixture
 def admin_b(http: httpx.AsyncClient, world: World) -> Widget:
     return Widget(http, ACCOUNT_B, 6001, True)
+
+
+@contextlib.asynccontextmanager
+async def serving(asgi: Any, port: int) -> AsyncIterator[str]:
+    """``asgi`` over real HTTP on 127.0.0.1:``port`` in this event loop; yields its origin."""
+    server = uvicorn.Server(
+        uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not server.started:
+                if task.done():
+                    await task
+                await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -1,0 +1,187 @@
+"""The widget in the harness (amocrm.md §4.7) in Debian's Chromium, against our backend over real HTTP: the
+settings render, a mapping is saved (and a repeated extension is stopped in the page), a scenario is added
+and saved; a non-admin sees everything read-only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+from playwright.async_api import Browser, Page, async_playwright
+from sqlalchemy import select
+
+from tests.amocrm.widget.conftest import (
+    ACCOUNT_A,
+    ACCOUNT_B,
+    LINE_A,
+    LINE_A2,
+    World,
+    amo_state,
+    free_port,
+    mint,
+    serving,
+)
+from tests.amocrm.widget.fake_amo import FakeClients
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
+from vpbx.amocrm.bundle import build
+from vpbx.amocrm.emulator import harness
+from vpbx.settings import Settings
+from vpbx.store.models import AmoScenario, CrmBinding, CrmUserMap
+
+pytestmark = pytest.mark.e2e
+
+ACCOUNTS = {"demo.amocrm.ru": ACCOUNT_A, "other.amocrm.ru": ACCOUNT_B}
+
+
+@pytest.fixture
+def ports() -> tuple[int, int]:
+    return free_port(), free_port()
+
+
+@pytest.fixture
+def settings(settings: Settings, ports: tuple[int, int]) -> Settings:
+    pbx, emu = ports
+    amo = settings.amocrm.model_copy(update={"widget_origins": [f"http://127.0.0.1:{emu}"]})
+    return settings.model_copy(update={"public_url": f"http://127.0.0.1:{pbx}", "amocrm": amo})
+
+
+def stand_in_emulator() -> FastAPI:
+    """The emulator's harness and disposable tokens (until the emulator's own app is merged)."""
+    emu = FastAPI()
+    emu.include_router(harness.router)
+
+    @emu.post("/__emu__/disposable-token")
+    async def token(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        account = ACCOUNTS[body["account"]]
+        is_admin = body.get("is_admin")
+        admin = body["user_id"] in (5001, 6001) if is_admin is None else bool(is_admin)
+        return {"token": mint(account, int(body["user_id"]), is_admin=admin, aud=body["aud"])}
+
+    return emu
+
+
+@pytest.fixture
+async def sites(
+    app: FastAPI, world: World, ports: tuple[int, int], tmp_path: Path
+) -> AsyncIterator[tuple[str, str, Path]]:
+    amo_state(app).amo_clients = FakeClients()
+    pbx_port, emu_port = ports
+    async with serving(app, pbx_port) as pbx, serving(stand_in_emulator(), emu_port) as emu:
+        bundle = build(pbx, "Виртуальная АТС", tmp_path / "amocrm-widget.zip")
+        yield pbx, emu, bundle
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM_PRESENT:
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        await b.close()
+
+
+async def open_harness(browser: Browser, emu: str, bundle: Path, *, user_id: int = 5001) -> Page:
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    url = f"{emu}/__emu__/widget-harness?account=demo.amocrm.ru&user_id={user_id}&card=contacts:9001"
+    await page.goto(f"{url}&widget={bundle}")
+    await page.wait_for_function("window.__emu && window.__emu.ready")
+    return page
+
+
+async def emu_errors(page: Page) -> list[str]:
+    errors: list[str] = await page.evaluate("window.__emu.errors")
+    return errors
+
+
+async def test_settings_render_and_save_a_mapping(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    _, emu, bundle = sites
+    page = await open_harness(browser, emu, bundle)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_text("Настройка соответствия пользователей").wait_for()
+    assert await settings.locator("[data-role=domain]").inner_text() == "demo.vpbx.test"
+    assert await settings.locator("[data-role=status]").inner_text() == "Подключено"
+    assert await settings.get_by_role("button", name="Отключить интеграцию").count() == 1
+    rows = settings.locator("table.vpbx-mapping tr[data-user]")
+    assert await rows.count() == 3
+    options = await rows.nth(0).locator("select option").all_inner_texts()
+    assert options == ["Не выбран", "101 — Иван", "102 — Мария", "103 — Пётр"]
+    # a repeated extension is stopped in the page; nothing reaches the backend
+    await rows.nth(0).locator("select").select_option("101")
+    await rows.nth(1).locator("select").select_option("101")
+    await settings.locator("select[data-field=fallback]").select_option("5002")
+    await settings.get_by_role("button", name="Сохранить соответствия").click()
+    await settings.get_by_text("Внутренний номер 101 выбран несколько раз").wait_for()
+    # fixed: saved
+    await rows.nth(1).locator("select").select_option("102")
+    await settings.get_by_role("button", name="Сохранить соответствия").click()
+    await settings.get_by_text("Сохранено").wait_for()
+    async with world.core.sessions() as s:
+        mapped = {(r.crm_user_id, r.extension) for r in await s.scalars(select(CrmUserMap))}
+        binding = await s.get(CrmBinding, world.binding_a)
+    assert mapped == {(5001, "101"), (5002, "102")}
+    assert binding is not None and binding.fallback_user_id == 5002
+    saves = [r for r in await page.evaluate("window.__emu.requests") if r["method"] == "PUT"]
+    assert [(r["status"], json.loads(r["body"])["fallback_user_id"]) for r in saves] == [(200, 5002)]
+    assert await emu_errors(page) == []
+
+
+async def test_a_scenario_is_added_and_saved(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    _, emu, bundle = sites
+    page = await open_harness(browser, emu, bundle)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_text("Управление сценариями обработки вызовов").wait_for()
+    await settings.get_by_role("button", name="+", exact=True).click()
+    tab = settings.locator("nav.vpbx-tabs").get_by_role("button", name="Новый сценарий")
+    await tab.click()
+    await settings.get_by_text("Список входящих номеров").wait_for()
+    lines = settings.locator("ul.vpbx-lines li")
+    assert await lines.all_inner_texts() == ["+7 495 123-45-67 ×", "+7 495 123-45-68 ×"]
+    await lines.nth(1).get_by_role("button", name="×").click()  # «×» removes a line
+    assert await settings.locator("ul.vpbx-lines li").count() == 1
+    await settings.locator("input[data-path='smart_routing.enabled']").check()
+    await settings.locator("input[data-path='events.incoming.new.enabled']").check()
+    await settings.locator("input[data-path='events.incoming.new.contact.enabled']").check()
+    await settings.locator("input[data-path='events.incoming.new.contact.tags']").fill("Входящий звонок, amo")
+    await settings.locator("select[data-path='events.incoming.new.lead']").select_option("7000:7002")
+    await settings.locator("nav.vpbx-event-tabs").get_by_role("button", name="Пропущенные").click()
+    await settings.locator("input[data-path='events.missed.new.task.enabled']").check()
+    await settings.get_by_role("button", name="Сохранить настройки").click()
+    await settings.get_by_text("Сохранено").wait_for()
+    async with world.core.sessions() as s:
+        row = (await s.scalars(select(AmoScenario))).one()
+    assert row.name == "Новый сценарий" and row.is_active
+    doc = row.document
+    assert doc["smart_routing"]["enabled"] is True
+    new = doc["events"]["incoming"]["new"]
+    assert new["enabled"] and new["contact"]["enabled"]
+    assert new["contact"]["tags"] == ["Входящий звонок", "amo"]
+    assert (new["lead"]["pipeline_id"], new["lead"]["status_id"]) == (7000, 7002)
+    assert doc["events"]["missed"]["new"]["task"]["enabled"] is True
+    listed = json.loads(await page.evaluate("JSON.stringify(window.__emu.requests.slice(-1)[0])"))
+    assert listed["status"] == 200 and listed["answer"]["lines"] == [LINE_A]
+    assert LINE_A2 not in listed["answer"]["lines"]
+    assert await emu_errors(page) == []
+
+
+async def test_a_non_admin_sees_the_settings_read_only(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    _, emu, bundle = sites
+    page = await open_harness(browser, emu, bundle, user_id=5002)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_text("Настройка соответствия пользователей").wait_for()
+    assert await settings.get_by_role("button", name="Сохранить соответствия").count() == 0
+    assert await settings.get_by_role("button", name="Отключить интеграцию").count() == 0
+    assert await settings.locator("table.vpbx-mapping select").first.is_disabled()
+    assert await emu_errors(page) == []
