@@ -106,7 +106,10 @@ def clients(request: Request) -> AmoClients:
     state = request.app.state
     found: AmoClients | None = getattr(state, "amo_clients", None)
     if found is None:
-        pool_class = importlib.import_module("vpbx.amocrm.client").AmoClientPool
+        try:
+            pool_class = importlib.import_module("vpbx.amocrm.client").AmoClientPool
+        except ImportError:  # a build without the amoCRM client: nothing to ask amoCRM with
+            raise _fail(503, "amo-unavailable", message="Нет связи с amoCRM") from None
         found = pool_class(state.core)
         state.amo_clients = found
     return found

@@ -11,16 +11,20 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from jwt.warnings import InsecureKeyLengthWarning
+from playwright.async_api import Browser, Page, async_playwright
 from pydantic import SecretStr
 
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
+from vpbx.amocrm.emulator import harness
 from vpbx.app import Core
 from vpbx.pbx import domains, lines, users
 from vpbx.settings import AmoSettings, Settings
@@ -192,3 +196,48 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# --- the harness in Chromium ------------------------------------------------------------------------------
+
+ACCOUNTS = {"demo.amocrm.ru": ACCOUNT_A, "other.amocrm.ru": ACCOUNT_B}
+
+
+def stand_in_emulator() -> FastAPI:
+    """The emulator's harness and disposable tokens (until the emulator's own app is merged)."""
+    emu = FastAPI()
+    emu.include_router(harness.router)
+
+    @emu.post("/__emu__/disposable-token")
+    async def token(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        account = ACCOUNTS[body["account"]]
+        is_admin = body.get("is_admin")
+        admin = body["user_id"] in (5001, 6001) if is_admin is None else bool(is_admin)
+        return {"token": mint(account, int(body["user_id"]), is_admin=admin, aud=body["aud"])}
+
+    return emu
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM_PRESENT:
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        await b.close()
+
+
+async def open_harness(browser: Browser, emu: str, bundle: Path, *, user_id: int = 5001) -> Page:
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    url = f"{emu}/__emu__/widget-harness?account=demo.amocrm.ru&user_id={user_id}&card=contacts:9001"
+    await page.goto(f"{url}&widget={bundle}")
+    await page.wait_for_function("window.__emu && window.__emu.ready")
+    return page
+
+
+async def emu_errors(page: Page) -> list[str]:
+    errors: list[str] = await page.evaluate("window.__emu.errors")
+    return errors

@@ -7,34 +7,29 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request
-from playwright.async_api import Browser, Page, async_playwright
+from fastapi import FastAPI
+from playwright.async_api import Browser
 from sqlalchemy import select
 
 from tests.amocrm.widget.conftest import (
-    ACCOUNT_A,
-    ACCOUNT_B,
     LINE_A,
     LINE_A2,
     World,
     amo_state,
+    emu_errors,
     free_port,
-    mint,
+    open_harness,
     serving,
+    stand_in_emulator,
 )
 from tests.amocrm.widget.fake_amo import FakeClients
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
 from vpbx.amocrm.bundle import build
-from vpbx.amocrm.emulator import harness
 from vpbx.settings import Settings
 from vpbx.store.models import AmoScenario, CrmBinding, CrmUserMap
 
 pytestmark = pytest.mark.e2e
-
-ACCOUNTS = {"demo.amocrm.ru": ACCOUNT_A, "other.amocrm.ru": ACCOUNT_B}
 
 
 @pytest.fixture
@@ -49,22 +44,6 @@ def settings(settings: Settings, ports: tuple[int, int]) -> Settings:
     return settings.model_copy(update={"public_url": f"http://127.0.0.1:{pbx}", "amocrm": amo})
 
 
-def stand_in_emulator() -> FastAPI:
-    """The emulator's harness and disposable tokens (until the emulator's own app is merged)."""
-    emu = FastAPI()
-    emu.include_router(harness.router)
-
-    @emu.post("/__emu__/disposable-token")
-    async def token(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        account = ACCOUNTS[body["account"]]
-        is_admin = body.get("is_admin")
-        admin = body["user_id"] in (5001, 6001) if is_admin is None else bool(is_admin)
-        return {"token": mint(account, int(body["user_id"]), is_admin=admin, aud=body["aud"])}
-
-    return emu
-
-
 @pytest.fixture
 async def sites(
     app: FastAPI, world: World, ports: tuple[int, int], tmp_path: Path
@@ -74,30 +53,6 @@ async def sites(
     async with serving(app, pbx_port) as pbx, serving(stand_in_emulator(), emu_port) as emu:
         bundle = build(pbx, "Виртуальная АТС", tmp_path / "amocrm-widget.zip")
         yield pbx, emu, bundle
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM_PRESENT:
-        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        await b.close()
-
-
-async def open_harness(browser: Browser, emu: str, bundle: Path, *, user_id: int = 5001) -> Page:
-    page = await browser.new_page()
-    page.set_default_timeout(10_000)
-    url = f"{emu}/__emu__/widget-harness?account=demo.amocrm.ru&user_id={user_id}&card=contacts:9001"
-    await page.goto(f"{url}&widget={bundle}")
-    await page.wait_for_function("window.__emu && window.__emu.ready")
-    return page
-
-
-async def emu_errors(page: Page) -> list[str]:
-    errors: list[str] = await page.evaluate("window.__emu.errors")
-    return errors
 
 
 async def test_settings_render_and_save_a_mapping(
