@@ -18,7 +18,6 @@ Errors are ``{"error": code, …}`` (the sub-app's handler); a Russian ``message
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import Mount
 
 from vpbx.amocrm.api import AmoApi, AmoClients, Json
+from vpbx.amocrm.client import AmoClientPool
 from vpbx.amocrm.errors import AmoError, AmoReauthRequired
 from vpbx.amocrm.scenario import COPY_SUFFIX, DIRECTIONS, NEW_SCENARIO_NAME, Scenario, ScenarioDocument
 from vpbx.amocrm.widget_auth import WidgetCaller, widget_admin, widget_caller
@@ -106,12 +106,8 @@ def clients(request: Request) -> AmoClients:
     state = request.app.state
     found: AmoClients | None = getattr(state, "amo_clients", None)
     if found is None:
-        try:
-            pool_class = importlib.import_module("vpbx.amocrm.client").AmoClientPool
-        except ImportError:  # a build without the amoCRM client: nothing to ask amoCRM with
-            raise _fail(503, "amo-unavailable", message="Нет связи с amoCRM") from None
-        found = pool_class(state.core)
-        state.amo_clients = found
+        pool = AmoClientPool(state.core)
+        state.amo_clients = state.amo_own_pool = found = pool
     return found
 
 
@@ -635,8 +631,12 @@ def check_against_meta(sc: Scenario, meta: Meta) -> list[Json]:
                     bad(f"{base}.lead.pipeline_id", "unknown pipeline")
                 elif p["is_archive"]:
                     bad(f"{base}.lead.pipeline_id", "archived pipeline")
-                elif lead.status_id is not None and lead.status_id not in {st["id"] for st in p["statuses"]}:
-                    bad(f"{base}.lead.status_id", "status not in the pipeline")
+                elif lead.status_id is not None:
+                    status = next((st for st in p["statuses"] if st["id"] == lead.status_id), None)
+                    if status is None:
+                        bad(f"{base}.lead.status_id", "status not in the pipeline")
+                    elif status["type"] == 1 and lead.target == "deal":
+                        bad(f"{base}.lead.status_id", "the unsorted status takes target 'unsorted'")
             elif lead.status_id is not None:
                 bad(f"{base}.lead.status_id", "a status needs its pipeline")
             fields(f"{base}.lead.fields", lead.fields, lead_fields)
@@ -800,7 +800,8 @@ async def _remember_call(
 
 class EngineLink:
     """A part of ``AmoRuntime``: hands the running engine to the ``/amo`` sub-app for click-to-call (the
-    sub-app is built with the app, before ``vpbx serve`` makes the engine)."""
+    sub-app is built with the app, before ``vpbx serve`` makes the engine); on stop, closes the amoCRM
+    clients the widget API opened."""
 
     def __init__(self, runtime: AmoRuntime) -> None:
         self._runtime = runtime
@@ -817,6 +818,10 @@ class EngineLink:
     async def stop(self) -> None:
         if self._state is not None:
             self._state.b2bua = None
+            pool: AmoClientPool | None = getattr(self._state, "amo_own_pool", None)
+            if pool is not None:
+                self._state.amo_own_pool = self._state.amo_clients = None
+                await pool.aclose()
 
 
 __all__ = ["EngineLink", "MetaCache", "check_against_meta", "pretty_line", "router"]

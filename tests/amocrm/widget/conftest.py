@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import datetime as dt
 import socket
 import time
 import uuid
@@ -18,20 +20,23 @@ import httpx
 import jwt
 import pytest
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from jwt.warnings import InsecureKeyLengthWarning
 from playwright.async_api import Browser, Page, async_playwright
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.amocrm.emu_kit import DEMO, DEMO_FIXTURE, OTHER, Emu, emulator
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
-from vpbx.amocrm.emulator import harness
+from vpbx.amocrm.oauth import TokenPair
+from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
 from vpbx.pbx import domains, lines, users
 from vpbx.settings import AmoSettings, Settings
 from vpbx.store.models import AmoInstall, CrmBinding
 
 CLIENT_ID = "6f1c2a7e-0000-4000-8000-000000000001"  # the emulator fixture's integration (amocrm.md §4.1)
-CLIENT_SECRET = "emu-secret"
+CLIENT_SECRET = "emu-secret"  # for tokens the emulator would never sign (forged, other integrations)
 AUDIENCE = "http://127.0.0.1:8080"  # public_origin() of the test settings
 ACCOUNT_A, ACCOUNT_B = 30000001, 30000002
 LINE_A, LINE_A2 = "+74951234567", "+74951234568"
@@ -39,10 +44,35 @@ LINE_B = "+74997654321"
 WAIT_S = 10.0
 
 
+def widget_fixture() -> dict[str, Any]:
+    """§4.1's fixture plus an archived pipeline and an inactive user (the pickers' edge cases)."""
+    doc = copy.deepcopy(DEMO_FIXTURE)
+    demo = doc["accounts"][0]
+    demo["pipelines"].append(
+        {"id": 7100, "name": "Архив", "is_archive": True, "statuses": [{"id": 7101, "name": "Старый"}]}
+    )
+    demo["users"].append({"id": 5004, "name": "Уволенный", "is_active": False})
+    return doc
+
+
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    amo = AmoSettings(client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET))
-    return settings.model_copy(update={"amocrm": amo})
+async def emu() -> AsyncIterator[Emu]:
+    async with emulator(widget_fixture()) as e:
+        yield e
+
+
+def amo_settings(emu: Emu, **extra: Any) -> AmoSettings:
+    return AmoSettings(
+        client_id=emu.client_id,
+        client_secret=SecretStr(emu.client_secret),
+        api_url_template=emu.api_url_template,
+        **extra,
+    )
+
+
+@pytest.fixture
+def settings(settings: Settings, emu: Emu) -> Settings:
+    return settings.model_copy(update={"amocrm": amo_settings(emu)})
 
 
 def mint(
@@ -55,7 +85,7 @@ def mint(
     secret: str = CLIENT_SECRET,
     jti: str | None = None,
 ) -> str:
-    """A disposable widget token (§3.3) as amoCRM signs it."""
+    """A disposable widget token (§3.3) signed here, for the cases the emulator will not mint (forged)."""
     now = int(time.time())
     sub = "demo" if account_id == ACCOUNT_A else "other"
     claims = {
@@ -85,9 +115,17 @@ class World:
     binding_b: uuid.UUID
 
 
-async def bind(core: Core, domain_id: uuid.UUID, account_id: int, base_domain: str) -> uuid.UUID:
+async def install(s: AsyncSession, core: Core, emu: Emu, account_id: int, base_domain: str) -> None:
+    """The account's install with a real token pair from the emulator (as the OAuth callback stores it)."""
+    pair = await emu.token_pair(base_domain)
+    row = AmoInstall(amo_account_id=account_id, base_domain=base_domain, client_id=emu.client_id)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(pair["expires_in"]))
+    await store_tokens(s, core.box, row, TokenPair(pair["access_token"], pair["refresh_token"], expires))
+
+
+async def bind(core: Core, emu: Emu, domain_id: uuid.UUID, account_id: int, base_domain: str) -> uuid.UUID:
     async with core.sessions() as s:
-        s.add(AmoInstall(amo_account_id=account_id, base_domain=base_domain, client_id=CLIENT_ID))
+        await install(s, core, emu, account_id, base_domain)
         b = CrmBinding(
             domain_id=domain_id,
             external_account_id=account_id,
@@ -113,7 +151,7 @@ async def make_domain(core: Core, name: str, pins: dict[str, str], numbers: list
 
 
 @pytest.fixture
-async def world(core: Core) -> World:
+async def world(core: Core, emu: Emu) -> World:
     a = await make_domain(
         core, "demo.vpbx.test", {"101": "Иван", "102": "Мария", "103": "Пётр"}, [LINE_A, LINE_A2]
     )
@@ -122,8 +160,8 @@ async def world(core: Core) -> World:
         core=core,
         domain_a=a,
         domain_b=b,
-        binding_a=await bind(core, a, ACCOUNT_A, "demo.amocrm.ru"),
-        binding_b=await bind(core, b, ACCOUNT_B, "other.amocrm.ru"),
+        binding_a=await bind(core, emu, a, ACCOUNT_A, DEMO),
+        binding_b=await bind(core, emu, b, ACCOUNT_B, OTHER),
     )
 
 
@@ -136,17 +174,22 @@ def amo_state(app: FastAPI) -> Any:
 
 
 class Widget:
-    """The widget of one amoCRM user: every request with a fresh disposable token."""
+    """The widget of one amoCRM user: every request with a fresh disposable token minted by the emulator."""
 
-    def __init__(self, client: httpx.AsyncClient, account_id: int, user_id: int, is_admin: bool) -> None:
+    def __init__(self, client: httpx.AsyncClient, emu: Emu, account: str, user_id: int) -> None:
         self.client = client
-        self.account_id = account_id
+        self.emu = emu
+        self.account = account
         self.user_id = user_id
-        self.is_admin = is_admin
+
+    async def token(self, **kw: Any) -> str:
+        kw.setdefault("aud", AUDIENCE)
+        return await self.emu.disposable_token(account=self.account, user_id=self.user_id, **kw)
 
     async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = dict(kw.pop("headers", {}))
-        headers.setdefault("X-Auth-Token", mint(self.account_id, self.user_id, is_admin=self.is_admin))
+        if "X-Auth-Token" not in headers:
+            headers["X-Auth-Token"] = await self.token()
         return await self.client.request(method, f"/amo/widget/v1{path}", headers=headers, **kw)
 
 
@@ -154,21 +197,24 @@ class Widget:
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         yield c
+    pool = getattr(amo_state(app), "amo_own_pool", None)
+    if pool is not None:
+        await pool.aclose()
 
 
 @pytest.fixture
-def admin_a(http: httpx.AsyncClient, world: World) -> Widget:
-    return Widget(http, ACCOUNT_A, 5001, True)
+def admin_a(http: httpx.AsyncClient, emu: Emu, world: World) -> Widget:
+    return Widget(http, emu, DEMO, 5001)  # an admin in the fixture
 
 
 @pytest.fixture
-def user_a(http: httpx.AsyncClient, world: World) -> Widget:
-    return Widget(http, ACCOUNT_A, 5002, False)
+def user_a(http: httpx.AsyncClient, emu: Emu, world: World) -> Widget:
+    return Widget(http, emu, DEMO, 5002)  # not an admin
 
 
 @pytest.fixture
-def admin_b(http: httpx.AsyncClient, world: World) -> Widget:
-    return Widget(http, ACCOUNT_B, 6001, True)
+def admin_b(http: httpx.AsyncClient, emu: Emu, world: World) -> Widget:
+    return Widget(http, emu, OTHER, 6001)
 
 
 @contextlib.asynccontextmanager
@@ -200,24 +246,6 @@ def free_port() -> int:
 
 # --- the harness in Chromium ------------------------------------------------------------------------------
 
-ACCOUNTS = {"demo.amocrm.ru": ACCOUNT_A, "other.amocrm.ru": ACCOUNT_B}
-
-
-def stand_in_emulator() -> FastAPI:
-    """The emulator's harness and disposable tokens (until the emulator's own app is merged)."""
-    emu = FastAPI()
-    emu.include_router(harness.router)
-
-    @emu.post("/__emu__/disposable-token")
-    async def token(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        account = ACCOUNTS[body["account"]]
-        is_admin = body.get("is_admin")
-        admin = body["user_id"] in (5001, 6001) if is_admin is None else bool(is_admin)
-        return {"token": mint(account, int(body["user_id"]), is_admin=admin, aud=body["aud"])}
-
-    return emu
-
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
@@ -230,6 +258,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def open_harness(browser: Browser, emu: str, bundle: Path, *, user_id: int = 5001) -> Page:
+    """The harness page on the emulator (``emu``: its origin) with the widget ``bundle``, booted."""
     page = await browser.new_page()
     page.set_default_timeout(10_000)
     url = f"{emu}/__emu__/widget-harness?account=demo.amocrm.ru&user_id={user_id}&card=contacts:9001"

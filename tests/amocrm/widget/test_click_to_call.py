@@ -15,16 +15,8 @@ from playwright.async_api import Browser
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from tests.amocrm.widget.conftest import (
-    ACCOUNT_A,
-    CLIENT_ID,
-    CLIENT_SECRET,
-    emu_errors,
-    free_port,
-    open_harness,
-    serving,
-    stand_in_emulator,
-)
+from tests.amocrm.emu_kit import DEMO, Emu
+from tests.amocrm.widget.conftest import ACCOUNT_A, emu_errors, install, open_harness
 from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.net import free_port_block, wait_until
 from tests.integration.peers.process import require_binary
@@ -33,23 +25,25 @@ from tests.integration.test_calls import callee_run, running
 from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
 from vpbx.amocrm.bundle import build
 from vpbx.app import Core
-from vpbx.store.models import AmoCall, AmoInstall, CrmBinding, CrmUserMap
+from vpbx.store.models import AmoCall, CrmBinding, CrmUserMap
 
 pytestmark = pytest.mark.peers
 
 WAIT_S = 20.0
 
 
-def amo_setup(carrier_port: int) -> Any:
+def amo_setup(carrier_port: int, emu: Emu) -> Any:
+    """The carrier's trunk and line; the domain bound to demo.amocrm.ru (with a token pair from the
+    emulator); amoCRM user 5001 is extension 101."""
     trunk = carrier_trunk(carrier_port)
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
         await trunk(s, core, domain_id)
-        s.add(AmoInstall(amo_account_id=ACCOUNT_A, base_domain="demo.amocrm.ru", client_id=CLIENT_ID))
+        await install(s, core, emu, ACCOUNT_A, DEMO)
         binding = CrmBinding(
             domain_id=domain_id,
             external_account_id=ACCOUNT_A,
-            base_domain="demo.amocrm.ru",
+            base_domain=DEMO,
             hook_secret=uuid.uuid4().hex,
         )
         s.add(binding)
@@ -68,28 +62,29 @@ async def amo_calls(tmp_path: Path) -> list[AmoCall]:
         await engine.dispose()
 
 
-async def test_the_phone_link_rings_the_manager_then_the_client(tmp_path: Path, browser: Browser) -> None:
+async def test_the_phone_link_rings_the_manager_then_the_client(
+    tmp_path: Path, browser: Browser, emu: Emu
+) -> None:
     require_binary("baresip")
     carrier_port = free_port_block(1)
-    emu_port = free_port()
     env = {
-        "VPBX_AMOCRM__CLIENT_ID": CLIENT_ID,
-        "VPBX_AMOCRM__CLIENT_SECRET": CLIENT_SECRET,
-        "VPBX_AMOCRM__WIDGET_ORIGINS": json.dumps([f"http://127.0.0.1:{emu_port}"]),
+        "VPBX_AMOCRM__CLIENT_ID": emu.client_id,
+        "VPBX_AMOCRM__CLIENT_SECRET": emu.client_secret,
+        "VPBX_AMOCRM__API_URL_TEMPLATE": emu.api_url_template,
+        "VPBX_AMOCRM__WIDGET_ORIGINS": json.dumps([emu.url]),
     }
     carrier_run = callee_run(
         "uas_trunk", calls=100_000, local_ip=CARRIER_IP, local_port=carrier_port, trace_msg=True
     )
     async with (
-        serving(stand_in_emulator(), emu_port) as emu,
-        running(tmp_path, env=env, setup=amo_setup(carrier_port)) as server,
+        running(tmp_path, env=env, setup=amo_setup(carrier_port, emu)) as server,
         Baresip.start(tmp_path, name="manager") as phone,
         SippProcess.running(carrier_run, tmp_path) as carrier,
     ):
         await carrier.wait_listening()
         await phone.register(Account.on(server.service, "101", answermode="auto"))
         bundle = build(server.vpbx.http_url, "Виртуальная АТС", tmp_path / "amocrm-widget.zip")
-        page = await open_harness(browser, emu, bundle)
+        page = await open_harness(browser, emu.url, bundle)
         await page.wait_for_function("window.__emu.actions.phone !== undefined")  # init saw «active»
         await page.click("#emu-phone")
         answered = "window.__emu.requests.some(r => r.url.endsWith('/call') && r.status !== null)"

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from playwright.async_api import Browser
 from sqlalchemy import select
 
+from tests.amocrm.emu_kit import Emu
 from tests.amocrm.widget.conftest import (
     LINE_A,
     LINE_A2,
@@ -22,9 +23,7 @@ from tests.amocrm.widget.conftest import (
     free_port,
     open_harness,
     serving,
-    stand_in_emulator,
 )
-from tests.amocrm.widget.fake_amo import FakeClients
 from vpbx.amocrm.bundle import build
 from vpbx.settings import Settings
 from vpbx.store.models import AmoScenario, CrmBinding, CrmUserMap
@@ -33,26 +32,27 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def ports() -> tuple[int, int]:
-    return free_port(), free_port()
+def pbx_port() -> int:
+    return free_port()
 
 
 @pytest.fixture
-def settings(settings: Settings, ports: tuple[int, int]) -> Settings:
-    pbx, emu = ports
-    amo = settings.amocrm.model_copy(update={"widget_origins": [f"http://127.0.0.1:{emu}"]})
-    return settings.model_copy(update={"public_url": f"http://127.0.0.1:{pbx}", "amocrm": amo})
+def settings(settings: Settings, emu: Emu, pbx_port: int) -> Settings:
+    """Our origin is where the test serves the app; the emulator's page may call us (CORS)."""
+    amo = settings.amocrm.model_copy(update={"widget_origins": [emu.url]})
+    return settings.model_copy(update={"public_url": f"http://127.0.0.1:{pbx_port}", "amocrm": amo})
 
 
 @pytest.fixture
 async def sites(
-    app: FastAPI, world: World, ports: tuple[int, int], tmp_path: Path
+    app: FastAPI, world: World, emu: Emu, pbx_port: int, tmp_path: Path
 ) -> AsyncIterator[tuple[str, str, Path]]:
-    amo_state(app).amo_clients = FakeClients()
-    pbx_port, emu_port = ports
-    async with serving(app, pbx_port) as pbx, serving(stand_in_emulator(), emu_port) as emu:
+    async with serving(app, pbx_port) as pbx:
         bundle = build(pbx, "Виртуальная АТС", tmp_path / "amocrm-widget.zip")
-        yield pbx, emu, bundle
+        yield pbx, emu.url, bundle
+    pool = getattr(amo_state(app), "amo_own_pool", None)
+    if pool is not None:
+        await pool.aclose()
 
 
 async def test_settings_render_and_save_a_mapping(
@@ -66,7 +66,8 @@ async def test_settings_render_and_save_a_mapping(
     assert await settings.locator("[data-role=status]").inner_text() == "Подключено"
     assert await settings.get_by_role("button", name="Отключить интеграцию").count() == 1
     rows = settings.locator("table.vpbx-mapping tr[data-user]")
-    assert await rows.count() == 3
+    assert await rows.count() == 4
+    assert await rows.nth(3).get_attribute("class") == "vpbx-inactive"  # greyed out (F7)
     options = await rows.nth(0).locator("select option").all_inner_texts()
     assert options == ["Не выбран", "101 — Иван", "102 — Мария", "103 — Пётр"]
     # a repeated extension is stopped in the page; nothing reaches the backend

@@ -8,9 +8,9 @@ import copy
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
+from tests.amocrm.emu_kit import DEMO, OTHER, Emu
 from tests.amocrm.widget.conftest import (
     ACCOUNT_A,
     LINE_A,
@@ -18,10 +18,8 @@ from tests.amocrm.widget.conftest import (
     LINE_B,
     Widget,
     World,
-    amo_state,
     mint,
 )
-from tests.amocrm.widget.fake_amo import FakeClients
 from vpbx.store.models import AmoCall, AmoScenario, CrmBinding, CrmUserMap
 
 FULL_DOC: dict[str, Any] = {  # §3.4's example, on the fixture's ids
@@ -90,31 +88,24 @@ FULL_DOC: dict[str, Any] = {  # §3.4's example, on the fixture's ids
 }
 
 
-@pytest.fixture
-def amo(app: FastAPI) -> FakeClients:
-    fake = FakeClients()
-    amo_state(app).amo_clients = fake
-    return fake
-
-
 # --- tokens ---------------------------------------------------------------------------------------------
 
 
-async def test_tokens_are_checked(admin_a: Widget, amo: FakeClients) -> None:
+async def test_tokens_are_checked(admin_a: Widget) -> None:
     assert (await admin_a.request("GET", "/mapping", headers={"X-Auth-Token": "x"})).status_code == 401
-    wrong_aud = mint(ACCOUNT_A, 5001, aud="https://evil.example")
+    wrong_aud = await admin_a.token(aud="https://evil.example")
     r = await admin_a.request("GET", "/mapping", headers={"X-Auth-Token": wrong_aud})
     assert (r.status_code, r.json()) == (401, {"error": "widget-token-invalid"})
-    expired = mint(ACCOUNT_A, 5001, ttl=-120)
+    expired = await admin_a.token(ttl=-120)
     assert (await admin_a.request("GET", "/mapping", headers={"X-Auth-Token": expired})).status_code == 401
     forged = mint(ACCOUNT_A, 5001, secret="not-the-secret")
     assert (await admin_a.request("GET", "/mapping", headers={"X-Auth-Token": forged})).status_code == 401
-    once = mint(ACCOUNT_A, 5001)
+    once = await admin_a.token()
     assert (await admin_a.request("GET", "/mapping", headers={"X-Auth-Token": once})).status_code == 200
     assert (await admin_a.request("GET", "/mapping", headers={"X-Auth-Token": once})).status_code == 401
 
 
-async def test_writes_need_an_admin(user_a: Widget, amo: FakeClients) -> None:
+async def test_writes_need_an_admin(user_a: Widget) -> None:
     assert (await user_a.request("GET", "/mapping")).status_code == 200  # reading is fine
     for method, path, body in (
         ("PUT", "/mapping", {"items": []}),
@@ -127,7 +118,7 @@ async def test_writes_need_an_admin(user_a: Widget, amo: FakeClients) -> None:
         assert (r.status_code, r.json()) == (403, {"error": "admin-required"}), (method, path)
 
 
-async def test_no_active_binding_is_409(admin_a: Widget, world: World, amo: FakeClients) -> None:
+async def test_no_active_binding_is_409(admin_a: Widget, world: World) -> None:
     async with world.core.sessions() as s:
         b = await s.get(CrmBinding, world.binding_a)
         assert b is not None
@@ -143,12 +134,13 @@ async def test_no_active_binding_is_409(admin_a: Widget, world: World, amo: Fake
 # --- directory and metadata -------------------------------------------------------------------------------
 
 
-async def test_directory_lists_both_sides(admin_a: Widget, amo: FakeClients) -> None:
+async def test_directory_lists_both_sides(admin_a: Widget, emu: Emu) -> None:
     r = await admin_a.request("GET", "/directory")
     assert r.status_code == 200
     body = r.json()
-    assert [u["id"] for u in body["amo_users"]] == [5001, 5002, 5003]
+    assert [u["id"] for u in body["amo_users"]] == [5001, 5002, 5003, 5004]
     assert body["amo_users"][0] == {"id": 5001, "name": "Иван Петров", "is_active": True}
+    assert body["amo_users"][3] == {"id": 5004, "name": "Уволенный", "is_active": False}
     assert body["extensions"] == [
         {"pin": "101", "name": "Иван"},
         {"pin": "102", "name": "Мария"},
@@ -156,25 +148,32 @@ async def test_directory_lists_both_sides(admin_a: Widget, amo: FakeClients) -> 
     ]
     assert body["lines"] == [LINE_A, LINE_A2]
     assert body["groups"] == [{"id": 0, "name": "Отдел продаж"}]
-    assert set(amo.accounts) == {ACCOUNT_A}
+    assert [e for e in await emu.log(OTHER) if e["path"].endswith("/users")] == []  # only A's amoCRM
 
 
-async def test_amo_meta_is_cached_per_account(admin_a: Widget, admin_b: Widget, amo: FakeClients) -> None:
+def pipeline_reads(log: list[dict[str, Any]]) -> int:
+    return sum(1 for e in log if e["path"].endswith("/leads/pipelines"))
+
+
+async def test_amo_meta_is_cached_per_account(admin_a: Widget, admin_b: Widget, emu: Emu) -> None:
     first = (await admin_a.request("GET", "/amo-meta")).json()
     assert [p["id"] for p in first["pipelines"]] == [7000, 7100]
-    assert [st["id"] for st in first["pipelines"][0]["statuses"]] == [7001, 7002]
+    statuses = first["pipelines"][0]["statuses"]
+    assert [st["id"] for st in statuses if st["type"] != 1] == [7001, 7002, 142, 143]
+    assert [st["type"] for st in statuses].count(1) == 1  # «Неразобранное»
     assert [f["id"] for f in first["lead_fields"]] == [201]
     assert first["task_types"] == [{"id": 1, "name": "Связаться"}, {"id": 2, "name": "Встреча"}]
-    calls = len(amo.calls)
+    assert first["pipelines"][1]["is_archive"] is True
+    assert pipeline_reads(await emu.log(DEMO)) == 1
     assert (await admin_a.request("GET", "/amo-meta")).json() == first
-    assert len(amo.calls) == calls  # the second read came from the cache
+    assert pipeline_reads(await emu.log(DEMO)) == 1  # the second answer came from the cache
     other = (await admin_b.request("GET", "/amo-meta")).json()
-    assert [p["id"] for p in other["pipelines"]] == [7500]  # B's own, not A's cached answer
-    assert len(amo.calls) > calls
+    assert 7000 not in [p["id"] for p in other["pipelines"]]  # B's own, not A's cached answer
+    assert pipeline_reads(await emu.log(OTHER)) == 1
 
 
-async def test_amo_down_is_502(admin_a: Widget, amo: FakeClients) -> None:
-    amo.down = True
+async def test_amo_down_is_502(admin_a: Widget, emu: Emu) -> None:
+    await emu.down(60)
     r = await admin_a.request("GET", "/amo-meta")
     assert (r.status_code, r.json()["error"]) == (502, "amo-unavailable")
 
@@ -182,7 +181,7 @@ async def test_amo_down_is_502(admin_a: Widget, amo: FakeClients) -> None:
 # --- F7 mapping ---------------------------------------------------------------------------------------------
 
 
-async def test_mapping_round_trip(admin_a: Widget, amo: FakeClients) -> None:
+async def test_mapping_round_trip(admin_a: Widget) -> None:
     body = {
         "items": [
             {"amo_user_id": 5001, "extension": "101"},
@@ -204,7 +203,7 @@ async def test_mapping_round_trip(admin_a: Widget, amo: FakeClients) -> None:
     assert (await admin_a.request("PUT", "/mapping", json=body)).json() == body
 
 
-async def test_mapping_extension_not_unique(admin_a: Widget, amo: FakeClients) -> None:
+async def test_mapping_extension_not_unique(admin_a: Widget) -> None:
     body = {
         "items": [{"amo_user_id": 5001, "extension": "101"}, {"amo_user_id": 5002, "extension": "101"}],
         "fallback_user_id": 5001,
@@ -219,7 +218,7 @@ async def test_mapping_extension_not_unique(admin_a: Widget, amo: FakeClients) -
     assert (await admin_a.request("GET", "/mapping")).json()["items"] == []  # nothing stored
 
 
-async def test_mapping_fallback_rules(admin_a: Widget, amo: FakeClients) -> None:
+async def test_mapping_fallback_rules(admin_a: Widget) -> None:
     one = [{"amo_user_id": 5001, "extension": "101"}]
     r = await admin_a.request("PUT", "/mapping", json={"items": one})
     assert (r.status_code, r.json()["error"]) == (422, "fallback-required")
@@ -229,7 +228,7 @@ async def test_mapping_fallback_rules(admin_a: Widget, amo: FakeClients) -> None
     assert r.status_code == 200  # an empty mapping needs no fallback
 
 
-async def test_mapping_only_the_bindings_domain_extensions(admin_a: Widget, amo: FakeClients) -> None:
+async def test_mapping_only_the_bindings_domain_extensions(admin_a: Widget) -> None:
     body = {"items": [{"amo_user_id": 5001, "extension": "201"}], "fallback_user_id": 5001}  # B's PIN
     r = await admin_a.request("PUT", "/mapping", json=body)
     assert (r.status_code, r.json()["error"], r.json()["extension"]) == (422, "unknown-extension", "201")
@@ -241,7 +240,7 @@ async def test_mapping_only_the_bindings_domain_extensions(admin_a: Widget, amo:
 # --- F6/F8 scenarios --------------------------------------------------------------------------------
 
 
-async def test_scenario_lifecycle(admin_a: Widget, amo: FakeClients) -> None:
+async def test_scenario_lifecycle(admin_a: Widget) -> None:
     first = await admin_a.request("POST", "/scenarios", json={})
     assert first.status_code == 201
     s1 = first.json()
@@ -279,7 +278,7 @@ async def test_scenario_lifecycle(admin_a: Widget, amo: FakeClients) -> None:
     ]
 
 
-async def test_put_full_document(admin_a: Widget, amo: FakeClients) -> None:
+async def test_put_full_document(admin_a: Widget) -> None:
     s1 = (await admin_a.request("POST", "/scenarios", json={})).json()
     r = await admin_a.request("PUT", f"/scenarios/{s1['id']}", json=FULL_DOC)
     assert r.status_code == 200, r.text
@@ -324,9 +323,7 @@ class admin_a_world:
         (("incoming", "new", "task", "task_type_id", 77), "events.incoming.new.task.task_type_id"),
     ],
 )
-async def test_put_checks_amocrm_metadata(
-    admin_a: Widget, amo: FakeClients, patch: tuple[Any, ...], path: str
-) -> None:
+async def test_put_checks_amocrm_metadata(admin_a: Widget, patch: tuple[Any, ...], path: str) -> None:
     s1 = (await admin_a.request("POST", "/scenarios", json={})).json()
     doc = copy.deepcopy(FULL_DOC)
     *keys, last, value = patch
@@ -340,7 +337,7 @@ async def test_put_checks_amocrm_metadata(
     assert [e["path"] for e in r.json()["errors"]] == [path]
 
 
-async def test_put_checks_shape_and_lines(admin_a: Widget, amo: FakeClients) -> None:
+async def test_put_checks_shape_and_lines(admin_a: Widget) -> None:
     s1 = (await admin_a.request("POST", "/scenarios", json={})).json()
     doc = copy.deepcopy(FULL_DOC)
     doc["events"]["incoming"]["new"]["contact"]["colour"] = "red"  # unknown keys are refused
@@ -356,7 +353,7 @@ async def test_put_checks_shape_and_lines(admin_a: Widget, amo: FakeClients) -> 
     )
 
 
-async def test_put_refuses_a_line_of_another_active_scenario(admin_a: Widget, amo: FakeClients) -> None:
+async def test_put_refuses_a_line_of_another_active_scenario(admin_a: Widget) -> None:
     s1 = (await admin_a.request("POST", "/scenarios", json={})).json()
     assert (await admin_a.request("PUT", f"/scenarios/{s1['id']}", json=FULL_DOC)).status_code == 200
     s2 = (await admin_a.request("POST", "/scenarios", json={})).json()
@@ -371,9 +368,7 @@ async def test_put_refuses_a_line_of_another_active_scenario(admin_a: Widget, am
 # --- two tenants --------------------------------------------------------------------------------
 
 
-async def test_account_b_never_sees_a(
-    admin_a: Widget, admin_b: Widget, world: World, amo: FakeClients
-) -> None:
+async def test_account_b_never_sees_a(admin_a: Widget, admin_b: Widget, world: World) -> None:
     s1 = (await admin_a.request("POST", "/scenarios", json={})).json()
     mapping = {"items": [{"amo_user_id": 5001, "extension": "101"}], "fallback_user_id": 5001}
     assert (await admin_a.request("PUT", "/mapping", json=mapping)).status_code == 200
@@ -398,7 +393,7 @@ async def test_account_b_never_sees_a(
 # --- §3.5 click-to-call refusals (the real call: test_click_to_call.py) --------------------
 
 
-async def test_call_refusals(admin_a: Widget, user_a: Widget, world: World, amo: FakeClients) -> None:
+async def test_call_refusals(admin_a: Widget, user_a: Widget, world: World) -> None:
     r = await user_a.request("POST", "/call", json={"phone": "+79161234567"})
     assert r.json() == {
         "error": "user-not-mapped",

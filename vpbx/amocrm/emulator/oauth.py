@@ -13,9 +13,11 @@ import hashlib
 import hmac
 import secrets
 import uuid
+import warnings
 from typing import Any
 
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 
 from vpbx.amocrm.emulator.world import Account, Integration, Json, Problem, World
 
@@ -203,7 +205,9 @@ def disposable_token(
         "user_id": user_id,
         "is_admin": is_admin,
     }
-    return jwt.encode(claims, integ.client_secret, algorithm="HS256")
+    with warnings.catch_warnings():  # the fixture's secret is amoCRM-short ("emu-secret"); tests run -W error
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return jwt.encode(claims, integ.client_secret, algorithm="HS256")
 
 
 def refresh_owner(world: World, token: str) -> Account | None:
