@@ -6,8 +6,10 @@ Offers: ``emulator(fixture=DEMO_FIXTURE, redirect_uri=…, disconnect_hook=…, 
 path, json=…)``, ``state``, ``log``, ``stats``, ``disposable_token``, ``install``, ``uninstall``,
 ``token_pair`` (a code exchanged at the token endpoint), ``api(account, token)`` (an httpx client on the
 account's host), ``advance``, ``fault``, ``clear_faults``, ``down``, ``set_switches``, ``set_integration``,
-``flags``, ``wait_deliveries``; ``receiver()`` (a loopback endpoint keeping what arrives: OAuth redirects,
-disconnect hooks, webhooks); ``DEMO_FIXTURE`` (§4.1's fixture as a dict; copy before changing it).
+``flags``, ``user_edit``/``user_create``/``user_delete_contact`` (changes made in amoCRM's UI: webhooks
+fire, the PBX's log and stats stay clean), ``wait_deliveries``; ``receiver()`` (a loopback endpoint keeping
+what arrives: OAuth redirects, disconnect hooks, webhooks); ``DEMO_FIXTURE`` (§4.1's fixture as a dict).
+The default rate limit is amoCRM's 7 requests/s: pass ``rate_limit_rps=1000`` to drive the API by hand.
 """
 
 from __future__ import annotations
@@ -157,6 +159,23 @@ class Emu:
 
     async def flags(self, account: str = DEMO, **flags: bool) -> None:
         await self.control("POST", f"/__emu__/accounts/{account}/flags", json=flags)
+
+    async def user_edit(
+        self, entity: str, entity_id: int, account: str = DEMO, **fields: Any
+    ) -> dict[str, Any]:
+        """A user changes an entity in amoCRM's UI (fires webhooks; not in the PBX's log or stats)."""
+        out: dict[str, Any] = await self.control(
+            "PATCH", f"/__emu__/accounts/{account}/{entity}/{entity_id}", json=fields
+        )
+        return out
+
+    async def user_create(self, entity: str, items: list[dict[str, Any]], account: str = DEMO) -> list[int]:
+        """A user creates entities in amoCRM's UI; answers their ids."""
+        out = await self.control("POST", f"/__emu__/accounts/{account}/{entity}", json=items)
+        return [row["id"] for row in out["items"]]
+
+    async def user_delete_contact(self, contact_id: int, account: str = DEMO) -> None:
+        await self.control("DELETE", f"/__emu__/accounts/{account}/contacts/{contact_id}")
 
     async def wait_deliveries(
         self, account: str = DEMO, count: int = 1, timeout_s: float = WAIT_S

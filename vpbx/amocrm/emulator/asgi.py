@@ -113,7 +113,10 @@ class EmulatorASGI:
                     send_with_id, 403, _problem(403, "The control API is loopback only", "Forbidden")
                 )
                 return
-            await self.inner(scope, receive, send_with_id)
+            try:
+                await self.inner(scope, receive, send_with_id)
+            finally:
+                self._deliver_hooks()  # a user's edit through the control API fires webhooks too
             return
         await self._exchange(scope, receive, send, send_with_id, host, path)
 
@@ -160,6 +163,8 @@ class EmulatorASGI:
             if acc is not None:
                 self._record(scope, acc, method, path, bytes(body), cap, started, dropped)
             self._deliver_hooks()
+        if dropped:
+            await asyncio.sleep(0.01)  # let uvicorn see the connection lost, so it does not try to answer
 
     async def _dispatch(
         self,
@@ -187,7 +192,7 @@ class EmulatorASGI:
             if action.get("delay_ms"):
                 await asyncio.sleep(float(action["delay_ms"]) / 1000)
             if action.get("reset_connection"):
-                await _drop(raw_send)
+                _drop(raw_send)
                 return True
             if action.get("status") is not None:
                 status = int(action["status"])
@@ -201,11 +206,11 @@ class EmulatorASGI:
                 return False
             if action.get("apply_then_drop"):
                 await self.inner(scope, receive, _swallow)
-                await _drop(raw_send)
+                _drop(raw_send)
                 return True
-        if acc is not None and path.startswith("/api/"):
+        if acc is not None:
             client = str((scope.get("client") or ("?", 0))[0])
-            refusal = self._limit(acc, client)
+            refusal = self._limit(acc, client, api=path.startswith("/api/"))
             if refusal is not None:
                 status, payload, ctype, extra = refusal
                 await _answer(send, status, payload, ctype, extra)
@@ -214,9 +219,10 @@ class EmulatorASGI:
         return False
 
     def _limit(
-        self, acc: Account, client: str
+        self, acc: Account, client: str, *, api: bool
     ) -> tuple[int, bytes, str | None, list[tuple[bytes, bytes]]] | None:
-        """The IP block (403) and the sliding 1 s window (429), on the real monotonic clock (§4.3)."""
+        """The IP block (403, every route of an account host) and the sliding 1 s window (429, API routes),
+        on the real monotonic clock (§4.3)."""
         w = self.world
         sw = w.switches
         now = time.monotonic()
@@ -227,6 +233,8 @@ class EmulatorASGI:
                 "application/problem+json",
                 [],
             )
+        if not api:
+            return None
         window = acc.window
         while window and window[0] <= now - 1.0:
             window.popleft()
@@ -335,10 +343,9 @@ async def _swallow(_message: Message) -> None:
     return None
 
 
-async def _drop(send: Send) -> None:
+def _drop(send: Send) -> None:
     """Close the client's connection without a status line (uvicorn's transport, reached via ``send``)."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is None:
         raise ConnectionAbortedError("no transport to drop")  # not under uvicorn: the server answers 500
     transport.abort()
-    await asyncio.sleep(0.01)  # let uvicorn see the connection lost, so it does not try to answer

@@ -172,6 +172,48 @@ async def restore_contact(request: Request, base_domain: str, contact_id: int) -
     return JSONResponse({"id": contact_id, "is_deleted": False})
 
 
+USER_WRITES = {
+    "contacts": (ent.create_contacts, ent.patch_contacts),
+    "leads": (ent.create_leads, ent.patch_leads),
+    "tasks": (ent.create_tasks, ent.patch_tasks),
+}
+
+
+def _user_of(request: Request, acc: Any) -> int:
+    raw = request.query_params.get("user_id")
+    return int(raw) if raw and raw.isdigit() else int(acc.admin_id())
+
+
+@router.post("/accounts/{base_domain}/{entity}")
+async def user_create(request: Request, base_domain: str, entity: str) -> Response:
+    """A user creates entities in amoCRM's UI: the API's validation and webhooks, but outside the PBX's
+    log, stats and rate limit. Body: the API's array; ``?user_id=`` (default: the first admin)."""
+    w = world_of(request)
+    acc = w.account_named(base_domain)
+    if entity not in USER_WRITES:
+        raise Problem(404, "Not Found")
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise Problem(400, "Request body is not valid JSON") from None
+    rows = USER_WRITES[entity][0](w, acc, body, _user_of(request, acc))
+    return JSONResponse({"items": rows})
+
+
+@router.patch("/accounts/{base_domain}/{entity}/{entity_id:int}")
+async def user_patch(request: Request, base_domain: str, entity: str, entity_id: int) -> Response:
+    """A user edits one entity in amoCRM's UI (e.g. the responsible manager): fires webhooks."""
+    w = world_of(request)
+    acc = w.account_named(base_domain)
+    if entity not in USER_WRITES:
+        raise Problem(404, "Not Found")
+    rows = USER_WRITES[entity][1](
+        w, acc, [{**await body_of(request), "id": entity_id}], _user_of(request, acc)
+    )
+    return JSONResponse(rows[0])
+
+
 @router.post("/integrations")
 async def integrations(request: Request) -> Response:
     """Add an integration or change its ``redirect_uri``/``disconnect_hook``/``client_secret`` (the PBX's

@@ -455,8 +455,25 @@ def create_tasks(world: World, acc: Account, body: Any, user_id: int) -> list[Js
             "complete_till": int(item["complete_till"]),
             "account_id": acc.id,
         }
+        touch_closest_task(acc, acc.tasks[tid])
         out.append({"id": tid, "request_id": rid_of(item, n)})
     return out
+
+
+def touch_closest_task(acc: Account, task: Json) -> None:
+    """Keep the entity's ``closest_task_at`` (E6 reads it): the earliest deadline of its open tasks."""
+    etype, eid = task.get("entity_type"), task.get("entity_id")
+    if etype not in ("contacts", "leads") or eid is None:
+        return
+    entity = getattr(acc, etype).get(eid)
+    if entity is None:
+        return
+    open_tasks = [
+        t["complete_till"]
+        for t in acc.tasks.values()
+        if t["entity_type"] == etype and t["entity_id"] == eid and not t["is_completed"]
+    ]
+    entity["closest_task_at"] = min(open_tasks) if open_tasks else None
 
 
 def patch_tasks(world: World, acc: Account, items: list[Json], user_id: int) -> list[Json]:
@@ -487,6 +504,7 @@ def patch_tasks(world: World, acc: Account, items: list[Json], user_id: int) -> 
             t["result"] = item["result"]
         t["updated_at"] = world.now()
         t["updated_by"] = user_id
+        touch_closest_task(acc, t)
         out.append({"id": t["id"], "updated_at": t["updated_at"], "request_id": rid_of(item, n)})
     return out
 

@@ -40,9 +40,12 @@ def world_of(request: Request) -> World:
 
 
 def host_account(request: Request) -> Account:
+    w = world_of(request)
     host = getattr(request.state, "emu_host", None)
-    acc = world_of(request).account_for_host(host) if host else None
+    acc = w.account_for_host(host) if host else None
     if acc is None:
+        if host in w.moved:  # the account lives elsewhere now: its old host refuses every token
+            raise Problem(401, "Account has been moved")
         raise Problem(404, "Unknown account")
     return acc
 
@@ -649,7 +652,7 @@ async def list_webhooks(request: Request) -> Response:
 async def post_webhook(request: Request) -> Response:
     acc, rec = authed(request)
     hook = ent.subscribe(world_of(request), acc, await json_body(request), rec["user_id"])
-    return hal(_hook(acc, hook), status=201)
+    return hal(_hook(acc, hook))
 
 
 @router.delete("/api/v4/webhooks")

@@ -17,7 +17,6 @@ import warnings
 from typing import Any
 
 import jwt
-from jwt.warnings import InsecureKeyLengthWarning
 
 from vpbx.amocrm.emulator.world import Account, Integration, Json, Problem, World
 
@@ -84,6 +83,11 @@ def token_endpoint(world: World, host: str, body: Json) -> Json:
         if acc is None or acc.base_domain != host:
             raise oauth_problem(400, "Authorization code was issued for another account")
         code["used"] = True
+        world.installs[(acc.id, integ.client_id)] = {
+            "client_id": integ.client_id,
+            "user_id": code["user_id"],
+            "installed_at": world.now(),
+        }
         return _pair(world, acc, integ, code["user_id"])
     if grant == "refresh_token":
         _redirect_ok(integ, body, required=False)
@@ -172,6 +176,7 @@ def check_bearer(world: World, acc: Account, header: str | None) -> Json:
 
 def revoke(world: World, acc: Account, client_id: str) -> int:
     """Revoke every token of ``acc`` for ``client_id`` (uninstall); answers how many were live."""
+    world.installs.pop((acc.id, client_id), None)
     n = 0
     for rec in [*world.access.values(), *world.refresh.values()]:
         if rec["account_id"] == acc.id and rec["client_id"] == client_id and not rec["revoked"]:
@@ -205,8 +210,9 @@ def disposable_token(
         "user_id": user_id,
         "is_admin": is_admin,
     }
-    with warnings.catch_warnings():  # the fixture's secret is amoCRM-short ("emu-secret"); tests run -W error
-        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+    with warnings.catch_warnings():
+        # amoCRM issues the secret (64 characters); a fixture's may be shorter (the demo's "emu-secret")
+        warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
         return jwt.encode(claims, integ.client_secret, algorithm="HS256")
 
 

@@ -63,7 +63,11 @@ async def serve(world: World, *, host: str, port: int) -> None:
     import uvicorn
 
     app = build_app(world)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
+    )
     try:
         await server.serve()
     finally:

@@ -224,6 +224,7 @@ class World:
         self.codes: dict[str, Json] = {}
         self.access: dict[str, Json] = {}  # jti → token record
         self.refresh: dict[str, Json] = {}  # refresh token → record
+        self.installs: dict[tuple[int, str], Json] = {}  # (account id, client_id) → who installed it, when
         self.faults: list[FaultRule] = []
         self.fault_seq = 0
         self.down_until = 0.0  # monotonic
@@ -433,9 +434,7 @@ class World:
                     out.append({"kind": "refresh", "client_id": r["client_id"], "status": status})
             return out
 
-        installs = sorted(
-            {t["client_id"] for t in self.access.values() if t["account_id"] == acc.id and not t["revoked"]}
-        )
+        installs = [dict(rec) for (acc_id, _c), rec in self.installs.items() if acc_id == acc.id]
         return copy.deepcopy(
             {
                 "account": {
