@@ -60,6 +60,8 @@ async def test_settings_render_and_save_a_mapping(
 ) -> None:
     _, emu, bundle = sites
     page = await open_harness(browser, emu, bundle)
+    assert await page.locator("#emu-card-name").inner_text() == "Анна Смирнова"  # the world's card
+    assert await page.locator("#emu-phone").inner_text() == "+79161234567"
     settings = page.locator("#vpbx-widget-settings")
     await settings.get_by_text("Настройка соответствия пользователей").wait_for()
     assert await settings.locator("[data-role=domain]").inner_text() == "demo.vpbx.test"

@@ -41,6 +41,29 @@ FETCH_TIMEOUT = httpx.Timeout(5.0)
 MAX_BUNDLE = 5 * 1024 * 1024
 BUNDLE_FILES = ("manifest.json", "script.js", "i18n/ru.json", "i18n/en.json")
 LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient", "testserver")
+DEFAULT_PHONE = "+79161234567"  # the card's phone when the emulator's world does not know the card
+
+
+def _known(request: Request, account: str, user_id: int, card_type: str, card_id: str) -> dict[str, Any]:
+    """What the emulator's world (``app.state.world``, when the harness runs inside the emulator) knows of the
+    account, the user and the card: their names and the card's first phone."""
+    world = getattr(request.app.state, "world", None)
+    if world is None:
+        return {}
+    try:
+        acc = world.account_named(account)
+    except Exception:  # an unknown account: the page still renders, the token request will say why
+        return {}
+    out: dict[str, Any] = {"account_id": acc.id, "user_name": (acc.users.get(user_id) or {}).get("name")}
+    entity = getattr(acc, card_type, None) if card_type in ("contacts", "leads") else None
+    row = entity.get(int(card_id)) if isinstance(entity, dict) and card_id.isdigit() else None
+    if isinstance(row, dict):
+        out["card_name"] = row.get("name")
+        for cf in row.get("custom_fields_values") or []:
+            if cf.get("field_code") == "PHONE" and cf.get("values"):
+                out["phone"] = cf["values"][0].get("value")
+                break
+    return out
 
 
 def _loopback(request: Request) -> None:
@@ -120,7 +143,7 @@ async def harness(
     account: str = "demo.amocrm.ru",
     user_id: int = 5001,
     card: str = "contacts:9001",
-    phone: str = "+79161234567",
+    phone: str = "",
     is_admin: bool | None = None,
     lang: str = Query(default="ru", pattern="^(ru|en)$"),
 ) -> HTMLResponse:
@@ -132,13 +155,17 @@ async def harness(
     _bundles(request)[key] = files
     card_type, _, card_id = card.partition(":")
     i18n = json.loads(files.get(f"i18n/{lang}.json", b"{}") or b"{}")
+    known = _known(request, account, user_id, card_type, card_id)
     config: dict[str, Any] = {
         "account": account,
+        "account_id": known.get("account_id"),
         "subdomain": account.split(".")[0],
         "user_id": user_id,
+        "user_name": known.get("user_name") or f"user {user_id}",
         "is_admin": is_admin,
         "card": {"type": card_type, "id": int(card_id) if card_id.isdigit() else card_id},
-        "phone": phone,
+        "card_name": known.get("card_name") or "",
+        "phone": phone or known.get("phone") or DEFAULT_PHONE,
         "lang": lang,
         "i18n": i18n,
         "files": f"{PREFIX}/files/{key}",
@@ -158,7 +185,7 @@ _PAGE = """<!doctype html>
  .vpbx-error{color:#b00} .vpbx-inactive{color:#999} nav button.vpbx-current{font-weight:bold}
 </style></head>
 <body>
-<div class="emu-card" id="emu-card"><b>Карточка</b> <span id="emu-card-ref"></span>:
+<div class="emu-card" id="emu-card"><b id="emu-card-name">Карточка</b> <span id="emu-card-ref"></span>:
  <a href="#" class="emu-phone" id="emu-phone"></a></div>
 <div id="vpbx-widget-settings" class="widget_settings_block"></div>
 <script src="__JQUERY__"></script>
@@ -170,8 +197,8 @@ _PAGE = """<!doctype html>
   window.addEventListener('error', function (e) { emu.errors.push(String(e.message)); });
   window.addEventListener('unhandledrejection', function (e) { emu.errors.push(String(e.reason)); });
   function record(kind, payload) { emu.notifications.push({kind: kind, payload: payload}); }
-  var user = {id: CONFIG.user_id, name: 'user ' + CONFIG.user_id};
-  var account = {subdomain: CONFIG.subdomain, base_domain: CONFIG.account};
+  var user = {id: CONFIG.user_id, name: CONFIG.user_name};
+  var account = {id: CONFIG.account_id, subdomain: CONFIG.subdomain, base_domain: CONFIG.account};
   var APP = window.APP = window.AMOCRM = {
     constant: function (name) { return name === 'user' ? user : name === 'account' ? account : undefined; },
     data: {current_card: CONFIG.card},
@@ -242,6 +269,7 @@ _PAGE = """<!doctype html>
   var phone = document.getElementById('emu-phone');
   phone.textContent = CONFIG.phone;
   document.getElementById('emu-card-ref').textContent = CONFIG.card.type + ':' + CONFIG.card.id;
+  if (CONFIG.card_name) { document.getElementById('emu-card-name').textContent = CONFIG.card_name; }
   phone.addEventListener('click', function (ev) {
     ev.preventDefault();
     var fn = emu.actions.phone;
