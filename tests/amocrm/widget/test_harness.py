@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi import FastAPI
@@ -142,4 +143,31 @@ async def test_a_non_admin_sees_the_settings_read_only(
     assert await settings.get_by_role("button", name="Сохранить соответствия").count() == 0
     assert await settings.get_by_role("button", name="Отключить интеграцию").count() == 0
     assert await settings.locator("table.vpbx-mapping select").first.is_disabled()
+    assert await emu_errors(page) == []
+
+
+async def test_before_enabling_connect_opens_the_cabinet_with_a_ticket(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    pbx, emu, bundle = sites
+    async with world.core.sessions() as s:
+        b = await s.get(CrmBinding, world.binding_a)
+        assert b is not None
+        b.status = "disabled"
+        await s.commit()
+    page = await open_harness(browser, emu, bundle)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_role("button", name="Подключить").wait_for()
+    assert await settings.locator("[data-role=status]").inner_text() == "Не подключено"
+    assert await settings.get_by_role("button", name="Создать").count() == 1
+    assert await settings.get_by_text("Настройка соответствия пользователей").count() == 0
+    async with page.expect_popup() as opened:
+        await settings.get_by_role("button", name="Подключить").click()
+    popup = await opened.value
+    await popup.wait_for_load_state()
+    landed = urlsplit(popup.url)  # the cabinet's login first, then the connect page with the ticket
+    assert (f"{landed.scheme}://{landed.netloc}", landed.path) == (pbx, "/login")
+    after = parse_qs(landed.query)["next"][0]
+    assert after.startswith("/integrations/amocrm/connect?ticket=") and len(after) > 40
+    assert await page.evaluate("window.__emu.actions.phone") is None  # no click-to-call while off
     assert await emu_errors(page) == []

@@ -414,3 +414,37 @@ async def test_call_refusals(admin_a: Widget, user_a: Widget, world: World) -> N
     assert (r.status_code, r.json()["error"]) == (409, "user-unavailable")
     async with world.core.sessions() as s:
         assert list(await s.scalars(select(AmoCall))) == []
+
+
+async def test_call_is_scoped_by_the_tokens_account(admin_a: Widget, admin_b: Widget, world: World) -> None:
+    mapping = {"items": [{"amo_user_id": 5001, "extension": "101"}], "fallback_user_id": 5001}
+    assert (await admin_a.request("PUT", "/mapping", json=mapping)).status_code == 200
+    # account B's user 6001 is mapped nowhere in B's binding; A's mapping is not B's
+    r = await admin_b.request("POST", "/call", json={"phone": "+79161234567"})
+    assert (r.status_code, r.json()["error"]) == (409, "user-not-mapped")
+    stranger = Widget(admin_b.client, admin_b.emu, OTHER, 5001)  # A's user id, in a token of account B
+    r = await stranger.request("POST", "/call", json={"phone": "+79161234567"})
+    assert (r.status_code, r.json()["error"]) == (409, "user-not-mapped")
+    async with world.core.sessions() as s:
+        b = await s.get(CrmBinding, world.binding_b)
+        assert b is not None
+        b.status = "disabled"
+        await s.commit()
+    r = await admin_b.request("POST", "/call", json={"phone": "+79161234567"})
+    assert (r.status_code, r.json()["error"]) == (409, "binding-inactive")
+
+
+async def test_call_tokens_expired_replayed_or_for_another_origin_are_401(admin_a: Widget) -> None:
+    body = {"phone": "+79161234567"}
+    for token in (
+        await admin_a.token(ttl=-120),
+        await admin_a.token(aud="https://other-pbx.example"),
+        mint(ACCOUNT_A, 5001, secret="not-the-secret"),
+    ):
+        r = await admin_a.request("POST", "/call", json=body, headers={"X-Auth-Token": token})
+        assert (r.status_code, r.json()) == (401, {"error": "widget-token-invalid"})
+    once = await admin_a.token()
+    first = await admin_a.request("POST", "/call", json=body, headers={"X-Auth-Token": once})
+    assert first.status_code == 409  # user-not-mapped: the token itself was good
+    replay = await admin_a.request("POST", "/call", json=body, headers={"X-Auth-Token": once})
+    assert replay.status_code == 401
