@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from vpbx.amocrm.emulator import World, build_app, make_world, read_fixture
+from vpbx.amocrm.emulator import EmulatorServer, World, make_world, read_fixture
 
 DEMO_FIXTURE: dict[str, Any] = read_fixture()
 DEMO = "demo.amocrm.ru"
@@ -204,30 +204,13 @@ async def emulator(
             integ["redirect_uri"] = redirect_uri
         if disconnect_hook is not None:
             integ["disconnect_hook"] = disconnect_hook
-    world = make_world(doc, switches=switches)
-    app = build_app(world)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
-        )
-    )
-    task = asyncio.create_task(server.serve(), name="amo-emulator")
+    server = EmulatorServer(make_world(doc, switches=switches), port=port)
     try:
-        async with asyncio.timeout(WAIT_S):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
+        await server.start()
         async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            yield Emu(url=f"http://127.0.0.1:{bound}", world=world, http=http)
+            yield Emu(url=server.url, world=server.world, http=http)
     finally:
-        server.should_exit = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(WAIT_S):
-                await asyncio.gather(task, return_exceptions=True)
-        task.cancel()
-        await app.aclose()
+        await server.stop()
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,6 +174,8 @@ async def test_401_after_the_clock_passes_the_access_token_life(emu: Emu) -> Non
         assert expired.status_code == 401
         assert expired.headers["content-type"] == "application/problem+json"
         assert expired.json()["status"] == 401
+    async with emu.api(token=await bearer(emu)) as api:  # tokens minted on the advanced clock work
+        assert (await api.get("/api/v4/users")).status_code == 200
     async with emu.api() as anonymous:
         assert (await anonymous.get("/api/v4/users")).status_code == 401
     async with emu.api(token="not-a-jwt") as garbage:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from vpbx.amocrm.emulator.config import DEMO_FIXTURE_PATH, Switches, read_fixture
 from vpbx.amocrm.emulator.oauth import hook_signature
-from vpbx.amocrm.emulator.wiring import build_app, make_world, serve
+from vpbx.amocrm.emulator.wiring import EmulatorServer, build_app, make_world, serve
 from vpbx.amocrm.emulator.world import World
 
 __all__ = [
     "DEMO_FIXTURE_PATH",
+    "EmulatorServer",
     "Switches",
     "World",
     "build_app",

@@ -512,7 +512,10 @@ def patch_tasks(world: World, acc: Account, items: list[Json], user_id: int) -> 
 # --- notes ------------------------------------------------------------------------------------------------
 
 
-def check_call_params(ck: Checker, rid: str, params: Any, prefix: str = "params.") -> None:
+def check_call_params(
+    ck: Checker, rid: str, params: Any, prefix: str = "params.", *, phone: bool = False
+) -> None:
+    """A call note's ``params`` (or a call of E15, ``prefix=""``, where ``phone`` finds the card)."""
     if not isinstance(params, dict):
         ck.add(rid, "FieldMissing", prefix.rstrip("."))
         return
@@ -524,7 +527,7 @@ def check_call_params(ck: Checker, rid: str, params: Any, prefix: str = "params.
         ck.add(rid, "InvalidType", f"{prefix}duration")
     if params.get("call_status") is not None and _int(params["call_status"]) not in CALL_STATUSES:
         ck.add(rid, "NotSupportedChoice", f"{prefix}call_status")
-    if params.get("phone") is None or not str(params.get("phone")).strip():
+    if phone and not str(params.get("phone") or "").strip():
         ck.add(rid, "NotBlank", f"{prefix}phone")
 
 
@@ -824,7 +827,7 @@ def add_calls(world: World, acc: Account, body: Any, user_id: int) -> tuple[list
         rid = rid_of(item, n)
         if item.get("direction") not in ("inbound", "outbound"):
             ck.add(rid, "NotSupportedChoice" if "direction" in item else "FieldMissing", "direction")
-        check_call_params(ck, rid, item, prefix="")
+        check_call_params(ck, rid, item, prefix="", phone=True)
         check_user(acc, ck, rid, item, "responsible_user_id")
     ck.raise_if_any()
     done: list[Json] = []

@@ -156,7 +156,6 @@ def _public(doc: Json, drop: Iterable[str] = ("tags",)) -> Json:
 @router.get("/api/v4/account")
 async def account(request: Request) -> Response:
     acc, rec = authed(request)
-    w = world_of(request)
     body: Json = {
         "id": acc.id,
         "name": acc.name,
@@ -199,7 +198,6 @@ async def account(request: Request) -> Response:
         embedded["datetime_settings"] = dts  # both places: clients have been seen reading either
     if embedded:
         body["_embedded"] = embedded
-    del w
     return hal(body)
 
 

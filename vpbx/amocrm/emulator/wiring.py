@@ -3,6 +3,7 @@ exists) and the outer ASGI layer; ``serve`` runs it under uvicorn (``vpbx amocrm
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from pathlib import Path
 from typing import Any
@@ -59,19 +60,68 @@ def make_world(
     return world
 
 
-async def serve(world: World, *, host: str, port: int) -> None:
-    import uvicorn
+START_WAIT_S = 15.0
+STOP_WAIT_S = 15.0
 
-    app = build_app(world)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+
+class EmulatorServer:
+    """The emulator under uvicorn in this process's loop, a part with ``start()``/``stop()`` (the test kit;
+    ``vpbx serve --demo`` can run it alongside). ``port=0`` takes a free port; ``url`` is set by start."""
+
+    def __init__(self, world: World, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.world = world
+        self.app = build_app(world)
+        self.host = host
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host=host,
+                port=port,
+                log_level="warning",
+                lifespan="off",
+                timeout_graceful_shutdown=2,
+            )
         )
-    )
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(), name="amo-emulator")
+        async with asyncio.timeout(START_WAIT_S):
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()  # raises what stopped it (e.g. the port is taken)
+                    raise RuntimeError("the emulator stopped while starting")
+                await asyncio.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{port}"
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            try:
+                async with asyncio.timeout(STOP_WAIT_S):
+                    await asyncio.gather(self._task, return_exceptions=True)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        await self.app.aclose()
+
+    async def wait(self) -> None:
+        """Until the server stops (the CLI: Ctrl-C)."""
+        if self._task is not None:
+            await self._task
+
+
+async def serve(world: World, *, host: str, port: int) -> None:
+    server = EmulatorServer(world, host=host, port=port)
+    await server.start()
     try:
-        await server.serve()
+        await server.wait()
     finally:
-        await app.aclose()
+        await server.stop()
 
 
-__all__ = ["Switches", "build_app", "make_world", "serve"]
+__all__ = ["EmulatorServer", "Switches", "build_app", "make_world", "serve"]
