@@ -116,7 +116,8 @@ def _has_next(data: Any) -> bool:
     return isinstance(data, dict) and bool((data.get("_links") or {}).get("next"))
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
+def retry_after(resp: httpx.Response) -> float | None:
+    """A 429's ``Retry-After`` in seconds (a number or an HTTP date), None when absent or unreadable."""
     value = resp.headers.get("retry-after", "").strip()
     if not value:
         return None
@@ -188,7 +189,7 @@ def error_for(resp: httpx.Response) -> AmoError:
     if status == 403:
         return AmoForbidden(detail or "forbidden", status=403, request_id=rid)
     if status == 429:
-        return AmoRateLimited(detail or "rate limited", retry_after_s=_retry_after(resp), request_id=rid)
+        return AmoRateLimited(detail or "rate limited", retry_after_s=retry_after(resp), request_id=rid)
     if status >= 500:
         return AmoServerError(detail or f"amoCRM {status}", status=status, request_id=rid)
     return AmoError(detail or f"amoCRM {status}", status=status, request_id=rid)
@@ -408,6 +409,15 @@ class AmoClient:
         except AmoError as e:
             self.health.failure(self._clock.now(), e)
             self._health_changed()
+            log.warning(
+                "amocrm.request_failed",
+                account_id=self.account_id,
+                method=method,
+                path=path,
+                error=type(e).__name__,
+                status=e.status,
+                request_id=e.request_id,
+            )
             raise
 
     async def _attempts(
@@ -445,7 +455,7 @@ class AmoClient:
                 raise AmoUnreachable(f"{method} {path}: {type(e).__name__}") from None
             status = resp.status_code
             if status == 429:
-                self.limiter.on_429(permit, _retry_after(resp))
+                self.limiter.on_429(permit, retry_after(resp))
                 self._health_changed()
                 requeues += 1
                 if requeues > MAX_REQUEUES:
@@ -604,3 +614,36 @@ class AmoClientPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._own_http:
             await self._http.aclose()
+
+
+# One pool per process and core: every feature (routing lookups, widget API, jobs) shares the account's
+# limiter, so its whole traffic stays under the budget (§2.5). Keyed by id() with the core kept beside it
+# (``Core`` is an unhashable dataclass).
+_SHARED: dict[int, tuple[Core, AmoClientPool]] = {}
+
+
+def shared_pool(core: Core) -> AmoClientPool:
+    """The process's ``AmoClientPool`` for ``core`` (made on first use; closed by ``close_shared_pool``)."""
+    entry = _SHARED.get(id(core))
+    if entry is None or entry[0] is not core:
+        entry = _SHARED[id(core)] = (core, AmoClientPool(core))
+    return entry[1]
+
+
+async def close_shared_pool(core: Core) -> None:
+    entry = _SHARED.pop(id(core), None)
+    if entry is not None and entry[0] is core:
+        await entry[1].aclose()
+
+
+class ClientPoolPart:
+    """The runtime part that closes the shared pool (its HTTP connections, pending health copies) on stop."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await close_shared_pool(self.core)

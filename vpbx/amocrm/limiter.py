@@ -3,7 +3,9 @@
 amoCRM allows 7 requests/s; past that it answers 429 and, if that goes on, blocks the IP with 403. Every
 request of one account goes through one ``AccountLimiter``:
 
-- a token bucket at ``amocrm.rps`` (burst = rate);
+- a token bucket at ``amocrm.rps`` (burst = rate), and at most ``floor(rate)`` sends in any sliding second: a
+  bucket alone lets a full burst plus a second's refill (2 × rate) into one second, and amoCRM counts 7 in a
+  sliding second (ours);
 - two lanes: ``realtime`` (routing lookups, pop-up data) always goes before ``background`` (jobs, metadata); a
   realtime request that cannot get a token before its deadline raises ``AmoSkipped`` without being sent;
 - 429: the whole account pauses (``Retry-After`` if given, else 1, 2, 4 … 60 s with ±20 % jitter) and the rate
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +42,7 @@ RETRY_AFTER_CAP_S = (
 )
 CIRCUIT_OPEN_S = 600.0  # 403: suspected IP block, 10 minutes
 EPSILON = 1e-6
+WINDOW_S = 1.0  # the sliding second amoCRM counts requests in
 PROBE_WAIT_S = 0.05  # how often a request polls while the circuit's probe is out or realtime requests wait
 
 
@@ -61,6 +65,7 @@ class LimiterState:
     circuit: CircuitState = "closed"
     circuit_until: float = 0.0
     probe_in_flight: bool = False
+    sent: deque[float] = field(default_factory=deque)  # send times inside the last second
 
     def __post_init__(self) -> None:
         self.rate = self.configured_rate
@@ -103,8 +108,13 @@ class LimiterState:
         self._refill(now)
         if now < self.paused_until:
             return self.paused_until - now
+        while self.sent and self.sent[0] <= now - WINDOW_S:
+            self.sent.popleft()
+        if len(self.sent) >= max(1, int(self.rate)):
+            return max(self.sent[0] + WINDOW_S - now, EPSILON)
         if self.tokens >= 1.0 - EPSILON:  # float refills land a hair below whole tokens
             self.tokens = max(0.0, self.tokens - 1.0)
+            self.sent.append(now)
             return 0.0
         return (1.0 - self.tokens) / self.rate
 

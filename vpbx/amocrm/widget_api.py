@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.routing import Mount
 
 from vpbx.amocrm.api import AmoApi, AmoClients, Json
-from vpbx.amocrm.client import AmoClientPool
+from vpbx.amocrm.client import shared_pool
 from vpbx.amocrm.errors import AmoError, AmoReauthRequired
 from vpbx.amocrm.scenario import COPY_SUFFIX, DIRECTIONS, NEW_SCENARIO_NAME, Scenario, ScenarioDocument
 from vpbx.amocrm.widget_auth import WidgetCaller, widget_admin, widget_caller
@@ -102,13 +102,10 @@ async def _binding(s: AsyncSession, caller: WidgetCaller) -> CrmBinding:
 
 
 def clients(request: Request) -> AmoClients:
-    """The app's amoCRM clients (one per account); tests may put their own in ``app.state.amo_clients``."""
-    state = request.app.state
-    found: AmoClients | None = getattr(state, "amo_clients", None)
-    if found is None:
-        pool = AmoClientPool(state.core)
-        state.amo_clients = state.amo_own_pool = found = pool
-    return found
+    """The process's shared amoCRM clients (one limiter per account for every feature); a test may put its
+    own in ``app.state.amo_clients``."""
+    found: AmoClients | None = getattr(request.app.state, "amo_clients", None)
+    return found if found is not None else shared_pool(_core(request))
 
 
 # --- amoCRM's metadata, cached per account ------------------------------------------------------------
@@ -800,8 +797,7 @@ async def _remember_call(
 
 class EngineLink:
     """A part of ``AmoRuntime``: hands the running engine to the ``/amo`` sub-app for click-to-call (the
-    sub-app is built with the app, before ``vpbx serve`` makes the engine); on stop, closes the amoCRM
-    clients the widget API opened."""
+    sub-app is built with the app, before ``vpbx serve`` makes the engine)."""
 
     def __init__(self, runtime: AmoRuntime) -> None:
         self._runtime = runtime
@@ -818,10 +814,6 @@ class EngineLink:
     async def stop(self) -> None:
         if self._state is not None:
             self._state.b2bua = None
-            pool: AmoClientPool | None = getattr(self._state, "amo_own_pool", None)
-            if pool is not None:
-                self._state.amo_own_pool = self._state.amo_clients = None
-                await pool.aclose()
 
 
 __all__ = ["EngineLink", "MetaCache", "check_against_meta", "pretty_line", "router"]

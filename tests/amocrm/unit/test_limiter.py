@@ -32,18 +32,30 @@ async def drain(lim: AccountLimiter, n: int) -> list[Permit]:
     return [await lim.acquire() for _ in range(n)]
 
 
-async def test_burst_then_the_rate(ft: FakeTime) -> None:
+async def test_burst_then_the_sliding_second(ft: FakeTime) -> None:
     lim = limiter(ft)
     await drain(lim, 5)  # burst = rate = 5, no waiting
     assert ft.slept == []
     sixth = asyncio.create_task(lim.acquire())
     await ft.settle()
     assert not sixth.done()
-    await ft.run(0.15)
-    assert not sixth.done()
-    await ft.run(0.07)  # one token per 0.2 s
+    await ft.run(0.95)
+    assert not sixth.done()  # the bucket has tokens again, but 5 went out in this second already
+    await ft.run(0.07)
     assert sixth.done()
-    assert sixth.result().at == pytest.approx(1000.2, abs=0.011)
+    assert sixth.result().at == pytest.approx(1001.0, abs=0.011)
+
+
+def test_never_more_than_the_rate_in_any_second() -> None:
+    """A greedy sender for 3 s: amoCRM's sliding second never sees more than 5 (its limit is 7)."""
+    state = LimiterState(configured_rate=5.0, now=0.0)
+    sent = []
+    for step in range(300):
+        now = step * 0.01
+        while state.try_take(now) == 0.0:
+            sent.append(now)
+    assert max(sum(1 for t in sent if w <= t < w + 1.0) for w in sent) == 5
+    assert len(sent) == 15
 
 
 async def test_realtime_goes_before_background(ft: FakeTime) -> None:
@@ -59,10 +71,10 @@ async def test_realtime_goes_before_background(ft: FakeTime) -> None:
     await ft.settle()
     realtime = asyncio.create_task(take("realtime"))
     await ft.settle()
-    await ft.run(0.25)
-    assert order == ["realtime"]  # the first free token went to the later realtime request
-    await ft.run(0.25)
-    assert order == ["realtime", "background"]
+    await ft.run(0.9)
+    assert order == []
+    await ft.run(0.3)
+    assert order == ["realtime", "background"]  # the first free slot went to the later realtime request
     await asyncio.gather(background, realtime)
 
 
@@ -70,10 +82,10 @@ async def test_realtime_skipped_when_no_token_before_its_deadline(ft: FakeTime) 
     lim = limiter(ft)
     await drain(lim, 5)
     with pytest.raises(AmoSkipped):
-        await lim.acquire("realtime", deadline=ft.now + 0.1)  # next token in 0.2 s
+        await lim.acquire("realtime", deadline=ft.now + 0.5)  # the next slot is 1 s away
     assert ft.slept == []  # refused at once, without waiting
-    task = asyncio.create_task(lim.acquire("realtime", deadline=ft.now + 0.3))
-    await ft.run(0.25)
+    task = asyncio.create_task(lim.acquire("realtime", deadline=ft.now + 1.5))
+    await ft.run(1.1)
     assert task.done() and isinstance(task.result(), Permit)
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.amocrm.emu_kit import DEMO, DEMO_FIXTURE, OTHER, Emu, emulator
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
+from vpbx.amocrm.client import close_shared_pool
 from vpbx.amocrm.oauth import TokenPair
 from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
@@ -197,9 +198,7 @@ class Widget:
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         yield c
-    pool = getattr(amo_state(app), "amo_own_pool", None)
-    if pool is not None:
-        await pool.aclose()
+    await close_shared_pool(app.state.core)
 
 
 @pytest.fixture

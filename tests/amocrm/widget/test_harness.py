@@ -19,13 +19,13 @@ from tests.amocrm.widget.conftest import (
     LINE_A,
     LINE_A2,
     World,
-    amo_state,
     emu_errors,
     free_port,
     open_harness,
     serving,
 )
 from vpbx.amocrm.bundle import build
+from vpbx.amocrm.client import close_shared_pool
 from vpbx.settings import Settings
 from vpbx.store.models import AmoScenario, CrmBinding, CrmUserMap
 
@@ -51,9 +51,7 @@ async def sites(
     async with serving(app, pbx_port) as pbx:
         bundle = build(pbx, "Виртуальная АТС", tmp_path / "amocrm-widget.zip")
         yield pbx, emu.url, bundle
-    pool = getattr(amo_state(app), "amo_own_pool", None)
-    if pool is not None:
-        await pool.aclose()
+    await close_shared_pool(app.state.core)
 
 
 async def test_settings_render_and_save_a_mapping(
