@@ -38,7 +38,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
-from vpbx.crypto import token_hash
+from vpbx.amocrm import oauth, tokens
+from vpbx.amocrm.errors import AmoError, AmoReauthRequired
+from vpbx.amocrm.oauth import TokenPair
+from vpbx.crypto import SecretUnreadable, token_hash
 from vpbx.errors import IntegrationError
 from vpbx.logs import get_logger
 from vpbx.store.models import (
@@ -52,7 +55,7 @@ from vpbx.store.models import (
 
 if TYPE_CHECKING:
     from vpbx.crypto import SecretBox
-    from vpbx.settings import AmoSettings
+    from vpbx.settings import AmoSettings, Settings
 
 log = get_logger("vpbx.amocrm.binding")
 
@@ -168,52 +171,9 @@ def host_allowed(base_domain: str, extra_hosts: Sequence[str]) -> bool:
     return bool(HOST_RE.fullmatch(host)) and not host.startswith("www.")
 
 
-def api_base(settings: AmoSettings, base_domain: str) -> str:
-    return settings.api_url_template.format(base_domain=base_domain).rstrip("/")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenPair:
-    access_token: str
-    refresh_token: str
-    expires_at: dt.datetime
-
-
-async def exchange_code(
-    http: httpx.AsyncClient,
-    settings: AmoSettings,
-    base_domain: str,
-    code: str,
-    redirect_uri: str,
-    now: dt.datetime,
-) -> TokenPair:
-    """§2.2 exchange: ``POST https://{referer}/oauth2/access_token`` with ``authorization_code``."""
-    secret = settings.client_secret.get_secret_value() if settings.client_secret else ""
-    resp = await http.post(
-        f"{api_base(settings, base_domain)}/oauth2/access_token",
-        json={
-            "client_id": settings.client_id,
-            "client_secret": secret,
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-        },
-    )
-    if resp.status_code != 200:
-        raise InstallFailed(
-            f"code exchange answered {resp.status_code}", details={"status": resp.status_code}
-        )
-    body = resp.json()
-    return TokenPair(
-        access_token=str(body["access_token"]),
-        refresh_token=str(body["refresh_token"]),
-        expires_at=now + dt.timedelta(seconds=int(body.get("expires_in", 86400))),
-    )
-
-
 async def read_account(http: httpx.AsyncClient, settings: AmoSettings, base_domain: str, token: str) -> Any:
     resp = await http.get(
-        f"{api_base(settings, base_domain)}/api/v4/account",
+        f"{oauth.account_url(settings, base_domain)}/api/v4/account",
         params={"with": ACCOUNT_WITH},
         headers={"Authorization": f"Bearer {token}"},
     )
@@ -237,51 +197,47 @@ async def store_install(
     tz = str((account.get("datetime_settings") or {}).get("timezone") or "Europe/Moscow")
     row = await s.scalar(select(AmoInstall).where(AmoInstall.amo_account_id == account_id))
     if row is None:
-        row = AmoInstall(amo_account_id=account_id, token_version=0, installed_at=now)
-        s.add(row)
+        row = AmoInstall(amo_account_id=account_id, token_version=0)
     row.base_domain = base_domain
     row.client_id = client_id
     row.account_name = str(account.get("name") or "")[:255]
     row.timezone = tz[:64]
     row.auth_type = "oauth"
-    row.access_token_enc = box.seal(pair.access_token)
-    row.refresh_token_enc = box.seal(pair.refresh_token)
-    row.expires_at = pair.expires_at
-    row.token_version = (row.token_version or 0) + 1
-    row.token_state = "ok"
-    row.token_error = ""
     row.installed_at = now
-    await s.flush()
+    await tokens.store_tokens(s, box, row, pair)
     return row
 
 
 async def record_install(
     s: AsyncSession,
     box: SecretBox,
-    settings: AmoSettings,
+    settings: Settings,
     *,
     code: str,
     referer: str,
     client_id: str,
-    redirect_uri: str,
     now: dt.datetime,
     http: httpx.AsyncClient | None = None,
 ) -> AmoInstall:
     """F2.1: the OAuth callback's work. Raises ``BindError`` subclasses; the caller commits."""
-    if not settings.client_id or settings.client_secret is None:
+    amo = settings.amocrm
+    if not amo.client_id or amo.client_secret is None:
         raise NotConfigured("amoCRM integration is not configured")
-    if client_id and client_id != settings.client_id:
+    if client_id and client_id != amo.client_id:
         raise ClientMismatch("client_id is not ours")
     base_domain = referer.strip().lower()
-    if not host_allowed(base_domain, settings.extra_hosts):
+    if not host_allowed(base_domain, amo.extra_hosts):
         raise HostNotAllowed("referer not allowed", details={"referer": referer[:255]})
     own = http is None
     client = http or httpx.AsyncClient(timeout=INSTALL_TIMEOUT)
     try:
         try:
-            pair = await exchange_code(client, settings, base_domain, code, redirect_uri, now)
-            account = await read_account(client, settings, base_domain, pair.access_token)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            pair = await oauth.exchange_code(client, settings, base_domain, code, now=now)
+            account = await read_account(client, amo, base_domain, pair.access_token)
+        except (AmoError, httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            raise InstallFailed(f"install failed: {type(e).__name__}") from None
+        except Exception as e:  # a refused code must end in a clean answer too: the admin installs again
+            log.warning("amocrm.install_error", error=type(e).__name__)
             raise InstallFailed(f"install failed: {type(e).__name__}") from None
     finally:
         if own:
@@ -289,7 +245,7 @@ async def record_install(
     if not isinstance(account, dict) or "id" not in account:
         raise InstallFailed("account answer without id")
     row = await store_install(
-        s, box, client_id=settings.client_id, base_domain=base_domain, account=account, pair=pair, now=now
+        s, box, client_id=amo.client_id, base_domain=base_domain, account=account, pair=pair, now=now
     )
     log.info("amocrm.installed", account_id=row.amo_account_id, base_domain=base_domain)
     return row
@@ -298,50 +254,35 @@ async def record_install(
 async def probe_revoked(
     s: AsyncSession,
     box: SecretBox,
-    settings: AmoSettings,
+    settings: Settings,
     install: AmoInstall,
     *,
-    redirect_uri: str,
     now: dt.datetime,
     http: httpx.AsyncClient | None = None,
 ) -> bool:
     """§2.2: a disconnect hook whose signature does not verify is believed only if a refresh with the
     stored token is refused with 401 (the grant was revoked). A refresh that succeeds rotates the pair, so
-    the new one is stored at once (compare-and-swap on ``token_version``)."""
-    secret = settings.client_secret.get_secret_value() if settings.client_secret else ""
+    the new one is stored at once (compare-and-swap on ``token_version``; the caller commits)."""
     version = install.token_version
     own = http is None
     client = http or httpx.AsyncClient(timeout=INSTALL_TIMEOUT)
     try:
-        resp = await client.post(
-            f"{api_base(settings, install.base_domain)}/oauth2/access_token",
-            json={
-                "client_id": settings.client_id,
-                "client_secret": secret,
-                "grant_type": "refresh_token",
-                "refresh_token": box.open(install.refresh_token_enc),
-                "redirect_uri": redirect_uri,
-            },
+        pair = await oauth.refresh(
+            client,
+            settings,
+            install.base_domain,
+            box.open(install.refresh_token_enc),
+            access_token=box.open(install.access_token_enc),
+            now=now,
         )
-    except httpx.HTTPError as e:
+    except AmoReauthRequired as e:
+        return e.status == 401
+    except (AmoError, SecretUnreadable) as e:
         log.warning("amocrm.probe_failed", account_id=install.amo_account_id, error=type(e).__name__)
         return False
     finally:
         if own:
             await client.aclose()
-    if resp.status_code == 401:
-        return True
-    if resp.status_code != 200:
-        return False
-    try:
-        body = resp.json()
-        pair = TokenPair(
-            access_token=str(body["access_token"]),
-            refresh_token=str(body["refresh_token"]),
-            expires_at=now + dt.timedelta(seconds=int(body.get("expires_in", 86400))),
-        )
-    except (ValueError, KeyError, TypeError):
-        return False
     await s.execute(
         update(AmoInstall)
         .where(AmoInstall.id == install.id, AmoInstall.token_version == version)
@@ -349,8 +290,10 @@ async def probe_revoked(
             access_token_enc=box.seal(pair.access_token),
             refresh_token_enc=box.seal(pair.refresh_token),
             expires_at=pair.expires_at,
+            base_domain=pair.base_domain or install.base_domain,
             token_version=version + 1,
         )
+        .execution_options(synchronize_session=False)
     )
     return False
 
@@ -610,11 +553,27 @@ async def status_for(s: AsyncSession, account_id: int) -> AccountState:
         return AccountState(status, None, None, "ok")
     domain = await s.get(Domain, binding.domain_id)
     needs_reauth = install is None or install.token_state == "needs_reauth"
-    raw_health = (binding.health or {}).get("status", "ok")
-    health: Health = raw_health if raw_health in HEALTH_STATES else "ok"
     return AccountState(
         "needs_reauth" if needs_reauth else "active",
         domain.name if domain else None,
         binding.connected_at,
-        health,
+        health_of(binding.health or {}),
     )
+
+
+def health_of(health: dict[str, Any]) -> Health:
+    """The widget's health word from ``CrmBinding.health``: an explicit ``status``, else the client's record
+    (``health["client"]``, vpbx.amocrm.client): amoCRM is unreachable while its last failure, later than its
+    last success, was no answer, a 5xx, a 403 block or a 429 storm (a refused write is not an outage)."""
+    explicit = health.get("status")
+    if explicit in HEALTH_STATES:
+        return explicit  # type: ignore[no-any-return]
+    client = health.get("client")
+    if not isinstance(client, dict):
+        return "ok"
+    failed, succeeded = client.get("last_failure_at"), client.get("last_success_at")
+    if not isinstance(failed, str) or (isinstance(succeeded, str) and succeeded >= failed):
+        return "ok"
+    status = client.get("last_status")
+    outage = status is None or (isinstance(status, int) and (status >= 500 or status in (403, 429)))
+    return "amo_unreachable" if outage else "ok"

@@ -23,7 +23,6 @@ security_log = get_logger("vpbx.security")
 
 router = APIRouter()
 
-CALLBACK_PATH = "/amo/oauth/callback"
 CONNECT_PATH = "/integrations/amocrm/connect"
 # the JSON status of each refusal (the widget and amoCRM's installer read the code)
 STATUS: dict[type[svc.BindError], int] = {
@@ -38,11 +37,6 @@ STATUS: dict[type[svc.BindError], int] = {
 def _core(request: Request) -> Core:
     core: Core = request.app.state.core
     return core
-
-
-def redirect_uri(core: Core) -> str:
-    """Our ``redirect_uri`` as registered in amoCRM (§2.2)."""
-    return public_origin(core.settings) + CALLBACK_PATH
 
 
 def _refused(e: svc.BindError) -> HTTPException:
@@ -68,11 +62,10 @@ async def oauth_callback(
             install = await svc.record_install(
                 s,
                 core.box,
-                core.settings.amocrm,
+                core.settings,
                 code=code,
                 referer=referer,
                 client_id=client_id,
-                redirect_uri=redirect_uri(core),
                 now=core.clock.now(),
             )
         except svc.BindError as e:
@@ -108,7 +101,7 @@ async def disconnect_hook(
         if not signature_ok(amo.client_secret.get_secret_value(), client_uuid, account_id, signature):
             install = await svc.install_of(s, account)
             revoked = install is not None and await svc.probe_revoked(
-                s, core.box, amo, install, redirect_uri=redirect_uri(core), now=now
+                s, core.box, core.settings, install, now=now
             )
             if not revoked:
                 await s.commit()  # a refresh that succeeded rotated the pair: keep the new one

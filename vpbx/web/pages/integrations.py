@@ -162,8 +162,9 @@ async def connect(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core:
         await amo.use_ticket(s, raw, now)
     except amo.BindError:
         await s.rollback()
-        modal = await _connect_modal(s, core, p.tenant, raw, install)
-        if modal["kind"] == "ready":  # the ticket went meanwhile (another tab)
+        found = await _ticket_install(s, raw, core)
+        modal = await _connect_modal(s, core, p.tenant, raw, found[1]) if found else _invalid_ticket(True)
+        if modal["kind"] == "ready":  # linked or used meanwhile (another tab)
             modal = _invalid_ticket(True)
         return await _page(request, r, s, core, p.tenant, modal=modal, status_code=409)
     await s.commit()
