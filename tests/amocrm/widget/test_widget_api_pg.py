@@ -53,7 +53,14 @@ async def settings(settings: Settings) -> AsyncIterator[Settings]:
         try:
             yield settings.model_copy(update={"database_url": url})
         finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for attempt in range(CREATE_ATTEMPTS):  # a shared server's FORCE may meet another role's backend
+                try:
+                    async with admin.connect() as conn:
+                        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                    break
+                except DBAPIError:
+                    if attempt == CREATE_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(0.5)
     finally:
         await admin.dispose()
