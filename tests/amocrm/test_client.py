@@ -24,6 +24,7 @@ from vpbx.amocrm import oauth
 from vpbx.amocrm.client import AmoClient, AmoClientPool, close_shared_pool, shared_pool
 from vpbx.amocrm.errors import (
     AmoEntityNotFound,
+    AmoForbidden,
     AmoReauthRequired,
     AmoServerError,
     AmoSkipped,
@@ -325,6 +326,8 @@ async def test_429_storm_all_succeed_without_403(tmp_path: Path, migrated_templa
         assert 403 not in statuses
         health = rr.pool.health(DEMO_ID)
         assert health["count_429"] == statuses.count(429)
+        assert health["rate"] <= 5.0 and health["circuit"] == "closed"
+        assert health["circuit_open_until"] is None
         assert health["last_success_at"]
 
 
@@ -340,6 +343,21 @@ async def test_server_errors_unknown_outcomes_and_read_retry(r: Rig) -> None:
     assert [t["text"] for t in (await r.emu.state())["tasks"]] == ["Дважды?"]  # applied; not re-sent
     await r.emu.fault(method="GET", path_regex="^/api/v4/users$", reset_connection=True)
     assert len(await c.users()) == 3  # a read is tried once more after a dropped connection
+
+
+async def test_403_opens_the_circuit(r: Rig) -> None:
+    c = r.client()
+    await r.emu.fault(method="GET", path_regex="^/api/v4/account$", status=403, body="blocked")
+    with pytest.raises(AmoForbidden):
+        await c.account()
+    sent = len(await r.emu.log())
+    with pytest.raises(AmoForbidden):  # held: nothing is sent while the circuit is open
+        await c.users()
+    with pytest.raises(AmoSkipped):
+        await c.search_contacts("9161234567", lane="realtime", deadline=loop_time() + 1)
+    assert len(await r.emu.log()) == sent
+    health = r.pool.health(DEMO_ID)
+    assert health["circuit"] == "open" and health["circuit_open_until"] and health["last_status"] == 403
 
 
 async def test_realtime_deadline(r: Rig) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.amocrm.client_kit import ACCOUNT_IDS, amo_settings, install_tokens
 from tests.amocrm.emu_kit import DEMO, Emu, emulator
@@ -52,10 +53,25 @@ async def db_url(
         try:
             yield url
         finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await drop_database(admin, name)
     finally:
         await admin.dispose()
+
+
+DROP_TRIES = 20
+
+
+async def drop_database(admin: AsyncEngine, name: str) -> None:
+    """DROP … WITH (FORCE), again while an autovacuum worker (which FORCE may not end) is still in it."""
+    for attempt in range(DROP_TRIES):
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            if attempt == DROP_TRIES - 1:
+                raise
+            await asyncio.sleep(0.5)  # the worker's own run: nothing to wait on from here
 
 
 class Sleeps:
@@ -235,4 +251,17 @@ async def test_long_lived_token_never_refreshes(emu: Emu, db_url: str, tmp_path:
         with pytest.raises(AmoReauthRequired):
             await tokens.after_unauthorized(DEMO_ID, used)
         assert await refreshes_sent(emu) == 0
+        assert (await row_of(core)).token_state == "needs_reauth"
+
+
+async def test_forced_refresh_probes_the_grant(emu: Emu, db_url: str, tmp_path: Path) -> None:
+    async with process(emu, db_url, tmp_path) as (core, tokens, _):
+        await install_tokens(core, emu)
+        before = await tokens.credentials(DEMO_ID)
+        after = await tokens.force_refresh(DEMO_ID)  # granted: rotated and stored
+        assert after.version == before.version + 1 and await refreshes_sent(emu) == 1
+        await emu.uninstall(call_hook=False)
+        with pytest.raises(AmoReauthRequired) as e:
+            await tokens.force_refresh(DEMO_ID)
+        assert e.value.status == 401  # revoked
         assert (await row_of(core)).token_state == "needs_reauth"

@@ -579,7 +579,12 @@ class AmoClientPool:
     def health(self, amo_account_id: int) -> dict[str, Any]:
         """The account's client health for the panel: last success/failure, last error, limiter state."""
         client = self.for_account(amo_account_id)
-        return client.health.as_dict(client.limiter.snapshot())
+        snap = client.limiter.snapshot()
+        now = self._core.clock.now()
+        for key, until in (("paused_for_s", "paused_until"), ("circuit_open_for_s", "circuit_open_until")):
+            left = float(snap[key])
+            snap[until] = (now + dt.timedelta(seconds=left)).isoformat() if left > 0 else None
+        return client.health.as_dict(snap)
 
     def _health_changed(self, account_id: int) -> None:
         now = self._monotonic()

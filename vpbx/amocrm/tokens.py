@@ -128,6 +128,17 @@ class TokenManager:
         """A request with ``used`` got 401: refresh once (unless someone already did); the new token."""
         return await self._refresh(account_id, used.version, reason="401")
 
+    async def force_refresh(self, account_id: int) -> Credentials:
+        """Refresh now, under the account's lock and CAS like any other refresh (e.g. the disconnect hook's
+        probe, §2.2: ``AmoReauthRequired`` with status 401 means the grant was revoked)."""
+        async with self._sessions() as s:
+            version = await s.scalar(
+                select(AmoInstall.token_version).where(AmoInstall.amo_account_id == account_id)
+            )
+        if version is None:
+            raise AmoReauthRequired("amoCRM account is not installed")
+        return await self._refresh(account_id, version, reason="forced")
+
     def _expiring(self, creds: Credentials) -> bool:
         return creds.expires_at is not None and creds.expires_at - REFRESH_MARGIN <= self._clock.now()
 
