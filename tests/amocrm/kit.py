@@ -31,6 +31,7 @@ import uvicorn
 
 from tests.conftest import TEST_SECRET
 from vpbx.amocrm import binding as amo
+from vpbx.amocrm.client import close_shared_pool
 from vpbx.app import Core, create_app
 from vpbx.settings import AmoSettings, Settings
 from vpbx.store.models import AmoInstall, CrmBinding
@@ -169,6 +170,7 @@ async def pbx_for(emu: Emu, data_dir: Path, template_db: Path) -> AsyncIterator[
             async with asyncio.timeout(WAIT_S):
                 await asyncio.gather(task, return_exceptions=True)
         task.cancel()
+        await close_shared_pool(app.state.core)
         await app.state.core.engine.dispose()
         sock.close()
 

@@ -41,7 +41,7 @@ from vpbx import billing
 from vpbx.amocrm import oauth, tokens
 from vpbx.amocrm.errors import AmoError, AmoReauthRequired
 from vpbx.amocrm.oauth import TokenPair
-from vpbx.crypto import SecretUnreadable, token_hash
+from vpbx.crypto import token_hash
 from vpbx.errors import IntegrationError
 from vpbx.logs import get_logger
 from vpbx.store.models import (
@@ -54,6 +54,7 @@ from vpbx.store.models import (
 )
 
 if TYPE_CHECKING:
+    from vpbx.amocrm.tokens import TokenManager
     from vpbx.crypto import SecretBox
     from vpbx.settings import AmoSettings, Settings
 
@@ -251,50 +252,17 @@ async def record_install(
     return row
 
 
-async def probe_revoked(
-    s: AsyncSession,
-    box: SecretBox,
-    settings: Settings,
-    install: AmoInstall,
-    *,
-    now: dt.datetime,
-    http: httpx.AsyncClient | None = None,
-) -> bool:
+async def probe_revoked(tokens: TokenManager, account_id: int) -> bool:
     """§2.2: a disconnect hook whose signature does not verify is believed only if a refresh with the
-    stored token is refused with 401 (the grant was revoked). A refresh that succeeds rotates the pair, so
-    the new one is stored at once (compare-and-swap on ``token_version``; the caller commits)."""
-    version = install.token_version
-    own = http is None
-    client = http or httpx.AsyncClient(timeout=INSTALL_TIMEOUT)
+    stored token is refused with 401 (the grant was revoked). The refresh is the client's own (the account's
+    lock and compare-and-swap): one that succeeds stores the rotated pair, one refused otherwise leaves the
+    install ``needs_reauth``."""
     try:
-        pair = await oauth.refresh(
-            client,
-            settings,
-            install.base_domain,
-            box.open(install.refresh_token_enc),
-            access_token=box.open(install.access_token_enc),
-            now=now,
-        )
+        await tokens.force_refresh(account_id)
     except AmoReauthRequired as e:
         return e.status == 401
-    except (AmoError, SecretUnreadable) as e:
-        log.warning("amocrm.probe_failed", account_id=install.amo_account_id, error=type(e).__name__)
-        return False
-    finally:
-        if own:
-            await client.aclose()
-    await s.execute(
-        update(AmoInstall)
-        .where(AmoInstall.id == install.id, AmoInstall.token_version == version)
-        .values(
-            access_token_enc=box.seal(pair.access_token),
-            refresh_token_enc=box.seal(pair.refresh_token),
-            expires_at=pair.expires_at,
-            base_domain=pair.base_domain or install.base_domain,
-            token_version=version + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    except AmoError as e:
+        log.warning("amocrm.probe_failed", account_id=account_id, error=type(e).__name__)
     return False
 
 

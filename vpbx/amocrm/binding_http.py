@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from vpbx.amocrm import binding as svc
+from vpbx.amocrm.client import shared_pool
 from vpbx.amocrm.widget_auth import WidgetCaller, public_origin, widget_admin, widget_caller
 from vpbx.logs import get_logger
 
@@ -72,7 +73,8 @@ async def oauth_callback(
             log.warning("amocrm.install_refused", error=e.code, from_widget=bool(from_widget))
             raise _refused(e) from None
         await s.commit()
-        return JSONResponse({"status": "installed", "account_id": install.amo_account_id})
+    shared_pool(core).tokens.forget(install.amo_account_id)  # a reinstall's pair replaces any cached one
+    return JSONResponse({"status": "installed", "account_id": install.amo_account_id})
 
 
 def signature_ok(secret: str, client_uuid: str, account_id: str, signature: str) -> bool:
@@ -97,19 +99,18 @@ async def disconnect_hook(
         raise HTTPException(400, detail={"error": "invalid-request"})
     account = int(account_id)
     now = core.clock.now()
+    pool = shared_pool(core)
+    if not signature_ok(amo.client_secret.get_secret_value(), client_uuid, account_id, signature):
+        async with core.sessions() as s:
+            installed = await svc.install_of(s, account) is not None
+        if not installed or not await svc.probe_revoked(pool.tokens, account):
+            security_log.warning("amocrm.disconnect_bad_signature", account_id=account)
+            raise HTTPException(403, detail={"error": "signature-invalid"})
+        log.info("amocrm.disconnect_confirmed_by_probe", account_id=account)
     async with core.sessions() as s:
-        if not signature_ok(amo.client_secret.get_secret_value(), client_uuid, account_id, signature):
-            install = await svc.install_of(s, account)
-            revoked = install is not None and await svc.probe_revoked(
-                s, core.box, core.settings, install, now=now
-            )
-            if not revoked:
-                await s.commit()  # a refresh that succeeded rotated the pair: keep the new one
-                security_log.warning("amocrm.disconnect_bad_signature", account_id=account)
-                raise HTTPException(403, detail={"error": "signature-invalid"})
-            log.info("amocrm.disconnect_confirmed_by_probe", account_id=account)
         await svc.uninstall(s, account, now=now)
         await s.commit()
+    pool.tokens.forget(account)
     return Response(status_code=204)
 
 
