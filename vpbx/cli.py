@@ -21,7 +21,7 @@ domain_app = typer.Typer(help="Domains (tenants)", no_args_is_help=True)
 user_app = typer.Typer(help="Users of a domain", no_args_is_help=True)
 operator_app = typer.Typer(help="Platform operators", no_args_is_help=True)
 numbering_app = typer.Typer(help="The numbering table (recipients' time zones)", no_args_is_help=True)
-amocrm_app = typer.Typer(help="amoCRM integration tools: the emulator", no_args_is_help=True)
+amocrm_app = typer.Typer(help="amoCRM integration tools: the emulator, the widget", no_args_is_help=True)
 app.add_typer(domain_app, name="domain")
 app.add_typer(user_app, name="user")
 app.add_typer(operator_app, name="operator")
@@ -238,6 +238,25 @@ def amocrm_emulator(
         raise typer.Exit(2) from e
     typer.echo(f"amoCRM emulator on http://{host}:{port} (accounts: {', '.join(world.hosts)})")
     asyncio.run(serve(world, host=host, port=port))
+
+
+@amocrm_app.command("widget-build")
+def amocrm_widget_build(
+    backend: Annotated[
+        str, typer.Option("--backend", help="Our public origin, e.g. https://pbx.example.org")
+    ],
+    name: Annotated[str, typer.Option("--name", help="The widget's name in amoCRM")] = "Виртуальная АТС",
+    out: Annotated[Path, typer.Option("--out", help="The zip to write")] = Path("dist/amocrm-widget.zip"),
+) -> None:
+    """Build the amoCRM widget's zip (amocrm.md §3.1) with the backend origin baked in."""
+    from vpbx.amocrm.bundle import BundleError, build
+
+    try:
+        path = build(backend, name, out)
+    except BundleError as e:
+        typer.echo(f"vpbx: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(str(path))
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware
 
-from vpbx.amocrm import binding_http
+from vpbx.amocrm import binding_http, widget_api
 from vpbx.amocrm.client import ClientPoolPart
 from vpbx.amocrm.widget_auth import verifier_for
 from vpbx.logs import get_logger
@@ -73,6 +73,7 @@ def amo_app(core: Core) -> FastAPI:
     sub.include_router(
         binding_http.router
     )  # OAuth callback, disconnect hook, /state, /connect-ticket, /disconnect
+    sub.include_router(widget_api.router)
     return sub
 
 
@@ -88,6 +89,7 @@ class AmoRuntime:
     async def start(self) -> None:
         # parts are appended here by the feature modules
         self.parts.append(ClientPoolPart(self.core))  # closes the shared amoCRM client pool last
+        self.parts.append(widget_api.EngineLink(self))
         for part in self.parts:
             await part.start()
 

@@ -1,0 +1,171 @@
+"""The widget in the harness (amocrm.md §4.7) in Debian's Chromium, against our backend over real HTTP: the
+settings render, a mapping is saved (and a repeated extension is stopped in the page), a scenario is added
+and saved; a non-admin sees everything read-only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from fastapi import FastAPI
+from playwright.async_api import Browser
+from sqlalchemy import select
+
+from tests.amocrm.emu_kit import Emu
+from tests.amocrm.widget.conftest import (
+    LINE_A,
+    LINE_A2,
+    World,
+    emu_errors,
+    free_port,
+    open_harness,
+    serving,
+)
+from vpbx.amocrm.bundle import build
+from vpbx.amocrm.client import close_shared_pool
+from vpbx.settings import Settings
+from vpbx.store.models import AmoScenario, CrmBinding, CrmUserMap
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def pbx_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def settings(settings: Settings, emu: Emu, pbx_port: int) -> Settings:
+    """Our origin is where the test serves the app; the emulator's page may call us (CORS)."""
+    amo = settings.amocrm.model_copy(update={"widget_origins": [emu.url]})
+    return settings.model_copy(update={"public_url": f"http://127.0.0.1:{pbx_port}", "amocrm": amo})
+
+
+@pytest.fixture
+async def sites(
+    app: FastAPI, world: World, emu: Emu, pbx_port: int, tmp_path: Path
+) -> AsyncIterator[tuple[str, str, Path]]:
+    async with serving(app, pbx_port) as pbx:
+        bundle = build(pbx, "Виртуальная АТС", tmp_path / "amocrm-widget.zip")
+        yield pbx, emu.url, bundle
+    await close_shared_pool(app.state.core)
+
+
+async def test_settings_render_and_save_a_mapping(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    _, emu, bundle = sites
+    page = await open_harness(browser, emu, bundle)
+    assert await page.locator("#emu-card-name").inner_text() == "Анна Смирнова"  # the world's card
+    assert await page.locator("#emu-phone").inner_text() == "+79161234567"
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_text("Настройка соответствия пользователей").wait_for()
+    assert await settings.locator("[data-role=domain]").inner_text() == "demo.vpbx.test"
+    assert await settings.locator("[data-role=status]").inner_text() == "Подключено"
+    assert await settings.get_by_role("button", name="Отключить интеграцию").count() == 1
+    rows = settings.locator("table.vpbx-mapping tr[data-user]")
+    assert await rows.count() == 4
+    assert await rows.nth(3).get_attribute("class") == "vpbx-inactive"  # greyed out (F7)
+    options = await rows.nth(0).locator("select option").all_inner_texts()
+    assert options == ["Не выбран", "101 — Иван", "102 — Мария", "103 — Пётр"]
+    # a repeated extension is stopped in the page; nothing reaches the backend
+    await rows.nth(0).locator("select").select_option("101")
+    await rows.nth(1).locator("select").select_option("101")
+    await settings.locator("select[data-field=fallback]").select_option("5002")
+    await settings.get_by_role("button", name="Сохранить соответствия").click()
+    await settings.get_by_text("Внутренний номер 101 выбран несколько раз").wait_for()
+    # fixed: saved
+    await rows.nth(1).locator("select").select_option("102")
+    await settings.get_by_role("button", name="Сохранить соответствия").click()
+    await settings.get_by_text("Сохранено").wait_for()
+    async with world.core.sessions() as s:
+        mapped = {(r.crm_user_id, r.extension) for r in await s.scalars(select(CrmUserMap))}
+        binding = await s.get(CrmBinding, world.binding_a)
+    assert mapped == {(5001, "101"), (5002, "102")}
+    assert binding is not None and binding.fallback_user_id == 5002
+    saves = [r for r in await page.evaluate("window.__emu.requests") if r["method"] == "PUT"]
+    assert [(r["status"], json.loads(r["body"])["fallback_user_id"]) for r in saves] == [(200, 5002)]
+    assert await emu_errors(page) == []
+
+
+async def test_a_scenario_is_added_and_saved(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    _, emu, bundle = sites
+    page = await open_harness(browser, emu, bundle)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_text("Управление сценариями обработки вызовов").wait_for()
+    await settings.get_by_role("button", name="+", exact=True).click()
+    tab = settings.locator("nav.vpbx-tabs").get_by_role("button", name="Новый сценарий")
+    await tab.click()
+    await settings.get_by_text("Список входящих номеров").wait_for()
+    lines = settings.locator("ul.vpbx-lines li")
+    assert await lines.all_inner_texts() == ["+7 495 123-45-67 ×", "+7 495 123-45-68 ×"]
+    await lines.nth(1).get_by_role("button", name="×").click()  # «×» removes a line
+    assert await settings.locator("ul.vpbx-lines li").count() == 1
+    await settings.locator("input[data-path='smart_routing.enabled']").check()
+    await settings.locator("input[data-path='events.incoming.new.enabled']").check()
+    await settings.locator("input[data-path='events.incoming.new.contact.enabled']").check()
+    await settings.locator("input[data-path='events.incoming.new.contact.tags']").fill("Входящий звонок, amo")
+    await settings.locator("select[data-path='events.incoming.new.lead']").select_option("7000:7002")
+    await settings.locator("nav.vpbx-event-tabs").get_by_role("button", name="Пропущенные").click()
+    await settings.locator("input[data-path='events.missed.new.task.enabled']").check()
+    await settings.get_by_role("button", name="Сохранить настройки").click()
+    await settings.get_by_text("Сохранено").wait_for()
+    async with world.core.sessions() as s:
+        row = (await s.scalars(select(AmoScenario))).one()
+    assert row.name == "Новый сценарий" and row.is_active
+    doc = row.document
+    assert doc["smart_routing"]["enabled"] is True
+    new = doc["events"]["incoming"]["new"]
+    assert new["enabled"] and new["contact"]["enabled"]
+    assert new["contact"]["tags"] == ["Входящий звонок", "amo"]
+    assert (new["lead"]["pipeline_id"], new["lead"]["status_id"]) == (7000, 7002)
+    assert doc["events"]["missed"]["new"]["task"]["enabled"] is True
+    listed = json.loads(await page.evaluate("JSON.stringify(window.__emu.requests.slice(-1)[0])"))
+    assert listed["status"] == 200 and listed["answer"]["lines"] == [LINE_A]
+    assert LINE_A2 not in listed["answer"]["lines"]
+    assert await emu_errors(page) == []
+
+
+async def test_a_non_admin_sees_the_settings_read_only(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    _, emu, bundle = sites
+    page = await open_harness(browser, emu, bundle, user_id=5002)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_text("Настройка соответствия пользователей").wait_for()
+    assert await settings.get_by_role("button", name="Сохранить соответствия").count() == 0
+    assert await settings.get_by_role("button", name="Отключить интеграцию").count() == 0
+    assert await settings.locator("table.vpbx-mapping select").first.is_disabled()
+    assert await emu_errors(page) == []
+
+
+async def test_before_enabling_connect_opens_the_cabinet_with_a_ticket(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    pbx, emu, bundle = sites
+    async with world.core.sessions() as s:
+        b = await s.get(CrmBinding, world.binding_a)
+        assert b is not None
+        b.status = "disabled"
+        await s.commit()
+    page = await open_harness(browser, emu, bundle)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_role("button", name="Подключить").wait_for()
+    assert await settings.locator("[data-role=status]").inner_text() == "Не подключено"
+    assert await settings.get_by_role("button", name="Создать").count() == 1
+    assert await settings.get_by_text("Настройка соответствия пользователей").count() == 0
+    async with page.expect_popup() as opened:
+        await settings.get_by_role("button", name="Подключить").click()
+    popup = await opened.value
+    await popup.wait_for_load_state()
+    landed = urlsplit(popup.url)  # the cabinet's login first, then the connect page with the ticket
+    assert (f"{landed.scheme}://{landed.netloc}", landed.path) == (pbx, "/login")
+    after = parse_qs(landed.query)["next"][0]
+    assert after.startswith("/integrations/amocrm/connect?ticket=") and len(after) > 40
+    assert await page.evaluate("window.__emu.actions.phone") is None  # no click-to-call while off
+    assert await emu_errors(page) == []
