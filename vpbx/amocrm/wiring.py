@@ -68,6 +68,9 @@ def amo_app(core: Core) -> FastAPI:
         return JSONResponse({"error": "invalid-request", "errors": errors[:50]}, status_code=422)
 
     # feature routers (each an APIRouter with its own paths under /amo)
+    from vpbx.amocrm.hooks import router as hooks_router
+
+    sub.include_router(hooks_router)  # E18: /amo/hooks/{hook_secret}
     return sub
 
 
