@@ -320,7 +320,7 @@ class AmoRoutingHook:
             "contact_id": contact.id if contact else None,
             "contact_name": contact.name if contact else "",
             "responsible_user_id": contact.responsible_user_id if contact else None,
-            "route": route.as_json(),
+            "route": {**route.as_json(), "lookup_source": result.source},
         }
         key = {"binding_id": setup.binding.id, "session_id": query.session_id}
         try:

@@ -137,7 +137,12 @@ async def test_a_known_caller_goes_to_the_responsibles_extension_with_the_name(
     assert answer == RoutingAnswer(pin="101", display_name="Анна Смирнова", overflow_after_s=20)
     await hook.drain()
     row = await context(core, world, q.session_id)
-    assert row.route == {"step": "responsible", "why": "contact-responsible", "pin": "101"}
+    assert row.route == {
+        "step": "responsible",
+        "why": "contact-responsible",
+        "pin": "101",
+        "lookup_source": "api",
+    }
     assert (row.lookup, row.contact_id, row.contact_name, row.responsible_user_id) == (
         "hit",
         9001,
@@ -191,6 +196,7 @@ async def test_a_busy_or_unregistered_responsible_goes_to_the_fallback(core: Cor
         "step": "fallback",
         "why": "responsible-busy",
         "pin": "102",
+        "lookup_source": "cache",
     }
 
 
