@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from vpbx.amocrm.api import Json
 from vpbx.amocrm.errors import AmoError
 from vpbx.app import Core
@@ -146,6 +148,47 @@ class World:
     scenario_id: int
 
 
+async def bind_rows(
+    s: AsyncSession,
+    domain_id: uuid.UUID,
+    *,
+    account: int = ACCOUNT,
+    line: str = LINE,
+    smart: bool = True,
+    excluded: Sequence[int] = EXCLUDED,
+    mapping: dict[int, str] | None = None,
+    fallback: int | None = FALLBACK,
+    base_domain: str = "demo.amocrm.ru",
+    client_id: str = "test",
+) -> tuple[AmoInstall, CrmBinding, AmoScenario]:
+    """The install, the active binding, the user map and «Основной» holding ``line`` (flushed, not committed);
+    what amobind's activation and amowidget's scenario API write, inserted directly."""
+    install = AmoInstall(amo_account_id=account, base_domain=base_domain, client_id=client_id)
+    s.add(install)
+    binding = CrmBinding(
+        domain_id=domain_id,
+        external_account_id=account,
+        base_domain=base_domain,
+        status="active",
+        fallback_user_id=fallback,
+        hook_secret=secrets.token_urlsafe(24),
+    )
+    s.add(binding)
+    await s.flush()
+    for user_id, ext in (MAPPING if mapping is None else mapping).items():
+        s.add(CrmUserMap(binding_id=binding.id, crm_user_id=user_id, extension=ext))
+    scenario = AmoScenario(
+        binding_id=binding.id,
+        name="Основной",
+        document={"smart_routing": {"enabled": smart, "excluded_user_ids": list(excluded)}},
+    )
+    s.add(scenario)
+    await s.flush()
+    s.add(AmoScenarioLine(scenario_id=scenario.id, line=line))
+    await s.flush()
+    return install, binding, scenario
+
+
 async def build_world(
     core: Core,
     name: str = "demo.vpbx.test",
@@ -165,29 +208,21 @@ async def build_world(
                 s, d.id, users.UserInput(name=f"user{pin}", display_name=f"User {pin}", pin=pin), box=core.box
             )
         await lines.create_number(s, d.id, lines.NumberInput(number=line))
-        s.add(AmoInstall(amo_account_id=account, base_domain="demo.amocrm.ru", client_id="test"))
-        secret = secrets.token_urlsafe(24)
-        binding = CrmBinding(
-            domain_id=d.id,
-            external_account_id=account,
-            base_domain="demo.amocrm.ru",
-            status="active",
-            fallback_user_id=fallback,
-            hook_secret=secret,
+        _, binding, scenario = await bind_rows(
+            s,
+            d.id,
+            account=account,
+            line=line,
+            smart=smart,
+            excluded=excluded,
+            mapping=mapping,
+            fallback=fallback,
         )
-        s.add(binding)
-        await s.flush()
-        for user_id, ext in (MAPPING if mapping is None else mapping).items():
-            s.add(CrmUserMap(binding_id=binding.id, crm_user_id=user_id, extension=ext))
-        scenario = AmoScenario(
-            binding_id=binding.id,
-            name="Основной",
-            document={"smart_routing": {"enabled": smart, "excluded_user_ids": list(excluded)}},
-        )
-        s.add(scenario)
-        await s.flush()
-        s.add(AmoScenarioLine(scenario_id=scenario.id, line=line))
         await s.commit()
         return World(
-            domain_id=d.id, domain=name, binding_id=binding.id, hook_secret=secret, scenario_id=scenario.id
+            domain_id=d.id,
+            domain=name,
+            binding_id=binding.id,
+            hook_secret=binding.hook_secret,
+            scenario_id=scenario.id,
         )

@@ -137,18 +137,25 @@ class AmoRoutingHook:
         clients: AmoClients,
         *,
         b2bua: Any = None,
+        app: Any = None,
         lookup: PhoneLookup | None = None,
         calls: CallRegistry | None = None,
+        owned: Any = None,
     ) -> None:
         self.core = core
         self.clients = clients
         self.b2bua = b2bua
+        self.app = app  # the main app: the /amo sub-app gets the lookup (webhooks re-read through it)
+        self._owned = owned  # a client pool this part made, closed on stop
         self.lookup = lookup or PhoneLookup(core.sessions, clients, core.clock)
         self.calls = calls if calls is not None else (b2bua.registry if b2bua is not None else core.calls)
         self._inactive: dict[int, tuple[float, frozenset[int]]] = {}  # account → (read at, inactive users)
         self._writes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        sub = _amo_sub_app(self.app)
+        if sub is not None:
+            sub.state.amo_lookup = self.lookup
         if self.b2bua is not None:
             self.b2bua.routing_hooks.append((HOOK_NAME, self))
 
@@ -157,6 +164,8 @@ class AmoRoutingHook:
             self.b2bua.routing_hooks[:] = [(n, h) for n, h in self.b2bua.routing_hooks if h is not self]
         await self.lookup.stop()
         await asyncio.gather(*list(self._writes), return_exceptions=True)
+        if self._owned is not None:
+            await self._owned.aclose()
 
     async def __call__(self, query: RoutingQuery) -> RoutingAnswer | None:
         async with self.core.sessions() as s:
@@ -342,3 +351,26 @@ class AmoRoutingHook:
         """Wait for the decisions being written (tests)."""
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+
+def _amo_sub_app(app: Any) -> Any:
+    """The ``/amo`` sub-application mounted on ``app`` (None when there is none)."""
+    from starlette.routing import Mount
+
+    from vpbx.amocrm.wiring import PREFIX
+
+    for route in getattr(app, "routes", ()):
+        if isinstance(route, Mount) and route.path == PREFIX:
+            return route.app
+    return None
+
+
+def routing_part(runtime: Any) -> AmoRoutingHook:
+    """The ИМК as an ``AmoRuntime`` part: the runtime's shared client pool when it has one, else its own."""
+    from vpbx.amocrm.client import AmoClientPool
+
+    shared = getattr(runtime, "clients", None)
+    pool = shared if shared is not None else AmoClientPool(runtime.core)
+    return AmoRoutingHook(
+        runtime.core, pool, b2bua=runtime.b2bua, app=runtime.app, owned=None if shared is not None else pool
+    )

@@ -85,6 +85,9 @@ class AmoRuntime:
 
     async def start(self) -> None:
         # parts are appended here by the feature modules
+        from vpbx.amocrm.routing import routing_part
+
+        self.parts.append(routing_part(self))  # the ИМК: routing hook, phone cache, webhook re-reads
         for part in self.parts:
             await part.start()
 
