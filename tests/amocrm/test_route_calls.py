@@ -1,0 +1,208 @@
+"""The ИМК end to end (amocrm.md §6 examples 2–5, 14; F9): ``vpbx serve`` with the amoCRM emulator, SIPp as
+the carrier and baresip phones.
+
+The domain has extensions 101–103 and the line +74951234567, whose PBX rule is the sequential group 101 → 102.
+The binding to ``demo.amocrm.ru`` is inserted as rows (install with a real token pair from the emulator's
+token endpoint, mapping 5001↔101, 5002↔102, 5003↔103, fallback 5002, scenario «Основной» with smart routing
+on and 5003 excluded). The phones auto-answer; which one rang, and the name it showed, is read from baresip's
+events; the decision from the call's ``amo_calls`` row; amoCRM's side from the emulator's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from tests.amocrm.emu_kit import Emu, emulator
+from tests.amocrm.route_kit import LINE, bind_rows
+from tests.integration.peers.baresip import Account, Baresip
+from tests.integration.peers.net import wait_until
+from tests.integration.peers.process import require_binary
+from tests.integration.peers.sipp import run_sipp
+from tests.integration.test_calls import Server, running
+from tests.integration.test_incoming_calls import carrier_run, line_to
+from vpbx.amocrm.oauth import TokenPair
+from vpbx.amocrm.tokens import store_tokens
+from vpbx.app import Core
+from vpbx.store.models import AmoCall, AmoPhoneCache
+
+pytestmark = pytest.mark.peers
+
+ANNA = "79161234567"  # 9001 «Анна Смирнова», responsible 5001 (101); «Склад» 9003 mentions it in a comment
+OLEG = "79167654321"  # 9002 «Олег Ким», responsible 5003: excluded
+RETURNING = "79031112233"  # example 2: cached from an earlier call
+WAIT_S = 20.0
+RINGING = ("CALL_INCOMING", "CALL_REMOTE_SDP", "CALL_ESTABLISHED")
+
+
+@dataclass
+class Rig:
+    server: Server
+    emu: Emu
+    phones: dict[str, Baresip]
+    db_url: str
+    workdir: Path
+    stack: contextlib.AsyncExitStack
+
+    async def call(self, caller: str, *, duration_ms: int = 800) -> None:
+        """A carrier call from ``caller`` to the line, answered by whoever it reaches; the carrier ends it."""
+        service = self.server.service
+        run = carrier_run(
+            self.server, calls=1, duration_ms=duration_ms, keys={"domain": service.host, "caller": caller}
+        )
+        result = await run_sipp(run, self.workdir)
+        assert result.ok, result.describe()
+
+    async def phone(self, pin: str) -> Baresip:
+        """A baresip phone registered as ``pin``, answering by itself."""
+        phone = await self.stack.enter_async_context(Baresip.start(self.workdir, name=f"p{pin}"))
+        await phone.register(Account.on(self.server.service, pin, answermode="auto"))
+        self.phones[pin] = phone
+        return phone
+
+    async def rows(self) -> list[AmoCall]:
+        engine = create_async_engine(self.db_url)
+        try:
+            async with AsyncSession(engine) as s:
+                return list(await s.scalars(select(AmoCall).order_by(AmoCall.created_at)))
+        finally:
+            await engine.dispose()
+
+    async def routes(self, count: int) -> list[AmoCall]:
+        """The calls' rows once ``count`` decisions are written."""
+        found: list[AmoCall] = []
+
+        async def enough() -> bool:
+            nonlocal found
+            found = await self.rows()
+            return len(found) >= count
+
+        await wait_until(enough, timeout_s=WAIT_S, what=f"{count} amo_calls rows")
+        return found
+
+    async def write(self, change: Callable[[AsyncSession], Any]) -> None:
+        engine = create_async_engine(self.db_url)
+        try:
+            async with AsyncSession(engine) as s:
+                await change(s)
+                await s.commit()
+        finally:
+            await engine.dispose()
+
+    def answered(self, pin: str) -> list[dict[str, object]]:
+        """The calls the phone took (it answers by itself: no CALL_INCOMING, straight to CALL_ESTABLISHED)."""
+        return [dict(e) for e in self.phones[pin].events if e.get("type") == "CALL_ESTABLISHED"]
+
+    def rang(self, pin: str) -> bool:
+        """Whether any call reached the phone at all."""
+        return any(e.get("type") in RINGING for e in self.phones[pin].events)
+
+    async def searches(self) -> list[str]:
+        """The E4 queries amoCRM received."""
+        return [
+            parse_qs(str(e.get("query", ""))).get("query", [""])[0]
+            for e in await self.emu.log()
+            if e["method"] == "GET" and e["path"].endswith("/api/v4/contacts")
+        ]
+
+
+@contextlib.asynccontextmanager
+async def rig(
+    tmp_path: Path,
+    *,
+    register: tuple[str, ...] = ("101", "102"),
+    cache: dict[str, tuple[int, str, int]] | None = None,
+) -> AsyncIterator[Rig]:
+    require_binary("baresip")
+    async with emulator() as emu:
+        answer = await emu.token_pair()
+        pair = TokenPair(
+            access_token=answer["access_token"],
+            refresh_token=answer["refresh_token"],
+            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(answer["expires_in"])),
+        )
+        rules = line_to("group", members=("101", "102"))
+
+        async def setup(s: AsyncSession, core: Core, domain_id: Any) -> None:
+            await rules(s, core, domain_id)
+            install, binding, _ = await bind_rows(s, domain_id, line=LINE, client_id=emu.client_id)
+            await store_tokens(s, core.box, install, pair)
+            for phone, (contact_id, name, responsible) in (cache or {}).items():
+                s.add(
+                    AmoPhoneCache(
+                        binding_id=binding.id,
+                        phone_key=phone[1:],
+                        contact_id=contact_id,
+                        name=name,
+                        responsible_user_id=responsible,
+                        cached_at=dt.datetime.now(dt.UTC),
+                    )
+                )
+
+        env = {
+            "VPBX_AMOCRM__CLIENT_ID": emu.client_id,
+            "VPBX_AMOCRM__CLIENT_SECRET": emu.client_secret,
+            "VPBX_AMOCRM__API_URL_TEMPLATE": emu.api_url_template,
+        }
+        async with contextlib.AsyncExitStack() as stack:
+            server = await stack.enter_async_context(running(tmp_path, env=env, setup=setup))
+            db = tmp_path / "vpbx" / "data" / "vpbx.sqlite3"
+            the_rig = Rig(server, emu, {}, f"sqlite+aiosqlite:///{db}", tmp_path, stack)
+            for pin in register:
+                await the_rig.phone(pin)
+            yield the_rig
+
+
+def route_of(row: AmoCall) -> tuple[str, str, str | None]:
+    return row.route["step"], row.route["why"], row.route["pin"]
+
+
+def names(events: list[dict[str, object]]) -> list[object]:
+    return [e.get("peerdisplayname") for e in events]
+
+
+async def test_known_callers_reach_their_responsible_with_the_name_and_excluded_ones_the_rules(
+    tmp_path: Path,
+) -> None:
+    """Examples 2, 3 and 4: a cached caller routes with no request to amoCRM; Анна is found by E4 (the
+    post-filter drops «Склад») and rings 101; Олег's responsible is excluded, so the rules ring 101 first, and
+    the phone still shows «Олег Ким». 102 never rings."""
+    cached = {RETURNING: (9010, "Новый клиент +79031112233", 5001)}
+    async with rig(tmp_path, cache=cached) as r:
+        await r.call(RETURNING)
+        await r.call(ANNA)
+        await r.call(OLEG)
+        rows = await r.routes(3)
+        searches = await r.searches()
+        calls = await r.server.calls(ended=3)
+        took_101, rang_102 = r.answered("101"), r.rang("102")
+
+    assert [route_of(row) for row in rows] == [
+        ("responsible", "contact-responsible", "101"),
+        ("responsible", "contact-responsible", "101"),
+        ("rules", "responsible-excluded", None),
+    ]
+    assert [row.route["lookup_source"] for row in rows] == ["cache", "api", "api"]
+    assert [(row.lookup, row.contact_id, row.responsible_user_id) for row in rows] == [
+        ("hit", 9010, 5001),
+        ("hit", 9001, 5001),
+        ("hit", 9002, 5003),
+    ]
+    assert all(row.line == LINE.lstrip("+") and row.direction == "incoming" for row in rows)
+    assert searches == ["9161234567", "9167654321"]  # none for the cached caller
+    assert names(took_101) == ["Новый клиент +79031112233", "Анна Смирнова", "Олег Ким"]
+    assert not rang_102
+    for events in calls.values():
+        assert [e.get("request_pin") for e in events if e["state"] in ("calling", "connected")] == [
+            "101",
+            "101",
+        ]
