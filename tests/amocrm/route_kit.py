@@ -160,6 +160,7 @@ async def bind_rows(
     fallback: int | None = FALLBACK,
     base_domain: str = "demo.amocrm.ru",
     client_id: str = "test",
+    options: dict[str, Any] | None = None,
 ) -> tuple[AmoInstall, CrmBinding, AmoScenario]:
     """The install, the active binding, the user map and «Основной» holding ``line`` (flushed, not committed);
     what amobind's activation and amowidget's scenario API write, inserted directly."""
@@ -172,6 +173,7 @@ async def bind_rows(
         status="active",
         fallback_user_id=fallback,
         hook_secret=secrets.token_urlsafe(24),
+        options=options or {},
     )
     s.add(binding)
     await s.flush()

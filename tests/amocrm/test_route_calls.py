@@ -10,16 +10,17 @@ events; the decision from the call's ``amo_calls`` row; amoCRM's side from the e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from tests.amocrm.emu_kit import Emu, emulator
@@ -28,12 +29,13 @@ from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.net import wait_until
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import run_sipp
+from tests.integration.peers.vpbx import Setup
 from tests.integration.test_calls import Server, running
 from tests.integration.test_incoming_calls import carrier_run, line_to
 from vpbx.amocrm.oauth import TokenPair
 from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
-from vpbx.store.models import AmoCall, AmoPhoneCache
+from vpbx.store.models import AmoCall, AmoPhoneCache, CrmUserMap
 
 pytestmark = pytest.mark.peers
 
@@ -62,10 +64,11 @@ class Rig:
         result = await run_sipp(run, self.workdir)
         assert result.ok, result.describe()
 
-    async def phone(self, pin: str) -> Baresip:
-        """A baresip phone registered as ``pin``, answering by itself."""
+    async def phone(self, pin: str, *, manual: bool = False) -> Baresip:
+        """A baresip phone registered as ``pin``, answering by itself (``manual``: it only rings)."""
         phone = await self.stack.enter_async_context(Baresip.start(self.workdir, name=f"p{pin}"))
-        await phone.register(Account.on(self.server.service, pin, answermode="auto"))
+        answermode: Literal["manual", "auto"] = "manual" if manual else "auto"
+        await phone.register(Account.on(self.server.service, pin, answermode=answermode))
         self.phones[pin] = phone
         return phone
 
@@ -121,7 +124,12 @@ async def rig(
     *,
     register: tuple[str, ...] = ("101", "102"),
     cache: dict[str, tuple[int, str, int]] | None = None,
+    rules: Setup | None = None,
+    options: dict[str, Any] | None = None,
+    manual: tuple[str, ...] = (),
 ) -> AsyncIterator[Rig]:
+    """vpbx bound to the emulator's demo account; ``rules`` the line's PBX rule (the group 101 → 102 by
+    default); phones for ``register`` (``manual`` ones ring and never answer)."""
     require_binary("baresip")
     async with emulator() as emu:
         answer = await emu.token_pair()
@@ -130,11 +138,13 @@ async def rig(
             refresh_token=answer["refresh_token"],
             expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(answer["expires_in"])),
         )
-        rules = line_to("group", members=("101", "102"))
+        rule = rules or line_to("group", members=("101", "102"))
 
         async def setup(s: AsyncSession, core: Core, domain_id: Any) -> None:
-            await rules(s, core, domain_id)
-            install, binding, _ = await bind_rows(s, domain_id, line=LINE, client_id=emu.client_id)
+            await rule(s, core, domain_id)
+            install, binding, _ = await bind_rows(
+                s, domain_id, line=LINE, client_id=emu.client_id, options=options
+            )
             await store_tokens(s, core.box, install, pair)
             for phone, (contact_id, name, responsible) in (cache or {}).items():
                 s.add(
@@ -158,7 +168,7 @@ async def rig(
             db = tmp_path / "vpbx" / "data" / "vpbx.sqlite3"
             the_rig = Rig(server, emu, {}, f"sqlite+aiosqlite:///{db}", tmp_path, stack)
             for pin in register:
-                await the_rig.phone(pin)
+                await the_rig.phone(pin, manual=pin in manual)
             yield the_rig
 
 
@@ -206,3 +216,89 @@ async def test_known_callers_reach_their_responsible_with_the_name_and_excluded_
             "101",
             "101",
         ]
+
+
+async def test_an_unreachable_busy_or_unmapped_responsible_hands_the_call_to_the_fallback(
+    tmp_path: Path,
+) -> None:
+    """F9.4–F9.5 and example 5: Анна's responsible 5001 (101) has no phone → the fallback 5002 (102); 101 on a
+    call → 102; the mapping of 5001 removed → 102. The name is shown every time."""
+    async with rig(tmp_path, register=("102",)) as r:
+        await r.call(ANNA)  # 101 is not registered
+        await r.phone("101")
+        talking = asyncio.create_task(r.call(OLEG, duration_ms=6000))  # the rules: 101 answers and talks
+        await r.phones["101"].wait_event("CALL_ESTABLISHED", timeout_s=WAIT_S)
+        await r.call(ANNA)  # 101 is busy
+        await talking
+
+        async def unmap(s: AsyncSession) -> None:
+            await s.execute(delete(CrmUserMap).where(CrmUserMap.crm_user_id == 5001))
+
+        await r.write(unmap)
+        await r.call(ANNA)
+        rows = await r.routes(4)
+        took_101, took_102 = r.answered("101"), r.answered("102")
+
+    by_caller = [(row.client_e164, route_of(row)) for row in rows]
+    assert by_caller == [
+        (ANNA, ("fallback", "responsible-unregistered", "102")),
+        (OLEG, ("rules", "responsible-excluded", None)),
+        (ANNA, ("fallback", "responsible-busy", "102")),
+        (ANNA, ("fallback", "responsible-unmapped", "102")),
+    ]
+    assert names(took_102) == ["Анна Смирнова"] * 3
+    assert names(took_101) == ["Олег Ким"]
+
+
+async def test_a_slow_or_hanging_amocrm_leaves_calls_to_the_rules_then_the_cache_answers_alone(
+    tmp_path: Path,
+) -> None:
+    """§5.8, example 14: E4 answering after 3 s is cut at the 1.5 s budget and the rules route (101 first);
+    amoCRM hanging: after the third failure the binding is cache-only, so the next new caller is not looked
+    up at all, and a cached caller still reaches the responsible with the name."""
+    cached = {ANNA: (9001, "Анна Смирнова", 5001)}
+    async with rig(tmp_path, cache=cached) as r:
+        await r.emu.fault(method="GET", path_regex=r"/api/v4/contacts$", delay_ms=3000, times=-1)
+        await r.call("79035550001")
+        await r.emu.clear_faults()
+        await r.emu.down(120, mode="hang")
+        await r.call("79035550002")
+        await r.call("79035550003")
+        await r.call("79035550004")  # cache-only now
+        await r.call(ANNA)
+        rows = await r.routes(5)
+        took_101, rang_102 = r.answered("101"), r.rang("102")
+
+    assert [(row.client_e164, row.lookup, row.route["lookup_source"], route_of(row)) for row in rows] == [
+        ("79035550001", "unknown", "timeout", ("rules", "lookup-unknown", None)),
+        ("79035550002", "unknown", "timeout", ("rules", "lookup-unknown", None)),
+        ("79035550003", "unknown", "timeout", ("rules", "lookup-unknown", None)),
+        ("79035550004", "unknown", "cache-only", ("rules", "lookup-unknown", None)),
+        (ANNA, "hit", "cache", ("responsible", "contact-responsible", "101")),
+    ]
+    assert names(took_101)[-1] == "Анна Смирнова"
+    assert len(took_101) == 5 and not rang_102  # the rules' group rang 101 first, and 101 answered
+
+
+async def test_a_responsible_who_does_not_answer_hands_the_call_to_the_rules_after_the_ring_time(
+    tmp_path: Path,
+) -> None:
+    """F9.5: 101 (Анна's responsible) rings for ``smart_ring_timeout_s`` (5 s here) without answering, then
+    the call goes on with the line's rule (user 102), who answers; the name stays on the phones."""
+    async with rig(
+        tmp_path, rules=line_to("user"), options={"smart_ring_timeout_s": 5}, manual=("101",)
+    ) as r:
+        await r.call(ANNA)
+        [events] = (await r.server.calls(ended=1)).values()
+        rang_101 = [dict(e) for e in r.phones["101"].events if e.get("type") == "CALL_INCOMING"]
+        took_102 = r.answered("102")
+        [row] = await r.routes(1)
+
+    assert route_of(row) == ("responsible", "contact-responsible", "101")
+    assert [(e["state"], e.get("request_pin")) for e in events][:4] == [
+        ("new", None),
+        ("calling", "101"),
+        ("calling", "102"),
+        ("connected", "102"),
+    ]
+    assert names(rang_101) == ["Анна Смирнова"] and names(took_102) == ["Анна Смирнова"]
