@@ -32,10 +32,11 @@ from tests.integration.peers.sipp import run_sipp
 from tests.integration.peers.vpbx import Setup
 from tests.integration.test_calls import Server, running
 from tests.integration.test_incoming_calls import carrier_run, line_to
+from vpbx.amocrm.hooks import HOOK_EVENTS
 from vpbx.amocrm.oauth import TokenPair
 from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
-from vpbx.store.models import AmoCall, AmoPhoneCache, CrmUserMap
+from vpbx.store.models import AmoCall, AmoPhoneCache, CrmBinding, CrmUserMap
 
 pytestmark = pytest.mark.peers
 
@@ -98,6 +99,25 @@ class Rig:
             async with AsyncSession(engine) as s:
                 await change(s)
                 await s.commit()
+        finally:
+            await engine.dispose()
+
+    async def hook_secret(self) -> str:
+        engine = create_async_engine(self.db_url)
+        try:
+            async with AsyncSession(engine) as s:
+                secret = await s.scalar(select(CrmBinding.hook_secret))
+                assert secret is not None
+                return secret
+        finally:
+            await engine.dispose()
+
+    async def cache(self) -> dict[str, int | None]:
+        """phone key → the cached responsible."""
+        engine = create_async_engine(self.db_url)
+        try:
+            async with AsyncSession(engine) as s:
+                return {r.phone_key: r.responsible_user_id for r in await s.scalars(select(AmoPhoneCache))}
         finally:
             await engine.dispose()
 
@@ -302,3 +322,42 @@ async def test_a_responsible_who_does_not_answer_hands_the_call_to_the_rules_aft
         ("connected", "102"),
     ]
     assert names(rang_101) == ["Анна Смирнова"] and names(took_102) == ["Анна Смирнова"]
+
+
+async def test_a_webhook_from_amocrm_refreshes_the_cache_so_the_next_call_follows_the_change(
+    tmp_path: Path,
+) -> None:
+    """E17/E18: with the binding's hook subscribed, a manager hands Анна to 5002 in amoCRM; amoCRM posts the
+    form to /amo/hooks/{secret}, vpbx drops the cached row and re-reads the contact (E5), and her next call
+    rings 102 without another search."""
+    async with rig(tmp_path) as r:
+        await r.call(ANNA)
+        [first] = await r.routes(1)
+        secret = await r.hook_secret()
+        answer = await r.emu.token_pair()
+        async with r.emu.api(token=answer["access_token"]) as api:
+            destination = f"{r.server.vpbx.http_url}/amo/hooks/{secret}"
+            subscribed = await api.post(
+                "/api/v4/webhooks", json={"destination": destination, "settings": list(HOOK_EVENTS)}
+            )
+            assert subscribed.is_success, subscribed.text
+            moved = await api.patch("/api/v4/contacts/9001", json={"responsible_user_id": 5002})
+            assert moved.is_success, moved.text
+        deliveries = await r.emu.wait_deliveries(count=1)
+
+        async def reread() -> bool:
+            rows = await r.cache()
+            return rows.get("9161234567") == 5002
+
+        await wait_until(reread, timeout_s=WAIT_S, what="the cache row re-read after the webhook")
+        await r.call(ANNA)
+        rows = await r.routes(2)
+        searches = await r.searches()
+        took_102 = r.answered("102")
+
+    assert route_of(first) == ("responsible", "contact-responsible", "101")
+    assert route_of(rows[1]) == ("responsible", "contact-responsible", "102")
+    assert rows[1].route["lookup_source"] == "cache"
+    assert searches == ["9161234567"]  # the second call needed no search
+    assert all(d.get("status") == 200 for d in deliveries), deliveries
+    assert names(took_102) == ["Анна Смирнова"]
