@@ -48,6 +48,7 @@ log = get_logger("vpbx.amocrm.routing")
 HOOK_NAME = "amocrm"
 USERS_FRESH_S = 600.0  # E1 is cached 10 min (§2.3)
 BUSY_STATES = ("connected", "held")
+DECISION_MARGIN_S = 0.4  # the engine's hook deadline minus the lookup budget: the decision and its reads
 
 Step = Literal["responsible", "fallback", "rules"]
 ExtState = Literal["free", "busy", "unregistered", "missing"]
@@ -248,10 +249,17 @@ class AmoRoutingHook:
             binding=Binding.of(row),
             scenario_id=scenario.id,
             document=document,
-            budget_s=budget_ms / 1000,
+            budget_s=self._budget(budget_ms / 1000),
             ring_s=options.smart_ring_timeout_s,
             mapping=mapping,
         )
+
+    def _budget(self, wanted_s: float) -> float:
+        """The lookup's budget, inside the engine's wait for its hooks: the decision must still be made."""
+        cap = getattr(self.b2bua, "routing_hook_deadline_s", None)
+        if isinstance(cap, int | float):
+            return max(0.1, min(wanted_s, float(cap) - DECISION_MARGIN_S))
+        return wanted_s
 
     # -- facts --
 

@@ -320,6 +320,14 @@ async def test_the_inbound_hook_drops_and_rereads_only_its_bindings_rows(
         wrong_account = await client.post(f"/amo/hooks/{other.hook_secret}", data=form)
         ok = await client.post(f"/amo/hooks/{world.hook_secret}", data=form)
     assert unknown.status_code == 404 and unknown.json() == {"error": "not-found"}
+    async with core.sessions() as s:
+        disabled = await s.get(CrmBinding, other.binding_id)
+        assert disabled is not None
+        disabled.status = "disabled"
+        await s.commit()
+    async with await _asgi(app) as client:
+        gone = await client.post(f"/amo/hooks/{other.hook_secret}", data=form)
+    assert gone.status_code == 404
     assert wrong_account.status_code == 200 and ok.status_code == 200
     await lookup.drain()
     assert amo.reads == [9001]
@@ -357,3 +365,19 @@ async def test_subscribe_and_unsubscribe_name_the_bindings_hook_url(core: Core, 
     destination, settings = amo.subscribed
     assert destination.endswith(f"/amo/hooks/{world.hook_secret}") and settings == list(HOOK_EVENTS)
     assert amo.unsubscribed == destination and binding.webhook_id == ""
+
+
+async def test_the_part_registers_on_the_engine_and_keeps_its_budget_in_the_engines_wait(core: Core) -> None:
+    class Engine:
+        def __init__(self) -> None:
+            self.routing_hook_deadline_s = 1.0
+            self.routing_hooks: list[tuple[str, object]] = [("get_number_info", object())]
+            self.registry = MemoryCallRegistry()
+
+    engine = Engine()
+    hook = AmoRoutingHook(core, FakeAmo(), b2bua=engine)
+    await hook.start()
+    assert [name for name, _ in engine.routing_hooks] == ["get_number_info", "amocrm"]
+    assert hook._budget(1.5) == pytest.approx(0.6) and hook._budget(0.3) == pytest.approx(0.3)
+    await hook.stop()
+    assert [name for name, _ in engine.routing_hooks] == ["get_number_info"]
