@@ -327,20 +327,22 @@ async def test_a_responsible_who_does_not_answer_hands_the_call_to_the_rules_aft
 async def test_a_webhook_from_amocrm_refreshes_the_cache_so_the_next_call_follows_the_change(
     tmp_path: Path,
 ) -> None:
-    """E17/E18: with the binding's hook subscribed, a manager hands Анна to 5002 in amoCRM; amoCRM posts the
-    form to /amo/hooks/{secret}, vpbx drops the cached row and re-reads the contact (E5), and her next call
-    rings 102 without another search."""
+    """E17/E18: vpbx subscribes the active binding's hook; a manager hands Анна to 5002 in amoCRM; amoCRM
+    posts the form to /amo/hooks/{secret}, vpbx drops the cached row and re-reads the contact (E5), and her
+    next call rings 102 without another search."""
     async with rig(tmp_path) as r:
         await r.call(ANNA)
         [first] = await r.routes(1)
         secret = await r.hook_secret()
+        destination = f"{r.server.vpbx.http_url}/amo/hooks/{secret}"
+
+        async def subscribed() -> bool:  # vpbx's webhook sync subscribes the active binding (E17)
+            hooks = (await r.emu.state())["webhooks"]
+            return [(h["destination"], h["settings"]) for h in hooks] == [(destination, list(HOOK_EVENTS))]
+
+        await wait_until(subscribed, timeout_s=WAIT_S, what="the binding's webhook subscribed")
         answer = await r.emu.token_pair()
-        async with r.emu.api(token=answer["access_token"]) as api:
-            destination = f"{r.server.vpbx.http_url}/amo/hooks/{secret}"
-            subscribed = await api.post(
-                "/api/v4/webhooks", json={"destination": destination, "settings": list(HOOK_EVENTS)}
-            )
-            assert subscribed.is_success, subscribed.text
+        async with r.emu.api(token=answer["access_token"]) as api:  # a manager's edit in amoCRM
             moved = await api.patch("/api/v4/contacts/9001", json={"responsible_user_id": 5002})
             assert moved.is_success, moved.text
         deliveries = await r.emu.wait_deliveries(count=1)

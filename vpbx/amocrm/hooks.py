@@ -1,7 +1,11 @@
 """amoCRM's webhooks (amocrm.md E17, E18, §5.3): they keep the phone cache honest.
 
-- E17: ``subscribe_webhooks`` on activation and ``unsubscribe_webhooks`` on disable (``vpbx.amocrm.binding``
-  calls them) register ``{public origin}/amo/hooks/{hook_secret}`` for the contact events of ``HOOK_EVENTS``.
+- E17: ``subscribe_webhooks`` / ``unsubscribe_webhooks`` register and remove ``{public origin}/amo/hooks/
+  {hook_secret}`` for the contact events of ``HOOK_EVENTS``. ``WebhookSync`` (a runtime part) calls them:
+  it reconciles amoCRM with the bindings' state, so no HTTP call happens inside activation or disable:
+  an active binding without ``webhook_id`` is subscribed, a disabled one with a ``webhook_id`` unsubscribed
+  (given up when the account's authorisation is gone: amoCRM drops an uninstalled integration's hooks).
+  A pass runs at start and every ``SYNC_INTERVAL_S``; a failure is tried again on the next pass.
 - E18: ``POST /amo/hooks/{hook_secret}``. amoCRM posts PHP-bracket forms (``contacts[update][0][id]=9001&
   account[id]=30000001``), all values strings, and signs nothing: the secret path names the binding (an
   unknown or disabled one → 404), the body is only a hint. Each named contact's cache rows are dropped, and,
@@ -10,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +23,10 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 
-from vpbx.amocrm.api import AmoApi
+from vpbx.amocrm.api import AmoApi, AmoClients
+from vpbx.amocrm.errors import AmoError, AmoReauthRequired
 from vpbx.amocrm.widget_auth import public_origin
 from vpbx.crm.connector import Binding
 from vpbx.logs import get_logger
@@ -36,6 +42,9 @@ HOOK_EVENTS = ("add_contact", "update_contact", "delete_contact", "restore_conta
 HOOK_PATH = "/hooks/{hook_secret}"  # under /amo
 MAX_BODY = 256 * 1024  # a hook names a handful of contacts; anything bigger is not amoCRM
 MAX_CONTACTS = 250
+SYNC_INTERVAL_S = 30.0
+SYNC_TIMEOUT_S = 30.0
+SYNC_BATCH = 100  # bindings per pass
 _FIELD = re.compile(r"^contacts\[(?P<action>[a-z_]+)\]\[(?P<index>\d{1,4})\]\[(?P<field>[a-z_]+)\]$")
 
 
@@ -59,6 +68,82 @@ async def unsubscribe_webhooks(api: AmoApi, settings: Settings, binding: CrmBind
     """E17 ``DELETE /api/v4/webhooks``."""
     await api.unsubscribe_webhook(hook_destination(settings, binding.hook_secret))
     binding.webhook_id = ""
+
+
+class WebhookSync:
+    """amoCRM's webhook subscriptions kept in line with the bindings (E17)."""
+
+    def __init__(self, core: Any, clients: AmoClients, *, interval_s: float = SYNC_INTERVAL_S) -> None:
+        self.core = core
+        self.clients = clients
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="amo-webhook-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the next pass tries again
+                log.warning("amocrm.webhook_sync_failed", error=type(e).__name__)
+            await asyncio.sleep(self.interval_s)
+
+    async def run_once(self) -> int:
+        """One pass; the number of bindings brought in line."""
+        async with self.core.sessions() as s:
+            rows = list(
+                await s.scalars(
+                    select(CrmBinding).where(
+                        CrmBinding.crm_kind == "amocrm",
+                        or_(
+                            and_(CrmBinding.status == "active", CrmBinding.webhook_id == ""),
+                            and_(CrmBinding.status == "disabled", CrmBinding.webhook_id != ""),
+                        ),
+                    )
+                )
+            )
+        done = 0
+        for row in rows[:SYNC_BATCH]:
+            done += await self._sync(row)
+        return done
+
+    async def _sync(self, row: CrmBinding) -> int:
+        api = self.clients.for_account(row.external_account_id)
+        subscribe = row.status == "active"
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT_S):
+                if subscribe:
+                    await subscribe_webhooks(api, self.core.settings, row)
+                else:
+                    await unsubscribe_webhooks(api, self.core.settings, row)
+        except AmoReauthRequired as e:
+            if subscribe:
+                log.warning("amocrm.webhook_subscribe_failed", binding=str(row.id), error=type(e).__name__)
+                return 0
+            row.webhook_id = ""  # the grant is gone: so are its hooks
+        except (AmoError, OSError, TimeoutError) as e:
+            log.warning(
+                "amocrm.webhook_sync_retry", binding=str(row.id), subscribe=subscribe, error=type(e).__name__
+            )
+            return 0
+        async with self.core.sessions() as s:
+            await s.execute(
+                update(CrmBinding)
+                .where(CrmBinding.id == row.id, CrmBinding.status == row.status)
+                .values(webhook_id=row.webhook_id or ("" if not subscribe else "subscribed"))
+            )
+            await s.commit()
+        log.info("amocrm.webhook_synced", binding=str(row.id), subscribed=subscribe)
+        return 1
 
 
 # --- E18 --------------------------------------------------------------------------------------------------

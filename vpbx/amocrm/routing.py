@@ -29,6 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.amocrm.api import AmoClients
+from vpbx.amocrm.hooks import WebhookSync
 from vpbx.amocrm.lookup import Contact, LookupResult, Outcome, PhoneLookup
 from vpbx.amocrm.options import options_of
 from vpbx.amocrm.scenario import ScenarioDocument
@@ -142,12 +143,14 @@ class AmoRoutingHook:
         lookup: PhoneLookup | None = None,
         calls: CallRegistry | None = None,
         owned: Any = None,
+        webhooks: WebhookSync | None = None,
     ) -> None:
         self.core = core
         self.clients = clients
         self.b2bua = b2bua
         self.app = app  # the main app: the /amo sub-app gets the lookup (webhooks re-read through it)
         self._owned = owned  # a client pool this part made, closed on stop
+        self.webhooks = webhooks  # E17 subscriptions kept in line with the bindings (same client pool)
         self.lookup = lookup or PhoneLookup(core.sessions, clients, core.clock)
         self.calls = calls if calls is not None else (b2bua.registry if b2bua is not None else core.calls)
         self._inactive: dict[int, tuple[float, frozenset[int]]] = {}  # account → (read at, inactive users)
@@ -159,10 +162,14 @@ class AmoRoutingHook:
             sub.state.amo_lookup = self.lookup
         if self.b2bua is not None:
             self.b2bua.routing_hooks.append((HOOK_NAME, self))
+        if self.webhooks is not None:
+            await self.webhooks.start()
 
     async def stop(self) -> None:
         if self.b2bua is not None:
             self.b2bua.routing_hooks[:] = [(n, h) for n, h in self.b2bua.routing_hooks if h is not self]
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.lookup.stop()
         await asyncio.gather(*list(self._writes), return_exceptions=True)
         if self._owned is not None:
@@ -374,11 +381,17 @@ def _amo_sub_app(app: Any) -> Any:
 
 
 def routing_part(runtime: Any) -> AmoRoutingHook:
-    """The ИМК as an ``AmoRuntime`` part: the runtime's shared client pool when it has one, else its own."""
+    """The ИМК as an ``AmoRuntime`` part (with the E17 webhook sync): the runtime's shared client pool when it
+    has one, else its own."""
     from vpbx.amocrm.client import AmoClientPool
 
     shared = getattr(runtime, "clients", None)
     pool = shared if shared is not None else AmoClientPool(runtime.core)
     return AmoRoutingHook(
-        runtime.core, pool, b2bua=runtime.b2bua, app=runtime.app, owned=None if shared is not None else pool
+        runtime.core,
+        pool,
+        b2bua=runtime.b2bua,
+        app=runtime.app,
+        owned=None if shared is not None else pool,
+        webhooks=WebhookSync(runtime.core, pool),
     )
