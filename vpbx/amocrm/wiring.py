@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware
 
 from vpbx.amocrm import binding_http, widget_api
-from vpbx.amocrm.client import ClientPoolPart
+from vpbx.amocrm.client import ClientPoolPart, shared_pool
 from vpbx.amocrm.widget_auth import verifier_for
 from vpbx.logs import get_logger
 
@@ -70,10 +70,11 @@ def amo_app(core: Core) -> FastAPI:
         return JSONResponse({"error": "invalid-request", "errors": errors[:50]}, status_code=422)
 
     # feature routers (each an APIRouter with its own paths under /amo)
-    sub.include_router(
-        binding_http.router
-    )  # OAuth callback, disconnect hook, /state, /connect-ticket, /disconnect
+    sub.include_router(binding_http.router)  # OAuth callback, disconnect hook, /state, tickets, /disconnect
     sub.include_router(widget_api.router)
+    from vpbx.amocrm.hooks import router as hooks_router
+
+    sub.include_router(hooks_router)  # E18: /amo/hooks/{hook_secret}
     return sub
 
 
@@ -85,11 +86,15 @@ class AmoRuntime:
         self.app = app
         self.b2bua = b2bua
         self.parts: list[Part] = []
+        self.clients = shared_pool(core)  # one limiter per account for every feature (§2.5)
 
     async def start(self) -> None:
         # parts are appended here by the feature modules
         self.parts.append(ClientPoolPart(self.core))  # closes the shared amoCRM client pool last
         self.parts.append(widget_api.EngineLink(self))
+        from vpbx.amocrm.routing import routing_part
+
+        self.parts.append(routing_part(self))  # the ИМК: routing hook, phone cache, webhook re-reads
         for part in self.parts:
             await part.start()
 

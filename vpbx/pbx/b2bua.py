@@ -31,7 +31,7 @@ import ipaddress
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -535,6 +535,17 @@ def _ringable(decision: Decision) -> bool:
     return decision.action == "external" and bool(decision.number)
 
 
+def _overflowing(hooked: Decision, rules: Decision, after_s: float, session_id: str) -> Decision:
+    """A hook's target rung for ``after_s``, then the rules' decision (amocrm.md F9.5): the rules become its
+    fall-through. A menu answers the caller itself, so it cannot follow a ringing plan: the target then rings
+    as long as the rules would ring it, with no overflow."""
+    if rules.action == "menu":
+        log.info("call.overflow_to_menu_unsupported", session_id=session_id)
+        return hooked
+    follow = rules if _ringable(rules) or rules.action == "voicemail" else None  # none, reject: hang up
+    return replace(hooked, ring_s=max(1.0, float(after_s)), fallthrough=follow)
+
+
 def _box_owner(decision: Decision) -> uuid.UUID | None:
     """The user whose box may take a call to ``decision`` left unanswered: a user's, not a group's."""
     return decision.people[0].user_id if decision.action == "user" and decision.people else None
@@ -930,6 +941,8 @@ class B2bua:
             hooked = await self.incoming.by_extension(domain.id, line or "", answer.pin)
             if hooked is None:
                 log.info("call.hook_pin_unknown", pin=answer.pin[:16], domain=domain.name)
+        if hooked is not None and answer is not None and answer.overflow_after_s is not None:
+            hooked = _overflowing(hooked, decision, answer.overflow_after_s, session_id)
         if hooked is not None:
             decision = hooked
         if decision.action == "reject":
@@ -1393,7 +1406,10 @@ class B2bua:
         if decision.action == "user":
             mobiles = tuple(e for n in people[0].contact_numbers if (e := to_e164(n)))
             plan = user_plan(
-                pins[0], mobiles, mobile_delay_s=people[0].mobile_delay_s, ring_s=self.no_answer_s
+                pins[0],
+                mobiles,
+                mobile_delay_s=people[0].mobile_delay_s,
+                ring_s=decision.ring_s or self.no_answer_s,
             )
         else:
             first = self.rotation.take(decision.group_id, len(pins)) if decision.group_id else 0
@@ -1401,7 +1417,9 @@ class B2bua:
                 decision.strategy,
                 pins,
                 member_timeout_s=decision.member_timeout_s,
-                overall_timeout_s=decision.overall_timeout_s,
+                overall_timeout_s=min(
+                    decision.overall_timeout_s, decision.ring_s or decision.overall_timeout_s
+                ),
                 first=first,
             )
         return plan, parties

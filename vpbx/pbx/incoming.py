@@ -55,6 +55,9 @@ class Decision:
     user_id: uuid.UUID | None = None  # voicemail: the user whose box takes the call (else group_id's box)
     rule_id: uuid.UUID | None = None
     fallthrough: Decision | None = None  # a group's: where the call goes when nobody answers (None: hang up)
+    ring_s: float | None = (
+        None  # how long the plan rings at most (None: a user's no-answer time, a group's own)
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,10 +73,15 @@ class RoutingQuery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoutingAnswer:
-    """A hook's answer: where to route (a user's or group's PIN) and the caller's name for the phones."""
+    """A hook's answer: where to route (a user's or group's PIN) and the caller's name for the phones.
+
+    ``overflow_after_s`` (amoCRM's ИМК, amocrm.md F9.5): ring the PIN that long, then go on with the rules'
+    decision for the line; None (get_number_info) rings the PIN as the rules would, and never the rules.
+    """
 
     pin: str = ""
     display_name: str = ""
+    overflow_after_s: float | None = None
 
 
 class IncomingRouter:

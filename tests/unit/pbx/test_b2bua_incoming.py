@@ -354,3 +354,99 @@ async def test_a_phone_registered_from_the_carriers_network_is_still_a_phone(cor
     carrier = Carrier(pbx)
     await carrier.call()
     assert (await carrier.phone.expect(603)).code == 603  # the carrier's own port still is the carrier
+
+
+# --- a hook's overflow (amocrm.md F9.5: the ИМК rings the responsible, then the rules) ------------------
+
+
+async def test_an_overflowing_hook_rings_its_pin_then_the_rules(core: Core, pbx: Pbx) -> None:
+    await _rule(
+        core, pbx.domain_id, ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "101"))
+    )
+
+    async def crm(query: RoutingQuery) -> RoutingAnswer | None:
+        return RoutingAnswer(pin="102", display_name="Анна Смирнова", overflow_after_s=20)
+
+    pbx.b2bua.routing_hooks = [("crm", crm)]
+    alice, bob = await _registered(pbx, "101", "102")
+    carrier = Carrier(pbx)
+    await carrier.call()
+    await (await bob.ringing()).reply(180)
+    await pbx.advance(19)
+    assert alice.unread() == []  # the responsible's time is not over yet
+    await pbx.advance(1)
+    await bob.expect("CANCEL")
+    rules = await alice.ringing()  # the rules' user, with the CRM's name still on the phone
+    assert rules.invite.from_address.name == "Анна Смирнова"
+    await rules.answer()
+    assert (await carrier.phone.expect(200)).code == 200
+    assert [(e.state, e.request_pin) for e in pbx.bus.events] == [
+        ("new", ""),
+        ("calling", "102"),
+        ("calling", "101"),
+        ("connected", "101"),
+    ]
+
+
+async def test_an_overflowing_hook_whose_pin_is_busy_goes_to_the_rules_at_once(core: Core, pbx: Pbx) -> None:
+    await _group_line(
+        core,
+        pbx,
+        groups.GroupInput(
+            name="Sales",
+            pin="600",
+            strategy="sequential",
+            member_timeout_s=10,
+            overall_timeout_s=30,
+            members=["101", "102"],
+        ),
+    )
+
+    async def crm(query: RoutingQuery) -> RoutingAnswer | None:
+        return RoutingAnswer(pin="103", overflow_after_s=20)
+
+    pbx.b2bua.routing_hooks = [("crm", crm)]
+    alice, bob, carol = await _registered(pbx, "101", "102", "103")
+    carrier = Carrier(pbx)
+    await carrier.call()
+    await (await carol.ringing()).reply(486)
+    first = await alice.ringing()  # no 20 s wait: the group of the rules, from its first member
+    await first.answer()
+    assert (await carrier.phone.expect(200)).code == 200
+    assert bob.unread() == []
+
+
+async def test_without_overflow_a_hook_pin_rings_for_the_whole_no_answer_time(core: Core, pbx: Pbx) -> None:
+    """get_number_info's behaviour is unchanged: the hook's PIN rings alone, the rules never follow."""
+    await _rule(
+        core, pbx.domain_id, ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "101"))
+    )
+
+    async def crm(query: RoutingQuery) -> RoutingAnswer | None:
+        return RoutingAnswer(pin="102")
+
+    pbx.b2bua.routing_hooks = [("crm", crm)]
+    alice, bob = await _registered(pbx, "101", "102")
+    carrier = Carrier(pbx)
+    await carrier.call()
+    await (await bob.ringing()).reply(180)
+    await pbx.advance(pbx.b2bua.no_answer_s)
+    await bob.expect("CANCEL")
+    assert (await carrier.phone.expect(480)).code == 480
+    assert alice.unread() == []
+
+
+async def test_an_overflow_to_rules_that_reject_ends_the_call_after_the_pin(core: Core, pbx: Pbx) -> None:
+    await _rule(core, pbx.domain_id, ActionInput(action="reject"))
+
+    async def crm(query: RoutingQuery) -> RoutingAnswer | None:
+        return RoutingAnswer(pin="102", overflow_after_s=5)
+
+    pbx.b2bua.routing_hooks = [("crm", crm)]
+    (bob,) = await _registered(pbx, "102")
+    carrier = Carrier(pbx)
+    await carrier.call()
+    await (await bob.ringing()).reply(180)
+    await pbx.advance(5)
+    await bob.expect("CANCEL")
+    assert (await carrier.phone.expect(480)).code == 480
