@@ -25,10 +25,8 @@ the queued jobs were dropped, so a job a hook enqueues on disable survives.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -65,7 +63,6 @@ TICKET_TTL = dt.timedelta(minutes=10)  # F2.2 (ours)
 TICKET_BYTES = 32
 HOOK_SECRET_BYTES = 24
 # §2.1: the OAuth referer names the account's host; anything else is refused (extra hosts: the emulator's)
-HOST_RE = re.compile(r"^[a-z0-9-]+\.(amocrm\.ru|amocrm\.com|kommo\.com)$")
 ACCOUNT_WITH = "users_groups,task_types,datetime_settings"
 INSTALL_TIMEOUT = httpx.Timeout(connect=2.0, read=5.0, write=5.0, pool=2.0)  # §2.5
 DROPPABLE_JOB_STATES = ("pending", "held")  # F15: queued jobs; a running one finishes or fails on its own
@@ -164,14 +161,6 @@ BINDING_HOOKS: list[BindingHook] = []  # appended once at import time by the fea
 # --- install (OAuth callback) -----------------------------------------------------------------------------
 
 
-def host_allowed(base_domain: str, extra_hosts: Sequence[str]) -> bool:
-    """§2.1: ``*.amocrm.ru``, ``*.amocrm.com``, ``*.kommo.com`` (never ``www.``), plus configured hosts."""
-    host = base_domain.strip().lower()
-    if host in {h.strip().lower() for h in extra_hosts if h.strip()}:
-        return True
-    return bool(HOST_RE.fullmatch(host)) and not host.startswith("www.")
-
-
 async def read_account(http: httpx.AsyncClient, settings: AmoSettings, base_domain: str, token: str) -> Any:
     resp = await http.get(
         f"{oauth.account_url(settings, base_domain)}/api/v4/account",
@@ -227,7 +216,7 @@ async def record_install(
     if client_id and client_id != amo.client_id:
         raise ClientMismatch("client_id is not ours")
     base_domain = referer.strip().lower()
-    if not host_allowed(base_domain, amo.extra_hosts):
+    if not oauth.is_allowed_base_domain(amo, base_domain):
         raise HostNotAllowed("referer not allowed", details={"referer": referer[:255]})
     own = http is None
     client = http or httpx.AsyncClient(timeout=INSTALL_TIMEOUT)

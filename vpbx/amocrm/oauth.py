@@ -52,7 +52,9 @@ def is_allowed_base_domain(settings: AmoSettings, host: str) -> bool:
     """The OAuth ``referer`` (or a moved account's host) is an amoCRM/Kommo account host or a configured test
     host (the emulator's), never anything else: tokens are sent there."""
     host = host.strip().lower()
-    return bool(BASE_DOMAIN_RE.fullmatch(host)) or host in {h.lower() for h in settings.extra_hosts}
+    if host in {h.strip().lower() for h in settings.extra_hosts if h.strip()}:
+        return True
+    return bool(BASE_DOMAIN_RE.fullmatch(host)) and not host.startswith("www.")  # never www. (§2.1)
 
 
 def account_url(settings: AmoSettings, base_domain: str) -> str:

@@ -20,8 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from tests.conftest import postgres_url
 from vpbx import billing, store
 from vpbx.amocrm import binding as amo
+from vpbx.amocrm.oauth import is_allowed_base_domain
 from vpbx.crypto import SecretBox, token_hash
 from vpbx.pbx import domains
+from vpbx.settings import AmoSettings
 from vpbx.store.models import AmoConnectTicket, AmoInstall, ApiSettings, CrmBinding, CrmJob
 
 JUNE_21 = dt.datetime(2025, 6, 21, 9, 0, tzinfo=dt.UTC)  # 12:00 in Moscow, ten days of thirty left
@@ -108,14 +110,14 @@ def test_health_word() -> None:
 
 
 def test_host_allow_list() -> None:
-    assert amo.host_allowed("demo.amocrm.ru", [])
-    assert amo.host_allowed("Demo.AmoCRM.com", [])
-    assert amo.host_allowed("acme.kommo.com", [])
-    assert not amo.host_allowed("www.amocrm.ru", [])
-    assert not amo.host_allowed("demo.amocrm.ru.evil.test", [])
-    assert not amo.host_allowed("a.b.amocrm.ru", [])
-    assert not amo.host_allowed("127.0.0.1:8766", [])
-    assert amo.host_allowed("demo.amocrm.test", ["demo.amocrm.test"])
+    assert is_allowed_base_domain(AmoSettings(), "demo.amocrm.ru")
+    assert is_allowed_base_domain(AmoSettings(), "Demo.AmoCRM.com")
+    assert is_allowed_base_domain(AmoSettings(), "acme.kommo.com")
+    assert not is_allowed_base_domain(AmoSettings(), "www.amocrm.ru")
+    assert not is_allowed_base_domain(AmoSettings(), "demo.amocrm.ru.evil.test")
+    assert not is_allowed_base_domain(AmoSettings(), "a.b.amocrm.ru")
+    assert not is_allowed_base_domain(AmoSettings(), "127.0.0.1:8766")
+    assert is_allowed_base_domain(AmoSettings(extra_hosts=["demo.amocrm.test"]), "demo.amocrm.test")
 
 
 async def test_ticket_is_single_use_hashed_and_expires(
