@@ -96,6 +96,7 @@ NOT_SENT = frozenset({"no_trunk", "channels", "no_engine", "history_unavailable"
 REFUSED_BACKOFF = dt.timedelta(seconds=30)
 
 RenderFn = Callable[[AsyncSession, AiCampaign, AiContact], Awaitable[str | None]]
+KeysFn = Callable[[AsyncSession, AiCampaign, AiContact], Awaitable[dict[str, str] | None]]
 BusyFn = Callable[[uuid.UUID], int]
 RoomFn = Callable[[uuid.UUID], int]
 
@@ -219,9 +220,11 @@ class Dispatcher:
         *,
         tick_s: float = TICK_S,
         trunk_room: RoomFn | None = None,
+        render_keys: KeysFn | None = None,
     ) -> None:
         """``render(s, campaign, contact)``: the contact's message as one stored prompt, or None when it
-        could not be rendered now (it counts the failure itself). ``busy_channels(domain_id)``: the domain's
+        could not be rendered now (it counts the failure itself). ``render_keys`` likewise: key → prompt of
+        the DTMF actions' TTS segments (none rendered without it). ``busy_channels(domain_id)``: the domain's
         calls in progress other than this dispatcher's own. ``trunk_room(domain_id)``: the free channels of
         the domain's usable trunks (``max_calls`` minus their calls in progress), when known."""
         self.sessions = sessions
@@ -232,6 +235,7 @@ class Dispatcher:
         self.busy_channels = busy_channels
         self.tick_s = tick_s
         self.trunk_room = trunk_room
+        self.render_keys = render_keys
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dials: dict[str, asyncio.Task[None]] = {}  # session_id → the dial's task
@@ -563,8 +567,11 @@ class Dispatcher:
                 if opens != now:
                     await self._defer(s, contact, opens, now)
                     continue
+                key_prompts: dict[str, str] | None = {}
                 try:
                     prompt_id = await self.render(s, campaign, contact)
+                    if prompt_id is not None and self.render_keys is not None:
+                        key_prompts = await self.render_keys(s, campaign, contact)
                 except VpbxError as e:
                     await s.rollback()
                     if e.code != AUDIO_UNAVAILABLE:
@@ -580,9 +587,11 @@ class Dispatcher:
                         s, domain=domain.name, campaign=campaign, contact=contact, at=now
                     )
                 await s.commit()
-                if prompt_id is None:
+                if prompt_id is None or key_prompts is None:
                     continue
-            request = await self._claim(campaign.id, contact.id, spec, plan, domain, platform, prompt_id, now)
+            request = await self._claim(
+                campaign.id, contact.id, spec, plan, domain, platform, (prompt_id, key_prompts), now
+            )
             if request is not None:
                 self._dial(request, domain.id, campaign.id)
                 return True
@@ -608,10 +617,12 @@ class Dispatcher:
         plan: Plan,
         domain: Domain,
         platform: _Platform,
-        prompt_id: str,
+        prompts: tuple[str, Mapping[str, str]],
         now: dt.datetime,
     ) -> BroadcastRequest | None:
-        """The claim transaction (§7.1). Returns the request to dial once committed, or None."""
+        """The claim transaction (§7.1). Returns the request to dial once committed, or None. ``prompts``:
+        the contact's message and its keys' TTS segments, rendered before the transaction."""
+        prompt_id, key_prompts = prompts
         due = or_(AiContact.next_attempt_at.is_(None), AiContact.next_attempt_at <= now)
         try:
             async with self.sessions() as s:
@@ -720,7 +731,7 @@ class Dispatcher:
                 contact.updated_at = now
                 if campaign.first_attempt_at is None:
                     campaign.first_attempt_at = now
-                actions = await self._actions(s, domain.id, spec)
+                actions = await self._actions(s, domain.id, spec, key_prompts)
                 await s.commit()
         except IntegrityError:  # another worker claimed this dispatch key first
             log.info("autoinformer.claim_conflict", contact_id=contact_id.hex)
@@ -744,12 +755,13 @@ class Dispatcher:
         )
 
     async def _actions(
-        self, s: AsyncSession, domain_id: uuid.UUID, spec: CampaignSpec
+        self, s: AsyncSession, domain_id: uuid.UUID, spec: CampaignSpec, key_prompts: Mapping[str, str]
     ) -> dict[str, KeyAction]:
-        """The DTMF map for the engine; a library file segment becomes its prompt (TTS segments: not yet)."""
+        """The DTMF map for the engine; a segment becomes its prompt: a library file's converted prompt, a
+        TTS text's rendered one (``key_prompts``)."""
         out: dict[str, KeyAction] = {}
         for digit, act in spec.dtmf.actions.items():
-            prompt_id = None
+            prompt_id = key_prompts.get(digit)
             if act.segment is not None and act.segment.file_id:
                 prompt_id = await s.scalar(
                     select(AiAudioFile.prompt_id).where(

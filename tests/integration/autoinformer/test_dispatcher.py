@@ -522,6 +522,40 @@ async def test_a_contact_the_renderer_gives_up_on_ends_as_error(world: World) ->
     assert world.dialer.requests == []
 
 
+async def test_the_keys_tts_segments_go_to_the_engine_as_rendered_prompts(world: World) -> None:
+    """§3.5: confirm's and opt_out's TTS confirmation reaches the engine as the prompt the renderer made for
+    the contact; a contact whose confirmation cannot be rendered is not dialled and the failure is its own."""
+    rendered: list[str] = []
+
+    async def render_keys(s: object, campaign: AiCampaign, contact: AiContact) -> dict[str, str] | None:
+        if contact.phones[0].endswith("2"):
+            contact.render_failures += 1
+            return None
+        rendered.append(contact.phones[0])
+        return {"1": f"confirm-{contact.id.hex}", "9": f"optout-{contact.id.hex}"}
+
+    tts = {"type": "tts", "text": "Спасибо"}
+    cid = await world.campaign(
+        dtmf={
+            "actions": {
+                "1": {"action": "confirm", "segment": tts},
+                "9": {"action": "opt_out", "segment": tts},
+                "2": {"action": "repeat"},
+            }
+        }
+    )
+    ok, failing = await world.contacts(cid, "79161110001", "79161110002")
+    d = world.dispatcher(render_keys=render_keys)
+    assert await run_ticks(world, d, 2) == 1
+    [req] = world.dialer.requests
+    assert req.number == "79161110001" and rendered == ["79161110001"]
+    assert req.actions["1"].action == "confirm" and req.actions["1"].prompt_id == f"confirm-{ok.hex}"
+    assert req.actions["9"].action == "opt_out" and req.actions["9"].prompt_id == f"optout-{ok.hex}"
+    assert req.actions["2"].prompt_id is None
+    c = await world.contact(failing)
+    assert (c.status, c.attempts_made) == ("pending", 0) and c.render_failures >= 1
+
+
 async def test_start_runs_ticks_and_stop_records_the_calls_and_releases_the_lease(world: World) -> None:
     cid = await world.campaign()
     [contact] = await world.contacts(cid, "79161110001")
