@@ -247,6 +247,7 @@ async def serve(settings: Settings) -> None:
     api_log_sweep = LogSweep(sessions=core.sessions, clock=core.clock)
     await api_log_sweep.start()  # the API log keeps 7 days / 10 000 rows per domain (integration-api.md §6.4)
     app.state.history_exports = history_exports  # domain_call_history wakes it (integration-api.md §4.5)
+    await app.state.ai_exports.start()  # sweeps the autoinformer's background exports after 7 days
     from vpbx.autoinformer.wiring import build_dispatcher
 
     # the autoinformer's dispatcher (autoinformer.md §7); it closes what the last run left open first (§7.2)
@@ -308,6 +309,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             yield
         finally:
             await api_log.stop()
+            await app.state.ai_exports.stop()  # builds in progress leave only a .part, swept later
             await core.engine.dispose()
             log.info("app.stopped")
 
@@ -315,6 +317,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         title="vpbx", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.core = core
+    from vpbx.autoinformer.exports import AiExports
+
+    app.state.ai_exports = AiExports(core.sessions, settings.data_dir, core.clock)  # big report exports (§6)
     from vpbx.integration_api.gateway import mount_api
     from vpbx.integration_api.records import LINK_PREFIX, download_app
 
