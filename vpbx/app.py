@@ -255,6 +255,21 @@ async def serve(settings: Settings) -> None:
         core, b2bua.broadcaster, registry, trunk_room=lambda d: b2bua.trunk_room(DomainId(d))
     )
     await ai_dispatcher.start()
+    from vpbx.autoinformer.report_mail import ReportMailer
+
+    report_smtp = smtp_mailer(settings)
+    ai_reports = None
+    if report_smtp is not None:  # «Отправить отчёт на e-mail» (autoinformer.md §6) needs the SMTP server
+        ai_reports = ReportMailer(
+            core.sessions,
+            app.state.ai_exports,
+            report_smtp,
+            secret=settings.secret_key.get_secret_value(),
+            base_url=settings.public_url or f"http://{settings.http_host}:{settings.http_port}",
+            mail_from=settings.smtp_from,
+            clock=core.clock,
+        )
+        await ai_reports.start()
     from vpbx.amocrm.wiring import AmoRuntime
 
     amocrm = AmoRuntime(core, app=app, b2bua=b2bua)  # the ИМК routing hook, call events → amoCRM jobs
@@ -279,6 +294,8 @@ async def serve(settings: Settings) -> None:
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
         await ai_dispatcher.stop()  # records the results of the calls that just ended
+        if ai_reports is not None:
+            await ai_reports.stop()
         await amocrm.stop()
         if webhook is not None:
             await webhook.aclose()

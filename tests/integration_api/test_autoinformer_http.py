@@ -183,6 +183,14 @@ async def test_refusals_with_their_codes_and_nothing_created(
             "bad-request",
             "dtmf.actions.9.segment.text",
         ),
+        ({"report_emails": ["boss@acme.example", "nope"]}, 400, "-1", "bad-request", "report_emails[1]"),
+        (
+            {"report_emails": [f"u{i}@acme.example" for i in range(11)]},
+            400,
+            "-1",
+            "bad-request",
+            "report_emails",
+        ),
         ({"ring_timeout_s": 5}, 400, "-1", "bad-request", "ring_timeout_s"),
         ({"unknown": 1}, 400, "-1", "bad-request", "unknown"),
     ]

@@ -709,7 +709,7 @@ async def test_a_running_campaign_changes_only_concurrency_and_end(
         await s.commit()
     lines = await admin1.get(f"/autoinformer/campaigns/{cid}/lines")
     # only the concurrency's fieldset is open
-    assert lines.text.count("<fieldset disabled>") == 6
+    assert lines.text.count("<fieldset disabled>") == 7
     assert (
         await admin1.post(f"/autoinformer/campaigns/{cid}/lines", {"concurrency": "9"})
     ).status_code == 303  # what a browser sends: the disabled fieldsets stay out

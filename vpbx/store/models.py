@@ -665,6 +665,7 @@ class AuditEntry(Base):
 # --- autoinformer (autoinformer.md) ------------------------------------------------------------------------
 
 AI_CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "stopped", "error")
+AI_REPORT_MAIL = ("due", "sending", "sent", "failed")
 AI_CONTACT_STATUSES = (
     "pending",
     "in_progress",
@@ -730,10 +731,14 @@ class AiCampaign(Base):
     first_attempt_at: Mapped[dt.datetime | None] = mapped_column()  # message and caller ID frozen from here
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[dt.datetime | None] = mapped_column()
+    # «Отправить отчёт на e-mail» (§6): "due" from the move to completed/stopped, "sending" once a mailer
+    # claimed it (never sent again, even after a restart), then "sent" or "failed"; None: nothing to send
+    report_mail: Mapped[str | None] = mapped_column(String(8))
     __table_args__ = (
         UniqueConstraint("domain_id", "external_id"),
         Index("ix_ai_campaigns_status", "status"),
         CheckConstraint(f"status in ({_in(AI_CAMPAIGN_STATUSES)})", name="status"),
+        CheckConstraint(f"report_mail is null or report_mail in ({_in(AI_REPORT_MAIL)})", name="report_mail"),
     )
 
 

@@ -53,6 +53,19 @@ async def test_claims_dial_with_ids_from_the_key_and_record_results(world: World
     assert (await world.campaign_row(cid)).status == "completed"
 
 
+async def test_completion_makes_the_report_e_mail_due_once(world: World) -> None:
+    """§6: the move to completed marks a campaign with report addresses for the report mailer."""
+    cid = await world.campaign(report_emails=["boss@acme.example"])
+    plain = await world.campaign()
+    for c in (cid, plain):
+        await world.contacts(c, "79161110001")
+    d = world.dispatcher()
+    await run_ticks(world, d, 3)
+    assert (await world.campaign_row(cid)).status == "completed"
+    assert (await world.campaign_row(cid)).report_mail == "due"
+    assert (await world.campaign_row(plain)).report_mail is None
+
+
 async def test_auto_complete_off_stays_running(world: World) -> None:
     cid = await world.campaign(auto_complete=False)
     await world.contacts(cid, "79161110001")

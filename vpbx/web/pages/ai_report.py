@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vpbx.autoinformer import campaigns
+from vpbx.autoinformer import campaigns, report_mail
 from vpbx.autoinformer import exports as ai_exports
 from vpbx.autoinformer import status as ai_status
 from vpbx.autoinformer.exports import AiExports, Filters, attempts_query, numbers_query
@@ -36,6 +36,7 @@ from vpbx.web.pages import autoinformer as section
 from vpbx.web.sections import SectionRoute
 
 router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
+links = APIRouter()  # the report e-mail's links (§6): whoever has the signed link may download the file
 
 POLL_S = 5
 BUCKET = dt.timedelta(minutes=15)
@@ -290,5 +291,21 @@ async def export_file(name: str, p: AdminDep, row: section.CampaignDep, exports:
         path,
         media_type=ai_exports.MEDIA_TYPES[fmt],
         filename=f"campaign-{row.id.hex[:8]}-{name}",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@links.get(report_mail.LINK_PATH + "/{token}")
+async def report_link(token: str, core: CoreDep, exports: AiExportsDep) -> Response:
+    """The CSV a report e-mail links to, while the link's signature holds and neither it nor the file has
+    expired; anything else is 404 (nothing tells a wrong token from an old one)."""
+    link = report_mail.open_link(core.settings.secret_key.get_secret_value(), token, core.clock.now())
+    path = exports.path(link.domain_id, link.campaign_id, link.name) if link else None
+    if link is None or path is None:
+        raise NotFound("report", "link")
+    return FileResponse(
+        path,
+        media_type=ai_exports.MEDIA_TYPES["csv"],
+        filename=f"campaign-{link.campaign_id.hex[:8]}-{link.name}",
         headers={"Cache-Control": "no-store"},
     )

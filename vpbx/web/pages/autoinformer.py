@@ -385,7 +385,17 @@ def values_of(row: AiCampaign | None, timezone: str, now: dt.datetime) -> dict[s
 
 
 LIVE_EDITABLE = frozenset(
-    {"name", "schedule", "end_at", "attempts", "concurrency", "dtmf", "auto_complete", "contacts"}
+    {
+        "name",
+        "schedule",
+        "end_at",
+        "attempts",
+        "concurrency",
+        "dtmf",
+        "auto_complete",
+        "report_emails",
+        "contacts",
+    }
 )
 
 
