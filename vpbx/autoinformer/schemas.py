@@ -13,27 +13,17 @@ import datetime as dt
 import itertools
 import re
 import zoneinfo
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vpbx.pbx.validation import EMAIL_RE
+from vpbx.store.models import AiCampaignStatus, AiContactStatus, AiOutcome
 
-CampaignStatus = Literal["draft", "scheduled", "running", "paused", "completed", "stopped", "error"]
-ContactStatus = Literal[
-    "pending",
-    "in_progress",
-    "waiting_retry",
-    "succeeded",
-    "not_succeeded",
-    "attempts_exhausted",
-    "invalid_number",
-    "opted_out",
-    "excluded",
-    "error",
-    "cancelled",
-    "expired",
-]
+# the statuses and outcomes are the store's (one definition: the CHECK constraints' values come from them)
+CampaignStatus: TypeAlias = AiCampaignStatus
+ContactStatus: TypeAlias = AiContactStatus
+Outcome: TypeAlias = AiOutcome
 FINAL_CONTACT: frozenset[str] = frozenset(
     {
         "succeeded",
@@ -48,17 +38,6 @@ FINAL_CONTACT: frozenset[str] = frozenset(
     }
 )
 FINAL_CAMPAIGN: frozenset[str] = frozenset({"completed", "stopped"})
-Outcome = Literal[
-    "success",
-    "answered_incomplete",
-    "opted_out",
-    "machine",
-    "busy",
-    "no_answer",
-    "rejected",
-    "invalid_number",
-    "failed",
-]
 RetryOutcome = Literal["busy", "no_answer", "failed", "machine", "answered_incomplete"]
 ErrorReason = Literal["domain_blocked", "service_disabled", "caller_id_unavailable", "audio_unavailable"]
 

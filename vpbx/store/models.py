@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
-from typing import Any, ClassVar, NewType
+from typing import Any, ClassVar, Literal, NewType, get_args
 
 from sqlalchemy import (
     JSON,
@@ -664,9 +664,10 @@ class AuditEntry(Base):
 
 # --- autoinformer (autoinformer.md) ------------------------------------------------------------------------
 
-AI_CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "stopped", "error")
-AI_REPORT_MAIL = ("due", "sending", "sent", "failed")
-AI_CONTACT_STATUSES = (
+# The autoinformer's statuses and outcomes (autoinformer.md §3.4, §4): one Literal each (the campaign
+# object's types in vpbx.autoinformer.schemas), and the tuple of its values for the CHECK constraints.
+AiCampaignStatus = Literal["draft", "scheduled", "running", "paused", "completed", "stopped", "error"]
+AiContactStatus = Literal[
     "pending",
     "in_progress",
     "waiting_retry",
@@ -679,8 +680,8 @@ AI_CONTACT_STATUSES = (
     "error",
     "cancelled",
     "expired",
-)
-AI_OUTCOMES = (
+]
+AiOutcome = Literal[
     "success",
     "answered_incomplete",
     "opted_out",
@@ -690,7 +691,11 @@ AI_OUTCOMES = (
     "rejected",
     "invalid_number",
     "failed",
-)
+]
+AI_CAMPAIGN_STATUSES: tuple[str, ...] = get_args(AiCampaignStatus)
+AI_CONTACT_STATUSES: tuple[str, ...] = get_args(AiContactStatus)
+AI_OUTCOMES: tuple[str, ...] = get_args(AiOutcome)
+AI_REPORT_MAIL = ("due", "sending", "sent", "failed")
 
 
 def _in(values: tuple[str, ...]) -> str:
