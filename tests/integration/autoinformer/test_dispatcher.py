@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.integration.autoinformer.conftest import LINE, START, World
 from vpbx.autoinformer import status
 from vpbx.autoinformer.dispatcher import dispatch_key
 from vpbx.pbx.broadcast import broadcast_ids
-from vpbx.store.models import AiAttempt, AiCampaign, AiContact, AiStopEntry, CallRecord, Domain
+from vpbx.store.models import (
+    AiAttempt,
+    AiCampaign,
+    AiContact,
+    AiStopEntry,
+    CallRecord,
+    Domain,
+    DomainService,
+)
 
 MINUTE = dt.timedelta(minutes=1)
 
@@ -341,6 +349,22 @@ async def test_error_causes(world: World) -> None:
     cid2 = await world.campaign(message={"segments": [{"type": "file", "file_id": "ab" * 16}]})
     await d.tick()
     assert (await world.campaign_row(cid2)).error_reason == "audio_unavailable"
+    assert world.dialer.requests == []
+    # the service switched off, then the domain blocked: read with the pass's campaign query
+    cid3 = await world.campaign()
+    async with world.sessions() as s:
+        await s.execute(
+            update(DomainService).where(DomainService.domain_id == world.domain_id).values(enabled=False)
+        )
+        await s.commit()
+    await d.tick()
+    assert (await world.campaign_row(cid3)).error_reason == "service_disabled"
+    cid4 = await world.campaign()
+    async with world.sessions() as s:
+        await s.execute(update(Domain).where(Domain.id == world.domain_id).values(status="blocked"))
+        await s.commit()
+    await d.tick()
+    assert (await world.campaign_row(cid4)).error_reason == "domain_blocked"
     assert world.dialer.requests == []
 
 
