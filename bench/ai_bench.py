@@ -31,7 +31,6 @@ import datetime as dt
 import os
 import platform
 import re
-import secrets
 import signal
 import sys
 import tempfile
@@ -48,84 +47,6 @@ LINE = "74951234567"
 CAMPAIGN_CPS = 2
 POLL_S = 0.5
 START_SLACK_S = 120.0  # beyond 2× the pacing/physical bound, before the run is abandoned
-
-SCENARIO = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- A recipient behind the trunk: 180, 200 with SDP, ACK, LENGTH_MS of call, then it hangs up (BYE). -->
-<scenario name="autoinformer recipient">
-  <recv request="OPTIONS" optional="true" next="options"/>
-  <recv request="INVITE" crlf="true" rrs="true">
-    <action>
-      <ereg regexp="[^ ].*" search_in="hdr" header="From:" assign_to="caller"/>
-      <ereg regexp="[^ ].*" search_in="hdr" header="To:" assign_to="callee"/>
-    </action>
-  </recv>
-  <send><![CDATA[
-    SIP/2.0 180 Ringing
-    [last_Via:]
-    [last_Record-Route:]
-    [last_From:]
-    [last_To:];tag=[pid]u[call_number]
-    [last_Call-ID:]
-    [last_CSeq:]
-    Contact: <sip:uas@[local_ip]:[local_port]>
-    Content-Length: 0
-
-  ]]></send>
-  <send retrans="500"><![CDATA[
-    SIP/2.0 200 OK
-    [last_Via:]
-    [last_Record-Route:]
-    [last_From:]
-    [last_To:];tag=[pid]u[call_number]
-    [last_Call-ID:]
-    [last_CSeq:]
-    Contact: <sip:uas@[local_ip]:[local_port]>
-    Content-Type: application/sdp
-    Content-Length: [len]
-
-    v=0
-    o=- [pid][call_number] 1 IN IP4 [media_ip]
-    s=-
-    c=IN IP4 [media_ip]
-    t=0 0
-    m=audio [media_port] RTP/AVP 8 101
-    a=rtpmap:8 PCMA/8000
-    a=rtpmap:101 telephone-event/8000
-    a=fmtp:101 0-15
-    a=ptime:20
-    a=sendrecv
-
-  ]]></send>
-  <recv request="ACK" timeout="10000"/>
-  <pause milliseconds="LENGTH_MS"/>
-  <send retrans="500"><![CDATA[
-    BYE [next_url] SIP/2.0
-    Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-    [routes]
-    From: [$callee];tag=[pid]u[call_number]
-    To: [$caller]
-    Call-ID: [call_id]
-    CSeq: 2 BYE
-    Contact: <sip:uas@[local_ip]:[local_port]>
-    Max-Forwards: 70
-    Content-Length: 0
-
-  ]]></send>
-  <recv response="200" timeout="10000" next="done"/>
-  <label id="options"/>
-  <send><![CDATA[
-    SIP/2.0 200 OK
-    [last_Via:]
-    [last_From:]
-    [last_To:];tag=[pid]o[call_number]
-    [last_Call-ID:]
-    [last_CSeq:]
-    Content-Length: 0
-
-  ]]></send>
-  <label id="done"/>
-</scenario>
-"""
 
 
 def _utc(t: dt.datetime | None) -> dt.datetime | None:
@@ -194,23 +115,25 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def run(numbers: int, length_s: float, concurrency: int, tmp: Path) -> dict[str, Any]:
-    from sqlalchemy import select, update
+    from sqlalchemy import select
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from tests.autoinformer.campaign_kit import (
+        Stand,
+        add_campaign,
+        carrier,
+        open_domain,
+        recipient_scenario,
+        running_spec,
+    )
     from tests.integration.peers.net import free_port_block, wait_until
     from tests.integration.peers.process import require_binary
-    from tests.integration.peers.sipp import SippProcess, SippRun
-    from tests.integration.peers.vpbx import DEFAULT_DOMAIN, _env, provision
-    from tests.integration.test_autoinformer_crash import daytime_zone
-    from tests.integration.test_calls import USERS
+    from tests.integration.peers.sipp import SippProcess
     from tests.integration.test_history import serve
-    from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
+    from tests.integration.test_outbound_calls import carrier_trunk
     from vpbx import store
     from vpbx.app import Core
-    from vpbx.autoinformer.schemas import CampaignSpec
-    from vpbx.billing import AUTOINFORMER
-    from vpbx.settings import Settings
-    from vpbx.store.models import AiAttempt, AiCampaign, AiContact, Domain, DomainService, Trunk
+    from vpbx.store.models import AiAttempt, AiCampaign
 
     for program in ("sipp", "espeak-ng"):
         require_binary(program)
@@ -219,72 +142,33 @@ async def run(numbers: int, length_s: float, concurrency: int, tmp: Path) -> dic
     schedule = schedule_bound(numbers, length_s, concurrency)
     limit_s = 2 * max(physical, pacing) + START_SLACK_S
     port = free_port_block(1)
-    workdir = tmp / "vpbx"
-    data = workdir / "data"
-    data.mkdir(parents=True)
-    secret = secrets.token_urlsafe(40)
-    env = _env(data, DEFAULT_DOMAIN, secret, {})
-    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])
+    stand = Stand.make(tmp)
+    settings = stand.settings
     trunk = carrier_trunk(port)
     lines = 2 * concurrency + 2
+    campaign_id = uuid.uuid4()
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
-        await trunk(s, core, domain_id)
-        await s.execute(update(Trunk).where(Trunk.domain_id == domain_id).values(max_calls=lines))
-        domain = await s.get(Domain, domain_id)
-        assert domain is not None
-        domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
-        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
-        spec = CampaignSpec.model_validate(
-            {
-                "name": "Bench",
-                "caller_id": LINE,
-                "message": {"segments": [{"type": "tts", "text": "Проверка связи"}]},
-                "schedule": {
-                    "start_at": "2020-01-01 00:00:00",
-                    "windows": [{"from": "00:00", "to": "23:59"}],
-                },
-                "attempts": {"max": 1, "interval_min": 30},
-                "concurrency": concurrency,
-                "dtmf": {"wait_s": 30},  # the recipient hangs up first
-            }
+        await open_domain(s, core, domain_id, trunk, max_calls=lines)
+        spec = running_spec(
+            "Bench",
+            attempts={"max": 1, "interval_min": 30},
+            concurrency=concurrency,
+            dtmf={"wait_s": 30},  # the recipient hangs up first
         )
-        s.add(
-            AiCampaign(
-                id=campaign_id,
-                domain_id=domain_id,
-                name=spec.name,
-                caller_id=LINE,
-                settings=spec.settings_json(),
-                status="running",
-            )
-        )
-        await s.flush()
-        for row in range(numbers):
-            s.add(
-                AiContact(
-                    campaign_id=campaign_id, domain_id=domain_id, row_no=row + 1, phones=[f"7916{row:07d}"]
-                )
-            )
+        phones = (f"7916{row:07d}" for row in range(numbers))
+        await add_campaign(s, domain_id, spec, phones, campaign_id=campaign_id)
 
-    campaign_id = uuid.uuid4()
-    await provision(settings, DEFAULT_DOMAIN, USERS, channel_limit=lines, setup=setup)
+    await stand.provision(setup, channel_limit=lines)
     scenario = tmp / "ai_recipient.xml"
-    scenario.write_text(SCENARIO.replace("LENGTH_MS", str(round(length_s * 1000))))
-    carrier = SippRun(
-        scenario=scenario,
-        calls=10_000_000,
-        timeout_s=limit_s + 300,
-        local_ip=CARRIER_IP,
-        local_port=port,
-        trace_msg=True,
-    )
+    scenario.write_text(recipient_scenario(hangup_after_ms=round(length_s * 1000)))
+    sipp = carrier(scenario, port, timeout_s=limit_s + 300, calls=10_000_000)
     engine = store.create_engine(settings.database_url)
     sessions = store.session_factory(engine)
     try:
-        async with SippProcess.running(carrier, tmp) as far_end:
+        async with SippProcess.running(sipp, tmp) as far_end:
             await far_end.wait_listening()
-            async with serve(workdir, data, env, "bench") as (_service, proc):
+            async with serve(stand.workdir, stand.data, stand.env, "bench") as (_service, proc):
                 ticks0 = _cpu_ticks(proc.pid)
                 mono0 = time.monotonic()
                 completed_at: dt.datetime | None = None

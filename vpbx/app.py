@@ -247,6 +247,7 @@ async def serve(settings: Settings) -> None:
     api_log_sweep = LogSweep(sessions=core.sessions, clock=core.clock)
     await api_log_sweep.start()  # the API log keeps 7 days / 10 000 rows per domain (integration-api.md §6.4)
     app.state.history_exports = history_exports  # domain_call_history wakes it (integration-api.md §4.5)
+    await app.state.ai_exports.start()  # sweeps the autoinformer's background exports after 7 days
     from vpbx.autoinformer.wiring import build_dispatcher
 
     # the autoinformer's dispatcher (autoinformer.md §7); it closes what the last run left open first (§7.2)
@@ -254,6 +255,21 @@ async def serve(settings: Settings) -> None:
         core, b2bua.broadcaster, registry, trunk_room=lambda d: b2bua.trunk_room(DomainId(d))
     )
     await ai_dispatcher.start()
+    from vpbx.autoinformer.report_mail import ReportMailer
+
+    report_smtp = smtp_mailer(settings)
+    ai_reports = None
+    if report_smtp is not None:  # «Отправить отчёт на e-mail» (autoinformer.md §6) needs the SMTP server
+        ai_reports = ReportMailer(
+            core.sessions,
+            app.state.ai_exports,
+            report_smtp,
+            secret=settings.secret_key.get_secret_value(),
+            base_url=settings.public_url or f"http://{settings.http_host}:{settings.http_port}",
+            mail_from=settings.smtp_from,
+            clock=core.clock,
+        )
+        await ai_reports.start()
     from vpbx.amocrm.wiring import AmoRuntime
 
     amocrm = AmoRuntime(core, app=app, b2bua=b2bua)  # the ИМК routing hook, call events → amoCRM jobs
@@ -278,6 +294,8 @@ async def serve(settings: Settings) -> None:
         await trunks.stop()
         await node.stop()  # ends the live calls with BYE first
         await ai_dispatcher.stop()  # records the results of the calls that just ended
+        if ai_reports is not None:
+            await ai_reports.stop()
         await amocrm.stop()
         if webhook is not None:
             await webhook.aclose()
@@ -308,6 +326,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             yield
         finally:
             await api_log.stop()
+            await app.state.ai_exports.stop()  # builds in progress leave only a .part, swept later
             await core.engine.dispose()
             log.info("app.stopped")
 
@@ -315,6 +334,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         title="vpbx", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.core = core
+    from vpbx.autoinformer.exports import AiExports
+
+    app.state.ai_exports = AiExports(core.sessions, settings.data_dir, core.clock)  # big report exports (§6)
     from vpbx.integration_api.gateway import mount_api
     from vpbx.integration_api.records import LINK_PREFIX, download_app
 

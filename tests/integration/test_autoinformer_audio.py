@@ -182,7 +182,10 @@ async def test_library_is_per_domain_and_a_used_file_is_not_deleted(
 
 
 async def new_campaign(
-    s: AsyncSession, domain_id: uuid.UUID, segments: list[dict[str, object]]
+    s: AsyncSession,
+    domain_id: uuid.UUID,
+    segments: list[dict[str, object]],
+    actions: dict[str, object] | None = None,
 ) -> AiCampaign:
     spec = CampaignSpec.model_validate(
         {
@@ -190,6 +193,7 @@ async def new_campaign(
             "caller_id": "74951234567",
             "message": {"segments": segments},
             "schedule": {"start_at": "2025-06-16 09:00:00"},
+            "dtmf": {"actions": actions or {}},
         }
     )
     c = AiCampaign(
@@ -267,6 +271,48 @@ async def test_a_missing_value_is_a_failed_render_and_a_lost_file_is_the_campaig
         with pytest.raises(render.AudioUnavailable):  # another domain's file is not this domain's audio
             await render.render_contact(s, prompts, uses_b, contact)
         assert contact.render_failures == 0
+
+
+async def test_key_segments_are_spoken_once_per_text_and_a_failure_counts_like_the_messages(
+    tmp_path: Path, sessions: async_sessionmaker[AsyncSession], prompts: PromptStore
+) -> None:
+    """§3.5: confirm's and opt_out's TTS confirmation is rendered per contact through the message cache, so
+    a text without variables is spoken once for the whole campaign; a library file segment is not rendered
+    (the dispatcher plays the file's own prompt)."""
+    a, _ = await two_domains(sessions)
+    tone = await sound(tmp_path, "t.wav", "-r", "8000", "-c", "1", "-b", "16")
+    async with sessions() as s:
+        f = await audio.upload(s, prompts, a, "tone", tone)
+        actions = {
+            "1": {
+                "action": "confirm",
+                "segment": {"type": "tts", "text": "Спасибо, {name}. Ваш ответ принят."},
+            },
+            "9": {"action": "opt_out", "segment": {"type": "tts", "text": "Ваш номер исключён из рассылки."}},
+            "0": {"action": "opt_out", "segment": {"type": "file", "file_id": f.id.hex}},
+            "2": {"action": "repeat"},
+        }
+        campaign = await new_campaign(s, a, [{"type": "tts", "text": "Здравствуйте"}], actions)
+        ivan = await new_contact(s, campaign, "79161234567", name="Иван")
+        anna = await new_contact(s, campaign, "79161234568", name="Анна")
+        for_ivan = await render.render_keys(s, prompts, campaign, ivan)
+        assert for_ivan is not None and set(for_ivan) == {"1", "9"}
+        for digit in ("1", "9"):
+            wav = read_wav(prompts.get(for_ivan[digit]).wav)
+            assert wav.rate == 8000 and wav.seconds > 1.0 and rms(wav.samples) > 0.05
+        # Анна: the same opt-out text comes from the cache (espeak-ng is gone), her own name does not
+        offline = PromptStore(prompts.root, espeak="/nonexistent/espeak-ng")
+        assert await render.render_keys(s, offline, campaign, anna) is None
+        assert anna.render_failures == 1 and anna.status == "pending"
+        for_anna = await render.render_keys(s, prompts, campaign, anna)
+        assert for_anna is not None
+        assert for_anna["9"] == for_ivan["9"] and for_anna["1"] != for_ivan["1"]
+        twin = await new_contact(s, campaign, "79161234569", name="Иван")
+        assert await render.render_keys(s, offline, campaign, twin) == for_ivan
+        # a missing value in a confirmation is a failed render of the contact
+        nameless = await new_contact(s, campaign, "79161234560")
+        assert await render.render_keys(s, prompts, campaign, nameless) is None
+        assert nameless.render_failures == 1
 
 
 async def test_preview_speaks_sample_values_in_the_voice_and_rate(

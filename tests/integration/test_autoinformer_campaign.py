@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import secrets
+import socket
+import struct
 import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable
@@ -27,26 +28,45 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.integration.peers.audio import TONE_TOLERANCE, dominant_frequency, make_tone, read_wav, rms
+from tests.autoinformer.campaign_kit import (
+    LINE,
+    OPTIONS_OK,
+    RINGING,
+    Stand,
+    add_campaign,
+    answer,
+    bye_ok,
+    daytime_zone,
+    open_domain,
+    running_spec,
+)
+from tests.autoinformer.campaign_kit import carrier as carrier_run
+from tests.integration.peers.audio import (
+    TONE_TOLERANCE,
+    Pcm,
+    dominant_frequency,
+    is_tone,
+    make_tone,
+    read_wav,
+    rms,
+)
 from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.net import LOOPBACK, free_port_block, wait_until
 from tests.integration.peers.process import require_binary
-from tests.integration.peers.sipp import SippProcess, SippRun
-from tests.integration.peers.vpbx import DEFAULT_DOMAIN, _env, provision
+from tests.integration.peers.sipp import SippProcess
 from tests.integration.test_api_events import CLIENT_ID, KEY, with_api
-from tests.integration.test_autoinformer_crash import daytime_zone
-from tests.integration.test_calls import USERS
 from tests.integration.test_history import serve
-from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
+from tests.integration.test_outbound_calls import carrier_trunk
 from tests.integration_api.notify_crm import Crm, Seen
 from vpbx import store
 from vpbx.app import Core
 from vpbx.autoinformer import contacts as contact_import
 from vpbx.autoinformer.schedule import QUIET_HOURS_KEY
-from vpbx.autoinformer.schemas import CampaignSpec
 from vpbx.autoinformer.tz import load_numbering, region_zone
-from vpbx.billing import AUTOINFORMER
 from vpbx.integration_api.core import verify
+from vpbx.media.dtmf import digit_payloads
+from vpbx.media.g711 import alaw_to_pcm
+from vpbx.media.rtp import PT_PCMA, RtpPacket, parse_packet, serialize_packet
 from vpbx.pbx import lines, trunks
 from vpbx.settings import Settings
 from vpbx.store.models import (
@@ -56,14 +76,11 @@ from vpbx.store.models import (
     AiContact,
     AiStopEntry,
     CallRecord,
-    Domain,
-    DomainService,
     PlatformSetting,
 )
 
 pytestmark = pytest.mark.peers
 
-LINE = "74951234567"
 ANSWERS, BUSY, SILENT, OPTS_OUT = "79167770001", "79167770002", "79167770003", "79167770004"
 INTERVAL_MIN = 5
 RING_TIMEOUT_S = 10
@@ -75,46 +92,6 @@ PCAP_9 = Path("/usr/share/sip-tester/dtmf_2833_9.pcap")
 PCAP_1 = Path("/usr/share/sip-tester/dtmf_2833_1.pcap")
 
 T = TypeVar("T")
-
-_OK_SDP = """  <send retrans="500"><![CDATA[
-    SIP/2.0 200 OK
-    [last_Via:]
-    [last_Record-Route:]
-    [last_From:]
-    [last_To:];tag=[pid]u[call_number]
-    [last_Call-ID:]
-    [last_CSeq:]
-    Contact: <sip:uas@[local_ip]:[local_port]>
-    Content-Type: application/sdp
-    Content-Length: [len]
-
-    v=0
-    o=- [pid][call_number] 1 IN IP4 [media_ip]
-    s=-
-    c=IN IP4 [media_ip]
-    t=0 0
-    m=audio [media_port] RTP/AVP 8 101
-    a=rtpmap:8 PCMA/8000
-    a=rtpmap:101 telephone-event/8000
-    a=fmtp:101 0-15
-    a=ptime:20
-    a=sendrecv
-
-  ]]></send>
-"""
-
-_BYE_OK = """  <recv request="BYE" timeout="60000"/>
-  <send next="done"><![CDATA[
-    SIP/2.0 200 OK
-    [last_Via:]
-    [last_From:]
-    [last_To:]
-    [last_Call-ID:]
-    [last_CSeq:]
-    Content-Length: 0
-
-  ]]></send>
-"""
 
 
 def ai_events(crm: Crm) -> list[Seen]:
@@ -144,25 +121,13 @@ def carrier_scenario(pcap: Path = PCAP_9) -> str:
     </action>
   </recv>
   <nop test="busy" next="busy"/>
-  <send><![CDATA[
-    SIP/2.0 180 Ringing
-    [last_Via:]
-    [last_Record-Route:]
-    [last_From:]
-    [last_To:];tag=[pid]u[call_number]
-    [last_Call-ID:]
-    [last_CSeq:]
-    Contact: <sip:uas@[local_ip]:[local_port]>
-    Content-Length: 0
-
-  ]]></send>
-  <nop test="silent" next="silent"/>
-{_OK_SDP}  <recv request="ACK" timeout="10000"/>
+{RINGING}  <nop test="silent" next="silent"/>
+{answer()}  <recv request="ACK" timeout="10000"/>
   <nop test="keys" next="keys"/>
-{_BYE_OK}  <label id="keys"/>
+{bye_ok()}  <label id="keys"/>
   <pause milliseconds="700"/>
   <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>
-{_BYE_OK}  <label id="busy"/>
+{bye_ok()}  <label id="busy"/>
   <send retrans="500"><![CDATA[
     SIP/2.0 486 Busy Here
     [last_Via:]
@@ -197,19 +162,7 @@ def carrier_scenario(pcap: Path = PCAP_9) -> str:
 
   ]]></send>
   <recv request="ACK" timeout="10000" next="done"/>
-  <label id="options"/>
-  <send><![CDATA[
-    SIP/2.0 200 OK
-    [last_Via:]
-    [last_From:]
-    [last_To:];tag=[pid]o[call_number]
-    [last_Call-ID:]
-    [last_CSeq:]
-    Content-Length: 0
-
-  ]]></send>
-  <label id="done"/>
-</scenario>
+{OPTIONS_OK}</scenario>
 """
 
 
@@ -217,42 +170,22 @@ def campaign_setup(port: int, ids: dict[str, uuid.UUID], crm: Crm) -> Callable[.
     trunk = with_api(carrier_trunk(port), crm)  # autoinformer_events on (the default) to the CRM
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
-        await trunk(s, core, domain_id)
-        domain = await s.get(Domain, domain_id)
-        assert domain is not None
-        domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
-        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
-        spec = CampaignSpec.model_validate(
-            {
-                "name": "Acceptance",
-                "caller_id": LINE,
-                "message": {"segments": [{"type": "tts", "text": "Проверка"}]},
-                "schedule": {
-                    "start_at": "2020-01-01 00:00:00",
-                    "windows": [{"from": "00:00", "to": "23:59"}],
-                },
-                "attempts": {"max": 2, "interval_min": INTERVAL_MIN, "retry_on": ["busy", "no_answer"]},
-                "ring_timeout_s": RING_TIMEOUT_S,
-                "success": {"criterion": "answered"},
-                "concurrency": 4,
-                "dtmf": {"wait_s": 3, "actions": {"9": {"action": "opt_out"}}},
-            }
+        await open_domain(s, core, domain_id, trunk)
+        spec = running_spec(
+            "Acceptance",
+            message={"segments": [{"type": "tts", "text": "Проверка"}]},
+            attempts={"max": 2, "interval_min": INTERVAL_MIN, "retry_on": ["busy", "no_answer"]},
+            ring_timeout_s=RING_TIMEOUT_S,
+            success={"criterion": "answered"},
+            concurrency=4,
+            dtmf={"wait_s": 3, "actions": {"9": {"action": "opt_out"}}},
         )
-        campaign = AiCampaign(
-            domain_id=domain_id,
-            name=spec.name,
-            caller_id=LINE,
-            settings=spec.settings_json(),
-            status="scheduled",  # its start_at has passed: the dispatcher starts it (campaign_status)
+        # scheduled with its start_at passed: the dispatcher starts it (campaign_status)
+        campaign = await add_campaign(
+            s, domain_id, spec, (ANSWERS, BUSY, SILENT, OPTS_OUT), status="scheduled"
         )
-        other = AiCampaign(
-            domain_id=domain_id, name="Later", caller_id=LINE, settings=spec.settings_json(), status="draft"
-        )
-        s.add_all([campaign, other])
-        await s.flush()
+        other = await add_campaign(s, domain_id, spec.model_copy(update={"name": "Later"}), status="draft")
         ids["campaign"], ids["other"], ids["domain"] = campaign.id, other.id, domain_id
-        for row, phone in enumerate((ANSWERS, BUSY, SILENT, OPTS_OUT), start=1):
-            s.add(AiContact(campaign_id=campaign.id, domain_id=domain_id, row_no=row, phones=[phone]))
 
     return setup
 
@@ -296,16 +229,12 @@ async def test_a_campaign_answers_busy_no_answer_and_opt_out_with_retries_at_the
         require_binary(program)
     require_pcap()
     port = free_port_block(1)
-    workdir = tmp_path / "vpbx"
-    data = workdir / "data"
-    data.mkdir(parents=True)
-    secret = secrets.token_urlsafe(40)
-    env = _env(data, DEFAULT_DOMAIN, secret, {})
-    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    stand = Stand.make(tmp_path)
+    workdir, data, env, settings = stand.workdir, stand.data, stand.env, stand.settings
     ids: dict[str, uuid.UUID] = {}
     crm = Crm()
     async with crm.running():
-        await provision(settings, DEFAULT_DOMAIN, USERS, setup=campaign_setup(port, ids, crm))  # type: ignore[arg-type]
+        await stand.provision(campaign_setup(port, ids, crm))
         await run_campaign(tmp_path, port, workdir, data, env, settings, ids, crm)
 
 
@@ -321,14 +250,7 @@ async def run_campaign(
 ) -> None:
     scenario = tmp_path / "campaign_carrier.xml"
     scenario.write_text(carrier_scenario())
-    carrier = SippRun(
-        scenario=scenario,
-        calls=100_000,
-        timeout_s=CARRIER_TIMEOUT_S,
-        local_ip=CARRIER_IP,
-        local_port=port,
-        trace_msg=True,
-    )
+    carrier = carrier_run(scenario, port, timeout_s=CARRIER_TIMEOUT_S)
     cid = ids["campaign"]
     async with SippProcess.running(carrier, tmp_path) as far_end:
         await far_end.wait_listening()
@@ -457,40 +379,19 @@ def operator_setup(port: int, ids: dict[str, uuid.UUID]) -> Callable[..., Awaita
     trunk = carrier_trunk(port)
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
-        await trunk(s, core, domain_id)
-        domain = await s.get(Domain, domain_id)
-        assert domain is not None
-        domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
-        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
-        spec = CampaignSpec.model_validate(
-            {
-                "name": "Operator",
-                "caller_id": LINE,
-                "message": {"segments": [{"type": "tts", "text": "Проверка"}]},
-                "schedule": {
-                    "start_at": "2020-01-01 00:00:00",
-                    "windows": [{"from": "00:00", "to": "23:59"}],
-                },
-                "attempts": {"max": 1},
-                "ring_timeout_s": RING_TIMEOUT_S,
-                "success": {"criterion": "answered"},
-                "dtmf": {
-                    "wait_s": 5,
-                    "actions": {"1": {"action": "connect", "target": {"type": "user", "pin": "102"}}},
-                },
-            }
+        await open_domain(s, core, domain_id, trunk)
+        spec = running_spec(
+            "Operator",
+            message={"segments": [{"type": "tts", "text": "Проверка"}]},
+            attempts={"max": 1},
+            ring_timeout_s=RING_TIMEOUT_S,
+            success={"criterion": "answered"},
+            dtmf={
+                "wait_s": 5,
+                "actions": {"1": {"action": "connect", "target": {"type": "user", "pin": "102"}}},
+            },
         )
-        campaign = AiCampaign(
-            domain_id=domain_id,
-            name=spec.name,
-            caller_id=LINE,
-            settings=spec.settings_json(),
-            status="running",
-        )
-        s.add(campaign)
-        await s.flush()
-        ids["campaign"] = campaign.id
-        s.add(AiContact(campaign_id=campaign.id, domain_id=domain_id, row_no=1, phones=[OPTS_OUT]))
+        ids["campaign"] = (await add_campaign(s, domain_id, spec, [OPTS_OUT])).id
 
     return setup
 
@@ -502,23 +403,12 @@ async def test_connect_to_operator_rings_a_baresip_user_within_the_attempts_sess
         require_binary(program)
     require_pcap()
     port = free_port_block(1)
-    workdir = tmp_path / "vpbx"
-    data = workdir / "data"
-    data.mkdir(parents=True)
-    secret = secrets.token_urlsafe(40)
-    env = _env(data, DEFAULT_DOMAIN, secret, {})
-    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    stand = Stand.make(tmp_path)
+    workdir, data, env, settings = stand.workdir, stand.data, stand.env, stand.settings
     ids: dict[str, uuid.UUID] = {}
     scenario = tmp_path / "campaign_carrier.xml"
     scenario.write_text(carrier_scenario(PCAP_1))
-    carrier = SippRun(
-        scenario=scenario,
-        calls=100_000,
-        timeout_s=CARRIER_TIMEOUT_S,
-        local_ip=CARRIER_IP,
-        local_port=port,
-        trace_msg=True,
-    )
+    carrier = carrier_run(scenario, port, timeout_s=CARRIER_TIMEOUT_S)
     async with (
         SippProcess.running(carrier, tmp_path) as far_end,
         Baresip.start(tmp_path, name="operator") as desk,
@@ -532,7 +422,7 @@ async def test_connect_to_operator_rings_a_baresip_user_within_the_attempts_sess
             await s.flush()
             await s.execute(update(AiCampaign).values(status="paused"))
 
-        await provision(settings, DEFAULT_DOMAIN, USERS, setup=paused)  # type: ignore[arg-type]
+        await stand.provision(paused)
         cid = ids["campaign"]
         async with serve(workdir, data, env, "operator") as (service, _proc):
             await desk.register(Account.on(service, "102", answermode="auto"))
@@ -603,41 +493,26 @@ def window_setup(
     trunk = carrier_trunk(port)
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
-        await trunk(s, core, domain_id)
-        domain = await s.get(Domain, domain_id)
-        assert domain is not None
-        domain.timezone = zone
-        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
+        await open_domain(s, core, domain_id, trunk, timezone=zone)
         s.add(PlatformSetting(key=QUIET_HOURS_KEY, value={"workday": QUIET, "dayoff": QUIET}))
         table = (
             f"АВС/ DEF;От;До;Емкость;Оператор;Регион\n916;{ELSEWHERE[4:]};{ELSEWHERE[4:]};1;Тест;{region}\n"
         )
         await load_numbering(s, table.encode())
         local = opening.astimezone(zoneinfo.ZoneInfo(zone))
-        spec = CampaignSpec.model_validate(
-            {
-                "name": "Window",
-                "caller_id": LINE,
-                "message": {"segments": [{"type": "tts", "text": "Проверка"}]},
-                "schedule": {
-                    "start_at": "2020-01-01 00:00:00",
-                    "windows": [{"from": local.strftime("%H:%M"), "to": "23:59"}],
-                },
-                "attempts": {"max": 1},
-                "ring_timeout_s": RING_TIMEOUT_S,
-                "success": {"criterion": "answered"},
-                "dtmf": {"wait_s": 1},
-            }
+        spec = running_spec(
+            "Window",
+            message={"segments": [{"type": "tts", "text": "Проверка"}]},
+            schedule={
+                "start_at": "2020-01-01 00:00:00",
+                "windows": [{"from": local.strftime("%H:%M"), "to": "23:59"}],
+            },
+            attempts={"max": 1},
+            ring_timeout_s=RING_TIMEOUT_S,
+            success={"criterion": "answered"},
+            dtmf={"wait_s": 1},
         )
-        campaign = AiCampaign(
-            domain_id=domain_id,
-            name=spec.name,
-            caller_id=LINE,
-            settings=spec.settings_json(),
-            status="running",
-        )
-        s.add(campaign)
-        await s.flush()
+        campaign = await add_campaign(s, domain_id, spec)
         ids["campaign"] = campaign.id
         result = await contact_import.import_manual(s, domain_id, campaign.id, f"{ANSWERS}\n{ELSEWHERE}\n")
         assert not result.rejected, result.api_rejected()
@@ -657,26 +532,15 @@ async def test_a_window_opening_starts_its_numbers_and_another_zone_waits_for_it
     opening = minute + dt.timedelta(minutes=1 if now.second < 40 else 2)
     region, elsewhere_zone = waiting_region(now)
     port = free_port_block(1)
-    workdir = tmp_path / "vpbx"
-    data = workdir / "data"
-    data.mkdir(parents=True)
-    secret = secrets.token_urlsafe(40)
-    env = _env(data, DEFAULT_DOMAIN, secret, {})
-    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    stand = Stand.make(tmp_path)
+    workdir, data, env, settings = stand.workdir, stand.data, stand.env, stand.settings
     ids: dict[str, uuid.UUID] = {}
     setup = window_setup(port, ids, opening, zone, region)
-    await provision(settings, DEFAULT_DOMAIN, USERS, setup=setup)  # type: ignore[arg-type]
+    await stand.provision(setup)
     cid = ids["campaign"]
     scenario = tmp_path / "campaign_carrier.xml"
     scenario.write_text(carrier_scenario())
-    carrier = SippRun(
-        scenario=scenario,
-        calls=100_000,
-        timeout_s=CARRIER_TIMEOUT_S,
-        local_ip=CARRIER_IP,
-        local_port=port,
-        trace_msg=True,
-    )
+    carrier = carrier_run(scenario, port, timeout_s=CARRIER_TIMEOUT_S)
     async with SippProcess.running(carrier, tmp_path) as far_end:
         await far_end.wait_listening()
         async with serve(workdir, data, env, "window"):
@@ -712,17 +576,30 @@ TONE_HZ = 1000
 TONE_S = 2.0
 
 
+async def tone_file(s: AsyncSession, core: Core, domain_id: uuid.UUID, tmp_path: Path) -> AiAudioFile:
+    """A sox tone of TONE_HZ in the domain's audio library."""
+    wav = await make_tone(tmp_path / "message.wav", TONE_HZ, TONE_S)
+    prompt = await core.prompts.upload(wav.read_bytes())
+    audio = AiAudioFile(
+        domain_id=domain_id,
+        name="tone.wav",
+        duration_ms=int(TONE_S * 1000),
+        original_format="wav",
+        size_bytes=wav.stat().st_size,
+        prompt_id=prompt.id,
+    )
+    s.add(audio)
+    await s.flush()
+    return audio
+
+
 async def test_the_campaigns_library_message_reaches_a_baresip_recipient_as_its_tone(tmp_path: Path) -> None:
     """baresip answers for the carrier (auto-answer; its account is the number in the trunk's national
     format): the campaign's message, a sox tone in the domain's audio library, is what it receives."""
     for program in ("baresip", "sox", "espeak-ng"):
         require_binary(program)
-    workdir = tmp_path / "vpbx"
-    data = workdir / "data"
-    data.mkdir(parents=True)
-    secret = secrets.token_urlsafe(40)
-    env = _env(data, DEFAULT_DOMAIN, secret, {})
-    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
+    stand = Stand.make(tmp_path)
+    workdir, data, env, settings = stand.workdir, stand.data, stand.env, stand.settings
     ids: dict[str, uuid.UUID] = {}
     async with Baresip.start(tmp_path, name="recipient") as phone:
         account = Account(
@@ -730,7 +607,7 @@ async def test_the_campaigns_library_message_reaches_a_baresip_recipient_as_its_
         )
         await phone.command("uanew", f"{account.line()};cuser={national(ANSWERS)}")
 
-        async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        async def phone_trunk(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
             await trunks.create_trunk(
                 s,
                 domain_id,
@@ -745,49 +622,20 @@ async def test_the_campaigns_library_message_reaches_a_baresip_recipient_as_its_
                 box=core.box,
             )
             await lines.create_number(s, domain_id, lines.NumberInput(number=LINE))
-            domain = await s.get(Domain, domain_id)
-            assert domain is not None
-            domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
-            s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
-            wav = await make_tone(tmp_path / "message.wav", TONE_HZ, TONE_S)
-            prompt = await core.prompts.upload(wav.read_bytes())
-            audio = AiAudioFile(
-                domain_id=domain_id,
-                name="tone.wav",
-                duration_ms=int(TONE_S * 1000),
-                original_format="wav",
-                size_bytes=wav.stat().st_size,
-                prompt_id=prompt.id,
-            )
-            s.add(audio)
-            await s.flush()
-            spec = CampaignSpec.model_validate(
-                {
-                    "name": "Heard",
-                    "caller_id": LINE,
-                    "message": {"segments": [{"type": "file", "file_id": audio.id.hex}]},
-                    "schedule": {
-                        "start_at": "2020-01-01 00:00:00",
-                        "windows": [{"from": "00:00", "to": "23:59"}],
-                    },
-                    "attempts": {"max": 1},
-                    "ring_timeout_s": RING_TIMEOUT_S,
-                    "dtmf": {"wait_s": 1},
-                }
-            )
-            campaign = AiCampaign(
-                domain_id=domain_id,
-                name=spec.name,
-                caller_id=LINE,
-                settings=spec.settings_json(),
-                status="running",
-            )
-            s.add(campaign)
-            await s.flush()
-            ids["campaign"] = campaign.id
-            s.add(AiContact(campaign_id=campaign.id, domain_id=domain_id, row_no=1, phones=[ANSWERS]))
 
-        await provision(settings, DEFAULT_DOMAIN, USERS, setup=setup)  # type: ignore[arg-type]
+        async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+            await open_domain(s, core, domain_id, phone_trunk)
+            audio = await tone_file(s, core, domain_id, tmp_path)
+            spec = running_spec(
+                "Heard",
+                message={"segments": [{"type": "file", "file_id": audio.id.hex}]},
+                attempts={"max": 1},
+                ring_timeout_s=RING_TIMEOUT_S,
+                dtmf={"wait_s": 1},
+            )
+            ids["campaign"] = (await add_campaign(s, domain_id, spec, [ANSWERS])).id
+
+        await stand.provision(setup)
         cid = ids["campaign"]
         async with serve(workdir, data, env, "heard"):
 
@@ -802,3 +650,148 @@ async def test_the_campaigns_library_message_reaches_a_baresip_recipient_as_its_
     middle = heard.window(0.5, 1.5)
     assert rms(middle.samples) > 0.05  # a tone, not silence
     assert dominant_frequency(middle) == pytest.approx(TONE_HZ, rel=TONE_TOLERANCE)
+
+
+CONFIRM_TEXT = "Спасибо, ваш ответ принят. До свидания."
+KEY_AFTER_S = 0.6  # of the message heard before the recipient presses the key
+SILENCE_GAP_S = 2.0  # no RTP this long after the key: the call has ended
+LISTEN_LIMIT_S = 30.0
+
+
+def media_at_scenario(rtp_port: int) -> str:
+    """A carrier that answers with its media at the test's own RTP socket (127.0.0.1:``rtp_port``): the test
+    hears the call and presses keys itself; SIPp keeps the signalling and answers the PBX's BYE."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<scenario name="carrier with the media at the test">
+  <recv request="OPTIONS" optional="true" next="options"/>
+  <recv request="INVITE" crlf="true" rrs="true"/>
+{answer(LOOPBACK, str(rtp_port))}  <recv request="ACK" timeout="10000"/>
+{bye_ok()}{OPTIONS_OK}</scenario>
+"""
+
+
+class Ear:
+    """The recipient's RTP end on loopback: hears the call as A-law, answers with RFC 4733 key events."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.setblocking(False)
+        self.heard: list[tuple[float, bytes]] = []  # (monotonic arrival, A-law payload)
+        self.pbx: tuple[str, int] | None = None  # where the PBX's media comes from (symmetric RTP)
+        self.key_at: float | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    async def recv(self, timeout_s: float) -> tuple[RtpPacket, tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            data, addr = await loop.sock_recvfrom(self.sock, 2048)
+        return parse_packet(data), addr
+
+    async def press(self, digit: str) -> None:
+        """One key as RFC 4733 events at 20 ms, to where the PBX sends from."""
+        assert self.pbx is not None
+        ts = 123_456
+        for i, payload in enumerate(digit_payloads(digit)):
+            pkt = RtpPacket(
+                payload_type=101,
+                sequence_number=900 + i,
+                timestamp=ts,
+                ssrc=0x7A7A,
+                marker=i == 0,
+                payload=payload,
+            )
+            self.sock.sendto(serialize_packet(pkt), self.pbx)
+            await asyncio.sleep(0.02)  # the events' own pacing, not a wait for something
+
+    async def listen(self, digit: str, first_timeout_s: float) -> None:
+        """Hear the message for ``KEY_AFTER_S``, press ``digit``, hear until the media stops."""
+        loop = asyncio.get_running_loop()
+        pkt, self.pbx = await self.recv(first_timeout_s)
+        deadline = loop.time() + LISTEN_LIMIT_S
+        while loop.time() < deadline:
+            if pkt.payload_type == PT_PCMA:
+                self.heard.append((loop.time(), pkt.payload))
+            if self.key_at is None and len(self.heard) * 0.02 >= KEY_AFTER_S:
+                self.key_at = loop.time()
+                await self.press(digit)
+            try:
+                pkt, _ = await self.recv(SILENCE_GAP_S)
+            except TimeoutError:
+                return
+
+    def audio(self, *, after: float | None = None, before: float | None = None) -> Pcm:
+        data = b"".join(
+            p for at, p in self.heard if (after is None or at >= after) and (before is None or at < before)
+        )
+        pcm = alaw_to_pcm(data)
+        values = struct.unpack(f"<{len(pcm) // 2}h", pcm)
+        return Pcm(8000, tuple(v / 32768.0 for v in values))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_the_confirm_keys_tts_confirmation_is_heard_before_the_hangup(tmp_path: Path) -> None:
+    """§3.5: the recipient (SIPp's signalling, this test's RTP) hears the library tone, presses 1
+    (``confirm``, RFC 4733) and then hears the TTS confirmation: speech, not the tone, before the PBX hangs
+    up. The attempt records the key, the action and success by the ``confirmed`` criterion."""
+    for program in ("sipp", "sox", "espeak-ng"):
+        require_binary(program)
+    port = free_port_block(1)
+    stand = Stand.make(tmp_path)
+    workdir, data, env, settings = stand.workdir, stand.data, stand.env, stand.settings
+    ids: dict[str, uuid.UUID] = {}
+    trunk = carrier_trunk(port)
+
+    async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
+        await open_domain(s, core, domain_id, trunk)
+        audio = await tone_file(s, core, domain_id, tmp_path)
+        spec = running_spec(
+            "Confirm",
+            message={"segments": [{"type": "file", "file_id": audio.id.hex}]},
+            attempts={"max": 1},
+            ring_timeout_s=RING_TIMEOUT_S,
+            success={"criterion": "confirmed", "confirm_digit": "1"},
+            dtmf={
+                "wait_s": 5,
+                "actions": {"1": {"action": "confirm", "segment": {"type": "tts", "text": CONFIRM_TEXT}}},
+            },
+        )
+        ids["campaign"] = (await add_campaign(s, domain_id, spec, [ANSWERS])).id
+
+    await stand.provision(setup)
+    cid = ids["campaign"]
+    ear = Ear()
+    scenario = tmp_path / "media_at_carrier.xml"
+    scenario.write_text(media_at_scenario(ear.port))
+    carrier = carrier_run(scenario, port, timeout_s=CARRIER_TIMEOUT_S)
+    try:
+        async with SippProcess.running(carrier, tmp_path) as far_end:
+            await far_end.wait_listening()
+            async with serve(workdir, data, env, "confirm"):
+                await ear.listen("1", ROUND_TIMEOUT_S)
+
+                async def recorded() -> bool:
+                    found = await attempts_of(settings, cid)
+                    return bool(found) and all(a.state == "done" for a in found)
+
+                await wait_until(recorded, timeout_s=ROUND_TIMEOUT_S, what="the attempt recorded")
+                [attempt] = await attempts_of(settings, cid)
+                contact = (await contacts_of(settings, cid))[ANSWERS]
+            await far_end.proc.stop(timeout_s=CARRIER_STOP_S)
+    finally:
+        ear.close()
+
+    assert ear.key_at is not None
+    before = ear.audio(before=ear.key_at)
+    assert is_tone(before.window(0.1, KEY_AFTER_S - 0.2), TONE_HZ)  # the message: the library tone
+    after = ear.audio(after=ear.key_at + 0.3)  # the tone stops at the key
+    assert after.seconds > 1.0, after.seconds  # the confirmation plays before the hangup
+    assert rms(after.samples) > 0.05 and not is_tone(after, TONE_HZ)  # speech, not more of the message
+    assert (attempt.digits, attempt.action) == ("1", "confirm")
+    assert (attempt.sip_code, attempt.outcome, attempt.criterion_met) == (200, "success", True)
+    assert contact.status == "succeeded"

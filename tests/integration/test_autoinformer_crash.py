@@ -6,48 +6,43 @@ redialled at once, and every attempt ends recorded (from the call history, or ``
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
-import secrets
 import signal
 import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.autoinformer.campaign_kit import (
+    Stand,
+    add_campaign,
+    carrier,
+    open_domain,
+    recipient_scenario,
+    running_spec,
+)
 from tests.integration.peers.net import free_port_block, wait_until
 from tests.integration.peers.process import require_binary
-from tests.integration.peers.sipp import SippProcess, SippRun, scenario_path
-from tests.integration.peers.vpbx import DEFAULT_DOMAIN, _env, provision
-from tests.integration.test_calls import USERS
+from tests.integration.peers.sipp import SippProcess
 from tests.integration.test_history import serve
-from tests.integration.test_outbound_calls import CARRIER_IP, carrier_trunk
+from tests.integration.test_outbound_calls import carrier_trunk
 from vpbx import store
 from vpbx.app import Core
-from vpbx.autoinformer.schemas import CampaignSpec
-from vpbx.billing import AUTOINFORMER
 from vpbx.pbx.broadcast import broadcast_ids
 from vpbx.settings import Settings
-from vpbx.store.models import AiAttempt, AiCampaign, AiContact, CallRecord, Domain, DomainService, Trunk
+from vpbx.store.models import AiAttempt, CallRecord
 
 pytestmark = pytest.mark.peers
 
 CALLS = 20
-LINE = "74951234567"
 UP_TIMEOUT_S = 60.0  # 20 calls at 2 new a second, on a loaded 2-core box
 SETTLE_TIMEOUT_S = 60.0
 CARRIER_TIMEOUT_S = 300.0
 BYE_WAIT_MS = 45_000  # the carrier's wait for our BYE: longer than a call, so only the killed calls time out
 CARRIER_STOP_S = 60.0  # SIPp writes its message log in full only when it exits
-
-
-def daytime_zone(now: dt.datetime) -> str:
-    """A fixed-offset zone where it is about noon now, so quiet hours never hold the test back."""
-    offset = (12 - now.hour + 12) % 24 - 12  # −12 … +11
-    return f"Etc/GMT{-offset:+d}" if offset else "Etc/GMT"  # POSIX signs: Etc/GMT-3 is UTC+3
 
 
 def numbers() -> list[str]:
@@ -58,37 +53,14 @@ def campaign_setup(port: int) -> object:
     trunk = carrier_trunk(port)
 
     async def setup(s: AsyncSession, core: Core, domain_id: uuid.UUID) -> None:
-        await trunk(s, core, domain_id)
-        await s.execute(update(Trunk).where(Trunk.domain_id == domain_id).values(max_calls=CALLS * 2))
-        domain = await s.get(Domain, domain_id)
-        assert domain is not None
-        domain.timezone = daytime_zone(dt.datetime.now(dt.UTC))
-        s.add(DomainService(domain_id=domain_id, code=AUTOINFORMER, enabled=True))
-        spec = CampaignSpec.model_validate(
-            {
-                "name": "Crash",
-                "caller_id": LINE,
-                "message": {"segments": [{"type": "tts", "text": "Проверка связи"}]},
-                "schedule": {
-                    "start_at": "2020-01-01 00:00:00",
-                    "windows": [{"from": "00:00", "to": "23:59"}],
-                },
-                "attempts": {"max": 3, "interval_min": 30},
-                "concurrency": CALLS,
-                "dtmf": {"wait_s": 30},  # each call stays up half a minute after its message
-            }
+        await open_domain(s, core, domain_id, trunk, max_calls=CALLS * 2)
+        spec = running_spec(
+            "Crash",
+            attempts={"max": 3, "interval_min": 30},
+            concurrency=CALLS,
+            dtmf={"wait_s": 30},  # each call stays up half a minute after its message
         )
-        campaign = AiCampaign(
-            domain_id=domain_id,
-            name=spec.name,
-            caller_id=LINE,
-            settings=spec.settings_json(),
-            status="running",
-        )
-        s.add(campaign)
-        await s.flush()
-        for row, phone in enumerate(numbers(), start=1):
-            s.add(AiContact(campaign_id=campaign.id, domain_id=domain_id, row_no=row, phones=[phone]))
+        await add_campaign(s, domain_id, spec, numbers())
 
     return setup
 
@@ -134,29 +106,13 @@ async def test_kill_9_mid_campaign_never_dials_a_key_twice_and_records_every_att
     for program in ("sipp", "espeak-ng"):
         require_binary(program)
     port = free_port_block(1)
-    workdir = tmp_path / "vpbx"
-    data = workdir / "data"
-    data.mkdir(parents=True)
-    secret = secrets.token_urlsafe(40)
-    env = _env(data, DEFAULT_DOMAIN, secret, {})
-    settings = Settings(env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"])  # type: ignore[arg-type]
-    await provision(settings, DEFAULT_DOMAIN, USERS, setup=campaign_setup(port))  # type: ignore[arg-type]
-    scenario = tmp_path / "uas_trunk_long.xml"
-    text = scenario_path("uas_trunk").read_text()
-    scenario.write_text(
-        text.replace(
-            '<recv request="BYE" timeout="60000"/>', f'<recv request="BYE" timeout="{BYE_WAIT_MS}"/>'
-        )
-    )
-    carrier = SippRun(
-        scenario=scenario,
-        calls=100_000,
-        timeout_s=CARRIER_TIMEOUT_S,
-        local_ip=CARRIER_IP,
-        local_port=port,
-        trace_msg=True,
-    )
-    async with SippProcess.running(carrier, tmp_path) as far_end:
+    stand = Stand.make(tmp_path)
+    settings, workdir, data, env = stand.settings, stand.workdir, stand.data, stand.env
+    await stand.provision(campaign_setup(port))  # type: ignore[arg-type]
+    scenario = tmp_path / "recipient.xml"
+    scenario.write_text(recipient_scenario(bye_wait_ms=BYE_WAIT_MS))
+    sipp = carrier(scenario, port, timeout_s=CARRIER_TIMEOUT_S)
+    async with SippProcess.running(sipp, tmp_path) as far_end:
         await far_end.wait_listening()
         async with serve(workdir, data, env, "first") as (_service, proc):
 

@@ -114,6 +114,27 @@ async def test_create_twice_is_one_campaign(crm: httpx.AsyncClient, core: Core, 
     assert len(log) == 2
 
 
+async def test_confirmation_segments_may_be_spoken_text(
+    crm: httpx.AsyncClient, core: Core, file_id: str
+) -> None:
+    """§3.5: ``confirm`` and ``opt_out`` take a TTS confirmation in the campaign object, kept as sent."""
+    said = {"type": "tts", "text": "Спасибо, {name}. Ответ принят.", "voice": "male_1", "rate": 1.2}
+    actions = {
+        "1": {"action": "confirm", "segment": said},
+        "9": {"action": "opt_out", "segment": {"type": "tts", "text": "Ваш номер исключён."}},
+    }
+    data = await call(
+        crm, "autoinformer_create", campaign_body(file_id, dtmf={"wait_s": 5, "actions": actions})
+    )
+    assert (data["_status"], data["result"]) == (200, "0")
+    async with core.sessions() as s:
+        row = await s.scalar(select(AiCampaign))
+    assert row is not None
+    stored = row.settings["dtmf"]["actions"]
+    assert {k: v for k, v in stored["1"]["segment"].items() if v is not None} == said
+    assert stored["9"]["segment"]["text"] == "Ваш номер исключён." and stored["9"]["action"] == "opt_out"
+
+
 async def test_refusals_with_their_codes_and_nothing_created(
     crm: httpx.AsyncClient, core: Core, file_id: str
 ) -> None:
@@ -150,6 +171,25 @@ async def test_refusals_with_their_codes_and_nothing_created(
             "-1",
             "bad-request",
             "message.segments[1].text",
+        ),
+        (
+            {
+                "dtmf": {
+                    "actions": {"9": {"action": "opt_out", "segment": {"type": "tts", "text": "x" * 1001}}}
+                }
+            },
+            400,
+            "-1",
+            "bad-request",
+            "dtmf.actions.9.segment.text",
+        ),
+        ({"report_emails": ["boss@acme.example", "nope"]}, 400, "-1", "bad-request", "report_emails[1]"),
+        (
+            {"report_emails": [f"u{i}@acme.example" for i in range(11)]},
+            400,
+            "-1",
+            "bad-request",
+            "report_emails",
         ),
         ({"ring_timeout_s": 5}, 400, "-1", "bad-request", "ring_timeout_s"),
         ({"unknown": 1}, 400, "-1", "bad-request", "unknown"),

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from tests.autoinformer.campaign_kit import tone_wav
 from tests.helpers import Cabinet, Tenant
+from tests.integration.peers.net import wait_until
 from vpbx.app import Core
 from vpbx.store.models import AiAttempt, AiCampaign, AiContact, AuditEntry, Domain, IncomingNumber
 
@@ -547,6 +548,82 @@ async def test_report_summary_tables_filters_and_exports(
     assert table[1][table[0].index("outcome")] == "success"
 
 
+async def test_big_exports_are_built_in_the_background_and_offered_for_7_days(
+    core: Core,
+    t1: Tenant,
+    t2: Tenant,
+    ready: str,
+    admin1: Cabinet,
+    admin2: Cabinet,
+    app: Any,
+    monkeypatch: Any,
+) -> None:
+    """§6: over ``BACKGROUND_ROWS`` rows (lowered to 1 here) the export is built in the background into the
+    data directory; the report lists it with its time and size and a download link that only the campaign's
+    domain reaches; after 7 days it is neither listed nor served, and the sweep deletes it."""
+    from vpbx.autoinformer import exports as ai_exports
+    from vpbx.clock import FakeClock
+
+    cid = await create(admin1, ready)
+    await upload(admin1, cid, CSV_LIST.encode())
+    assert (await admin1.post(f"/autoinformer/campaigns/{cid}/start")).status_code == 303
+    await seed_results(core, cid)
+    small = await admin1.get(f"/autoinformer/campaigns/{cid}/export?table=numbers&fmt=csv")
+    assert (
+        small.status_code == 200 and "attachment" in small.headers["content-disposition"]
+    )  # 2 rows: at once
+    monkeypatch.setattr(ai_exports, "BACKGROUND_ROWS", 1)
+    names = []
+    for table, fmt in (("numbers", "csv"), ("attempts", "xlsx")):
+        resp = await admin1.get(f"/autoinformer/campaigns/{cid}/export?table={table}&fmt={fmt}")
+        assert resp.status_code == 303
+        m = re.fullmatch(
+            rf"/autoinformer/campaigns/{cid}/report\?notice=export_ordered#export-(\d{{8}}T\d{{6}}-{table}-[0-9a-f]{{8}})",
+            resp.headers["location"],
+        )
+        assert m, resp.headers["location"]
+        names.append(f"{m[1]}.{fmt}")
+    page = await admin1.get(f"/autoinformer/campaigns/{cid}/report?notice=export_ordered")
+    assert 'id="export-ordered"' in page.text and "готовится в фоне" in page.text
+
+    async def both_ready() -> bool:
+        page = await admin1.get(f"/autoinformer/campaigns/{cid}/report")
+        return page.text.count('class="export-download"') == 2
+
+    await wait_until(both_ready, timeout_s=20, what="both background exports")
+    text = (await admin1.get(f"/autoinformer/campaigns/{cid}/report")).text
+    for name in names:
+        row = text.split(f'id="export-{name.split(".")[0]}"')[1].split("</tr>")[0]
+        assert re.search(r'class="size">\d+,?\d* КБ<', row.replace(".", ",")), row
+        assert f'href="/autoinformer/campaigns/{cid}/exports/{name}"' in row
+    built = await admin1.get(f"/autoinformer/campaigns/{cid}/exports/{names[0]}")
+    assert built.status_code == 200 and built.headers["content-type"].startswith("text/csv")
+    assert built.content == small.content  # the same file as the one sent at once
+    sheet = await admin1.get(f"/autoinformer/campaigns/{cid}/exports/{names[1]}")
+    ws = load_workbook(io.BytesIO(sheet.content)).active
+    assert ws is not None
+    table = [[c.value for c in row] for row in ws.iter_rows()]
+    assert table[0][0] == "attempt_id" and len(table) == 3
+    # another domain: neither its campaign's files nor a name under its own campaign
+    await enable(admin2)
+    own = await create(admin2, await add_line(core, t2))
+    for url in (
+        f"/autoinformer/campaigns/{cid}/exports/{names[0]}",
+        f"/autoinformer/campaigns/{own}/exports/{names[0]}",
+        f"/autoinformer/campaigns/{cid}/exports/..%2F..%2Fvpbx.sqlite3",
+    ):
+        assert (await admin2.get(url)).status_code == 404, url
+    assert (await admin1.get(f"/autoinformer/campaigns/{cid}/exports/{names[0]}.part")).status_code == 404
+    assert names[0] not in (await admin2.get(f"/autoinformer/campaigns/{own}/report")).text
+    # 7 days later: gone from the list and the link, then from the disk
+    exports = app.state.ai_exports
+    exports.clock = FakeClock(dt.datetime.now(dt.UTC) + dt.timedelta(days=7, minutes=1))
+    assert 'class="export-file"' not in (await admin1.get(f"/autoinformer/campaigns/{cid}/report")).text
+    assert (await admin1.get(f"/autoinformer/campaigns/{cid}/exports/{names[0]}")).status_code == 404
+    assert await exports.sweep() == 2
+    assert not list((core.settings.data_dir / ai_exports.EXPORT_DIR).rglob("*.*"))
+
+
 async def test_another_domains_campaign_is_not_found(
     core: Core, t1: Tenant, t2: Tenant, ready: str, admin1: Cabinet, admin2: Cabinet
 ) -> None:
@@ -632,7 +709,7 @@ async def test_a_running_campaign_changes_only_concurrency_and_end(
         await s.commit()
     lines = await admin1.get(f"/autoinformer/campaigns/{cid}/lines")
     # only the concurrency's fieldset is open
-    assert lines.text.count("<fieldset disabled>") == 6
+    assert lines.text.count("<fieldset disabled>") == 7
     assert (
         await admin1.post(f"/autoinformer/campaigns/{cid}/lines", {"concurrency": "9"})
     ).status_code == 303  # what a browser sends: the disabled fieldsets stay out

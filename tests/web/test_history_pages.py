@@ -13,13 +13,14 @@ import json
 import re
 
 import pytest
+from sqlalchemy import select
 
 from tests.helpers import Cabinet, Tenant
 from tests.web.history_kit import START, add_calls, call_record
 from vpbx.app import Core
 from vpbx.clock import FakeClock
 from vpbx.pbx import users
-from vpbx.store.models import User
+from vpbx.store.models import AiAttempt, AiCampaign, AiContact, CallRecord, User
 
 H = dt.timedelta(hours=1)
 D = dt.timedelta(days=1)
@@ -294,6 +295,91 @@ async def test_the_call_card_shows_every_field_the_protocol_and_the_recording(
     card = await admin1.get(f"/history/{plain.session_id}")
     assert "<audio" not in card.text and 'id="no-protocol"' in card.text and "Пропущен" in card.text
     assert "487 Request Terminated" in card.text and "Никто" in card.text
+
+
+async def add_attempt(core: Core, t: Tenant, name: str, session_id: str) -> str:
+    """A campaign of ``t`` with one contact and one attempt that dialled under ``session_id``."""
+    async with core.sessions() as s:
+        campaign = AiCampaign(domain_id=t.id, name=name, caller_id="74951112233", settings={})
+        s.add(campaign)
+        await s.flush()
+        contact = AiContact(campaign_id=campaign.id, domain_id=t.id, phones=["79161234567"])
+        s.add(contact)
+        await s.flush()
+        s.add(
+            AiAttempt(
+                domain_id=t.id,
+                campaign_id=campaign.id,
+                contact_id=contact.id,
+                attempt_no=1,
+                number_index=0,
+                dispatch_key=f"{campaign.id.hex}:{contact.id.hex}:1:0",
+                phone="79161234567",
+                state="done",
+                session_id=session_id,
+                call_id=f"ai-{session_id}",
+            )
+        )
+        await s.commit()
+        return campaign.id.hex
+
+
+async def test_autoinformer_calls_name_their_campaign_with_a_link_to_its_report(
+    core: Core, clock: FakeClock, t1: Tenant, t2: Tenant, admin1: Cabinet, admin2: Cabinet, anon: Cabinet
+) -> None:
+    """autoinformer.md §5: the journal and the card name the campaign of an autoinformer call and link to
+    its report; the campaign is looked up in the session's domain only."""
+    ours, plain, foreign = await add_calls(
+        core.sessions,
+        *(
+            call_record(
+                t1.id,
+                call_type="outbound",
+                call_kind="autoinformer",
+                caller_number="+74951112233",
+                callee_number="+79161234567",
+                talk_s=20,
+            )
+            for _ in range(2)
+        ),
+        # a session id the other domain's campaign dialled under (ids are unique, so only a forged row)
+        call_record(t1.id, call_type="outbound", call_kind="autoinformer", callee_number="+79160000000"),
+    )
+    cid = await add_attempt(core, t1, "Напоминание <о долге>", ours.session_id)
+    await add_attempt(core, t2, "Чужая рассылка", foreign.session_id)
+
+    page = await admin1.get("/history")
+    assert page.status_code == 200
+    cell = row_of(page.text, ours.session_id)
+    assert (
+        f'<a href="/autoinformer/campaigns/{cid}/report">Автоинформатор: Напоминание &lt;о долге&gt;</a>'
+        in cell
+    )
+    assert "Автоинформатор:" not in row_of(page.text, plain.session_id)  # no attempt: no name
+    assert "Чужая рассылка" not in page.text and "Автоинформатор:" not in row_of(
+        page.text, foreign.session_id
+    )
+    card = await admin1.get(f"/history/{ours.session_id}")
+    assert re.search(
+        rf'id="card-campaign"><a href="/autoinformer/campaigns/{cid}/report">Автоинформатор: Напоминание',
+        card.text,
+    )
+    assert 'id="card-campaign"' not in (await admin1.get(f"/history/{foreign.session_id}")).text
+    # the other domain neither sees the call nor the campaign
+    assert (await admin2.get(f"/history/{ours.session_id}")).status_code == 404
+    assert "Напоминание" not in (await admin2.get("/history")).text
+    # a plain user who took part sees the name, without the admin-only report link
+    await add_user(core, t1, "clerk", "Клерк", "150", password="Clerk-Password-1")
+    async with core.sessions() as s:
+        rec = await s.scalar(select(CallRecord).where(CallRecord.session_id == ours.session_id))
+        assert rec is not None
+        rec.answering_pin = "150"
+        await s.commit()
+    assert (await anon.login("clerk@acme.vpbx.test", "Clerk-Password-1")).status_code == 303
+    mine = await anon.get("/history")
+    assert rows(mine.text) == [ours.session_id]
+    assert "Автоинформатор: Напоминание &lt;о долге&gt;</small>" in mine.text
+    assert "/autoinformer/campaigns/" not in mine.text
 
 
 async def test_an_open_and_a_recovered_call_say_so(

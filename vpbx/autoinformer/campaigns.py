@@ -696,3 +696,30 @@ async def list_campaigns(
     found = await paginate(s, query.order_by(AiCampaign.created_at.desc(), AiCampaign.id), page, per_page)
     items = [CampaignSummary(c, await campaign_stats(s, c)) for c in found.items]
     return Page(items=items, total=found.total, page=found.page, per_page=found.per_page)
+
+
+@dataclass(frozen=True, slots=True)
+class CallCampaign:
+    """The campaign an autoinformer call belongs to, as the call log names it (§5)."""
+
+    campaign_id: uuid.UUID
+    name: str
+
+
+async def campaigns_of_calls(
+    s: AsyncSession, domain_id: uuid.UUID, session_ids: Sequence[str]
+) -> dict[str, CallCampaign]:
+    """``session_id`` → its campaign, for those of ``session_ids`` that are the domain's attempts."""
+    wanted = sorted({sid for sid in session_ids if sid})
+    if not wanted:
+        return {}
+    rows = await s.execute(
+        select(AiAttempt.session_id, AiCampaign.id, AiCampaign.name)
+        .join(AiCampaign, AiCampaign.id == AiAttempt.campaign_id)
+        .where(
+            AiAttempt.domain_id == domain_id,
+            AiCampaign.domain_id == domain_id,
+            AiAttempt.session_id.in_(wanted),
+        )
+    )
+    return {sid: CallCampaign(cid, name) for sid, cid, name in rows.all()}

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,7 +51,7 @@ from vpbx.autoinformer.schedule import (
     zones,
 )
 from vpbx.autoinformer.schemas import FINAL_CONTACT, MOSCOW, CampaignSpec, spec_of
-from vpbx.billing import AUTOINFORMER, is_enabled
+from vpbx.billing import AUTOINFORMER, enabled_clause
 from vpbx.clock import Clock
 from vpbx.errors import VpbxError
 from vpbx.logs import get_logger
@@ -96,6 +96,7 @@ NOT_SENT = frozenset({"no_trunk", "channels", "no_engine", "history_unavailable"
 REFUSED_BACKOFF = dt.timedelta(seconds=30)
 
 RenderFn = Callable[[AsyncSession, AiCampaign, AiContact], Awaitable[str | None]]
+KeysFn = Callable[[AsyncSession, AiCampaign, AiContact], Awaitable[dict[str, str] | None]]
 BusyFn = Callable[[uuid.UUID], int]
 RoomFn = Callable[[uuid.UUID], int]
 
@@ -144,31 +145,53 @@ async def platform_settings(s: AsyncSession) -> dict[str, Any]:
     return {str(k): v for k, v in rows.all()}
 
 
-async def error_cause(
-    s: AsyncSession, campaign: AiCampaign, domain: Domain, spec: CampaignSpec
-) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What §4.1's error causes need beyond the campaign and domain rows, read with them in the pass's one
+    query (``readiness_columns``) plus one query for the library files of every live campaign."""
+
+    service_on: bool
+    line_ok: bool
+    files: frozenset[tuple[uuid.UUID, str]]  # (domain, file id hex) of the wanted files that exist
+
+
+def readiness_columns() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The service switch and the caller ID's line, as columns of a query over campaigns joined to domains."""
+    line = exists().where(
+        IncomingNumber.domain_id == AiCampaign.domain_id,
+        func.ltrim(IncomingNumber.number, "+") == func.ltrim(AiCampaign.caller_id, "+"),
+    )
+    return enabled_clause(Domain.id, AUTOINFORMER).label("service_on"), line.label("line_ok")
+
+
+def wanted_files(spec: CampaignSpec) -> set[str]:
+    """The library files the campaign plays: its message's and its keys' segments."""
+    wanted = {seg.file_id for seg in spec.message.segments if seg.file_id}
+    wanted |= {a.segment.file_id for a in spec.dtmf.actions.values() if a.segment and a.segment.file_id}
+    return wanted
+
+
+async def existing_files(
+    s: AsyncSession, wanted: set[tuple[uuid.UUID, str]]
+) -> frozenset[tuple[uuid.UUID, str]]:
+    """Which of the (domain, file id) pairs are in their domain's library, in one query."""
+    if not wanted:
+        return frozenset()
+    ids = {uuid.UUID(hex=f) for _, f in wanted}
+    rows = await s.execute(select(AiAudioFile.domain_id, AiAudioFile.id).where(AiAudioFile.id.in_(ids)))
+    return frozenset((d, f.hex) for d, f in rows.all()) & frozenset(wanted)
+
+
+def error_cause(domain: Domain, spec: CampaignSpec, ready: Readiness) -> str | None:
     """Why the campaign cannot dial now (§4.1 ``error_reason``), or None."""
     if domain.status == "blocked":
         return "domain_blocked"
-    if not await is_enabled(s, domain.id, AUTOINFORMER):
+    if not ready.service_on:
         return "service_disabled"
-    digits = campaign.caller_id.lstrip("+")
-    line = await s.scalar(
-        select(IncomingNumber.id).where(
-            IncomingNumber.domain_id == domain.id, IncomingNumber.number.in_((digits, "+" + digits))
-        )
-    )
-    if line is None:
+    if not ready.line_ok:
         return "caller_id_unavailable"
-    wanted = {seg.file_id for seg in spec.message.segments if seg.file_id}
-    wanted |= {a.segment.file_id for a in spec.dtmf.actions.values() if a.segment and a.segment.file_id}
-    if wanted:
-        ids = [uuid.UUID(hex=f) for f in wanted]
-        found = await s.scalar(
-            select(func.count()).where(AiAudioFile.domain_id == domain.id, AiAudioFile.id.in_(ids))
-        )
-        if (found or 0) < len(ids):
-            return "audio_unavailable"
+    if any((domain.id, f) not in ready.files for f in wanted_files(spec)):
+        return "audio_unavailable"
     return None
 
 
@@ -219,9 +242,11 @@ class Dispatcher:
         *,
         tick_s: float = TICK_S,
         trunk_room: RoomFn | None = None,
+        render_keys: KeysFn | None = None,
     ) -> None:
         """``render(s, campaign, contact)``: the contact's message as one stored prompt, or None when it
-        could not be rendered now (it counts the failure itself). ``busy_channels(domain_id)``: the domain's
+        could not be rendered now (it counts the failure itself). ``render_keys`` likewise: key → prompt of
+        the DTMF actions' TTS segments (none rendered without it). ``busy_channels(domain_id)``: the domain's
         calls in progress other than this dispatcher's own. ``trunk_room(domain_id)``: the free channels of
         the domain's usable trunks (``max_calls`` minus their calls in progress), when known."""
         self.sessions = sessions
@@ -232,6 +257,7 @@ class Dispatcher:
         self.busy_channels = busy_channels
         self.tick_s = tick_s
         self.trunk_room = trunk_room
+        self.render_keys = render_keys
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dials: dict[str, asyncio.Task[None]] = {}  # session_id → the dial's task
@@ -301,19 +327,24 @@ class Dispatcher:
             platform = self._platform(await platform_settings(s))
             rows = (
                 await s.execute(
-                    select(AiCampaign, Domain)
+                    select(AiCampaign, Domain, *readiness_columns())
                     .join(Domain, Domain.id == AiCampaign.domain_id)
                     .where(AiCampaign.status.in_(LIVE))
                     .order_by(AiCampaign.created_at, AiCampaign.id)
                 )
             ).all()
+            specs = {c.id: spec_of(c) for c, *_ in rows}
+            files = await existing_files(
+                s, {(c.domain_id, f) for c, *_ in rows for f in wanted_files(specs[c.id])}
+            )
         running: dict[uuid.UUID, list[AiCampaign]] = {}
         domains: dict[uuid.UUID, Domain] = {}
-        for campaign, domain in rows:
+        for campaign, domain, service_on, line_ok in rows:
             if not await self._hold(campaign.id, now):
                 continue
+            ready = Readiness(bool(service_on), bool(line_ok), files)
             try:
-                current = await self._housekeep(campaign, domain, now)
+                current = await self._housekeep(campaign, domain, specs[campaign.id], ready, now)
             except Exception:
                 log.exception("autoinformer.housekeeping_failed", campaign_id=campaign.id.hex)
                 continue
@@ -383,9 +414,10 @@ class Dispatcher:
         )
 
     # --- campaign moves (§4.1) ---
-    async def _housekeep(self, campaign: AiCampaign, domain: Domain, now: dt.datetime) -> str:
+    async def _housekeep(
+        self, campaign: AiCampaign, domain: Domain, spec: CampaignSpec, ready: Readiness, now: dt.datetime
+    ) -> str:
         """Apply the system's moves to one campaign; returns its status after them."""
-        spec = spec_of(campaign)
         current = campaign.status
         end_at = moscow_time(spec.schedule.end_at) if spec.schedule.end_at else None
         if end_at is not None and now >= end_at:
@@ -393,8 +425,7 @@ class Dispatcher:
         if current == "scheduled" and now >= moscow_time(spec.schedule.start_at):
             current = await self._move(campaign.id, current, "running", domain, now)
         if current in ("running", "scheduled"):
-            async with self.sessions() as s:
-                cause = await error_cause(s, campaign, domain, spec)
+            cause = error_cause(domain, spec, ready)
             if cause is not None:
                 return await self._move(campaign.id, current, "error", domain, now, error_reason=cause)
         if current == "running" and spec.auto_complete and await self._all_final(campaign.id):
@@ -563,8 +594,11 @@ class Dispatcher:
                 if opens != now:
                     await self._defer(s, contact, opens, now)
                     continue
+                key_prompts: dict[str, str] | None = {}
                 try:
                     prompt_id = await self.render(s, campaign, contact)
+                    if prompt_id is not None and self.render_keys is not None:
+                        key_prompts = await self.render_keys(s, campaign, contact)
                 except VpbxError as e:
                     await s.rollback()
                     if e.code != AUDIO_UNAVAILABLE:
@@ -580,9 +614,11 @@ class Dispatcher:
                         s, domain=domain.name, campaign=campaign, contact=contact, at=now
                     )
                 await s.commit()
-                if prompt_id is None:
+                if prompt_id is None or key_prompts is None:
                     continue
-            request = await self._claim(campaign.id, contact.id, spec, plan, domain, platform, prompt_id, now)
+            request = await self._claim(
+                campaign.id, contact.id, spec, plan, domain, platform, (prompt_id, key_prompts), now
+            )
             if request is not None:
                 self._dial(request, domain.id, campaign.id)
                 return True
@@ -608,10 +644,12 @@ class Dispatcher:
         plan: Plan,
         domain: Domain,
         platform: _Platform,
-        prompt_id: str,
+        prompts: tuple[str, Mapping[str, str]],
         now: dt.datetime,
     ) -> BroadcastRequest | None:
-        """The claim transaction (§7.1). Returns the request to dial once committed, or None."""
+        """The claim transaction (§7.1). Returns the request to dial once committed, or None. ``prompts``:
+        the contact's message and its keys' TTS segments, rendered before the transaction."""
+        prompt_id, key_prompts = prompts
         due = or_(AiContact.next_attempt_at.is_(None), AiContact.next_attempt_at <= now)
         try:
             async with self.sessions() as s:
@@ -720,7 +758,7 @@ class Dispatcher:
                 contact.updated_at = now
                 if campaign.first_attempt_at is None:
                     campaign.first_attempt_at = now
-                actions = await self._actions(s, domain.id, spec)
+                actions = await self._actions(s, domain.id, spec, key_prompts)
                 await s.commit()
         except IntegrityError:  # another worker claimed this dispatch key first
             log.info("autoinformer.claim_conflict", contact_id=contact_id.hex)
@@ -744,12 +782,13 @@ class Dispatcher:
         )
 
     async def _actions(
-        self, s: AsyncSession, domain_id: uuid.UUID, spec: CampaignSpec
+        self, s: AsyncSession, domain_id: uuid.UUID, spec: CampaignSpec, key_prompts: Mapping[str, str]
     ) -> dict[str, KeyAction]:
-        """The DTMF map for the engine; a library file segment becomes its prompt (TTS segments: not yet)."""
+        """The DTMF map for the engine; a segment becomes its prompt: a library file's converted prompt, a
+        TTS text's rendered one (``key_prompts``)."""
         out: dict[str, KeyAction] = {}
         for digit, act in spec.dtmf.actions.items():
-            prompt_id = None
+            prompt_id = key_prompts.get(digit)
             if act.segment is not None and act.segment.file_id:
                 prompt_id = await s.scalar(
                     select(AiAudioFile.prompt_id).where(

@@ -261,22 +261,51 @@ async def render_contact(
             s, store, campaign.domain_id, spec.message.segments, contact.variables, phone=phone
         )
     except (RenderError, PromptError) as e:
-        contact.render_failures += 1
-        log.warning(
-            "autoinformer.render_failed",
-            campaign_id=campaign.id.hex,
-            contact_id=contact.id.hex,
-            failures=contact.render_failures,
-            error=e.message,
-        )
-        if contact.render_failures >= MAX_RENDER_FAILURES:
-            contact.status = "error"
-            contact.detail = "tts_failed"
-            contact.next_attempt_at = None
-            contact.updated_at = dt.datetime.now(dt.UTC)
+        _failed(campaign, contact, e)
         return None
     contact.render_hash = key
     return prompt_id
+
+
+async def render_keys(
+    s: AsyncSession, store: PromptStore, campaign: AiCampaign, contact: AiContact
+) -> dict[str, str] | None:
+    """Key → prompt id of each DTMF action's TTS segment (§3.5: the confirmation of ``confirm``/``opt_out``,
+    the «оператор недоступен» of ``connect``), spoken with the contact's values. The cache keys them like a
+    message, so a text without variables is spoken once for the whole campaign. Library file segments are
+    not here: the dispatcher plays their converted prompt as it is. A failure counts like the message's
+    (None); ``AudioUnavailable`` cannot happen (no files)."""
+    spec = spec_of(campaign)
+    phone = contact.phones[0] if contact.phones else ""
+    out: dict[str, str] = {}
+    for digit, act in sorted(spec.dtmf.actions.items()):
+        if act.segment is None or act.segment.type != "tts":
+            continue
+        try:
+            out[digit], _ = await render_segments(
+                s, store, campaign.domain_id, [act.segment], contact.variables, phone=phone
+            )
+        except (RenderError, PromptError) as e:
+            _failed(campaign, contact, e)
+            return None
+    return out
+
+
+def _failed(campaign: AiCampaign, contact: AiContact, e: VpbxError) -> None:
+    """One more failed render of the contact; the third ends it as ``error``/``tts_failed``."""
+    contact.render_failures += 1
+    log.warning(
+        "autoinformer.render_failed",
+        campaign_id=campaign.id.hex,
+        contact_id=contact.id.hex,
+        failures=contact.render_failures,
+        error=e.message,
+    )
+    if contact.render_failures >= MAX_RENDER_FAILURES:
+        contact.status = "error"
+        contact.detail = "tts_failed"
+        contact.next_attempt_at = None
+        contact.updated_at = dt.datetime.now(dt.UTC)
 
 
 async def preview(

@@ -13,25 +13,17 @@ import datetime as dt
 import itertools
 import re
 import zoneinfo
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CampaignStatus = Literal["draft", "scheduled", "running", "paused", "completed", "stopped", "error"]
-ContactStatus = Literal[
-    "pending",
-    "in_progress",
-    "waiting_retry",
-    "succeeded",
-    "not_succeeded",
-    "attempts_exhausted",
-    "invalid_number",
-    "opted_out",
-    "excluded",
-    "error",
-    "cancelled",
-    "expired",
-]
+from vpbx.pbx.validation import EMAIL_RE
+from vpbx.store.models import AiCampaignStatus, AiContactStatus, AiOutcome
+
+# the statuses and outcomes are the store's (one definition: the CHECK constraints' values come from them)
+CampaignStatus: TypeAlias = AiCampaignStatus
+ContactStatus: TypeAlias = AiContactStatus
+Outcome: TypeAlias = AiOutcome
 FINAL_CONTACT: frozenset[str] = frozenset(
     {
         "succeeded",
@@ -46,17 +38,6 @@ FINAL_CONTACT: frozenset[str] = frozenset(
     }
 )
 FINAL_CAMPAIGN: frozenset[str] = frozenset({"completed", "stopped"})
-Outcome = Literal[
-    "success",
-    "answered_incomplete",
-    "opted_out",
-    "machine",
-    "busy",
-    "no_answer",
-    "rejected",
-    "invalid_number",
-    "failed",
-]
 RetryOutcome = Literal["busy", "no_answer", "failed", "machine", "answered_incomplete"]
 ErrorReason = Literal["domain_blocked", "service_disabled", "caller_id_unavailable", "audio_unavailable"]
 
@@ -70,6 +51,7 @@ VOICES: dict[str, str] = {
     "en_male_1": "en-us",
 }
 MAX_CONTACTS = 100_000
+MAX_REPORT_EMAILS = 10  # «Отправить отчёт на e-mail» (§6)
 MAX_TTS_CHARS = 1000
 MAX_VALUE_CHARS = 200
 VARIABLE_RE = re.compile(r"\{([a-z0-9_]{1,32})(?::(number|money|date|digits))?\}")
@@ -244,6 +226,16 @@ class AmoCrmTask(_Strict):
     due_days: Annotated[int, Field(ge=0, le=365)] = 1
 
 
+def _email(value: str) -> str:
+    value = value.strip()
+    if not EMAIL_RE.fullmatch(value):
+        raise ValueError("not an e-mail address")
+    return value
+
+
+Email = Annotated[str, Field(max_length=254), AfterValidator(_email)]
+
+
 class CampaignSpec(_Strict):
     external_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     name: Annotated[str, Field(min_length=1, max_length=255)]
@@ -261,7 +253,18 @@ class CampaignSpec(_Strict):
     dtmf: Dtmf = Field(default_factory=Dtmf)
     record: bool = False  # «Записывать разговоры»
     amocrm_task: AmoCrmTask | None = None  # «Создавать задачу в amoCRM»
-    report_emails: list[Annotated[str, Field(max_length=254)]] = Field(default_factory=list, max_length=10)
+    # «Отправить отчёт на e-mail»: the summary and an export link when the campaign finishes (§6)
+    report_emails: list[Email] = Field(default_factory=list, max_length=MAX_REPORT_EMAILS)
+
+    @field_validator("report_emails")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        """An address given twice gets one e-mail."""
+        out: list[str] = []
+        for e in v:
+            if e.lower() not in {x.lower() for x in out}:
+                out.append(e)
+        return out
 
     def settings_json(self) -> dict[str, Any]:
         """What ``AiCampaign.settings`` stores (the columns keep external_id, name and caller_id)."""

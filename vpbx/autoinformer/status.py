@@ -91,6 +91,8 @@ async def set_status(
     if final_status is not None:
         await _finish_contacts(s, campaign, final_status, domain=domain, now=now)
         campaign.finished_at = now
+        if campaign.settings.get("report_emails") and campaign.report_mail is None:
+            campaign.report_mail = "due"  # «Отправить отчёт на e-mail» (§6): the report mailer sends it once
     if status == "running" and campaign.started_at is None:
         campaign.started_at = now
     campaign.status = status

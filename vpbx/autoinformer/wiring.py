@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.autoinformer.dispatcher import Dispatcher
-from vpbx.autoinformer.render import render_contact
+from vpbx.autoinformer.render import render_contact, render_keys
 from vpbx.store.models import AiCampaign, AiContact, DomainId
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ def build_dispatcher(
         """The contact's message as one prompt of the core's store (rendered now or from the cache)."""
         return await render_contact(s, core.prompts, campaign, contact)
 
+    async def keys(s: AsyncSession, campaign: AiCampaign, contact: AiContact) -> dict[str, str] | None:
+        """The TTS segments of the campaign's keys for the contact (each rendered once, then cached)."""
+        return await render_keys(s, core.prompts, campaign, contact)
+
     def busy_channels(domain_id: uuid.UUID) -> int:
         """The domain's calls in progress other than the dispatcher's own (those it counts itself)."""
         own = holder[0].sessions_in_flight if holder else frozenset()
@@ -45,6 +49,7 @@ def build_dispatcher(
         core.settings.node_id,
         busy_channels,
         trunk_room=trunk_room,
+        render_keys=keys,
     )
     holder.append(dispatcher)
     return dispatcher

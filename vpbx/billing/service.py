@@ -25,10 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 
-from sqlalchemy import Select, case, select, update
+from sqlalchemy import ColumnElement, Select, case, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
 
 from vpbx.errors import NotFound
 from vpbx.pbx.validation import N_, Check
@@ -251,6 +252,14 @@ async def is_enabled(s: AsyncSession, domain_id: uuid.UUID, code: str) -> bool:
     if row is None:
         return False
     return row.counter > 0 if svc.counted else row.enabled
+
+
+def enabled_clause(
+    domain_id: ColumnElement[uuid.UUID] | QueryableAttribute[uuid.UUID], code: str
+) -> ColumnElement[bool]:
+    """``is_enabled`` as a SQL condition on a domain id column, for one query over many domains."""
+    on = DomainService.counter > 0 if service(code).counted else DomainService.enabled.is_(True)
+    return exists().where(DomainService.domain_id == domain_id, DomainService.code == code, on)
 
 
 async def counter(s: AsyncSession, domain_id: uuid.UUID, code: str) -> int:

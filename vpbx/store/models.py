@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
-from typing import Any, ClassVar, NewType
+from typing import Any, ClassVar, Literal, NewType, get_args
 
 from sqlalchemy import (
     JSON,
@@ -664,8 +664,10 @@ class AuditEntry(Base):
 
 # --- autoinformer (autoinformer.md) ------------------------------------------------------------------------
 
-AI_CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "stopped", "error")
-AI_CONTACT_STATUSES = (
+# The autoinformer's statuses and outcomes (autoinformer.md §3.4, §4): one Literal each (the campaign
+# object's types in vpbx.autoinformer.schemas), and the tuple of its values for the CHECK constraints.
+AiCampaignStatus = Literal["draft", "scheduled", "running", "paused", "completed", "stopped", "error"]
+AiContactStatus = Literal[
     "pending",
     "in_progress",
     "waiting_retry",
@@ -678,8 +680,8 @@ AI_CONTACT_STATUSES = (
     "error",
     "cancelled",
     "expired",
-)
-AI_OUTCOMES = (
+]
+AiOutcome = Literal[
     "success",
     "answered_incomplete",
     "opted_out",
@@ -689,7 +691,11 @@ AI_OUTCOMES = (
     "rejected",
     "invalid_number",
     "failed",
-)
+]
+AI_CAMPAIGN_STATUSES: tuple[str, ...] = get_args(AiCampaignStatus)
+AI_CONTACT_STATUSES: tuple[str, ...] = get_args(AiContactStatus)
+AI_OUTCOMES: tuple[str, ...] = get_args(AiOutcome)
+AI_REPORT_MAIL = ("due", "sending", "sent", "failed")
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -730,10 +736,14 @@ class AiCampaign(Base):
     first_attempt_at: Mapped[dt.datetime | None] = mapped_column()  # message and caller ID frozen from here
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[dt.datetime | None] = mapped_column()
+    # «Отправить отчёт на e-mail» (§6): "due" from the move to completed/stopped, "sending" once a mailer
+    # claimed it (never sent again, even after a restart), then "sent" or "failed"; None: nothing to send
+    report_mail: Mapped[str | None] = mapped_column(String(8))
     __table_args__ = (
         UniqueConstraint("domain_id", "external_id"),
         Index("ix_ai_campaigns_status", "status"),
         CheckConstraint(f"status in ({_in(AI_CAMPAIGN_STATUSES)})", name="status"),
+        CheckConstraint(f"report_mail is null or report_mail in ({_in(AI_REPORT_MAIL)})", name="report_mail"),
     )
 
 

@@ -8,6 +8,7 @@ domain's wall clock (``datetime-local``); the campaign object keeps Moscow time,
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
 from typing import Any
 
@@ -28,6 +29,7 @@ ACTIONS = ("connect", "repeat", "confirm", "opt_out", "hangup")
 TARGET_TYPES = ("user", "group", "menu", "number")
 CRITERIA = ("answered", "listened_full", "listened_min", "confirmed")
 BAD_TIME = N_("Enter a date and time")
+EMAIL_SPLIT = re.compile(r"[\s,;]+")  # the report's addresses: one per line, or a list
 
 
 def to_moscow(local: str, timezone: str) -> str | None:
@@ -149,6 +151,8 @@ def lines(form: forms.FormData) -> dict[str, Any]:
         part["allow_international"] = forms.checked(form, "allow_international")
     if shown(form, "auto_complete_shown"):
         part["auto_complete"] = forms.checked(form, "auto_complete")
+    if shown(form, "report_emails_shown"):
+        part["report_emails"] = [e for e in EMAIL_SPLIT.split(forms.text(form, "report_emails")) if e]
     if shown(form, "criterion"):
         criterion = forms.text(form, "criterion") or "listened_full"
         success: dict[str, Any] = {"criterion": criterion}

@@ -188,7 +188,9 @@ class World:
     domain_id: uuid.UUID
     busy: dict[uuid.UUID, int] = field(default_factory=dict)
 
-    def dispatcher(self, node_id: str = "node-a", render: Any = stand_in_render) -> Dispatcher:
+    def dispatcher(
+        self, node_id: str = "node-a", render: Any = stand_in_render, render_keys: Any = None
+    ) -> Dispatcher:
         return Dispatcher(
             self.sessions,
             self.dialer,
@@ -196,6 +198,7 @@ class World:
             self.clock,
             node_id,
             lambda d: self.busy.get(d, 0),
+            render_keys=render_keys,
         )
 
     async def campaign(self, status: str = "running", **over: Any) -> uuid.UUID:

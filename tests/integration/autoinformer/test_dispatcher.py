@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.integration.autoinformer.conftest import LINE, START, World
 from vpbx.autoinformer import status
 from vpbx.autoinformer.dispatcher import dispatch_key
 from vpbx.pbx.broadcast import broadcast_ids
-from vpbx.store.models import AiAttempt, AiCampaign, AiContact, AiStopEntry, CallRecord, Domain
+from vpbx.store.models import (
+    AiAttempt,
+    AiCampaign,
+    AiContact,
+    AiStopEntry,
+    CallRecord,
+    Domain,
+    DomainService,
+)
 
 MINUTE = dt.timedelta(minutes=1)
 
@@ -51,6 +59,19 @@ async def test_claims_dial_with_ids_from_the_key_and_record_results(world: World
     assert camp.status == "running"
     await d.tick()  # every contact final, auto_complete → completed
     assert (await world.campaign_row(cid)).status == "completed"
+
+
+async def test_completion_makes_the_report_e_mail_due_once(world: World) -> None:
+    """§6: the move to completed marks a campaign with report addresses for the report mailer."""
+    cid = await world.campaign(report_emails=["boss@acme.example"])
+    plain = await world.campaign()
+    for c in (cid, plain):
+        await world.contacts(c, "79161110001")
+    d = world.dispatcher()
+    await run_ticks(world, d, 3)
+    assert (await world.campaign_row(cid)).status == "completed"
+    assert (await world.campaign_row(cid)).report_mail == "due"
+    assert (await world.campaign_row(plain)).report_mail is None
 
 
 async def test_auto_complete_off_stays_running(world: World) -> None:
@@ -329,6 +350,22 @@ async def test_error_causes(world: World) -> None:
     await d.tick()
     assert (await world.campaign_row(cid2)).error_reason == "audio_unavailable"
     assert world.dialer.requests == []
+    # the service switched off, then the domain blocked: read with the pass's campaign query
+    cid3 = await world.campaign()
+    async with world.sessions() as s:
+        await s.execute(
+            update(DomainService).where(DomainService.domain_id == world.domain_id).values(enabled=False)
+        )
+        await s.commit()
+    await d.tick()
+    assert (await world.campaign_row(cid3)).error_reason == "service_disabled"
+    cid4 = await world.campaign()
+    async with world.sessions() as s:
+        await s.execute(update(Domain).where(Domain.id == world.domain_id).values(status="blocked"))
+        await s.commit()
+    await d.tick()
+    assert (await world.campaign_row(cid4)).error_reason == "domain_blocked"
+    assert world.dialer.requests == []
 
 
 async def test_stop_list_before_an_attempt_excludes(world: World) -> None:
@@ -520,6 +557,40 @@ async def test_a_contact_the_renderer_gives_up_on_ends_as_error(world: World) ->
     c = await world.contact(contact)
     assert (c.status, c.detail, c.attempts_made) == ("error", "tts_failed", 0)
     assert world.dialer.requests == []
+
+
+async def test_the_keys_tts_segments_go_to_the_engine_as_rendered_prompts(world: World) -> None:
+    """§3.5: confirm's and opt_out's TTS confirmation reaches the engine as the prompt the renderer made for
+    the contact; a contact whose confirmation cannot be rendered is not dialled and the failure is its own."""
+    rendered: list[str] = []
+
+    async def render_keys(s: object, campaign: AiCampaign, contact: AiContact) -> dict[str, str] | None:
+        if contact.phones[0].endswith("2"):
+            contact.render_failures += 1
+            return None
+        rendered.append(contact.phones[0])
+        return {"1": f"confirm-{contact.id.hex}", "9": f"optout-{contact.id.hex}"}
+
+    tts = {"type": "tts", "text": "Спасибо"}
+    cid = await world.campaign(
+        dtmf={
+            "actions": {
+                "1": {"action": "confirm", "segment": tts},
+                "9": {"action": "opt_out", "segment": tts},
+                "2": {"action": "repeat"},
+            }
+        }
+    )
+    ok, failing = await world.contacts(cid, "79161110001", "79161110002")
+    d = world.dispatcher(render_keys=render_keys)
+    assert await run_ticks(world, d, 2) == 1
+    [req] = world.dialer.requests
+    assert req.number == "79161110001" and rendered == ["79161110001"]
+    assert req.actions["1"].action == "confirm" and req.actions["1"].prompt_id == f"confirm-{ok.hex}"
+    assert req.actions["9"].action == "opt_out" and req.actions["9"].prompt_id == f"optout-{ok.hex}"
+    assert req.actions["2"].prompt_id is None
+    c = await world.contact(failing)
+    assert (c.status, c.attempts_made) == ("pending", 0) and c.render_failures >= 1
 
 
 async def test_start_runs_ticks_and_stop_records_the_calls_and_releases_the_lease(world: World) -> None:

@@ -174,3 +174,19 @@ def test_next_number_skips_dropped_ones() -> None:
     assert next_number(3, [1], 0) == 2
     assert next_number(3, [], 2) is None
     assert next_number(2, [0, 1], None) is None
+
+
+def test_the_schemas_statuses_and_outcomes_are_the_stores() -> None:
+    """One definition (vpbx.store.models): the campaign object's Literals, the CHECK constraints' tuples and
+    the subsets the dispatcher uses agree."""
+    from typing import get_args
+
+    from vpbx.autoinformer import schemas
+    from vpbx.store import models
+
+    assert get_args(schemas.CampaignStatus) == models.AI_CAMPAIGN_STATUSES
+    assert get_args(schemas.ContactStatus) == models.AI_CONTACT_STATUSES
+    assert get_args(schemas.Outcome) == models.AI_OUTCOMES
+    assert set(get_args(schemas.RetryOutcome)) <= set(models.AI_OUTCOMES)
+    assert schemas.FINAL_CONTACT < set(models.AI_CONTACT_STATUSES)
+    assert schemas.FINAL_CAMPAIGN < set(models.AI_CAMPAIGN_STATUSES)

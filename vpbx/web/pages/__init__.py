@@ -48,6 +48,7 @@ ROUTERS: list[APIRouter] = [
     api.router,
     autoinformer.router,
     ai_report.router,
+    ai_report.links,  # the report e-mail's signed download links: no session
     ai_lists.router,
     integrations.router,
 ]

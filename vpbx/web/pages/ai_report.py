@@ -1,7 +1,8 @@
 """A campaign's «Отчёт» tab (autoinformer.md §6): the live summary (refreshed every 5 s by htmx while the
 campaign can still call), the chart of attempts and outcomes per 15 minutes (chart.js from the page's JSON
 block), the numbers and attempts tables with their filters and paging, and both tables' export as CSV (UTF-8
-with BOM, ``;``) or XLSX.
+with BOM, ``;``) or XLSX: at once up to ``exports.BACKGROUND_ROWS`` rows, else built in the background and
+listed on the tab with a download link while it is kept (``vpbx.autoinformer.exports``).
 
 Everything is read from the campaign's rows of the session's domain; another domain's campaign is 404.
 """
@@ -9,193 +10,47 @@ Everything is read from the campaign's rows of the session's domain; another dom
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
-import io
 import json
 import uuid
 import zoneinfo
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
-from sqlalchemy import Select, func, select
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import QueryableAttribute
 
-from vpbx.autoinformer import campaigns
+from vpbx.autoinformer import campaigns, report_mail
+from vpbx.autoinformer import exports as ai_exports
 from vpbx.autoinformer import status as ai_status
-from vpbx.store.models import AI_OUTCOMES, AiAttempt, AiCampaign, AiContact, AiContactPhone, Domain
-from vpbx.store.paging import Page, like_pattern, paginate
+from vpbx.autoinformer.exports import AiExports, Filters, attempts_query, numbers_query
+from vpbx.errors import NotFound
+from vpbx.store.models import AI_OUTCOMES, AiAttempt, AiCampaign, AiContact, Domain
+from vpbx.store.paging import Page, paginate
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
 from vpbx.web.pages import autoinformer as section
 from vpbx.web.sections import SectionRoute
 
 router = APIRouter(prefix="/autoinformer", route_class=SectionRoute)
-
-_Row = TypeVar("_Row")
+links = APIRouter()  # the report e-mail's links (§6): whoever has the signed link may download the file
 
 POLL_S = 5
 BUCKET = dt.timedelta(minutes=15)
 MAX_BUCKETS = 7 * 24 * 4  # a week of 15-minute bars; older attempts fall out of the chart
 PER_PAGE = 50
-EXPORT_LIMIT = 100_000
 LIVE = ("scheduled", "running", "paused", "error")
-NUMBER_COLUMNS = (
-    "phone",
-    "phones",
-    "external_id",
-    "variables",
-    "status",
-    "attempts_made",
-    "last_outcome",
-    "last_attempt_at",
-    "next_attempt_at",
-    "best_listen_s",
-    "digits",
-    "succeeded_at",
-    "last_session_id",
-)
-ATTEMPT_COLUMNS = (
-    "attempt_id",
-    "contact_id",
-    "external_id",
-    "attempt_no",
-    "number_index",
-    "phone",
-    "scheduled_at",
-    "started_at",
-    "answered_at",
-    "ended_at",
-    "sip_code",
-    "outcome",
-    "criterion_met",
-    "listen_s",
-    "played_full",
-    "digits",
-    "action",
-    "operator_target",
-    "operator_answered",
-    "amd_result",
-    "session_id",
-    "cost",
-    "detail",
-)
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """The tables' filters (§6): status, last outcome, digit, period (the domain's dates), phone."""
-
-    status: str = ""
-    outcome: str = ""
-    digit: str = ""
-    date_from: dt.date | None = None
-    date_to: dt.date | None = None
-    phone: str = ""
-
-    @classmethod
-    def of(cls, q: Any) -> Filters:
-        def day(name: str) -> dt.date | None:
-            try:
-                return dt.date.fromisoformat(str(q.get(name) or "")[:10])
-            except ValueError:
-                return None
-
-        status = str(q.get("status") or "")
-        outcome = str(q.get("outcome") or "")
-        digit = str(q.get("digit") or "")[:1]
-        return cls(
-            status=status if status in section.CONTACT_STATUS else "",
-            outcome=outcome if outcome in AI_OUTCOMES else "",
-            digit=digit if digit and digit in "0123456789*#" else "",
-            date_from=day("from"),
-            date_to=day("to"),
-            phone="".join(ch for ch in str(q.get("phone") or "") if ch.isdigit())[:16],
-        )
-
-    def query(self) -> dict[str, str]:
-        return {
-            "status": self.status,
-            "outcome": self.outcome,
-            "digit": self.digit,
-            "from": self.date_from.isoformat() if self.date_from else "",
-            "to": self.date_to.isoformat() if self.date_to else "",
-            "phone": self.phone,
-        }
-
-    def bounds(self, timezone: str) -> tuple[dt.datetime | None, dt.datetime | None]:
-        """The period as UTC instants: from the start of ``date_from`` to the end of ``date_to``."""
-        tz = zoneinfo.ZoneInfo(timezone)
-        lo = dt.datetime.combine(self.date_from, dt.time(), tz) if self.date_from else None
-        hi = dt.datetime.combine(self.date_to + dt.timedelta(days=1), dt.time(), tz) if self.date_to else None
-        return (lo.astimezone(dt.UTC) if lo else None, hi.astimezone(dt.UTC) if hi else None)
+def _exports(request: Request) -> AiExports:
+    exports: AiExports = request.app.state.ai_exports
+    return exports
 
 
-def _narrowed(
-    stmt: Select[_Row],
-    f: Filters,
-    timezone: str,
-    *,
-    outcome: QueryableAttribute[Any],
-    digits: QueryableAttribute[Any],
-    at: QueryableAttribute[Any],
-) -> Select[_Row]:
-    """The filters both tables share: the outcome, a pressed key, the local dates (on ``at``)."""
-    if f.outcome:
-        stmt = stmt.where(outcome == f.outcome)
-    if f.digit:
-        stmt = stmt.where(digits.like(like_pattern(f.digit), escape="\\"))
-    lo, hi = f.bounds(timezone)
-    if lo:
-        stmt = stmt.where(at >= lo)
-    if hi:
-        stmt = stmt.where(at < hi)
-    return stmt
-
-
-def numbers_query(campaign_id: uuid.UUID, f: Filters, timezone: str) -> Select[AiContact]:
-    stmt = select(AiContact).where(AiContact.campaign_id == campaign_id)
-    if f.status:
-        stmt = stmt.where(AiContact.status == f.status)
-    stmt = _narrowed(
-        stmt,
-        f,
-        timezone,
-        outcome=AiContact.last_outcome,
-        digits=AiContact.digits,
-        at=AiContact.last_attempt_at,
-    )
-    if f.phone:
-        stmt = stmt.where(
-            AiContact.id.in_(
-                select(AiContactPhone.contact_id).where(
-                    AiContactPhone.campaign_id == campaign_id,
-                    AiContactPhone.phone.like(like_pattern(f.phone), escape="\\"),
-                )
-            )
-        )
-    return stmt.order_by(AiContact.row_no, AiContact.created_at, AiContact.id)
-
-
-def attempts_query(campaign_id: uuid.UUID, f: Filters, timezone: str) -> Select[AiAttempt]:
-    stmt = select(AiAttempt).where(AiAttempt.campaign_id == campaign_id)
-    if f.status:
-        stmt = stmt.where(
-            AiAttempt.contact_id.in_(
-                select(AiContact.id).where(AiContact.campaign_id == campaign_id, AiContact.status == f.status)
-            )
-        )
-    stmt = _narrowed(
-        stmt, f, timezone, outcome=AiAttempt.outcome, digits=AiAttempt.digits, at=AiAttempt.started_at
-    )
-    if f.phone:
-        stmt = stmt.where(AiAttempt.phone.like(like_pattern(f.phone), escape="\\"))
-    return stmt.order_by(AiAttempt.started_at.desc(), AiAttempt.id)
+AiExportsDep = Annotated[AiExports, Depends(_exports)]
 
 
 @dataclass
@@ -341,7 +196,13 @@ async def _report_context(
 
 @router.get("/campaigns/{campaign_id}/report")
 async def report_tab(
-    request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep, row: section.CampaignDep
+    request: Request,
+    r: RendererDep,
+    p: AdminDep,
+    s: DbDep,
+    core: CoreDep,
+    row: section.CampaignDep,
+    exports: AiExportsDep,
 ) -> Response:
     domain = await section.domain_of(s, p.tenant)
     f = Filters.of(request.query_params)
@@ -361,6 +222,8 @@ async def report_tab(
         "f": f,
         "fq": f.query(),
         "when": section.local_time(domain.timezone),
+        "export_files": await exports.files(p.tenant, row.id),
+        "background_rows": ai_exports.BACKGROUND_ROWS,
     }
     ctx = await section.campaign_context(s, p, row, "report", core.clock.now())
     ctx.update(extra)
@@ -385,109 +248,64 @@ async def summary_part(
 # --- export ------------------------------------------------------------------------------------------------
 
 
-def _cell(value: Any, tz: zoneinfo.ZoneInfo) -> str | int | float:
-    if value is None:
-        return ""
-    if isinstance(value, dt.datetime):
-        at = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return at.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, uuid.UUID):
-        return value.hex
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return "; ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
-
-
-def number_row(c: AiContact, tz: zoneinfo.ZoneInfo) -> list[str | int | float]:
-    values: dict[str, Any] = {
-        "phone": c.phones[0] if c.phones else "",
-        "phones": c.phones,
-        "external_id": c.external_id,
-        "variables": c.variables,
-        "status": c.status,
-        "attempts_made": c.attempts_made,
-        "last_outcome": c.last_outcome,
-        "last_attempt_at": c.last_attempt_at,
-        "next_attempt_at": c.next_attempt_at,
-        "best_listen_s": c.best_listen_s,
-        "digits": c.digits,
-        "succeeded_at": c.succeeded_at,
-        "last_session_id": c.last_session_id,
-    }
-    return [_cell(values[k], tz) for k in NUMBER_COLUMNS]
-
-
-def attempt_row(a: AiAttempt, external: dict[uuid.UUID, str | None], tz: zoneinfo.ZoneInfo) -> list[Any]:
-    values: dict[str, Any] = {k: getattr(a, k, None) for k in ATTEMPT_COLUMNS}
-    values["attempt_id"] = a.id
-    values["external_id"] = external.get(a.contact_id)
-    values["cost"] = f"{a.cost:.2f}" if a.cost is not None else None
-    return [_cell(values[k], tz) for k in ATTEMPT_COLUMNS]
-
-
-def build_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
-    """UTF-8 with a BOM and ``;`` between fields, so spreadsheet programs open it directly (§6)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, delimiter=";", lineterminator="\r\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return ("\ufeff" + buf.getvalue()).encode("utf-8")
-
-
-def build_xlsx(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
-    from openpyxl import Workbook
-
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet(title)
-    ws.append(list(header))
-    for row in rows:
-        # phones and ids stay text: a spreadsheet would show 79161234567 as 7.9E+10
-        ws.append([v if isinstance(v, int | float) else str(v) for v in row])
-    buf = io.BytesIO()
-    wb.save(buf)
-    return buf.getvalue()
-
-
-Table = Literal["numbers", "attempts"]
-
-
 @router.get("/campaigns/{campaign_id}/export")
-async def export(request: Request, p: AdminDep, s: DbDep, row: section.CampaignDep) -> Response:
-    """``?table=numbers|attempts&fmt=csv|xlsx`` plus the page's filters."""
+async def export(
+    request: Request, p: AdminDep, s: DbDep, row: section.CampaignDep, exports: AiExportsDep
+) -> Response:
+    """``?table=numbers|attempts&fmt=csv|xlsx`` plus the page's filters. Up to ``BACKGROUND_ROWS`` rows the
+    file comes at once; over that it is built in the background and the report lists it when ready."""
     domain = await section.domain_of(s, p.tenant)
-    tz = zoneinfo.ZoneInfo(domain.timezone)
     f = Filters.of(request.query_params)
-    table: Table = "attempts" if request.query_params.get("table") == "attempts" else "numbers"
-    fmt = "xlsx" if request.query_params.get("fmt") == "xlsx" else "csv"
-    header: Sequence[str]
-    if table == "numbers":
-        contacts = (await s.scalars(numbers_query(row.id, f, domain.timezone).limit(EXPORT_LIMIT))).all()
-        header, rows = NUMBER_COLUMNS, [number_row(c, tz) for c in contacts]
-    else:
-        attempts = (await s.scalars(attempts_query(row.id, f, domain.timezone).limit(EXPORT_LIMIT))).all()
-        ids = {a.contact_id for a in attempts}
-        external: dict[uuid.UUID, str | None] = {}
-        for cid, ext in (
-            await s.execute(
-                select(AiContact.id, AiContact.external_id).where(
-                    AiContact.campaign_id == row.id, AiContact.external_id.is_not(None)
-                )
-            )
-        ).all():
-            if cid in ids:
-                external[cid] = ext
-        header, rows = ATTEMPT_COLUMNS, [attempt_row(a, external, tz) for a in attempts]
+    table: ai_exports.Table = "attempts" if request.query_params.get("table") == "attempts" else "numbers"
+    fmt: ai_exports.Fmt = "xlsx" if request.query_params.get("fmt") == "xlsx" else "csv"
+    if await ai_exports.count_rows(s, row.id, table, f, domain.timezone) > ai_exports.BACKGROUND_ROWS:
+        name = exports.order(p.tenant, row.id, table, fmt, f, domain.timezone)
+        return RedirectResponse(
+            f"/autoinformer/campaigns/{row.id.hex}/report?notice=export_ordered#export-{name.split('.')[0]}",
+            status_code=303,
+        )
+    rows: list[ai_exports.Row] = []
+    async for chunk in ai_exports.batches(s, row.id, table, f, domain.timezone):
+        rows.extend(chunk)
+    header = ai_exports.header_of(table)
     name = f"campaign-{row.id.hex[:8]}-{table}.{fmt}"
     if fmt == "csv":
-        body = build_csv(header, rows)
-        media = "text/csv; charset=utf-8"
+        body = ai_exports.build_csv(header, rows)
     else:
-        body = await asyncio.to_thread(build_xlsx, table, header, rows)
-        media = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        body = await asyncio.to_thread(ai_exports.build_xlsx, table, header, rows)
+    return Response(
+        body,
+        media_type=ai_exports.MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/campaigns/{campaign_id}/exports/{name}")
+async def export_file(name: str, p: AdminDep, row: section.CampaignDep, exports: AiExportsDep) -> Response:
+    """A finished background export of the campaign (another domain's campaign is 404 before this)."""
+    path = exports.path(p.tenant, row.id, name)
+    if path is None:
+        raise NotFound("export", name[:64])
+    fmt = "xlsx" if name.endswith(".xlsx") else "csv"
+    return FileResponse(
+        path,
+        media_type=ai_exports.MEDIA_TYPES[fmt],
+        filename=f"campaign-{row.id.hex[:8]}-{name}",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@links.get(report_mail.LINK_PATH + "/{token}")
+async def report_link(token: str, core: CoreDep, exports: AiExportsDep) -> Response:
+    """The CSV a report e-mail links to, while the link's signature holds and neither it nor the file has
+    expired; anything else is 404 (nothing tells a wrong token from an old one)."""
+    link = report_mail.open_link(core.settings.secret_key.get_secret_value(), token, core.clock.now())
+    path = exports.path(link.domain_id, link.campaign_id, link.name) if link else None
+    if link is None or path is None:
+        raise NotFound("report", "link")
+    return FileResponse(
+        path,
+        media_type=ai_exports.MEDIA_TYPES["csv"],
+        filename=f"campaign-{link.campaign_id.hex[:8]}-{link.name}",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -385,7 +385,17 @@ def values_of(row: AiCampaign | None, timezone: str, now: dt.datetime) -> dict[s
 
 
 LIVE_EDITABLE = frozenset(
-    {"name", "schedule", "end_at", "attempts", "concurrency", "dtmf", "auto_complete", "contacts"}
+    {
+        "name",
+        "schedule",
+        "end_at",
+        "attempts",
+        "concurrency",
+        "dtmf",
+        "auto_complete",
+        "report_emails",
+        "contacts",
+    }
 )
 
 
@@ -672,6 +682,8 @@ async def _action(
             message = t.gettext(e.msgid, **e.params)
         return await _tab(request, r, s, p, row, "message", now, action_error=message, status_code=409)
     await s.commit()
+    if action == "delete":  # its report goes with it (§4.1), so do its exported files
+        await request.app.state.ai_exports.forget(p.tenant, row.id)
     if action not in ("copy", "delete"):
         target += f"/report?notice={action}" if action == "start" else f"?notice={action}"
     return RedirectResponse(target, status_code=303)

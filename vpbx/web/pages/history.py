@@ -29,6 +29,7 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.app import Core
+from vpbx.autoinformer.campaigns import CallCampaign, campaigns_of_calls
 from vpbx.errors import NotFound, ValidationFailed
 from vpbx.pbx import journal
 from vpbx.pbx.history_view import build_wire_log, duration_text, parse_steps
@@ -119,11 +120,13 @@ async def _journal(
     names = await journal.user_names(
         s, p.tenant, [x for c in records for x in (c.caller_pin, c.callee_pin, c.answering_pin)]
     )
+    campaigns = await _campaigns(s, p.tenant, records)
     context |= {
         "f": f,
         "values": f.query() | {"from": f.date_from.isoformat(), "to": f.date_to.isoformat()},
         "page": page,
-        "rows": [row(c, names, domain.timezone, lang) for c in records],
+        "rows": [row(c, names, domain.timezone, lang, campaigns.get(c.session_id)) for c in records],
+        "is_admin": p.role == "admin",
         "presets": presets(f, today),
         "query_of": lambda **kw: urlencode(f.query(**kw)),
     }
@@ -133,7 +136,22 @@ async def _journal(
     return response
 
 
-def row(c: CallRecord, names: Mapping[str, str], timezone: str, lang: str) -> dict[str, Any]:
+async def _campaigns(
+    s: AsyncSession, tenant: uuid.UUID, records: list[CallRecord]
+) -> dict[str, CallCampaign]:
+    """The campaigns of the autoinformer calls among ``records`` (autoinformer.md §5), by session."""
+    return await campaigns_of_calls(
+        s, tenant, [c.session_id for c in records if c.call_kind == "autoinformer"]
+    )
+
+
+def row(
+    c: CallRecord,
+    names: Mapping[str, str],
+    timezone: str,
+    lang: str,
+    campaign: CallCampaign | None = None,
+) -> dict[str, Any]:
     return {
         "session_id": c.session_id,
         "type": c.call_type,
@@ -152,6 +170,7 @@ def row(c: CallRecord, names: Mapping[str, str], timezone: str, lang: str) -> di
         "is_record": c.is_record,
         "is_voicemail": c.is_voicemail,
         "open": c.ended_at is None,
+        "campaign": campaign,
     }
 
 
@@ -273,12 +292,14 @@ async def call_card(session_id: str, request: Request, r: RendererDep, p: Member
         s, p.tenant, [rec.caller_pin, rec.callee_pin, rec.answering_pin, *(x.party for x in steps)]
     )
     lang = r.translator(request).lang
+    campaign = (await _campaigns(s, p.tenant, [rec])).get(rec.session_id)
     return r.page(
         request,
         "history/card.html",
         {
             "c": rec,
-            "row": row(rec, names, domain.timezone, lang),
+            "row": row(rec, names, domain.timezone, lang, campaign),
+            "is_admin": p.role == "admin",
             "timezone": domain.timezone,
             "answered_at": local_text(rec.answered_at, domain.timezone, lang),
             "ended_at": local_text(rec.ended_at, domain.timezone, lang),

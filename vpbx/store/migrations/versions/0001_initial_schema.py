@@ -153,6 +153,11 @@ def upgrade() -> None:
         sa.Column("first_attempt_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
         sa.Column("lease_owner", sa.String(length=64), nullable=True),
         sa.Column("lease_until", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("report_mail", sa.String(length=8), nullable=True),
+        sa.CheckConstraint(
+            "report_mail is null or report_mail in ('due', 'sending', 'sent', 'failed')",
+            name=op.f("ck_ai_campaigns_report_mail"),
+        ),
         sa.CheckConstraint(
             "status in ('draft', 'scheduled', 'running', 'paused', 'completed', 'stopped', 'error')",
             name=op.f("ck_ai_campaigns_status"),
