@@ -1,0 +1,67 @@
+"""Stable recording links for amoCRM call notes (amocrm.md §5.5): ``GET /rec/amo/{token}.mp3``.
+
+The token is a stored random row (``AmoRecordingLink``), not derived from a key, so rotating a key breaks no
+link. The link exists before the file does: 404 until the call's recording is ``ready``, the MP3 after;
+a revoked link, an unknown token or a recording past its retention is 404. No authentication: amoCRM's
+player fetches the URL as it is (the token is the secret, 144 random bits).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from vpbx.logs import get_logger
+from vpbx.store.models import AmoRecordingLink, CrmBinding, Recording
+
+if TYPE_CHECKING:
+    from vpbx.app import Core
+
+log = get_logger("vpbx.amocrm.recordings")
+
+PATH = "/rec/amo/{token}.mp3"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
+def recording_route(core: Core) -> Route:
+    async def download(request: Request) -> Response:
+        token = str(request.path_params.get("token", ""))
+        if not _TOKEN.fullmatch(token):
+            return Response(status_code=404)
+        async with core.sessions() as s:
+            row = (
+                await s.execute(
+                    select(Recording.path)
+                    .join(
+                        AmoRecordingLink,
+                        (AmoRecordingLink.domain_id == Recording.domain_id)
+                        & (AmoRecordingLink.session_id == Recording.session_id),
+                    )
+                    .join(CrmBinding, CrmBinding.id == AmoRecordingLink.binding_id)
+                    .where(
+                        AmoRecordingLink.token == token,
+                        AmoRecordingLink.revoked_at.is_(None),
+                        CrmBinding.domain_id == AmoRecordingLink.domain_id,
+                        Recording.status == "ready",
+                    )
+                    .order_by(Recording.created_at.desc())
+                    .limit(1)
+                )
+            ).first()
+        if row is None or not row.path:
+            return Response(status_code=404)
+        try:
+            path = core.recordings.path(row.path)
+        except ValueError:
+            return Response(status_code=404)
+        if not path.is_file():
+            log.warning("amo.recording_missing", token_prefix=token[:4])
+            return Response(status_code=404)
+        return FileResponse(path, media_type="audio/mpeg", filename=f"{token}.mp3")
+
+    return Route(PATH, download, methods=["GET", "HEAD"])
