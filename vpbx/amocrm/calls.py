@@ -56,6 +56,7 @@ SLACK = dt.timedelta(seconds=60)  # events commit in groups, not strictly in ``a
 BATCH = 500
 INTERVAL_S = 1.0
 MAX_BACKOFF_S = 5.0
+FULL_PASS_S = 60.0  # a pass over the whole retention: events committed late (a replayed spool) are not lost
 IGNORED = "ignored"
 _CALLS = cast(Table, AmoCall.__table__)
 
@@ -172,6 +173,7 @@ class CallConsumer:
         self.batch = batch
         self.interval_s = interval_s
         self._cursor: dt.datetime | None = None
+        self._full_at = -FULL_PASS_S  # monotonic time of the last pass over the whole retention
         self._seen: dict[tuple[uuid.UUID, str, int], dt.datetime] = {}
         self.wake_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -187,6 +189,9 @@ class CallConsumer:
         """One pass; the number of ``amo.finish`` jobs enqueued."""
         now = self.core.clock.now()
         since = self._since(now)
+        mono = self.core.clock.monotonic()
+        if mono - self._full_at >= FULL_PASS_S:
+            since, self._full_at = now - RETENTION, mono
         async with self.core.sessions() as s, s.begin():
             query = (
                 select(CallEventRow, CrmBinding.id)
