@@ -21,10 +21,12 @@ domain_app = typer.Typer(help="Domains (tenants)", no_args_is_help=True)
 user_app = typer.Typer(help="Users of a domain", no_args_is_help=True)
 operator_app = typer.Typer(help="Platform operators", no_args_is_help=True)
 numbering_app = typer.Typer(help="The numbering table (recipients' time zones)", no_args_is_help=True)
+amocrm_app = typer.Typer(help="amoCRM integration tools: the emulator", no_args_is_help=True)
 app.add_typer(domain_app, name="domain")
 app.add_typer(user_app, name="user")
 app.add_typer(operator_app, name="operator")
 app.add_typer(numbering_app, name="numbering")
+app.add_typer(amocrm_app, name="amocrm")
 log = get_logger("vpbx.cli")
 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory [VPBX_DATA_DIR]")]
@@ -212,6 +214,30 @@ def numbering_load(
     except NumberingFileError as e:
         typer.echo(f"vpbx: {file}: {e}", err=True)
         raise typer.Exit(1) from e
+
+
+@amocrm_app.command("emulator")
+def amocrm_emulator(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8766,
+    fixture: Annotated[
+        Path | None, typer.Option("--fixture", exists=True, dir_okay=False, help="Fixture (JSON)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", exists=True, dir_okay=False, help="emulator.toml (switches)")
+    ] = None,
+) -> None:
+    """Run the amoCRM emulator (amocrm.md §4): accounts at /_acc/{base_domain}, control API at /__emu__."""
+    from vpbx.amocrm.emulator import make_world, read_fixture, serve
+
+    configure_logging(json=False, level="info")
+    try:
+        world = make_world(read_fixture(fixture), config=config)
+    except (ValueError, KeyError) as e:
+        typer.echo(f"vpbx: emulator fixture or config: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"amoCRM emulator on http://{host}:{port} (accounts: {', '.join(world.hosts)})")
+    asyncio.run(serve(world, host=host, port=port))
 
 
 def main() -> None:
