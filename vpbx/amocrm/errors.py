@@ -90,3 +90,8 @@ class AmoUnknownOutcome(AmoError):
 class AmoSkipped(AmoError):
     """A realtime request could not get a token from the account's limiter before its deadline, or the account
     is cache-only / its circuit is open: nothing was sent."""
+
+
+class AmoUnreachable(AmoServerError):
+    """No connection to amoCRM (refused, connect timeout, DNS) or a read got no answer: for a write nothing
+    was sent, so it is safe to send again; otherwise handled like a 5xx (retry later)."""
