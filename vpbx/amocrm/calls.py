@@ -29,8 +29,9 @@ from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from vpbx.amocrm.finish import classify
-from vpbx.amocrm.jobs import enqueue
+from vpbx.amocrm.finish import FinishHandler, FinishSettings, classify
+from vpbx.amocrm.jobs import JobRunner, enqueue
+from vpbx.amocrm.widget_auth import public_origin
 from vpbx.crm.phone import normalised_digits
 from vpbx.logs import get_logger
 from vpbx.store.models import (
@@ -46,7 +47,10 @@ from vpbx.store.models import (
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from vpbx.amocrm.api import AmoClients
+    from vpbx.amocrm.client import AmoClientPool
     from vpbx.app import Core
+    from vpbx.pbx.bus import CallEvent, EventBus
 
 log = get_logger("vpbx.amocrm.calls")
 
@@ -340,3 +344,45 @@ class CallConsumer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self.wake_event.wait()
+
+
+class CallJobs:
+    """The runtime part (vpbx/amocrm/wiring.py ``AmoRuntime``): the consumer, woken by every call event on
+    the bus (published after its commit), and the job runner with ``amo.finish``, woken by the consumer.
+
+    The amoCRM clients are the runtime's shared pool when it has one (one limiter per account for all
+    traffic, §2.5), else a pool of this part's own."""
+
+    def __init__(self, core: Core, *, bus: EventBus | None, clients: AmoClients | None = None) -> None:
+        self.core = core
+        self.bus = bus
+        self._own_clients: AmoClientPool | None = None
+        if clients is None:
+            from vpbx.amocrm.client import AmoClientPool
+
+            clients = self._own_clients = AmoClientPool(core)
+        settings = FinishSettings(
+            source_name=core.settings.amocrm.source_name, origin=public_origin(core.settings)
+        )
+        self.runner = JobRunner(core, clients, {FINISH: FinishHandler(settings)})
+        self.consumer = CallConsumer(core, on_enqueued=self.runner.wake)
+
+    @classmethod
+    def for_runtime(cls, runtime: Any) -> CallJobs:
+        bus = getattr(runtime.app.state, "bus", None) if runtime.app is not None else None
+        return cls(runtime.core, bus=bus, clients=getattr(runtime, "clients", None))
+
+    async def _on_event(self, _event: CallEvent) -> None:
+        self.consumer.wake()
+
+    async def start(self) -> None:
+        if self.bus is not None:
+            self.bus.subscribe("amocrm-calls", self._on_event)
+        await self.runner.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.runner.stop()
+        if self._own_clients is not None:
+            await self._own_clients.aclose()

@@ -37,6 +37,7 @@ from vpbx.amocrm.errors import (
     AmoRateLimited,
     AmoReauthRequired,
     AmoSkipped,
+    AmoUnreachable,
     AmoValidationError,
 )
 from vpbx.amocrm.options import BindingOptions, options_of
@@ -379,7 +380,15 @@ class StepFailed(Exception):
     """Internal: a step ended without an entity (400 or nothing to do); later steps go on."""
 
 
-NOT_APPLIED = (AmoRateLimited, AmoSkipped, AmoReauthRequired, AmoPaymentRequired, AmoForbidden)
+# refused before amoCRM processed anything (AmoUnreachable: a write never left): no verification needed
+NOT_APPLIED = (
+    AmoRateLimited,
+    AmoSkipped,
+    AmoReauthRequired,
+    AmoPaymentRequired,
+    AmoForbidden,
+    AmoUnreachable,
+)
 
 
 @dataclass(slots=True, kw_only=True)

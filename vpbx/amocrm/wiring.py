@@ -82,6 +82,9 @@ class AmoRuntime:
 
     async def start(self) -> None:
         # parts are appended here by the feature modules
+        from vpbx.amocrm.calls import CallJobs
+
+        self.parts.append(CallJobs.for_runtime(self))  # call events → AmoCall → amo.finish jobs (§5)
         for part in self.parts:
             await part.start()
 

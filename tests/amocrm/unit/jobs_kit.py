@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.amocrm.unit.fake_amo import FakeAmo, FakeClients
+from vpbx.amocrm.api import AmoClients
 from vpbx.amocrm.calls import FINISH, CallConsumer
 from vpbx.amocrm.finish import FinishHandler, FinishSettings
 from vpbx.amocrm.jobs import JobRunner
+from vpbx.amocrm.oauth import TokenPair
 from vpbx.amocrm.scenario import Scenario
+from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
 from vpbx.clock import FakeClock
 from vpbx.pbx import domains
@@ -221,16 +224,27 @@ class World:
             return list(await s.scalars(select(CrmJob).where(CrmJob.binding_id == self.binding_id)))
 
 
-async def make_world(core: Core, clock: FakeClock, amo: FakeAmo | None = None, **runner_kw: Any) -> World:
+async def make_world(
+    core: Core,
+    clock: FakeClock,
+    amo: FakeAmo | None = None,
+    *,
+    clients: AmoClients | None = None,
+    tokens: TokenPair | None = None,
+    **runner_kw: Any,
+) -> World:
+    """The bound domain; jobs go to ``clients`` (a real pool on the emulator, with ``tokens`` stored in the
+    install) or else to ``amo`` (a FakeAmo by default)."""
     amo = amo or FakeAmo(clock=clock)
     async with core.sessions() as s:
         d = await domains.create_domain(s, domains.DomainInput(name=DOMAIN))
         await s.flush()
-        s.add(
-            AmoInstall(
-                amo_account_id=30000001, base_domain="demo.amocrm.ru", client_id="c", timezone="Europe/Moscow"
-            )
+        install = AmoInstall(
+            amo_account_id=30000001, base_domain="demo.amocrm.ru", client_id="c", timezone="Europe/Moscow"
         )
+        s.add(install)
+        if tokens is not None:
+            await store_tokens(s, core.box, install, tokens)
         binding = CrmBinding(
             domain_id=d.id,
             external_account_id=30000001,
@@ -257,6 +271,6 @@ async def make_world(core: Core, clock: FakeClock, amo: FakeAmo | None = None, *
         await s.commit()
         domain_id, binding_id, scenario_id = d.id, binding.id, scenario.id
     handler = FinishHandler(FinishSettings(source_name="Виртуальная АТС", origin="https://pbx.example"))
-    runner = JobRunner(core, FakeClients(amo), {FINISH: handler}, **runner_kw)
+    runner = JobRunner(core, clients or FakeClients(amo), {FINISH: handler}, **runner_kw)
     consumer = CallConsumer(core, on_enqueued=runner.wake)
     return World(core, clock, amo, domain_id, binding_id, scenario_id, runner, consumer)
