@@ -9,7 +9,7 @@ import datetime as dt
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.amocrm.unit.fake_amo import FakeAmo, FakeClients
 from vpbx.amocrm.api import AmoClients
@@ -33,6 +33,11 @@ from vpbx.store.models import (
     CrmJob,
     CrmUserMap,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from vpbx.crypto import SecretBox
 
 LINE = "74951234567"
 DOMAIN = "demo.vpbx.test"
@@ -224,6 +229,45 @@ class World:
             return list(await s.scalars(select(CrmJob).where(CrmJob.binding_id == self.binding_id)))
 
 
+async def bind_demo(
+    s: AsyncSession,
+    box: SecretBox,
+    domain_id: uuid.UUID,
+    *,
+    tokens: TokenPair | None = None,
+    connected_at: dt.datetime | None = None,
+) -> tuple[uuid.UUID, int]:
+    """§6's binding of ``domain_id`` to demo.amocrm.ru (install with ``tokens``, the mapping, fallback 5002,
+    «Основной» on the line), in the caller's transaction: (binding id, scenario id)."""
+    install = AmoInstall(
+        amo_account_id=30000001, base_domain="demo.amocrm.ru", client_id="c", timezone="Europe/Moscow"
+    )
+    s.add(install)
+    if tokens is not None:
+        await store_tokens(s, box, install, tokens)
+    binding = CrmBinding(
+        domain_id=domain_id,
+        external_account_id=30000001,
+        base_domain="demo.amocrm.ru",
+        fallback_user_id=5002,
+        hook_secret=secrets.token_hex(8),
+        connected_at=connected_at or dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
+    )
+    s.add(binding)
+    await s.flush()
+    for uid, pin in ((5001, "101"), (5002, "102"), (5003, "103")):
+        s.add(CrmUserMap(binding_id=binding.id, crm_user_id=uid, extension=pin))
+    doc = Scenario.model_validate(SCENARIO)
+    scenario = AmoScenario(
+        binding_id=binding.id, name=doc.name, is_active=True, position=0, document=doc.document().model_dump()
+    )
+    s.add(scenario)
+    await s.flush()
+    s.add(AmoScenarioLine(scenario_id=scenario.id, line=LINE))
+    await s.flush()
+    return binding.id, scenario.id
+
+
 async def make_world(
     core: Core,
     clock: FakeClock,
@@ -239,37 +283,11 @@ async def make_world(
     async with core.sessions() as s:
         d = await domains.create_domain(s, domains.DomainInput(name=DOMAIN))
         await s.flush()
-        install = AmoInstall(
-            amo_account_id=30000001, base_domain="demo.amocrm.ru", client_id="c", timezone="Europe/Moscow"
+        binding_id, scenario_id = await bind_demo(
+            s, core.box, d.id, tokens=tokens, connected_at=START - dt.timedelta(days=1)
         )
-        s.add(install)
-        if tokens is not None:
-            await store_tokens(s, core.box, install, tokens)
-        binding = CrmBinding(
-            domain_id=d.id,
-            external_account_id=30000001,
-            base_domain="demo.amocrm.ru",
-            fallback_user_id=5002,
-            hook_secret=secrets.token_hex(8),
-            connected_at=START - dt.timedelta(days=1),
-        )
-        s.add(binding)
-        await s.flush()
-        for uid, pin in ((5001, "101"), (5002, "102"), (5003, "103")):
-            s.add(CrmUserMap(binding_id=binding.id, crm_user_id=uid, extension=pin))
-        doc = Scenario.model_validate(SCENARIO)
-        scenario = AmoScenario(
-            binding_id=binding.id,
-            name=doc.name,
-            is_active=True,
-            position=0,
-            document=doc.document().model_dump(),
-        )
-        s.add(scenario)
-        await s.flush()
-        s.add(AmoScenarioLine(scenario_id=scenario.id, line=LINE))
         await s.commit()
-        domain_id, binding_id, scenario_id = d.id, binding.id, scenario.id
+        domain_id = d.id
     handler = FinishHandler(FinishSettings(source_name="Виртуальная АТС", origin="https://pbx.example"))
     runner = JobRunner(core, clients or FakeClients(amo), {FINISH: handler}, **runner_kw)
     consumer = CallConsumer(core, on_enqueued=runner.wake)
