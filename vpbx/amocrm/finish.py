@@ -492,6 +492,9 @@ class Finish:
         )
 
     async def group_member(self, group_id: int) -> int | None:
+        """Round-robin among the group's active members (F11). The last pick is kept in the binding's
+        ``health["round_robin"]``, read fresh and written back under a per-binding lock of this process (one
+        process serves an account, §2.5); other keys of ``health`` are left as they are."""
         users = await self.api.users()
         members = [
             int(u["id"])
@@ -499,18 +502,18 @@ class Finish:
             if (u.get("rights") or {}).get("group_id") == group_id
             and (u.get("rights") or {}).get("is_active", True)
         ]
-        health = dict(self.binding.health or {})
-        rr = dict(health.get("round_robin") or {})
-        last = rr.get(str(group_id))
-        pick = round_robin(members, int(last) if last is not None else None)
-        if pick is not None:
-            rr[str(group_id)] = pick
-            health["round_robin"] = rr
-            self.binding.health = health
+        async with self.locks.lock(self.binding.id, f"round-robin:{group_id}"):
             async with self.sessions() as s, s.begin():
-                await s.execute(
-                    update(CrmBinding).where(CrmBinding.id == self.binding.id).values(health=health)
-                )
+                row = await s.get(CrmBinding, self.binding.id)
+                if row is None:
+                    return None
+                health = dict(row.health or {})
+                rr = dict(health.get("round_robin") or {})
+                last = rr.get(str(group_id))
+                pick = round_robin(members, int(last) if last is not None else None)
+                if pick is not None:
+                    rr[str(group_id)] = pick
+                    row.health = {**health, "round_robin": rr}
         return pick
 
     async def responsible(
@@ -577,7 +580,15 @@ class Finish:
                 await _upsert_cache(s, self.binding.id, self.key, values, self.now())
 
     async def resolve_client(self) -> ClientKind:
-        """§5.4: a lookup that ended unknown at routing is made again here (background, no deadline)."""
+        """§5.4: a lookup that ended unknown at routing is made again here (background, no deadline). A
+        click-to-call from a contact's card (``card_hint``) names the contact already."""
+        hint = self.call.card_hint or {}
+        if (
+            self.call.contact_id is None
+            and hint.get("type") == "contacts"
+            and str(hint.get("id", "")).isdigit()
+        ):
+            self.call.contact_id, self.call.lookup = int(hint["id"]), "hit"
         if self.call.lookup == "unknown" and self.key:
             found = await self.search()
             if found is not None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import zoneinfo
+from typing import Any
 
 from sqlalchemy import select
 
-from tests.amocrm.unit.jobs_kit import World
+from tests.amocrm.unit.jobs_kit import DOMAIN, World
 from vpbx.amocrm.errors import (
     AmoEntityNotFound,
     AmoForbidden,
@@ -318,3 +320,64 @@ async def test_calls_api_mode_falls_back_to_a_note_when_no_card_has_the_number(w
     assert world.amo.requests[-2:] == ["add_calls", "add_notes"]
     [note] = world.amo.notes.values()
     assert note["note_type"] == "call_in"
+
+
+async def set_document(world: World, change: Any) -> None:
+    async with world.core.sessions() as s:
+        from vpbx.store.models import AmoScenario
+
+        scenario = await s.get(AmoScenario, world.scenario_id)
+        assert scenario is not None
+        doc = copy.deepcopy(scenario.document)
+        change(doc)
+        scenario.document = doc
+        await s.commit()
+
+
+async def test_unsorted_target_group_round_robin_and_end_of_day(world: World) -> None:
+    def change(doc: dict[str, Any]) -> None:
+        new = doc["events"]["incoming"]["new"]
+        new["lead"].update(target="unsorted", pipeline_id=7000, status_id=None)
+        new["task"]["responsible"] = {"rule": "group", "group_id": 7}
+        new["task"]["deadline"] = {"kind": "end_of_day", "minutes": 60}
+
+    await set_document(world, change)
+    world.amo.users_list = [
+        {"id": uid, "rights": {"group_id": 7, "is_active": uid != 5003}} for uid in (5001, 5002, 5003)
+    ] + [{"id": 5004, "rights": {"group_id": 8, "is_active": True}}]
+    first = await world.incoming(NEW, answered=["101"])
+    second = await world.incoming("79031112244", answered=["101"])
+    await world.settle()
+    leads = list(world.amo.leads.values())
+    assert len(leads) == 2 and all(lead["unsorted"]["pipeline_id"] == 7000 for lead in leads)
+    uniqs = {lead["unsorted"]["metadata"]["uniq"] for lead in leads}
+    assert uniqs == {first, second}
+    tasks = sorted(world.amo.tasks.values(), key=lambda t: t["id"])
+    assert [t["responsible_user_id"] for t in tasks] == [5001, 5002]  # round-robin over the active members
+    assert all(t["entity_type"] == "leads" for t in tasks)
+    msk = zoneinfo.ZoneInfo("Europe/Moscow")
+    for t in tasks:
+        till = dt.datetime.fromtimestamp(t["complete_till"], msk)
+        assert (till.hour, till.minute) == (23, 59)
+
+
+async def test_click_to_call_card_hint_names_the_contact(world: World) -> None:
+    world.amo.add_contact(9001, "Анна Смирнова", "+79161234567", 5001)
+    sid = "s-click"
+    async with world.core.sessions() as s, s.begin():  # the widget's /call wrote the card it came from
+        s.add(
+            AmoCall(binding_id=world.binding_id, session_id=sid, card_hint={"type": "contacts", "id": 9001})
+        )
+    kw = {
+        "from_number": f"user101@{DOMAIN}",
+        "from_pin": "101",
+        "request_number": f"sip:79161234567@{DOMAIN}",
+    }
+    await world.event(sid, "new", "outbound", **kw)
+    await world.event(sid, "connected", "outbound", **kw)
+    world.clock.advance(12)
+    await world.event(sid, "end", "outbound", is_record=False, **kw)
+    await world.settle()
+    assert world.amo.requests == ["add_notes"]  # no lookup: the card named the contact
+    [note] = world.amo.notes.values()
+    assert note["entity_id"] == 9001 and note["note_type"] == "call_out" and note["params"]["duration"] == 12
