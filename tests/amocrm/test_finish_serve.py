@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import secrets
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.amocrm.emu_kit import DEMO, Emu, emulator
 from tests.amocrm.unit.jobs_kit import bind_demo
 from tests.integration.peers.net import free_port_block, wait_until
+from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, run_sipp, scenario_path
-from tests.integration.peers.vpbx import Setup
-from tests.integration.test_calls import bind, callee_run, caller_run, running
+from tests.integration.peers.vpbx import DEFAULT_DOMAIN, Setup, _env, provision
+from tests.integration.test_calls import USERS, Server, bind, callee_run, caller_run, running
+from tests.integration.test_history import _Handle, serve
 from tests.integration.test_incoming_calls import CARRIER_IP, carrier_run, line_to
 from tests.integration.test_outbound_calls import carrier_trunk
 from vpbx.amocrm.oauth import TokenPair
-from vpbx.app import Core
+from vpbx.app import Core, build_core
+from vpbx.settings import Settings
+from vpbx.store.models import CrmJob
 
 pytestmark = pytest.mark.peers
 
@@ -163,3 +171,75 @@ async def test_example_8_outgoing_calls_log_on_the_existing_contact(tmp_path: Pa
     assert notes[second]["params"]["call_status"] == 6 and notes[second]["params"]["duration"] == 0
     assert {n["params"]["call_responsible"] for n in notes.values()} == {5002}
     assert not created(state, "contacts") and not created(state, "leads")  # «Исходящие» tabs are off
+
+
+async def test_example_14_amocrm_down_and_kill_9_nothing_lost_nothing_doubled(tmp_path: Path) -> None:
+    """amoCRM hangs for 60 s; ten calls from ten new numbers end meanwhile; ``vpbx serve`` is killed with
+    SIGKILL while their jobs wait; a second ``vpbx serve`` on the same database finishes them once amoCRM is
+    back: exactly 10 contacts, 10 leads, 10 tasks and 10 notes."""
+    for program in ("sipsak", "sipp"):
+        require_binary(program)
+    calls = 10
+    numbers = [f"7903555{n:04d}" for n in range(calls)]
+    async with emulator() as emu:
+        workdir = tmp_path / "vpbx"
+        data = workdir / "data"
+        data.mkdir(parents=True)
+        events_file = tmp_path / "events.jsonl"
+        secret = secrets.token_urlsafe(40)
+        env = _env(
+            data, DEFAULT_DOMAIN, secret, {"VPBX_DEBUG_CALL_EVENTS_FILE": str(events_file), **amo_env(emu)}
+        )
+        settings = Settings(
+            env="test", secret_key=secret, data_dir=data, database_url=env["VPBX_DATABASE_URL"]
+        )  # type: ignore[arg-type]
+        await provision(settings, DEFAULT_DOMAIN, USERS, setup=await bound(emu, line_to("user")))
+        await emu.down(60, mode="hang")
+        async with serve(workdir, data, env, "first") as (service, proc):
+            server = Server(vpbx=_Handle(service, proc), events_file=events_file)  # type: ignore[arg-type]
+            async with SippProcess.running(callee_run("uas_answer", calls=calls), tmp_path) as phone:
+                await bind(server, "102", phone)
+                for number in numbers:
+                    run = dataclasses.replace(
+                        carrier_run(server, calls=1, duration_ms=300),
+                        keys={"domain": service.host, "caller": number},
+                    )
+                    result = await run_sipp(run, tmp_path)
+                    assert result.ok, result.describe()
+            await server.calls(ended=calls)
+
+            async def queued() -> bool:
+                return len(await jobs_of(settings)) == calls
+
+            await wait_until(queued, timeout_s=WAIT_S, what="ten amo.finish jobs")
+            os.kill(proc.pid, signal.SIGKILL)
+        assert not created(await emu.state(DEMO), "notes")  # amoCRM is still down
+        async with serve(workdir, data, env, "second"):
+            state = await wait_created(emu, "notes", calls, timeout_s=WAIT_S * 6)
+            await wait_until(lambda: all_done(settings, calls), timeout_s=WAIT_S, what="every job done")
+        state = await emu.state(DEMO)
+
+    for kind in ("contacts", "leads", "tasks", "notes"):
+        assert len(created(state, kind)) == calls, kind
+    phones = {
+        v["value"]
+        for c in created(state, "contacts")
+        for f in c.get("custom_fields_values") or []
+        if f.get("field_code") == "PHONE"
+        for v in f["values"]
+    }
+    assert phones == {f"+{n}" for n in numbers}
+
+
+async def jobs_of(settings: Settings) -> list[Any]:
+    core = build_core(settings)
+    try:
+        async with core.sessions() as s:
+            return list(await s.scalars(select(CrmJob)))
+    finally:
+        await core.engine.dispose()
+
+
+async def all_done(settings: Settings, count: int) -> bool:
+    jobs = await jobs_of(settings)
+    return len(jobs) == count and all(j.state == "done" for j in jobs)
