@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.amocrm.emu_kit import DEMO, Emu, emulator
 from tests.amocrm.unit.jobs_kit import bind_demo
+from tests.integration.peers.audio import make_silence
+from tests.integration.peers.baresip import Account, Baresip
 from tests.integration.peers.net import free_port_block, wait_until
 from tests.integration.peers.process import require_binary
 from tests.integration.peers.sipp import SippProcess, run_sipp, scenario_path
@@ -243,3 +245,46 @@ async def jobs_of(settings: Settings) -> list[Any]:
 async def all_done(settings: Settings, count: int) -> bool:
     jobs = await jobs_of(settings)
     return len(jobs) == count and all(j.state == "done" for j in jobs)
+
+
+async def test_example_7_a_blind_transfer_makes_the_target_responsible(tmp_path: Path) -> None:
+    """The carrier's call rings 102 (baresip, auto-answer), who REFERs it to 103 (baresip); 103 hangs up. The
+    contact, deal and task get 103's manager (5003), and so does the note (§5.5 «Принявший вызов» with
+    «Обновлять ответственного при переводе звонка»)."""
+    require_binary("baresip")
+    client = "79037778899"
+    async with emulator() as emu:
+        setup = await bound(emu, line_to("user"))
+        async with (
+            running(tmp_path, env=amo_env(emu), setup=setup) as server,
+            Baresip.start(
+                tmp_path, name="bob", audio_source=await make_silence(tmp_path / "b.wav", 30)
+            ) as bob,
+            Baresip.start(
+                tmp_path, name="carol", audio_source=await make_silence(tmp_path / "c.wav", 30)
+            ) as carol,
+        ):
+            await bob.register(Account.on(server.service, "102", answermode="auto"))
+            await carol.register(Account.on(server.service, "103", answermode="auto"))
+            run = carrier_run(server, scenario="uac_call_wait_bye", calls=1)
+            run = dataclasses.replace(run, keys={**run.keys, "caller": client})
+            async with SippProcess.running(run, tmp_path) as customer:
+                await bob.wait_event("CALL_ESTABLISHED")
+                await bob.command("transfer", f"sip:103@{server.service.domain}")
+                await carol.wait_event("CALL_ESTABLISHED")
+                await bob.wait_event("CALL_CLOSED")
+                await carol.hangup()
+                await carol.wait_event("CALL_CLOSED")
+                hung_up = await customer.wait()
+            [events] = (await server.calls(ended=1)).values()
+            state = await wait_created(emu, "notes", 1)
+
+    assert hung_up.ok, hung_up.describe()
+    assert [(e["state"], e.get("request_pin")) for e in events if e["state"] == "connected"] == [
+        ("connected", "102"),
+        ("connected", "103"),
+    ]
+    entities = [*created(state, "contacts"), *created(state, "leads"), *created(state, "tasks")]
+    assert len(entities) == 3 and {e["responsible_user_id"] for e in entities} == {5003}
+    [note] = created(state, "notes")
+    assert note["params"]["call_responsible"] == 5003 and note["params"]["uniq"] == events[0]["session_id"]
