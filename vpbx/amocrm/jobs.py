@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -381,3 +381,22 @@ async def drop_binding_jobs(s: AsyncSession, binding_id: uuid.UUID, now: dt.date
     if count:
         log.info("amo.jobs_dropped", binding_id=str(binding_id), count=count)
     return count
+
+
+async def queue_health(s: AsyncSession, binding_id: uuid.UUID) -> dict[str, Any]:
+    """The job queue for the health panel (§5.8): jobs per state still of interest and the oldest waiting
+    job's creation time (ISO 8601, or None)."""
+    rows = (
+        await s.execute(
+            select(CrmJob.state, func.count(), func.min(CrmJob.created_at))
+            .where(CrmJob.binding_id == binding_id, CrmJob.state.in_(("pending", "running", "held", "dead")))
+            .group_by(CrmJob.state)
+        )
+    ).all()
+    counts = dict.fromkeys(("pending", "running", "held", "dead"), 0)
+    oldest: dt.datetime | None = None
+    for state, count, first in rows:
+        counts[state] = int(count)
+        if state != "dead" and first is not None:
+            oldest = first if oldest is None else min(oldest, first)
+    return {**counts, "oldest_waiting_at": oldest.isoformat() if oldest is not None else None}

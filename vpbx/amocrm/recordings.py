@@ -8,10 +8,12 @@ player fetches the URL as it is (the token is the secret, 144 random bits).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -20,6 +22,8 @@ from vpbx.logs import get_logger
 from vpbx.store.models import AmoRecordingLink, CrmBinding, Recording
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from vpbx.app import Core
 
 log = get_logger("vpbx.amocrm.recordings")
@@ -65,3 +69,18 @@ def recording_route(core: Core) -> Route:
         return FileResponse(path, media_type="audio/mpeg", filename=f"{token}.mp3")
 
     return Route(PATH, download, methods=["GET", "HEAD"])
+
+
+async def revoke_links(
+    s: AsyncSession, binding_id: uuid.UUID, now: dt.datetime, *, token: str | None = None
+) -> int:
+    """Revoke one link of the binding (``token``) or all of them (§5.5, the cabinet's action); the number
+    revoked. A revoked call gets a new token the next time its link is asked for
+    (``finish.recording_link``)."""
+    query = update(AmoRecordingLink).where(
+        AmoRecordingLink.binding_id == binding_id, AmoRecordingLink.revoked_at.is_(None)
+    )
+    if token is not None:
+        query = query.where(AmoRecordingLink.token == token)
+    result = await s.execute(query.values(revoked_at=now))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -7,14 +7,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
+import uuid
 
 from sqlalchemy import select, update
 
 from tests.amocrm.unit.fake_amo import FakeClients
 from tests.amocrm.unit.jobs_kit import DOMAIN, LINE, World
 from vpbx.amocrm.calls import FINISH, CallConsumer
+from vpbx.amocrm.errors import AmoServerError
 from vpbx.amocrm.finish import FinishHandler, FinishSettings
-from vpbx.amocrm.jobs import JobRunner
+from vpbx.amocrm.jobs import JobRunner, queue_health, retry_dead
 from vpbx.pbx import domains
 from vpbx.pbx.bus import CallEvent, SessionId
 from vpbx.pbx.history import apply_events
@@ -138,3 +140,24 @@ async def test_another_domains_calls_never_reach_the_binding(world: World) -> No
     async with world.core.sessions() as s:
         jobs = {j.key: j.binding_id for j in await s.scalars(select(CrmJob))}
     assert jobs == {sid: world.binding_id, "s-other": b2}
+
+
+async def test_queue_health_counts_what_waits(world: World) -> None:
+    world.amo.fail("search_contacts", AmoServerError("503", status=503), times=2)
+    first = await world.incoming(NEW, answered=["101"])
+    await world.incoming("79031112244", answered=["101"])
+    await world.settle()
+    async with world.core.sessions() as s:
+        health = await queue_health(s, world.binding_id)
+    assert health["pending"] == 2 and health["dead"] == health["held"] == 0
+    assert health["oldest_waiting_at"] is not None
+    async with world.core.sessions() as s, s.begin():
+        await s.execute(update(CrmJob).where(CrmJob.key == first).values(state="dead"))
+    async with world.core.sessions() as s:
+        job = await s.scalar(select(CrmJob).where(CrmJob.key == first))
+        assert job is not None
+        assert await retry_dead(s, world.binding_id, job.id, world.clock.now())
+        assert not await retry_dead(s, uuid.uuid4(), job.id, world.clock.now())  # another binding's: no
+        await s.commit()
+        health = await queue_health(s, world.binding_id)
+    assert health["pending"] == 2 and health["dead"] == 0

@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from tests.helpers import Tenant
 from vpbx.amocrm.finish import recording_link
+from vpbx.amocrm.recordings import revoke_links
 from vpbx.app import Core
 from vpbx.store.models import AmoRecordingLink, CrmBinding, Recording
 
@@ -95,3 +96,25 @@ async def test_a_link_never_serves_another_domains_recording(
         assert (await c.get(path)).status_code == 404
         await record(core, t1.id, "s-shared", ready=True)
         assert (await c.get(path)).status_code == 200
+
+
+async def test_revoking_one_or_all_links_of_a_binding(
+    app: FastAPI, core: Core, t1: Tenant, t2: Tenant
+) -> None:
+    b1 = await bind(core, t1, 30000001)
+    b2 = await bind(core, t2, 30000002)
+    for sid in ("a", "b"):
+        await record(core, t1.id, sid, ready=True)
+    await record(core, t2.id, "c", ready=True)
+    a, b = [await link_for(core, t1.id, b1, sid) for sid in ("a", "b")]
+    c = await link_for(core, t2.id, b2, "c")
+    token_a = a.rsplit("/", 1)[1].removesuffix(".mp3")
+    now = dt.datetime.now(dt.UTC)
+    async with core.sessions() as s, s.begin():
+        assert await revoke_links(s, b2, now, token=token_a) == 0  # another binding's token: untouched
+        assert await revoke_links(s, b1, now, token=token_a) == 1
+    async with client(app) as http:
+        assert [(await http.get(p)).status_code for p in (a, b, c)] == [404, 200, 200]
+        async with core.sessions() as s, s.begin():
+            assert await revoke_links(s, b1, now) == 1
+        assert [(await http.get(p)).status_code for p in (a, b, c)] == [404, 404, 200]
