@@ -60,7 +60,10 @@ SLACK = dt.timedelta(seconds=60)  # events commit in groups, not strictly in ``a
 BATCH = 500
 INTERVAL_S = 1.0
 MAX_BACKOFF_S = 5.0
-FULL_PASS_S = 60.0  # a pass over the whole retention: events committed late (a replayed spool) are not lost
+# once a minute a pass over the last hour: events committed late (a replayed spool) are not lost; the first
+# pass of a process goes over the whole retention (what a stopped process had not finished)
+FULL_PASS_S = 60.0
+LATE_WINDOW = dt.timedelta(hours=1)
 IGNORED = "ignored"
 _CALLS = cast(Table, AmoCall.__table__)
 
@@ -177,7 +180,7 @@ class CallConsumer:
         self.batch = batch
         self.interval_s = interval_s
         self._cursor: dt.datetime | None = None
-        self._full_at = -FULL_PASS_S  # monotonic time of the last pass over the whole retention
+        self._full_at = 0.0  # monotonic time of the last pass over the late window
         self._seen: dict[tuple[uuid.UUID, str, int], dt.datetime] = {}
         self.wake_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -194,8 +197,8 @@ class CallConsumer:
         now = self.core.clock.now()
         since = self._since(now)
         mono = self.core.clock.monotonic()
-        if mono - self._full_at >= FULL_PASS_S:
-            since, self._full_at = now - RETENTION, mono
+        if self._cursor is not None and mono - self._full_at >= FULL_PASS_S:
+            since, self._full_at = min(since, now - LATE_WINDOW), mono
         async with self.core.sessions() as s, s.begin():
             query = (
                 select(CallEventRow, CrmBinding.id)
