@@ -400,3 +400,14 @@ async def queue_health(s: AsyncSession, binding_id: uuid.UUID) -> dict[str, Any]
         if state != "dead" and first is not None:
             oldest = first if oldest is None else min(oldest, first)
     return {**counts, "oldest_waiting_at": oldest.isoformat() if oldest is not None else None}
+
+
+async def release_held(s: AsyncSession, binding_id: uuid.UUID, now: dt.datetime) -> int:
+    """The binding's held jobs are due now (after a new authorisation or payment; otherwise they wait for
+    their hourly re-probe); the number released."""
+    result = await s.execute(
+        update(CrmJob)
+        .where(CrmJob.binding_id == binding_id, CrmJob.state == "held")
+        .values(state="pending", run_after=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

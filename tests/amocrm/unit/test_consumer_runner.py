@@ -14,9 +14,9 @@ from sqlalchemy import select, update
 from tests.amocrm.unit.fake_amo import FakeClients
 from tests.amocrm.unit.jobs_kit import DOMAIN, LINE, World
 from vpbx.amocrm.calls import FINISH, CallConsumer
-from vpbx.amocrm.errors import AmoServerError
+from vpbx.amocrm.errors import AmoReauthRequired, AmoServerError
 from vpbx.amocrm.finish import FinishHandler, FinishSettings
-from vpbx.amocrm.jobs import JobRunner, queue_health, retry_dead
+from vpbx.amocrm.jobs import JobRunner, queue_health, release_held, retry_dead
 from vpbx.pbx import domains
 from vpbx.pbx.bus import CallEvent, SessionId
 from vpbx.pbx.history import apply_events
@@ -161,3 +161,19 @@ async def test_queue_health_counts_what_waits(world: World) -> None:
         await s.commit()
         health = await queue_health(s, world.binding_id)
     assert health["pending"] == 2 and health["dead"] == 0
+
+
+async def test_held_jobs_wait_for_the_reprobe_or_a_release(world: World) -> None:
+    world.amo.fail("search_contacts", AmoReauthRequired("revoked"), times=2)
+    await world.incoming(NEW, answered=["101"])
+    await world.incoming("79031112244", answered=["101"])
+    await world.settle()
+    assert {j.state for j in await world.jobs()} == {"held"}
+    world.clock.advance(60)
+    await world.runner.run_until_idle()
+    assert {j.state for j in await world.jobs()} == {"held"}  # the re-probe is hourly
+    async with world.core.sessions() as s, s.begin():
+        assert await release_held(s, uuid.uuid4(), world.clock.now()) == 0  # another binding's: none
+        assert await release_held(s, world.binding_id, world.clock.now()) == 2
+    await world.runner.run_until_idle()
+    assert {j.state for j in await world.jobs()} == {"done"} and len(world.amo.notes) == 2
