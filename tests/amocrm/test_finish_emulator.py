@@ -32,7 +32,9 @@ async def emu_world(settings: Settings, emu: Emu) -> tuple[World, AmoClientPool]
         api_url_template=emu.api_url_template,
         extra_hosts=[DEMO],
     )
-    clock = FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+    # the calls happen in the last minutes (the fake clock moves by their lengths), so amoCRM's created_at of
+    # what they make comes after their end, as it does for real
+    clock = FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=30))
     core = build_core(settings.model_copy(update={"amocrm": amo}), clock)
     pair = await emu.token_pair(DEMO)
     tokens = TokenPair(
@@ -198,3 +200,47 @@ async def test_example_17_429_storm_everything_arrives_and_no_403(settings: Sett
         finally:
             await pool.aclose()
             await world.core.engine.dispose()
+
+
+async def use_complex(world: World) -> None:
+    from vpbx.store.models import CrmBinding
+
+    async with world.core.sessions() as s, s.begin():
+        binding = await s.get(CrmBinding, world.binding_id)
+        assert binding is not None
+        binding.options = {"use_complex_create": True}
+
+
+async def test_complex_create_makes_contact_and_deal_in_one_request(world: World, emu: Emu) -> None:
+    await use_complex(world)
+    sid = await world.incoming(NEW, answered=["101"])
+    await world.settle()
+    assert [(m, p) for m, p, _ in await api_calls(emu)] == [
+        ("GET", "/api/v4/contacts"),
+        ("GET", "/api/v4/contacts"),
+        ("POST", "/api/v4/leads/complex"),
+        ("POST", "/api/v4/tasks"),
+        ("POST", "/api/v4/contacts/notes"),
+    ]  # §5.9: five with use_complex_create
+    state = await emu.state(DEMO)
+    [contact], [lead], [task], [note] = (created(state, k) for k in ("contacts", "leads", "tasks", "notes"))
+    assert contact["name"] == f"Новый клиент +{NEW}" and lead["name"] == f"Звонок +{NEW}"
+    assert {"contact_id": contact["id"], "lead_id": lead["id"], "is_main": True} in state["links"]
+    assert (task["entity_type"], task["entity_id"]) == ("leads", lead["id"]) and note["entity_id"] == contact[
+        "id"
+    ]
+    steps = (await world.call_row(sid)).steps
+    assert (steps["contact"]["id"], steps["lead"]["id"]) == (contact["id"], lead["id"])
+
+
+async def test_complex_create_lost_answer_adopts_both(world: World, emu: Emu) -> None:
+    await use_complex(world)
+    await emu.fault(method="POST", path_regex=r"^/api/v4/leads/complex$", account=DEMO, apply_then_drop=True)
+    sid = await world.incoming(NEW, answered=["101"])
+    await world.settle()
+    world.clock.advance(10)
+    await world.runner.run_until_idle()
+    state = await emu.state(DEMO)
+    assert [len(created(state, k)) for k in ("contacts", "leads", "tasks", "notes")] == [1, 1, 1, 1]
+    steps = (await world.call_row(sid)).steps
+    assert steps["contact"]["adopted"] and steps["lead"]["adopted"]

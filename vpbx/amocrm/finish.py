@@ -749,6 +749,17 @@ class Finish:
             }
             if contact.tags:
                 item["_embedded"] = {"tags": [{"name": t} for t in contact.tags]}
+            lead = opts.lead
+            if (
+                self.options.use_complex_create
+                and lead.enabled
+                and lead.target == "deal"
+                and self.ledger.state("lead") == "pending"
+            ):
+                if await self.complex_create(
+                    item, lead, variables, follow, name=name, responsible=responsible
+                ):
+                    return
 
             async def send() -> int | None:
                 created = await self.api.create_contacts([item])
@@ -757,6 +768,55 @@ class Finish:
             cid = await self.write("contact", send, None, name=name, responsible=responsible)
             if cid is not None:
                 await self.save_contact({"id": cid, "name": name, "responsible_user_id": responsible})
+
+    async def complex_create(
+        self,
+        contact_item: dict[str, Any],
+        opts: Any,
+        variables: TemplateVars,
+        follow: bool,
+        *,
+        name: str,
+        responsible: int | None,
+    ) -> bool:
+        """Steps 1 and 2 in one request (E10, ``use_complex_create``): both ledger entries go in flight; a
+        re-run after a lost answer adopts the contact by the re-check and the lead by its verification.
+        False when the deal cannot be made (the contact is then made alone)."""
+        lead_name, item = await self.lead_item(
+            opts, variables, follow, contact_user=responsible, contact_id=None
+        )
+        if item is None:
+            return False
+        item.setdefault("_embedded", {})["contacts"] = [
+            {k: v for k, v in contact_item.items() if k != "request_id"}
+        ]
+        entry = self.ledger.get("lead")
+        await self.ledger.mark(
+            "lead", state="in_flight", attempts=int(entry.get("attempts") or 0) + 1, name=lead_name
+        )
+        made: dict[str, Any] = {}
+
+        async def send() -> int | None:
+            created = await self.api.create_complex([item])
+            if not created or created[0].get("contact_id") is None:
+                return None
+            made.update(created[0])
+            return int(created[0]["contact_id"])
+
+        try:
+            cid = await self.write("contact", send, None, name=name, responsible=responsible)
+        except Exception:
+            if self.ledger.state("contact") == "pending":  # not applied: the lead was not made either
+                await self.ledger.mark("lead", state="pending")
+            raise
+        if cid is None or made.get("id") is None:
+            await self.ledger.mark("lead", state="pending")  # E9 on its own, below
+            return True
+        if made.get("merged"):  # amoCRM's duplicate control attached an existing contact
+            await self.ledger.mark("contact", adopted=True)
+        await self.ledger.mark("lead", state="done", id=int(made["id"]), last_error="")
+        await self.save_contact({"id": cid, "name": name, "responsible_user_id": responsible})
+        return True
 
     async def _pipeline(
         self, pipeline_id: int | None, status_id: int | None, unsorted: bool
@@ -776,23 +836,52 @@ class Finish:
         sid = status_id if status_id is not None else (usable[0]["id"] if usable else 0)
         return int(chosen["id"]), int(sid)
 
+    async def lead_item(
+        self,
+        opts: Any,
+        variables: TemplateVars,
+        follow: bool,
+        *,
+        contact_user: int | None,
+        contact_id: int | None,
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The deal's name and its E9/E10 item (None: the step failed, e.g. no pipeline)."""
+        name = render(opts.name_template, variables)
+        responsible = await self.responsible(
+            opts.responsible, follow_transfer=follow, contact_user=contact_user
+        )
+        try:
+            pipeline_id, status_id = await self._pipeline(opts.pipeline_id, opts.status_id, False)
+        except StepFailed as e:
+            await self.ledger.mark("lead", state="failed", last_error=str(e))
+            return name, None
+        item: dict[str, Any] = {
+            "name": name,
+            "pipeline_id": pipeline_id,
+            "status_id": status_id,
+            "responsible_user_id": responsible,
+            "custom_fields_values": field_values(opts.fields, variables),
+            "request_id": request_id(self.sid, "lead"),
+        }
+        embedded: dict[str, Any] = {}
+        if opts.tags:
+            embedded["tags"] = [{"name": t} for t in opts.tags]
+        if contact_id is not None:
+            embedded["contacts"] = [{"id": contact_id, "is_main": True}]
+        if embedded:
+            item["_embedded"] = embedded
+        if not item["custom_fields_values"]:
+            del item["custom_fields_values"]
+        return name, item
+
     async def step_lead(
         self, opts: Any, variables: TemplateVars, follow: bool, contact_user: int | None
     ) -> None:
         if self.ledger.state("lead") in ("done", "skipped", "failed"):
             return
-        name = render(opts.name_template, variables)
-        responsible = await self.responsible(
-            opts.responsible, follow_transfer=follow, contact_user=contact_user
-        )
-        unsorted = opts.target == "unsorted"
-        try:
-            pipeline_id, status_id = await self._pipeline(opts.pipeline_id, opts.status_id, unsorted)
-        except StepFailed as e:
-            await self.ledger.mark("lead", state="failed", last_error=str(e))
-            return
         contact_id = self.call.contact_id
         since = int(self.ended_at.timestamp()) - ADOPT_WINDOW_S
+        name = render(opts.name_template, variables)
 
         async def verify() -> int | None:
             if contact_id is None:
@@ -803,29 +892,26 @@ class Finish:
                     return int(lead["id"])
             return None
 
-        if unsorted:
+        if opts.target == "unsorted":
+            responsible = await self.responsible(
+                opts.responsible, follow_transfer=follow, contact_user=contact_user
+            )
+            try:
+                pipeline_id, _status = await self._pipeline(opts.pipeline_id, opts.status_id, True)
+            except StepFailed as e:
+                await self.ledger.mark("lead", state="failed", last_error=str(e))
+                return
             send = self._unsorted_sender(name, pipeline_id, responsible, contact_id)
         else:
-            item: dict[str, Any] = {
-                "name": name,
-                "pipeline_id": pipeline_id,
-                "status_id": status_id,
-                "responsible_user_id": responsible,
-                "custom_fields_values": field_values(opts.fields, variables),
-                "request_id": request_id(self.sid, "lead"),
-            }
-            embedded: dict[str, Any] = {}
-            if opts.tags:
-                embedded["tags"] = [{"name": t} for t in opts.tags]
-            if contact_id is not None:
-                embedded["contacts"] = [{"id": contact_id, "is_main": True}]
-            if embedded:
-                item["_embedded"] = embedded
-            if not item["custom_fields_values"]:
-                del item["custom_fields_values"]
+            _name, item = await self.lead_item(
+                opts, variables, follow, contact_user=contact_user, contact_id=contact_id
+            )
+            if item is None:
+                return
+            made = item
 
             async def send() -> int | None:
-                created = await self.api.create_leads([item])
+                created = await self.api.create_leads([made])
                 return int(created[0]["id"]) if created else None
 
         await self.write("lead", send, verify, name=name)
