@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from prometheus_client import Counter
 from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -69,6 +70,9 @@ PER_BINDING = 4
 POLL_S = 1.0
 
 _JOBS = cast(Table, CrmJob.__table__)
+JOBS_SETTLED = Counter(
+    "vpbx_amocrm_jobs_total", "amoCRM jobs run, by how the run ended", ["kind", "outcome"]
+)  # outcome: done, retry, requeued, held, dead, dropped
 
 
 # what runs one job kind: ``await handler(runner, job, binding)``; it raises to retry or hold (above)
@@ -252,7 +256,9 @@ class JobRunner:
                 self._per_binding.pop(due.binding_id, None)
             self.wake()  # a slot is free
 
-    async def _settle(self, job_id: uuid.UUID, **values: Any) -> None:
+    async def _settle(self, job_id: uuid.UUID, *, kind: str = "", outcome: str = "", **values: Any) -> None:
+        if kind and outcome:
+            JOBS_SETTLED.labels(kind, outcome).inc()
         async with self.core.sessions() as s, s.begin():
             await s.execute(
                 update(CrmJob)
@@ -268,42 +274,77 @@ class JobRunner:
             return
         now = self.now()
         if binding is None or binding.status != "active":
-            await self._settle(job_id, state="dropped", last_error="binding disabled", done_at=now)
+            await self._settle(
+                job_id,
+                kind=job.kind,
+                outcome="dropped",
+                state="dropped",
+                last_error="binding disabled",
+                done_at=now,
+            )
             log.info("amo.job_dropped", job_id=str(job_id), kind=job.kind, key=job.key)
             return
         handler = self.handlers.get(job.kind)
         if handler is None:
-            await self._settle(job_id, state="dead", last_error=f"no handler for {job.kind}", done_at=now)
+            await self._settle(
+                job_id, kind=job.kind, outcome="dead", state="dead", last_error="no handler", done_at=now
+            )
             return
         try:
             await handler(self, job, binding)
         except AmoRateLimited as e:
             pause = e.retry_after_s if e.retry_after_s is not None else RATE_PAUSE_S
-            await self._settle(job_id, state="pending", run_after=self.now() + _s(pause), last_error="429")
+            await self._settle(
+                job_id,
+                kind=job.kind,
+                outcome="requeued",
+                state="pending",
+                run_after=self.now() + _s(pause),
+                last_error="429",
+            )
         except AmoSkipped:
             await self._settle(
-                job_id, state="pending", run_after=self.now() + _s(SKIPPED_PAUSE_S), last_error="skipped"
+                job_id,
+                kind=job.kind,
+                outcome="requeued",
+                state="pending",
+                run_after=self.now() + _s(SKIPPED_PAUSE_S),
+                last_error="skipped",
             )
         except (AmoReauthRequired, AmoAuthError, AmoPaymentRequired, AmoForbidden) as e:
             await self._hold(job, e)
         except Exception as e:
             await self._retry(job, e)
         else:
-            await self._settle(job_id, state="done", last_error="", done_at=self.now())
+            await self._settle(
+                job_id, kind=job.kind, outcome="done", state="done", last_error="", done_at=self.now()
+            )
             log.info("amo.job_done", job_id=str(job_id), kind=job.kind, key=job.key)
 
     async def _hold(self, job: CrmJob, e: Exception) -> None:
         now = self.now()
         if now - job.created_at > HOLD_FOR:
             await self._settle(
-                job.id, state="dead", last_error=f"held too long: {type(e).__name__}", done_at=now
+                job.id,
+                kind=job.kind,
+                outcome="dead",
+                state="dead",
+                last_error=f"held too long: {type(e).__name__}",
+                done_at=now,
             )
             log.warning(
                 "amo.job_dead", job_id=str(job.id), kind=job.kind, key=job.key, error=type(e).__name__
             )
             return
         wait = CIRCUIT_S if isinstance(e, AmoForbidden) else REPROBE_S
-        await self._settle(job.id, state="held", run_after=now + _s(wait), last_error=type(e).__name__)
+        await self._settle(
+            job.id,
+            kind=job.kind,
+            outcome="held",
+            state="held",
+            run_after=now + _s(wait),
+            last_error=type(e).__name__,
+        )
         log.warning("amo.job_held", job_id=str(job.id), kind=job.kind, key=job.key, error=type(e).__name__)
 
     async def _retry(self, job: CrmJob, e: Exception) -> None:
@@ -312,11 +353,25 @@ class JobRunner:
         delay = retry_delay_s(attempts, self.schedule) if attempts <= len(self.schedule) else self.hourly_s
         error = f"{type(e).__name__}: {e}"[:480]
         if now + _s(delay) - job.created_at > GIVE_UP_AFTER:
-            await self._settle(job.id, state="dead", attempts=attempts, last_error=error, done_at=now)
+            await self._settle(
+                job.id,
+                kind=job.kind,
+                outcome="dead",
+                state="dead",
+                attempts=attempts,
+                last_error=error,
+                done_at=now,
+            )
             log.warning("amo.job_dead", job_id=str(job.id), kind=job.kind, key=job.key, error=error)
             return
         await self._settle(
-            job.id, state="pending", attempts=attempts, run_after=now + _s(delay), last_error=error
+            job.id,
+            kind=job.kind,
+            outcome="retry",
+            state="pending",
+            attempts=attempts,
+            run_after=now + _s(delay),
+            last_error=error,
         )
         log.info(
             "amo.job_retry", job_id=str(job.id), kind=job.kind, attempts=attempts, delay_s=delay, error=error
