@@ -346,5 +346,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     from vpbx.amocrm.wiring import amo_app
 
     app.mount(AMO_PREFIX, amo_app(core))  # amoCRM's OAuth, hooks and the widget API (JSON, own CORS)
+    from vpbx.amocrm.recordings import recording_route
+
+    app.router.routes.append(recording_route(core))  # /rec/amo/{token}.mp3: amoCRM notes' recording links
     mount_web(app, core)
     return app

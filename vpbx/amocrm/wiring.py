@@ -95,6 +95,9 @@ class AmoRuntime:
         from vpbx.amocrm.routing import routing_part
 
         self.parts.append(routing_part(self))  # the ИМК: routing hook, phone cache, webhook re-reads
+        from vpbx.amocrm.calls import CallJobs
+
+        self.parts.append(CallJobs.for_runtime(self))  # call events → AmoCall → amo.finish jobs (§5)
         for part in self.parts:
             await part.start()
 
