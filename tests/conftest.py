@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.helpers import Cabinet, Tenant
 from vpbx import store
@@ -128,3 +135,40 @@ def postgres_url() -> str | None:
     if not url and os.environ.get("CI"):
         pytest.fail("VPBX_TEST_POSTGRES_URL is not set: .ci/run must start PostgreSQL")
     return url
+
+
+PG_TRIES = 20  # CREATE may meet template1 busy with another suite's CREATE; DROP … FORCE an autovacuum worker
+
+
+async def _with_retries(admin: AsyncEngine, sql: str) -> None:
+    for attempt in range(PG_TRIES):
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(sql))
+            return
+        except DBAPIError:
+            if attempt == PG_TRIES - 1:
+                raise
+            await asyncio.sleep(0.5)  # the other backend's own run: nothing to wait on from here
+
+
+@asynccontextmanager
+async def postgres_database(*, migrate: bool = True) -> AsyncIterator[str]:
+    """A uniquely named PostgreSQL database on the test server (migrated unless told not to), dropped after;
+    the test is skipped when no server is configured."""
+    server = postgres_url()
+    if not server:
+        pytest.skip("VPBX_TEST_POSTGRES_URL is not set")
+    name = f"vpbx_test_{uuid.uuid4().hex[:16]}"
+    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        await _with_retries(admin, f'CREATE DATABASE "{name}"')
+        try:
+            url = make_url(server).set(database=name).render_as_string(hide_password=False)
+            if migrate:
+                await store.upgrade_async(url)
+            yield url
+        finally:
+            await _with_retries(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.dispose()

@@ -7,20 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import select
 
 from tests.amocrm.client_kit import ACCOUNT_IDS, amo_settings, install_tokens
 from tests.amocrm.emu_kit import DEMO, Emu, emulator
-from tests.conftest import postgres_url
-from vpbx import store
+from tests.conftest import postgres_database
 from vpbx.amocrm.errors import AmoReauthRequired, AmoUnknownOutcome
 from vpbx.amocrm.oauth import TokenPair
 from vpbx.amocrm.tokens import NETWORK_RETRY_S, TokenManager, store_tokens
@@ -40,38 +35,8 @@ async def db_url(
         shutil.copy(migrated_template, db)
         yield f"sqlite+aiosqlite:///{db}"
         return
-    server = postgres_url()
-    if not server:
-        pytest.skip("VPBX_TEST_POSTGRES_URL is not set")
-    name = f"vpbx_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(server).set(database=name).render_as_string(hide_password=False)
-        await store.upgrade_async(url)
-        try:
-            yield url
-        finally:
-            await drop_database(admin, name)
-    finally:
-        await admin.dispose()
-
-
-DROP_TRIES = 20
-
-
-async def drop_database(admin: AsyncEngine, name: str) -> None:
-    """DROP … WITH (FORCE), again while an autovacuum worker (which FORCE may not end) is still in it."""
-    for attempt in range(DROP_TRIES):
-        try:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            return
-        except DBAPIError:
-            if attempt == DROP_TRIES - 1:
-                raise
-            await asyncio.sleep(0.5)  # the worker's own run: nothing to wait on from here
+    async with postgres_database() as url:
+        yield url
 
 
 class Sleeps:

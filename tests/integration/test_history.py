@@ -20,7 +20,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from tests.conftest import postgres_url
+from tests.conftest import postgres_database
 from tests.helpers import Cabinet
 from tests.integration.peers.net import LOOPBACK, free_port_block, free_ports, wait_sip_ready, wait_until
 from tests.integration.peers.process import PeerProcess, require_binary
@@ -195,21 +195,8 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'vpbx' / 'data' / 'vpbx.sqlite3'}"
         return
-    server = postgres_url()
-    if not server:
-        pytest.skip("VPBX_TEST_POSTGRES_URL is not set")
-    name = f"vpbx_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with postgres_database(migrate=False) as url:
+        yield url
 
 
 async def test_kill_9_mid_call_leaves_a_closed_record_for_every_call_after_restart(

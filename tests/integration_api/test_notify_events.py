@@ -15,11 +15,9 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import select
 
-from tests.conftest import make_tenant, postgres_url
+from tests.conftest import make_tenant, postgres_database
 from tests.helpers import Tenant
 from tests.integration.peers.net import free_ports
 from tests.integration_api.notify_crm import F_CLIENT_ID, F_KEY, Answer, Crm, Seen, activate
@@ -32,7 +30,6 @@ from vpbx.pbx.bus import CallEvent
 from vpbx.pbx.history import apply_events
 from vpbx.pbx.voicemail import SmtpConfig, SmtpMailer
 from vpbx.settings import Settings
-from vpbx.store.migrate import upgrade_async
 from vpbx.store.models import ApiDelivery, ApiLog, ApiSettings, User
 
 F_BODIES = [
@@ -52,25 +49,12 @@ async def db(request: pytest.FixtureRequest, settings: Settings, core: Core) -> 
     if request.param == "sqlite":
         yield core
         return
-    server = postgres_url()
-    if not server:
-        pytest.skip("VPBX_TEST_POSTGRES_URL is not set")
-    name = f"vpbx_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(server).set(database=name).render_as_string(hide_password=False)
-        await upgrade_async(url)
+    async with postgres_database() as url:
         app = create_app(settings.model_copy(update={"database_url": url}))
         try:
             yield app.state.core
         finally:
             await app.state.core.engine.dispose()
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 async def write_events(core: Core, events: list[CallEvent]) -> None:

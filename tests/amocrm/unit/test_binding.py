@@ -13,11 +13,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import postgres_url
+from tests.conftest import postgres_database
 from vpbx import billing, store
 from vpbx.amocrm import binding as amo
 from vpbx.amocrm.oauth import is_allowed_base_domain
@@ -43,25 +42,12 @@ async def sessions(
         yield store.session_factory(engine)
         await engine.dispose()
         return
-    server = postgres_url()
-    if not server:
-        pytest.skip("VPBX_TEST_POSTGRES_URL is not set")
-    name = f"vpbx_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(server).set(database=name).render_as_string(hide_password=False)
-        await store.upgrade_async(url)
+    async with postgres_database() as url:
         engine = store.create_engine(url)
         try:
             yield store.session_factory(engine)
         finally:
             await engine.dispose()
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 async def _domain(s: AsyncSession, name: str) -> uuid.UUID:

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import postgres_url
+from tests.conftest import postgres_database
 from vpbx import store
 from vpbx.autoinformer.dispatcher import Dispatcher
 from vpbx.autoinformer.schemas import CampaignSpec
@@ -43,41 +41,12 @@ async def sessions(
         yield store.session_factory(engine)
         await engine.dispose()
         return
-    server = postgres_url()
-    if not server:
-        pytest.skip("VPBX_TEST_POSTGRES_URL is not set")
-    name = f"vpbx_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(server).set(database=name).render_as_string(hide_password=False)
-        await store.upgrade_async(url)
+    async with postgres_database() as url:
         engine = store.create_engine(url)
         try:
             yield store.session_factory(engine)
         finally:
             await engine.dispose()
-            await drop_database(admin, name)
-    finally:
-        await admin.dispose()
-
-
-DROP_TRIES = 20
-
-
-async def drop_database(admin: AsyncEngine, name: str) -> None:
-    """DROP … WITH (FORCE), again while an autovacuum worker (another role's backend, which FORCE may not
-    end) is still busy in the fresh database."""
-    for attempt in range(DROP_TRIES):
-        try:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            return
-        except DBAPIError:
-            if attempt == DROP_TRIES - 1:
-                raise
-            await asyncio.sleep(0.5)  # the worker's own run: nothing to wait on from here
 
 
 def result_of(kind: str, req: BroadcastRequest, now: dt.datetime) -> BroadcastResult:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import postgres_url
+from tests.conftest import postgres_database
 from vpbx import store
 
 
@@ -21,21 +18,8 @@ async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
         return
-    server = postgres_url()
-    if not server:
-        pytest.skip("VPBX_TEST_POSTGRES_URL is not set")
-    name = f"vpbx_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with postgres_database(migrate=False) as url:
+        yield url
 
 
 @pytest.fixture
