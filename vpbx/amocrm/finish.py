@@ -21,7 +21,7 @@ import datetime as dt
 import secrets
 import uuid
 import zoneinfo
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from vpbx.amocrm.errors import (
     AmoUnreachable,
     AmoValidationError,
 )
+from vpbx.amocrm.lookup import pick
 from vpbx.amocrm.options import BindingOptions, options_of
 from vpbx.amocrm.scenario import (
     ClientKind,
@@ -227,26 +228,6 @@ def round_robin(members: Sequence[int], last: int | None) -> int | None:
         if last is None or uid > last:
             return uid
     return ordered[0]
-
-
-def phone_values(contact: Mapping[str, Any]) -> list[str]:
-    """The PHONE values of a contact (§2.3 custom fields; ``field_code`` PHONE)."""
-    out: list[str] = []
-    for cf in contact.get("custom_fields_values") or []:
-        if not isinstance(cf, Mapping) or cf.get("field_code") != "PHONE":
-            continue
-        for v in cf.get("values") or []:
-            if isinstance(v, Mapping) and v.get("value") is not None:
-                out.append(str(v["value"]))
-    return out
-
-
-def matching_contact(contacts: Sequence[Json], key: str) -> Json | None:
-    """§2.4's post-filter: the contacts with a PHONE value of this key; several → the greatest updated_at."""
-    hits = [c for c in contacts if any(match_key(p) == key for p in phone_values(c))]
-    if len(hits) > 1:
-        log.warning("amo.phone_ambiguous", contacts=[c.get("id") for c in hits])
-    return max(hits, key=lambda c: int(c.get("updated_at") or 0)) if hits else None
 
 
 def field_values(fields: Sequence[FieldValue], variables: TemplateVars) -> list[dict[str, Any]]:
@@ -533,7 +514,7 @@ class Finish:
         """E4 with the phone key, post-filtered (§2.4)."""
         if not self.key:
             return None
-        return matching_contact(await self.api.search_contacts(self.key), self.key)
+        return pick(await self.api.search_contacts(self.key), self.key)
 
     async def leads(self) -> list[Json]:
         """The contact's leads (E5 for their ids unless E4 embedded them, then E6)."""

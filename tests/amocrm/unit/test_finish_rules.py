@@ -15,11 +15,11 @@ from vpbx.amocrm.finish import (
     classify,
     deadline_at,
     manager_pin,
-    matching_contact,
     pick_responsible,
     render,
     round_robin,
 )
+from vpbx.amocrm.lookup import pick
 from vpbx.amocrm.scenario import Deadline, Responsible
 
 MSK = zoneinfo.ZoneInfo("Europe/Moscow")
@@ -134,9 +134,9 @@ def test_post_filter_keeps_only_phone_matches_and_the_latest() -> None:
         },
         {"id": 9004, "updated_at": 20, "custom_fields_values": phone("8 (916) 123-45-67")},
     ]
-    assert matching_contact(contacts, "9161234567")["id"] == 9004  # type: ignore[index]
-    assert matching_contact(contacts[:2], "9161234567")["id"] == 9001  # type: ignore[index]
-    assert matching_contact(contacts[1:2], "9161234567") is None
+    assert pick(contacts, "9161234567")["id"] == 9004  # type: ignore[index]
+    assert pick(contacts[:2], "9161234567")["id"] == 9001  # type: ignore[index]
+    assert pick(contacts[1:2], "9161234567") is None
 
 
 def test_nearest_active_lead() -> None:
