@@ -17,10 +17,12 @@ from sqlalchemy import select, update
 
 from tests.amocrm.emu_kit import DEMO, Emu, emulator
 from tests.amocrm.test_finish_emulator import api_calls, created, emu_world
+from tests.amocrm.unit.conftest import world_settings
 from tests.amocrm.unit.jobs_kit import World
 from tests.autoinformer.campaign_kit import add_campaign, running_spec
-from vpbx.amocrm.ai_results import KIND, AiResultHandler
+from vpbx.amocrm.ai_results import KIND, AiResultHandler, result_key
 from vpbx.amocrm.finish import FinishSettings
+from vpbx.amocrm.jobs import enqueue
 from vpbx.autoinformer import events
 from vpbx.autoinformer.schemas import CampaignSpec
 from vpbx.pbx import domains
@@ -32,6 +34,7 @@ KNOWN = "79161234567"  # Анна Смирнова (9001) in the demo fixture, r
 KNOWN_8 = "79167654321"  # Олег Ким (9002), stored there as 8 916 765-43-21
 UNKNOWN = "79031112233"
 ORIGIN = "https://pbx.example"
+__all__ = ["world_settings"]  # SQLite and PostgreSQL (tests/amocrm/unit/conftest.py)
 
 
 @pytest.fixture
@@ -41,8 +44,8 @@ async def emu() -> AsyncIterator[Emu]:
 
 
 @pytest.fixture
-async def world(settings: Settings, emu: Emu) -> AsyncIterator[World]:
-    w, pool = await emu_world(settings, emu)
+async def world(world_settings: Settings, emu: Emu) -> AsyncIterator[World]:
+    w, pool = await emu_world(world_settings, emu)
     w.runner.handlers[KIND] = AiResultHandler(FinishSettings(source_name="Виртуальная АТС", origin=ORIGIN))
     try:
         yield w
@@ -242,3 +245,43 @@ async def test_a_domain_without_a_binding_queues_nothing(world: World, emu: Emu)
         assert not list(await s.scalars(select(CrmJob).where(CrmJob.kind == KIND)))
     await w.runner.run_until_idle()
     assert not ai_notes(await emu.state(DEMO))
+
+
+async def test_a_job_naming_another_domains_campaign_writes_nothing(world: World, emu: Emu) -> None:
+    w = world
+    async with w.core.sessions() as s:
+        other = await domains.create_domain(
+            s, domains.DomainInput(name=f"other-{secrets.token_hex(3)}.vpbx.test")
+        )
+        await s.commit()
+        other_id = other.id
+    campaign, [contact] = await finish_contacts(
+        w, other_id, running_spec("Чужая"), [(KNOWN, "success", "succeeded", False)]
+    )
+    async with w.core.sessions() as s, s.begin():  # a forged job on this domain's binding
+        await enqueue(
+            s,
+            binding_id=w.binding_id,
+            kind=KIND,
+            key=result_key(campaign.id, contact.id),
+            payload={"campaign_id": campaign.id.hex, "contact_id": contact.id.hex},
+            run_after=w.clock.now(),
+        )
+    await w.runner.run_until_idle()
+    assert [j.state for j in await ai_jobs(w)] == ["done"]
+    assert not ai_notes(await emu.state(DEMO))
+    assert not await api_calls(emu)
+
+
+async def test_a_contact_never_dialled_queues_nothing(world: World) -> None:
+    w = world
+    async with w.core.sessions() as s, s.begin():
+        campaign = await add_campaign(s, w.domain_id, running_spec("Остановлена"), [KNOWN], status="stopped")
+        await s.flush()
+        contact = await s.scalar(select(AiContact).where(AiContact.campaign_id == campaign.id))
+        assert contact is not None
+        contact.status = "cancelled"
+        await events.number_finished(
+            s, domain="demo.vpbx.test", campaign=campaign, contact=contact, at=w.clock.now()
+        )
+    assert not await ai_jobs(w)
