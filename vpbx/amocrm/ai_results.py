@@ -186,6 +186,8 @@ class AiResultHandler:
 
         # 1. who: the contact's numbers, the last dialled first; found once (the ledger keeps it)
         found = ledger.get("lookup")
+        if found["state"] == "skipped":  # nobody had the numbers: a re-run asks no more
+            return
         if found["state"] != "done":
             phones = list(contact.phones)
             if attempt is not None and attempt.phone in phones:
