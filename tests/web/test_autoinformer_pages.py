@@ -709,7 +709,7 @@ async def test_a_running_campaign_changes_only_concurrency_and_end(
         await s.commit()
     lines = await admin1.get(f"/autoinformer/campaigns/{cid}/lines")
     # only the concurrency's fieldset is open
-    assert lines.text.count("<fieldset disabled>") == 7
+    assert lines.text.count("<fieldset disabled>") == 8
     assert (
         await admin1.post(f"/autoinformer/campaigns/{cid}/lines", {"concurrency": "9"})
     ).status_code == 303  # what a browser sends: the disabled fieldsets stay out
@@ -728,6 +728,40 @@ async def test_a_running_campaign_changes_only_concurrency_and_end(
     assert row.settings["concurrency"] == 9 and row.settings["schedule"]["end_at"] == "2030-07-01 18:00:00"
     assert row.settings["schedule"]["start_at"] == "2030-06-16 09:00:00"
     assert row.settings["message"]["repeat"] == 1
+
+
+async def test_the_amocrm_task_option_saves_shows_and_turns_off(
+    core: Core, t1: Tenant, ready: str, admin1: Cabinet
+) -> None:
+    cid = await create(admin1, ready)
+    form = {
+        "amocrm_task_shown": "1",
+        "amocrm_task": "on",
+        "amocrm_task_text": "Перезвонить клиенту",
+        "amocrm_task_responsible": "5003",
+        "amocrm_task_due_days": "2",
+    }
+    resp = await admin1.post(f"/autoinformer/campaigns/{cid}/lines", form)
+    assert resp.status_code == 303, resp.text[-1500:]
+    async with core.sessions() as s:
+        row = await s.get(AiCampaign, uuid.UUID(cid))
+        assert row is not None
+    assert row.settings["amocrm_task"] == {
+        "text": "Перезвонить клиенту",
+        "responsible": "5003",
+        "due_days": 2,
+    }
+    page = await admin1.get(f"/autoinformer/campaigns/{cid}/lines")
+    assert "Создавать задачу в amoCRM" in page.text and 'value="Перезвонить клиенту"' in page.text
+    # an empty text is refused in Russian, nothing saved
+    resp = await admin1.post(f"/autoinformer/campaigns/{cid}/lines", {**form, "amocrm_task_text": " "})
+    assert resp.status_code == 422
+    resp = await admin1.post(f"/autoinformer/campaigns/{cid}/lines", {"amocrm_task_shown": "1"})
+    assert resp.status_code == 303, resp.text[-1500:]
+    async with core.sessions() as s:
+        row = await s.get(AiCampaign, uuid.UUID(cid))
+        assert row is not None
+    assert row.settings["amocrm_task"] is None
 
 
 async def test_integration_api_toggle_for_autoinformer_events(

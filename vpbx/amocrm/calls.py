@@ -29,6 +29,8 @@ from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from vpbx.amocrm.ai_results import KIND as AI_RESULT
+from vpbx.amocrm.ai_results import AiResultHandler
 from vpbx.amocrm.finish import FinishHandler, FinishSettings, classify
 from vpbx.amocrm.jobs import JobRunner, enqueue
 from vpbx.amocrm.widget_auth import public_origin
@@ -367,7 +369,8 @@ class CallJobs:
         settings = FinishSettings(
             source_name=core.settings.amocrm.source_name, origin=public_origin(core.settings)
         )
-        self.runner = JobRunner(core, clients, {FINISH: FinishHandler(settings)})
+        handlers = {FINISH: FinishHandler(settings), AI_RESULT: AiResultHandler(settings)}
+        self.runner = JobRunner(core, clients, handlers)  # type: ignore[arg-type]
         self.consumer = CallConsumer(core, on_enqueued=self.runner.wake)
 
     @classmethod

@@ -297,6 +297,49 @@ def request_id(session_id: str, step: str) -> str:
     return f"{session_id}:{step}"
 
 
+async def write_step(
+    ledger: Ledger,
+    sid: str,
+    step: str,
+    send: Callable[[], Awaitable[int | None]],
+    verify: Callable[[], Awaitable[int | None]] | None = None,
+    **remember: Any,
+) -> int | None:
+    """Run ``step`` of the ledger once: verify an in-flight one first, then send; the entity's id (None:
+    none). ``sid`` names the run in the logs (the call's session id, or an autoinformer result's key)."""
+    entry = ledger.get(step)
+    if entry["state"] in ("done", "skipped", "failed"):
+        return ledger.id(step)
+    if entry["state"] == "in_flight" and verify is not None:
+        found = await verify()
+        if found is not None:
+            await ledger.mark(step, state="done", id=found, adopted=True)
+            log.info("amo.step_adopted", session_id=sid, step=step, entity_id=found)
+            return found
+    await ledger.mark(step, state="in_flight", attempts=int(entry.get("attempts") or 0) + 1, **remember)
+    try:
+        created = await send()
+    except AmoValidationError as e:
+        errors = "; ".join(f"{v.code} {v.path}" for v in e.violations)[:480]
+        await ledger.mark(step, state="failed", last_error=f"400 {errors}")
+        log.warning("amo.step_failed", session_id=sid, step=step, errors=errors)
+        return None
+    except NOT_APPLIED as e:
+        await ledger.mark(step, state="pending", last_error=type(e).__name__)
+        raise
+    except AmoError as e:
+        if e.status in (401, 402, 403, 429):  # refused before processing
+            await ledger.mark(step, state="pending", last_error=type(e).__name__)
+        else:
+            await ledger.mark(step, last_error=f"{type(e).__name__} {e}"[:480])
+        raise
+    except Exception as e:  # a transport failure: the write may have been applied
+        await ledger.mark(step, last_error=f"{type(e).__name__} {e}"[:480])
+        raise
+    await ledger.mark(step, state="done", id=created, last_error="")
+    return created
+
+
 # --- the phone lock -----------------------------------------------------------------------------------------
 
 
@@ -596,39 +639,7 @@ class Finish:
         **remember: Any,
     ) -> int | None:
         """Run ``step`` once: verify an in-flight one first, then send; the entity's id (None: none)."""
-        entry = self.ledger.get(step)
-        if entry["state"] in ("done", "skipped", "failed"):
-            return self.ledger.id(step)
-        if entry["state"] == "in_flight" and verify is not None:
-            found = await verify()
-            if found is not None:
-                await self.ledger.mark(step, state="done", id=found, adopted=True)
-                log.info("amo.step_adopted", session_id=self.sid, step=step, entity_id=found)
-                return found
-        await self.ledger.mark(
-            step, state="in_flight", attempts=int(entry.get("attempts") or 0) + 1, **remember
-        )
-        try:
-            created = await send()
-        except AmoValidationError as e:
-            errors = "; ".join(f"{v.code} {v.path}" for v in e.violations)[:480]
-            await self.ledger.mark(step, state="failed", last_error=f"400 {errors}")
-            log.warning("amo.step_failed", session_id=self.sid, step=step, errors=errors)
-            return None
-        except NOT_APPLIED as e:
-            await self.ledger.mark(step, state="pending", last_error=type(e).__name__)
-            raise
-        except AmoError as e:
-            if e.status in (401, 402, 403, 429):  # refused before processing
-                await self.ledger.mark(step, state="pending", last_error=type(e).__name__)
-            else:
-                await self.ledger.mark(step, last_error=f"{type(e).__name__} {e}"[:480])
-            raise
-        except Exception as e:  # a transport failure: the write may have been applied
-            await self.ledger.mark(step, last_error=f"{type(e).__name__} {e}"[:480])
-            raise
-        await self.ledger.mark(step, state="done", id=created, last_error="")
-        return created
+        return await write_step(self.ledger, self.sid, step, send, verify, **remember)
 
     async def skip(self, step: str, why: str) -> None:
         if self.ledger.state(step) in ("pending",):

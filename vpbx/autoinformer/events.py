@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx.amocrm.ai_results import enqueue_result
 from vpbx.billing import INTEGRATION_API, is_enabled
 from vpbx.integration_api.core import enqueue, moscow
 from vpbx.store.models import AiAttempt, AiCampaign, AiContact, ApiDelivery, ApiSettings
@@ -85,7 +86,9 @@ async def attempt_finished(
 async def number_finished(
     s: AsyncSession, *, domain: str, campaign: AiCampaign, contact: AiContact, at: dt.datetime
 ) -> bool:
-    """The contact reached a final status (``excluded``, ``expired`` and ``cancelled`` included)."""
+    """The contact reached a final status (``excluded``, ``expired`` and ``cancelled`` included); its
+    result goes to amoCRM too when the domain has an active binding (vpbx/amocrm/ai_results.py)."""
+    await enqueue_result(s, campaign=campaign, contact=contact, at=at)
     if not await _wanted(s, campaign.domain_id):
         return False
     body = _common("number_finished", domain, campaign, at) | {

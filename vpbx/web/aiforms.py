@@ -153,6 +153,16 @@ def lines(form: forms.FormData) -> dict[str, Any]:
         part["auto_complete"] = forms.checked(form, "auto_complete")
     if shown(form, "report_emails_shown"):
         part["report_emails"] = [e for e in EMAIL_SPLIT.split(forms.text(form, "report_emails")) if e]
+    if shown(form, "amocrm_task_shown"):  # «Создавать задачу в amoCRM»
+        part["amocrm_task"] = (
+            {
+                "text": forms.text(form, "amocrm_task_text").strip(),
+                "responsible": forms.text(form, "amocrm_task_responsible").strip() or None,
+                "due_days": _int(form, "amocrm_task_due_days", 1),
+            }
+            if forms.checked(form, "amocrm_task")
+            else None
+        )
     if shown(form, "criterion"):
         criterion = forms.text(form, "criterion") or "listened_full"
         success: dict[str, Any] = {"criterion": criterion}

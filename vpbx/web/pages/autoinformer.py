@@ -394,6 +394,7 @@ LIVE_EDITABLE = frozenset(
         "dtmf",
         "auto_complete",
         "report_emails",
+        "amocrm_task",
         "contacts",
     }
 )
