@@ -169,12 +169,16 @@ define(['jquery'], function ($) {
       api('POST', '/stream-ticket').then(function (answer) {
         if (popup.stopped) { return; }
         var source = popup.source = new EventSource(API + '/stream?ticket=' + encodeURIComponent(answer.ticket));
-        source.addEventListener('hello', function () { popup.backoff = 1000; });
+        source.addEventListener('hello', function () {
+          popup.backoff = 1000;
+          $('body').attr('data-vpbx-stream', 'open');  // observable: pop-ups reach this tab
+        });
         source.addEventListener('call', function (e) {
           try { onCall(JSON.parse(e.data)); } catch (err) { /* a malformed message is skipped */ }
         });
         source.onerror = function () {
           source.close();
+          $('body').attr('data-vpbx-stream', 'closed');
           if (popup.source === source) { popup.source = null; }
           reconnectLater();
         };
