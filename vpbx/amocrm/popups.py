@@ -258,8 +258,12 @@ async def stream(request: Request, ticket: Annotated[str, Query(max_length=100)]
 
 @dataclass(slots=True)
 class _LeadEntry:
+    name: str | None  # the contact's name from E5 (None: no contact any more)
     lead: Json | None
     at: float
+
+
+SHOWN_MAX = 10_000  # (session, user) pairs remembered so a repeated ``connected`` shows no second pop-up
 
 
 class Popups:
@@ -272,6 +276,7 @@ class Popups:
         self.hub = hub_for(core)
         self.lookup = PhoneLookup(core.sessions, self.clients, core.clock)
         self._leads: dict[tuple[int, int], _LeadEntry] = {}
+        self._shown: dict[tuple[str, int], None] = {}  # insertion-ordered, the oldest dropped first
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -347,16 +352,29 @@ class Popups:
             context = await s.get(AmoCall, (row.id, str(event.session_id)))
             binding = Binding.of(row)
             options = options_of(row.options)
+        shown = (str(event.session_id), int(user_id))
+        if shown in self._shown:  # back with the same manager after a transfer: already on the screen
+            return None
+        self._shown[shown] = None
+        while len(self._shown) > SHOWN_MAX:
+            del self._shown[next(iter(self._shown))]
         contact: tuple[int, str] | None = None
+        hint = (context.card_hint if context is not None else None) or {}
         if context is not None and context.contact_id is not None:
             contact = (int(context.contact_id), context.contact_name)
+        elif hint.get("type") == "contacts" and str(hint.get("id", "")).isdigit():
+            contact = (int(hint["id"]), "")  # click-to-call from the contact's card (§3.5); E5 names it
         else:
             key = match_key(client)
             if key:
                 found = await self.lookup.realtime(binding, key, options.lookup_timeout_ms / 1000)
                 if found.contact is not None:
                     contact = (found.contact.id, found.contact.name)
-        lead = await self.nearest(binding, contact[0]) if contact is not None else None
+        lead: Json | None = None
+        if contact is not None:
+            name, lead = await self.nearest(binding, contact[0])
+            if not contact[1]:
+                contact = (contact[0], name or "")
         line = event.line or (context.line if context is not None else "") or ""
         if not line and direction == "incoming":
             line = user_part(event.request_number)
@@ -379,13 +397,14 @@ class Popups:
             )
         return message
 
-    async def nearest(self, b: Binding, contact_id: int) -> Json | None:
-        """The contact's nearest active deal (E5 + E6, realtime lane), cached 60 s; None on any failure."""
+    async def nearest(self, b: Binding, contact_id: int) -> tuple[str | None, Json | None]:
+        """The contact's name and nearest active deal (E5 + E6, realtime lane), cached 60 s; (None, None) on
+        any failure."""
         key = (b.account_id, contact_id)
         now = self.core.clock.monotonic()
         cached = self._leads.get(key)
         if cached is not None and now - cached.at < LEAD_TTL_S:
-            return cached.lead
+            return cached.name, cached.lead
         api = self.clients.for_account(b.account_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEAD_BUDGET_S
@@ -396,12 +415,13 @@ class Popups:
                 leads = await api.get_leads(ids, lane="realtime", deadline=deadline) if ids else []
         except (AmoError, OSError, TimeoutError) as e:
             log.info("amo.popup_lead_failed", error=type(e).__name__)
-            return None
+            return None, None
+        name = str(found.get("name") or "") if found else None
         lead = nearest_lead(leads)
         if len(self._leads) > 10_000:
             self._leads = {k: v for k, v in self._leads.items() if now - v.at < LEAD_TTL_S}
-        self._leads[key] = _LeadEntry(lead, now)
-        return lead
+        self._leads[key] = _LeadEntry(name, lead, now)
+        return name, lead
 
     async def fallback(self, b: Binding, user_id: int, client: str) -> None:
         """E16 ``phone_call`` for ``user_id`` (background lane): amoCRM draws its own card."""

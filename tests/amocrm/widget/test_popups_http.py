@@ -20,7 +20,7 @@ from tests.amocrm.widget.conftest import LINE_A, Widget, World, free_port, servi
 from vpbx.amocrm.client import AmoClientPool
 from vpbx.amocrm.popups import Popups, hub_for
 from vpbx.pbx.bus import CallEvent, SessionId
-from vpbx.store.models import CrmBinding, CrmUserMap
+from vpbx.store.models import AmoCall, CrmBinding, CrmUserMap
 
 WAIT_S = 10.0
 
@@ -107,9 +107,11 @@ async def test_ticket_needs_an_active_binding(world: World, admin_a: Widget) -> 
     assert r.status_code == 409
 
 
-def connected(world: World, *, pin: str = "101", client: str = "+79161234567") -> CallEvent:
+def connected(
+    world: World, *, pin: str = "101", client: str = "+79161234567", session: str = "0001"
+) -> CallEvent:
     return CallEvent(
-        session_id=SessionId("0b9c5a58-6a4c-4a51-9d59-1f3a2c9b0001"),
+        session_id=SessionId(f"0b9c5a58-6a4c-4a51-9d59-1f3a2c9b{session}"),
         seq=3,
         state="connected",
         type="incoming",
@@ -160,7 +162,8 @@ async def test_known_contact_popup_with_nearest_deal(world: World, emu: Emu, pop
     assert any(p.endswith("/contacts/9001") for p in paths) and any(p.endswith("/leads") for p in paths)
     # the deal is cached 60 s: a second pop-up reads no E5/E6
     before = len(paths)
-    again = await popups.handle(connected(world))
+    assert await popups.handle(connected(world)) is None  # the same call and manager again: no second card
+    again = await popups.handle(connected(world, session="0002"))
     assert again is not None and again["lead"] == msg["lead"]
     later = [str(e.get("path")) for e in (await emu.log(DEMO))[before:]]
     assert not [p for p in later if p.endswith(("/contacts/9001", "/leads"))]
@@ -179,8 +182,40 @@ async def test_new_client_without_stream_falls_back_to_e16(world: World, emu: Em
 
 
 async def test_unmapped_pin_or_other_domain_gets_nothing(world: World, emu: Emu, popups: Popups) -> None:
-    assert await popups.handle(connected(world, pin="103")) is None
+    assert await popups.handle(connected(world, pin="103")) is None  # 103 is not mapped
     foreign = dataclasses.replace(connected(world), domain_id=world.domain_b)  # B's domain, A's pins
     assert await popups.handle(foreign) is None
     await popups.drain()
     assert (await emu.state(DEMO))["events_v2"] == []
+
+
+async def test_click_to_call_card_names_the_contact(world: World, emu: Emu, popups: Popups) -> None:
+    """An outgoing call from contact 9001's card (§3.5) to a number the card does not hold yet: the hint
+    names the contact (no phone lookup would), E5 gives its name."""
+    event = dataclasses.replace(
+        connected(world, session="0003"),
+        type="outbound",
+        call_kind="callback",
+        from_number="101",
+        from_pin="101",
+        request_number="89990001122",
+        request_pin=None,
+    )
+    async with world.core.sessions() as s:
+        s.add(
+            AmoCall(
+                binding_id=world.binding_a,
+                session_id=str(event.session_id),
+                direction="outgoing",
+                call_kind="callback",
+                client_e164="79990001122",
+                manager_pin="101",
+                card_hint={"type": "contacts", "id": 9001},
+            )
+        )
+        await s.commit()
+    msg = await popups.handle(event)
+    assert msg is not None and msg["direction"] == "outgoing" and msg["extension"] == "101"
+    assert msg["client_phone"] == "+79990001122"
+    assert msg["contact"] is not None and msg["contact"]["name"] == "Анна Смирнова"
+    assert msg["lead"] is not None and msg["lead"]["id"] == 8001
