@@ -140,12 +140,15 @@ class PopupHub:
 
     tickets: dict[str, _Ticket] = field(default_factory=dict)
     streams: dict[tuple[int, int], list[asyncio.Queue[Json]]] = field(default_factory=dict)
+    closed: bool = False
 
     @staticmethod
     def _hash(ticket: str) -> str:
         return hashlib.sha256(ticket.encode()).hexdigest()
 
     def issue(self, account_id: int, user_id: int, now: float) -> str:
+        if self.closed:
+            raise HTTPException(status_code=503, detail={"error": "stopping"})
         self.tickets = {h: t for h, t in self.tickets.items() if t.expires > now}
         if len(self.tickets) >= MAX_TICKETS:
             raise HTTPException(status_code=429, detail={"error": "too-many-tickets"})
@@ -161,6 +164,8 @@ class PopupHub:
         return found.account_id, found.user_id
 
     def open(self, account_id: int, user_id: int) -> asyncio.Queue[Json]:
+        if self.closed:
+            raise HTTPException(status_code=503, detail={"error": "stopping"})
         queues = self.streams.setdefault((account_id, user_id), [])
         if len(queues) >= MAX_STREAMS_PER_USER:
             raise HTTPException(status_code=429, detail={"error": "too-many-streams"})
@@ -175,6 +180,16 @@ class PopupHub:
         if not queues:
             self.streams.pop((account_id, user_id), None)
 
+    def shutdown(self) -> None:
+        """End every open stream (the server is stopping); tickets are void from now on."""
+        self.closed = True
+        self.tickets.clear()
+        for queues in self.streams.values():
+            for queue in queues:
+                if queue.full():
+                    queue.get_nowait()
+                queue.put_nowait(CLOSE)
+
     def has_stream(self, account_id: int, user_id: int) -> bool:
         return bool(self.streams.get((account_id, user_id)))
 
@@ -187,6 +202,8 @@ class PopupHub:
             queue.put_nowait(message)
         return len(queues)
 
+
+CLOSE: Json = {"__close__": True}  # the hub's sentinel: the stream ends (compared by identity)
 
 _HUBS: dict[int, tuple[Any, PopupHub]] = {}
 
@@ -245,6 +262,8 @@ async def stream(request: Request, ticket: Annotated[str, Query(max_length=100)]
                 except TimeoutError:
                     yield sse("ping")
                     continue
+                if message is CLOSE:
+                    return
                 yield sse("call", message)
         finally:
             hub.close(account_id, user_id, queue)

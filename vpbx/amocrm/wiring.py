@@ -107,6 +107,12 @@ class AmoRuntime:
         for part in self.parts:
             await part.start()
 
+    def closing(self) -> None:
+        """The HTTP server begins to stop: end the widgets' pop-up streams (§3.6) so it need not wait."""
+        from vpbx.amocrm.popups import hub_for
+
+        hub_for(self.core).shutdown()
+
     async def stop(self) -> None:
         for part in reversed(self.parts):
             try:

@@ -8,6 +8,7 @@ import pytest
 from fastapi import HTTPException
 
 from vpbx.amocrm.popups import (
+    CLOSE,
     MAX_STREAMS_PER_USER,
     NEW_CLIENT,
     STREAM_QUEUE,
@@ -124,5 +125,21 @@ def test_streams_per_user_are_capped() -> None:
     hub = PopupHub()
     for _ in range(MAX_STREAMS_PER_USER):
         hub.open(1, 2)
+    with pytest.raises(HTTPException):
+        hub.open(1, 2)
+
+
+def test_shutdown_ends_every_stream_and_voids_tickets() -> None:
+    hub = PopupHub()
+    t = hub.issue(1, 2, now=0.0)
+    full = hub.open(1, 2)
+    for n in range(STREAM_QUEUE):
+        hub.push(1, 2, {"n": n})
+    hub.shutdown()
+    items = [full.get_nowait() for _ in range(full.qsize())]
+    assert items[-1] is CLOSE
+    assert hub.redeem(t, now=1.0) is None
+    with pytest.raises(HTTPException):
+        hub.issue(1, 2, now=1.0)
     with pytest.raises(HTTPException):
         hub.open(1, 2)
