@@ -7,10 +7,11 @@ import contextlib
 import gc
 import signal
 import threading
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -102,6 +103,17 @@ async def serve(settings: Settings) -> None:
             finally:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
+
+        exit_hooks: tuple[Callable[[], None], ...] = ()  # run on the loop when the stop begins
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            for hook in self.exit_hooks:
+                loop.call_soon_threadsafe(hook)
 
     from vpbx.integration_api.exports import HistoryExporter
     from vpbx.integration_api.logsweep import LogSweep
@@ -287,8 +299,10 @@ async def serve(settings: Settings) -> None:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
+    server = _GracefulServer(config)
+    server.exit_hooks = (amocrm.closing,)  # the widgets' open streams end now, not after the grace period
     try:
-        await _GracefulServer(config).serve()
+        await server.serve()
     finally:
         await ai_dispatcher.halt()  # no new autoinformer calls
         await trunks.stop()

@@ -75,6 +75,9 @@ def amo_app(core: Core) -> FastAPI:
     from vpbx.amocrm.hooks import router as hooks_router
 
     sub.include_router(hooks_router)  # E18: /amo/hooks/{hook_secret}
+    from vpbx.amocrm.popups import router as popups_router
+
+    sub.include_router(popups_router)  # F13: /amo/widget/v1/stream-ticket, /stream
     return sub
 
 
@@ -98,8 +101,17 @@ class AmoRuntime:
         from vpbx.amocrm.calls import CallJobs
 
         self.parts.append(CallJobs.for_runtime(self))  # call events → AmoCall → amo.finish jobs (§5)
+        from vpbx.amocrm.popups import Popups
+
+        self.parts.append(Popups.for_runtime(self))  # connected → pop-up stream / E16 (F13, §3.6)
         for part in self.parts:
             await part.start()
+
+    def closing(self) -> None:
+        """The HTTP server begins to stop: end the widgets' pop-up streams (§3.6) so it need not wait."""
+        from vpbx.amocrm.popups import hub_for
+
+        hub_for(self.core).shutdown()
 
     async def stop(self) -> None:
         for part in reversed(self.parts):

@@ -30,6 +30,7 @@ from tests.amocrm.emu_kit import DEMO, DEMO_FIXTURE, OTHER, Emu, emulator
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
 from vpbx.amocrm.client import close_shared_pool
 from vpbx.amocrm.oauth import TokenPair
+from vpbx.amocrm.popups import hub_for
 from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
 from vpbx.pbx import domains, lines, users
@@ -232,6 +233,9 @@ async def serving(asgi: Any, port: int) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
+        core = getattr(getattr(asgi, "state", None), "core", None)
+        if core is not None:  # the widget's open pop-up streams end, as vpbx serve's exit hook does
+            hub_for(core).shutdown()
         async with asyncio.timeout(WAIT_S):
             await task
 

@@ -1,5 +1,5 @@
 /*
- * vpbx widget for amoCRM (amocrm.md §3): settings (F5–F12), click-to-call (§3.5).
+ * vpbx widget for amoCRM (amocrm.md §3): settings (F5–F12), click-to-call (§3.5), pop-ups (§3.6).
  * An AMD module for amoCRM's widget host; plain ES2017 and the host's jQuery, no framework.
  * BACKEND is our origin, baked in by `vpbx amocrm widget-build --backend URL`.
  */
@@ -110,6 +110,85 @@ define(['jquery'], function ($) {
       api('POST', '/call', body, { 'Idempotency-Key': uuid4() }).catch(function (e) {
         notify(errorText(e));
       });
+    }
+
+    // --- §3.6 pop-ups: ticket → EventSource, reconnect 1 → 30 s ----------------------------------------------
+    var popup = { source: null, timer: null, backoff: 1000, stopped: false };
+
+    function drawPopup(m) {
+      $('.vpbx-popup').remove();
+      var title = m.contact ? m.contact.name : t('popup_new_client');
+      var links = '';
+      if (m.contact) {
+        links += '<a data-role="popup-contact" target="_top" href="' + esc(m.contact.url) + '">' +
+          esc(t('popup_contact')) + ': ' + esc(m.contact.name) + '</a>';
+      }
+      if (m.lead) {
+        links += '<a data-role="popup-lead" target="_top" href="' + esc(m.lead.url) + '">' +
+          esc(t('popup_lead')) + ': ' + esc(m.lead.name) + '</a>';
+      }
+      var $card = $(
+        '<div class="vpbx-popup" data-role="popup" data-session="' + esc(m.session_id) + '" ' +
+        'style="position:fixed;right:16px;bottom:16px;z-index:10000;background:#fff;border:1px solid #ccc;' +
+        'padding:12px;max-width:320px;box-shadow:0 2px 8px rgba(0,0,0,.2)">' +
+        '<p data-role="popup-direction">' + esc(t(m.direction === 'outgoing' ? 'popup_outgoing' : 'popup_incoming')) + '</p>' +
+        '<p data-role="popup-title"><b>' + esc(title) + '</b> ' + esc(m.client_phone) + '</p>' +
+        '<p data-role="popup-line">' + (m.line ? esc(t('popup_line')) + ': ' + esc(prettyLine(m.line)) + ', ' : '') +
+        esc(t('popup_extension')) + ': ' + esc(m.extension) + '</p>' +
+        '<p style="display:flex;flex-direction:column">' + links + '</p>' +
+        '<button type="button" data-role="popup-close">' + esc(t('popup_close')) + '</button></div>'
+      );
+      $card.on('click', '[data-role="popup-close"]', function () { $card.remove(); });
+      $('body').append($card);
+    }
+
+    function onCall(m) {
+      drawPopup(m);
+      if (window.APP && APP.notifications && typeof APP.notifications.add_call === 'function') {
+        var user = (typeof APP.constant === 'function' && APP.constant('user')) || {};
+        var note = {
+          text: (m.contact ? m.contact.name : t('popup_new_client')) + ' ' + m.client_phone,
+          date: m.at,
+          from: m.direction === 'outgoing' ? (user.name || m.extension) : m.client_phone,
+          to: m.direction === 'outgoing' ? m.client_phone : (user.name || m.extension)
+        };
+        if (m.contact) { note.element = { id: m.contact.id, type: 'contact' }; }
+        APP.notifications.add_call(note);
+      }
+    }
+
+    function reconnectLater() {
+      if (popup.stopped || popup.timer) { return; }
+      var wait = popup.backoff;
+      popup.backoff = Math.min(popup.backoff * 2, 30000);
+      popup.timer = setTimeout(function () { popup.timer = null; openStream(); }, wait);
+    }
+
+    function openStream() {
+      if (popup.stopped || popup.source || typeof window.EventSource !== 'function') { return; }
+      api('POST', '/stream-ticket').then(function (answer) {
+        if (popup.stopped) { return; }
+        var source = popup.source = new EventSource(API + '/stream?ticket=' + encodeURIComponent(answer.ticket));
+        source.addEventListener('hello', function () {
+          popup.backoff = 1000;
+          $('body').attr('data-vpbx-stream', 'open');  // observable: pop-ups reach this tab
+        });
+        source.addEventListener('call', function (e) {
+          try { onCall(JSON.parse(e.data)); } catch (err) { /* a malformed message is skipped */ }
+        });
+        source.onerror = function () {
+          source.close();
+          $('body').attr('data-vpbx-stream', 'closed');
+          if (popup.source === source) { popup.source = null; }
+          reconnectLater();
+        };
+      }).catch(function () { reconnectLater(); });
+    }
+
+    function closeStream() {
+      popup.stopped = true;
+      if (popup.timer) { clearTimeout(popup.timer); popup.timer = null; }
+      if (popup.source) { popup.source.close(); popup.source = null; }
     }
 
     // --- rendering helpers ------------------------------------------------------------------------------
@@ -562,6 +641,7 @@ define(['jquery'], function ($) {
           if (state.status === 'active' && typeof self.add_action === 'function') {
             self.add_action('phone', clickToCall);
           }
+          if (state.status === 'active') { popup.stopped = false; openStream(); }
         }).catch(function () { ui.state = null; });
         return true;
       },
@@ -579,6 +659,7 @@ define(['jquery'], function ($) {
       },
       onSave: function () { return true; },
       destroy: function () {
+        closeStream();
         if (ui.$root) { ui.$root.off().remove(); ui.$root = null; }
       }
     };
