@@ -75,6 +75,9 @@ def amo_app(core: Core) -> FastAPI:
     from vpbx.amocrm.hooks import router as hooks_router
 
     sub.include_router(hooks_router)  # E18: /amo/hooks/{hook_secret}
+    from vpbx.amocrm import dryrun
+
+    sub.include_router(dryrun.router)  # POST /amo/widget/v1/dry-run
     return sub
 
 
