@@ -11,6 +11,7 @@ administrators only; every lookup is the session's domain's.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -20,6 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
 from vpbx.amocrm import binding as amo
+from vpbx.amocrm import health as amo_health
+from vpbx.amocrm import jobs as amo_jobs
+from vpbx.amocrm import recordings as amo_recordings
 from vpbx.app import Core
 from vpbx.errors import NotFound
 from vpbx.store.models import AmoInstall, CrmBinding, Domain
@@ -55,6 +59,12 @@ async def _page(
     lang = r.translator(request).lang
     current = await amo.active_binding(s, tenant)
     install = await amo.install_of(s, current.external_account_id) if current else None
+    health = await amo_health.binding_health(s, core, current, app=request.app) if current else None
+    if health is not None:
+        last = health["last_success_at"]
+        health["last_success_at_local"] = (
+            local_time(lang, domain.timezone)(dt.datetime.fromisoformat(last)) if last else ""
+        )
     return r.page(
         request,
         "integrations/page.html",
@@ -67,6 +77,7 @@ async def _page(
             "counter": await billing.counter(s, tenant, billing.EXTERNAL_INTEGRATIONS),
             "configured": bool(core.settings.amocrm.client_id and core.settings.amocrm.client_secret),
             "confirm_disable": current is not None and request.query_params.get("confirm") == "disable",
+            "health": health,
             "modal": modal,
             "notice": notice or request.query_params.get("notice", ""),
             "money": money(lang),
@@ -91,6 +102,31 @@ async def disable_amocrm(p: AdminDep, s: DbDep, core: CoreDep) -> Response:
         await amo.disable(s, current, reason="cabinet", now=core.clock.now())
         await s.commit()
     return RedirectResponse("/integrations?notice=disabled", status_code=303)
+
+
+@router.post("/amocrm/jobs/{job_id}/retry")
+async def retry_job(job_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """«Повторить» for a dead job of the session's domain's binding (another domain's job: 404)."""
+    current = await amo.active_binding(s, p.tenant)
+    try:
+        wanted = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound("job", job_id) from None
+    if current is None or not await amo_jobs.retry_dead(s, current.id, wanted, core.clock.now()):
+        raise NotFound("job", job_id)
+    await s.commit()
+    return RedirectResponse("/integrations?notice=retried", status_code=303)
+
+
+@router.post("/amocrm/recordings/revoke")
+async def revoke_recordings(p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """Revoke every recording link of the domain's binding (§5.5); calls get new links when next asked."""
+    current = await amo.active_binding(s, p.tenant)
+    if current is None:
+        raise NotFound("binding", p.tenant)
+    await amo_recordings.revoke_links(s, current.id, now=core.clock.now())
+    await s.commit()
+    return RedirectResponse("/integrations?notice=revoked", status_code=303)
 
 
 async def _ticket_install(s: AsyncSession, raw: str, core: Core) -> tuple[str, AmoInstall] | None:
