@@ -104,3 +104,38 @@ async def test_revoke_all_recording_links(
     async with core.sessions() as s:
         links = {r.token[0]: r.revoked_at for r in await s.scalars(select(AmoRecordingLink))}
     assert links["a"] is not None and links["b"] is None  # the other domain's link stays
+
+
+async def test_revoke_one_and_reissue(
+    admin1: Cabinet, admin2: Cabinet, core: Core, t1: Tenant, t2: Tenant
+) -> None:
+    b1, _b2 = await _world(core, t1, t2)
+    async with core.sessions() as s:
+        s.add(AmoRecordingLink(token="c" * 32, domain_id=t1.id, binding_id=b1, session_id="s3"))
+        s.add(AmoRecordingLink(token="d" * 32, domain_id=t1.id, binding_id=b1, session_id="s4"))
+        await s.commit()
+    page = (await admin1.get("/integrations")).text
+    assert f'id="revoke-{"c" * 32}"' in page
+    # t2 can neither revoke nor reissue t1's link
+    assert (
+        await admin2.post("/integrations/amocrm/recordings/revoke", {"token": "c" * 32})
+    ).status_code == 404
+    assert (
+        await admin1.post(f"/integrations/amocrm/recordings/{'c' * 32}/reissue", {})
+    ).status_code == 404  # live
+    resp = await admin1.post("/integrations/amocrm/recordings/revoke", {"token": "c" * 32})
+    assert resp.status_code == 303
+    assert (await admin2.post(f"/integrations/amocrm/recordings/{'c' * 32}/reissue", {})).status_code == 404
+    page = (await admin1.get("/integrations")).text
+    assert f'id="reissue-{"c" * 32}"' in page and f'id="revoke-{"d" * 32}"' in page  # only c was revoked
+    assert (await admin1.post(f"/integrations/amocrm/recordings/{'c' * 32}/reissue", {})).status_code == 303
+    async with core.sessions() as s:
+        live = [
+            r
+            for r in await s.scalars(select(AmoRecordingLink))
+            if r.session_id == "s3" and r.revoked_at is None
+        ]
+        assert len(live) == 1 and live[0].token != "c" * 32
+        job = await s.scalar(select(CrmJob).where(CrmJob.kind == "amo.relink"))
+        assert job is not None and job.key == live[0].token and job.binding_id == b1
+        assert job.payload == {"session_id": "s3"} and job.state == "pending"

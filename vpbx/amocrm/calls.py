@@ -367,7 +367,9 @@ class CallJobs:
         settings = FinishSettings(
             source_name=core.settings.amocrm.source_name, origin=public_origin(core.settings)
         )
-        self.runner = JobRunner(core, clients, {FINISH: FinishHandler(settings)})
+        from vpbx.amocrm.relink import RELINK, RelinkHandler
+
+        self.runner = JobRunner(core, clients, {FINISH: FinishHandler(settings), RELINK: RelinkHandler()})
         self.consumer = CallConsumer(core, on_enqueued=self.runner.wake)
 
     @classmethod

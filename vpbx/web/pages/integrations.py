@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
@@ -24,9 +25,10 @@ from vpbx.amocrm import binding as amo
 from vpbx.amocrm import health as amo_health
 from vpbx.amocrm import jobs as amo_jobs
 from vpbx.amocrm import recordings as amo_recordings
+from vpbx.amocrm.relink import reissue_link
 from vpbx.app import Core
 from vpbx.errors import NotFound
-from vpbx.store.models import AmoInstall, CrmBinding, Domain
+from vpbx.store.models import AmoInstall, AmoRecordingLink, CrmBinding, Domain
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
 from vpbx.web.pages.services import local_time, money
@@ -42,6 +44,20 @@ async def _domain(s: AsyncSession, tenant: uuid.UUID) -> Domain:
     if domain is None:
         raise NotFound("domain", tenant)
     return domain
+
+
+LINKS_LISTED = 20
+
+
+async def _links(s: AsyncSession, binding_id: uuid.UUID) -> list[AmoRecordingLink]:
+    """The binding's newest recording links (live and revoked) for the revoke/reissue actions."""
+    rows = await s.scalars(
+        select(AmoRecordingLink)
+        .where(AmoRecordingLink.binding_id == binding_id)
+        .order_by(AmoRecordingLink.created_at.desc())
+        .limit(LINKS_LISTED)
+    )
+    return list(rows)
 
 
 async def _page(
@@ -60,6 +76,7 @@ async def _page(
     current = await amo.active_binding(s, tenant)
     install = await amo.install_of(s, current.external_account_id) if current else None
     health = await amo_health.binding_health(s, core, current, app=request.app) if current else None
+    links = await _links(s, current.id) if current is not None else []
     if health is not None:
         last = health["last_success_at"]
         health["last_success_at_local"] = (
@@ -78,6 +95,7 @@ async def _page(
             "configured": bool(core.settings.amocrm.client_id and core.settings.amocrm.client_secret),
             "confirm_disable": current is not None and request.query_params.get("confirm") == "disable",
             "health": health,
+            "links": links,
             "modal": modal,
             "notice": notice or request.query_params.get("notice", ""),
             "money": money(lang),
@@ -119,14 +137,28 @@ async def retry_job(job_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Respon
 
 
 @router.post("/amocrm/recordings/revoke")
-async def revoke_recordings(p: AdminDep, s: DbDep, core: CoreDep) -> Response:
-    """Revoke every recording link of the domain's binding (§5.5); calls get new links when next asked."""
+async def revoke_recordings(request: Request, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """Revoke one recording link (``token`` in the form) or every link of the domain's binding (§5.5)."""
     current = await amo.active_binding(s, p.tenant)
     if current is None:
         raise NotFound("binding", p.tenant)
-    await amo_recordings.revoke_links(s, current.id, now=core.clock.now())
+    token = forms.text(await request.form(), "token") or None
+    count = await amo_recordings.revoke_links(s, current.id, now=core.clock.now(), token=token)
+    if token is not None and not count:
+        raise NotFound("recording link", token)
     await s.commit()
     return RedirectResponse("/integrations?notice=revoked", status_code=303)
+
+
+@router.post("/amocrm/recordings/{token}/reissue")
+async def reissue_recording(token: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """A revoked link of the domain's binding gets a new token; a job sends it to amoCRM (``relink``)."""
+    current = await amo.active_binding(s, p.tenant)
+    new = await reissue_link(s, current.id, token, core.clock.now()) if current is not None else None
+    if new is None:
+        raise NotFound("recording link", token)
+    await s.commit()
+    return RedirectResponse("/integrations?notice=reissued", status_code=303)
 
 
 async def _ticket_install(s: AsyncSession, raw: str, core: Core) -> tuple[str, AmoInstall] | None:
