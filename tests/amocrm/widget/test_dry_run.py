@@ -12,7 +12,10 @@ from sqlalchemy import func, select
 from tests.amocrm.emu_kit import DEMO, Emu
 from tests.amocrm.widget.conftest import LINE_A, LINE_A2, LINE_B, Widget, World
 from tests.amocrm.widget.test_widget_api import FULL_DOC
-from vpbx.store.models import AmoCall, AmoPhoneCache, CrmJob
+from vpbx.pbx.registrar import Binding as SipBinding
+from vpbx.pbx.registrar import aor_for
+from vpbx.sip.flow import Destination
+from vpbx.store.models import AmoCall, AmoPhoneCache, CrmJob, DomainId
 
 ANNA = "+79161234567"  # contact 9001, responsible 5001 (ext 101)
 
@@ -94,3 +97,28 @@ async def test_dry_run_needs_an_admin_and_stays_in_its_account(
     assert r.status_code == 200 and r.json()["scenario"] is None
     r = await admin_b.request("POST", "/dry-run", json={"phone": ANNA, "line": LINE_B})
     assert r.json()["scenario"] is None
+
+
+async def test_dry_run_routes_to_a_registered_responsible(admin_a: Widget, emu: Emu, world: World) -> None:
+    await _setup_a(admin_a)
+    core = world.core
+    now = core.clock.monotonic()
+    await core.location.save(
+        DomainId(world.domain_a),
+        aor_for("101", "demo.vpbx.test"),
+        SipBinding(
+            contact="sip:101@192.0.2.10",
+            flow=Destination("udp", "192.0.2.10", 5060),
+            call_id="c101",
+            cseq=1,
+            expires_at=now + 300,
+            updated_at=now,
+        ),
+    )
+    out = (await admin_a.request("POST", "/dry-run", json={"phone": ANNA, "line": LINE_A})).json()
+    assert out["route"]["step"] == "responsible" and out["route"]["pin"] == "101"
+    assert out["route"]["why"] == "contact-responsible"
+    incoming_new = out["entities"]["incoming.new"]
+    assert incoming_new[0]["responsible"] == {"rule": "answered", "user_id": 5001}  # the routed manager
+    assert incoming_new[2]["text"] == f"Перезвонить {ANNA}"
+    assert await _writes(emu) == []
