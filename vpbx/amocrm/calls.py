@@ -367,10 +367,11 @@ class CallJobs:
         settings = FinishSettings(
             source_name=core.settings.amocrm.source_name, origin=public_origin(core.settings)
         )
+        self.runner = JobRunner(core, clients, {FINISH: FinishHandler(settings)})
+        self.consumer = CallConsumer(core, on_enqueued=self.runner.wake)
         from vpbx.amocrm.relink import RELINK, RelinkHandler
 
-        self.runner = JobRunner(core, clients, {FINISH: FinishHandler(settings), RELINK: RelinkHandler()})
-        self.consumer = CallConsumer(core, on_enqueued=self.runner.wake)
+        self.runner.handlers[RELINK] = RelinkHandler()  # reissued recording links (the cabinet)
 
     @classmethod
     def for_runtime(cls, runtime: Any) -> CallJobs:
