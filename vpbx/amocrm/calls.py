@@ -372,6 +372,9 @@ class CallJobs:
         handlers = {FINISH: FinishHandler(settings), AI_RESULT: AiResultHandler(settings)}
         self.runner = JobRunner(core, clients, handlers)  # type: ignore[arg-type]
         self.consumer = CallConsumer(core, on_enqueued=self.runner.wake)
+        from vpbx.amocrm.relink import RELINK, RelinkHandler
+
+        self.runner.handlers[RELINK] = RelinkHandler()  # reissued recording links (the cabinet)
 
     @classmethod
     def for_runtime(cls, runtime: Any) -> CallJobs:

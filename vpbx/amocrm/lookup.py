@@ -182,7 +182,9 @@ class PhoneLookup:
             self._failures[b.id] = count
             log.info("amocrm.lookup_failed", binding=str(b.id), failures=count, why=why)
 
-    async def cached(self, binding_id: uuid.UUID, key: str) -> LookupResult | None:
+    async def cached(
+        self, binding_id: uuid.UUID, key: str, *, revalidate: bool = True
+    ) -> LookupResult | None:
         """The cache's answer, or None when it has none that counts (a miss goes to amoCRM)."""
         async with self.sessions() as s:
             row = await s.get(AmoPhoneCache, (binding_id, key))
@@ -191,10 +193,36 @@ class PhoneLookup:
         age = (self.clock.now() - row.cached_at).total_seconds()
         if row.negative or row.contact_id is None:
             return LookupResult(outcome="miss", source="cache") if age < NEGATIVE_TTL_S else None
-        if age >= POSITIVE_FRESH_S:
+        if age >= POSITIVE_FRESH_S and revalidate:
             self._revalidate(binding_id, key)
         contact = Contact(id=row.contact_id, name=row.name, responsible_user_id=row.responsible_user_id)
         return LookupResult(outcome="hit", contact=contact, source="cache")
+
+    async def peek(self, b: Binding, key: str, budget_s: float) -> LookupResult:
+        """What ``realtime`` would answer, writing nothing (the dry run, §3.4): the cache without its
+        revalidation, else E4 (a read) without storing the answer; failures do not count for cache-only."""
+        cached = await self.cached(b.id, key, revalidate=False)
+        if cached is not None:
+            return cached
+        if self.cache_only(b.id):
+            return LookupResult(outcome="unknown", source="cache-only")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(budget_s):
+                found = await self.clients.for_account(b.account_id).search_contacts(
+                    key, lane="realtime", deadline=loop.time() + budget_s
+                )
+        except AmoSkipped:
+            return LookupResult(outcome="unknown", source="skipped")
+        except TimeoutError:
+            return LookupResult(outcome="unknown", source="timeout")
+        except (AmoError, OSError):
+            return LookupResult(outcome="unknown", source="error")
+        chosen = pick(found, key)
+        contact = contact_of(chosen) if chosen is not None else None
+        if contact is None:
+            return LookupResult(outcome="miss", source="api")
+        return LookupResult(outcome="hit", contact=contact, source="api")
 
     # -- background --
 

@@ -19,6 +19,7 @@ yet; a busy extension is one with a live call.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,7 +39,7 @@ from vpbx.crm.phone import match_key
 from vpbx.logs import get_logger
 from vpbx.pbx.incoming import RoutingAnswer, RoutingQuery
 from vpbx.pbx.registrar import aor_for
-from vpbx.store.models import AmoCall, AmoScenario, AmoScenarioLine, CrmBinding, CrmUserMap, User
+from vpbx.store.models import AmoCall, AmoScenario, AmoScenarioLine, CrmBinding, CrmUserMap, DomainId, User
 
 if TYPE_CHECKING:
     from vpbx.app import Core
@@ -115,6 +116,63 @@ def decide(facts: Facts) -> Route:
     if fallback_pin is not None:
         return Route(step="fallback", why=problem, pin=fallback_pin)
     return Route(step="rules", why=f"{problem}; {fallback_problem}")
+
+
+async def active_binding(s: AsyncSession, domain_id: uuid.UUID) -> CrmBinding | None:
+    """The domain's active amoCRM binding (at most one)."""
+    row: CrmBinding | None = await s.scalar(
+        select(CrmBinding).where(
+            CrmBinding.domain_id == domain_id,
+            CrmBinding.status == "active",
+            CrmBinding.crm_kind == "amocrm",
+        )
+    )
+    return row
+
+
+async def scenario_for_line(s: AsyncSession, binding_id: uuid.UUID, line: str) -> AmoScenario | None:
+    """The binding's active scenario that has ``line`` (E.164, with or without "+"), first by position."""
+    digits = line.lstrip("+")
+    scenario: AmoScenario | None = await s.scalar(
+        select(AmoScenario)
+        .join(AmoScenarioLine, AmoScenarioLine.scenario_id == AmoScenario.id)
+        .where(
+            AmoScenario.binding_id == binding_id,
+            AmoScenario.is_active.is_(True),
+            AmoScenarioLine.line.in_((digits, f"+{digits}")),
+        )
+        .order_by(AmoScenario.position, AmoScenario.id)
+        .limit(1)
+    )
+    return scenario
+
+
+async def extension_states(
+    core: Core, calls: CallRegistry, domain_id: DomainId, domain: str, wanted: set[str]
+) -> dict[str, ExtState]:
+    """Whether each extension of ``wanted`` can take a call now (the registrar and the live calls)."""
+    if not wanted:
+        return {}
+    async with core.sessions() as s:
+        existing = set(
+            await s.scalars(select(User.pin).where(User.domain_id == domain_id, User.pin.in_(wanted)))
+        )
+    live = calls.snapshot(domain_id)
+    busy = {c.from_pin for c in live} | {c.to_pin for c in live if c.state in BUSY_STATES}
+    now = core.clock.monotonic()
+    states: dict[str, ExtState] = {}
+    for pin in wanted:
+        if pin not in existing:
+            states[pin] = "missing"
+            continue
+        bindings = await core.location.lookup(domain_id, aor_for(pin, domain))
+        if not any(b.expires_at > now for b in bindings):
+            states[pin] = "unregistered"
+        elif pin in busy:
+            states[pin] = "busy"
+        else:
+            states[pin] = "free"
+    return states
 
 
 # --- the hook -------------------------------------------------------------------------------------------
@@ -211,27 +269,10 @@ class AmoRoutingHook:
         return RoutingAnswer(pin=route.pin, display_name=name, overflow_after_s=setup.ring_s)
 
     async def _setup(self, s: AsyncSession, query: RoutingQuery) -> _Setup | None:
-        row = await s.scalar(
-            select(CrmBinding).where(
-                CrmBinding.domain_id == query.domain_id,
-                CrmBinding.status == "active",
-                CrmBinding.crm_kind == "amocrm",
-            )
-        )
+        row = await active_binding(s, query.domain_id)
         if row is None:
             return None
-        digits = query.request_number.lstrip("+")
-        scenario = await s.scalar(
-            select(AmoScenario)
-            .join(AmoScenarioLine, AmoScenarioLine.scenario_id == AmoScenario.id)
-            .where(
-                AmoScenario.binding_id == row.id,
-                AmoScenario.is_active.is_(True),
-                AmoScenarioLine.line.in_((digits, f"+{digits}")),
-            )
-            .order_by(AmoScenario.position, AmoScenario.id)
-            .limit(1)
-        )
+        scenario = await scenario_for_line(s, row.id, query.request_number)
         if scenario is None:
             return None
         try:
@@ -281,30 +322,7 @@ class AmoRoutingHook:
             for u in (contact.responsible_user_id, setup.binding.fallback_user_id)
             if u is not None and u in setup.mapping
         }
-        if not wanted:
-            return {}
-        async with self.core.sessions() as s:
-            existing = set(
-                await s.scalars(
-                    select(User.pin).where(User.domain_id == query.domain_id, User.pin.in_(wanted))
-                )
-            )
-        live = self.calls.snapshot(query.domain_id)
-        busy = {c.from_pin for c in live} | {c.to_pin for c in live if c.state in BUSY_STATES}
-        now = self.core.clock.monotonic()
-        states: dict[str, ExtState] = {}
-        for pin in wanted:
-            if pin not in existing:
-                states[pin] = "missing"
-                continue
-            bindings = await self.core.location.lookup(query.domain_id, aor_for(pin, query.domain))
-            if not any(b.expires_at > now for b in bindings):
-                states[pin] = "unregistered"
-            elif pin in busy:
-                states[pin] = "busy"
-            else:
-                states[pin] = "free"
-        return states
+        return await extension_states(self.core, self.calls, query.domain_id, query.domain, wanted)
 
     def _inactive_users(self, b: Binding) -> frozenset[int]:
         """amoCRM users marked inactive, as last read (E1, 10 min); a stale or missing list is re-read in the

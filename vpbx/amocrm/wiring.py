@@ -78,6 +78,12 @@ def amo_app(core: Core) -> FastAPI:
     from vpbx.amocrm.popups import router as popups_router
 
     sub.include_router(popups_router)  # F13: /amo/widget/v1/stream-ticket, /stream
+    from vpbx.amocrm import dryrun
+
+    sub.include_router(dryrun.router)  # POST /amo/widget/v1/dry-run
+    from vpbx.amocrm import health
+
+    sub.include_router(health.router)  # GET /amo/widget/v1/health
     return sub
 
 

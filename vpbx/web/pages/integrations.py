@@ -11,18 +11,24 @@ administrators only; every lookup is the session's domain's.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
 from vpbx.amocrm import binding as amo
+from vpbx.amocrm import health as amo_health
+from vpbx.amocrm import jobs as amo_jobs
+from vpbx.amocrm import recordings as amo_recordings
+from vpbx.amocrm.relink import reissue_link
 from vpbx.app import Core
 from vpbx.errors import NotFound
-from vpbx.store.models import AmoInstall, CrmBinding, Domain
+from vpbx.store.models import AmoInstall, AmoRecordingLink, CrmBinding, Domain
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, RendererDep
 from vpbx.web.pages.services import local_time, money
@@ -40,6 +46,20 @@ async def _domain(s: AsyncSession, tenant: uuid.UUID) -> Domain:
     return domain
 
 
+LINKS_LISTED = 20
+
+
+async def _links(s: AsyncSession, binding_id: uuid.UUID) -> list[AmoRecordingLink]:
+    """The binding's newest recording links (live and revoked) for the revoke/reissue actions."""
+    rows = await s.scalars(
+        select(AmoRecordingLink)
+        .where(AmoRecordingLink.binding_id == binding_id)
+        .order_by(AmoRecordingLink.created_at.desc())
+        .limit(LINKS_LISTED)
+    )
+    return list(rows)
+
+
 async def _page(
     request: Request,
     r: Renderer,
@@ -55,6 +75,13 @@ async def _page(
     lang = r.translator(request).lang
     current = await amo.active_binding(s, tenant)
     install = await amo.install_of(s, current.external_account_id) if current else None
+    health = await amo_health.binding_health(s, core, current, app=request.app) if current else None
+    links = await _links(s, current.id) if current is not None else []
+    if health is not None:
+        last = health["last_success_at"]
+        health["last_success_at_local"] = (
+            local_time(lang, domain.timezone)(dt.datetime.fromisoformat(last)) if last else ""
+        )
     return r.page(
         request,
         "integrations/page.html",
@@ -67,6 +94,8 @@ async def _page(
             "counter": await billing.counter(s, tenant, billing.EXTERNAL_INTEGRATIONS),
             "configured": bool(core.settings.amocrm.client_id and core.settings.amocrm.client_secret),
             "confirm_disable": current is not None and request.query_params.get("confirm") == "disable",
+            "health": health,
+            "links": links,
             "modal": modal,
             "notice": notice or request.query_params.get("notice", ""),
             "money": money(lang),
@@ -91,6 +120,45 @@ async def disable_amocrm(p: AdminDep, s: DbDep, core: CoreDep) -> Response:
         await amo.disable(s, current, reason="cabinet", now=core.clock.now())
         await s.commit()
     return RedirectResponse("/integrations?notice=disabled", status_code=303)
+
+
+@router.post("/amocrm/jobs/{job_id}/retry")
+async def retry_job(job_id: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """«Повторить» for a dead job of the session's domain's binding (another domain's job: 404)."""
+    current = await amo.active_binding(s, p.tenant)
+    try:
+        wanted = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound("job", job_id) from None
+    if current is None or not await amo_jobs.retry_dead(s, current.id, wanted, core.clock.now()):
+        raise NotFound("job", job_id)
+    await s.commit()
+    return RedirectResponse("/integrations?notice=retried", status_code=303)
+
+
+@router.post("/amocrm/recordings/revoke")
+async def revoke_recordings(request: Request, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """Revoke one recording link (``token`` in the form) or every link of the domain's binding (§5.5)."""
+    current = await amo.active_binding(s, p.tenant)
+    if current is None:
+        raise NotFound("binding", p.tenant)
+    token = forms.text(await request.form(), "token") or None
+    count = await amo_recordings.revoke_links(s, current.id, now=core.clock.now(), token=token)
+    if token is not None and not count:
+        raise NotFound("recording link", token)
+    await s.commit()
+    return RedirectResponse("/integrations?notice=revoked", status_code=303)
+
+
+@router.post("/amocrm/recordings/{token}/reissue")
+async def reissue_recording(token: str, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """A revoked link of the domain's binding gets a new token; a job sends it to amoCRM (``relink``)."""
+    current = await amo.active_binding(s, p.tenant)
+    new = await reissue_link(s, current.id, token, core.clock.now()) if current is not None else None
+    if new is None:
+        raise NotFound("recording link", token)
+    await s.commit()
+    return RedirectResponse("/integrations?notice=reissued", status_code=303)
 
 
 async def _ticket_install(s: AsyncSession, raw: str, core: Core) -> tuple[str, AmoInstall] | None:
