@@ -98,6 +98,9 @@ class AmoRuntime:
         from vpbx.amocrm.calls import CallJobs
 
         self.parts.append(CallJobs.for_runtime(self))  # call events → AmoCall → amo.finish jobs (§5)
+        from vpbx.amocrm.demo import DemoAmo
+
+        self.parts.append(DemoAmo(self))  # `vpbx serve --demo`: the emulator and the demo domain's binding
         for part in self.parts:
             await part.start()
 
