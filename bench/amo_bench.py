@@ -120,6 +120,13 @@ async def _calls(
     return out
 
 
+def _phone(scenario: str, calls: int) -> Any:
+    """A SIPp phone that lives through the whole case (the tests' callee gives up after 20 s)."""
+    from tests.integration.test_calls import callee_run
+
+    return dataclasses.replace(callee_run(scenario, calls=calls), timeout_s=900)
+
+
 async def _idle_stats(emu: Any) -> dict[str, Any]:
     """The emulator's stats once they have not moved for QUIET_S (the job runner is done)."""
     last = await emu.stats()
@@ -172,7 +179,7 @@ async def bench(calls: int, flow_calls: int, workdir: Path) -> list[str]:
     from tests.amocrm.emu_kit import emulator
     from tests.amocrm.test_finish_serve import amo_env, bound
     from tests.integration.peers.sipp import SippProcess
-    from tests.integration.test_calls import bind, callee_run, running
+    from tests.integration.test_calls import bind, running
     from tests.integration.test_incoming_calls import line_to
     from vpbx.settings import Settings
 
@@ -183,7 +190,7 @@ async def bench(calls: int, flow_calls: int, workdir: Path) -> list[str]:
     # the integration off: the same line, rule and phone, no binding
     async with (
         running(workdir / "off", setup=line_to("user")) as server,
-        SippProcess.running(callee_run("uas_answer", calls=calls + 10), workdir / "off") as phone,
+        SippProcess.running(_phone("uas_answer", calls + 10), workdir / "off") as phone,
     ):
         await bind(server, "102", phone)
         delays["integration off"] = await _calls(
@@ -202,9 +209,7 @@ async def bench(calls: int, flow_calls: int, workdir: Path) -> list[str]:
                 database_url=f"sqlite+aiosqlite:///{data / 'vpbx.sqlite3'}",
             )
             flows: list[tuple[str, int, dict[str, int]]] = []
-            async with SippProcess.running(
-                callee_run("uas_answer", calls=10 * flow_calls + 20), work
-            ) as phone:
+            async with SippProcess.running(_phone("uas_answer", 10 * flow_calls + 20), work) as phone:
                 await bind(server, "102", phone)
                 new = _numbers(20, flow_calls)
                 for name, numbers in (
@@ -215,14 +220,14 @@ async def bench(calls: int, flow_calls: int, workdir: Path) -> list[str]:
                     before = await _idle_stats(emu)
                     await _calls(server, workdir, f"flow-{len(flows)}", numbers, scenario=scenario)
                     flows.append((name, len(numbers), _delta(before, await _idle_stats(emu))))
-            async with SippProcess.running(callee_run("uas_busy", calls=flow_calls + 10), work) as busy:
+            async with SippProcess.running(_phone("uas_busy", flow_calls + 10), work) as busy:
                 await bind(server, "102", busy)
                 before = await _idle_stats(emu)
                 await _calls(server, workdir, "flow-busy", _numbers(30, flow_calls), scenario=scenario)
                 flows.append(("missed, new, task only", flow_calls, _delta(before, await _idle_stats(emu))))
 
             await _set_events(settings, on=False)
-            async with SippProcess.running(callee_run("uas_answer", calls=2 * calls + 20), work) as phone:
+            async with SippProcess.running(_phone("uas_answer", 2 * calls + 20), work) as phone:
                 await bind(server, "102", phone)
                 for label, delay_ms, prefix in (("on, amoCRM 100 ms", 100, 40), ("on, amoCRM 3 s", 3000, 50)):
                     await emu.control("DELETE", "/__emu__/faults")
