@@ -85,6 +85,9 @@ def serve(
         if not settings.sip_default_domain:
             # a softphone pointed at the server's address (no DNS for the demo domain) lands in the demo
             settings = settings.model_copy(update={"sip_default_domain": DEMO_DOMAIN})
+        from vpbx.amocrm.demo import demo_settings
+
+        settings = demo_settings(settings)  # amoCRM: the emulator alongside, on a free loopback port
         info = asyncio.run(ensure_demo(settings))
         _print_demo(info, settings)
     with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
@@ -139,6 +142,14 @@ def _print_demo(info: dict[str, object], settings: Settings) -> None:
         )
     if "line" in info:
         lines.append(f"  line:      {info['line']} → group {info['group_pin']} in office hours, else a menu")
+    from vpbx.amocrm.demo import DemoAmo, emulator_url
+
+    if DemoAmo.wanted(settings):
+        url = emulator_url(settings)
+        lines.append(f"  amoCRM:    emulator {url}, account demo.amocrm.ru (state: {url}/__emu__/state)")
+        lines.append(
+            f"             widget harness: {url}/__emu__/widget-harness?account=demo.amocrm.ru&user_id=5001"
+        )
     lines.append(f"  the same as JSON: {settings.data_dir / 'demo.json'}")
     typer.echo("\n".join(lines) + "\n")
 

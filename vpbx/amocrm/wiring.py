@@ -110,6 +110,9 @@ class AmoRuntime:
         from vpbx.amocrm.popups import Popups
 
         self.parts.append(Popups.for_runtime(self))  # connected → pop-up stream / E16 (F13, §3.6)
+        from vpbx.amocrm.demo import DemoAmo
+
+        self.parts.append(DemoAmo(self))  # `vpbx serve --demo`: the emulator and the demo domain's binding
         for part in self.parts:
             await part.start()
 
