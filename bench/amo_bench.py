@@ -53,8 +53,8 @@ FIXTURE_CONTACTS = ["79161234567", "79167654321"]  # 9001 Анна Смирно�
 BUDGET = {
     "new client answered (contact + deal + task)": "lookup 1 + re-check 1 + 3 creates + 1 note = 6"
     " (5 complex)",
-    "existing client, cache hit": "routing 0 + finish 1 (note) = 1",
-    "existing client, cache miss": "+1 (E4) = 2",
+    "existing client, cache hit": "routing 0 + pop-up ≤ 2 (E5+E6, 0 when cached) + finish 1 (note) = 3",
+    "existing client, cache miss": "+1 (E4) = 4",
     "missed, new, task only": "lookup 1 + 1 task = 2",
 }
 
