@@ -38,6 +38,7 @@ ID_KINDS: dict[str, type[Any]] = {
     "campaign_id": m.AiCampaign,  # the autoinformer's campaigns
     "contact_id": m.AiContact,  # a campaign's contacts (their rendered message)
     "file_id": m.AiAudioFile,  # the autoinformer's audio library
+    "job_id": m.CrmJob,  # amoCRM's job outbox («Повторить» on a dead job)
 }
 # tables whose rows are not tenant data (sessions and throttling change on every request)
 VOLATILE = {"web_sessions", "login_throttle"}
@@ -128,6 +129,13 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
         await s.flush()
         contact = m.AiContact(campaign_id=campaign.id, domain_id=t.id, phones=["79161234567"])
         s.add(contact)
+        binding = m.CrmBinding(
+            domain_id=t.id, external_account_id=30000001 if "acme" in t.name else 30000002, hook_secret=t.name
+        )
+        s.add(binding)
+        await s.flush()
+        job = m.CrmJob(binding_id=binding.id, kind="amo.finish", key=t.name, state="dead")
+        s.add(job)
         await s.commit()
         return {
             "session_id": session_id,
@@ -147,6 +155,7 @@ async def populate(core: Core, t: Tenant) -> dict[str, Any]:
             "campaign_id": campaign.id.hex,
             "contact_id": contact.id.hex,
             "file_id": audio.id.hex,
+            "job_id": job.id,
         }
 
 
