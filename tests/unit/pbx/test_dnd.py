@@ -26,7 +26,7 @@ from vpbx.errors import NotFound
 from vpbx.pbx import groups
 from vpbx.pbx.actions import ActionInput
 from vpbx.pbx.dnd import set_dnd
-from vpbx.pbx.incoming import IncomingRouter
+from vpbx.pbx.incoming import IncomingRouter, RoutingAnswer, RoutingQuery
 from vpbx.sip.message import Response
 from vpbx.store.models import User, UserContactNumber
 
@@ -220,3 +220,31 @@ async def test_a_blind_transfer_to_a_user_on_dnd_is_refused_busy(core: Core) -> 
         assert states(call.events()) == ["new", "calling", "connected"]  # the call goes on with bob
     finally:
         await call.pbx.node.stop()
+
+
+async def test_a_hooks_pin_on_dnd_is_busy_and_with_overflow_the_rules_ring_at_once(
+    core: Core, pbx: Pbx
+) -> None:
+    """integration-api.md §5.3: the CRM's PIN rings as a direct call would (DND applies); an overflowing
+    answer (amoCRM) hands the call to the rules without waiting."""
+    await _rule(
+        core, pbx.domain_id, ActionInput(action="user", user_id=await _user_id(core, pbx.domain_id, "101"))
+    )
+    overflow: list[float | None] = [None]
+
+    async def crm(query: RoutingQuery) -> RoutingAnswer | None:
+        return RoutingAnswer(pin="102", overflow_after_s=overflow[0])
+
+    pbx.b2bua.routing_hooks = [("crm", crm)]
+    alice, bob = await _registered(pbx, "101", "102")
+    await dnd(core, pbx, "102")
+    carrier = Carrier(pbx)
+    await carrier.call()
+    assert (await carrier.phone.expect(486)).code == 486
+    assert alice.unread() == [] and bob.unread() == []
+
+    overflow[0] = 20
+    await carrier.call()
+    await (await alice.ringing()).answer()  # the rules' user, no 20 s wait
+    assert (await carrier.phone.expect(200)).code == 200
+    assert bob.unread() == []
