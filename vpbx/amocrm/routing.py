@@ -7,13 +7,14 @@ binding whose active scenario holds the called line and has smart routing on. Th
 2. a contact whose responsible manager is not excluded → the manager's mapped extension, rung for
    ``smart_ring_timeout_s`` (``RoutingAnswer.overflow_after_s``), then the PBX rules;
 3. abnormal (ours): the responsible is unmapped, inactive in amoCRM, or the extension is gone, busy,
-   unregistered → the fallback manager's extension; if that one cannot take the call either → the rules;
+   unregistered, on DND (``vpbx.pbx.dnd``) → the fallback manager's extension; if that one cannot take the
+   call either → the rules;
 4. no contact, no responsible, an excluded responsible → the rules;
 5. the contact's name is the display name whenever a contact is found, even when the rules route.
 
 The decision (step responsible / fallback / rules, why, pin) and the lookup are written to the call's
-``AmoCall`` row (only this module's columns; amojobs owns the rest of the row). DND does not exist in the PBX
-yet; a busy extension is one with a live call.
+``AmoCall`` row (only this module's columns; amojobs owns the rest of the row). A busy extension is one with a
+live call; a user on DND counts before busy and unregistered (their phones would not ring anyway).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ BUSY_STATES = ("connected", "held")
 DECISION_MARGIN_S = 0.4  # the engine's hook deadline minus the lookup budget: the decision and its reads
 
 Step = Literal["responsible", "fallback", "rules"]
-ExtState = Literal["free", "busy", "unregistered", "missing"]
+ExtState = Literal["free", "busy", "unregistered", "dnd", "missing"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,13 +151,17 @@ async def scenario_for_line(s: AsyncSession, binding_id: uuid.UUID, line: str) -
 async def extension_states(
     core: Core, calls: CallRegistry, domain_id: DomainId, domain: str, wanted: set[str]
 ) -> dict[str, ExtState]:
-    """Whether each extension of ``wanted`` can take a call now (the registrar and the live calls)."""
+    """Whether each extension of ``wanted`` can take a call now (DND, the registrar and the live calls)."""
     if not wanted:
         return {}
     async with core.sessions() as s:
-        existing = set(
-            await s.scalars(select(User.pin).where(User.domain_id == domain_id, User.pin.in_(wanted)))
-        )
+        rows = (
+            await s.execute(
+                select(User.pin, User.dnd).where(User.domain_id == domain_id, User.pin.in_(wanted))
+            )
+        ).all()
+    existing = {r.pin for r in rows}
+    on_dnd = {r.pin for r in rows if r.dnd}
     live = calls.snapshot(domain_id)
     busy = {c.from_pin for c in live} | {c.to_pin for c in live if c.state in BUSY_STATES}
     now = core.clock.monotonic()
@@ -164,6 +169,9 @@ async def extension_states(
     for pin in wanted:
         if pin not in existing:
             states[pin] = "missing"
+            continue
+        if pin in on_dnd:
+            states[pin] = "dnd"
             continue
         bindings = await core.location.lookup(domain_id, aor_for(pin, domain))
         if not any(b.expires_at > now for b in bindings):

@@ -59,6 +59,8 @@ from vpbx.pbx.calls import (
     Phase,
     outside_party,
 )
+from vpbx.pbx.dnd import END_REASON as DND_END_REASON
+from vpbx.pbx.dnd import FEATURE_CODES, FEATURE_REPLY_CODE, FEATURE_REPLY_PHRASE, set_dnd
 from vpbx.pbx.incoming import RoutingQuery
 from vpbx.pbx.node import ALLOW, SUPPORTED, USER_AGENT
 from vpbx.pbx.numbering import to_e164
@@ -361,6 +363,7 @@ class _Ctx:
     ivr: _Ivr | None = None  # the voice menu the caller is in
     vm: _Vm | None = None  # the voicemail the caller is leaving
     vm_owner: uuid.UUID | None = None  # the user rung, whose box may take the call when unanswered or busy
+    dnd_busy: bool = False  # the user plan's user is on DND (vpbx.pbx.dnd): nobody rung, the call is busy
     # hold and transfer (vpbx.pbx.transfer): who talks on each media side once a transfer changed it
     sides: dict[Side, Leg | None] = field(default_factory=dict)  # side → leg (None: nobody any more)
     parties: dict[Side, Party] = field(default_factory=dict)  # side → party, once a transfer changed them
@@ -850,6 +853,9 @@ class B2bua:
             await self.transfers.on_replaces(node, key, invite, domain, caller)
             return
         extension = invite.uri.user or ""
+        if extension in FEATURE_CODES:
+            await self._feature_code(node, key, invite, domain, caller, extension)
+            return
         callee = await self.directory.user_by_pin(domain, extension) if extension else None
         if pending.cancelled:
             return
@@ -883,6 +889,31 @@ class B2bua:
             except Exception:
                 await self._abort(ctx, "setup")
                 raise
+
+    async def _feature_code(
+        self,
+        node: SipNode,
+        key: TransactionKey,
+        invite: Request,
+        domain: DomainInfo,
+        caller: Party,
+        code: str,
+    ) -> None:
+        """A feature code dialled from the user's own phone (``vpbx.pbx.dnd``): the switch flipped, then a
+        final answer whose reason phrase says the new state (nothing is answered, nothing recorded)."""
+        on = FEATURE_CODES[code]
+        if caller.user_id is None:
+            node.respond(key, invite, 403)
+            return
+        try:
+            async with node.core.sessions() as s:
+                await set_dnd(s, domain.id, caller.user_id, on, now=self.clock.now())
+                await s.commit()
+        except NotFound:
+            node.respond(key, invite, 404)
+            return
+        log.info("call.feature_code", domain=domain.name, user=caller.pin, code=code, dnd=on)
+        node.respond(key, invite, FEATURE_REPLY_CODE, FEATURE_REPLY_PHRASE[on])
 
     # --- calls from a carrier to a line (issue core-3) ---------------------------------------------------
     def _hold_trunk(self, ctx: _Ctx, trunk: TrunkInfo) -> None:
@@ -1543,7 +1574,7 @@ class B2bua:
         legs: list[BLeg] = []
         for pin in ctx.plan.stages[index].targets.pins:
             party = ctx.plan_people.get(pin)
-            if party is None:
+            if party is None or await self._skip_dnd(ctx, party):
                 continue
             aor = aor_for(pin, ctx.call.domain.name)
             for binding in [
@@ -1556,6 +1587,8 @@ class B2bua:
         numbers = ctx.plan.stages[index].targets.numbers
         usable = self._free_trunks(ctx.call.domain.id) if numbers else []
         owner = next(iter(ctx.plan_people.values()), None)  # a user plan's contact numbers are its user's
+        if numbers and owner is not None and await self._skip_dnd(ctx, owner):
+            usable = []  # a user on DND: no mobile forwarding either
         for number in numbers if usable else ():
             leg = await self._ring_trunk(
                 node, ctx, usable[0], tuple(usable[1:]), number, ctx.caller_id or _line_of(ctx), owner
@@ -1563,6 +1596,32 @@ class B2bua:
             leg.stage = index
             legs.append(leg)
         return legs
+
+    async def on_dnd(self, domain: DomainInfo, pin: str) -> bool:
+        """The user with this PIN is on DND now (the directory's snapshot)."""
+        if self.directory is None or not pin:
+            return False
+        user = await self.directory.user_by_pin(domain, pin)
+        return user is not None and user.dnd
+
+    async def _skip_dnd(self, ctx: _Ctx, party: Party) -> bool:
+        """``party`` is on DND (as the directory says now): not rung. The user of a user plan makes the call
+        busy; a group's member is just left out."""
+        if not await self.on_dnd(ctx.call.domain, party.pin):
+            return False
+        if party.user_id is not None and party.user_id == ctx.vm_owner:
+            ctx.dnd_busy = True
+        log.info("call.skip_dnd", session_id=ctx.session_id, pin=party.pin)
+        return True
+
+    def _codes(self, ctx: _Ctx, codes: list[int]) -> list[int]:
+        """The B-legs' finals, with a busy for the user plan's user on DND (who was not rung)."""
+        return [*codes, 486] if ctx.dnd_busy else codes
+
+    def _busy_reason(self, ctx: _Ctx, code: int) -> None:
+        """The history's end reason of a busy call whose user is on DND."""
+        if code == 486 and ctx.dnd_busy and not ctx.end_reason:
+            ctx.end_reason = DND_END_REASON
 
     async def _plan_skip(self, ctx: _Ctx) -> bool:
         """Everyone rung so far failed: jump to the next stage now. False when no stage is left."""
@@ -1591,6 +1650,7 @@ class B2bua:
         if nxt is not None and _ringable(nxt):
             log.info("call.fallthrough", session_id=ctx.session_id, to=nxt.action)
             ctx.vm_owner = _box_owner(nxt)
+            ctx.dnd_busy = False
             self._plan_stop(ctx)
             for legs in ctx.stage_legs.values():
                 self._cancel_legs(legs)
@@ -1603,10 +1663,11 @@ class B2bua:
         if ctx.broadcast is not None:  # the operator of an autoinformer call did not answer
             await self.broadcaster.operator_missed(ctx)
             return
-        codes = [leg.final for leg in ctx.b if leg.final is not None and leg.final not in (487,)]
+        codes = self._codes(ctx, [leg.final for leg in ctx.b if leg.final is not None and leg.final != 487])
         code = _final_for_a(codes) if codes else 480
         if await self._owner_box(ctx, code):
             return
+        self._busy_reason(ctx, code)
         self._plan_stop(ctx)
         if ctx.answered_by_pbx:  # the caller is in our menu's dialog: nobody came, so it ends
             self._cancel_all(ctx, None)
@@ -1844,6 +1905,14 @@ class B2bua:
         if ctx.ended:
             return  # cancelled while we looked
         ctx.vm_owner = call.callee.user_id
+        if call.callee.dnd:  # vpbx.pbx.dnd: none of the callee's phones rings, the call is busy
+            log.info("call.callee_dnd", session_id=call.session_id, callee=call.callee.pin)
+            if await self._owner_box(ctx, 486):
+                return
+            ctx.end_reason = DND_END_REASON
+            self._reply_a(ctx, 486)
+            await self._finish(ctx, "busy")
+            return
         if not bindings and await self._owner_box(ctx, 480):
             return
         if not bindings:
@@ -2070,10 +2139,11 @@ class B2bua:
             return
         if ctx.plan is not None and await self._plan_skip(ctx):
             return  # everyone rung so far failed: the next stage starts now
-        codes = [leg.final for leg in ctx.b if leg.final is not None]
+        codes = self._codes(ctx, [leg.final for leg in ctx.b if leg.final is not None])
         code = _final_for_a(codes)
         if await self._owner_box(ctx, code):
             return
+        self._busy_reason(ctx, code)
         self._reply_a(ctx, code)
         await self._finish(ctx, "busy" if code == 486 else "unanswered")
 

@@ -44,7 +44,8 @@ REASON_NORMAL = "5"  # a conversation ended normally
 # CallEvent.extra keys the call history reads (none of them goes on the wire of integration-api.md §5.2):
 #   end:          "status_code", "status_text" (the final SIP answer of an unanswered call),
 #                 "voicemail" = "true" (a message was left), "end_reason": normal, no_answer, busy, cancelled,
-#                 failed, media_timeout, media_lost, shutdown; recovered (closed at start-up after a crash)
+#                 failed, media_timeout, media_lost, shutdown, dnd (the callee is on Do Not Disturb);
+#                 recovered (closed at start-up after a crash)
 #   disconnected: "transfer_to" (the PIN or digits the call was transferred to)
 #   connected:    "pickup" = "true" (answered by a pick-up, not by the rung phone)
 EXTRA_KEYS = ("status_code", "status_text", "voicemail", "end_reason", "transfer_to", "pickup")
@@ -71,6 +72,7 @@ class Party:
     domain: str
     external: str = ""  # an outside number (E.164 digits, no "+"): a caller from a trunk, or one of our lines
     record_calls: bool = False  # the user asked for their calls to be recorded (telephony.md §3.10)
+    dnd: bool = False  # the user is on Do Not Disturb: a call to them gets their busy treatment
 
     @property
     def number(self) -> str:
@@ -334,6 +336,7 @@ def _party(user: DirectoryUser | None, domain: DomainInfo) -> Party | None:
         display_name=user.display_name,
         domain=domain.name,
         record_calls=user.record_calls,
+        dnd=user.dnd,
     )
 
 

@@ -44,6 +44,7 @@ class DirectoryUser:
     pin: str
     credentials: StoredCredentials
     record_calls: bool = False  # record this user's calls
+    dnd: bool = False  # Do Not Disturb: calls to the user get its busy treatment
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ class SipDirectory:
                         User.ha1_md5,
                         User.ha1_sha256,
                         User.record_calls,
+                        User.dnd,
                         Domain.name,
                         Domain.channel_limit,
                         Domain.timezone,
@@ -146,8 +148,9 @@ class SipDirectory:
                 r.pin,
                 creds,
                 record_calls=bool(r.record_calls),
+                dnd=bool(r.dnd),
             )
-            by_login[(r[9], r.sip_login)] = user
+            by_login[(r[10], r.sip_login)] = user
             by_pin[(user.domain_id, r.pin)] = user
         log.info(
             "directory.loaded",

@@ -333,13 +333,20 @@ class Transfers:
         parties: list[Party] = []
         user = await b.directory.user_by_pin(domain, dialled) if b.directory is not None else None
         decision = None
+        if user is not None and user.dnd:  # vpbx.pbx.dnd: the target is busy, nobody rings
+            log.info("call.transfer_target_dnd", session_id=ctx.session_id, target=dialled)
+            await self._refused(ctx, xfer, 486)
+            return
         if user is not None:
             parties = [user]
         elif b.incoming is not None and dialled.isdigit():
             decision = await b.incoming.by_extension(domain.id, _line_of(ctx), dialled)
             if decision is not None and decision.action == "group":
                 _plan, by_pin = b._plan_for(decision, domain.name)
-                parties = list(by_pin.values())
+                parties = [p for p in by_pin.values() if not await b.on_dnd(domain, p.pin)]
+                if not parties:  # every member on DND: nobody can answer
+                    await self._refused(ctx, xfer, 480)
+                    return
         outbound = None
         if not parties and b.outbound is not None and transferor.user_id is not None:
             outbound = await b.outbound.decide(domain.id, transferor.user_id, dialled)

@@ -113,6 +113,8 @@ class User(Timestamped, Base):
     allow_long_distance: Mapped[bool] = mapped_column(Boolean, default=True)
     allow_mobile: Mapped[bool] = mapped_column(Boolean, default=True)
     mobile_delay_s: Mapped[int] = mapped_column(Integer, default=15)
+    dnd: Mapped[bool] = mapped_column(Boolean, default=False)  # Do Not Disturb: calls to the user get busy
+    dnd_since: Mapped[dt.datetime | None] = mapped_column()  # when DND was switched on (None: off)
     contact_numbers: Mapped[list[UserContactNumber]] = relationship(
         order_by="UserContactNumber.position", cascade="all, delete-orphan", lazy="selectin"
     )

@@ -14,16 +14,17 @@ from sqlalchemy import select
 from tests.amocrm.route_kit import FakeAmo, World, build_world, contact
 from vpbx.amocrm.hooks import HOOK_EVENTS, parse_hook, subscribe_webhooks, unsubscribe_webhooks
 from vpbx.amocrm.lookup import Contact, PhoneLookup
-from vpbx.amocrm.routing import AmoRoutingHook, ExtState, Facts, Route, decide
+from vpbx.amocrm.routing import AmoRoutingHook, ExtState, Facts, Route, decide, extension_states
 from vpbx.app import Core
 from vpbx.clock import FakeClock
 from vpbx.pbx.calls import Call, MemoryCallRegistry, Party, outside_party
 from vpbx.pbx.directory import DomainInfo
+from vpbx.pbx.dnd import set_dnd
 from vpbx.pbx.incoming import RoutingAnswer, RoutingQuery
 from vpbx.pbx.registrar import Binding as SipBinding
 from vpbx.pbx.registrar import aor_for
 from vpbx.sip.flow import Destination
-from vpbx.store.models import AmoCall, AmoPhoneCache, AmoScenario, CrmBinding, CrmUserMap
+from vpbx.store.models import AmoCall, AmoPhoneCache, AmoScenario, CrmBinding, CrmUserMap, User
 
 ANNA_C = Contact(id=9001, name="Анна Смирнова", responsible_user_id=5001)
 MAP = {5001: "101", 5002: "102", 5003: "103"}
@@ -66,6 +67,11 @@ def facts(contact: Contact | None = ANNA_C, **kw: object) -> Facts:
         (
             facts(states={**FREE, "101": "busy", "102": "unregistered"}),
             Route(step="rules", why="responsible-busy; fallback-unregistered"),
+        ),
+        (facts(states={**FREE, "101": "dnd"}), Route(step="fallback", why="responsible-dnd", pin="102")),
+        (
+            facts(states={**FREE, "101": "dnd", "102": "dnd"}),
+            Route(step="rules", why="responsible-dnd; fallback-dnd"),
         ),
         (
             facts(mapping={}, fallback_user_id=None),
@@ -198,6 +204,25 @@ async def test_a_busy_or_unregistered_responsible_goes_to_the_fallback(core: Cor
         "pin": "102",
         "lookup_source": "cache",
     }
+
+
+async def test_a_responsible_on_dnd_goes_to_the_fallback_and_the_log_says_dnd(
+    core: Core, world: World
+) -> None:
+    await register(core, world, "101", "102")  # registered and free: only DND keeps 101 from the call
+    async with core.sessions() as s:
+        uid = await s.scalar(select(User.id).where(User.domain_id == world.domain_id, User.pin == "101"))
+        assert uid is not None
+        await set_dnd(s, world.domain_id, uid, True, now=core.clock.now())
+        await s.commit()
+    hook = hook_for(core, FakeAmo())
+    q = query(world)
+    answer = await hook(q)
+    assert answer is not None and answer.pin == "102"
+    await hook.drain()
+    assert (await context(core, world, q.session_id)).route["why"] == "responsible-dnd"
+    states = await extension_states(core, MemoryCallRegistry(), world.domain_id, world.domain, {"101", "102"})
+    assert states == {"101": "dnd", "102": "free"}
 
 
 async def test_the_hook_stays_out_without_an_active_binding_scenario_line_or_smart_routing(

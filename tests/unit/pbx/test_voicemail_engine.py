@@ -26,6 +26,7 @@ from vpbx.media.relay import LegRef
 from vpbx.pbx import groups
 from vpbx.pbx.actions import ActionInput
 from vpbx.pbx.bus import SessionId
+from vpbx.pbx.dnd import set_dnd
 from vpbx.pbx.incoming import IncomingRouter
 from vpbx.pbx.ivr_plan import MenuPlans
 from vpbx.pbx.menus import KeyInput, MenuInput, create_menu
@@ -395,3 +396,35 @@ async def test_a_menu_key_leads_to_a_box(core: Core, pbx: Pbx) -> None:
     assert pbx.bus.events[-1].extra["voicemail"] == "true"
     await desk(pbx).drain()
     assert len(await messages(core)) == 1
+
+
+async def test_a_user_on_dnd_with_on_busy_gets_a_message_and_no_ring(core: Core, pbx: Pbx) -> None:
+    await box_of(core, pbx, "101", on_busy=True)
+    uid = await _user_id(core, pbx.domain_id, "101")
+    async with core.sessions() as s:
+        await set_dnd(s, pbx.domain_id, uid, True, now=core.clock.now())
+        await s.commit()
+    await _rule(core, pbx.domain_id, ActionInput(action="user", user_id=uid))
+    [alice] = await _registered(pbx, "101")
+    carrier = Carrier(pbx)
+    await carrier.call()
+    assert (await carrier.phone.expect(200)).code == 200  # the box answers at once
+    assert [p[0] for _leg, p in pbx.media.played] == ["t"]
+    assert alice.unread() == []
+    bob = pbx.phone("102", "192.0.2.22")
+    call = await bob.call("101")  # a direct call too: the box, no ring
+    await call.answered()
+    assert alice.unread() == []
+
+
+async def test_a_user_on_dnd_without_on_busy_is_486_even_with_on_no_answer(core: Core, pbx: Pbx) -> None:
+    await box_of(core, pbx, "101", on_no_answer=True)
+    uid = await _user_id(core, pbx.domain_id, "101")
+    async with core.sessions() as s:
+        await set_dnd(s, pbx.domain_id, uid, True, now=core.clock.now())
+        await s.commit()
+    [alice] = await _registered(pbx, "101")
+    bob = pbx.phone("102", "192.0.2.22")
+    await bob.call("101")
+    assert (await bob.expect(486)).code == 486
+    assert alice.unread() == [] and pbx.media.played == []

@@ -5,17 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx import billing
 from vpbx.app import Core
 from vpbx.errors import ValidationFailed
+from vpbx.pbx import dnd
 from vpbx.pbx import users as users_svc
 from vpbx.pbx.validation import N_
 from vpbx.store.models import Domain
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, MemberDep, Principal, RendererDep
+from vpbx.web.pages.users import dnd_since
 from vpbx.web.render import Renderer
 
 router = APIRouter()
@@ -86,7 +88,12 @@ async def _me(
     return r.page(
         request,
         "me.html",
-        {"user": user, "sip_password": users_svc.sip_password(user, core.box), "saved": saved},
+        {
+            "user": user,
+            "sip_password": users_svc.sip_password(user, core.box),
+            "saved": saved,
+            "dnd_since": await dnd_since(s, p, user),
+        },
         errors=errors,
         status_code=422 if errors else 200,
     )
@@ -113,3 +120,12 @@ async def change_password(
         return await _me(request, r, p, s, core, errors=e)
     await s.commit()
     return await _me(request, r, p, s, core, saved=True)
+
+
+@router.post("/me/dnd")
+async def switch_my_dnd(request: Request, p: MemberDep, s: DbDep, core: CoreDep) -> Response:
+    """The user's own Do Not Disturb (``on`` = 1 or 0), as *78 / *79 from their phone."""
+    assert p.user_id is not None
+    await dnd.set_dnd(s, p.tenant, p.user_id, forms.checked(await request.form(), "on"), now=core.clock.now())
+    await s.commit()
+    return RedirectResponse("/me", status_code=303)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.app import Core
 from vpbx.errors import ValidationFailed
+from vpbx.pbx import dnd
 from vpbx.pbx import users as svc
 from vpbx.pbx.registrar import aor_for
-from vpbx.store.models import DomainId, User
+from vpbx.store.models import Domain, DomainId, User
 from vpbx.web import forms
 from vpbx.web.auth import AdminDep, CoreDep, DbDep, Principal, RendererDep
 from vpbx.web.forms import FormData
@@ -89,6 +92,15 @@ async def devices(core: Core, p: Principal, u: User) -> list[Device]:
     ]
 
 
+async def dnd_since(s: AsyncSession, p: Principal, u: User) -> str:
+    """When ``u`` switched DND on, in the domain's time zone ("" when off)."""
+    if not u.dnd or u.dnd_since is None:
+        return ""
+    domain = await s.get(Domain, p.tenant)
+    zone = zoneinfo.ZoneInfo(domain.timezone if domain is not None else "UTC")
+    return u.dnd_since.astimezone(zone).strftime("%d.%m.%Y %H:%M")
+
+
 @router.get("")
 async def list_users(request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
     q = request.query_params.get("q", "")[:100]
@@ -122,6 +134,7 @@ async def _edit_form(
     core: Core,
     p: Principal,
     u: User,
+    s: AsyncSession,
     *,
     data: svc.UserInput | None = None,
     errors: ValidationFailed | None = None,
@@ -132,6 +145,7 @@ async def _edit_form(
         "v": _values(u, data),
         "sip_password": svc.sip_password(u, core.box),
         "devices": await devices(core, p, u),
+        "dnd_since": await dnd_since(s, p, u),
     }
     return r.page(request, "users/form.html", context, errors=errors, status_code=422 if errors else 200)
 
@@ -141,7 +155,7 @@ async def edit_user(
     user_id: str, request: Request, r: RendererDep, p: AdminDep, s: DbDep, core: CoreDep
 ) -> Response:
     u = await svc.get_user(s, p.tenant, forms.parse_id(user_id, "user"))
-    return await _edit_form(request, r, core, p, u)
+    return await _edit_form(request, r, core, p, u, s)
 
 
 @router.post("/{user_id}")
@@ -156,7 +170,7 @@ async def update_user(
     except ValidationFailed as e:
         await s.rollback()
         u = await svc.get_user(s, p.tenant, uid)
-        return await _edit_form(request, r, core, p, u, data=data, errors=e)
+        return await _edit_form(request, r, core, p, u, s, data=data, errors=e)
     await s.commit()
     return RedirectResponse("/users", status_code=303)
 
@@ -171,6 +185,16 @@ async def delete_user(
     except ValidationFailed as e:
         await s.rollback()
         u = await svc.get_user(s, p.tenant, uid)
-        return await _edit_form(request, r, core, p, u, errors=e)
+        return await _edit_form(request, r, core, p, u, s, errors=e)
     await s.commit()
     return RedirectResponse("/users", status_code=303)
+
+
+@router.post("/{user_id}/dnd")
+async def switch_dnd(user_id: str, request: Request, p: AdminDep, s: DbDep, core: CoreDep) -> Response:
+    """The user's Do Not Disturb, switched by an admin (``on`` = 1 or 0); another domain's user: 404."""
+    uid = forms.parse_id(user_id, "user")
+    on = forms.checked(await request.form(), "on")
+    await dnd.set_dnd(s, p.tenant, uid, on, now=core.clock.now())
+    await s.commit()
+    return RedirectResponse(f"/users/{uid}", status_code=303)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 01:00:59.594920
+Create Date: 2026-11-26 04:22:00.773525
 """
 
 from __future__ import annotations
@@ -607,6 +607,8 @@ def upgrade() -> None:
         sa.Column("allow_long_distance", sa.Boolean(), nullable=False),
         sa.Column("allow_mobile", sa.Boolean(), nullable=False),
         sa.Column("mobile_delay_s", sa.Integer(), nullable=False),
+        sa.Column("dnd", sa.Boolean(), nullable=False),
+        sa.Column("dnd_since", vpbx.store.types.UtcDateTime(timezone=True), nullable=True),
         sa.Column("created_at", vpbx.store.types.UtcDateTime(timezone=True), nullable=False),
         sa.CheckConstraint("role in ('admin', 'user')", name=op.f("ck_users_role")),
         sa.ForeignKeyConstraint(
