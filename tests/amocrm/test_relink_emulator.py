@@ -19,7 +19,7 @@ from vpbx.amocrm.jobs import JobRunner
 from vpbx.amocrm.recordings import recording_route, revoke_links
 from vpbx.amocrm.relink import RELINK, RelinkHandler, reissue_link
 from vpbx.settings import Settings
-from vpbx.store.models import AmoCall, AmoRecordingLink, CrmJob, Recording
+from vpbx.store.models import AmoCall, AmoRecordingLink, CrmBinding, CrmJob, Recording
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb" * 64
 
@@ -123,3 +123,26 @@ async def test_a_gone_note_gets_a_new_text_note_with_the_link(world: World, emu:
     state = await emu.state(DEMO)
     texts = [n for n in state["notes"] if n.get("entity_id") == 9001 and n.get("note_type") == "common"]
     assert len(texts) == 1 and f"/rec/amo/{token}.mp3" in texts[0]["params"]["text"]
+
+
+async def test_in_calls_api_mode_the_note_on_the_deal_is_edited(world: World, emu: Emu) -> None:
+    core = world.core
+    async with core.sessions() as s, s.begin():
+        binding = await s.get(CrmBinding, world.binding_id)
+        assert binding is not None
+        binding.options = {"call_log_mode": "calls_api"}
+    sid = await world.incoming("79161234567", answered=["101"], talk_s=40, is_record=True)  # Анна: deal 8001
+    await world.settle()
+    [note] = created(await emu.state(DEMO), "notes")
+    assert (note["entity_type"], note["entity_id"]) == ("leads", 8001)
+    step = (await world.call_row(sid)).steps["note"]
+    assert (step["id"], step["on"], step["on_id"]) == (note["id"], "leads", 8001)
+    async with core.sessions() as s, s.begin():
+        await revoke_links(s, world.binding_id, core.clock.now())
+        new = await reissue_link(s, world.binding_id, token_of(note["params"]["link"]), core.clock.now())
+    before = len(await emu.log(DEMO))
+    await world.runner.run_until_idle()
+    [edited] = created(await emu.state(DEMO), "notes")
+    assert edited["id"] == note["id"] and edited["params"]["link"].endswith(f"/rec/amo/{new}.mp3")
+    writes = [(e["method"], e["path"]) for e in (await emu.log(DEMO))[before:] if e["method"] != "GET"]
+    assert writes == [("PATCH", f"/api/v4/leads/notes/{note['id']}")]

@@ -4,8 +4,9 @@ and an ``amo.relink`` job tells amoCRM the new link.
 The job edits the call note made by the finish job (its id is in the call's step ledger, ``steps.note.id``):
 it reads the note's params (E14), swaps ``link`` and PATCHes the note (``PATCH /api/v4/contacts/notes/{id}``)
 so the card keeps one call note with a working link. When that note is gone (deleted card or note, 404 /
-Entity not found) or was never made on the contact (``calls_api`` attaching it to a deal), a text note
-(«common») with the new link goes on the call's contact instead (ours).
+Entity not found), a text note («common») with the new link goes on the call's contact instead (ours). In
+``calls_api`` mode amoCRM may attach the call to the contact's deal: the ledger remembers the card
+(``steps.note.on``/``on_id``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from vpbx.logs import get_logger
 from vpbx.store.models import AmoCall, AmoRecordingLink, CrmBinding, CrmJob
 
 if TYPE_CHECKING:
-    from vpbx.amocrm.api import AmoApi
+    from vpbx.amocrm.api import AmoApi, NoteEntity
     from vpbx.amocrm.jobs import JobRunner
 
 log = get_logger("vpbx.amocrm.relink")
@@ -92,9 +93,9 @@ class RelinkHandler:
             return
         url = public_origin(runner.core.settings).rstrip("/") + RECORDING_PATH.format(token=job.key)
         api = runner.clients.for_account(binding.external_account_id)
-        note_id = _note_id(call)
-        if note_id is not None and await _edit_call_note(api, call.contact_id, note_id, url):
-            log.info("amo.relinked", binding_id=str(binding.id), session_id=session_id, note_id=note_id)
+        where = _note_of(call)
+        if where is not None and await _edit_call_note(api, *where, url):
+            log.info("amo.relinked", binding_id=str(binding.id), session_id=session_id, note_id=where[2])
             return
         note: dict[str, Any] = {
             "entity_id": call.contact_id,
@@ -106,25 +107,27 @@ class RelinkHandler:
         log.info("amo.relinked_new_note", binding_id=str(binding.id), session_id=session_id)
 
 
-def _note_id(call: AmoCall) -> int | None:
-    """The id of the call note the finish job made (its ledger step ``note``), if it made one."""
+def _note_of(call: AmoCall) -> tuple[NoteEntity, int, int] | None:
+    """Where the call note the finish job made is (its ledger step ``note``: the card's kind and id, the
+    note's id), if it made one; a ledger without the card (older runs) means the call's contact."""
     step = (call.steps or {}).get("note") or {}
-    if step.get("state") != "done" or step.get("id") is None:
+    if step.get("state") != "done" or step.get("id") is None or call.contact_id is None:
         return None
-    return int(step["id"])
+    on: NoteEntity = "leads" if step.get("on") == "leads" else "contacts"
+    return on, int(step.get("on_id") or call.contact_id), int(step["id"])
 
 
-async def _edit_call_note(api: AmoApi, contact_id: int, note_id: int, url: str) -> bool:
-    """PATCH the contact's call note ``note_id`` with the new ``link``; False when it is gone."""
+async def _edit_call_note(api: AmoApi, entity: NoteEntity, entity_id: int, note_id: int, url: str) -> bool:
+    """PATCH the card's call note ``note_id`` with the new ``link``; False when it is gone."""
     current = next(
-        (n for n in await api.list_notes("contacts", contact_id) if int(n.get("id") or 0) == note_id), None
+        (n for n in await api.list_notes(entity, entity_id) if int(n.get("id") or 0) == note_id), None
     )
     if current is None:
         return False
     params = {**(current.get("params") or {}), "link": url}
-    fields = {"entity_id": contact_id, "note_type": current.get("note_type"), "params": params}
+    fields = {"entity_id": entity_id, "note_type": current.get("note_type"), "params": params}
     try:
-        await api.update_note("contacts", note_id, fields)
+        await api.update_note(entity, note_id, fields)
     except AmoEntityNotFound:  # deleted between the read and the edit
         return False
     return True
