@@ -92,6 +92,39 @@ async def test_callback_refusals_store_nothing(pbx: Pbx, emu: Emu) -> None:
     assert replay.status_code == 502
 
 
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+async def test_a_browser_gets_a_page_in_words_with_the_same_status(pbx: Pbx, emu: Emu) -> None:
+    url = f"{pbx.url}/amo/oauth/callback"
+    issued = await emu.install(DEMO_HOST, call=False)
+    params = dict(issued["params"])
+    ok = await pbx.http.get(url, params=params, headers={"Accept": BROWSER})
+    assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/html")
+    assert '<html lang="ru">' in ok.text and "Виджет amoCRM установлен" in ok.text
+    assert f"установлен в аккаунте amoCRM {DEMO_HOST}" in ok.text
+    assert "«Интеграция с внешними системами»" in ok.text and 'href="/integrations"' in ok.text
+    async with pbx.core.sessions() as s:  # the page is the same install as the JSON answer
+        assert [i.amo_account_id for i in await s.scalars(select(AmoInstall))] == [DEMO_ACCOUNT]
+    # the same code again (used: amoCRM refuses it), in English by the browser's language
+    replay = await pbx.http.get(
+        url, params=params, headers={"Accept": BROWSER, "Accept-Language": "en-US,en"}
+    )
+    assert replay.status_code == 502 and '<html lang="en">' in replay.text
+    assert "The amoCRM widget is not installed" in replay.text
+    assert "it is used already or expired" in replay.text and 'data-error="install-failed"' in replay.text
+    # the cabinet's language cookie wins over the browser's
+    cookie = {"Accept": BROWSER, "Accept-Language": "en", "Cookie": "vpbx_lang=ru"}
+    refused = await pbx.http.get(url, params={**params, "referer": "evil.example.test"}, headers=cookie)
+    assert refused.status_code == 400 and "Этот адрес amoCRM не разрешён" in refused.text
+    denied = await pbx.http.get(url, params={"error": "access_denied"}, headers={"Accept": BROWSER})
+    assert denied.status_code == 400 and "Доступ к аккаунту amoCRM не предоставлен" in denied.text
+    # programs keep the JSON: no Accept, */*, or JSON first
+    for accept in ("*/*", "application/json", "application/json, text/html;q=0.5"):
+        resp = await pbx.http.get(url, params={"error": "access_denied"}, headers={"Accept": accept})
+        assert (resp.status_code, resp.json()) == (400, {"error": "access-denied"}), accept
+
+
 async def test_state_follows_install_bind_and_disconnect(pbx: Pbx, emu: Emu) -> None:
     state = await pbx.widget("GET", "/state")
     assert state.status_code == 200 and state.json()["status"] == "not_installed"

@@ -106,7 +106,7 @@ async def test_the_demos_first_call_from_a_new_number_creates_the_contact_in_the
     try:
         info: dict[str, Any] = {}
 
-        async def bound() -> bool:  # the binding is made once our HTTP listener answers the OAuth callback
+        async def bound() -> bool:  # the binding is made before our HTTP listener opens
             nonlocal info
             if not proc.running:
                 raise RuntimeError(f"vpbx exited:\n{proc.log_tail()}")

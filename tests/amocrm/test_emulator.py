@@ -426,6 +426,46 @@ async def test_calls_attach_to_the_single_active_lead_else_the_contact_and_unkno
         assert [c["uniq"] for c in state["calls"]] == ["s-1", "s-2"]
 
 
+async def test_a_note_is_edited_in_place_by_id_or_in_a_batch_and_a_gone_one_is_404(emu: Emu) -> None:
+    params = {"uniq": "s-9", "duration": 30, "source": "ВАТС", "phone": "+79161234567", "link": "a.mp3"}
+    async with emu.api(token=await bearer(emu)) as api:
+        made = await api.post(
+            "/api/v4/contacts/notes", json=[{"entity_id": ANNA, "note_type": "call_in", "params": params}]
+        )
+        nid = made.json()["_embedded"]["notes"][0]["id"]
+        one = await api.patch(
+            f"/api/v4/contacts/notes/{nid}",
+            json={"entity_id": ANNA, "note_type": "call_in", "params": {**params, "link": "b.mp3"}},
+        )
+        assert one.status_code == 200 and (one.json()["id"], one.json()["entity_id"]) == (nid, ANNA)
+        assert one.json()["_links"]["self"]["href"].endswith(f"/api/v4/contacts/notes/{nid}")
+        batch = await api.patch(
+            "/api/v4/contacts/notes",
+            json=[{"id": nid, "entity_id": ANNA, "params": {**params, "link": "c.mp3"}, "request_id": "r"}],
+        )
+        assert batch.status_code == 200
+        assert [(n["id"], n["request_id"]) for n in batch.json()["_embedded"]["notes"]] == [(nid, "r")]
+        [note] = [n for n in (await emu.state())["notes"] if n["id"] == nid]  # edited, not added
+        assert note["params"] == {**params, "link": "c.mp3"} and note["note_type"] == "call_in"
+
+        bad = await api.patch(
+            "/api/v4/contacts/notes",
+            json=[{"id": nid, "note_type": "common", "params": {"source": ""}}, {"id": 1}],
+        )
+        assert errors_of(bad) == [
+            ("0", "NotSupportedChoice", "note_type"),
+            ("0", "NotBlank", "params.source"),
+            ("0", "FieldMissing", "params.duration"),
+            ("1", "NotSupportedChoice", "id"),
+        ]
+        assert (
+            await api.patch("/api/v4/leads/notes/" + str(nid), json={"params": params})
+        ).status_code == 404
+        await emu.control("DELETE", f"/__emu__/accounts/{DEMO}/contacts/{ANNA}")
+        gone = await api.patch(f"/api/v4/contacts/notes/{nid}", json={"params": params})
+        assert gone.status_code == 404 and gone.json()["detail"] == "Entity not found"
+
+
 async def test_a_closed_lead_does_not_count_as_active(emu: Emu) -> None:
     async with emu.api(token=await bearer(emu)) as api:
         assert (await api.patch("/api/v4/leads/8001", json={"status_id": 142})).status_code == 200

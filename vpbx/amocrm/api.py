@@ -99,6 +99,11 @@ class AmoApi(Protocol):
         """E13 → ``_embedded.notes``."""
         ...
 
+    async def update_note(self, entity: NoteEntity, note_id: int, fields: Mapping[str, Any]) -> Json:
+        """E13b ``PATCH /api/v4/{entity}/notes/{id}`` (one object; a call note's ``params`` go as a whole) →
+        ``id``, ``entity_id``, ``updated_at``; ``AmoEntityNotFound`` when the note (or its card) is gone."""
+        ...
+
     async def add_calls(self, items: Sequence[Mapping[str, Any]]) -> list[Json]:
         """E15 → ``_embedded.calls``; ``AmoEntityNotFound`` when no card has the number."""
         ...

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from vpbx.amocrm import binding as svc
+from vpbx.amocrm import callback_page
 from vpbx.amocrm.client import shared_pool
 from vpbx.amocrm.widget_auth import WidgetCaller, public_origin, widget_admin, widget_caller
 from vpbx.logs import get_logger
@@ -52,12 +53,18 @@ async def oauth_callback(
     state: Annotated[str, Query(max_length=512)] = "",
     client_id: Annotated[str, Query(max_length=64)] = "",
     from_widget: Annotated[str, Query(max_length=8)] = "",
+    error: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
-    """F2.1: amoCRM delivers the code (widget install, or the consent page); exchanged here and now."""
+    """F2.1: amoCRM delivers the code (widget install, or the consent page); exchanged here and now. A
+    browser (Accept: text/html first) gets a page in words (callback_page), a program the JSON; both with
+    the same status code."""
     del state  # we start no OAuth flow ourselves: amoCRM's install sends the code unasked
     core = _core(request)
+    html = callback_page.wants_html(request)
+    if error and not code:  # the admin refused the consent (ours; amoCRM? sends error=access_denied)
+        return _callback_refused(request, html, 400, "access-denied")
     if not code or not referer:
-        raise HTTPException(400, detail={"error": "code-required"})
+        return _callback_refused(request, html, 400, "code-required")
     async with core.sessions() as s:
         try:
             install = await svc.record_install(
@@ -71,10 +78,20 @@ async def oauth_callback(
             )
         except svc.BindError as e:
             log.warning("amocrm.install_refused", error=e.code, from_widget=bool(from_widget))
+            if html:
+                return callback_page.render(request, STATUS.get(type(e), 409), error=e.code)
             raise _refused(e) from None
         await s.commit()
     shared_pool(core).tokens.forget(install.amo_account_id)  # a reinstall's pair replaces any cached one
+    if html:
+        return callback_page.render(request, 200, account=install.base_domain)
     return JSONResponse({"status": "installed", "account_id": install.amo_account_id})
+
+
+def _callback_refused(request: Request, html: bool, status: int, code: str) -> Response:
+    if html:
+        return callback_page.render(request, status, error=code)
+    raise HTTPException(status, detail={"error": code})
 
 
 def signature_ok(secret: str, client_uuid: str, account_id: str, signature: str) -> bool:

@@ -328,6 +328,16 @@ class AmoClient:
         path = f"/api/v4/{_note_entity(entity)}/notes"
         return _embedded(await self._write("POST", path, _check_batch(items)), "notes")
 
+    async def update_note(self, entity: NoteEntity, note_id: int, fields: Mapping[str, Any]) -> Json:
+        path = f"/api/v4/{_note_entity(entity)}/notes/{int(note_id)}"
+        try:
+            data = await self._write("PATCH", path, dict(fields))
+        except AmoError as e:
+            if e.status == 404:  # the note or its card is gone
+                raise AmoEntityNotFound(ENTITY_NOT_FOUND, status=404, request_id=e.request_id) from e
+            raise
+        return data if isinstance(data, dict) else {}
+
     async def add_calls(self, items: Sequence[Mapping[str, Any]]) -> list[Json]:
         data = await self._write("POST", "/api/v4/calls", _check_batch(items))
         calls = _embedded(data, "calls")

@@ -4,16 +4,16 @@ loopback port and links the demo domain to its account ``demo.amocrm.ru`` the wa
 - ``demo_settings(settings)``: the emulator's port is chosen before the app is built, so the integration's
   settings (client id and secret, the API URL template, the harness origin) point at it.
 - ``DemoAmo``: an ``AmoRuntime`` part. It starts the emulator (in-memory: a fresh world every start), then,
-  once our HTTP listener answers, plays the widget install (``/__emu__/install`` → our
-  ``/amo/oauth/callback``), activates the binding (counter +1, as «Подключить» does; get_number_info stays
-  off in the demo), maps the demo users to the emulator's users, creates the scenario «Основной» on the demo
-  line and adds the emulator's URLs to ``demo.json``.
+  before our HTTP listener opens (so /healthz answering means the demo is complete), plays the widget
+  install (``/__emu__/install`` makes the code, the OAuth callback's work exchanges it), activates the
+  binding (counter +1, as «Подключить» does; get_number_info stays off in the demo), maps the demo users to
+  the emulator's users, creates the scenario «Основной» on the demo line and adds the emulator's URLs to
+  ``demo.json``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import json
@@ -130,7 +130,6 @@ class DemoAmo:
         self.core = runtime.core
         self.settings = runtime.core.settings
         self.server: EmulatorServer | None = None
-        self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     @staticmethod
@@ -150,37 +149,48 @@ class DemoAmo:
         self.server = EmulatorServer(make_world(fixture), host="127.0.0.1", port=port or 0)
         await self.server.start()
         log.info("amocrm.demo.emulator", url=self.server.url)
-        self._task = asyncio.create_task(self._setup(origin), name="amo-demo-setup")
+        await self._setup()  # before the HTTP listener: healthz answers only once demo.json is complete
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
         if self.server is not None:
             await self.server.stop()
 
-    async def _setup(self, origin: str) -> None:
+    async def _setup(self) -> None:
+        """The widget install and the binding, before ``vpbx serve`` opens its HTTP listener: the emulator
+        makes the install's code but does not send it (``call: false``); the code goes through the OAuth
+        callback's own work (``binding.record_install``: the real code exchange and account read over HTTP),
+        so a script that sees /healthz answer finds the binding made and ``demo.json``'s ``amocrm`` block."""
+        from vpbx.amocrm.client import shared_pool
+
+        assert self.server is not None
+        core = self.core
         try:
             async with asyncio.timeout(SETUP_TIMEOUT_S), httpx.AsyncClient(timeout=10.0) as http:
-                await self._wait_http(http, origin)
-                assert self.server is not None
                 resp = await http.post(
-                    f"{self.server.url}/__emu__/install", json={"account": DEMO_ACCOUNT, "user_id": 5001}
+                    f"{self.server.url}/__emu__/install",
+                    json={"account": DEMO_ACCOUNT, "user_id": 5001, "call": False},
                 )
                 resp.raise_for_status()
+                params = resp.json()["params"]
+                async with core.sessions() as s:
+                    install = await amo.record_install(
+                        s,
+                        core.box,
+                        self.settings,
+                        code=str(params["code"]),
+                        referer=str(params["referer"]),
+                        client_id=str(params["client_id"]),
+                        now=core.clock.now(),
+                        http=http,
+                    )
+                    await s.commit()
+                shared_pool(core).tokens.forget(install.amo_account_id)
                 await self.link()
         except Exception as e:  # the demo still runs without amoCRM
             log.warning("amocrm.demo.setup_failed", error=f"{type(e).__name__}: {e}")
             return
         self.ready.set()
         log.info("amocrm.demo.ready", account=DEMO_ACCOUNT)
-
-    async def _wait_http(self, http: httpx.AsyncClient, origin: str) -> None:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                await http.get(f"{origin}/healthz")
-                return
-            await asyncio.sleep(0.2)
 
     async def link(self) -> None:
         """The binding, the user map, «Основной» and demo.json (each only if missing)."""

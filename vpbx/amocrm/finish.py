@@ -1043,6 +1043,9 @@ class Finish:
             params["call_responsible"] = manager
         incoming = self.direction in ("incoming", "missed")
 
+        def noted(on: str, on_id: int) -> None:  # where the note is, for a reissued link's edit (relink)
+            self.ledger.get("note").update(on=on, on_id=on_id)
+
         async def verify() -> int | None:
             for note in await self.api.list_notes("contacts", contact_id):
                 if (note.get("params") or {}).get("uniq") == self.sid:
@@ -1053,6 +1056,7 @@ class Finish:
                 if lead is not None:
                     for note in await self.api.list_notes("leads", int(lead["id"])):
                         if (note.get("params") or {}).get("uniq") == self.sid:
+                            noted("leads", int(lead["id"]))
                             return int(note["id"])
             return None
 
@@ -1068,6 +1072,7 @@ class Finish:
 
         async def send_note() -> int | None:
             created = await self.api.add_notes("contacts", [note])
+            noted("contacts", contact_id)
             return int(created[0]["id"]) if created else None
 
         async def send_call() -> int | None:
@@ -1085,7 +1090,13 @@ class Finish:
             except AmoEntityNotFound:
                 log.info("amo.call_entity_not_found", session_id=self.sid, contact_id=contact_id)
                 return await send_note()  # §5.7: fall back to the note on the known contact
-            return int(created[0]["id"]) if created else None
+            if not created:
+                return None
+            entity = created[0].get("entity_type")
+            entity_id = created[0].get("entity_id")
+            if entity in ("lead", "contact") and entity_id is not None:
+                noted("leads" if entity == "lead" else "contacts", int(entity_id))
+            return int(created[0]["id"])
 
         send = send_call if self.options.call_log_mode == "calls_api" else send_note
         await self.write("note", send, verify)

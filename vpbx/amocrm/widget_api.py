@@ -613,6 +613,8 @@ def check_against_meta(sc: Scenario, meta: Meta) -> list[Json]:
                 bad(f"{path}.{i}.field_id", "unknown field")
             elif v.enum_id is not None and v.enum_id not in {e["id"] for e in f["enums"]}:
                 bad(f"{path}.{i}.enum_id", "unknown enum")
+            elif v.enum_id is None and f["enums"] and f["type"] != "multitext":  # a multitext's are kinds
+                bad(f"{path}.{i}.value", "the field takes one of its enums (enum_id)")
 
     for i, uid in enumerate(sc.smart_routing.excluded_user_ids):
         if uid not in users:

@@ -219,6 +219,14 @@ class FakeAmo:
             raise fault.error
         return out
 
+    async def update_note(self, entity: str, note_id: int, fields: Mapping[str, Any]) -> Json:
+        self._check("update_note")
+        note = self.notes.get(note_id)
+        if note is None or note["entity_type"] != entity:
+            raise AmoEntityNotFound("Entity not found", status=404)
+        note.update(fields)
+        return {"id": note_id, "entity_id": note["entity_id"]}
+
     async def add_calls(self, items: Sequence[Mapping[str, Any]]) -> list[Json]:
         self._check("add_calls")
         out = []

@@ -4,6 +4,7 @@ and saved; a non-admin sees everything read-only."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,9 @@ from fastapi import FastAPI
 from playwright.async_api import Browser
 from sqlalchemy import select
 
-from tests.amocrm.emu_kit import Emu
+from tests.amocrm.emu_kit import DEMO, Emu
+from tests.amocrm.unit.fake_amo import FakeAmo
+from tests.amocrm.unit.jobs_kit import World as JobsWorld
 from tests.amocrm.widget.conftest import (
     LINE_A,
     LINE_A2,
@@ -25,7 +28,11 @@ from tests.amocrm.widget.conftest import (
     serving,
 )
 from vpbx.amocrm.bundle import build
-from vpbx.amocrm.client import close_shared_pool
+from vpbx.amocrm.calls import FINISH, CallConsumer
+from vpbx.amocrm.client import AmoClientPool, close_shared_pool
+from vpbx.amocrm.finish import FinishHandler, FinishSettings
+from vpbx.amocrm.jobs import JobRunner
+from vpbx.clock import FakeClock
 from vpbx.settings import Settings
 from vpbx.store.models import AmoScenario, CrmBinding, CrmUserMap
 
@@ -129,6 +136,93 @@ async def test_a_scenario_is_added_and_saved(
     assert listed["status"] == 200 and listed["answer"]["lines"] == [LINE_A]
     assert LINE_A2 not in listed["answer"]["lines"]
     assert await emu_errors(page) == []
+
+
+async def test_extra_fields_are_edited_saved_shown_again_and_reach_the_new_clients_cards(
+    browser: Browser, sites: tuple[str, str, Path], world: World, emu: Emu
+) -> None:
+    _, emu_url, bundle = sites
+    page = await open_harness(browser, emu_url, bundle)
+    settings = page.locator("#vpbx-widget-settings")
+    await settings.get_by_text("Управление сценариями обработки вызовов").wait_for()
+    await settings.get_by_role("button", name="+", exact=True).click()
+    await settings.locator("nav.vpbx-tabs").get_by_role("button", name="Новый сценарий").click()
+    base = "events.incoming.new"
+    for path in ("enabled", "contact.enabled", "lead.enabled"):
+        await settings.locator(f"input[data-path='{base}.{path}']").check()
+    contact = settings.locator(f"[data-fields='{base}.contact.fields']")
+    assert await contact.locator("legend").inner_text() == "Дополнительные поля"
+    await contact.get_by_role("button", name="Добавить поле").click()
+    row = contact.locator("[data-role=field-row]")
+    assert await row.count() == 1
+    picker = row.locator("select[data-role=field-id]")
+    # no PHONE or EMAIL (multitext); the first free field is picked
+    assert await picker.locator("option").all_inner_texts() == ["Должность", "Комментарий"]
+    await picker.select_option(label="Комментарий")
+    await row.locator("input[data-role=field-value]").fill("x")
+    await picker.select_option(label="Должность")  # another field: the row follows it
+    await row.locator("input[data-role=field-value]").fill("Звонок на $(line)")
+    await contact.get_by_role("button", name="Добавить поле").click()  # a second row, then removed
+    assert await row.count() == 2
+    await row.nth(1).get_by_role("button", name="×").click()
+    assert await row.count() == 1
+    lead = settings.locator(f"[data-fields='{base}.lead.fields']")
+    await lead.get_by_role("button", name="Добавить поле").click()
+    enum = lead.locator("select[data-role=field-enum]")  # «Источник» is a select: its enums
+    assert await enum.locator("option").all_inner_texts() == ["Звонок"]
+    # an empty value is stopped in the page
+    await contact.get_by_role("button", name="Добавить поле").click()
+    await settings.get_by_role("button", name="Сохранить настройки").click()
+    await settings.get_by_text("Укажите значение поля «Комментарий»").wait_for()
+    await row.nth(1).get_by_role("button", name="×").click()
+    await settings.get_by_role("button", name="Сохранить настройки").click()
+    await settings.get_by_text("Сохранено").wait_for()
+    async with world.core.sessions() as s:
+        saved = (await s.scalars(select(AmoScenario))).one()
+    new = saved.document["events"]["incoming"]["new"]
+    assert new["contact"]["fields"] == [{"field_id": 103, "value": "Звонок на $(line)", "enum_id": None}]
+    assert new["lead"]["fields"] == [{"field_id": 201, "value": None, "enum_id": 2011}]
+    assert await emu_errors(page) == []
+    await page.close()
+
+    again = await open_harness(browser, emu_url, bundle)  # a fresh page: what was saved is shown
+    settings = again.locator("#vpbx-widget-settings")
+    await settings.locator("nav.vpbx-tabs").get_by_role("button", name="Новый сценарий").click()
+    row = settings.locator(f"[data-fields='{base}.contact.fields'] [data-role=field-row]")
+    assert await row.count() == 1
+    assert await row.locator("select[data-role=field-id] option:checked").inner_text() == "Должность"
+    assert await row.locator("input[data-role=field-value]").input_value() == "Звонок на $(line)"
+    lead_enum = settings.locator(f"[data-fields='{base}.lead.fields'] select[data-role=field-enum]")
+    assert await lead_enum.locator("option:checked").inner_text() == "Звонок"
+    assert await emu_errors(again) == []
+
+    # a call from a new number on the line: the contact and the deal carry the fields
+    core = world.core
+    async with core.sessions() as s:
+        binding = await s.get(CrmBinding, world.binding_a)
+        assert binding is not None
+        binding.connected_at = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        binding.fallback_user_id = 5001
+        s.add(CrmUserMap(binding_id=binding.id, crm_user_id=5001, extension="101"))
+        await s.commit()
+    pool = AmoClientPool(core)
+    clock = FakeClock(dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=30))
+    handler = FinishHandler(FinishSettings(source_name="Виртуальная АТС", origin="https://pbx.example"))
+    runner = JobRunner(core, pool, {FINISH: handler})
+    calls = JobsWorld(
+        core, clock, FakeAmo(), world.domain_a, world.binding_a, saved.id, runner, CallConsumer(core)
+    )
+    try:
+        await calls.incoming("79035550011", answered=["101"], talk_s=30)
+        await calls.settle()
+    finally:
+        await pool.aclose()
+    state = await emu.state(DEMO)
+    [card] = [c for c in state["contacts"] if int(c["id"]) >= 10_000_000]
+    values = {f["field_id"]: f["values"] for f in card["custom_fields_values"]}
+    assert values[103] == [{"value": "Звонок на +74951234567"}]
+    [deal] = [d for d in state["leads"] if int(d["id"]) >= 10_000_000]
+    assert [(f["field_id"], f["values"][0]["enum_id"]) for f in deal["custom_fields_values"]] == [(201, 2011)]
 
 
 async def test_a_non_admin_sees_the_settings_read_only(

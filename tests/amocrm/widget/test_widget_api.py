@@ -317,6 +317,14 @@ class admin_a_world:
             "events.incoming.new.lead.fields.0.enum_id",
         ),
         (
+            ("incoming", "new", "lead", "fields", [{"field_id": 201, "value": "Звонок"}]),
+            "events.incoming.new.lead.fields.0.value",
+        ),
+        (
+            ("incoming", "new", "contact", "fields", [{"field_id": 103, "enum_id": 2011}]),
+            "events.incoming.new.contact.fields.0.enum_id",
+        ),
+        (
             ("incoming", "new", "task", "responsible", {"rule": "user", "user_id": 6001}),
             "events.incoming.new.task.responsible.user_id",
         ),

@@ -566,6 +566,65 @@ def create_notes(
     return out
 
 
+def live_note(acc: Account, entity: str, note_id: int | None) -> Json | None:
+    """The ``entity``'s note ``note_id`` while its card exists (a deleted card takes its notes along)."""
+    note = acc.notes.get(note_id) if note_id is not None else None
+    if note is None or note["entity_type"] != entity:
+        return None
+    card = getattr(acc, entity).get(note["entity_id"])
+    if card is None or card.get("is_deleted"):
+        return None
+    return note
+
+
+def patch_notes(world: World, acc: Account, entity: str, items: list[Json], user_id: int) -> list[Json]:
+    """Note edit (``PATCH /api/v4/{entity}/notes``, each item with ``id``): ``params`` replace the note's
+    params as a whole (a call note's are checked like on create), ``note_type`` cannot change (amoCRM?)."""
+    if entity not in NOTE_ENTITIES:
+        raise Problem(404, "Not Found")
+    ck = Checker()
+    for n, item in enumerate(items):
+        rid = rid_of(item, n)
+        note = live_note(acc, entity, _int(item.get("id")))
+        if note is None:
+            ck.add(rid, "NotSupportedChoice" if item.get("id") is not None else "FieldMissing", "id")
+            continue
+        if item.get("entity_id") is not None and _int(item["entity_id"]) != note["entity_id"]:
+            ck.add(rid, "NotSupportedChoice", "entity_id")
+        if item.get("note_type") is not None and item["note_type"] != note["note_type"]:
+            ck.add(rid, "NotSupportedChoice", "note_type")
+        if "params" in item:
+            if note["note_type"] in CALL_NOTE_TYPES:
+                check_call_params(ck, rid, item["params"])
+            elif not isinstance(item["params"], dict):
+                ck.add(rid, "InvalidType", "params")
+        check_user(acc, ck, rid, item, "responsible_user_id")
+    ck.raise_if_any()
+    out = []
+    for n, item in enumerate(items):
+        note = acc.notes[int(item["id"])]
+        if "params" in item:
+            params = dict(item["params"])
+            if note["note_type"] in CALL_NOTE_TYPES:
+                params["duration"] = int(params["duration"])
+                if params.get("call_status") is not None:
+                    params["call_status"] = int(params["call_status"])
+            note["params"] = params
+        if item.get("responsible_user_id") is not None:
+            note["responsible_user_id"] = int(item["responsible_user_id"])
+        note["updated_at"] = world.now()
+        note["updated_by"] = user_id
+        out.append(
+            {
+                "id": note["id"],
+                "entity_id": note["entity_id"],
+                "updated_at": note["updated_at"],
+                "request_id": rid_of(item, n),
+            }
+        )
+    return out
+
+
 def add_note(world: World, acc: Account, entity: str, entity_id: int, item: Json, user_id: int) -> Json:
     now = world.now()
     nid = world.next_id("notes")

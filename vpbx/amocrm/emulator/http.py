@@ -592,6 +592,28 @@ async def post_entity_notes(request: Request, entity: str, entity_id: int) -> Re
     return _notes_created(acc, entity, rows)
 
 
+@router.patch("/api/v4/{entity}/notes")
+async def patch_notes(request: Request, entity: str) -> Response:
+    acc, rec = authed(request)
+    items = ent.batch(await json_body(request))
+    rows = ent.patch_notes(world_of(request), acc, entity, items, rec["user_id"])
+    return _notes_created(acc, entity, rows)
+
+
+@router.patch("/api/v4/{entity}/notes/{note_id:int}")
+async def patch_note(request: Request, entity: str, note_id: int) -> Response:
+    acc, rec = authed(request)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise Problem(400, "Request body must be an object")
+    if entity not in ent.NOTE_ENTITIES or ent.live_note(acc, entity, note_id) is None:
+        raise Problem(404, "Entity not found")
+    row = ent.patch_notes(world_of(request), acc, entity, [{**body, "id": note_id}], rec["user_id"])[0]
+    if "request_id" not in body:
+        row.pop("request_id")
+    return hal(row | {"_links": links(acc, f"/api/v4/{entity}/notes/{note_id}")})
+
+
 # --- calls, v2 events ---------------------------------------------------------------------------------------
 
 

@@ -342,6 +342,101 @@ define(['jquery'], function ($) {
         esc((value || []).join(', ')) + '"></label>';
     }
 
+    // «Дополнительные поля» (F11): rows of (field, value) from /amo-meta's contact_fields / lead_fields
+    function metaFields(entity) {
+      var all = (ui.meta && ui.meta[entity === 'contacts' ? 'contact_fields' : 'lead_fields']) || [];
+      // phones and e-mails (multitext) are not offered: the phone is the call's own, an e-mail is not known
+      return all.filter(function (f) { return f.type !== 'multitext'; });
+    }
+
+    function metaField(entity, id) {
+      var all = metaFields(entity);
+      for (var i = 0; i < all.length; i++) { if (all[i].id === id) { return all[i]; } }
+      return null;
+    }
+
+    function fieldLabel(f) { return f.name || f.code || ('#' + f.id); }
+
+    function fieldRow(entity, value) {
+      var known = metaFields(entity);
+      var f = metaField(entity, value.field_id);
+      var html = '<div class="vpbx-field-row" data-role="field-row">' +
+        '<select data-role="field-id" aria-label="' + esc(t('field')) + '">';
+      if (!f) {
+        html += '<option value="' + esc(value.field_id) + '" selected>' +
+          esc(t('field_unknown').replace('{id}', value.field_id)) + '</option>';
+      }
+      known.forEach(function (k) {
+        html += '<option value="' + k.id + '"' + (f && k.id === f.id ? ' selected' : '') + '>' + esc(fieldLabel(k)) +
+          '</option>';
+      });
+      html += '</select> ';
+      if (f && f.enums && f.enums.length) {
+        html += '<select data-role="field-enum" aria-label="' + esc(t('field_value')) + '">';
+        f.enums.forEach(function (e) {
+          html += '<option value="' + e.id + '"' + (e.id === value.enum_id ? ' selected' : '') + '>' + esc(e.value) +
+            '</option>';
+        });
+        html += '</select>';
+      } else {
+        var numeric = f && f.type === 'numeric';
+        var shown = value.value === null || value.value === undefined ? '' : value.value;
+        html += '<input type="' + (numeric ? 'number' : 'text') + '" maxlength="255" data-role="field-value"' +
+          ' aria-label="' + esc(t('field_value')) + '" placeholder="' + esc(numeric ? '' : t('field_template_hint')) +
+          '" value="' + esc(shown) + '">';
+      }
+      if (!readOnly()) {
+        html += ' <button type="button" data-action="remove-field" title="' + esc(t('remove')) + '">×</button>';
+      }
+      return html + '</div>';
+    }
+
+    function fieldsEditor(path, entity, values) {
+      var html = '<fieldset class="vpbx-fields" data-fields="' + path + '" data-entity="' + entity + '">' +
+        '<legend>' + esc(t('fields')) + '</legend>';
+      (values || []).forEach(function (v) { html += fieldRow(entity, v); });
+      if (!readOnly()) {
+        html += metaFields(entity).length ?
+          button('add-field', t('add_field')) : '<p class="vpbx-hint">' + esc(t('no_fields')) + '</p>';
+      }
+      return html + '</fieldset>';
+    }
+
+    function readFields($box) {
+      var entity = $box.attr('data-entity');
+      var out = [];
+      $box.find('[data-role="field-row"]').each(function () {
+        var $row = $(this);
+        var id = Number($row.find('[data-role="field-id"]').val());
+        if (!id) { return; }
+        var f = metaField(entity, id);
+        if (f && f.enums && f.enums.length) {
+          var $enum = $row.find('[data-role="field-enum"]');
+          out.push({ field_id: id, enum_id: Number($enum.length ? $enum.val() : f.enums[0].id) });
+        } else {
+          var $input = $row.find('[data-role="field-value"]');
+          var raw = $input.length ? String($input.val()) : '';
+          var value = f && f.type === 'numeric' && raw.trim() !== '' && !isNaN(Number(raw)) ? Number(raw) : raw;
+          out.push({ field_id: id, value: value });
+        }
+      });
+      return out;
+    }
+
+    function fieldsProblem() {
+      var problem = '';
+      ui.$root.find('section.vpbx-scenario [data-fields]').each(function () {
+        var $box = $(this);
+        readFields($box).forEach(function (v) {
+          if (!problem && v.enum_id === undefined && String(v.value).trim() === '') {
+            var f = metaField($box.attr('data-entity'), v.field_id);
+            problem = t('field_value_required').replace('{name}', f ? fieldLabel(f) : '#' + v.field_id);
+          }
+        });
+      });
+      return problem;
+    }
+
     function pipelineStatus(base, lead) {
       var pipelines = (ui.meta && ui.meta.pipelines) || [];
       var current = lead.pipeline_id ? lead.pipeline_id + ':' + (lead.status_id || '') : '';
@@ -379,7 +474,8 @@ define(['jquery'], function ($) {
     function leadBlock(base, lead, existing) {
       var html = '<details class="vpbx-block" open><summary>' + checkbox(base + '.enabled', lead.enabled, t('lead')) +
         '</summary>' + text(base + '.name_template', lead.name_template, t('lead_name')) + pipelineStatus(base, lead) +
-        tags(base + '.tags', lead.tags, t('tags')) + responsibleSelect(base + '.responsible', lead.responsible) +
+        tags(base + '.tags', lead.tags, t('tags')) + fieldsEditor(base + '.fields', 'leads', lead.fields) +
+        responsibleSelect(base + '.responsible', lead.responsible) +
         '<label>' + esc(t('lead_target')) + ' <select data-path="' + base + '.target" data-kind="text">' +
         '<option value="deal"' + (lead.target !== 'unsorted' ? ' selected' : '') + '>' + esc(t('target_deal')) + '</option>' +
         '<option value="unsorted"' + (lead.target === 'unsorted' ? ' selected' : '') + '>' + esc(t('target_unsorted')) +
@@ -391,8 +487,8 @@ define(['jquery'], function ($) {
     function contactBlock(base, contact) {
       return '<details class="vpbx-block" open><summary>' + checkbox(base + '.enabled', contact.enabled, t('contact')) +
         '</summary>' + text(base + '.name_template', contact.name_template, t('name_template')) +
-        tags(base + '.tags', contact.tags, t('tags')) + responsibleSelect(base + '.responsible', contact.responsible) +
-        '</details>';
+        tags(base + '.tags', contact.tags, t('tags')) + fieldsEditor(base + '.fields', 'contacts', contact.fields) +
+        responsibleSelect(base + '.responsible', contact.responsible) + '</details>';
     }
 
     function renderScenario(sc) {
@@ -479,6 +575,9 @@ define(['jquery'], function ($) {
         } else {
           setPath(doc, path, v);
         }
+      });
+      $section.find('[data-fields]').each(function () {
+        setPath(doc, $(this).attr('data-fields'), readFields($(this)));
       });
       delete doc.id;
       return doc;
@@ -600,8 +699,26 @@ define(['jquery'], function ($) {
               });
             }
             render();
+          } else if (action === 'add-field' || action === 'remove-field') {
+            var edited = currentScenario();
+            var $box = $el.closest('[data-fields]');
+            if (action === 'remove-field') { $el.closest('[data-role="field-row"]').remove(); }
+            Object.assign(edited, collectScenario(edited));
+            if (action === 'add-field') {
+              var entity = $box.attr('data-entity');
+              var list = getPath(edited, $box.attr('data-fields')) || [];
+              var used = list.map(function (v) { return v.field_id; });
+              var free = metaFields(entity).filter(function (f) { return used.indexOf(f.id) < 0; });
+              var pick = free[0] || metaFields(entity)[0];
+              list.push(pick.enums && pick.enums.length ? { field_id: pick.id, enum_id: pick.enums[0].id } :
+                { field_id: pick.id, value: '' });
+              setPath(edited, $box.attr('data-fields'), list);
+            }
+            render();
           } else if (action === 'save-scenario') {
             var current = currentScenario();
+            var unfilled = fieldsProblem();
+            if (unfilled) { message('scenario', unfilled, true); return; }
             var saved = await api('PUT', '/scenarios/' + current.id, collectScenario(current));
             Object.assign(current, saved);
             render();
@@ -616,6 +733,10 @@ define(['jquery'], function ($) {
           }
           message(where, detail, true);
         }
+      });
+      $root.on('change', '[data-role="field-id"]', function () {
+        var sc = currentScenario();
+        if (sc) { Object.assign(sc, collectScenario(sc)); render(); }
       });
       $root.on('change', 'li[data-scenario] input', async function () {
         var $el = $(this);
