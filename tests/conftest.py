@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from tests.helpers import Cabinet, Tenant
 from vpbx import store
@@ -172,3 +172,31 @@ async def postgres_database(*, migrate: bool = True) -> AsyncIterator[str]:
             await _with_retries(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.dispose()
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, migrated_template: Path
+) -> AsyncIterator[str]:
+    """A migrated database on each backend: a copy of the SQLite template, then a fresh PostgreSQL
+    database (skipped when no server is configured)."""
+    if request.param == "sqlite":
+        db = tmp_path / "backend.sqlite3"
+        shutil.copy(migrated_template, db)
+        yield f"sqlite+aiosqlite:///{db}"
+        return
+    async with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A session factory on ``database_url``: the store-level tests run on SQLite and PostgreSQL."""
+    engine = store.create_engine(database_url)
+    try:
+        yield store.session_factory(engine)
+    finally:
+        await engine.dispose()

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from vpbx.pbx import users
+
+if TYPE_CHECKING:
+    from vpbx.app import Core
+    from vpbx.store.models import User
 
 CSRF_RE = re.compile(r'data-csrf="([^"]+)"')
 LOGIN_CSRF_RE = re.compile(r'name="csrf_token" value="([^"]*)"')
@@ -54,3 +60,16 @@ class Tenant:
     name: str
     admin_login: str
     admin_password: str
+
+
+async def add_user(core: Core, t: Tenant, name: str, display: str, pin: str, password: str = "") -> User:
+    """A user of tenant ``t`` (with a cabinet password when given), committed."""
+    async with core.sessions() as s:
+        u = await users.create_user(
+            s,
+            t.id,
+            users.UserInput(name=name, display_name=display, pin=pin, web_password=password),
+            box=core.box,
+        )
+        await s.commit()
+        return u

@@ -10,6 +10,9 @@
   ``http``, ``widget(...)`` for widget API calls with an emulator-minted token).
 - ``install_and_bind(core, emu, domain_id)``: the real path, the emulator's ``/__emu__/install`` calling our
   ``/amo/oauth/callback`` over HTTP (the PBX must be served by ``pbx_for``), then ``bind``.
+- The test world of the unit-level tests (the job engine's, the ИМК's, the widget API's): ``make_domain``
+  (a domain, its users and lines) and ``bind_rows`` (install, active binding, user mapping, a scenario with
+  its lines) insert rows directly; ``SCENARIO_DOC`` is §3.4's «Основной» on the fixture's ids (§6).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import asyncio
 import contextlib
 import copy
 import datetime as dt
+import secrets
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,12 +36,20 @@ import uvicorn
 from tests.conftest import TEST_SECRET
 from vpbx.amocrm import binding as amo
 from vpbx.amocrm.client import close_shared_pool
+from vpbx.amocrm.oauth import TokenPair
+from vpbx.amocrm.scenario import Scenario
+from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core, create_app
+from vpbx.pbx import domains, users
+from vpbx.pbx import lines as pbx_lines
 from vpbx.settings import AmoSettings, Settings
-from vpbx.store.models import AmoInstall, CrmBinding
+from vpbx.store.models import AmoInstall, AmoScenario, AmoScenarioLine, CrmBinding, CrmUserMap
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from tests.amocrm.emu_kit import Emu
+    from vpbx.crypto import SecretBox
 
 DEMO_ACCOUNT = 30000001
 DEMO_HOST = "demo.amocrm.ru"
@@ -190,3 +202,168 @@ async def install_and_bind(
     """Install over real OAuth, then the domain's active binding (what «Подключить» in the cabinet does)."""
     row = await install(core, emu, account)
     return await bind(core, domain_id, row.amo_account_id)
+
+
+# --- the test world: rows inserted directly -----------------------------------------------------------------
+
+LINE = "+74951234567"  # the fixture domain's line, held by «Основной»
+MAPPING = {5001: "101", 5002: "102", 5003: "103"}  # amoCRM user ↔ extension (§6)
+FALLBACK = 5002
+EXCLUDED = (5003,)
+
+SCENARIO_DOC: dict[str, Any] = {  # §3.4's example on the fixture's ids: the widget's full JSON of «Основной»
+    "name": "Основной",
+    "is_active": True,
+    "position": 0,
+    "lines": [LINE],
+    "smart_routing": {"enabled": True, "excluded_user_ids": list(EXCLUDED)},
+    "events": {
+        "incoming": {
+            "new": {
+                "enabled": True,
+                "update_responsible_on_transfer": True,
+                "contact": {
+                    "enabled": True,
+                    "name_template": "Новый клиент $(phone)",
+                    "tags": ["Входящий звонок"],
+                    "fields": [{"field_id": 104, "value": "Звонок на $(line)"}],
+                    "responsible": {"rule": "answered"},
+                },
+                "task": {
+                    "enabled": True,
+                    "text": "Перезвонить $(phone)",
+                    "responsible": {"rule": "answered"},
+                    "deadline": {"kind": "minutes", "minutes": 60},
+                    "task_type_id": 1,
+                },
+                "lead": {
+                    "enabled": True,
+                    "name_template": "Звонок $(phone)",
+                    "pipeline_id": 7000,
+                    "status_id": 7001,
+                    "tags": ["Звонок"],
+                    "fields": [{"field_id": 201, "enum_id": 2011}],
+                    "responsible": {"rule": "answered"},
+                },
+            },
+            "existing": {
+                "enabled": True,
+                "lead": {
+                    "enabled": True,
+                    "skip_if_active_lead": True,
+                    "name_template": "Звонок $(phone)",
+                    "pipeline_id": 7000,
+                    "status_id": 7001,
+                },
+                "task": {"enabled": False},
+            },
+        },
+        "outgoing": {"new": {"enabled": False}, "existing": {"enabled": False}},
+        "missed": {
+            "new": {
+                "enabled": True,
+                "task": {
+                    "enabled": True,
+                    "text": "Пропущенный звонок $(phone)",
+                    "responsible": {"rule": "fallback"},
+                    "deadline": {"kind": "minutes", "minutes": 30},
+                },
+            },
+            "existing": {
+                "enabled": True,
+                "task": {
+                    "enabled": True,
+                    "text": "Перезвонить: $(phone)",
+                    "responsible": {"rule": "contact"},
+                    "deadline": {"kind": "end_of_day"},
+                },
+            },
+        },
+    },
+}
+
+
+def scenario_doc(**changes: Any) -> dict[str, Any]:
+    """A deep copy of ``SCENARIO_DOC`` with top-level ``changes``."""
+    return {**copy.deepcopy(SCENARIO_DOC), **changes}
+
+
+async def make_domain(
+    s: AsyncSession,
+    box: SecretBox,
+    name: str = "demo.vpbx.test",
+    *,
+    pins: Mapping[str, str] | None = None,
+    numbers: Sequence[str] = (),
+) -> uuid.UUID:
+    """A domain with its users (pin → display name) and incoming numbers, flushed (the caller commits)."""
+    d = await domains.create_domain(s, domains.DomainInput(name=name))
+    for pin, display in (pins or {}).items():
+        await users.create_user(
+            s, d.id, users.UserInput(name=f"user{pin}", display_name=display, pin=pin), box=box
+        )
+    for number in numbers:
+        await pbx_lines.create_number(s, d.id, pbx_lines.NumberInput(number=number))
+    await s.flush()
+    return d.id
+
+
+async def bind_rows(
+    s: AsyncSession,
+    domain_id: uuid.UUID,
+    *,
+    account: int = DEMO_ACCOUNT,
+    base_domain: str = DEMO_HOST,
+    client_id: str = "test",
+    box: SecretBox | None = None,
+    tokens: TokenPair | None = None,
+    timezone: str | None = None,
+    mapping: Mapping[int, str] = MAPPING,
+    fallback: int | None = FALLBACK,
+    scenario: Mapping[str, Any] | None = None,
+    lines: Sequence[str] | None = None,
+    options: dict[str, Any] | None = None,
+    connected_at: dt.datetime | None = None,
+) -> tuple[AmoInstall, CrmBinding, AmoScenario | None]:
+    """What the OAuth callback, the activation and the widget API write, inserted directly and flushed (the
+    caller commits): the account's install (``tokens`` sealed with ``box`` when given), the domain's active
+    binding, the user ``mapping`` and, with ``scenario`` (the widget's JSON, e.g. ``SCENARIO_DOC``), its row
+    holding ``lines`` (default: the document's, as written)."""
+    install = AmoInstall(amo_account_id=account, base_domain=base_domain, client_id=client_id)
+    if timezone is not None:
+        install.timezone = timezone
+    s.add(install)
+    if tokens is not None:
+        assert box is not None, "sealing the tokens needs the box"
+        await store_tokens(s, box, install, tokens)
+    binding = CrmBinding(
+        domain_id=domain_id,
+        external_account_id=account,
+        base_domain=base_domain,
+        status="active",
+        fallback_user_id=fallback,
+        hook_secret=secrets.token_urlsafe(24),
+        options=options or {},
+    )
+    if connected_at is not None:
+        binding.connected_at = connected_at
+    s.add(binding)
+    await s.flush()
+    for user_id, ext in mapping.items():
+        s.add(CrmUserMap(binding_id=binding.id, crm_user_id=user_id, extension=ext))
+    row = None
+    if scenario is not None:
+        doc = Scenario.model_validate(scenario)
+        row = AmoScenario(
+            binding_id=binding.id,
+            name=doc.name,
+            is_active=doc.is_active,
+            position=doc.position,
+            document=doc.document().model_dump(),
+        )
+        s.add(row)
+        await s.flush()
+        for line in doc.lines if lines is None else lines:
+            s.add(AmoScenarioLine(scenario_id=row.id, line=line))
+    await s.flush()
+    return install, binding, row

@@ -9,7 +9,6 @@ it; the real client and the emulator are exercised by the peer tests.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,17 +16,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.amocrm import kit
 from vpbx.amocrm.api import Json
 from vpbx.amocrm.errors import AmoError
 from vpbx.app import Core
-from vpbx.pbx import domains, lines, users
-from vpbx.store.models import AmoInstall, AmoScenario, AmoScenarioLine, CrmBinding, CrmUserMap
+from vpbx.store.models import AmoInstall, AmoScenario, CrmBinding
 
-ACCOUNT = 30000001
-LINE = "+74951234567"
-MAPPING = {5001: "101", 5002: "102", 5003: "103"}
-FALLBACK = 5002
-EXCLUDED = (5003,)
+ACCOUNT = kit.DEMO_ACCOUNT
+LINE = kit.LINE
+MAPPING = kit.MAPPING
+FALLBACK = kit.FALLBACK
+EXCLUDED = kit.EXCLUDED
 
 
 def phone_field(*numbers: str) -> list[Json]:
@@ -164,30 +163,19 @@ async def bind_rows(
 ) -> tuple[AmoInstall, CrmBinding, AmoScenario]:
     """The install, the active binding, the user map and «Основной» holding ``line`` (flushed, not committed);
     what amobind's activation and amowidget's scenario API write, inserted directly."""
-    install = AmoInstall(amo_account_id=account, base_domain=base_domain, client_id=client_id)
-    s.add(install)
-    binding = CrmBinding(
-        domain_id=domain_id,
-        external_account_id=account,
+    smart_routing = {"enabled": smart, "excluded_user_ids": list(excluded)}
+    install, binding, scenario = await kit.bind_rows(
+        s,
+        domain_id,
+        account=account,
         base_domain=base_domain,
-        status="active",
-        fallback_user_id=fallback,
-        hook_secret=secrets.token_urlsafe(24),
-        options=options or {},
+        client_id=client_id,
+        mapping=MAPPING if mapping is None else mapping,
+        fallback=fallback,
+        scenario={"name": "Основной", "lines": [line], "smart_routing": smart_routing},
+        options=options,
     )
-    s.add(binding)
-    await s.flush()
-    for user_id, ext in (MAPPING if mapping is None else mapping).items():
-        s.add(CrmUserMap(binding_id=binding.id, crm_user_id=user_id, extension=ext))
-    scenario = AmoScenario(
-        binding_id=binding.id,
-        name="Основной",
-        document={"smart_routing": {"enabled": smart, "excluded_user_ids": list(excluded)}},
-    )
-    s.add(scenario)
-    await s.flush()
-    s.add(AmoScenarioLine(scenario_id=scenario.id, line=line))
-    await s.flush()
+    assert scenario is not None
     return install, binding, scenario
 
 
@@ -204,15 +192,12 @@ async def build_world(
     pins: Sequence[str] = ("101", "102", "103"),
 ) -> World:
     async with core.sessions() as s:
-        d = await domains.create_domain(s, domains.DomainInput(name=name))
-        for pin in pins:
-            await users.create_user(
-                s, d.id, users.UserInput(name=f"user{pin}", display_name=f"User {pin}", pin=pin), box=core.box
-            )
-        await lines.create_number(s, d.id, lines.NumberInput(number=line))
+        domain_id = await kit.make_domain(
+            s, core.box, name, pins={pin: f"User {pin}" for pin in pins}, numbers=[line]
+        )
         _, binding, scenario = await bind_rows(
             s,
-            d.id,
+            domain_id,
             account=account,
             line=line,
             smart=smart,
@@ -222,7 +207,7 @@ async def build_world(
         )
         await s.commit()
         return World(
-            domain_id=d.id,
+            domain_id=domain_id,
             domain=name,
             binding_id=binding.id,
             hook_secret=binding.hook_secret,

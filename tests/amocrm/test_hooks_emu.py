@@ -87,16 +87,16 @@ async def test_the_sync_subscribes_active_bindings_and_unsubscribes_disabled_one
         pool = AmoClientPool(core)
         sync = WebhookSync(core, pool)
         try:
-            first = await sync.run_once()
+            first = await sync.sync_once()
             subscribed = (await emu.state())["webhooks"]
-            again = await sync.run_once()
+            again = await sync.sync_once()
             async with core.sessions() as s:
                 row = await s.get(CrmBinding, binding.id)
                 assert row is not None
                 recorded = row.webhook_id
                 row.status = "disabled"
                 await s.commit()
-            third = await sync.run_once()
+            third = await sync.sync_once()
             left = (await emu.state())["webhooks"]
             async with core.sessions() as s:
                 ids = {r.id: r.webhook_id for r in await s.scalars(select(CrmBinding))}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from sqlalchemy import select
 
 from tests.amocrm.client_kit import ACCOUNT_IDS, amo_settings, install_tokens
 from tests.amocrm.emu_kit import DEMO, Emu, emulator
-from tests.conftest import postgres_database
 from vpbx.amocrm.errors import AmoReauthRequired, AmoUnknownOutcome
 from vpbx.amocrm.oauth import TokenPair
 from vpbx.amocrm.tokens import NETWORK_RETRY_S, TokenManager, store_tokens
@@ -26,17 +24,10 @@ DEMO_ID = ACCOUNT_IDS[DEMO]
 TOKEN_PATH = "/oauth2/access_token"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db_url(
-    request: pytest.FixtureRequest, tmp_path: Path, migrated_template: Path
-) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        db = tmp_path / "tokens.sqlite3"
-        shutil.copy(migrated_template, db)
-        yield f"sqlite+aiosqlite:///{db}"
-        return
-    async with postgres_database() as url:
-        yield url
+@pytest.fixture
+def db_url(database_url: str) -> str:
+    """The token tests' database, on SQLite and PostgreSQL."""
+    return database_url
 
 
 class Sleeps:

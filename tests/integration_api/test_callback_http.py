@@ -23,9 +23,6 @@ from tests.integration_api.fixture_f import (
 from tests.unit.pbx.b2bua_kit import Pbx
 from vpbx.app import Core
 from vpbx.pbx.outbound import OutboundRouter
-from vpbx.pbx.registrar import Binding, aor_for
-from vpbx.sip.dialog import new_call_id
-from vpbx.sip.flow import Destination
 from vpbx.store.models import ApiDelivery, ApiLog, DomainId
 
 BODY = b'{"request_number":"+79161234567","from_pin":"501"}'
@@ -38,17 +35,7 @@ async def pbx(app: FastAPI, core: Core, f: FixtureF) -> AsyncIterator[Pbx]:
     p = Pbx(core, DomainId(f.domain_id), channel_limit=10, no_answer_s=60.0)
     p.b2bua.outbound = OutboundRouter(core.sessions)
     phone = p.phone("501", "192.0.2.11")
-    now = core.clock.monotonic()
-    binding = Binding(
-        contact=str(phone.contact.uri),
-        flow=Destination("udp", "192.0.2.11", 5060),
-        path=(),
-        call_id=new_call_id(),
-        cseq=1,
-        expires_at=now + 3600,
-        updated_at=now,
-    )
-    await p.node.location.save(DomainId(f.domain_id), aor_for("501", DOMAIN), binding)
+    await p.register(phone, domain=DOMAIN)
     app.state.b2bua = p.b2bua
     yield p
     await p.node.stop()

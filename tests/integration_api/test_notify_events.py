@@ -264,7 +264,7 @@ async def test_sustained_failure_suspends_and_resume_sends_in_order(db: Core) ->
             assert len(crm.seen) == tried  # nothing is sent while suspended
             up.set()
             assert await dispatch.resume(core, t1.id) == 0
-            runner.wake.set()
+            runner.wake()
             await until(lambda ds: len(ds) == 5 and all(d.status != "pending" for d in ds), core)
     await asyncio.to_thread(controller.stop)
     (mail,) = sink.messages

@@ -12,16 +12,15 @@ import re
 
 import pytest
 
-from tests.helpers import Cabinet, Tenant
+from tests.helpers import Cabinet, Tenant, add_user
 from vpbx.app import Core
 from vpbx.clock import FakeClock
-from vpbx.pbx import users
 from vpbx.pbx.bus import new_session_id
 from vpbx.pbx.calls import Call, Party, Phase
 from vpbx.pbx.directory import DomainInfo
 from vpbx.pbx.registrar import Binding, aor_for
 from vpbx.sip.flow import Destination
-from vpbx.store.models import Domain, DomainId, User
+from vpbx.store.models import Domain, DomainId
 
 START = dt.datetime(2026, 3, 2, 9, 30, 0, tzinfo=dt.UTC)  # 12:30:00 in Moscow
 
@@ -31,18 +30,6 @@ def clock(core: Core) -> FakeClock:
     c = FakeClock(START)
     core.clock = c
     return c
-
-
-async def add_user(core: Core, t: Tenant, name: str, display: str, pin: str, password: str = "") -> User:
-    async with core.sessions() as s:
-        u = await users.create_user(
-            s,
-            t.id,
-            users.UserInput(name=name, display_name=display, pin=pin, web_password=password),
-            box=core.box,
-        )
-        await s.commit()
-        return u
 
 
 async def domain_info(core: Core, t: Tenant) -> DomainInfo:

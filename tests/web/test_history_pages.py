@@ -15,12 +15,11 @@ import re
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import Cabinet, Tenant
+from tests.helpers import Cabinet, Tenant, add_user
 from tests.web.history_kit import START, add_calls, call_record
 from vpbx.app import Core
 from vpbx.clock import FakeClock
-from vpbx.pbx import users
-from vpbx.store.models import AiAttempt, AiCampaign, AiContact, CallRecord, User
+from vpbx.store.models import AiAttempt, AiCampaign, AiContact, CallRecord
 
 H = dt.timedelta(hours=1)
 D = dt.timedelta(days=1)
@@ -31,18 +30,6 @@ def clock(core: Core) -> FakeClock:
     c = FakeClock(START)
     core.clock = c
     return c
-
-
-async def add_user(core: Core, t: Tenant, name: str, display: str, pin: str, password: str = "") -> User:
-    async with core.sessions() as s:
-        u = await users.create_user(
-            s,
-            t.id,
-            users.UserInput(name=name, display_name=display, pin=pin, web_password=password),
-            box=core.box,
-        )
-        await s.commit()
-        return u
 
 
 def rows(html: str) -> list[str]:

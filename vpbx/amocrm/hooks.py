@@ -28,6 +28,7 @@ from sqlalchemy import and_, or_, select, update
 from vpbx.amocrm.api import AmoApi, AmoClients
 from vpbx.amocrm.errors import AmoError, AmoReauthRequired
 from vpbx.amocrm.widget_auth import public_origin
+from vpbx.background import BackgroundLoop
 from vpbx.crm.connector import Binding
 from vpbx.logs import get_logger
 from vpbx.store.models import CrmBinding
@@ -70,34 +71,23 @@ async def unsubscribe_webhooks(api: AmoApi, settings: Settings, binding: CrmBind
     binding.webhook_id = ""
 
 
-class WebhookSync:
-    """amoCRM's webhook subscriptions kept in line with the bindings (E17)."""
+class WebhookSync(BackgroundLoop):
+    """amoCRM's webhook subscriptions kept in line with the bindings (E17); a failed pass is logged and the
+    next one tries again."""
+
+    name = "amo-webhook-sync"
+    failure_event = "amocrm.webhook_sync_failed"
 
     def __init__(self, core: Any, clients: AmoClients, *, interval_s: float = SYNC_INTERVAL_S) -> None:
         self.core = core
         self.clients = clients
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="amo-webhook-sync")
+    async def run_once(self) -> float | None:
+        await self.sync_once()
+        return None
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the next pass tries again
-                log.warning("amocrm.webhook_sync_failed", error=type(e).__name__)
-            await asyncio.sleep(self.interval_s)
-
-    async def run_once(self) -> int:
+    async def sync_once(self) -> int:
         """One pass; the number of bindings brought in line."""
         async with self.core.sessions() as s:
             rows = list(

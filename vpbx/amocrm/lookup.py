@@ -25,7 +25,7 @@ import asyncio
 import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +38,9 @@ from vpbx.crm.connector import Binding
 from vpbx.crm.phone import match_key
 from vpbx.logs import get_logger
 from vpbx.store.models import AmoPhoneCache, CrmBinding
+
+if TYPE_CHECKING:
+    from vpbx.app import Core
 
 log = get_logger("vpbx.amocrm.lookup")
 
@@ -147,8 +150,10 @@ class PhoneLookup:
         until = self._cache_only_until.get(binding_id)
         return until is not None and self.clock.monotonic() < until
 
-    async def realtime(self, b: Binding, key: str, budget_s: float) -> LookupResult:
-        """The caller behind ``key`` within ``budget_s`` seconds; never raises."""
+    async def realtime(self, b: Binding, key: str, budget_s: float, *, counts: bool = True) -> LookupResult:
+        """The caller behind ``key`` within ``budget_s`` seconds; never raises. ``counts``: its outcome counts
+        toward the binding's cache-only switch (the routing's lookups); the pop-ups' only obey the switch, so
+        §5.8's "after 3 failures" stays about the calls' routing."""
         cached = await self.cached(b.id, key)
         if cached is not None:
             return cached
@@ -164,12 +169,15 @@ class PhoneLookup:
             log.info("amocrm.lookup_skipped", binding=str(b.id))
             return LookupResult(outcome="unknown", source="skipped")
         except TimeoutError:
-            self._failed(b, "timeout")
+            if counts:
+                self._failed(b, "timeout")
             return LookupResult(outcome="unknown", source="timeout")
         except (AmoError, OSError) as e:
-            self._failed(b, type(e).__name__)
+            if counts:
+                self._failed(b, type(e).__name__)
             return LookupResult(outcome="unknown", source="error")
-        self._failures.pop(b.id, None)
+        if counts:
+            self._failures.pop(b.id, None)
         return await self._store_search(b, key, found)
 
     def _failed(self, b: Binding, why: str) -> None:
@@ -358,3 +366,39 @@ async def _commit(s: AsyncSession) -> None:
 async def cache_rows(s: AsyncSession, binding_id: uuid.UUID) -> list[AmoPhoneCache]:
     """A binding's cache rows (tests, the health panel)."""
     return list(await s.scalars(select(AmoPhoneCache).where(AmoPhoneCache.binding_id == binding_id)))
+
+
+# --- one per process ---------------------------------------------------------------------------------------
+
+# The routing hook and the pop-ups share one lookup per process (as they share the client pool): one set of
+# failure counters and cache-only switches per binding, so amoCRM failing for the calls' routing makes the
+# pop-ups' lookups cache-only too. Keyed by id() with the core kept beside it (``Core`` is unhashable).
+_SHARED: dict[int, tuple[Core, PhoneLookup]] = {}
+
+
+def shared_lookup(core: Core, clients: AmoClients) -> PhoneLookup:
+    """The process's ``PhoneLookup`` for ``core``, made on first use over ``clients`` (the runtime's shared
+    client pool); stopped and dropped by ``close_shared_lookup``."""
+    entry = _SHARED.get(id(core))
+    if entry is None or entry[0] is not core:
+        entry = _SHARED[id(core)] = (core, PhoneLookup(core.sessions, clients, core.clock))
+    return entry[1]
+
+
+async def close_shared_lookup(core: Core) -> None:
+    entry = _SHARED.pop(id(core), None)
+    if entry is not None and entry[0] is core:
+        await entry[1].stop()
+
+
+class SharedLookupPart:
+    """The runtime part that stops the shared lookup's background reads and drops it on stop."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await close_shared_lookup(self.core)

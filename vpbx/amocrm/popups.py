@@ -39,7 +39,7 @@ from vpbx.amocrm.calls import client_digits, user_part
 from vpbx.amocrm.client import shared_pool
 from vpbx.amocrm.errors import AmoError
 from vpbx.amocrm.finish import active_lead
-from vpbx.amocrm.lookup import PhoneLookup
+from vpbx.amocrm.lookup import PhoneLookup, shared_lookup
 from vpbx.amocrm.options import options_of
 from vpbx.amocrm.widget_auth import WidgetCaller, widget_caller
 from vpbx.crm.connector import Binding
@@ -288,12 +288,20 @@ SHOWN_MAX = 10_000  # (session, user) pairs remembered so a repeated ``connected
 class Popups:
     """A part of ``AmoRuntime``: reacts to ``connected`` on the bus and pushes the pop-up."""
 
-    def __init__(self, core: Core, *, bus: EventBus | None, clients: AmoClients | None = None) -> None:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        bus: EventBus | None,
+        clients: AmoClients | None = None,
+        lookup: PhoneLookup | None = None,
+    ) -> None:
         self.core = core
         self.bus = bus
         self.clients: AmoClients = clients if clients is not None else shared_pool(core)
         self.hub = hub_for(core)
-        self.lookup = PhoneLookup(core.sessions, self.clients, core.clock)
+        # the routing hook's (``shared_lookup``) in ``vpbx serve``: its failures make these lookups cache-only
+        self.lookup = lookup if lookup is not None else PhoneLookup(core.sessions, self.clients, core.clock)
         self._leads: dict[tuple[int, int], _LeadEntry] = {}
         self._shown: dict[tuple[str, int], None] = {}  # insertion-ordered, the oldest dropped first
         self._tasks: set[asyncio.Task[None]] = set()
@@ -301,7 +309,9 @@ class Popups:
     @classmethod
     def for_runtime(cls, runtime: Any) -> Popups:
         bus = getattr(runtime.app.state, "bus", None) if runtime.app is not None else None
-        return cls(runtime.core, bus=bus, clients=getattr(runtime, "clients", None))
+        clients = getattr(runtime, "clients", None)
+        lookup = shared_lookup(runtime.core, clients) if clients is not None else None
+        return cls(runtime.core, bus=bus, clients=clients, lookup=lookup)
 
     async def start(self) -> None:
         if self.bus is not None:
@@ -386,7 +396,9 @@ class Popups:
         else:
             key = match_key(client)
             if key:
-                found = await self.lookup.realtime(binding, key, options.lookup_timeout_ms / 1000)
+                found = await self.lookup.realtime(
+                    binding, key, options.lookup_timeout_ms / 1000, counts=False
+                )
                 if found.contact is not None:
                     contact = (found.contact.id, found.contact.name)
         lead: Json | None = None

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.amocrm.api import AmoClients
 from vpbx.amocrm.hooks import WebhookSync
-from vpbx.amocrm.lookup import Contact, LookupResult, Outcome, PhoneLookup
+from vpbx.amocrm.lookup import Contact, LookupResult, Outcome, PhoneLookup, shared_lookup
 from vpbx.amocrm.options import options_of
 from vpbx.amocrm.scenario import ScenarioDocument
 from vpbx.crm.connector import Binding
@@ -419,5 +419,6 @@ def routing_part(runtime: Any) -> AmoRoutingHook:
         b2bua=runtime.b2bua,
         app=runtime.app,
         owned=None if shared is not None else pool,
+        lookup=shared_lookup(runtime.core, pool) if shared is not None else None,  # one per process
         webhooks=WebhookSync(runtime.core, pool),
     )

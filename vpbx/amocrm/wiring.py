@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from vpbx.amocrm import binding_http, widget_api
 from vpbx.amocrm.client import ClientPoolPart, shared_pool
+from vpbx.amocrm.lookup import SharedLookupPart
 from vpbx.amocrm.widget_auth import verifier_for
 from vpbx.logs import get_logger
 
@@ -100,6 +101,7 @@ class AmoRuntime:
     async def start(self) -> None:
         # parts are appended here by the feature modules
         self.parts.append(ClientPoolPart(self.core))  # closes the shared amoCRM client pool last
+        self.parts.append(SharedLookupPart(self.core))  # stops the routing's and pop-ups' shared lookup
         self.parts.append(widget_api.EngineLink(self))
         from vpbx.amocrm.routing import routing_part
 

@@ -51,6 +51,7 @@ from vpbx.autoinformer.schedule import (
     zones,
 )
 from vpbx.autoinformer.schemas import FINAL_CONTACT, MOSCOW, CampaignSpec, spec_of
+from vpbx.background import BackgroundLoop
 from vpbx.billing import AUTOINFORMER, enabled_clause
 from vpbx.clock import Clock
 from vpbx.errors import VpbxError
@@ -230,7 +231,13 @@ async def _lock_campaign(s: AsyncSession, campaign_id: uuid.UUID) -> AiCampaign 
     return await s.get(AiCampaign, campaign_id, populate_existing=True)
 
 
-class Dispatcher:
+class Dispatcher(BackgroundLoop):
+    """Claims due numbers and dials them: ``tick`` is one pass, every ``tick_s`` or on ``wake()`` (a dial
+    that ends wakes it); a failed pass is logged and backed off (a ``BackgroundLoop``)."""
+
+    name = "autoinformer-dispatch"
+    failure_event = "autoinformer.tick_failed"
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -255,11 +262,9 @@ class Dispatcher:
         self.clock = clock
         self.node_id = node_id
         self.busy_channels = busy_channels
-        self.tick_s = tick_s
+        self.interval_s = tick_s
         self.trunk_room = trunk_room
         self.render_keys = render_keys
-        self.wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._dials: dict[str, asyncio.Task[None]] = {}  # session_id → the dial's task
         self._inflight: dict[str, tuple[uuid.UUID, uuid.UUID]] = {}  # session_id → (domain, campaign)
         self._leases: dict[uuid.UUID, float] = {}  # campaign → monotonic time of the last renewal
@@ -270,14 +275,11 @@ class Dispatcher:
     # --- lifecycle ---
     async def start(self) -> None:
         await self.reconcile()
-        self._task = asyncio.create_task(self._run(), name="autoinformer-dispatch")
+        await super().start()
 
     async def halt(self) -> None:
         """Stop claiming; dials in progress go on and are recorded."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await super().stop()
 
     async def stop(self) -> None:
         await self.halt()
@@ -288,20 +290,9 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
         await self._release()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("autoinformer.tick_failed")
-            self.wake.clear()
-            try:
-                async with asyncio.timeout(self.tick_s):
-                    await self.wake.wait()
-            except TimeoutError:
-                pass
+    async def run_once(self) -> float | None:
+        await self.tick()
+        return None
 
     async def drain(self) -> None:
         """Wait until every dial placed so far has ended and been recorded (tests, shutdown)."""
@@ -833,7 +824,7 @@ class Dispatcher:
         finally:
             self._inflight.pop(request.session_id, None)
             self._dials.pop(request.session_id, None)
-            self.wake.set()
+            self.wake()
 
     async def finish(
         self,

@@ -30,6 +30,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import QueryableAttribute
 
+from vpbx.background import BackgroundLoop
 from vpbx.clock import Clock
 from vpbx.logs import get_logger
 from vpbx.store.models import AI_CONTACT_STATUSES, AI_OUTCOMES, AiAttempt, AiContact, AiContactPhone
@@ -469,28 +470,17 @@ class AiExports:
         self.clock = clock
         self.sweep_interval_s = sweep_interval_s
         self._builds: dict[str, asyncio.Task[None]] = {}  # file path → its build
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = _ExportSweep(self)
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="ai-exports-sweep")
+        await self._sweeper.start()
 
     async def stop(self) -> None:
-        tasks = [*self._builds.values(), *([self._sweeper] if self._sweeper else [])]
+        tasks = list(self._builds.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, self._sweeper.stop(), return_exceptions=True)
         self._builds.clear()
-        self._sweeper = None
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("ai_export.sweep_failed")
-            await asyncio.sleep(self.sweep_interval_s)
 
     async def sweep(self) -> int:
         gone = await asyncio.to_thread(sweep_files, self.root, self.clock.now())
@@ -541,3 +531,18 @@ class AiExports:
         await asyncio.to_thread(
             shutil.rmtree, campaign_dir(self.data_dir, domain_id, campaign_id), ignore_errors=True
         )
+
+
+class _ExportSweep(BackgroundLoop):
+    """``AiExports.sweep`` every ``sweep_interval_s``."""
+
+    name = "ai-exports-sweep"
+    failure_event = "ai_export.sweep_failed"
+
+    def __init__(self, exports: AiExports) -> None:
+        self.exports = exports
+        self.interval_s = exports.sweep_interval_s
+
+    async def run_once(self) -> float | None:
+        await self.exports.sweep()
+        return None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -33,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vpbx.autoinformer import exports
 from vpbx.autoinformer.campaigns import campaign_stats
+from vpbx.background import BackgroundLoop
 from vpbx.clock import Clock
 from vpbx.logs import get_logger
 from vpbx.store.models import AiAttempt, AiCampaign, Domain
@@ -157,8 +157,11 @@ def spec_emails(campaign: AiCampaign) -> list[str]:
 # --- the sender --------------------------------------------------------------------------------------------
 
 
-class ReportMailer:
-    """Sends due campaign reports (CONVENTIONS §4: start/stop; a failed round is logged, the next runs)."""
+class ReportMailer(BackgroundLoop):
+    """Sends due campaign reports (a ``BackgroundLoop``: a failed round is logged, the next runs)."""
+
+    name = "ai-report-mail"
+    failure_event = "ai_report_mail.round_failed"
 
     def __init__(
         self,
@@ -179,34 +182,11 @@ class ReportMailer:
         self.base_url = base_url.rstrip("/")
         self.mail_from = mail_from
         self.clock = clock
-        self.poll_s = poll_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.interval_s = poll_s
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ai-report-mail")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.send_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("ai_report_mail.round_failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await self._wake.wait()
-            self._wake.clear()
+    async def run_once(self) -> float | None:
+        await self.send_due()
+        return None
 
     async def send_due(self) -> int:
         """Send every due report that is ready to go; how many were sent."""

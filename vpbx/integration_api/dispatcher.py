@@ -25,10 +25,11 @@ from typing import Any, Protocol, cast
 import httpx
 from sqlalchemy import Table, and_, bindparam, func, insert, select, union_all, update
 
+from vpbx.background import BackgroundLoop
 from vpbx.billing import INTEGRATION_API
 from vpbx.billing.service import service
 from vpbx.integration_api.core import moscow, sign, sign_key, write_log
-from vpbx.integration_api.events import EventPump, backoff
+from vpbx.integration_api.events import EventPump
 from vpbx.integration_api.notify import (
     Exchange,
     Target,
@@ -192,7 +193,14 @@ class _Outcomes:
             await s.execute(_INSERT_LOG, [o.log_row for o in outcomes])
 
 
-class Dispatcher:
+class Dispatcher(BackgroundLoop):
+    """Sends the pending deliveries (``dispatch_once`` is one pass); forever with ``run`` (a
+    ``BackgroundLoop``: the database away is logged and backed off), woken by the pump and by every attempt
+    that ends."""
+
+    name = "api-dispatcher"
+    failure_event = "api.dispatch_failed"
+
     def __init__(
         self,
         core: Any,
@@ -219,7 +227,7 @@ class Dispatcher:
         self.suspend_after = suspend_after
         self.retention = retention
         self.interval_s = interval_s
-        self.wake = asyncio.Event()
+        self._last_expiry = -1e9  # loop time of the last expiry pass
         self._busy: set[str | uuid.UUID] = set()  # sessions (or lone deliveries) with an attempt in flight
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: collections.Counter[uuid.UUID] = collections.Counter()  # POSTs in flight per domain
@@ -374,7 +382,7 @@ class Dispatcher:
             del self._busy_by_domain[domain_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("api.delivery_failed", error=repr(task.exception()))
-        self.wake.set()
+        self.wake()
 
     def _client(self, due: _Due) -> httpx.AsyncClient:
         """An idle keep-alive client of the domain (one connection each, at most ``per_domain`` of them): a
@@ -522,33 +530,19 @@ class Dispatcher:
         return len(expired)
 
     # --- the loop ---
-    async def run(self) -> None:
-        last_expiry = -1e9
+    async def run_once(self) -> float | None:
         loop = asyncio.get_running_loop()
-        failures = 0
+        if loop.time() - self._last_expiry > 60:
+            self._last_expiry = loop.time()
+            await self.expire_once()
+            await self._close_idle_clients()
+        await self.dispatch_once()
+        return None
+
+    async def run(self) -> None:
         self._outcomes.start()
         try:
-            while True:
-                self.wake.clear()  # before the pass: an attempt ending during it (busy in it) runs another
-                try:
-                    if loop.time() - last_expiry > 60:
-                        last_expiry = loop.time()
-                        await self.expire_once()
-                        await self._close_idle_clients()
-                    await self.dispatch_once()
-                except Exception as exc:  # the database away: one line per outage, and back off
-                    if not failures:
-                        log.warning("api.dispatch_failed", error=repr(exc)[:300])
-                    failures += 1
-                else:
-                    if failures:
-                        log.info("api.dispatch_recovered", failures=failures)
-                    failures = 0
-                try:
-                    async with asyncio.timeout(backoff(self.interval_s, failures)):
-                        await self.wake.wait()
-                except TimeoutError:
-                    pass
+            await super().run()
         finally:
             for task in list(self._tasks):
                 task.cancel()
@@ -606,23 +600,18 @@ class Notifications:
         self, core: Any, *, lease: Lease | None = None, mailer: Mailer | None = None, mail_from: str = ""
     ) -> None:
 
-        self.pump = EventPump(core)
         self.dispatcher = Dispatcher(core, lease=lease, mailer=mailer, mail_from=mail_from)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.pump = EventPump(core, on_made=self.dispatcher.wake)
 
     def wake(self) -> None:
         """New call events were committed in this process (the journal calls it): the pump runs now; its
         poll stays for events other nodes commit."""
-        self.pump.wake.set()
+        self.pump.wake()
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self.pump.run(on_made=self.dispatcher.wake.set), name="api-event-pump"),
-            asyncio.create_task(self.dispatcher.run(), name="api-dispatcher"),
-        ]
+        await self.pump.start()
+        await self.dispatcher.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self.pump.stop()
+        await self.dispatcher.stop()

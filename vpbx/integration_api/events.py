@@ -10,16 +10,16 @@ calls) get a delivery; the others' events are passed over.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx.background import BackgroundLoop
 from vpbx.billing import INTEGRATION_API
 from vpbx.billing.service import service
 from vpbx.integration_api.core import dumps, moscow
@@ -96,19 +96,25 @@ async def _enabled_settings(s: AsyncSession, domains: set[uuid.UUID]) -> dict[uu
     }
 
 
-MAX_BACKOFF_S = 5.0
+class EventPump(BackgroundLoop):
+    """Call events into ``call_events`` deliveries: one pass with ``pump_once``, forever with ``run`` (a
+    ``BackgroundLoop``: the database away is logged and backed off); ``on_made`` is called after a pass that
+    made deliveries, and the next pass follows at once."""
 
+    name = "api-event-pump"
+    failure_event = "api.event_pump_failed"
 
-def backoff(interval_s: float, failures: int) -> float:
-    """The wait before the next pass: the interval, doubled per consecutive failure up to 5 s."""
-    return min(MAX_BACKOFF_S, interval_s * float(2 ** min(failures, 16)))
-
-
-class EventPump:
-    """Call events into ``call_events`` deliveries: one pass with ``pump_once``, forever with ``run``."""
-
-    def __init__(self, core: Any, *, batch: int = 500, interval_s: float = 0.5, clock: Any = None) -> None:
+    def __init__(
+        self,
+        core: Any,
+        *,
+        batch: int = 500,
+        interval_s: float = 0.5,
+        clock: Any = None,
+        on_made: Callable[[], None] | None = None,
+    ) -> None:
         self.core = core
+        self.on_made = on_made
         self.clock = clock or core.clock
         self.batch = batch
         self.interval_s = interval_s
@@ -116,7 +122,6 @@ class EventPump:
             None  # events older than this minus SLACK were seen in this process
         )
         self._passed: dict[tuple[str, int], dt.datetime] = {}  # events passed over, within the slack window
-        self.wake = asyncio.Event()
 
     def _since(self, now: dt.datetime) -> dt.datetime:
         floor = now - RETENTION
@@ -195,27 +200,10 @@ class EventPump:
         self._passed = {k: at for k, at in self._passed.items() if at >= horizon}
         return made
 
-    async def run(self, on_made: Any = None) -> None:
-        failures = 0
-        while True:
-            self.wake.clear()  # before the pass: a wake-up during it (a commit it may not see) runs another
-            try:
-                made = await self.pump_once()
-            except Exception as exc:  # the database away: one line per outage, and back off
-                if not failures:
-                    log.warning("api.event_pump_failed", error=repr(exc)[:300])
-                failures += 1
-                made = 0
-            else:
-                if failures:
-                    log.info("api.event_pump_recovered", failures=failures)
-                failures = 0
-            if made and on_made is not None:
-                on_made()
-            if made:
-                continue
-            try:
-                async with asyncio.timeout(backoff(self.interval_s, failures)):
-                    await self.wake.wait()
-            except TimeoutError:
-                pass
+    async def run_once(self) -> float | None:
+        made = await self.pump_once()
+        if not made:
+            return None
+        if self.on_made is not None:
+            self.on_made()
+        return 0.0  # there may be more: the next pass now

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from vpbx.background import BackgroundLoop
 from vpbx.clock import Clock
 from vpbx.integration_api.core import EXPORT_FAILED, OK_MESSAGE, bad_field, enqueue, parse_period
 from vpbx.logs import get_logger
@@ -179,8 +180,11 @@ def read_csv(path: Path, order_id: str) -> bytes:
 # --- the builder -------------------------------------------------------------------------------------------
 
 
-class HistoryExporter:
+class HistoryExporter(BackgroundLoop):
     """Builds pending orders in the background and sweeps expired ones; ``wake`` after a new order."""
+
+    name = "api-history-exports"
+    failure_event = "api_export.round_failed"
 
     def __init__(
         self,
@@ -194,39 +198,16 @@ class HistoryExporter:
         self.sessions = sessions
         self.data_dir = data_dir
         self.clock = clock
-        self.poll_s = poll_s
+        self.interval_s = poll_s
         self.sweep_interval_s = sweep_interval_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._next_sweep = 0.0  # monotonic
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="api-history-exports")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        next_sweep = 0.0
-        while True:
-            try:
-                await self.build_pending()
-                if self.clock.monotonic() >= next_sweep:
-                    await self.sweep()
-                    next_sweep = self.clock.monotonic() + self.sweep_interval_s
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("api_export.round_failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await self._wake.wait()
-            self._wake.clear()
+    async def run_once(self) -> float | None:
+        await self.build_pending()
+        if self.clock.monotonic() >= self._next_sweep:
+            await self.sweep()
+            self._next_sweep = self.clock.monotonic() + self.sweep_interval_s
+        return None
 
     async def build_pending(self) -> int:
         """Build every pending order, oldest first; how many were finished."""

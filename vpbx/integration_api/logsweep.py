@@ -7,10 +7,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from vpbx.background import BackgroundLoop
 from vpbx.clock import Clock
 from vpbx.integration_api.core import sweep_log
 from vpbx.logs import get_logger
-from vpbx.periodic import PeriodicSweep
 from vpbx.store.models import ApiLog
 
 log = get_logger("vpbx.integration_api.logsweep")
@@ -18,10 +18,10 @@ log = get_logger("vpbx.integration_api.logsweep")
 SWEEP_INTERVAL_S = 3600.0  # hourly, like the recordings' retention
 
 
-class LogSweep(PeriodicSweep):
+class LogSweep(BackgroundLoop):
     """Sweeps the Integration API log of every domain every ``interval_s``; ``sweep`` is one round."""
 
-    task_name = "api-log-retention"
+    name = "api-log-retention"
     failure_event = "api.log_sweep_failed"
 
     def __init__(
@@ -34,6 +34,10 @@ class LogSweep(PeriodicSweep):
         self.sessions = sessions
         self.clock = clock
         self.interval_s = interval_s
+
+    async def run_once(self) -> float | None:
+        await self.sweep()
+        return None
 
     async def sweep(self) -> int:
         """One round over the domains that have log rows; how many rows went."""

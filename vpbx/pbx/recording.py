@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from vpbx.background import BackgroundLoop
 from vpbx.errors import MediaError, RecordingFailed
 from vpbx.logs import get_logger
-from vpbx.periodic import PeriodicSweep
 from vpbx.store.models import Recording
 
 if TYPE_CHECKING:
@@ -231,10 +231,10 @@ class CallRecordings:
         return encoding, failed
 
 
-class RetentionSweep(PeriodicSweep):
+class RetentionSweep(BackgroundLoop):
     """Deletes expired recordings (files, then rows) every ``interval_s``; ``sweep`` is one round."""
 
-    task_name = "recording-retention"
+    name = "recording-retention"
     failure_event = "recording.sweep_failed"
 
     def __init__(
@@ -249,6 +249,10 @@ class RetentionSweep(PeriodicSweep):
         self.sessions = sessions
         self.clock = clock
         self.interval_s = interval_s
+
+    async def run_once(self) -> float | None:
+        await self.sweep()
+        return None
 
     async def sweep(self) -> int:
         """Delete every recording expired by now; how many went."""

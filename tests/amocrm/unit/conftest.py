@@ -5,26 +5,19 @@ consumer's join) must behave the same on both."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from tests.amocrm.unit.jobs_kit import START, World, make_world
-from tests.conftest import postgres_database
 from vpbx.app import build_core
 from vpbx.clock import FakeClock
 from vpbx.settings import Settings
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def world_settings(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
-) -> AsyncIterator[Settings]:
-    if request.param == "sqlite":
-        yield settings
-        return
-    async with postgres_database() as url:
-        yield settings.model_copy(update={"database_url": url})
+@pytest.fixture
+def world_settings(settings: Settings, database_url: str) -> Settings:
+    """The app's settings on SQLite and on PostgreSQL."""
+    return settings.model_copy(update={"database_url": database_url})
 
 
 @pytest.fixture

@@ -11,28 +11,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tests.amocrm.kit import SCENARIO_DOC, bind_rows, make_domain
 from tests.amocrm.unit.fake_amo import FakeAmo, FakeClients
 from vpbx.amocrm.api import AmoClients
 from vpbx.amocrm.calls import FINISH, CallConsumer
 from vpbx.amocrm.finish import FinishHandler, FinishSettings
 from vpbx.amocrm.jobs import JobRunner
 from vpbx.amocrm.oauth import TokenPair
-from vpbx.amocrm.scenario import Scenario
-from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
 from vpbx.clock import FakeClock
-from vpbx.pbx import domains
 from vpbx.pbx.bus import CallEvent, SessionId
 from vpbx.pbx.history import apply_events
-from vpbx.store.models import (
-    AmoCall,
-    AmoInstall,
-    AmoScenario,
-    AmoScenarioLine,
-    CrmBinding,
-    CrmJob,
-    CrmUserMap,
-)
+from vpbx.store.models import AmoCall, CrmJob
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,74 +33,7 @@ LINE = "74951234567"
 DOMAIN = "demo.vpbx.test"
 START = dt.datetime(2026, 1, 15, 9, 0, tzinfo=dt.UTC)
 
-SCENARIO: dict[str, Any] = {
-    "name": "Основной",
-    "lines": ["+74951234567"],
-    "smart_routing": {"enabled": True, "excluded_user_ids": [5003]},
-    "events": {
-        "incoming": {
-            "new": {
-                "enabled": True,
-                "update_responsible_on_transfer": True,
-                "contact": {
-                    "enabled": True,
-                    "name_template": "Новый клиент $(phone)",
-                    "tags": ["Входящий звонок"],
-                    "fields": [{"field_id": 104, "value": "Звонок на $(line)"}],
-                    "responsible": {"rule": "answered"},
-                },
-                "task": {
-                    "enabled": True,
-                    "text": "Перезвонить $(phone)",
-                    "responsible": {"rule": "answered"},
-                    "deadline": {"kind": "minutes", "minutes": 60},
-                    "task_type_id": 1,
-                },
-                "lead": {
-                    "enabled": True,
-                    "name_template": "Звонок $(phone)",
-                    "pipeline_id": 7000,
-                    "status_id": 7001,
-                    "tags": ["Звонок"],
-                    "fields": [{"field_id": 201, "enum_id": 2011}],
-                    "responsible": {"rule": "answered"},
-                },
-            },
-            "existing": {
-                "enabled": True,
-                "lead": {
-                    "enabled": True,
-                    "skip_if_active_lead": True,
-                    "name_template": "Звонок $(phone)",
-                    "pipeline_id": 7000,
-                    "status_id": 7001,
-                },
-                "task": {"enabled": False},
-            },
-        },
-        "outgoing": {"new": {"enabled": False}, "existing": {"enabled": False}},
-        "missed": {
-            "new": {
-                "enabled": True,
-                "task": {
-                    "enabled": True,
-                    "text": "Пропущенный звонок $(phone)",
-                    "responsible": {"rule": "fallback"},
-                    "deadline": {"kind": "minutes", "minutes": 30},
-                },
-            },
-            "existing": {
-                "enabled": True,
-                "task": {
-                    "enabled": True,
-                    "text": "Перезвонить: $(phone)",
-                    "responsible": {"rule": "contact"},
-                    "deadline": {"kind": "end_of_day"},
-                },
-            },
-        },
-    },
-}
+SCENARIO = SCENARIO_DOC  # «Основной» of §3.4
 
 
 @dataclass
@@ -239,32 +162,18 @@ async def bind_demo(
 ) -> tuple[uuid.UUID, int]:
     """§6's binding of ``domain_id`` to demo.amocrm.ru (install with ``tokens``, the mapping, fallback 5002,
     «Основной» on the line), in the caller's transaction: (binding id, scenario id)."""
-    install = AmoInstall(
-        amo_account_id=30000001, base_domain="demo.amocrm.ru", client_id="c", timezone="Europe/Moscow"
-    )
-    s.add(install)
-    if tokens is not None:
-        await store_tokens(s, box, install, tokens)
-    binding = CrmBinding(
-        domain_id=domain_id,
-        external_account_id=30000001,
-        base_domain="demo.amocrm.ru",
-        fallback_user_id=5002,
-        hook_secret=secrets.token_hex(8),
+    _, binding, scenario = await bind_rows(
+        s,
+        domain_id,
+        client_id="c",
+        box=box,
+        tokens=tokens,
+        timezone="Europe/Moscow",
+        scenario=SCENARIO,
+        lines=(LINE,),
         connected_at=connected_at or dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
     )
-    s.add(binding)
-    await s.flush()
-    for uid, pin in ((5001, "101"), (5002, "102"), (5003, "103")):
-        s.add(CrmUserMap(binding_id=binding.id, crm_user_id=uid, extension=pin))
-    doc = Scenario.model_validate(SCENARIO)
-    scenario = AmoScenario(
-        binding_id=binding.id, name=doc.name, is_active=True, position=0, document=doc.document().model_dump()
-    )
-    s.add(scenario)
-    await s.flush()
-    s.add(AmoScenarioLine(scenario_id=scenario.id, line=LINE))
-    await s.flush()
+    assert scenario is not None
     return binding.id, scenario.id
 
 
@@ -281,13 +190,11 @@ async def make_world(
     install) or else to ``amo`` (a FakeAmo by default)."""
     amo = amo or FakeAmo(clock=clock)
     async with core.sessions() as s:
-        d = await domains.create_domain(s, domains.DomainInput(name=DOMAIN))
-        await s.flush()
+        domain_id = await make_domain(s, core.box, DOMAIN)
         binding_id, scenario_id = await bind_demo(
-            s, core.box, d.id, tokens=tokens, connected_at=START - dt.timedelta(days=1)
+            s, core.box, domain_id, tokens=tokens, connected_at=START - dt.timedelta(days=1)
         )
         await s.commit()
-        domain_id = d.id
     handler = FinishHandler(FinishSettings(source_name="Виртуальная АТС", origin="https://pbx.example"))
     runner = JobRunner(core, clients or FakeClients(amo), {FINISH: handler}, **runner_kw)
     consumer = CallConsumer(core, on_enqueued=runner.wake)

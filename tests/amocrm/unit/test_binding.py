@@ -8,16 +8,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import postgres_database
-from vpbx import billing, store
+from vpbx import billing
 from vpbx.amocrm import binding as amo
 from vpbx.amocrm.oauth import is_allowed_base_domain
 from vpbx.crypto import SecretBox, token_hash
@@ -29,25 +26,6 @@ JUNE_21 = dt.datetime(2025, 6, 21, 9, 0, tzinfo=dt.UTC)  # 12:00 in Moscow, ten 
 BOX = SecretBox("test-secret-key-that-is-long-enough-0123456789")
 DEMO = 30000001
 OTHER = 30000002
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def sessions(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'bind.sqlite3'}"
-        await store.upgrade_async(url)
-        engine = store.create_engine(url)
-        yield store.session_factory(engine)
-        await engine.dispose()
-        return
-    async with postgres_database() as url:
-        engine = store.create_engine(url)
-        try:
-            yield store.session_factory(engine)
-        finally:
-            await engine.dispose()
 
 
 async def _domain(s: AsyncSession, name: str) -> uuid.UUID:

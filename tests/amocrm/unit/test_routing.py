@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.amocrm.route_kit import FakeAmo, World, build_world, contact
+from tests.amocrm.route_kit import Down, FakeAmo, World, build_world, contact
 from vpbx.amocrm.hooks import HOOK_EVENTS, parse_hook, subscribe_webhooks, unsubscribe_webhooks
-from vpbx.amocrm.lookup import Contact, PhoneLookup
-from vpbx.amocrm.routing import AmoRoutingHook, ExtState, Facts, Route, decide, extension_states
+from vpbx.amocrm.lookup import Contact, PhoneLookup, close_shared_lookup, shared_lookup
+from vpbx.amocrm.popups import Popups
+from vpbx.amocrm.routing import AmoRoutingHook, ExtState, Facts, Route, decide, extension_states, routing_part
 from vpbx.app import Core
 from vpbx.clock import FakeClock
+from vpbx.crm.connector import Binding
 from vpbx.pbx.calls import Call, MemoryCallRegistry, Party, outside_party
 from vpbx.pbx.directory import DomainInfo
 from vpbx.pbx.dnd import set_dnd
@@ -406,3 +409,36 @@ async def test_the_part_registers_on_the_engine_and_keeps_its_budget_in_the_engi
     assert hook._budget(1.5) == pytest.approx(0.6) and hook._budget(0.3) == pytest.approx(0.3)
     await hook.stop()
     assert [name for name, _ in engine.routing_hooks] == ["get_number_info"]
+
+
+async def test_the_runtimes_routing_and_popups_share_one_lookup_so_routing_failures_make_popups_cache_only(
+    core: Core, world: World
+) -> None:
+    """One ``PhoneLookup`` per process (``shared_lookup``): amoCRM failing three times for the calls' routing
+    puts the pop-ups' lookups of that binding in cache-only mode too (no fourth request)."""
+    amo = FakeAmo(fail=Down("amoCRM is down"))
+    runtime = SimpleNamespace(core=core, app=None, b2bua=None, clients=amo)
+    hook = routing_part(runtime)
+    popups = Popups.for_runtime(runtime)
+    try:
+        assert hook.lookup is popups.lookup is shared_lookup(core, amo)
+        async with core.sessions() as s:
+            row = await s.get(CrmBinding, world.binding_id)
+            assert row is not None
+            b = Binding.of(row)
+        for n in ("9030000011", "9030000012", "9030000013"):  # the pop-ups' failures do not count (§5.8)
+            assert (await popups.lookup.realtime(b, n, 1.0, counts=False)).source == "error"
+        assert not hook.lookup.cache_only(world.binding_id)
+        for caller in ("79030000001", "79030000002", "79030000003"):
+            await hook(query(world, caller=caller))
+        assert len(amo.searches) == 6
+        assert popups.lookup.cache_only(world.binding_id)
+        found = await popups.lookup.realtime(b, "9030000004", 1.0, counts=False)
+        assert (found.outcome, found.source) == ("unknown", "cache-only")
+        assert len(amo.searches) == 6  # the pop-up asked amoCRM nothing
+    finally:
+        await hook.drain()
+        await popups.stop()
+        await close_shared_lookup(core)
+    assert shared_lookup(core, FakeAmo()) is not hook.lookup  # closed: the next runtime gets a fresh one
+    await close_shared_lookup(core)

@@ -27,15 +27,15 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.amocrm.emu_kit import DEMO, DEMO_FIXTURE, OTHER, Emu, emulator
+from tests.amocrm.kit import bind_rows, make_domain
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
 from vpbx.amocrm.client import close_shared_pool
 from vpbx.amocrm.oauth import TokenPair
 from vpbx.amocrm.popups import hub_for
 from vpbx.amocrm.tokens import store_tokens
 from vpbx.app import Core
-from vpbx.pbx import domains, lines, users
 from vpbx.settings import AmoSettings, Settings
-from vpbx.store.models import AmoInstall, CrmBinding
+from vpbx.store.models import AmoInstall
 
 CLIENT_ID = "6f1c2a7e-0000-4000-8000-000000000001"  # the emulator fixture's integration (amocrm.md §4.1)
 CLIENT_SECRET = "emu-secret"  # for tokens the emulator would never sign (forged, other integrations)
@@ -117,47 +117,45 @@ class World:
     binding_b: uuid.UUID
 
 
+async def emu_tokens(emu: Emu, base_domain: str) -> TokenPair:
+    """A real token pair from the emulator (as the OAuth callback gets it)."""
+    pair = await emu.token_pair(base_domain)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(pair["expires_in"]))
+    return TokenPair(pair["access_token"], pair["refresh_token"], expires)
+
+
 async def install(s: AsyncSession, core: Core, emu: Emu, account_id: int, base_domain: str) -> None:
     """The account's install with a real token pair from the emulator (as the OAuth callback stores it)."""
-    pair = await emu.token_pair(base_domain)
     row = AmoInstall(amo_account_id=account_id, base_domain=base_domain, client_id=emu.client_id)
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(pair["expires_in"]))
-    await store_tokens(s, core.box, row, TokenPair(pair["access_token"], pair["refresh_token"], expires))
+    await store_tokens(s, core.box, row, await emu_tokens(emu, base_domain))
 
 
 async def bind(core: Core, emu: Emu, domain_id: uuid.UUID, account_id: int, base_domain: str) -> uuid.UUID:
+    """The account's install and the domain's active binding, without a mapping or scenarios yet."""
     async with core.sessions() as s:
-        await install(s, core, emu, account_id, base_domain)
-        b = CrmBinding(
-            domain_id=domain_id,
-            external_account_id=account_id,
+        _, b, _ = await bind_rows(
+            s,
+            domain_id,
+            account=account_id,
             base_domain=base_domain,
-            hook_secret=uuid.uuid4().hex,
+            client_id=emu.client_id,
+            box=core.box,
+            tokens=await emu_tokens(emu, base_domain),
+            mapping={},
+            fallback=None,
         )
-        s.add(b)
         await s.commit()
         return b.id
 
 
-async def make_domain(core: Core, name: str, pins: dict[str, str], numbers: list[str]) -> uuid.UUID:
-    async with core.sessions() as s:
-        d = await domains.create_domain(s, domains.DomainInput(name=name))
-        for pin, display in pins.items():
-            await users.create_user(
-                s, d.id, users.UserInput(name=f"user{pin}", display_name=display, pin=pin), box=core.box
-            )
-        for n in numbers:
-            await lines.create_number(s, d.id, lines.NumberInput(number=n))
-        await s.commit()
-        return d.id
-
-
 @pytest.fixture
 async def world(core: Core, emu: Emu) -> World:
-    a = await make_domain(
-        core, "demo.vpbx.test", {"101": "Иван", "102": "Мария", "103": "Пётр"}, [LINE_A, LINE_A2]
-    )
-    b = await make_domain(core, "b.vpbx.test", {"201": "Борис"}, [LINE_B])
+    async with core.sessions() as s:
+        a = await make_domain(
+            s, core.box, pins={"101": "Иван", "102": "Мария", "103": "Пётр"}, numbers=[LINE_A, LINE_A2]
+        )
+        b = await make_domain(s, core.box, "b.vpbx.test", pins={"201": "Борис"}, numbers=[LINE_B])
+        await s.commit()
     return World(
         core=core,
         domain_a=a,

@@ -12,9 +12,6 @@ from sqlalchemy import select
 from tests.amocrm.widget.conftest import Widget, World, amo_state
 from tests.unit.pbx.b2bua_kit import Pbx, Phone
 from vpbx.pbx.outbound import OutboundRouter
-from vpbx.pbx.registrar import Binding, aor_for
-from vpbx.sip.dialog import new_call_id
-from vpbx.sip.flow import Destination
 from vpbx.store.models import AmoCall, CrmUserMap, DomainId
 
 DOMAIN_A = "demo.vpbx.test"
@@ -33,17 +30,7 @@ async def pbx(app: FastAPI, world: World) -> AsyncIterator[Pbx]:
 async def ivan(pbx: Pbx, world: World) -> Phone:
     """Extension 101 has a registered phone and is amoCRM user 5001."""
     phone = pbx.phone("101", "192.0.2.11")
-    now = world.core.clock.monotonic()
-    binding = Binding(
-        contact=str(phone.contact.uri),
-        flow=Destination("udp", "192.0.2.11", 5060),
-        path=(),
-        call_id=new_call_id(),
-        cseq=1,
-        expires_at=now + 3600,
-        updated_at=now,
-    )
-    await pbx.node.location.save(DomainId(world.domain_a), aor_for("101", DOMAIN_A), binding)
+    await pbx.register(phone, domain=DOMAIN_A, domain_id=DomainId(world.domain_a))
     async with world.core.sessions() as s:
         s.add(CrmUserMap(binding_id=world.binding_a, crm_user_id=5001, extension="101"))
         s.add(CrmUserMap(binding_id=world.binding_a, crm_user_id=5002, extension="102"))

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.amocrm.emu_kit import DEMO, OTHER, Emu
+from tests.amocrm.kit import scenario_doc
 from tests.amocrm.widget.conftest import (
     ACCOUNT_A,
     LINE_A,
@@ -22,70 +23,7 @@ from tests.amocrm.widget.conftest import (
 )
 from vpbx.store.models import AmoCall, AmoScenario, CrmBinding, CrmUserMap
 
-FULL_DOC: dict[str, Any] = {  # §3.4's example, on the fixture's ids
-    "name": "Основной",
-    "is_active": True,
-    "position": 0,
-    "lines": [LINE_A],
-    "smart_routing": {"enabled": True, "excluded_user_ids": [5003]},
-    "events": {
-        "incoming": {
-            "new": {
-                "enabled": True,
-                "update_responsible_on_transfer": True,
-                "contact": {
-                    "enabled": True,
-                    "name_template": "Новый клиент $(phone)",
-                    "tags": ["Входящий звонок"],
-                    "fields": [{"field_id": 104, "value": "Звонок на $(line)"}],
-                    "responsible": {"rule": "answered"},
-                },
-                "task": {
-                    "enabled": True,
-                    "text": "Перезвонить $(phone)",
-                    "responsible": {"rule": "answered"},
-                    "deadline": {"kind": "minutes", "minutes": 60},
-                    "task_type_id": 1,
-                },
-                "lead": {
-                    "enabled": True,
-                    "name_template": "Звонок $(phone)",
-                    "pipeline_id": 7000,
-                    "status_id": 7001,
-                    "tags": ["Звонок"],
-                    "fields": [{"field_id": 201, "enum_id": 2011}],
-                    "responsible": {"rule": "answered"},
-                },
-            },
-            "existing": {
-                "enabled": True,
-                "lead": {"enabled": True, "skip_if_active_lead": True},
-                "task": {"enabled": False},
-            },
-        },
-        "outgoing": {"new": {"enabled": False}, "existing": {"enabled": False}},
-        "missed": {
-            "new": {
-                "enabled": True,
-                "task": {
-                    "enabled": True,
-                    "text": "Пропущенный звонок $(phone)",
-                    "responsible": {"rule": "fallback"},
-                    "deadline": {"kind": "minutes", "minutes": 30},
-                },
-            },
-            "existing": {
-                "enabled": True,
-                "task": {
-                    "enabled": True,
-                    "text": "Перезвонить: $(phone)",
-                    "responsible": {"rule": "contact"},
-                    "deadline": {"kind": "end_of_day"},
-                },
-            },
-        },
-    },
-}
+FULL_DOC = scenario_doc()  # §3.4's example, on the fixture's ids
 
 
 # --- tokens ---------------------------------------------------------------------------------------------

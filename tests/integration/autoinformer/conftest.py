@@ -7,17 +7,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import postgres_database
-from vpbx import store
 from vpbx.autoinformer.dispatcher import Dispatcher
 from vpbx.autoinformer.schemas import CampaignSpec
 from vpbx.billing import AUTOINFORMER
@@ -28,25 +25,6 @@ from vpbx.store.models import AiAttempt, AiCampaign, AiContact, Domain, DomainSe
 START = dt.datetime(2026, 6, 16, 9, 0, tzinfo=dt.UTC)  # a Tuesday, 12:00 in Moscow
 LINE = "74951234567"
 WAIT_S = 10.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def sessions(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'ai.sqlite3'}"
-        await store.upgrade_async(url)
-        engine = store.create_engine(url)
-        yield store.session_factory(engine)
-        await engine.dispose()
-        return
-    async with postgres_database() as url:
-        engine = store.create_engine(url)
-        try:
-            yield store.session_factory(engine)
-        finally:
-            await engine.dispose()
 
 
 def result_of(kind: str, req: BroadcastRequest, now: dt.datetime) -> BroadcastResult:

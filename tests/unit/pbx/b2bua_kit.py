@@ -279,8 +279,16 @@ class Pbx:
         self.phones[(host, port)] = p
         return p
 
-    async def register(self, phone: Phone, *, path: tuple[str, ...] = ()) -> None:
-        """A binding for the phone's contact, as the registrar would store it."""
+    async def register(
+        self,
+        phone: Phone,
+        *,
+        path: tuple[str, ...] = (),
+        domain: str = TENANT,
+        domain_id: DomainId | None = None,
+    ) -> None:
+        """A binding for the phone's contact, as the registrar would store it (in ``domain``, by default the
+        kit's own)."""
         now = self.core.clock.monotonic()
         binding = Binding(
             contact=str(phone.contact.uri),
@@ -291,7 +299,7 @@ class Pbx:
             expires_at=now + 3600,
             updated_at=now,
         )
-        await self.node.location.save(self.domain_id, aor_for(phone.ext, TENANT), binding)
+        await self.node.location.save(domain_id or self.domain_id, aor_for(phone.ext, domain), binding)
 
     async def settle(self) -> None:
         """Run the node's handler tasks (and those they start) to completion, then route what was sent."""
