@@ -1005,8 +1005,8 @@ class AmoCall(Base):
 
     ``steps`` maps a step name (contact, lead, task, responsible, note) to
     ``{"state": pending|in_flight|done|skipped|failed, "id": int|None, "attempts": int, "last_error": str}``;
-    the note step also keeps ``on``/``on_id``, the card that holds the note (contacts, or leads in calls-API mode),
-    so a reissued recording link edits that note.
+    the note step also keeps ``on``/``on_id``, the card that holds the note (contacts, or leads in calls-API
+    mode), so a reissued recording link edits that note.
     ``route`` says which step decided an incoming call's routing (responsible, fallback, rules) and why.
     """
 
