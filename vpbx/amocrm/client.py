@@ -61,6 +61,7 @@ from vpbx.settings import Settings
 from vpbx.store.models import CrmBinding
 
 if TYPE_CHECKING:
+    from vpbx.amocrm.lease import AccountLeases
     from vpbx.app import Core
 
 log = get_logger("vpbx.amocrm.client")
@@ -556,6 +557,20 @@ class AmoClientPool:
         self._clients: dict[int, AmoClient] = {}
         self._persisted_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.leases: AccountLeases | None = None  # several processes: each account's share and owner
+
+    def use_leases(self, leases: AccountLeases) -> None:
+        """Several processes share the accounts (vpbx/amocrm/lease.py): each limiter keeps to this process's
+        share of ``amocrm.rps``, and background work asks ``leases`` whether this process owns the account."""
+        self.leases = leases
+        for account_id, client in self._clients.items():
+            client.limiter.share = self._share_of(account_id)
+
+    def _share_of(self, account_id: int) -> Callable[[], float] | None:
+        leases = self.leases
+        if leases is None:
+            return None
+        return lambda: leases.share(account_id)
 
     def for_account(self, amo_account_id: int) -> AmoClient:
         client = self._clients.get(amo_account_id)
@@ -563,6 +578,7 @@ class AmoClientPool:
             limiter = AccountLimiter(
                 amo_account_id, self._core.settings.amocrm.rps, monotonic=self._monotonic, sleep=self._sleep
             )
+            limiter.share = self._share_of(amo_account_id)
             client = AmoClient(
                 amo_account_id,
                 http=self._http,
