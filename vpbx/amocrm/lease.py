@@ -37,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.logs import get_logger
-from vpbx.store.leases import release_lease, take_lease
+from vpbx.store.leases import release_lease, take_leases
 from vpbx.store.models import AmoAccountLease, AmoNode, CrmBinding
 
 if TYPE_CHECKING:
@@ -171,8 +171,7 @@ class AccountLeases:
         self._seen = accounts
         if self._first_seen is None:
             self._first_seen = self._monotonic()
-        for account_id in sorted(accounts):
-            await self._hold(account_id, now, lease_for)
+        await self._hold(sorted(accounts), now, lease_for)
         gone = [a for a in self._owned if a not in accounts]
         if gone:
             await self.release(gone)
@@ -186,32 +185,37 @@ class AccountLeases:
         )
         await s.execute(delete(AmoNode).where(AmoNode.seen_until < now - FORGET_NODES_AFTER))
 
-    async def _hold(self, account_id: int, now: dt.datetime, lease_for: dt.timedelta) -> None:
+    async def _hold(self, accounts: list[int], now: dt.datetime, lease_for: dt.timedelta) -> None:
+        """Take or renew every account's lease this process can have, in one compare-and-swap UPDATE."""
         mono = self._monotonic()
-        async with self.core.sessions() as s:
-            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-            await s.execute(
-                insert(AmoAccountLease)
-                .values(amo_account_id=account_id, owner="", lease_until=None)
-                .on_conflict_do_nothing()
-            )
-            held = await take_lease(
-                s,
-                AmoAccountLease,
-                AmoAccountLease.amo_account_id == account_id,
-                owner_col=AmoAccountLease.owner,
-                until_col=AmoAccountLease.lease_until,
-                owner=self.owner,
-                now=now,
-                lease_for=lease_for,
-            )
-            await s.commit()
-        if held:
-            if account_id not in self._owned:
-                log.info("amocrm.lease_taken", account_id=account_id, owner=self.owner)
-            self._owned[account_id] = mono
-        elif self._owned.pop(account_id, None) is not None:
-            log.warning("amocrm.lease_lost", account_id=account_id, owner=self.owner)
+        held: set[int] = set()
+        if accounts:
+            async with self.core.sessions() as s:
+                insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+                await s.execute(
+                    insert(AmoAccountLease)
+                    .values([{"amo_account_id": a, "owner": "", "lease_until": None} for a in accounts])
+                    .on_conflict_do_nothing()
+                )
+                held = await take_leases(
+                    s,
+                    AmoAccountLease,
+                    AmoAccountLease.amo_account_id,
+                    accounts,
+                    owner_col=AmoAccountLease.owner,
+                    until_col=AmoAccountLease.lease_until,
+                    owner=self.owner,
+                    now=now,
+                    lease_for=lease_for,
+                )
+                await s.commit()
+        for account_id in accounts:
+            if account_id in held:
+                if account_id not in self._owned:
+                    log.info("amocrm.lease_taken", account_id=account_id, owner=self.owner)
+                self._owned[account_id] = mono
+            elif self._owned.pop(account_id, None) is not None:
+                log.warning("amocrm.lease_lost", account_id=account_id, owner=self.owner)
 
     async def release(self, accounts: list[int] | None = None) -> None:
         """Give up the leases (all of them at a clean stop) so another process takes over at once."""

@@ -2,13 +2,14 @@
 
 A lease names an owner and an expiry; the owner renews it well before the expiry, and anybody may take it
 once it has expired (its owner died: ``kill -9``). The UPDATE's WHERE is the compare: of two racing takers
-exactly one row count is 1. The autoinformer's per-campaign dispatcher lease (vpbx/autoinformer/dispatcher.py)
-is the same pattern written inline; amoCRM's per-account lease (vpbx/amocrm/lease.py) uses this helper.
+only one gets the row back. The autoinformer's per-campaign dispatcher lease (vpbx/autoinformer/dispatcher.py)
+is the same pattern written inline; amoCRM's per-account lease (vpbx/amocrm/lease.py) uses these helpers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, update
@@ -16,26 +17,31 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 
-async def take_lease(
+async def take_leases(
     s: AsyncSession,
     model: type[Any],
-    where: ColumnElement[bool],
+    key_col: InstrumentedAttribute[Any],
+    keys: Sequence[Any],
     *,
     owner_col: InstrumentedAttribute[str],
     until_col: InstrumentedAttribute[dt.datetime | None],
     owner: str,
     now: dt.datetime,
     lease_for: dt.timedelta,
-) -> bool:
-    """Take or renew the lease of the row(s) ``where`` selects for ``owner``: true when this call holds it
-    until ``now + lease_for``. The caller commits."""
+) -> set[Any]:
+    """Take or renew ``owner``'s lease on the rows of ``keys`` whose lease is free, expired or already its
+    own, in one UPDATE … RETURNING (PostgreSQL, SQLite ≥ 3.35): the keys whose lease ``owner`` holds until
+    ``now + lease_for``. The caller commits."""
+    if not keys:
+        return set()
     result = await s.execute(
         update(model)
-        .where(where, or_(owner_col == owner, until_col.is_(None), until_col < now))
+        .where(key_col.in_(list(keys)), or_(owner_col == owner, until_col.is_(None), until_col < now))
         .values({owner_col.key: owner, until_col.key: now + lease_for})
+        .returning(key_col)
         .execution_options(synchronize_session=False)
     )
-    return int(getattr(result, "rowcount", 0) or 0) == 1
+    return set(result.scalars())
 
 
 async def release_lease(

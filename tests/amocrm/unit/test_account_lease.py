@@ -6,6 +6,7 @@ rate shares of the two add up to ``amocrm.rps``."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from sqlalchemy import select, update
@@ -169,3 +170,11 @@ async def test_a_disabled_binding_is_given_up(world: World) -> None:
     assert not leases.owns(ACCOUNT)
     owner, until = await lease_row(world)
     assert owner == "node-a:1" and until is None  # released for whoever binds it next
+
+
+async def test_racing_processes_leave_one_owner(world: World) -> None:
+    nodes = [node(world, f"node-{n}:{n}")[0] for n in range(3)]
+    await asyncio.gather(*(n.tick() for n in nodes))
+    assert sum(n.owns(ACCOUNT) for n in nodes) == 1
+    [owner] = [n for n in nodes if n.owns(ACCOUNT)]
+    assert (await lease_row(world))[0] == owner.owner
