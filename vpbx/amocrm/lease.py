@@ -49,6 +49,7 @@ LEASE_S = 15.0
 RENEW_S = 5.0
 NON_OWNER_RPS = 1.0  # a non-owner's share of amocrm.rps for its realtime lookups and widget reads (ours)
 SETTLE_S = RENEW_S + 1.0  # a new process's wait before it takes a share: every owner has re-counted by then
+RELEASE_TIMEOUT_S = 2.0  # a stop does not wait longer for the database to take the leases back
 FORGET_NODES_AFTER = dt.timedelta(hours=1)  # heartbeat rows of processes gone this long are deleted
 
 
@@ -225,7 +226,7 @@ class AccountLeases:
         if not ids:
             return
         try:
-            async with self.core.sessions() as s:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S), self.core.sessions() as s:
                 await release_lease(
                     s,
                     AmoAccountLease,
@@ -237,7 +238,7 @@ class AccountLeases:
                 if accounts is None:
                     await s.execute(delete(AmoNode).where(AmoNode.owner == self.owner))
                 await s.commit()
-        except Exception as e:  # the rows expire by themselves
+        except Exception as e:  # the rows expire by themselves (a timeout too)
             log.warning("amocrm.lease_release_failed", error=type(e).__name__)
 
 
