@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from tests.amocrm.unit.fake_amo import FakeAmo, FakeClients
 from tests.amocrm.unit.jobs_kit import World
+from vpbx.amocrm.calls import CallConsumer
 from vpbx.amocrm.jobs import JobRunner, enqueue
 from vpbx.amocrm.lease import LEASE_S, RENEW_S, SETTLE_S, AccountLeases, background_allowed, rate_shares
 from vpbx.amocrm.limiter import LimiterState
@@ -178,3 +179,21 @@ async def test_racing_processes_leave_one_owner(world: World) -> None:
     assert sum(n.owns(ACCOUNT) for n in nodes) == 1
     [owner] = [n for n in nodes if n.owns(ACCOUNT)]
     assert (await lease_row(world))[0] == owner.owner
+
+
+async def test_only_the_owner_turns_call_events_into_jobs(world: World) -> None:
+    a_leases, _, _ = node(world, "node-a:1")
+    b_leases, _, _ = node(world, "node-b:2")
+    a_calls = CallConsumer(world.core, leases=a_leases)
+    b_calls = CallConsumer(world.core, leases=b_leases)
+    first = await world.incoming("79031112233", answered=["101"], talk_s=30)
+    await a_leases.tick()
+    await b_leases.tick()
+    assert await b_calls.consume_once() == 0  # not its account
+    assert await a_calls.consume_once() == 1
+    second = await world.incoming("79035550000", answered=["102"], talk_s=30)  # A has died meanwhile
+    await b_leases.tick()  # the call took longer than the lease: A's has expired
+    assert b_leases.owns(ACCOUNT) and not a_leases.owns(ACCOUNT)
+    assert await a_calls.consume_once() == 0
+    assert await b_calls.consume_once() == 1
+    assert sorted(j.key for j in await world.jobs()) == sorted([first, second])
