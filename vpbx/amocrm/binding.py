@@ -68,7 +68,7 @@ INSTALL_TIMEOUT = httpx.Timeout(connect=2.0, read=5.0, write=5.0, pool=2.0)  # �
 DROPPABLE_JOB_STATES = ("pending", "held")  # F15: queued jobs; a running one finishes or fails on its own
 
 DisableReason = Literal["cabinet", "widget", "uninstall", "replaced"]
-WidgetStatus = Literal["not_installed", "installed", "active", "needs_reauth", "disabled"]
+WidgetStatus = Literal["installed", "active", "needs_reauth", "disabled"]  # §3.2, §3.4: nothing else
 Health = Literal["ok", "amo_unreachable", "pbx_unreachable"]
 
 
@@ -480,12 +480,16 @@ async def uninstall(s: AsyncSession, account_id: int, *, now: dt.datetime) -> bo
 
 @dataclass(frozen=True, slots=True)
 class AccountState:
-    """``GET /amo/widget/v1/state`` (§3.2, §3.4)."""
+    """``GET /amo/widget/v1/state`` (§3.2, §3.4). ``oauth_missing`` (ours): we hold no install for the account
+    although its widget runs (a valid widget token): amoCRM's OAuth callback never reached us (the consent
+    step was cancelled or the callback failed) or the widget was uninstalled since; the status stays one of
+    the spec's four and the widget tells the admin to install the widget again and grant access."""
 
     status: WidgetStatus
     pbx_domain: str | None
     connected_at: dt.datetime | None
     health: Health
+    oauth_missing: bool = False
 
 
 HEALTH_STATES: tuple[Health, ...] = ("ok", "amo_unreachable", "pbx_unreachable")
@@ -496,10 +500,8 @@ async def status_for(s: AsyncSession, account_id: int) -> AccountState:
     install = await install_of(s, account_id)
     binding = await active_binding_of_account(s, account_id)
     if binding is None:
-        if install is None:
-            status: WidgetStatus = "not_installed"
-        elif install.token_state == "needs_reauth":
-            status = "needs_reauth"
+        if install is not None and install.token_state == "needs_reauth":
+            status: WidgetStatus = "needs_reauth"
         else:
             had: uuid.UUID | None = await s.scalar(
                 select(CrmBinding.id)
@@ -507,7 +509,7 @@ async def status_for(s: AsyncSession, account_id: int) -> AccountState:
                 .limit(1)
             )
             status = "disabled" if had is not None else "installed"
-        return AccountState(status, None, None, "ok")
+        return AccountState(status, None, None, "ok", oauth_missing=install is None)
     domain = await s.get(Domain, binding.domain_id)
     needs_reauth = install is None or install.token_state == "needs_reauth"
     return AccountState(
@@ -515,6 +517,7 @@ async def status_for(s: AsyncSession, account_id: int) -> AccountState:
         domain.name if domain else None,
         binding.connected_at,
         health_of(binding.health or {}),
+        oauth_missing=install is None,
     )
 
 

@@ -149,6 +149,8 @@ async def widget_state(request: Request, caller: CallerDep) -> Response:
             "connected_at": int(st.connected_at.timestamp()) if st.connected_at else None,
             "is_admin": caller.is_admin,
             "health": st.health,
+            "oauth_missing": st.oauth_missing,  # ours: no OAuth install for the account (AccountState)
+            "order_url": core.settings.amocrm.order_url or None,  # «Создать» (script.js)
         }
     )
 

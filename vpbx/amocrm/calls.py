@@ -33,6 +33,7 @@ from vpbx.amocrm.ai_results import KIND as AI_RESULT
 from vpbx.amocrm.ai_results import AiResultHandler
 from vpbx.amocrm.finish import FinishHandler, FinishSettings, classify
 from vpbx.amocrm.jobs import JobRunner, enqueue
+from vpbx.amocrm.lease import AccountLeases
 from vpbx.amocrm.widget_auth import public_origin
 from vpbx.crm.phone import normalised_digits
 from vpbx.logs import get_logger
@@ -167,7 +168,8 @@ def _open(
 
 class CallConsumer:
     """Call events into contexts and ``amo.finish`` jobs: one pass with ``consume_once``, forever with
-    ``start``; ``wake`` after a commit of events (the bus), polls every ``interval_s`` as a net."""
+    ``start``; ``wake`` after a commit of events (the bus), polls every ``interval_s`` as a net. With
+    ``leases`` (several processes on PostgreSQL) only the events of the accounts this process holds."""
 
     def __init__(
         self,
@@ -176,9 +178,12 @@ class CallConsumer:
         on_enqueued: Callable[[], None] | None = None,
         batch: int = BATCH,
         interval_s: float = INTERVAL_S,
+        leases: AccountLeases | None = None,
     ) -> None:
         self.core = core
         self.on_enqueued = on_enqueued
+        self.leases = leases  # several processes: only the accounts this one holds (lease.py)
+        self._owned: frozenset[int] = frozenset()
         self.batch = batch
         self.interval_s = interval_s
         self._cursor: dt.datetime | None = None
@@ -197,6 +202,14 @@ class CallConsumer:
     async def consume_once(self) -> int:
         """One pass; the number of ``amo.finish`` jobs enqueued."""
         now = self.core.clock.now()
+        owned: frozenset[int] | None = None
+        if self.leases is not None:
+            owned = frozenset(self.leases.owned())
+            if owned - self._owned:  # an account taken over: look back over its events once
+                self._cursor = None
+            self._owned = owned
+            if not owned:
+                return 0
         since = self._since(now)
         mono = self.core.clock.monotonic()
         if self._cursor is not None and mono - self._full_at >= FULL_PASS_S:
@@ -227,6 +240,8 @@ class CallConsumer:
                 .order_by(CallEventRow.at, CallEventRow.session_id, CallEventRow.seq)
                 .limit(self.batch + len(self._seen))
             )
+            if owned is not None:
+                query = query.where(CrmBinding.external_account_id.in_(sorted(owned)))
             rows = [
                 (event, binding_id)
                 for event, binding_id in (await s.execute(query)).all()
@@ -371,7 +386,10 @@ class CallJobs:
         )
         handlers = {FINISH: FinishHandler(settings), AI_RESULT: AiResultHandler(settings)}
         self.runner = JobRunner(core, clients, handlers)  # type: ignore[arg-type]
-        self.consumer = CallConsumer(core, on_enqueued=self.runner.wake)
+        leases = getattr(clients, "leases", None)  # the runtime's pool on PostgreSQL (wiring.py)
+        self.consumer = CallConsumer(
+            core, on_enqueued=self.runner.wake, leases=leases if isinstance(leases, AccountLeases) else None
+        )
         from vpbx.amocrm.relink import RELINK, RelinkHandler
 
         self.runner.handlers[RELINK] = RelinkHandler()  # reissued recording links (the cabinet)

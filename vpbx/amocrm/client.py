@@ -29,8 +29,9 @@ import asyncio
 import datetime as dt
 import email.utils
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -61,6 +62,7 @@ from vpbx.settings import Settings
 from vpbx.store.models import CrmBinding
 
 if TYPE_CHECKING:
+    from vpbx.amocrm.lease import AccountLeases
     from vpbx.app import Core
 
 log = get_logger("vpbx.amocrm.client")
@@ -78,6 +80,9 @@ Method = Literal["GET", "POST", "PATCH", "DELETE"]
 Params = list[tuple[str, str | int | float | bool | None]]
 
 
+RECENT_429 = dt.timedelta(minutes=15)  # the health panel warns of 429 pauses this recent (ours, §5.8)
+
+
 @dataclass(slots=True)
 class AccountHealth:
     """What the health panel shows about talking to one account (plus the limiter's state)."""
@@ -86,6 +91,7 @@ class AccountHealth:
     last_failure_at: dt.datetime | None = None
     last_error: str = ""
     last_status: int | None = None
+    recent_429: deque[dt.datetime] = field(default_factory=deque)  # 429 answers within ``RECENT_429``
 
     def success(self, now: dt.datetime) -> None:
         self.last_success_at = now
@@ -95,12 +101,25 @@ class AccountHealth:
         self.last_error = type(error).__name__
         self.last_status = error.status
 
-    def as_dict(self, limiter: dict[str, Any]) -> dict[str, Any]:
+    def rate_limited(self, now: dt.datetime) -> None:
+        """A 429 answer (the request waits its pause and goes again: not a failure)."""
+        self.recent_429.append(now)
+        self._forget(now)
+
+    def _forget(self, now: dt.datetime) -> None:
+        while self.recent_429 and now - self.recent_429[0] > RECENT_429:
+            self.recent_429.popleft()
+
+    def as_dict(self, limiter: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
+        if now is not None:
+            self._forget(now)
         return {
             "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
             "last_failure_at": self.last_failure_at.isoformat() if self.last_failure_at else None,
             "last_error": self.last_error,
             "last_status": self.last_status,
+            "last_429_at": self.recent_429[-1].isoformat() if self.recent_429 else None,
+            "recent_429": len(self.recent_429),
             **limiter,
         }
 
@@ -466,6 +485,7 @@ class AmoClient:
             status = resp.status_code
             if status == 429:
                 self.limiter.on_429(permit, retry_after(resp))
+                self.health.rate_limited(self._clock.now())
                 self._health_changed()
                 requeues += 1
                 if requeues > MAX_REQUEUES:
@@ -566,6 +586,20 @@ class AmoClientPool:
         self._clients: dict[int, AmoClient] = {}
         self._persisted_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.leases: AccountLeases | None = None  # several processes: each account's share and owner
+
+    def use_leases(self, leases: AccountLeases) -> None:
+        """Several processes share the accounts (vpbx/amocrm/lease.py): each limiter keeps to this process's
+        share of ``amocrm.rps``, and background work asks ``leases`` whether this process owns the account."""
+        self.leases = leases
+        for account_id, client in self._clients.items():
+            client.limiter.share = self._share_of(account_id)
+
+    def _share_of(self, account_id: int) -> Callable[[], float] | None:
+        leases = self.leases
+        if leases is None:
+            return None
+        return lambda: leases.share(account_id)
 
     def for_account(self, amo_account_id: int) -> AmoClient:
         client = self._clients.get(amo_account_id)
@@ -573,6 +607,7 @@ class AmoClientPool:
             limiter = AccountLimiter(
                 amo_account_id, self._core.settings.amocrm.rps, monotonic=self._monotonic, sleep=self._sleep
             )
+            limiter.share = self._share_of(amo_account_id)
             client = AmoClient(
                 amo_account_id,
                 http=self._http,
@@ -594,7 +629,7 @@ class AmoClientPool:
         for key, until in (("paused_for_s", "paused_until"), ("circuit_open_for_s", "circuit_open_until")):
             left = float(snap[key])
             snap[until] = (now + dt.timedelta(seconds=left)).isoformat() if left > 0 else None
-        return client.health.as_dict(snap)
+        return client.health.as_dict(snap, now)
 
     def _health_changed(self, account_id: int) -> None:
         now = self._monotonic()

@@ -4,7 +4,9 @@ widget's admins (``GET /amo/widget/v1/health``).
 
 Sources (nothing here keeps its own bookkeeping):
 - the client's record per account (``AmoClientPool.health``: last success/failure, the limiter's 429 count
-  and pause, the 403 circuit), live in this process, else its copy in ``CrmBinding.health["client"]``;
+  and pause, the 429 answers of the last 15 minutes, the 403 circuit), live in this process, else its copy in
+  ``CrmBinding.health["client"]``; a 429 within 15 minutes is a warning with its time and count, while the
+  widget's ``/state`` health stays one of §3.4's words (a 429 alone is not an outage);
 - the install's ``token_state``/``token_error`` (``tokens``: failed refreshes, needs_reauth);
 - the job queue (``jobs.queue_health`` and the dead jobs, «Повторить» = ``jobs.retry_dead``);
 - the ИМК's cache-only state (``PhoneLookup.cache_only`` of the running routing hook);
@@ -13,6 +15,7 @@ Sources (nothing here keeps its own bookkeeping):
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -21,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vpbx.amocrm import jobs
 from vpbx.amocrm.binding import health_of, install_of
-from vpbx.amocrm.client import shared_pool
+from vpbx.amocrm.client import RECENT_429, shared_pool
 from vpbx.amocrm.lookup import PhoneLookup
 from vpbx.amocrm.widget_api import AdminDep, _binding, _core
 from vpbx.store.models import CrmBinding, CrmJob, CrmUserMap, User
@@ -38,13 +41,15 @@ ALERTS = {
     "needs_reauth": "amoCRM needs a new authorisation: open the widget in amoCRM and connect again.",
     "amo_unreachable": "No connection to amoCRM.",
     "token_failures": "The amoCRM access key could not be refreshed.",
-    "rate_limited": "amoCRM limits the request rate (429): requests are paused.",
+    "rate_limited": "amoCRM limited the request rate (429) in the last 15 minutes: 429 answers: {count}, the "
+    "last at {time}; requests pause meanwhile.",
     "circuit_open": "amoCRM refused access (403): requests are suspended.",
     "cache_only": "Contact lookup uses the cache only: amoCRM did not answer in time.",
     "unmapped": "Some extensions are not mapped to amoCRM users.",
     "dead_jobs": "Some call events were not delivered to amoCRM.",
     "queue": "Call events wait for amoCRM (held).",
 }
+WARNINGS = frozenset({"rate_limited", "unmapped"})  # the others are errors (the panel's level, ours)
 STATUS_LABELS = {
     "ok": "Linked",
     "needs_reauth": "Re-authorisation required",
@@ -114,6 +119,7 @@ async def binding_health(s: AsyncSession, core: Core, row: CrmBinding, *, app: A
             "count_429": int(client.get("count_429") or 0),
             "paused_until": client.get("paused_until"),
             "rate": client.get("rate"),
+            **recent_429(client, core.clock.now()),
         },
         "circuit": {
             "state": client.get("circuit") or "closed",
@@ -135,8 +141,38 @@ async def binding_health(s: AsyncSession, core: Core, row: CrmBinding, *, app: A
         "cache_only": cache_only,
         "unmapped": unmapped,
     }
-    out["alerts"] = [{"code": code, "message": ALERTS[code]} for code in alert_codes(out)]
+    out["alerts"] = [
+        {
+            "code": code,
+            "message": ALERTS[code],
+            "level": "warning" if code in WARNINGS else "error",
+            "params": alert_params(code, out),
+        }
+        for code in alert_codes(out)
+    ]
     return out
+
+
+def recent_429(client: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The last 429 answer (ISO time) and how many came within ``RECENT_429`` before ``now`` (from the live
+    record or its saved copy; a copy's count is the count when it was saved)."""
+    last = client.get("last_429_at")
+    if not isinstance(last, str):
+        return {"last_429_at": None, "recent_429": 0}
+    try:
+        at = dt.datetime.fromisoformat(last)
+    except ValueError:
+        return {"last_429_at": None, "recent_429": 0}
+    fresh = now - at <= RECENT_429
+    return {"last_429_at": last, "recent_429": max(int(client.get("recent_429") or 0), 1) if fresh else 0}
+
+
+def alert_params(code: str, h: dict[str, Any]) -> dict[str, Any]:
+    """The values an alert's message names (``{count}``, ``{time}``: ISO, the cabinet shows it local)."""
+    if code == "rate_limited":
+        rl = h["rate_limit"]
+        return {"count": max(int(rl["recent_429"]), 1), "time": rl["last_429_at"] or ""}
+    return {}
 
 
 def alert_codes(h: dict[str, Any]) -> list[str]:
@@ -146,7 +182,7 @@ def alert_codes(h: dict[str, Any]) -> list[str]:
         codes.append(h["status"])
     if h["status"] != "needs_reauth" and h["tokens"]["error"]:
         codes.append("token_failures")
-    if h["rate_limit"]["paused_until"]:
+    if h["rate_limit"]["paused_until"] or h["rate_limit"]["recent_429"]:  # pausing now, or within 15 min
         codes.append("rate_limited")
     if h["circuit"]["state"] in ("open", "half_open"):
         codes.append("circuit_open")
@@ -168,6 +204,7 @@ async def widget_health(request: Request, caller: AdminDep) -> dict[str, Any]:
         row = await _binding(s, caller)
         out = await binding_health(s, core, row, app=request.app)
     out.pop("status_label")
+    out["warnings"] = [a["code"] for a in out["alerts"] if a["level"] == "warning"]
     out["alerts"] = [a["code"] for a in out["alerts"]]
     return out
 

@@ -27,6 +27,7 @@ from sqlalchemy import and_, or_, select, update
 
 from vpbx.amocrm.api import AmoApi, AmoClients
 from vpbx.amocrm.errors import AmoError, AmoReauthRequired
+from vpbx.amocrm.lease import background_allowed
 from vpbx.amocrm.widget_auth import public_origin
 from vpbx.background import BackgroundLoop
 from vpbx.crm.connector import Binding
@@ -207,7 +208,11 @@ async def apply_events(
         if lookup is None:
             lookup = PhoneLookup(core.sessions, _NoClients(), core.clock)
         await lookup.forget_contact(binding.id, event.contact_id)
-        if event.action != "delete" and not isinstance(lookup.clients, _NoClients):
+        if (
+            event.action != "delete"
+            and not isinstance(lookup.clients, _NoClients)
+            and background_allowed(lookup.clients, binding.account_id)  # else the owner re-reads on demand
+        ):
             lookup.spawn(lookup.refresh_contact(binding, event.contact_id), "amo-hook-reread")
     log.info("amocrm.hook", binding=str(binding.id), contacts=len(seen))
 

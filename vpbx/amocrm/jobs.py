@@ -6,6 +6,9 @@ is renewed while the job runs and simply expires after a ``kill -9``. Jobs of on
 ``per_binding`` at a time (the account's limiter in the client paces the requests themselves), all jobs at
 most ``parallel``.
 
+With several processes on one database (vpbx/amocrm/lease.py) a runner claims only the jobs of the accounts
+whose lease its process holds.
+
 Outcomes (§5.7):
 
 | the handler | the job |
@@ -44,6 +47,7 @@ from vpbx.amocrm.errors import (
     AmoReauthRequired,
     AmoSkipped,
 )
+from vpbx.amocrm.lease import AccountLeases
 from vpbx.logs import get_logger
 from vpbx.store.models import CrmBinding, CrmJob
 
@@ -166,14 +170,15 @@ class JobRunner:
             and_(CrmJob.state.in_(("pending", "held")), CrmJob.run_after <= now),
             and_(CrmJob.state == "running", CrmJob.lease_until < now),
         )
+        query = select(CrmJob.id, CrmJob.binding_id).where(due)
+        leases = getattr(self.clients, "leases", None)
+        if isinstance(leases, AccountLeases):  # several processes: only the accounts this one holds
+            query = query.join(CrmBinding, CrmBinding.id == CrmJob.binding_id).where(
+                CrmBinding.external_account_id.in_(sorted(leases.owned()))
+            )
         async with self.core.sessions() as s:
             rows = (
-                await s.execute(
-                    select(CrmJob.id, CrmJob.binding_id)
-                    .where(due)
-                    .order_by(CrmJob.run_after)
-                    .limit(limit + len(self._running) + 64)
-                )
+                await s.execute(query.order_by(CrmJob.run_after).limit(limit + len(self._running) + 64))
             ).all()
         return [_Claimed(r.id, r.binding_id) for r in rows if r.id not in self._running]
 

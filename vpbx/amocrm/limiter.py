@@ -10,7 +10,9 @@ request of one account goes through one ``AccountLimiter``:
   realtime request that cannot get a token before its deadline raises ``AmoSkipped`` without being sent;
 - 429: the whole account pauses (``Retry-After`` if given, else 1, 2, 4 … 60 s with ±20 % jitter) and the rate
   and burst halve (down to 1 rps); every minute without a 429 adds 1 rps back, up to the setting;
-- 403: the circuit opens for 10 minutes, then one probe is let through; a probe that succeeds closes it.
+- 403: the circuit opens for 10 minutes, then one probe is let through; a probe that succeeds closes it;
+- several processes on one database: ``AccountLimiter.share`` gives this process's part of the rate (the
+  account's lease holder most, each other process a small fixed share: vpbx/amocrm/lease.py).
 
 ``LimiterState`` is the pure part (times in, decisions out, no I/O); ``AccountLimiter`` waits on it with an
 injected monotonic clock and sleep, so unit tests drive it with a fake clock.
@@ -43,6 +45,7 @@ RETRY_AFTER_CAP_S = (
 CIRCUIT_OPEN_S = 600.0  # 403: suspected IP block, 10 minutes
 EPSILON = 1e-6
 WINDOW_S = 1.0  # the sliding second amoCRM counts requests in
+NO_SHARE_WAIT_S = 5.0  # no share of the rate (yet): background looks again this late, realtime is skipped
 PROBE_WAIT_S = 0.05  # how often a request polls while the circuit's probe is out or realtime requests wait
 
 
@@ -92,6 +95,18 @@ class LimiterState:
         elif self.last_429_at is not None and now - self.last_429_at >= RECOVER_EVERY_S:
             self.backoff_step = 0
 
+    def set_cap(self, cap: float, now: float) -> None:
+        """This process's share of the account's rate changed (vpbx/amocrm/lease.py): a lower cap applies at
+        once; a higher one at once unless a 429 halved the rate (then it recovers towards the new cap)."""
+        if cap == self.configured_rate:
+            return
+        self._refill(now)
+        at_full = self.rate >= self.configured_rate
+        self.configured_rate = cap
+        if self.rate > cap or at_full:
+            self.rate = cap
+        self.tokens = min(self.tokens, self.burst) if cap > 0.0 else 0.0
+
     def circuit_check(self, now: float) -> Literal["go", "probe", "wait", "open"]:
         """Whether a request may be sent with respect to the 403 circuit (before taking a token)."""
         if self.circuit == "closed":
@@ -108,6 +123,8 @@ class LimiterState:
         self._refill(now)
         if now < self.paused_until:
             return self.paused_until - now
+        if self.rate <= 0.0:  # no share of the account's rate in this process (yet)
+            return NO_SHARE_WAIT_S
         while self.sent and self.sent[0] <= now - WINDOW_S:
             self.sent.popleft()
         if len(self.sent) >= max(1, int(self.rate)):
@@ -197,6 +214,7 @@ class AccountLimiter:
         self._sleep = sleep
         self.state = LimiterState(configured_rate=rps, now=monotonic(), rng=rng or random.Random())
         self._realtime_waiting = 0
+        self.share: Callable[[], float] | None = None  # this process's part of ``rps`` (lease.py), if several
 
     async def acquire(self, lane: Lane = "background", deadline: float | None = None) -> Permit:
         """Wait for a token; with a ``deadline`` (monotonic) raise ``AmoSkipped`` instead of waiting past it.
@@ -208,6 +226,8 @@ class AccountLimiter:
         try:
             while True:
                 now = self._monotonic()
+                if self.share is not None:
+                    self.state.set_cap(self.share(), now)
                 gate = self.state.circuit_check(now)
                 if gate == "open":
                     if realtime:

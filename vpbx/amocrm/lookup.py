@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vpbx.amocrm.api import AmoClients, Json
 from vpbx.amocrm.errors import AmoError, AmoSkipped
+from vpbx.amocrm.lease import background_allowed
 from vpbx.clock import Clock
 from vpbx.crm.connector import Binding
 from vpbx.crm.phone import match_key
@@ -251,8 +252,8 @@ class PhoneLookup:
         async def run() -> None:
             try:
                 b = await self._binding(binding_id)
-                if b is None:
-                    return
+                if b is None or not background_allowed(self.clients, b.account_id):
+                    return  # another process owns the account's background reads (lease.py)
                 async with asyncio.timeout(BACKGROUND_TIMEOUT_S):
                     found = await self.clients.for_account(b.account_id).search_contacts(
                         key, lane="background"

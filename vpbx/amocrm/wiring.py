@@ -102,6 +102,11 @@ class AmoRuntime:
         # parts are appended here by the feature modules
         self.parts.append(ClientPoolPart(self.core))  # closes the shared amoCRM client pool last
         self.parts.append(SharedLookupPart(self.core))  # stops the routing's and pop-ups' shared lookup
+        if not self.core.settings.sqlite:  # several processes may share PostgreSQL: one owner per account
+            from vpbx.amocrm.lease import AccountLeases
+
+            self.parts.append(leases := AccountLeases(self.core))
+            self.clients.use_leases(leases)
         self.parts.append(widget_api.EngineLink(self))
         from vpbx.amocrm.routing import routing_part
 

@@ -1062,6 +1062,27 @@ class CrmJob(Base):
     )
 
 
+class AmoAccountLease(Base):
+    """Which ``vpbx serve`` process talks to an amoCRM account in the background (§2.5: all traffic of an
+    account goes through one limiter; with several processes on PostgreSQL a lease row assigns each account to
+    one process). Taken and renewed by a compare-and-swap UPDATE (vpbx/amocrm/lease.py); ``owner`` is
+    ``node_id:pid``; a dead owner's row is taken over once ``lease_until`` has passed."""
+
+    __tablename__ = "amo_account_leases"
+    amo_account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(96), default="")
+    lease_until: Mapped[dt.datetime | None] = mapped_column()
+
+
+class AmoNode(Base):
+    """A live ``vpbx serve`` process of the amoCRM integration (heartbeat, ours): an account's owner leaves a
+    fixed share of ``amocrm.rps`` to each other live process for its realtime lookups (amocrm/lease.py)."""
+
+    __tablename__ = "amo_nodes"
+    owner: Mapped[str] = mapped_column(String(96), primary_key=True)
+    seen_until: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class AmoRecordingLink(Base):
     """A stable recording link for amoCRM notes (§5.5): ``/rec/amo/{token}.mp3``; a stored random token, so
     rotating a key breaks no link; revocable and reissuable."""

@@ -233,7 +233,8 @@ async def test_uninstall_disables_and_deletes_install_and_tickets(
         assert await amo.install_of(s, DEMO) is None
         assert await s.scalar(select(AmoConnectTicket).where(AmoConnectTicket.amo_account_id == DEMO)) is None
         assert await amo.active_binding(s, a) is None and await _counter(s, a) == 0
-        assert (await amo.status_for(s, DEMO)).status == "not_installed"
+        st = await amo.status_for(s, DEMO)  # the widget still runs: the spec's "disabled", no OAuth install
+        assert (st.status, st.oauth_missing) == ("disabled", True)
         assert not await amo.uninstall(s, DEMO, now=JUNE_21)
         assert await amo.install_of(s, OTHER) is not None  # the other account is untouched
 
@@ -242,7 +243,8 @@ async def test_widget_status_follows_the_binding(
     sessions: async_sessionmaker[AsyncSession], world: dict[str, uuid.UUID]
 ) -> None:
     async with sessions() as s:
-        assert (await amo.status_for(s, DEMO)).status == "installed"
+        st = await amo.status_for(s, DEMO)
+        assert (st.status, st.oauth_missing) == ("installed", False)
         install = await amo.install_of(s, DEMO)
         assert install is not None
         await amo.activate(s, domain_id=world["a"], install=install, now=JUNE_21)
@@ -258,7 +260,8 @@ async def test_widget_status_follows_the_binding(
         install.token_state = "needs_reauth"
         await s.commit()
         assert (await amo.status_for(s, DEMO)).status == "needs_reauth"
-        assert (await amo.status_for(s, 12345)).status == "not_installed"
+        st = await amo.status_for(s, 12345)  # a widget token, but the OAuth callback never came (§3.2's four)
+        assert (st.status, st.oauth_missing) == ("installed", True)
 
 
 @pytest.mark.postgres

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi import FastAPI
 from playwright.async_api import Browser
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.amocrm.emu_kit import DEMO, Emu
 from tests.amocrm.unit.fake_amo import FakeAmo
@@ -34,7 +34,7 @@ from vpbx.amocrm.finish import FinishHandler, FinishSettings
 from vpbx.amocrm.jobs import JobRunner
 from vpbx.clock import FakeClock
 from vpbx.settings import Settings
-from vpbx.store.models import AmoScenario, CrmBinding, CrmUserMap
+from vpbx.store.models import AmoInstall, AmoScenario, CrmBinding, CrmUserMap
 
 pytestmark = pytest.mark.e2e
 
@@ -262,4 +262,29 @@ async def test_before_enabling_connect_opens_the_cabinet_with_a_ticket(
     after = parse_qs(landed.query)["next"][0]
     assert after.startswith("/integrations/amocrm/connect?ticket=") and len(after) > 40
     assert await page.evaluate("window.__emu.actions.phone") is None  # no click-to-call while off
+    assert await emu_errors(page) == []
+
+
+async def test_without_the_oauth_install_the_widget_asks_to_install_again(
+    browser: Browser, sites: tuple[str, str, Path], world: World
+) -> None:
+    """/state is "disabled" (one of §3.2's four) with ``oauth_missing``: our install row is gone (amoCRM's
+    OAuth callback never came, or the widget was uninstalled), so «Подключить» could not link; the page says
+    what to do instead."""
+    _, emu, bundle = sites
+    async with world.core.sessions() as s:
+        b = await s.get(CrmBinding, world.binding_a)
+        assert b is not None
+        b.status = "disabled"
+        await s.execute(delete(AmoInstall).where(AmoInstall.amo_account_id == b.external_account_id))
+        await s.commit()
+    page = await open_harness(browser, emu, bundle)
+    settings = page.locator("#vpbx-widget-settings")
+    status = settings.locator("[data-role=status]")
+    await status.wait_for()
+    assert await status.inner_text() == (
+        "Виджет установлен, но доступ к amoCRM не предоставлен: установите виджет заново и разрешите доступ"
+    )
+    assert await settings.get_by_role("button", name="Подключить").count() == 0
+    assert await page.evaluate("window.__emu.actions.phone") is None
     assert await emu_errors(page) == []

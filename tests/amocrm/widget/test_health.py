@@ -7,14 +7,19 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import httpx
 from fastapi import FastAPI
 
 from tests.amocrm.emu_kit import DEMO, Emu
-from tests.amocrm.widget.conftest import LINE_A, Widget, World, amo_state
-from vpbx.amocrm.client import shared_pool
+from tests.amocrm.widget.conftest import ACCOUNT_A, LINE_A, Widget, World, amo_state, bind
+from tests.helpers import Cabinet, Tenant
+from vpbx.amocrm.client import RECENT_429, shared_pool
+from vpbx.amocrm.health import recent_429
 from vpbx.amocrm.lookup import FAILURES_TO_CACHE_ONLY, PhoneLookup
+from vpbx.app import Core
 from vpbx.crm.connector import Binding
 from vpbx.store.models import CrmBinding, CrmJob
+from vpbx.web.pages.services import local_time
 
 ANNA = "+79161234567"
 CONTACTS = "^/api/v4/contacts$"
@@ -130,3 +135,39 @@ async def test_dead_job_is_listed(admin_a: Widget, admin_b: Widget, world: World
     assert [j["key"] for j in h["dead_jobs"]] == ["sess-1"]  # type: ignore[attr-defined]
     assert h["queue"]["dead"] == 1 and "dead_jobs" in h["alerts"]  # type: ignore[index,operator]
     assert (await _health(admin_b))["dead_jobs"] == []
+
+
+async def test_a_single_429_is_a_warning_with_its_time_and_count(
+    core: Core, http: httpx.AsyncClient, emu: Emu, t1: Tenant, admin1: Cabinet, admin2: Cabinet
+) -> None:
+    """§5.8: one 429 (the emulator's fault, once) pauses the account about a second; long after the pause the
+    panel still warns of it for 15 minutes, with its time and count, in ``/health`` and in the cabinet, while
+    the widget's ``/state`` health stays one of §3.4's words."""
+    await bind(core, emu, t1.id, ACCOUNT_A, DEMO)
+    await emu.fault(method="GET", path_regex=CONTACTS, account=DEMO, status=429, times=1)
+    found = await shared_pool(core).for_account(ACCOUNT_A).search_contacts("9161234567")  # waits, re-sent
+    assert 9001 in [c["id"] for c in found]  # Анна Смирнова of the fixture
+    widget = Widget(http, emu, DEMO, 5001)
+    h = await _health(widget)
+    rl = h["rate_limit"]
+    assert isinstance(rl, dict) and rl["paused_until"] is None  # the pause is over …
+    assert rl["recent_429"] == 1 and rl["count_429"] == 1 and rl["last_429_at"]
+    assert "rate_limited" in h["alerts"] and "rate_limited" in h["warnings"]  # type: ignore[operator]
+    assert h["status"] == "ok"  # … and a 429 alone is not an outage
+    state = (await widget.request("GET", "/state")).json()
+    assert state["status"] == "active" and state["health"] == "ok"
+
+    page = (await admin1.get("/integrations")).text
+    when = local_time("ru", "Europe/Moscow")(dt.datetime.fromisoformat(str(rl["last_429_at"])))
+    assert 'id="alert-rate_limited" data-level="warning"' in page
+    assert f"ответов 429: 1, последний в {when}" in page
+    assert "alert-rate_limited" not in (await admin2.get("/integrations")).text  # the other tenant
+
+
+def test_a_429_warning_lasts_15_minutes() -> None:
+    at = dt.datetime(2026, 11, 26, 4, 0, tzinfo=dt.UTC)
+    saved = {"last_429_at": at.isoformat(), "recent_429": 2}
+    assert recent_429(saved, at + RECENT_429) == {"last_429_at": at.isoformat(), "recent_429": 2}
+    later = recent_429(saved, at + RECENT_429 + dt.timedelta(seconds=1))
+    assert later == {"last_429_at": at.isoformat(), "recent_429": 0}  # the time stays, the warning goes
+    assert recent_429({}, at) == {"last_429_at": None, "recent_429": 0}

@@ -196,6 +196,7 @@ define(['jquery'], function ($) {
 
     function statusText(state) {
       if (!state) { return t('status_pbx_unreachable'); }
+      if (state.oauth_missing && state.status !== 'active') { return t('status_oauth_missing'); }
       if (state.status === 'needs_reauth') { return t('status_needs_reauth'); }
       if (state.status !== 'active') { return t('status_off'); }
       if (state.health === 'amo_unreachable') { return t('status_amo_unreachable'); }
@@ -227,7 +228,7 @@ define(['jquery'], function ($) {
     function renderOff() {
       var html = '<div class="vpbx-off">' +
         '<p class="vpbx-status" data-role="status">' + esc(statusText(ui.state)) + '</p>';
-      if (ui.state) {
+      if (ui.state && !ui.state.oauth_missing) {  // without the OAuth install «Подключить» cannot link
         html += button('connect', t('connect')) + ' ' + button('create', t('create'));
       }
       html += '<p data-message="off"></p></div>';

@@ -82,6 +82,10 @@ async def _page(
         health["last_success_at_local"] = (
             local_time(lang, domain.timezone)(dt.datetime.fromisoformat(last)) if last else ""
         )
+        for alert in health["alerts"]:  # e.g. the last 429's time, in the domain's time zone
+            if alert["params"].get("time"):
+                when = dt.datetime.fromisoformat(alert["params"]["time"])
+                alert["params"] = {**alert["params"], "time": local_time(lang, domain.timezone)(when)}
     return r.page(
         request,
         "integrations/page.html",
