@@ -64,6 +64,7 @@ from vpbx.pbx.broadcast import (
     KeyAction,
     broadcast_ids,
 )
+from vpbx.store.leases import lease_free, release_lease, take_leases
 from vpbx.store.models import (
     AiAttempt,
     AiAudioFile,
@@ -361,21 +362,19 @@ class Dispatcher(BackgroundLoop):
         if last is not None and mono - last < RENEW_S:
             return True
         async with self.sessions() as s:
-            res = await s.execute(
-                update(AiCampaign)
-                .where(
-                    AiCampaign.id == campaign_id,
-                    or_(
-                        AiCampaign.lease_owner.is_(None),
-                        AiCampaign.lease_owner == self.node_id,
-                        AiCampaign.lease_until.is_(None),
-                        AiCampaign.lease_until < now,
-                    ),
-                )
-                .values(lease_owner=self.node_id, lease_until=now + dt.timedelta(seconds=LEASE_S))
+            held = await take_leases(
+                s,
+                AiCampaign,
+                AiCampaign.id,
+                [campaign_id],
+                owner_col=AiCampaign.lease_owner,
+                until_col=AiCampaign.lease_until,
+                owner=self.node_id,
+                now=now,
+                lease_for=dt.timedelta(seconds=LEASE_S),
             )
             await s.commit()
-        if getattr(res, "rowcount", 0) == 1:
+        if held:
             self._leases[campaign_id] = mono
             return True
         if self._leases.pop(campaign_id, None) is not None:
@@ -387,10 +386,14 @@ class Dispatcher(BackgroundLoop):
             return
         try:
             async with self.sessions() as s:
-                await s.execute(
-                    update(AiCampaign)
-                    .where(AiCampaign.id.in_(list(self._leases)), AiCampaign.lease_owner == self.node_id)
-                    .values(lease_owner=None, lease_until=None)
+                await release_lease(
+                    s,
+                    AiCampaign,
+                    AiCampaign.id.in_(list(self._leases)),
+                    owner_col=AiCampaign.lease_owner,
+                    until_col=AiCampaign.lease_until,
+                    owner=self.node_id,
+                    clear_owner=True,
                 )
                 await s.commit()
         except Exception:
@@ -1003,12 +1006,7 @@ class Dispatcher(BackgroundLoop):
                     .join(AiCampaign, AiCampaign.id == AiAttempt.campaign_id)
                     .where(
                         AiAttempt.state.in_(("dialing", "in_call")),
-                        or_(
-                            AiCampaign.lease_owner.is_(None),
-                            AiCampaign.lease_owner == self.node_id,
-                            AiCampaign.lease_until.is_(None),
-                            AiCampaign.lease_until < now,
-                        ),
+                        lease_free(AiCampaign.lease_owner, AiCampaign.lease_until, self.node_id, now),
                     )
                 )
             ).all()
