@@ -27,6 +27,7 @@ from sqlalchemy import and_, or_, select, update
 
 from vpbx.amocrm.api import AmoApi, AmoClients
 from vpbx.amocrm.errors import AmoError, AmoReauthRequired
+from vpbx.amocrm.nearest import nearest_for
 from vpbx.amocrm.widget_auth import public_origin
 from vpbx.crm.connector import Binding
 from vpbx.logs import get_logger
@@ -206,7 +207,8 @@ async def inbound_hook(hook_secret: str, request: Request) -> JSONResponse:
 async def apply_events(
     core: Any, lookup: PhoneLookup | None, binding: Binding, events: Sequence[HookEvent]
 ) -> None:
-    """Drop the named contacts' cache rows now; re-read the surviving ones in the background."""
+    """Drop the named contacts' cache rows (and their cached nearest deals) now; re-read the surviving ones
+    in the background."""
     from vpbx.amocrm.lookup import PhoneLookup
 
     seen: set[int] = set()
@@ -217,6 +219,7 @@ async def apply_events(
         if lookup is None:
             lookup = PhoneLookup(core.sessions, _NoClients(), core.clock)
         await lookup.forget_contact(binding.id, event.contact_id)
+        nearest_for(core).forget(binding.id, event.contact_id)  # its deals may have changed too
         if event.action != "delete" and not isinstance(lookup.clients, _NoClients):
             lookup.spawn(lookup.refresh_contact(binding, event.contact_id), "amo-hook-reread")
     log.info("amocrm.hook", binding=str(binding.id), contacts=len(seen))
