@@ -581,10 +581,10 @@ class Finish:
 
     async def nearest_lead(self, *, before_new_deal: bool) -> int | None:
         """The contact's nearest active deal (F13) with as few reads as §5.9 allows: this run's own read,
-        else the pop-up's read of this call (``AmoCall.nearest_lead_id``), else the process's 60 s cache,
-        else E5/E6 now. A known deal is trusted; "no active deal" is read again ``before_new_deal``, because
-        a manager may have made one during the call and the deal check is there to make no duplicate
-        (vpbx/amocrm/nearest.py)."""
+        else the pop-up's read of this call (``AmoCall.nearest_lead_id``), else the process's 60 s cache
+        (once a pop-up's read in flight has ended), else E5/E6 now. A known deal is trusted; "no active
+        deal" is read again ``before_new_deal``, because a manager may have made one during the call and the
+        deal check is there to make no duplicate (vpbx/amocrm/nearest.py)."""
         if self._leads is not None:
             lead = active_lead(self._leads)
             return int(lead["id"]) if lead else None
@@ -593,7 +593,7 @@ class Finish:
             return None
         known = self.call.nearest_lead_id
         if known is None and self.nearest is not None:
-            entry = self.nearest.cached(self.binding.id, contact_id)
+            entry = await self.nearest.settled(self.binding.id, contact_id)
             if entry is not None:
                 known = entry.lead_id if entry.lead_id is not None else NO_ACTIVE_LEAD
         if known is not None and known != NO_ACTIVE_LEAD:

@@ -16,6 +16,8 @@ deal, because a manager may have made one during the call. Webhook hints (E18) a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 LEAD_TTL_S = 60.0
 MAX_ENTRIES = 10_000
+IN_FLIGHT_WAIT_S = 2.0  # the finish waits this long at most for a pop-up's read in flight (its budget: 1.5 s)
 NO_ACTIVE_LEAD = 0  # AmoCall.nearest_lead_id: read, and the contact had no active deal (amoCRM ids are > 0)
 WON, LOST = 142, 143  # amoCRM's closed statuses (§2.3 E2)
 
@@ -65,6 +68,7 @@ class NearestLeads:
         self.clock = clock
         self.ttl_s = ttl_s
         self._entries: dict[tuple[uuid.UUID, int], Nearest] = {}
+        self._in_flight: dict[tuple[uuid.UUID, int], asyncio.Event] = {}
 
     def cached(self, binding_id: uuid.UUID, contact_id: int) -> Nearest | None:
         entry = self._entries.get((binding_id, contact_id))
@@ -83,6 +87,18 @@ class NearestLeads:
         entry = self._entries[(binding_id, contact_id)] = Nearest(name, active_lead(leads), now)
         return entry
 
+    async def settled(
+        self, binding_id: uuid.UUID, contact_id: int, wait_s: float = IN_FLIGHT_WAIT_S
+    ) -> Nearest | None:
+        """``cached``, once a read of the same contact in flight (the pop-up's, while the call's finish
+        already runs) has ended or ``wait_s`` has passed: one read serves both."""
+        pending = self._in_flight.get((binding_id, contact_id))
+        if pending is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await pending.wait()
+        return self.cached(binding_id, contact_id)
+
     def forget(self, binding_id: uuid.UUID, contact_id: int) -> None:
         self._entries.pop((binding_id, contact_id), None)
 
@@ -96,9 +112,16 @@ class NearestLeads:
         deadline: float | None = None,
     ) -> tuple[Nearest, Json | None, list[Json]]:
         """E5, then E6 when the contact has leads; remembered. (the answer, the contact, all its leads)."""
-        contact = await api.get_contact(contact_id, lane=lane, deadline=deadline)
-        ids = lead_ids(contact)
-        leads = await api.get_leads(ids, lane=lane, deadline=deadline) if ids else []
+        key = (binding_id, contact_id)
+        done = self._in_flight[key] = asyncio.Event()
+        try:
+            contact = await api.get_contact(contact_id, lane=lane, deadline=deadline)
+            ids = lead_ids(contact)
+            leads = await api.get_leads(ids, lane=lane, deadline=deadline) if ids else []
+        finally:
+            if self._in_flight.get(key) is done:
+                del self._in_flight[key]
+            done.set()
         name = str(contact.get("name") or "") if contact else None
         return self.remember(binding_id, contact_id, name, leads), contact, leads
 
