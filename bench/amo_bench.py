@@ -24,7 +24,10 @@ flow, once every call placed so far has its ``amo.finish`` job done in the PBX's
 then not moved for QUIET_S, divided by the flow's calls; printed next to §5.9's budget. Flows: new client
 answered (contact + deal + task + note), the same numbers again (existing client; the cache holds them), the
 fixture's contacts (existing client, cache miss), missed new (102 answers 486 Busy; the carrier expects the
-486). A SIPp run that fails is reported on stderr, whatever the flow.
+486). A SIPp run that fails is reported on stderr, whatever the flow. No amoCRM tab is open, so every
+answered call also sends the pop-up's server fallback E16 (``POST /api/v2/events``, §3.6): it is legit, but
+not in §5.9's table, so it is printed on its own line "pop-up fallback (no widget tab open)" and left out of
+the per-call sum.
 
 Each SIPp phone's registration of 102 is removed (expires 0) when that phone stops: a stale contact left
 behind would be rung too (forking), and a call would wait 32 s (Timer B) for the dead one; that made the
@@ -53,15 +56,22 @@ sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "bench" / "results" / "amo-latest.txt"
 RATE = 2.0  # calls/s: E4 + the note per call stay under the account's 5 rps
+# the flows: E5 + E6 + E16 + the note of an existing client's call stay under it too, so what is counted is
+# the flow's budget and not an overloaded limiter (a pop-up's realtime read that cannot be sent in time is
+# skipped, and the finish then reads for itself)
+FLOW_RATE = 1.0
 # one call at a time (-l 1): 102 is one phone, a second call while it talks would get 486
 QUIET_S = 3.0  # the job runner is idle when the stats have not moved for this long
 IDLE_WAIT_S = 120.0  # a bound, not a speed
 FIXTURE_CONTACTS = ["79161234567", "79167654321"]  # 9001 Анна Смирнова, 9002 Олег Ким (§4.1)
+E16 = "/api/v2/events"  # the pop-up's server fallback (§3.6): no widget tab is open in the bench
+COUNTED = "counted: every PBX request but the pop-up fallback"
 BUDGET = {
     "new client answered (contact + deal + task)": "lookup 1 + re-check 1 + 3 creates + 1 note = 6"
     " (5 complex)",
     "existing client, cache hit": "routing 0 + pop-up ≤ 2 (E5+E6, 0 when cached) + finish 1 (note) = 3",
-    "existing client, cache miss": "+1 (E4) = 4",
+    "existing client, cache miss": "+1 (E4) = 4; 9002 has no active deal, so the scenario's deal is made"
+    " after the finish reads E5 again (+2 on that call)",
     "missed, new, task only": "lookup 1 + 1 task = 2",
 }
 
@@ -104,9 +114,10 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _calls(
-    server: Any, workdir: Path, tag: str, numbers: list[str], *, scenario: str | Path
+    server: Any, workdir: Path, tag: str, numbers: list[str], *, scenario: str | Path, rate: float = RATE
 ) -> list[float]:
-    """``numbers`` call the line through the SIPp carrier, RATE per second; INVITE → 180 in ms per call."""
+    """``numbers`` call the line through the SIPp carrier, ``rate`` per second; INVITE → 180 in ms per
+    call."""
     from tests.integration.peers.sipp import run_sipp
     from tests.integration.test_incoming_calls import carrier_run
 
@@ -114,7 +125,7 @@ async def _calls(
     run_dir.mkdir()
     scenario = Path(shutil.copy(scenario, run_dir))  # SIPp writes its _rtt.csv next to the scenario
     run = carrier_run(
-        server, calls=len(numbers), duration_ms=300, rate=RATE, limit=1, timeout_s=60 + len(numbers) * 5
+        server, calls=len(numbers), duration_ms=300, rate=rate, limit=1, timeout_s=60 + len(numbers) * 5
     )
     run = dataclasses.replace(
         run,
@@ -267,7 +278,9 @@ async def bench(calls: int, flow_calls: int, workdir: Path) -> list[str]:
                         ("existing client, cache miss", FIXTURE_CONTACTS),
                     ):
                         before = await _idle_stats(emu, core, placed)
-                        await _calls(server, workdir, f"flow-{len(flows)}", numbers, scenario=scenario)
+                        await _calls(
+                            server, workdir, f"flow-{len(flows)}", numbers, scenario=scenario, rate=FLOW_RATE
+                        )
                         placed += len(numbers)
                         flows.append(
                             (name, len(numbers), _delta(before, await _idle_stats(emu, core, placed)))
@@ -275,7 +288,12 @@ async def bench(calls: int, flow_calls: int, workdir: Path) -> list[str]:
                 async with _phone(server, "uas_busy", flow_calls + 10, work):
                     before = await _idle_stats(emu, core, placed)
                     await _calls(
-                        server, workdir, "flow-busy", _numbers(30, flow_calls), scenario=busy_scenario
+                        server,
+                        workdir,
+                        "flow-busy",
+                        _numbers(30, flow_calls),
+                        scenario=busy_scenario,
+                        rate=FLOW_RATE,
                     )
                     placed += flow_calls
                     after = await _idle_stats(emu, core, placed)
@@ -316,10 +334,19 @@ async def bench(calls: int, flow_calls: int, workdir: Path) -> list[str]:
     lines.append("")
     lines.append("amoCRM API requests per inbound call (emulator /__emu__/stats, PBX requests only)")
     for name, n, delta in flows:
-        total = sum(delta.values())
-        lines.append(f"{name}: {total / n:.2f} per call over {n} calls   budget §5.9: {BUDGET[name]}")
-        for key, count in sorted(delta.items()):
+        fallback = sum(count for key, count in delta.items() if key.endswith(E16))
+        counted = {key: count for key, count in delta.items() if not key.endswith(E16)}
+        total = sum(counted.values())
+        lines.append(
+            f"{name}: {total / n:.2f} per call over {n} calls   budget §5.9: {BUDGET[name]} ({COUNTED})"
+        )
+        for key, count in sorted(counted.items()):
             lines.append(f"    {key:<40} {count / n:.2f}")
+        if fallback:
+            lines.append(
+                f"  pop-up fallback (no widget tab open): {fallback / n:.2f} per call"
+                f" (E16 POST {E16}, outside the §5.9 sum)"
+            )
     return lines
 
 

@@ -41,6 +41,15 @@ from vpbx.amocrm.errors import (
     AmoValidationError,
 )
 from vpbx.amocrm.lookup import pick
+from vpbx.amocrm.nearest import (
+    LOST,
+    NO_ACTIVE_LEAD,
+    WON,
+    NearestLeads,
+    active_lead,
+    lead_ids,
+    nearest_for,
+)
 from vpbx.amocrm.options import BindingOptions, options_of
 from vpbx.amocrm.scenario import (
     ClientKind,
@@ -74,7 +83,6 @@ if TYPE_CHECKING:
 log = get_logger("vpbx.amocrm.finish")
 
 STEPS = ("contact", "lead", "task", "responsible", "note")
-WON, LOST = 142, 143  # amoCRM's closed statuses (§2.3 E2)
 UNSORTED_TYPE = 1
 ADOPT_WINDOW_S = 60  # verification: an entity created at most this long before the call's end is ours
 PAST_DEADLINE = dt.timedelta(minutes=15)  # a deadline already past when the task is written: now + 15 min
@@ -242,15 +250,6 @@ def field_values(fields: Sequence[FieldValue], variables: TemplateVars) -> list[
             value = {"value": f.value}
         out.append({"field_id": f.field_id, "values": [value]})
     return out
-
-
-def active_lead(leads: Sequence[Json]) -> Json | None:
-    """F13's nearest active deal: the soonest ``closest_task_at``, else the most recently updated."""
-    active = [lead for lead in leads if lead.get("status_id") not in (WON, LOST)]
-    with_task = [lead for lead in active if lead.get("closest_task_at")]
-    if with_task:
-        return min(with_task, key=lambda lead: int(lead["closest_task_at"]))
-    return max(active, key=lambda lead: int(lead.get("updated_at") or 0)) if active else None
 
 
 # --- the ledger ---------------------------------------------------------------------------------------------
@@ -449,6 +448,7 @@ class Finish:
         now: Callable[[], dt.datetime],
         locks: PhoneLocks,
         settings: FinishSettings,
+        nearest: NearestLeads | None = None,
     ) -> None:
         self.sessions = sessions
         self.api = api
@@ -461,6 +461,7 @@ class Finish:
         self.now = now
         self.locks = locks
         self.settings = settings
+        self.nearest = nearest  # the process's 60 s cache of E5/E6 answers, shared with the pop-ups
         self.options: BindingOptions = options_of(binding.options)
         self.ledger = Ledger(sessions, binding.id, call.session_id, call.steps)
         self.sid = call.session_id
@@ -473,7 +474,7 @@ class Finish:
         )
         self.ended_at = record.ended_at or record.started_at
         self.contact: Json | None = None  # the client's contact as last read (E4/E5)
-        self._leads: list[Json] | None = None  # the contact's leads (E6), read once
+        self._leads: list[Json] | None = None  # the contact's leads (E6), read by this run at most once
 
     # --- who -------------------------------------------------------------------------------------------
 
@@ -560,7 +561,8 @@ class Finish:
         return pick(await self.api.search_contacts(self.key), self.key)
 
     async def leads(self) -> list[Json]:
-        """The contact's leads (E5 for their ids unless E4 embedded them, then E6)."""
+        """The contact's leads read now (E5 for their ids unless E4 embedded them, then E6); the answer goes
+        into the process's 60 s cache."""
         if self._leads is not None:
             return self._leads
         contact_id = self.call.contact_id
@@ -570,9 +572,36 @@ class Finish:
         contact = self.contact if self.contact and self.contact.get("id") == contact_id else None
         if contact is None or "_embedded" not in contact:
             contact = await self.api.get_contact(contact_id)
-        ids = [int(x["id"]) for x in ((contact or {}).get("_embedded") or {}).get("leads") or []]
+        ids = lead_ids(contact)
         self._leads = await self.api.get_leads(ids) if ids else []
+        if self.nearest is not None:
+            name = str(contact.get("name") or "") if contact else None
+            self.nearest.remember(self.binding.id, contact_id, name, self._leads)
         return self._leads
+
+    async def nearest_lead(self, *, before_new_deal: bool) -> int | None:
+        """The contact's nearest active deal (F13) with as few reads as §5.9 allows: this run's own read,
+        else the pop-up's read of this call (``AmoCall.nearest_lead_id``), else the process's 60 s cache
+        (once a pop-up's read in flight has ended), else E5/E6 now. A known deal is trusted; "no active
+        deal" is read again ``before_new_deal``, because a manager may have made one during the call and the
+        deal check is there to make no duplicate (vpbx/amocrm/nearest.py)."""
+        if self._leads is not None:
+            lead = active_lead(self._leads)
+            return int(lead["id"]) if lead else None
+        contact_id = self.call.contact_id
+        if contact_id is None:
+            return None
+        known = self.call.nearest_lead_id
+        if known is None and self.nearest is not None:
+            entry = await self.nearest.settled(self.binding.id, contact_id)
+            if entry is not None:
+                known = entry.lead_id if entry.lead_id is not None else NO_ACTIVE_LEAD
+        if known is not None and known != NO_ACTIVE_LEAD:
+            return int(known)
+        if known == NO_ACTIVE_LEAD and not before_new_deal:
+            return None
+        lead = active_lead(await self.leads())
+        return int(lead["id"]) if lead else None
 
     async def save_contact(self, contact: Json, *, responsible: int | None = None) -> None:
         """The client's contact is known: the call's context and the phone cache (at once, §5.5)."""
@@ -673,7 +702,12 @@ class Finish:
         # 2. lead
         lead_opts = new_opts.lead if new_opts else old_opts.lead if old_opts else None
         if lead_opts is not None and lead_opts.enabled:
-            if kind == "existing" and lead_opts.skip_if_active_lead and active_lead(await self.leads()):
+            if (
+                kind == "existing"
+                and lead_opts.skip_if_active_lead
+                and self.ledger.state("lead") == "pending"  # in flight: verified by step_lead
+                and await self.nearest_lead(before_new_deal=True) is not None
+            ):
                 await self.skip("lead", "active lead")
             else:
                 await self.step_lead(lead_opts, variables, follow, contact_user)
@@ -987,13 +1021,11 @@ class Finish:
             return "leads", lead_id
         if self.call.contact_id is None:
             return "contacts", None
-        nearest = self.call.nearest_lead_id
         created_here = self.ledger.state("contact") == "done" and not self.ledger.get("contact").get(
             "adopted"
         )
-        if nearest is None and not created_here:  # a contact made by this call has no deals yet
-            lead = active_lead(await self.leads())
-            nearest = int(lead["id"]) if lead else None
+        # a contact made by this call has no deals yet
+        nearest = None if created_here else await self.nearest_lead(before_new_deal=False)
         if nearest is not None:
             return "leads", nearest
         return "contacts", self.call.contact_id
@@ -1168,6 +1200,7 @@ class FinishHandler:
             now=core.clock.now,
             locks=self.locks,
             settings=self.settings,
+            nearest=nearest_for(core),
         )
         classification = await finish.run()
         log.info("amo.finished", session_id=job.key, classification=classification)

@@ -28,6 +28,7 @@ from sqlalchemy import and_, or_, select, update
 from vpbx.amocrm.api import AmoApi, AmoClients
 from vpbx.amocrm.errors import AmoError, AmoReauthRequired
 from vpbx.amocrm.lease import background_allowed
+from vpbx.amocrm.nearest import nearest_for
 from vpbx.amocrm.widget_auth import public_origin
 from vpbx.background import BackgroundLoop
 from vpbx.crm.connector import Binding
@@ -197,7 +198,8 @@ async def inbound_hook(hook_secret: str, request: Request) -> JSONResponse:
 async def apply_events(
     core: Any, lookup: PhoneLookup | None, binding: Binding, events: Sequence[HookEvent]
 ) -> None:
-    """Drop the named contacts' cache rows now; re-read the surviving ones in the background."""
+    """Drop the named contacts' cache rows (and their cached nearest deals) now; re-read the surviving ones
+    in the background."""
     from vpbx.amocrm.lookup import PhoneLookup
 
     seen: set[int] = set()
@@ -208,6 +210,7 @@ async def apply_events(
         if lookup is None:
             lookup = PhoneLookup(core.sessions, _NoClients(), core.clock)
         await lookup.forget_contact(binding.id, event.contact_id)
+        nearest_for(core).forget(binding.id, event.contact_id)  # its deals may have changed too
         if (
             event.action != "delete"
             and not isinstance(lookup.clients, _NoClients)

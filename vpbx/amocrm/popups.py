@@ -9,7 +9,9 @@ On ``connected`` of an incoming or outgoing external call of a domain with an ac
 to the mapped amoCRM user of the answering pin (incoming: ``request_pin``; outgoing: ``from_pin``). The
 contact comes from the call's context (``AmoCall``, written by the routing hook) or the phone cache / E4 in
 the realtime lane; a known contact's nearest active deal (F13: soonest ``closest_task_at``, else the most
-recently updated) is read with E5/E6 in the realtime lane and cached 60 s per contact.
+recently updated) is read with E5/E6 in the realtime lane, cached 60 s per contact in the process's cache
+that the finish jobs share (vpbx/amocrm/nearest.py), and written into the call's context
+(``AmoCall.nearest_lead_id``) so the call's finish reads it no more (§5.9).
 
 Delivery (ours): ``POST /amo/widget/v1/stream-ticket`` (widget token) gives a single-use ticket valid 60 s;
 ``GET /amo/widget/v1/stream?ticket=`` is a Server-Sent Events stream for the ticket's (account, user):
@@ -32,14 +34,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from vpbx.amocrm.api import AmoClients, Json
 from vpbx.amocrm.calls import client_digits, user_part
 from vpbx.amocrm.client import shared_pool
 from vpbx.amocrm.errors import AmoError
-from vpbx.amocrm.finish import active_lead
 from vpbx.amocrm.lookup import PhoneLookup, shared_lookup
+from vpbx.amocrm.nearest import NO_ACTIVE_LEAD, Nearest, active_lead, nearest_for
 from vpbx.amocrm.options import options_of
 from vpbx.amocrm.widget_auth import WidgetCaller, widget_caller
 from vpbx.crm.connector import Binding
@@ -57,7 +59,6 @@ router = APIRouter(prefix="/widget/v1")
 
 TICKET_TTL_S = 60.0
 PING_S = 25.0
-LEAD_TTL_S = 60.0
 STREAM_QUEUE = 16  # pop-ups waiting per stream before the oldest is dropped
 MAX_STREAMS_PER_USER = 8  # open amoCRM tabs of one user
 MAX_TICKETS = 10_000
@@ -275,13 +276,6 @@ async def stream(request: Request, ticket: Annotated[str, Query(max_length=100)]
 # --- the runtime part: connected → pop-up ---------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _LeadEntry:
-    name: str | None  # the contact's name from E5 (None: no contact any more)
-    lead: Json | None
-    at: float
-
-
 SHOWN_MAX = 10_000  # (session, user) pairs remembered so a repeated ``connected`` shows no second pop-up
 
 
@@ -302,7 +296,7 @@ class Popups:
         self.hub = hub_for(core)
         # the routing hook's (``shared_lookup``) in ``vpbx serve``: its failures make these lookups cache-only
         self.lookup = lookup if lookup is not None else PhoneLookup(core.sessions, self.clients, core.clock)
-        self._leads: dict[tuple[int, int], _LeadEntry] = {}
+        self.nearest_cache = nearest_for(core)
         self._shown: dict[tuple[str, int], None] = {}  # insertion-ordered, the oldest dropped first
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -403,9 +397,13 @@ class Popups:
                     contact = (found.contact.id, found.contact.name)
         lead: Json | None = None
         if contact is not None:
-            name, lead = await self.nearest(binding, contact[0])
+            known = await self.nearest(binding, contact[0])
+            if known is not None:
+                lead = known.lead
+                if context is not None and context.contact_id == contact[0]:
+                    await self._remember(binding, str(event.session_id), contact[0], known)
             if not contact[1]:
-                contact = (contact[0], name or "")
+                contact = (contact[0], (known.name if known is not None else None) or "")
         line = event.line or (context.line if context is not None else "") or ""
         if not line and direction == "incoming":
             line = user_part(event.request_number)
@@ -428,31 +426,38 @@ class Popups:
             )
         return message
 
-    async def nearest(self, b: Binding, contact_id: int) -> tuple[str | None, Json | None]:
-        """The contact's name and nearest active deal (E5 + E6, realtime lane), cached 60 s; (None, None) on
-        any failure."""
-        key = (b.account_id, contact_id)
-        now = self.core.clock.monotonic()
-        cached = self._leads.get(key)
-        if cached is not None and now - cached.at < LEAD_TTL_S:
-            return cached.name, cached.lead
+    async def nearest(self, b: Binding, contact_id: int) -> Nearest | None:
+        """The contact's name and nearest active deal (E5 + E6, realtime lane), from the process's 60 s cache
+        when there; None on any failure."""
+        cached = self.nearest_cache.cached(b.id, contact_id)
+        if cached is not None:
+            return cached
         api = self.clients.for_account(b.account_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEAD_BUDGET_S
+        deadline = asyncio.get_running_loop().time() + LEAD_BUDGET_S
         try:
             async with asyncio.timeout(LEAD_BUDGET_S):
-                found = await api.get_contact(contact_id, lane="realtime", deadline=deadline)
-                ids = [int(x["id"]) for x in ((found or {}).get("_embedded") or {}).get("leads") or []]
-                leads = await api.get_leads(ids, lane="realtime", deadline=deadline) if ids else []
+                known, _, _ = await self.nearest_cache.read(
+                    api, b.id, contact_id, lane="realtime", deadline=deadline
+                )
         except (AmoError, OSError, TimeoutError) as e:
             log.info("amo.popup_lead_failed", error=type(e).__name__)
-            return None, None
-        name = str(found.get("name") or "") if found else None
-        lead = nearest_lead(leads)
-        if len(self._leads) > 10_000:
-            self._leads = {k: v for k, v in self._leads.items() if now - v.at < LEAD_TTL_S}
-        self._leads[key] = _LeadEntry(name, lead, now)
-        return name, lead
+            return None
+        return known
+
+    async def _remember(self, b: Binding, session_id: str, contact_id: int, known: Nearest) -> None:
+        """The call's finish uses this read (§5.9: E5/E6 once per call): ``AmoCall.nearest_lead_id``, if
+        the context still names this contact."""
+        lead_id = known.lead_id if known.lead_id is not None else NO_ACTIVE_LEAD
+        async with self.core.sessions() as s, s.begin():
+            await s.execute(
+                update(AmoCall)
+                .where(
+                    AmoCall.binding_id == b.id,
+                    AmoCall.session_id == session_id,
+                    AmoCall.contact_id == contact_id,
+                )
+                .values(nearest_lead_id=lead_id)
+            )
 
     async def fallback(self, b: Binding, user_id: int, client: str) -> None:
         """E16 ``phone_call`` for ``user_id`` (background lane): amoCRM draws its own card."""

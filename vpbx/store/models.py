@@ -1025,6 +1025,7 @@ class AmoCall(Base):
     contact_id: Mapped[int | None] = mapped_column(BigInteger)
     contact_name: Mapped[str] = mapped_column(String(255), default="")
     responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    # the pop-up's E5/E6 read at `connected`: the nearest active deal, 0 = none active, NULL = not read
     nearest_lead_id: Mapped[int | None] = mapped_column(BigInteger)
     rung_pins: Mapped[list[str]] = mapped_column(JSON, default=list)
     answered_pins: Mapped[list[str]] = mapped_column(JSON, default=list)
