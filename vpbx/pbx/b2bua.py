@@ -306,6 +306,7 @@ class BLeg(Leg):
     cancel_reason: str | None = None
     cancel_sent: bool = False
     final: int | None = None
+    unreachable: bool = False  # the transaction failed on a transport error (ICMP, refused connection)
     ack: bytes | None = None
 
 
@@ -712,7 +713,10 @@ class B2bua:
                 raise
 
     def on_terminated(self, key: TransactionKey, reason: str) -> None:
-        if key in self._clients:
+        found = self._clients.get(key)
+        if found is not None:
+            if reason == "transport-error":  # before the synthetic 503's task runs: it is queued behind us
+                found[1].unreachable = True
             # after the response tasks already queued have looked the leg up (they run first)
             asyncio.get_running_loop().call_soon(self._clients.pop, key, None)
 
@@ -2074,6 +2078,8 @@ class B2bua:
         code = _final_for_a(codes)
         if await self._owner_box(ctx, code):
             return
+        if ctx.b and all(leg.unreachable for leg in ctx.b) and not ctx.end_reason:
+            ctx.end_reason = "unreachable"  # every contact is gone (RFC 3261 §18.4), none merely unanswered
         self._reply_a(ctx, code)
         await self._finish(ctx, "busy" if code == 486 else "unanswered")
 
