@@ -128,9 +128,15 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         self.errors += 1
         log.info("udp.error", error=type(exc).__name__)
+        self._drain()
+
+    def _drain(self) -> None:
         if self._errqueue is None or self._on_unreachable is None:
             return
-        for error in drain_errors(self._errqueue):
+        errors, more = drain_errors(self._errqueue)
+        if more:  # a queue left non-empty keeps the socket in EPOLLERR: the loop would spin, so read on soon
+            asyncio.get_running_loop().call_soon(self._drain)
+        for error in errors:
             log.info(
                 "udp.unreachable",
                 peer=error.host,
@@ -166,22 +172,23 @@ def _recverr_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
     return dup
 
 
-def drain_errors(sock: socket.socket, limit: int = MAX_ERRQUEUE_READS) -> list[IcmpError]:
-    """Read up to ``limit`` entries of ``sock``'s error queue (non-blocking): the fatal ICMP errors."""
+def drain_errors(sock: socket.socket, limit: int = MAX_ERRQUEUE_READS) -> tuple[list[IcmpError], bool]:
+    """Read up to ``limit`` entries of ``sock``'s error queue (non-blocking): the fatal ICMP errors, and
+    whether entries may be left (``limit`` read without reaching the end)."""
     found: list[IcmpError] = []
     flags = socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
     for _ in range(limit):
         try:
             _data, ancillary, _flags, address = sock.recvmsg(ERRQUEUE_BUFFER, ERRQUEUE_BUFFER, flags)
         except (BlockingIOError, InterruptedError):
-            break  # the queue is empty
+            return found, False  # the queue is empty
         except OSError as e:
             log.info("udp.errqueue_failed", error=type(e).__name__)
-            break
+            return found, False
         error = parse_error(address, ancillary)
         if error is not None:
             found.append(error)
-    return found
+    return found, True
 
 
 class _Stream(Protocol):

@@ -20,7 +20,7 @@ from vpbx.sip.icmp import (
     IcmpError,
     parse_error,
 )
-from vpbx.sip.transport import Transports
+from vpbx.sip.transport import Transports, drain_errors
 
 ECONNREFUSED = 111
 EHOSTUNREACH = 113
@@ -135,3 +135,26 @@ async def test_without_a_listener_for_errors_nothing_is_read() -> None:
         await asyncio.sleep(0.05)  # an ICMP, if any, would be handled here; nothing must break
     finally:
         await t.stop()
+
+
+def test_the_error_queue_is_read_in_bounded_batches_to_the_end() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(SOL_IP, IP_RECVERR, 1)
+        dead = closed_udp_port()
+        for _ in range(10):
+            try:
+                sock.sendto(b"x", ("127.0.0.1", dead))
+            except ConnectionRefusedError:  # the previous one's ICMP fails this sendto: send it again
+                sock.sendto(b"x", ("127.0.0.1", dead))
+        first, more = drain_errors(sock, limit=4)
+        assert len(first) == 4 and more
+        rest: list[IcmpError] = []
+        for _ in range(10):
+            batch, more = drain_errors(sock, limit=4)
+            rest += batch
+            if not more:
+                break
+        assert not more and len(first) + len(rest) == 10
+        assert {(e.host, e.port) for e in first + rest} == {("127.0.0.1", dead)}
+        assert drain_errors(sock) == ([], False)
