@@ -138,6 +138,7 @@ RETRY_AFTER_S = "5"
 
 # CallEvent.extra["end_reason"] of each outcome (vpbx.pbx.calls.EXTRA_KEYS)
 END_REASONS = {"answered": "normal", "unanswered": "no_answer"}
+UNREACHABLE = "unreachable"  # unanswered because every branch failed on a transport error (ICMP, refused TCP)
 CALLS = Counter("vpbx_calls_total", "Calls handled by the B2BUA, by outcome", ["outcome"])
 CALLS_ACTIVE = Gauge("vpbx_calls_active", "Live calls on this node")
 
@@ -560,7 +561,10 @@ def _clean_display(name: str) -> str:
 
 def _end_extra(ctx: _Ctx, outcome: str) -> dict[str, str]:
     """What ``end`` tells the call history: why the call ended and, unanswered, the caller's final answer."""
-    extra = {"end_reason": ctx.end_reason or END_REASONS.get(outcome, outcome)}
+    reason = ctx.end_reason or END_REASONS.get(outcome, outcome)
+    if outcome == "unanswered" and not ctx.end_reason and ctx.b and all(leg.unreachable for leg in ctx.b):
+        reason = UNREACHABLE  # every contact rung is gone (RFC 3261 §18.4): none merely unanswered
+    extra = {"end_reason": reason}
     if ctx.call.answered_at is None and ctx.a.final_code >= 300:
         extra["status_code"] = str(ctx.a.final_code)
         extra["status_text"] = REASON_PHRASES.get(ctx.a.final_code, "")
@@ -2078,8 +2082,6 @@ class B2bua:
         code = _final_for_a(codes)
         if await self._owner_box(ctx, code):
             return
-        if ctx.b and all(leg.unreachable for leg in ctx.b) and not ctx.end_reason:
-            ctx.end_reason = "unreachable"  # every contact is gone (RFC 3261 §18.4), none merely unanswered
         self._reply_a(ctx, code)
         await self._finish(ctx, "busy" if code == 486 else "unanswered")
 

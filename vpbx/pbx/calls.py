@@ -44,8 +44,7 @@ REASON_NORMAL = "5"  # a conversation ended normally
 # CallEvent.extra keys the call history reads (none of them goes on the wire of integration-api.md §5.2):
 #   end:          "status_code", "status_text" (the final SIP answer of an unanswered call),
 #                 "voicemail" = "true" (a message was left), "end_reason": normal, no_answer, busy, cancelled,
-#                 failed, unreachable (every rung contact failed on a transport error), media_timeout,
-#                 media_lost, shutdown; recovered (closed at start-up after a crash)
+#                 failed, media_timeout, media_lost, shutdown; recovered (closed at start-up after a crash)
 #   disconnected: "transfer_to" (the PIN or digits the call was transferred to)
 #   connected:    "pickup" = "true" (answered by a pick-up, not by the rung phone)
 EXTRA_KEYS = ("status_code", "status_text", "voicemail", "end_reason", "transfer_to", "pickup")
