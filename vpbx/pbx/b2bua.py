@@ -140,6 +140,7 @@ RETRY_AFTER_S = "5"
 
 # CallEvent.extra["end_reason"] of each outcome (vpbx.pbx.calls.EXTRA_KEYS)
 END_REASONS = {"answered": "normal", "unanswered": "no_answer"}
+UNREACHABLE = "unreachable"  # unanswered because every branch failed on a transport error (ICMP, refused TCP)
 CALLS = Counter("vpbx_calls_total", "Calls handled by the B2BUA, by outcome", ["outcome"])
 CALLS_ACTIVE = Gauge("vpbx_calls_active", "Live calls on this node")
 
@@ -308,6 +309,7 @@ class BLeg(Leg):
     cancel_reason: str | None = None
     cancel_sent: bool = False
     final: int | None = None
+    unreachable: bool = False  # the transaction failed on a transport error (ICMP, refused connection)
     ack: bytes | None = None
 
 
@@ -562,7 +564,10 @@ def _clean_display(name: str) -> str:
 
 def _end_extra(ctx: _Ctx, outcome: str) -> dict[str, str]:
     """What ``end`` tells the call history: why the call ended and, unanswered, the caller's final answer."""
-    extra = {"end_reason": ctx.end_reason or END_REASONS.get(outcome, outcome)}
+    reason = ctx.end_reason or END_REASONS.get(outcome, outcome)
+    if outcome == "unanswered" and not ctx.end_reason and ctx.b and all(leg.unreachable for leg in ctx.b):
+        reason = UNREACHABLE  # every contact rung is gone (RFC 3261 §18.4): none merely unanswered
+    extra = {"end_reason": reason}
     if ctx.call.answered_at is None and ctx.a.final_code >= 300:
         extra["status_code"] = str(ctx.a.final_code)
         extra["status_text"] = REASON_PHRASES.get(ctx.a.final_code, "")
@@ -715,7 +720,10 @@ class B2bua:
                 raise
 
     def on_terminated(self, key: TransactionKey, reason: str) -> None:
-        if key in self._clients:
+        found = self._clients.get(key)
+        if found is not None:
+            if reason == "transport-error":  # before the synthetic 503's task runs: it is queued behind us
+                found[1].unreachable = True
             # after the response tasks already queued have looked the leg up (they run first)
             asyncio.get_running_loop().call_soon(self._clients.pop, key, None)
 

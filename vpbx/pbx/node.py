@@ -40,6 +40,7 @@ from vpbx.sip.auth import (
 from vpbx.sip.bans import BanList, MemoryBanList
 from vpbx.sip.contact import read_register
 from vpbx.sip.flow import Destination
+from vpbx.sip.icmp import IcmpError
 from vpbx.sip.message import Request, Response, build_response, parse, recover_for_reply, serialize
 from vpbx.sip.transaction import (
     Deliver,
@@ -122,7 +123,9 @@ class SipNode:
         self.auth = DigestAuth(settings.secret_key.get_secret_value().encode())
         self.calls = calls
         self.table = TransactionTable()
-        self.transports = Transports(self._receive, on_framing_error=self._framing_error)
+        self.transports = Transports(
+            self._receive, on_framing_error=self._framing_error, on_unreachable=self._unreachable
+        )
         # running transaction timers by key, then name: a transaction's end cancels its own in O(1)
         self._timers: dict[TransactionKey, dict[str, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -252,8 +255,8 @@ class SipNode:
                         handle.cancel()
                     if handles is not None and not handles:
                         del self._timers[key]
-                case Deliver(message):
-                    self._deliver(key, message)
+                case Deliver(message, local):
+                    self._deliver(key, message, local)
                 case Terminated(reason):
                     assert key is not None
                     for handle in self._timers.pop(key, {}).values():
@@ -264,6 +267,12 @@ class SipNode:
                         self.calls.on_terminated(key, reason)
                 case Refuse(request, dest):
                     self._send(serialize(build_response(request, 503, headers=(("Retry-After", "5"),))), dest)
+
+    def _unreachable(self, error: IcmpError) -> None:
+        """A UDP datagram to ``error``'s address drew ICMP: its client transactions fail now (RFC 3261 §18.4).
+
+        Only transactions to that exact address and port; the binding stays (ICMP is not authenticated)."""
+        self._run(self.table.on_unreachable(error.host, error.port, self.core.clock.monotonic()))
 
     def _start_timer(self, key: TransactionKey, name: str, at: float) -> None:
         handles = self._timers.setdefault(key, {})
@@ -413,10 +422,11 @@ class SipNode:
 
     # --- the transaction user ----------------------------------------------------------------------------
 
-    def _deliver(self, key: TransactionKey | None, message: tx.Message) -> None:
+    def _deliver(self, key: TransactionKey | None, message: tx.Message, local: bool = False) -> None:
         if not isinstance(message, Request):  # requests reach the TU as parsed, so always ours
             if key is not None and (user := self._users.get(key)) is not None:
-                if isinstance(message, Response):
+                # a failure's own 408/503 is not the peer's answer: the user learns it from on_terminated
+                if isinstance(message, Response) and not local:
                     user.on_response(key, message)
                 return
             if self.calls is not None and key is not None:

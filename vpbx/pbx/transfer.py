@@ -141,7 +141,7 @@ class _Reinvite:
         )
 
     def on_terminated(self, key: TransactionKey, reason: str) -> None:
-        if reason == "timeout" and not self.acked:
+        if reason != "done" and not self.acked:  # timeout or transport error: no answer came
             self.acked = True
             self.transfers.b.node.spawn(
                 self.transfers.reinvite_answered(self.ctx, self.leg, None), "call-transfer-reinvite"

@@ -14,11 +14,13 @@ order (telephony.md §3.3)::
             case Terminated(reason): tu.ended(key, reason)     # the table has already forgotten the key
             case Refuse(request, dest): ...   # table full: send build_response(request, 503) + Retry-After
 
-When a timer fires the adapter calls ``table.on_timer(key, name, now)``. The TU answers a server
-transaction with ``table.respond(key, response, now)`` and starts a client transaction with
-``table.send_request(request, dest, now)``; a CANCEL goes the same way (its own transaction on the INVITE's
-branch) and also arms the RFC 3261 §9.1 guard on the INVITE. A 2xx ACK is not a transaction: the UAC core
-sends it itself (§13.2.2.4), and the UAS core retransmits its 2xx (§13.3.1.4) through ``respond``.
+When a timer fires the adapter calls ``table.on_timer(key, name, now)``; when the UDP socket reports an ICMP
+error for a datagram it sent to an address, ``table.on_unreachable(host, port, now)`` (RFC 3261 §18.4).
+The TU answers a server transaction with ``table.respond(key, response, now)`` and starts a client
+transaction with ``table.send_request(request, dest, now)``; a CANCEL goes the same way (its own transaction
+on the INVITE's branch) and also arms the RFC 3261 §9.1 guard on the INVITE. A 2xx ACK is not a
+transaction: the UAC core sends it itself (§13.2.2.4), and the UAS core retransmits its 2xx (§13.3.1.4)
+through ``respond``.
 
 The machines can also be driven alone (unit tests, a stateless front end): build one, call ``start(now)``,
 then ``on_response`` / ``on_request`` / ``respond`` / ``on_timer`` / ``on_transport_error``. A timer that
@@ -27,12 +29,14 @@ is not running (stopped, already fired, or replaced) is ignored when it fires.
 Timeouts reach the TU as follows: Timer B (and the CANCEL guard) delivers a synthetic 408 and then
 ``Terminated("timeout")``; Timer F and Timer H only terminate with ``"timeout"`` (RFC 4320: no 408 for
 non-INVITE). A transport error on a client transaction still waiting for its final response delivers a
-synthetic 503 (RFC 3261 §8.1.3.1), every other transport error ends with ``"transport-error"``.
+synthetic 503 (RFC 3261 §8.1.3.1), every other transport error ends with ``"transport-error"``. These
+synthetic responses are delivered with ``local=True``.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -138,9 +142,15 @@ class StopTimer:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Pass a request or response up to the transaction user."""
+    """Pass a request or response up to the transaction user.
+
+    ``local``: a response the transaction layer made itself on a failure (the 408 of Timer B, the 503 of a
+    transport error) and that a ``Terminated`` with the failure's reason follows; a user that learns of
+    failures from the reason alone (an OPTIONS pinger) must not take it for the peer's answer.
+    """
 
     message: Message
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +372,7 @@ class InviteClientTransaction(_Machine):
             self._start(out, TIMER_A, now + self._interval)
             return out
         if name in (TIMER_B, TIMER_CANCEL) and self.state in (State.CALLING, State.PROCEEDING):
-            out.append(Deliver(_response_to(self.request, 408)))
+            out.append(Deliver(_response_to(self.request, 408), local=True))
             return self._terminate(out, "timeout")
         if name in (TIMER_D, TIMER_M):
             return self._terminate(out, "done")
@@ -371,7 +381,7 @@ class InviteClientTransaction(_Machine):
     def on_transport_error(self, now: float) -> list[Action]:
         out: list[Action] = []
         if self.state in (State.CALLING, State.PROCEEDING):
-            out.append(Deliver(_response_to(self.request, 503)))  # §8.1.3.1
+            out.append(Deliver(_response_to(self.request, 503), local=True))  # §8.1.3.1
             return self._terminate(out, "transport-error")
         if self.state is State.COMPLETED:
             return self._terminate(out, "transport-error")
@@ -426,7 +436,7 @@ class NonInviteClientTransaction(_Machine):
     def on_transport_error(self, now: float) -> list[Action]:
         out: list[Action] = []
         if self.state in (State.TRYING, State.PROCEEDING):
-            out.append(Deliver(_response_to(self.request, 503)))  # §8.1.3.1
+            out.append(Deliver(_response_to(self.request, 503), local=True))  # §8.1.3.1
             return self._terminate(out, "transport-error")
         if self.state is State.COMPLETED:
             return self._terminate(out, "transport-error")
@@ -559,6 +569,8 @@ class TransactionTable:
         self.config = config
         self.max_transactions = max_transactions
         self._tx: dict[TransactionKey, Transaction] = {}
+        # UDP client transactions by next hop (address, port): an ICMP error names only the destination
+        self._by_hop: dict[tuple[str, int], set[TransactionKey]] = {}
 
     def __len__(self) -> int:
         return len(self._tx)
@@ -600,6 +612,8 @@ class TransactionTable:
         else:
             tx = NonInviteClientTransaction(request, dest, self.config)
         self._tx[key] = tx
+        if dest.transport.lower() == "udp":
+            self._by_hop.setdefault(_hop(dest.host, dest.port), set()).add(key)
         out += self._route(key, tx, tx.start(now))
         return out
 
@@ -665,7 +679,44 @@ class TransactionTable:
             return []
         return self._route(key, tx, tx.on_transport_error(now))
 
+    def on_unreachable(self, host: str, port: int, now: float) -> list[Output]:
+        """A datagram we sent to ``host``:``port`` over UDP drew an ICMP error (RFC 3261 §18.4).
+
+        Every client transaction whose next hop is exactly that address fails as on a transport error: one
+        still waiting for its final gets a synthetic 503 (§8.1.3.1), so a fork goes on with its other
+        branches at once instead of after Timer B. ICMP is not authenticated, so nothing else is touched:
+        no server transaction, no other port of that host, no registration.
+        """
+        keys = self._by_hop.get(_hop(host, port))
+        if not keys:
+            return []
+        out: list[Output] = []
+        for key in sorted(keys, key=lambda k: (k.branch, k.method)):
+            tx = self._tx.get(key)
+            if tx is not None:
+                out += self._route(key, tx, tx.on_transport_error(now))
+        return out
+
     def _route(self, key: TransactionKey, tx: Transaction, actions: list[Action]) -> list[Output]:
         if tx.terminated:
             self._tx.pop(key, None)
+            if key.side == "client" and not tx.reliable:
+                hop = _hop(tx.dest.host, tx.dest.port)
+                keys = self._by_hop.get(hop)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._by_hop[hop]
         return [(key, action) for action in actions]
+
+
+def _hop(host: str, port: int) -> tuple[str, int]:
+    """An address as the kernel reports it: IPv6 compressed, an IPv4-mapped one as plain IPv4."""
+    bare = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return bare.lower(), port
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), port

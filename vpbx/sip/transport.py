@@ -6,6 +6,11 @@ request over TCP to an address (a trunk's carrier) opens a connection to it, or 
 before (RFC 3261 §18.1.1); what is sent while it opens is queued, and a failed connect is reported to the
 sender's ``on_error``, so the transaction fails at once instead of timing out.
 
+Over UDP the socket asks the kernel for ICMP errors (``IP_RECVERR``, Linux): asyncio reports one to
+``error_received`` without its address, so the protocol then reads the socket's error queue, which names the
+destination each failed datagram went to, and hands those to ``on_unreachable`` (RFC 3261 §18.4): a phone
+that is gone fails its transactions at once instead of after Timer B.
+
 TLS is stdlib ``ssl`` over memory BIOs inside the stream protocol: a TLS connection is counted against the
 connection caps as soon as it is accepted, before its handshake, so a flood of half-open handshakes meets the
 same per-IP cap as TCP; a failed or slow handshake is logged at info and closes the connection.
@@ -16,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +33,7 @@ from vpbx.errors import ConfigError
 from vpbx.logs import get_logger
 from vpbx.sip.flow import Destination
 from vpbx.sip.framing import PONG, Frame, FramingError, Ping, StreamFramer
+from vpbx.sip.icmp import IP_RECVERR, IPV6_RECVERR, SOL_IP, SOL_IPV6, IcmpError, parse_error
 
 log = get_logger("vpbx.sip.transport")
 
@@ -37,8 +45,11 @@ MAX_CONNECTIONS = 10_000
 WRITE_BUFFER_HIGH = 256 * 1024  # a peer that does not read loses its connection instead of our memory
 CONNECT_TIMEOUT_S = 5.0  # an outbound TCP connection not up by then fails what was queued for it
 MAX_QUEUED = 64  # messages held for one connection being opened
+MAX_ERRQUEUE_READS = 64  # error-queue entries read per error_received: the queue is drained, never looped on
+ERRQUEUE_BUFFER = 512  # the failed datagram's head (ignored) and, in ancillary data, the extended error
 
 Receiver = Callable[[bytes, Destination], None]
+Unreachable = Callable[[IcmpError], None]
 ErrorReply = Callable[[bytes, int, str, Destination], None]
 
 
@@ -88,13 +99,23 @@ def _context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, receive: Receiver) -> None:
+    def __init__(self, receive: Receiver, on_unreachable: Unreachable | None = None) -> None:
         self._receive = receive
+        self._on_unreachable = on_unreachable
+        self._errqueue: socket.socket | None = None  # a duplicate of the socket, to read its error queue
         self.transport: asyncio.DatagramTransport | None = None
+        self.errors = 0  # error_received calls: one during a sendto means that datagram was not sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # CPython's selector datagram transport does not subclass DatagramTransport: no isinstance check
         self.transport = cast(asyncio.DatagramTransport, transport)
+        if self._on_unreachable is not None:
+            self._errqueue = _recverr_socket(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._errqueue is not None:
+            self._errqueue.close()
+            self._errqueue = None
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if data.strip(b"\r\n") == b"":
@@ -105,7 +126,69 @@ class UdpProtocol(asyncio.DatagramProtocol):
             log.exception("udp.receive_failed", source=str(addr[0]))
 
     def error_received(self, exc: Exception) -> None:
+        self.errors += 1
         log.info("udp.error", error=type(exc).__name__)
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._errqueue is None or self._on_unreachable is None:
+            return
+        errors, more = drain_errors(self._errqueue)
+        if more:  # a queue left non-empty keeps the socket in EPOLLERR: the loop would spin, so read on soon
+            asyncio.get_running_loop().call_soon(self._drain)
+        for error in errors:
+            log.info(
+                "udp.unreachable",
+                peer=error.host,
+                port=error.port,
+                icmp=f"{error.icmp_type}/{error.icmp_code}",
+            )
+            try:
+                self._on_unreachable(error)
+            except Exception:
+                log.exception("udp.unreachable_failed", peer=error.host)
+
+
+def _recverr_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """Turn on ICMP error reporting for the endpoint's socket; a duplicate of it to read the error queue.
+
+    None where that cannot be done (not Linux, or a loop that hides its socket): errors then only time out.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(SOL_IPV6, IPV6_RECVERR, 1)
+            with contextlib.suppress(OSError):  # a dual-stack socket also hears of its IPv4 peers
+                sock.setsockopt(SOL_IP, IP_RECVERR, 1)
+        else:
+            sock.setsockopt(SOL_IP, IP_RECVERR, 1)
+        dup = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+    except (OSError, AttributeError) as e:
+        log.info("udp.no_icmp_errors", error=type(e).__name__)
+        return None
+    dup.setblocking(False)
+    return dup
+
+
+def drain_errors(sock: socket.socket, limit: int = MAX_ERRQUEUE_READS) -> tuple[list[IcmpError], bool]:
+    """Read up to ``limit`` entries of ``sock``'s error queue (non-blocking): the fatal ICMP errors, and
+    whether entries may be left (``limit`` read without reaching the end)."""
+    found: list[IcmpError] = []
+    flags = socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
+    for _ in range(limit):
+        try:
+            _data, ancillary, _flags, address = sock.recvmsg(ERRQUEUE_BUFFER, ERRQUEUE_BUFFER, flags)
+        except (BlockingIOError, InterruptedError):
+            return found, False  # the queue is empty
+        except OSError as e:
+            log.info("udp.errqueue_failed", error=type(e).__name__)
+            return found, False
+        error = parse_error(address, ancillary)
+        if error is not None:
+            found.append(error)
+    return found, True
 
 
 class _Stream(Protocol):
@@ -304,6 +387,7 @@ class Transports:
         *,
         on_framing_error: ErrorReply | None = None,
         on_closed: Callable[[Destination], None] | None = None,
+        on_unreachable: Unreachable | None = None,
         idle_timeout_s: float = TCP_IDLE_TIMEOUT_S,
         max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
         handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
@@ -311,10 +395,12 @@ class Transports:
         self.receive = receive
         self._on_framing_error = on_framing_error
         self._on_closed = on_closed  # e.g. the registrar: bindings on this flow can no longer be reached
+        self._unreachable = on_unreachable  # the transactions: a UDP destination answered with ICMP
         self._idle_timeout_s = idle_timeout_s
         self._max_per_ip = max_connections_per_ip
         self._handshake_timeout_s = handshake_timeout_s
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_protocol: UdpProtocol | None = None
         self._tcp: asyncio.Server | None = None
         self._tls: asyncio.Server | None = None
         self._conns: dict[int, _Conn] = {}
@@ -330,10 +416,11 @@ class Transports:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on UDP and TCP; port 0 picks a free UDP port and uses the same number for TCP."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpProtocol(self.receive), local_addr=(host, port)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(self.receive, self._unreachable), local_addr=(host, port)
         )
         self._udp = transport
+        self._udp_protocol = protocol
         sock = transport.get_extra_info("sockname")
         self.local = (str(sock[0]), int(sock[1]))
         self._tcp = await loop.create_server(
@@ -377,7 +464,14 @@ class Transports:
         if dest.transport == "udp":
             if self._udp is None or len(data) > MAX_UDP:
                 return False
+            protocol = self._udp_protocol
+            errors = protocol.errors if protocol is not None else 0
             self._udp.sendto(data, (dest.host, dest.port))
+            if protocol is not None and protocol.errors != errors:
+                # The kernel fails a sendto with the pending ICMP error of an earlier datagram (IP_RECVERR;
+                # on loopback the ICMP comes back within the earlier sendto) and drops this one: the error
+                # is consumed now, so the second try goes out.
+                self._udp.sendto(data, (dest.host, dest.port))
             return True
         if dest.conn_id is not None:
             conn = self._conns.get(dest.conn_id)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import pytest
 import uvloop
 
-BOTH_LOOPS = ("test_transport.py", "test_transport_tls.py")
+BOTH_LOOPS = ("test_transport.py", "test_transport_tls.py", "test_icmp.py")
 
 
 def pytest_asyncio_loop_factories(
