@@ -55,6 +55,7 @@ from vpbx.amocrm.errors import (
 )
 from vpbx.amocrm.limiter import AccountLimiter, Sleep
 from vpbx.amocrm.oauth import account_url
+from vpbx.amocrm.per_core import PerCore
 from vpbx.amocrm.tokens import Credentials, TokenManager
 from vpbx.clock import Clock, SystemClock
 from vpbx.logs import get_logger
@@ -667,23 +668,19 @@ class AmoClientPool:
 
 
 # One pool per process and core: every feature (routing lookups, widget API, jobs) shares the account's
-# limiter, so its whole traffic stays under the budget (§2.5). Keyed by id() with the core kept beside it
-# (``Core`` is an unhashable dataclass).
-_SHARED: dict[int, tuple[Core, AmoClientPool]] = {}
+# limiter, so its whole traffic stays under the budget (§2.5).
+_SHARED: PerCore[AmoClientPool] = PerCore()
 
 
 def shared_pool(core: Core) -> AmoClientPool:
     """The process's ``AmoClientPool`` for ``core`` (made on first use; closed by ``close_shared_pool``)."""
-    entry = _SHARED.get(id(core))
-    if entry is None or entry[0] is not core:
-        entry = _SHARED[id(core)] = (core, AmoClientPool(core))
-    return entry[1]
+    return _SHARED.get(core, lambda: AmoClientPool(core))
 
 
 async def close_shared_pool(core: Core) -> None:
-    entry = _SHARED.pop(id(core), None)
-    if entry is not None and entry[0] is core:
-        await entry[1].aclose()
+    pool = _SHARED.pop(core)
+    if pool is not None:
+        await pool.aclose()
 
 
 class ClientPoolPart:

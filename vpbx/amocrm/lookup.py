@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from vpbx.amocrm.api import AmoClients, Json
 from vpbx.amocrm.errors import AmoError, AmoSkipped
 from vpbx.amocrm.lease import background_allowed
+from vpbx.amocrm.per_core import PerCore
 from vpbx.clock import Clock
 from vpbx.crm.connector import Binding
 from vpbx.crm.phone import match_key
@@ -373,23 +374,20 @@ async def cache_rows(s: AsyncSession, binding_id: uuid.UUID) -> list[AmoPhoneCac
 
 # The routing hook and the pop-ups share one lookup per process (as they share the client pool): one set of
 # failure counters and cache-only switches per binding, so amoCRM failing for the calls' routing makes the
-# pop-ups' lookups cache-only too. Keyed by id() with the core kept beside it (``Core`` is unhashable).
-_SHARED: dict[int, tuple[Core, PhoneLookup]] = {}
+# pop-ups' lookups cache-only too.
+_SHARED: PerCore[PhoneLookup] = PerCore()
 
 
 def shared_lookup(core: Core, clients: AmoClients) -> PhoneLookup:
     """The process's ``PhoneLookup`` for ``core``, made on first use over ``clients`` (the runtime's shared
     client pool); stopped and dropped by ``close_shared_lookup``."""
-    entry = _SHARED.get(id(core))
-    if entry is None or entry[0] is not core:
-        entry = _SHARED[id(core)] = (core, PhoneLookup(core.sessions, clients, core.clock))
-    return entry[1]
+    return _SHARED.get(core, lambda: PhoneLookup(core.sessions, clients, core.clock))
 
 
 async def close_shared_lookup(core: Core) -> None:
-    entry = _SHARED.pop(id(core), None)
-    if entry is not None and entry[0] is core:
-        await entry[1].stop()
+    lookup = _SHARED.pop(core)
+    if lookup is not None:
+        await lookup.stop()
 
 
 class SharedLookupPart:

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vpbx.amocrm.per_core import PerCore
+
 if TYPE_CHECKING:
     from vpbx.amocrm.api import AmoApi, Json, Lane
     from vpbx.clock import Clock
@@ -126,15 +128,12 @@ class NearestLeads:
         return self.remember(binding_id, contact_id, name, leads), contact, leads
 
 
-_CACHES: dict[int, tuple[Any, NearestLeads]] = {}
+_CACHES: PerCore[NearestLeads] = PerCore()
 
 
 def nearest_for(core: Any) -> NearestLeads:
     """The process's cache for ``core`` (the pop-ups, the finish jobs and the webhook hints share it)."""
-    entry = _CACHES.get(id(core))
-    if entry is None or entry[0] is not core:
-        entry = _CACHES[id(core)] = (core, NearestLeads(core.clock))
-    return entry[1]
+    return _CACHES.get(core, lambda: NearestLeads(core.clock))
 
 
 __all__ = [

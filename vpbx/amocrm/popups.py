@@ -43,6 +43,7 @@ from vpbx.amocrm.errors import AmoError
 from vpbx.amocrm.lookup import PhoneLookup, shared_lookup
 from vpbx.amocrm.nearest import NO_ACTIVE_LEAD, Nearest, active_lead, nearest_for
 from vpbx.amocrm.options import options_of
+from vpbx.amocrm.per_core import PerCore
 from vpbx.amocrm.widget_auth import WidgetCaller, widget_caller
 from vpbx.crm.connector import Binding
 from vpbx.crm.phone import match_key
@@ -206,15 +207,12 @@ class PopupHub:
 
 CLOSE: Json = {"__close__": True}  # the hub's sentinel: the stream ends (compared by identity)
 
-_HUBS: dict[int, tuple[Any, PopupHub]] = {}
+_HUBS: PerCore[PopupHub] = PerCore()
 
 
 def hub_for(core: Core) -> PopupHub:
     """The process's hub for ``core`` (the ``/amo`` routes and the runtime part share it)."""
-    entry = _HUBS.get(id(core))
-    if entry is None or entry[0] is not core:
-        entry = _HUBS[id(core)] = (core, PopupHub())
-    return entry[1]
+    return _HUBS.get(core, PopupHub)
 
 
 # --- HTTP: ticket and stream ----------------------------------------------------------------------
