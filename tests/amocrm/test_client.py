@@ -319,10 +319,10 @@ async def test_429_storm_all_succeed_without_403(tmp_path: Path, migrated_templa
     async with rig(tmp_path, migrated_template, rate_limit_rps=2) as rr:
         await rr.install()
         c = rr.client()
-        got = await asyncio.gather(*(c.get_contact(ANNA) for _ in range(20)))
-        assert all(x is not None and x["id"] == ANNA for x in got)
+        got = await asyncio.gather(*(c.get_contact(ANNA) for _ in range(8)))  # 5 rps against amoCRM's 2
+        assert len(got) == 8 and all(x is not None and x["id"] == ANNA for x in got)
         statuses = [st for _, path, st in await rr.requests() if path.startswith("/api/")]
-        assert statuses.count(200) == 20
+        assert statuses.count(200) == 8 and 429 in statuses
         assert 403 not in statuses
         health = rr.pool.health(DEMO_ID)
         assert health["count_429"] == statuses.count(429)
