@@ -362,7 +362,7 @@ async def test_403_opens_the_circuit(r: Rig) -> None:
 
 async def test_realtime_deadline(r: Rig) -> None:
     c = r.client()
-    await r.emu.fault(method="GET", path_regex="^/api/v4/contacts$", delay_ms=3000)
+    await r.emu.fault(method="GET", path_regex="^/api/v4/contacts$", delay_ms=1500)  # 5 × the deadline
     with pytest.raises((AmoUnreachable, AmoSkipped)):
         await c.search_contacts("9161234567", lane="realtime", deadline=loop_time() + 0.3)
     with pytest.raises(AmoSkipped):
