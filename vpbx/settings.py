@@ -62,6 +62,10 @@ class AmoSettings(BaseSettings):
     rps: float = Field(default=5.0, gt=0, le=7)  # per account, below amoCRM's 7 rps
     lookup_timeout_ms: int = Field(default=1500, ge=300, le=3000)  # the ИМК's realtime budget
     source_name: str = "Виртуальная АТС"  # params.source of call notes
+    # the job runner (§5.7): its retry waits (10 s, 30 s … then hourly) times this, and a running job's lease
+    # (the jobs of a killed process wait it out); tests shorten both
+    job_retry_scale: float = Field(default=1.0, gt=0, le=1)
+    job_lease_s: float = Field(default=120.0, ge=3, le=3600)
 
 
 class Settings(BaseSettings):

@@ -319,10 +319,10 @@ async def test_429_storm_all_succeed_without_403(tmp_path: Path, migrated_templa
     async with rig(tmp_path, migrated_template, rate_limit_rps=2) as rr:
         await rr.install()
         c = rr.client()
-        got = await asyncio.gather(*(c.get_contact(ANNA) for _ in range(20)))
-        assert all(x is not None and x["id"] == ANNA for x in got)
+        got = await asyncio.gather(*(c.get_contact(ANNA) for _ in range(8)))  # 5 rps against amoCRM's 2
+        assert len(got) == 8 and all(x is not None and x["id"] == ANNA for x in got)
         statuses = [st for _, path, st in await rr.requests() if path.startswith("/api/")]
-        assert statuses.count(200) == 20
+        assert statuses.count(200) == 8 and 429 in statuses
         assert 403 not in statuses
         health = rr.pool.health(DEMO_ID)
         assert health["count_429"] == statuses.count(429)
@@ -362,7 +362,7 @@ async def test_403_opens_the_circuit(r: Rig) -> None:
 
 async def test_realtime_deadline(r: Rig) -> None:
     c = r.client()
-    await r.emu.fault(method="GET", path_regex="^/api/v4/contacts$", delay_ms=3000)
+    await r.emu.fault(method="GET", path_regex="^/api/v4/contacts$", delay_ms=1500)  # 5 × the deadline
     with pytest.raises((AmoUnreachable, AmoSkipped)):
         await c.search_contacts("9161234567", lane="realtime", deadline=loop_time() + 0.3)
     with pytest.raises(AmoSkipped):

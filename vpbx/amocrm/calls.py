@@ -32,7 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from vpbx.amocrm.ai_results import KIND as AI_RESULT
 from vpbx.amocrm.ai_results import AiResultHandler
 from vpbx.amocrm.finish import FinishHandler, FinishSettings, classify
-from vpbx.amocrm.jobs import JobRunner, enqueue
+from vpbx.amocrm.jobs import HOURLY_S, RETRY_SCHEDULE_S, JobRunner, enqueue
 from vpbx.amocrm.lease import AccountLeases
 from vpbx.amocrm.widget_auth import public_origin
 from vpbx.crm.phone import normalised_digits
@@ -385,7 +385,15 @@ class CallJobs:
             source_name=core.settings.amocrm.source_name, origin=public_origin(core.settings)
         )
         handlers = {FINISH: FinishHandler(settings), AI_RESULT: AiResultHandler(settings)}
-        self.runner = JobRunner(core, clients, handlers)  # type: ignore[arg-type]
+        amo = core.settings.amocrm
+        self.runner = JobRunner(
+            core,
+            clients,
+            handlers,  # type: ignore[arg-type]
+            lease_s=amo.job_lease_s,
+            schedule=[s * amo.job_retry_scale for s in RETRY_SCHEDULE_S],
+            hourly_s=HOURLY_S * amo.job_retry_scale,
+        )
         leases = getattr(clients, "leases", None)  # the runtime's pool on PostgreSQL (wiring.py)
         self.consumer = CallConsumer(
             core, on_enqueued=self.runner.wake, leases=leases if isinstance(leases, AccountLeases) else None

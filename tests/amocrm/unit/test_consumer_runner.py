@@ -11,15 +11,17 @@ import uuid
 
 from sqlalchemy import select, update
 
-from tests.amocrm.unit.fake_amo import FakeClients
+from tests.amocrm.unit.fake_amo import FakeAmo, FakeClients
 from tests.amocrm.unit.jobs_kit import DOMAIN, LINE, World
-from vpbx.amocrm.calls import FINISH, CallConsumer
+from vpbx.amocrm.calls import FINISH, CallConsumer, CallJobs
 from vpbx.amocrm.errors import AmoReauthRequired, AmoServerError
 from vpbx.amocrm.finish import FinishHandler, FinishSettings
 from vpbx.amocrm.jobs import JobRunner, queue_health, release_held, retry_dead
+from vpbx.app import build_core
 from vpbx.pbx import domains
 from vpbx.pbx.bus import CallEvent, SessionId
 from vpbx.pbx.history import apply_events
+from vpbx.settings import AmoSettings, Settings
 from vpbx.store.models import AmoCall, CrmBinding, CrmJob
 
 NEW = "79031112233"
@@ -177,3 +179,22 @@ async def test_held_jobs_wait_for_the_reprobe_or_a_release(world: World) -> None
         assert await release_held(s, world.binding_id, world.clock.now()) == 2
     await world.runner.run_until_idle()
     assert {j.state for j in await world.jobs()} == {"done"} and len(world.amo.notes) == 2
+
+
+async def test_the_serve_runner_takes_its_retry_waits_and_lease_from_the_settings(settings: Settings) -> None:
+    """``vpbx serve``'s runner (``CallJobs``): §5.7's schedule and lease by default; tests scale them."""
+    for amo, schedule, hourly, lease in (
+        (AmoSettings(), (10, 30, 120, 600, 1800), 3600, 120),
+        (AmoSettings(job_retry_scale=0.5, job_lease_s=6), (5, 15, 60, 300, 900), 1800, 6),
+    ):
+        core = build_core(settings.model_copy(update={"amocrm": amo}))
+        jobs = CallJobs(core, bus=None, clients=FakeClients(FakeAmo()))  # type: ignore[arg-type]
+        try:
+            runner = jobs.runner
+            assert (runner.schedule, runner.hourly_s, runner.lease) == (
+                schedule,
+                hourly,
+                dt.timedelta(seconds=lease),
+            )
+        finally:
+            await core.engine.dispose()

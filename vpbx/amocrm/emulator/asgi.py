@@ -37,6 +37,7 @@ ACC_PREFIX = re.compile(r"^/_acc/([A-Za-z0-9.-]+)(/.*)?$")
 CONTROL = "/__emu__"
 HOOK_TIMEOUT = httpx.Timeout(5.0)
 HANG_CAP_S = 3600.0
+HANG_POLL_S = 0.1  # a hanging request notices the outage ended this soon
 ID_SEGMENT = re.compile(r"/\d+(?=/|$)")
 HTML_429 = b"<html><head><title>429 Too Many Requests</title></head><body><h1>429</h1></body></html>"
 
@@ -180,8 +181,10 @@ class EmulatorASGI:
         """Run the exchange; True when the connection was dropped without an answer."""
         w = self.world
         if host is not None and w.down_until > time.monotonic():
-            if w.down_mode == "hang":
-                await asyncio.sleep(min(w.down_until - time.monotonic(), HANG_CAP_S))
+            if w.down_mode == "hang":  # until the outage ends, or is ended early (``down`` with 0 s)
+                give_up = time.monotonic() + HANG_CAP_S
+                while (left := min(w.down_until, give_up) - time.monotonic()) > 0:  # noqa: ASYNC110 - a deadline
+                    await asyncio.sleep(min(left, HANG_POLL_S))
             await _answer(send, 503, _problem(503, "Service temporarily unavailable", "Service Unavailable"))
             return False
         rule = next((r for r in w.faults if r.matches(method, path, host)), None)
