@@ -112,7 +112,7 @@ async def test_a_gone_note_gets_a_new_text_note_with_the_link(world: World, emu:
         assert await reissue_link(s, world.binding_id, "r" * 32, now) == token  # twice: the same live link
         await s.commit()
     runner = JobRunner(core, world.runner.clients, {RELINK: RelinkHandler()})
-    assert await runner.run_once() == 1
+    assert await runner.run_due() == 1
     await runner.drain()
     async with core.sessions() as s:
         jobs = list(await s.scalars(select(CrmJob)))

@@ -17,8 +17,6 @@ extensions; their context is marked ``ignored`` so their later events are passed
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping
@@ -35,6 +33,7 @@ from vpbx.amocrm.finish import FinishHandler, FinishSettings, classify
 from vpbx.amocrm.jobs import HOURLY_S, RETRY_SCHEDULE_S, JobRunner, enqueue
 from vpbx.amocrm.lease import AccountLeases
 from vpbx.amocrm.widget_auth import public_origin
+from vpbx.background import BackgroundLoop
 from vpbx.crm.phone import normalised_digits
 from vpbx.logs import get_logger
 from vpbx.store.models import (
@@ -166,10 +165,15 @@ def _open(
         call.classification = IGNORED
 
 
-class CallConsumer:
+class CallConsumer(BackgroundLoop):
     """Call events into contexts and ``amo.finish`` jobs: one pass with ``consume_once``, forever with
-    ``start``; ``wake`` after a commit of events (the bus), polls every ``interval_s`` as a net. With
-    ``leases`` (several processes on PostgreSQL) only the events of the accounts this process holds."""
+    ``start`` (a ``BackgroundLoop``); ``wake`` after a commit of events (the bus), polls every
+    ``interval_s`` as a net. With ``leases`` (several processes on PostgreSQL) only the events of the
+    accounts this process holds."""
+
+    name = "amo-calls"
+    failure_event = "amo.calls_pass_failed"  # the database away: logged and backed off
+    max_backoff_s = MAX_BACKOFF_S
 
     def __init__(
         self,
@@ -189,11 +193,6 @@ class CallConsumer:
         self._cursor: dt.datetime | None = None
         self._full_at = 0.0  # monotonic time of the last pass over the late window
         self._seen: dict[tuple[uuid.UUID, str, int], dt.datetime] = {}
-        self.wake_event = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def wake(self) -> None:
-        self.wake_event.set()
 
     def _since(self, now: dt.datetime) -> dt.datetime:
         floor = now - RETENTION
@@ -334,36 +333,9 @@ class CallConsumer:
 
     # --- the loop ----------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="amo-calls")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            self.wake_event.clear()  # before the pass: a wake-up during it runs another
-            try:
-                made = await self.consume_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database away: one line per outage, and back off
-                if not failures:
-                    log.warning("amo.calls_pass_failed", error=repr(exc)[:300])
-                failures += 1
-                made = 0
-            else:
-                failures = 0
-            if made:
-                continue
-            wait = min(MAX_BACKOFF_S, self.interval_s * 2 ** min(failures, 8))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self.wake_event.wait()
+    async def run_once(self) -> float | None:
+        made = await self.consume_once()
+        return 0 if made else None  # a full batch: the next pass at once
 
 
 class CallJobs:

@@ -48,6 +48,7 @@ from vpbx.amocrm.errors import (
     AmoSkipped,
 )
 from vpbx.amocrm.lease import AccountLeases
+from vpbx.background import BackgroundLoop
 from vpbx.logs import get_logger
 from vpbx.store.models import CrmBinding, CrmJob
 
@@ -123,8 +124,13 @@ class _Claimed:
     binding_id: uuid.UUID
 
 
-class JobRunner:
-    """Runs due ``CrmJob`` rows with the handler of their ``kind``; ``start``/``stop`` or ``run_once``."""
+class JobRunner(BackgroundLoop):
+    """Runs due ``CrmJob`` rows with the handler of their ``kind``: one pass with ``run_due``, forever with
+    ``start`` (a ``BackgroundLoop`` polling every ``poll_s``, woken by ``wake``)."""
+
+    name = "amo-jobs"
+    failure_event = "amo.jobs_pass_failed"
+    max_backoff_s = 10.0
 
     def __init__(
         self,
@@ -149,15 +155,10 @@ class JobRunner:
         self.lease = dt.timedelta(seconds=lease_s)
         self.schedule = tuple(schedule)
         self.hourly_s = hourly_s
-        self.poll_s = poll_s
-        self.wake_event = asyncio.Event()
+        self.poll_s = self.interval_s = poll_s
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._per_binding: dict[uuid.UUID, int] = {}
-        self._task: asyncio.Task[None] | None = None
         self.state: dict[str, Any] = {}  # shared by the handlers of this runner (phone locks, settings)
-
-    def wake(self) -> None:
-        self.wake_event.set()
 
     def now(self) -> dt.datetime:
         return self.core.clock.now()
@@ -199,7 +200,7 @@ class JobRunner:
             )
         return bool(getattr(result, "rowcount", 0))
 
-    async def run_once(self) -> int:
+    async def run_due(self) -> int:
         """Claim and start what is due and fits; the number of jobs started."""
         free = self.parallel - len(self._running)
         if free <= 0:
@@ -228,7 +229,7 @@ class JobRunner:
     async def run_until_idle(self, timeout_s: float = 30.0) -> None:
         """Start and finish jobs until none is due (tests)."""
         async with asyncio.timeout(timeout_s):
-            while await self.run_once():
+            while await self.run_due():
                 await self.drain(timeout_s)
 
     # --- one job -----------------------------------------------------------------------------------------
@@ -384,36 +385,16 @@ class JobRunner:
 
     # --- the loop ----------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="amo-jobs")
+    async def run_once(self) -> float | None:
+        await self.run_due()
+        return None
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await super().stop()
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # their leases expire; others take them
-
-    async def _loop(self) -> None:
-        failures = 0
-        while True:
-            self.wake_event.clear()
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failures:
-                    log.warning("amo.jobs_pass_failed", error=repr(exc)[:300])
-                failures += 1
-            else:
-                failures = 0
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self.poll_s * 2 ** min(failures, 3), 10.0)):
-                    await self.wake_event.wait()
 
 
 def _s(seconds: float) -> dt.timedelta:

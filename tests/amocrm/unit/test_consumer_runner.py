@@ -84,7 +84,7 @@ async def test_a_dead_workers_job_is_taken_over_when_its_lease_expires(world: Wo
                 state="running", lease_owner="dead", lease_until=now + dt.timedelta(seconds=120)
             )
         )
-    assert await world.runner.run_once() == 0  # a live lease is never taken
+    assert await world.runner.run_due() == 0  # a live lease is never taken
     world.clock.advance(121)
     await world.runner.run_until_idle()
     [job] = await world.jobs()
@@ -97,7 +97,7 @@ async def test_two_runners_never_run_one_job(world: World) -> None:
     await world.consumer.consume_once()
     handler = FinishHandler(FinishSettings(), world.runner.handlers[FINISH].locks)  # type: ignore[attr-defined]
     other = JobRunner(world.core, FakeClients(world.amo), {FINISH: handler}, owner="other")
-    started = await world.runner.run_once() + await other.run_once()
+    started = await world.runner.run_due() + await other.run_due()
     await world.runner.drain()
     await other.drain()
     assert started == 5
