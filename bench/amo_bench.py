@@ -148,9 +148,8 @@ async def _calls(
 @contextlib.asynccontextmanager
 async def _phone(server: Any, scenario: str, calls: int, work: Path) -> AsyncIterator[Any]:
     """A SIPp phone registered as 102 for the block, unregistered when it stops."""
-    from tests.amocrm.test_missed_serve import unbind
     from tests.integration.peers.sipp import SippProcess
-    from tests.integration.test_calls import bind, callee_run
+    from tests.integration.test_calls import bind, callee_run, unbind
 
     # the tests' callee gives up after 20 s; this one lives through the whole case
     run = dataclasses.replace(callee_run(scenario, calls=calls), timeout_s=900)

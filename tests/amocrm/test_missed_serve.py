@@ -24,11 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.amocrm.emu_kit import DEMO, emulator
 from tests.amocrm.test_finish_serve import ACCOUNT_UPKEEP, all_done, amo_env, bound, created, jobs_of
-from tests.integration.peers import sipsak
 from tests.integration.peers.net import wait_until
 from tests.integration.peers.sipp import SippProcess, run_sipp, scenario_path
 from tests.integration.peers.vpbx import Setup
-from tests.integration.test_calls import Server, bind, callee_run, running
+from tests.integration.test_calls import bind, callee_run, running, unbind
 from tests.integration.test_incoming_calls import carrier_run, line_to
 from vpbx.app import Core, build_core
 from vpbx.settings import Settings
@@ -54,21 +53,6 @@ def callers(tmp_path: Path, numbers: list[str]) -> Path:
     path = tmp_path / "callers.csv"
     path.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
     return path
-
-
-async def unbind(server: Server, user: str, sipp: SippProcess) -> None:
-    """Remove the registration ``bind`` made for ``sipp`` (expires 0, RFC 3261 §10.2.2), so that a phone
-    which has gone away is not rung (and waited for) together with the next one."""
-    service = server.service
-    result = await sipsak.register(
-        service.host,
-        service.port,
-        user,
-        service.password(user),
-        contact=f"sip:{user}@127.0.0.1:{sipp.port}",
-        expires_s=0,
-    )
-    assert result.ok, result.output
 
 
 def missed_to_last_rung(inner: Setup) -> Setup:

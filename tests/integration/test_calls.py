@@ -102,9 +102,11 @@ def callee_run(scenario: str, calls: int = 1, **kw: object) -> SippRun:
     return SippRun(scenario=scenario, calls=calls, timeout_s=SIPP_TIMEOUT_S, **kw)  # type: ignore[arg-type]
 
 
-async def bind(server: Server, user: str, sipp: SippProcess) -> None:
-    """Register ``user`` with a contact pointing at a SIPp callee."""
-    await sipp.wait_listening()
+async def bind(server: Server, user: str, sipp: SippProcess, *, expires_s: int = 300) -> None:
+    """Register ``user`` with a contact pointing at a SIPp callee (``expires_s=0``: remove it again, RFC 3261
+    §10.2.2, so a phone that has gone away is not rung, and waited for, with the next one: ``unbind``)."""
+    if expires_s:
+        await sipp.wait_listening()
     service = server.service
     result = await sipsak.register(
         service.host,
@@ -112,9 +114,14 @@ async def bind(server: Server, user: str, sipp: SippProcess) -> None:
         user,
         service.password(user),
         contact=f"sip:{user}@127.0.0.1:{sipp.port}",
-        expires_s=300,
+        expires_s=expires_s,
     )
     assert result.ok, result.output
+
+
+async def unbind(server: Server, user: str, sipp: SippProcess) -> None:
+    """Remove the registration ``bind`` made for ``sipp``."""
+    await bind(server, user, sipp, expires_s=0)
 
 
 def rejected_scenario(tmp_path: Path, code: int) -> Path:
