@@ -23,7 +23,6 @@ On SQLite there is one process: it owns every account and keeps the whole rate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import os
@@ -36,6 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vpbx.background import BackgroundLoop
 from vpbx.logs import get_logger
 from vpbx.store.leases import release_lease, take_leases
 from vpbx.store.models import AmoAccountLease, AmoNode, CrmBinding
@@ -66,9 +66,12 @@ def rate_shares(rps: float, others: int) -> tuple[float, float]:
     return max(rps - others * each, 1.0), each
 
 
-class AccountLeases:
-    """One process's leases (a runtime part: ``start``/``stop``; ``tick`` for tests). ``monotonic`` is
-    injectable; database times come from ``core.clock``."""
+class AccountLeases(BackgroundLoop):
+    """One process's leases (a runtime part and a ``BackgroundLoop`` ticking every ``renew_s``; ``tick``
+    for tests). ``monotonic`` is injectable; database times come from ``core.clock``."""
+
+    name = "amo-leases"
+    failure_event = "amocrm.lease_tick_failed"  # leases simply lapse; the next tick tries again
 
     def __init__(
         self,
@@ -83,20 +86,14 @@ class AccountLeases:
         self.core = core
         self.owner = owner or process_owner(core.settings.node_id)
         self.lease_s = lease_s
-        self.renew_s = renew_s
+        self.renew_s = self.interval_s = self.max_backoff_s = renew_s  # never backs off past a renewal
         self.settle_s = settle_s
         self._monotonic = monotonic
         self._owned: dict[int, float] = {}  # account → monotonic time of the last renewal
         self.others = 0  # other live processes at the last heartbeat
         self._first_seen: float | None = None  # monotonic time of this process's first heartbeat
-        self._task: asyncio.Task[None] | None = None
         self._seen: set[int] = set()  # accounts with an active binding at the last tick
         self._ticked = float("-inf")  # monotonic time of the last tick
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        """Tick now rather than at the next renewal (an account this process has not seen yet)."""
-        self._wake.set()
 
     # --- what the other parts ask ---------------------------------------------------------------------
     def owns(self, account_id: int) -> bool:
@@ -120,32 +117,19 @@ class AccountLeases:
 
     # --- the loop -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        try:
+        try:  # the leases are held before the other parts start
             await self.tick()
         except Exception as e:  # the database away at start: the loop tries again
             log.warning("amocrm.lease_tick_failed", error=type(e).__name__)
-        self._task = asyncio.create_task(self._loop(), name="amo-leases")
+        await super().start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
         await self.release()
 
-    async def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.renew_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # leases simply lapse; the next tick tries again
-                log.warning("amocrm.lease_tick_failed", error=type(e).__name__)
+    async def run_once(self) -> float | None:
+        await self.tick()
+        return None
 
     async def tick(self) -> None:
         """Heartbeat, count the live processes, take or renew the leases of the accounts with an active
