@@ -6,7 +6,7 @@ during a round runs another round right after it: the wake flag is cleared befor
 
 A round that raises is logged with ``failure_event`` and the loop goes on, waiting ``interval_s`` doubled
 per failure in a row, up to ``max_backoff_s`` (never less than ``interval_s``). The logging backs off too:
-the 1st, 2nd, 4th, 8th, … failure in a row is logged (with its traceback and the count), so an outage is a
+the 1st, 2nd, 4th, 8th, … failure in a row is logged (the error and the count), so an outage is a
 few lines, not thousands; the recovery is logged at info.
 
 ``stop()`` cancels the task wherever it is (sleeping or in a round) and waits at most ``stop_timeout_s``
@@ -93,7 +93,9 @@ class BackgroundLoop:
                 self.failures += 1
                 if self.failures & (self.failures - 1) == 0:  # a power of two
                     event = self.failure_event or f"{self.name}.failed"
-                    log.warning(event, failures=self.failures, error=repr(exc)[:300], exc_info=exc)
+                    # no traceback: rendering one (with locals) blocks the event loop for up to seconds,
+                    # and an outage makes every worker fail at once, starving the calls (media allocation)
+                    log.warning(event, failures=self.failures, error=repr(exc)[:300])
                 wait = self.backoff()
             else:
                 if self.failures:
