@@ -575,8 +575,7 @@ class Finish:
         ids = lead_ids(contact)
         self._leads = await self.api.get_leads(ids) if ids else []
         if self.nearest is not None:
-            name = str(contact.get("name") or "") if contact else None
-            self.nearest.remember(self.binding.id, contact_id, name, self._leads)
+            self.nearest.remember_read(self.binding.id, contact_id, contact, self._leads)
         return self._leads
 
     async def nearest_lead(self, *, before_new_deal: bool) -> int | None:

@@ -124,8 +124,14 @@ class NearestLeads:
             if self._in_flight.get(key) is done:
                 del self._in_flight[key]
             done.set()
+        return self.remember_read(binding_id, contact_id, contact, leads), contact, leads
+
+    def remember_read(
+        self, binding_id: uuid.UUID, contact_id: int, contact: Json | None, leads: Sequence[Json]
+    ) -> Nearest:
+        """``remember`` an E5 answer (None: the contact is gone) and its E6 leads."""
         name = str(contact.get("name") or "") if contact else None
-        return self.remember(binding_id, contact_id, name, leads), contact, leads
+        return self.remember(binding_id, contact_id, name, leads)
 
 
 _CACHES: PerCore[NearestLeads] = PerCore()

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -41,7 +41,7 @@ from vpbx.amocrm.calls import client_digits, user_part
 from vpbx.amocrm.client import shared_pool
 from vpbx.amocrm.errors import AmoError
 from vpbx.amocrm.lookup import PhoneLookup, shared_lookup
-from vpbx.amocrm.nearest import NO_ACTIVE_LEAD, Nearest, active_lead, nearest_for
+from vpbx.amocrm.nearest import NO_ACTIVE_LEAD, Nearest, nearest_for
 from vpbx.amocrm.options import options_of
 from vpbx.amocrm.per_core import PerCore
 from vpbx.amocrm.widget_auth import WidgetCaller, widget_caller
@@ -78,11 +78,6 @@ def contact_url(base_domain: str, contact_id: int) -> str:
 
 def lead_url(base_domain: str, lead_id: int) -> str:
     return f"https://{base_domain}/leads/detail/{lead_id}"
-
-
-def nearest_lead(leads: Sequence[Json]) -> Json | None:
-    """F13: among the active leads the soonest ``closest_task_at``, else the most recently updated."""
-    return active_lead(leads)
 
 
 def popup_payload(
@@ -474,7 +469,6 @@ __all__ = [
     "contact_url",
     "hub_for",
     "lead_url",
-    "nearest_lead",
     "popup_payload",
     "router",
 ]

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from fastapi import HTTPException
 
+from vpbx.amocrm.nearest import active_lead
 from vpbx.amocrm.popups import (
     CLOSE,
     MAX_STREAMS_PER_USER,
@@ -14,7 +15,6 @@ from vpbx.amocrm.popups import (
     STREAM_QUEUE,
     TICKET_TTL_S,
     PopupHub,
-    nearest_lead,
     popup_payload,
     sse,
 )
@@ -34,19 +34,19 @@ def lead(
 
 def test_nearest_lead_prefers_the_soonest_task() -> None:
     leads = [lead(1, task_at=3000, updated=9), lead(2, task_at=2000, updated=1), lead(3, updated=99)]
-    assert nearest_lead(leads) == leads[1]
+    assert active_lead(leads) == leads[1]
 
 
 def test_nearest_lead_else_the_most_recently_updated() -> None:
     leads = [lead(1, updated=10), lead(2, updated=30), lead(3, updated=20)]
-    assert nearest_lead(leads) == leads[1]
+    assert active_lead(leads) == leads[1]
 
 
 def test_nearest_lead_skips_won_and_lost() -> None:
     leads = [lead(1, status=142, task_at=1), lead(2, status=143, updated=50), lead(3, updated=5)]
-    assert nearest_lead(leads) == leads[2]
-    assert nearest_lead([lead(1, status=142), lead(2, status=143)]) is None
-    assert nearest_lead([]) is None
+    assert active_lead(leads) == leads[2]
+    assert active_lead([lead(1, status=142), lead(2, status=143)]) is None
+    assert active_lead([]) is None
 
 
 def test_payload_known_contact_links_both_cards() -> None:
